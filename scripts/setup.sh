@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates .venv with the pinned stack, idempotently: a second call with unchanged requirements returns at once.
+# Every README command calls this first. uv installs the ~210 exact pins in about a minute (pip: 4-8 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.llm4trx-installed
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+
+if [[ -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
+  exit 0
+fi
+
+if ! "$PYTHON" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))'; then
+  echo "setup.sh: need Python 3.10-3.12 (the pinned torch 2.7.0 has no wheels beyond); set PYTHON=/path/to/python" >&2
+  exit 1
+fi
+
+[[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv==0.13.8
+echo "setup.sh: installing pinned requirements into $VENV (first time: a few minutes, ~7 GB)" >&2
+"$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -r requirements.txt
+"$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e .
+echo "$want" > "$STAMP"
+echo "setup.sh: environment ready ($VENV)" >&2

@@ -1,0 +1,29 @@
+"""Errors a user can act on. Entry points print them as one line and exit with status 2, no traceback."""
+
+from __future__ import annotations
+
+
+class Llm4trxError(Exception):
+    """Base class: a problem with the user's input, config or environment (not a bug in llm4trx)."""
+
+
+class ConfigError(Llm4trxError):
+    """The composed config asks for something impossible or inconsistent."""
+
+
+class StageInputMissing(Llm4trxError):
+    """A stage was asked for before the stages it reads from have finished."""
+
+
+class DataError(Llm4trxError):
+    """Malformed input data. Names the file and, where they apply, the column and the row."""
+
+    def __init__(self, path, message: str, column: str | None = None, row: int | None = None):
+        self.path, self.column, self.row = str(path), column, row
+        where = self.path
+        if column is not None:
+            where += f", column {column!r}"
+        if row is not None:
+            # Rows are reported 1-based as a spreadsheet or `sed -n Np` would show them (header is line 1).
+            where += f", row {row}"
+        super().__init__(f"{where}: {message}")
