@@ -176,7 +176,8 @@ def write_rosbank(events, clients, rng, out: Path) -> None:
     })
     labeled = clients["labeled"].to_numpy()[events["client"]]
     write_csv(frame[labeled], out / "train.csv")
-    write_csv(frame.loc[~labeled, frame.columns[:7]], out / "test.csv")
+    if not labeled.all():
+        write_csv(frame.loc[~labeled, frame.columns[:7]], out / "test.csv")
 
 
 def write_age_pred(events, clients, rng, out: Path) -> None:
@@ -185,7 +186,8 @@ def write_age_pred(events, clients, rng, out: Path) -> None:
                           "small_group": events["mcc"], "amount_rur": events["amount"]})
     labeled = clients["labeled"].to_numpy()[events["client"]]
     write_csv(frame[labeled], out / "transactions_train.csv")
-    write_csv(frame[~labeled], out / "transactions_test.csv")
+    if not labeled.all():
+        write_csv(frame[~labeled], out / "transactions_test.csv")
     targets = clients[clients["labeled"]].sort_values("id")
     write_csv(pd.DataFrame({"client_id": targets["id"], "bins": targets["label"]}), out / "train_target.csv")
 
