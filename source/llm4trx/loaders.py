@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from llm4trx import rawcsv
 from llm4trx.errors import ConfigError, DataError
@@ -93,6 +93,9 @@ def register(name: str):
 
 def load(ds: DictConfig) -> Loaded:
     """Canonical events and targets of the dataset described by the `dataset` config section."""
+    missing = sorted(OmegaConf.missing_keys(ds))
+    if missing:
+        raise ConfigError("set the mandatory dataset keys: " + ", ".join(f"dataset.{k}" for k in missing))
     if ds.loader not in LOADERS:
         raise ConfigError(f"dataset.loader={ds.loader!r} is not one of {sorted(LOADERS)}")
     raw_dir = Path(ds.raw_dir)
@@ -249,14 +252,15 @@ def read_targets(path: Path, spec: TargetFile, repairs: Counter) -> pd.DataFrame
     ids = rawcsv.require_present(path, table, spec.id).to_pandas().str.strip()
     values = rawcsv.require_present(path, table, spec.target).to_pandas().str.strip()
     targets = to_int_targets(path, spec.target, pd.DataFrame({"client_id": ids, "target": values}))
-    dup_id = targets["client_id"].duplicated(keep=False)
-    if dup_id.any():
-        exact = targets.duplicated(keep="first")
-        conflicting = targets[dup_id & ~targets.duplicated(keep=False)]
-        if len(conflicting):
-            i = int(conflicting.index[0])
-            raise DataError(path, f"client {targets['client_id'].iloc[i]!r} appears with different targets",
-                            column=spec.target, row=rawcsv.line_of(i))
+    first_target = targets.groupby("client_id", sort=False)["target"].transform("first")
+    conflict = rawcsv.first_true((targets["target"] != first_target).to_numpy())
+    if conflict is not None:
+        client = targets["client_id"].iloc[conflict]
+        first_line = rawcsv.line_of(int(np.flatnonzero((targets["client_id"] == client).to_numpy())[0]))
+        raise DataError(path, f"client {client!r} appears with different targets (also on line {first_line})",
+                        column=spec.target, row=rawcsv.line_of(conflict))
+    exact = targets.duplicated()
+    if exact.any():
         repairs["duplicate_targets"] += int(exact.sum())
         targets = targets[~exact].reset_index(drop=True)
     return targets

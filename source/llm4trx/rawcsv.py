@@ -197,18 +197,16 @@ def parse_fixed_width(col: pa.ChunkedArray, fmt: str) -> np.ndarray | None:
 
 
 def parse_datetime_strings(path: Path, col: pa.ChunkedArray, column: str, fmt: str) -> np.ndarray:
-    """datetime64[ns] from strings in strftime format `fmt` (pyarrow's vectorised strptime)."""
+    """datetime64[ns] from strings in strftime format `fmt`; DataError at the first that does not parse."""
     col = pc.utf8_trim_whitespace(col)
     fast = parse_fixed_width(col, fmt)
     if fast is not None:
         return fast
-    try:
-        parsed = pc.strptime(col, format=fmt, unit="ns", error_is_null=True)
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-        # A format pyarrow cannot parse: pandas, once per distinct string (dates repeat a lot).
-        encoded = pc.dictionary_encode(col.combine_chunks())
-        uniques = pd.to_datetime(pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False)), format=fmt, errors="coerce")
-        parsed = pa.array(uniques.to_numpy("datetime64[ns]")).take(encoded.indices)
+    # Other formats: pandas (validates calendar dates, unlike pyarrow's strptime which accepts 31FEB),
+    # once per distinct string since dates repeat a lot.
+    encoded = pc.dictionary_encode(col.combine_chunks())
+    uniques = pd.to_datetime(pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False)), format=fmt, errors="coerce")
+    parsed = pa.array(uniques.to_numpy("datetime64[ns]")).take(encoded.indices)
     values = parsed.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
     bad = first_true(np.isnat(values))
     if bad is not None:
