@@ -275,19 +275,50 @@ def check_target_values(ds: DictConfig, targets: pd.DataFrame, path: Path) -> No
 
 
 def check_events(ds: DictConfig, events: pd.DataFrame, repairs: Counter) -> pd.DataFrame:
-    """Count duplicates and non-ISO MCCs, then sort by client, time (stable: file order breaks ties)."""
-    dup = events.duplicated()
+    """Sort by client, time (stable: file order breaks ties), then count duplicates and non-ISO MCCs."""
+    events = sort_events(events)
+    dup = duplicated_rows(events)
     if dup.any():
         repairs["duplicate_events"] += int(dup.sum())
         if ds.get("drop_duplicates", False):
-            events = events[~dup]
+            events = events[~dup].reset_index(drop=True)
     if ds.get("mcc_names") == "iso18245":
         codes, counts = np.unique(events["mcc"].to_numpy(), return_counts=True)
-        repairs["mcc_not_iso18245"] += int(counts[[not is_iso18245(int(c)) for c in codes]].sum())
+        unknown = int(counts[[not is_iso18245(int(c)) for c in codes]].sum())
+        if unknown:
+            repairs["mcc_not_iso18245"] += unknown
+    return events
+
+
+def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     clients = events["client_id"].cat
     rank = np.argsort(np.argsort(clients.categories.to_numpy().astype(str), kind="stable"))  # lexicographic rank
-    order = np.lexsort((events["event_time"].to_numpy().view(np.int64), rank[clients.codes]))
+    client_rank = rank[clients.codes.to_numpy()].astype(np.int64)
+    time = events["event_time"].to_numpy().view(np.int64)
+    seconds, rest = np.divmod(time - time.min(), 1_000_000_000)
+    span = int(seconds.max()) + 1
+    if not rest.any() and span * (len(rank) + 1) < 2**62:
+        order = np.argsort(client_rank * span + seconds, kind="stable")  # one sort on a combined key
+    else:
+        by_time = np.argsort(time, kind="stable")
+        order = by_time[np.argsort(client_rank[by_time], kind="stable")]
     return events.iloc[order].reset_index(drop=True)
+
+
+def duplicated_rows(events: pd.DataFrame) -> np.ndarray:
+    """Rows equal in every column to an earlier row of `events` sorted by client, time: only rows sharing
+    client and time with a neighbour can be duplicates, and only those are compared in full (pandas'
+    DataFrame.duplicated on all rows factorizes every column: several times slower)."""
+    codes = events["client_id"].cat.codes.to_numpy()
+    time = events["event_time"].to_numpy()
+    tie = (codes[1:] == codes[:-1]) & (time[1:] == time[:-1])
+    candidates = np.zeros(len(events), dtype=bool)
+    candidates[1:] |= tie
+    candidates[:-1] |= tie
+    dup = np.zeros(len(events), dtype=bool)
+    if candidates.any():
+        dup[candidates] = events[candidates].duplicated().to_numpy()
+    return dup
 
 
 @functools.lru_cache(maxsize=None)

@@ -39,7 +39,7 @@ def read_bytes(path: Path) -> bytes:
             hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise DataError(path, f"file not found{hint}")
     data = path.read_bytes()
-    if not data.strip():
+    if not data or data.isspace():
         raise DataError(path, "file is empty")
     try:
         data.decode("utf-8")
@@ -53,7 +53,8 @@ def read_bytes(path: Path) -> bytes:
 
 
 def header_of(path: Path, data: bytes) -> list[str]:
-    first = data.split(b"\n", 1)[0].decode("utf-8").strip("\r\ufeff")
+    end = data.find(b"\n")
+    first = data[: end if end >= 0 else len(data)].decode("utf-8").strip("\r\ufeff")
     return [name.strip().strip('"') for name in first.split(",")]
 
 
