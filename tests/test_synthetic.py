@@ -82,23 +82,23 @@ def auroc(frame: pd.DataFrame, y: np.ndarray) -> float:
 
 
 def test_signals_are_learnable_and_order_and_trend_are_invisible_to_aggregates(tmp_path):
-    ds = dataset_cfg(tmp_path, "dataset.n_clients=2000", "dataset.unlabeled_fraction=0", "dataset.label_noise=0.05")
+    ds = dataset_cfg(tmp_path, "dataset.n_clients=1200", "dataset.unlabeled_fraction=0", "dataset.label_noise=0.05")
     synthetic.ensure_raw(ds)
     data = loaders.load(ds)
     x = features(data.events.astype({"client_id": str})).loc[data.targets["client_id"]]
     y = data.targets["target"].to_numpy()
     aggregate_cols = [c for c in x.columns if c not in ("recent", "cash_then_transfer")]
     aggregates, everything = auroc(x[aggregate_cols], y), auroc(x, y)
-    assert aggregates > 0.72  # category mix and amounts (0.78 when written)
-    assert everything > aggregates + 0.07  # trend and order add what aggregates cannot see (0.89)
+    assert aggregates > 0.72  # category mix and amounts (0.77 when written)
+    assert everything > aggregates + 0.07  # trend and order add what aggregates cannot see (0.88)
     assert auroc(x[["recent"]], y) > 0.6 and auroc(x[["cash_then_transfer"]], y) > 0.6
 
     # With only the order signal switched on, per-category aggregates are at chance; the bigram is not.
-    only_order = dataset_cfg(tmp_path / "o", "dataset.n_clients=2000", "dataset.unlabeled_fraction=0",
+    only_order = dataset_cfg(tmp_path / "o", "dataset.n_clients=1200", "dataset.unlabeled_fraction=0",
                              "dataset.label_noise=0", "dataset.signals={mcc_mix: 0, amount: 0, trend: 0, order: 1}")
     synthetic.ensure_raw(only_order)
     data = loaders.load(only_order)
     x = features(data.events.astype({"client_id": str})).loc[data.targets["client_id"]]
     y = data.targets["target"].to_numpy()
     assert auroc(x[aggregate_cols + ["recent"]], y) < 0.58
-    assert auroc(x[["cash_then_transfer"]], y) > 0.8  # 0.90 when written
+    assert auroc(x[["cash_then_transfer"]], y) > 0.8  # 0.89 when written

@@ -95,7 +95,8 @@ def load(ds: DictConfig) -> Loaded:
     """Canonical events and targets of the dataset described by the `dataset` config section."""
     missing = sorted(OmegaConf.missing_keys(ds))
     if missing:
-        raise ConfigError("set the mandatory dataset keys: " + ", ".join(f"dataset.{k}" for k in missing))
+        names = [k if k.startswith("dataset.") else f"dataset.{k}" for k in missing]  # relative to the root or not
+        raise ConfigError("set the mandatory dataset keys: " + ", ".join(names))
     if ds.loader not in LOADERS:
         raise ConfigError(f"dataset.loader={ds.loader!r} is not one of {sorted(LOADERS)}")
     raw_dir = Path(ds.raw_dir)
