@@ -59,3 +59,13 @@ def write_canonical(cfg, events: pd.DataFrame, test_fraction: float = 0.2, val_f
         folder / "targets.parquet", index=False)
     splits.to_parquet(folder / "splits.parquet", index=False)
     write_success(folder, f"fixture-{seed}-{len(events)}", time.time(), {"events": len(events)})
+
+
+def canonical_run(out_root, schema: str = "rosbank", overrides=(), n_clients: int = 40, seed: int = 0, **kw):
+    """Composed config for a run under out_root whose data/ holds canonical events of `schema`."""
+    from llm4trx.config import compose
+
+    cfg = compose([f"paths.output_root={out_root}", "progress=false", *SCHEMAS[schema], *overrides])
+    events = kw.pop("events", None)
+    write_canonical(cfg, canonical_events(schema, n_clients, seed, **kw) if events is None else events, seed=seed)
+    return cfg

@@ -115,6 +115,9 @@ def amount_2dp(amount: np.ndarray) -> pa.Array:
 def amount_short(amount: np.ndarray) -> pa.Array:
     """Three significant digits with k/M suffixes: 1234.5 -> 1.23k, 56.78 -> 56.8, 0.5 -> 0.5, 2e6 -> 2M."""
     mag = np.abs(amount)
+    with np.errstate(divide="ignore"):  # log10(0)
+        step = 10.0 ** (np.floor(np.log10(np.where(mag > 0, mag, 1.0))) - 2)
+    mag = np.rint(mag / step) * step  # 3 significant digits first, so 999.99 -> 1000 -> 1k
     scale = np.where(mag >= 1e6, 1e6, np.where(mag >= 1e3, 1e3, 1.0))
     value = mag / scale
     decimals = np.where(value >= 100, 0, np.where(value >= 10, 1, 2))
