@@ -173,7 +173,7 @@ def print_table(stats: dict) -> None:
         table.add_row(split, str(s["n_clients"]), str(s["n_truncated_clients"]),
                       *[f"{t[f'p{p}']:.0f}" for p in PERCENTILES], str(t["max"]),
                       f"{s['tokens_per_transaction']:.2f}", f"{s['line_tokens_per_transaction']:.2f}")
-    Console().print(table)
+    Console(width=max(100, Console().width)).print(table)
 
 
 def load_inputs(data_dir: Path, categorical: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
