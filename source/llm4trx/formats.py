@@ -162,8 +162,11 @@ class Fields:
     @cached_property
     def clock(self) -> pa.Array:
         secs = (self.ns.astype(np.int64) // 10**9) % 86400
-        fmt = self.ctx.time_of_day
-        return _take_unique(secs, lambda u: [pd.Timestamp(int(s), unit="s").strftime(fmt) for s in u])
+        two_digits = pa.array([f"{i:02d}" for i in range(60)])
+        parts = [two_digits.take(pa.array(secs // 3600)), two_digits.take(pa.array(secs // 60 % 60))]
+        if self.ctx.time_of_day.endswith("%S"):
+            parts.append(two_digits.take(pa.array(secs % 60)))
+        return _join(*parts, sep=":")
 
     @cached_property
     def datetime(self) -> pa.Array:

@@ -34,6 +34,8 @@ def read_jsonl(path: Path, batch: int = BATCH):
         for row, line in enumerate(f, start=1):
             try:
                 record = json.loads(line)
+                if record.get("pretrain", True) is False:  # kept for embedding only (augment mix, with_base: false)
+                    continue
                 ids.append(str(record["client_id"]))
                 texts.append(record["text"])
             except (json.JSONDecodeError, KeyError, TypeError) as err:

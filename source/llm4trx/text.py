@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 PERCENTILES = (50, 90, 95, 99)
+# Only the newest lines within max_tokens * this many bytes (chars) are counted at first; clients whose window
+# turns out to hold fewer than max_tokens tokens are counted in full. Token counting is the stage's main cost.
+WINDOW_BYTES_PER_TOKEN = 3.0
 
 
 def _lengths(counter: TokenCounter, arr: pa.Array) -> np.ndarray:
@@ -51,29 +54,28 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
     units = pc.if_else(pa.array(last_of_client), lines, pc.binary_join_element_wise(lines, sep, ""))
     steps.update()
 
-    # pieces laid out client by client: head, units..., tail
-    pieces = pa.concat_arrays([head, units, tail])
-    order = np.empty(len(events) + 2 * n_clients, np.int64)
-    piece_off = offsets + 2 * np.arange(n_clients + 1)
     client_of = np.repeat(np.arange(n_clients), fields.n_events)
-    order[piece_off[:-1]] = np.arange(n_clients)
-    order[piece_off[1:] - 1] = n_clients + len(events) + np.arange(n_clients)
-    event_slot = np.arange(len(events)) + 2 * client_of + 1
-    order[event_slot] = n_clients + np.arange(len(events))
-    laid = pieces.take(pa.array(order))
-    full = pc.binary_join(pa.ListArray.from_arrays(pa.array(piece_off.astype(np.int32)), laid), "")
-    counts, crossed = piece_tokens(counter, full.to_pylist(), _lengths(counter, laid))
+    selected = np.ones(len(events), bool)
+    if max_tokens is not None:  # count only a window of newest lines that surely holds max_tokens tokens
+        line_bytes = np.r_[0, np.cumsum(_lengths(counter, units))]
+        suffix_bytes = line_bytes[offsets[1:]][client_of] - line_bytes[:-1]
+        selected = (suffix_bytes <= max_tokens * WINDOW_BYTES_PER_TOKEN) | last_of_client
+    everyone = np.arange(n_clients)
+    head_tok, tail_tok, unit_tok, unclean = _count_pieces(counter, head, units, tail, client_of, everyone, selected)
+    window_tok = np.bincount(client_of[selected], weights=unit_tok[selected], minlength=n_clients)
+    outside = np.bincount(client_of, weights=~selected, minlength=n_clients) > 0
+    short = np.flatnonzero(outside & (head_tok + tail_tok + window_tok <= max_tokens if max_tokens else False))
+    if len(short):  # the window held fewer tokens than the budget: count these clients' whole history
+        mask = np.isin(client_of, short)
+        h, t, u, uc = _count_pieces(counter, head, units, tail, client_of, short, mask)
+        head_tok[short], tail_tok[short], unit_tok[mask], unclean[short] = h, t, u[mask], uc
     steps.update()
 
-    head_tok, tail_tok = counts[piece_off[:-1]], counts[piece_off[1:] - 1]
-    unit_tok = counts[event_slot].astype(np.int64)
-    unclean = np.zeros(n_clients, bool)  # a token straddles two pieces: recount this client exactly
-    np.logical_or.at(unclean, np.repeat(np.arange(n_clients), np.diff(piece_off)), crossed)
     if fmt.grouped:  # charge each MCC group's label to its newest event
         labels = pc.binary_join_element_wise(fields.mcc, ": ", "")
         label_tok = _unique_counts(counter, labels) + 1  # + the line break between groups
         newest = ~pd.DataFrame({"c": client_of, "m": events["mcc"].to_numpy()})[::-1].duplicated().to_numpy()[::-1]
-        unit_tok = unit_tok + np.where(newest, label_tok, 0)
+        unit_tok = np.where(unit_tok >= 0, unit_tok + np.where(newest, label_tok, 0), unit_tok)
         unclean[:] = True  # regrouping changes the text around each line: always verify
     fixed = head_tok + tail_tok
     if max_tokens is not None and n_clients and fixed.max() > max_tokens:
@@ -81,6 +83,7 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
                           f"({int(fixed.max())} tokens); raise it")
 
     budget = np.inf if max_tokens is None else max_tokens
+    unit_tok[unit_tok < 0] = max_tokens + 1 if max_tokens else 0  # uncounted lines (outside the window) never fit
     csum = np.r_[0, np.cumsum(unit_tok)]
     suffix = csum[offsets[1:]][client_of] - csum[:-1]  # tokens of this line and every newer line
     keep = suffix + fixed[client_of] <= budget
@@ -109,6 +112,33 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
         "n_events": fields.n_events, "n_events_kept": n_kept, "n_tokens": n_tokens,
         "n_header_tokens": fixed,
     })
+
+
+def _count_pieces(counter, head, units, tail, client_of, clients, selected):
+    """Tokens of the pieces head, selected units..., tail of `clients` (sorted), each client encoded as one text.
+
+    Returns head and tail tokens per client in `clients`, tokens per event (-1 where not selected) and whether
+    a token straddles two pieces of the client (then its count is verified on the final text).
+    """
+    n_clients, n_events = len(head), len(units)
+    events = np.flatnonzero(selected)
+    n_sel = np.bincount(client_of[events], minlength=n_clients)[clients]
+    piece_off = np.r_[0, np.cumsum(n_sel + 2)]
+    rank = np.full(n_clients, -1)
+    rank[clients] = np.arange(len(clients))
+    r = rank[client_of[events]]
+    slot = piece_off[r] + 1 + np.arange(len(events)) - np.r_[0, np.cumsum(n_sel)][r]
+    order = np.empty(piece_off[-1], np.int64)
+    order[piece_off[:-1]] = clients
+    order[piece_off[1:] - 1] = n_clients + n_events + clients
+    order[slot] = n_clients + events
+    laid = pa.concat_arrays([head, units, tail]).take(pa.array(order))
+    texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(piece_off.astype(np.int32)), laid), "")
+    counts, crossed = piece_tokens(counter, texts.to_pylist(), _lengths(counter, laid))
+    unit_tok = np.full(n_events, -1, np.int64)
+    unit_tok[events] = counts[slot]
+    unclean = np.logical_or.reduceat(crossed, piece_off[:-1]) if len(clients) else np.zeros(0, bool)
+    return counts[piece_off[:-1]], counts[piece_off[1:] - 1], unit_tok, unclean
 
 
 def _unique_counts(counter: TokenCounter, values: pa.Array) -> np.ndarray:
@@ -186,6 +216,10 @@ def load_inputs(data_dir: Path, categorical: list[str]) -> tuple[pd.DataFrame, p
     if events.empty:
         raise DataError(events_path, "no events")
     events["client_id"] = events["client_id"].astype(str)
+    client = events["client_id"].to_numpy()
+    same = client[1:] == client[:-1]
+    if not (client[1:] >= client[:-1]).all() or (np.diff(events["event_time"].to_numpy()).view(np.int64)[same] < 0).any():
+        raise DataError(events_path, "not sorted by client_id, event_time (the prepare contract)", column="client_id")
     splits["client_id"] = splits["client_id"].astype(str)
     unknown = ~events["client_id"].isin(splits["client_id"])
     if unknown.any():

@@ -103,11 +103,13 @@ def piece_tokens(counter: TokenCounter, texts: list[str], piece_len: np.ndarray)
     Returns (tokens per piece, whether a token crosses the piece's start boundary). A token belongs to the
     piece holding its last byte/char.
     """
-    start, end, _ = counter.token_spans(texts)
-    piece_end = np.cumsum(piece_len)
-    piece_of_end = np.searchsorted(piece_end, end, side="left")
-    piece_of_start = np.searchsorted(piece_end, start, side="right")
-    counts = np.bincount(piece_of_end, minlength=len(piece_len))
+    _, end, _ = counter.token_spans(texts)
+    # Tokens tile each text, so a boundary is clean iff it is some token's end; both arrays are sorted, so
+    # one binary search per boundary (not per token) gives the counts.
+    boundary = np.cumsum(piece_len)
+    n_ending = np.searchsorted(end, boundary, side="right")  # tokens ending at or before each boundary
+    counts = np.diff(np.r_[0, n_ending])
+    clean = (n_ending > 0) & (end[np.maximum(n_ending - 1, 0)] == boundary) if len(end) else boundary == 0
     crossed = np.zeros(len(piece_len), bool)
-    crossed[piece_of_end[piece_of_start != piece_of_end]] = True
+    crossed[1:] = ~clean[:-1]  # the token that ends in piece j started before piece j
     return counts, crossed
