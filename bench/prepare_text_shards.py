@@ -55,9 +55,13 @@ def per_row_flat(events: pd.DataFrame, ctx: RenderContext) -> dict[str, str]:
     return texts
 
 
+CPU: dict[str, float] = {}
+
+
 def timed(fn, *args):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
+    CPU[getattr(fn, "__module__", "") + "." + fn.__name__] = time.process_time() - cpu
     return result, time.perf_counter() - start
 
 
@@ -72,7 +76,8 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="llm4trx-bench-"))
     cfg = compose([f"paths.output_root={out}", "experiment_name=bench", "dataset=synthetic", "progress=false",
                    f"dataset.n_clients={args.clients}", f"text={args.format}", "force=true"])
-    console.print(f"cores available: {len(os.sched_getaffinity(0))}; output root {out}")
+    console.print(f"cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()}; "
+                  f"output root {out}")
 
     import streaming  # noqa: F401  (import once before the clock: ~10 s of module loading, not per-transaction work)
     import transformers  # noqa: F401
@@ -85,13 +90,15 @@ def main() -> None:
     _, t_shards = timed(shards.run, cfg)
     total = t_prepare + t_text + t_shards
     table = Table(title=f"end to end, {n_events:,} synthetic transactions (format {args.format})")
-    for col in ["step", "seconds", "transactions/s"]:
+    for col in ["step", "seconds", "transactions/s", "CPU seconds (this process)"]:
         table.add_column(col, justify="right")
-    for name, secs in [("raw CSV generation (not counted)", t_raw), ("prepare: CSV -> canonical", t_prepare),
+    cpu = list(CPU.values())
+    cpu = cpu[:5] + [sum(cpu[1:3]) + cpu[4], sum(cpu[1:5])]
+    for (name, secs), cpu_s in zip([("raw CSV generation (not counted)", t_raw), ("prepare: CSV -> canonical", t_prepare),
                        ("text: render + count + truncate", t_text), ("tokenizer: train BPE (one-off)", t_tok),
                        ("shards: tokenize + MDS", t_shards), ("prepare + text + shards", total),
-                       ("... + tokenizer training", total + t_tok)]:
-        table.add_row(name, f"{secs:.2f}", f"{n_events / secs:,.0f}")
+                       ("... + tokenizer training", total + t_tok)], cpu):
+        table.add_row(name, f"{secs:.2f}", f"{n_events / secs:,.0f}", f"{cpu_s:.2f}")
     console.print(table)
 
     # rendering against the per-row reference (same text)

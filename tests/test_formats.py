@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html.parser
 import json
 
@@ -17,6 +18,7 @@ from llm4trx.formats import FORMATS, RenderContext, amount_2dp, amount_short, ge
 ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown"]
 
 
+@functools.lru_cache(maxsize=None)
 def context(schema, *overrides):
     cfg = compose(["paths.output_root=/nonexistent", *SCHEMAS[schema], *overrides])
     events = canonical_events(schema, n_clients=6, seed=3, max_events=25)
@@ -59,6 +61,7 @@ def test_unknown_format_lists_the_known_ones():
 @pytest.mark.parametrize("name", ALL_FORMATS)
 def test_format_renders_every_event_of_every_schema(schema, name):
     events, ctx = context(schema)
+    events = events.copy()
     texts = render(events, name, ctx)
     assert list(texts.index) == sorted(events["client_id"].unique())
     for client_id, text in texts.items():

@@ -89,7 +89,16 @@ MISSING = "NA"
 
 def _take_unique(values: np.ndarray, fmt: Callable[[np.ndarray], list[str]]) -> pa.Array:
     """Format the unique values of a low-cardinality column once, then gather."""
-    uniq, inverse = np.unique(values, return_inverse=True)
+    ints = values.view(np.int64) if values.dtype.kind in "iM" and values.dtype.itemsize == 8 else values
+    if len(ints) and ints.dtype.kind == "i" and int(ints.max()) - int(ints.min()) < 1 << 20:
+        low = ints.min()  # small integer range: a lookup table instead of sorting
+        code = (ints - low).astype(np.int64)
+        present = np.flatnonzero(np.bincount(code))
+        lookup = np.zeros(int(code.max()) + 1, np.int64)
+        lookup[present] = np.arange(len(present))
+        uniq, inverse = (present + low).astype(ints.dtype).view(values.dtype), lookup[code]
+    else:
+        uniq, inverse = np.unique(values, return_inverse=True)
     return pa.array(fmt(uniq), pa.string()).take(pa.array(inverse.astype(np.int64)))
 
 
@@ -193,7 +202,8 @@ class Fields:
 
     def categorical(self, col: str) -> pa.Array:
         if col not in self._categorical:
-            values = pa.Array.from_pandas(self.ev[col])
+            values = pa.array(self.ev[col], from_pandas=True)  # zero-copy when read with Arrow string dtypes
+            values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
             values = values if values.type == pa.string() else pc.cast(values, pa.string())
             self._categorical[col] = pc.fill_null(values, MISSING)
         return self._categorical[col]
