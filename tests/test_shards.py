@@ -104,3 +104,27 @@ def test_missing_inputs_and_bad_jsonl(tmp_path, shard_run):
     with pytest.raises(DataError, match=r"train.jsonl, row \d+"):
         shards_stage.run(broken)
     assert not stage_dir(broken, "shards").exists()
+
+
+@pytest.mark.parametrize("dataset,fmt", [("synthetic", "flat"), ("age_pred_sample", "compact")])
+def test_real_prepare_to_shards(tmp_path, dataset, fmt):
+    """The real chain on real schemas: raw CSV -> prepare -> text -> tokenizer -> shards, read back by llm-foundry."""
+    from llmfoundry.data.text_data import StreamingTextDataset
+
+    from llm4trx import prepare
+
+    overrides = [f"paths.output_root={tmp_path}", f"dataset={dataset}", f"text={fmt}", "progress=false",
+                 "text.max_tokens=300", "tokenizer.vocab_size=400", "max_seq_len=128"]
+    if dataset == "synthetic":
+        overrides += ["dataset.n_clients=40", "dataset.max_events=40"]
+    cfg = compose(overrides)
+    for stage in (prepare, text_stage, tokenizer_stage, shards_stage):
+        stage.run(cfg)
+    texts = pd.read_json(stage_dir(cfg, "text") / "train.jsonl", lines=True, dtype={"client_id": str})
+    assert (texts["n_tokens"] <= 300).all() and (texts["n_events_kept"] <= texts["n_events"]).all()
+    tok = AutoTokenizer.from_pretrained(str(stage_dir(cfg, "tokenizer")))
+    dataset_ = StreamingTextDataset(tokenizer=tok, max_seq_len=128, token_encoding_type="int32",
+                                    local=str(stage_dir(cfg, "shards") / "train"), shuffle=False, batch_size=1)
+    first = tok(texts["text"].iloc[0], add_special_tokens=False)["input_ids"][-126:]
+    assert dataset_[0].tolist() == [tok.bos_token_id, *first, tok.eos_token_id]
+    assert len(dataset_) == len(texts)
