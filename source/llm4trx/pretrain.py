@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -161,19 +162,29 @@ def claim_folder(folder: Path, want: str, force: bool) -> None:
 
 # ---------------------------------------------------------------- backends
 
+def latest_composer_step(folder: Path) -> int:
+    """Batch of the checkpoint Composer's autoresume will load (0: none, training starts at step 0)."""
+    latest = folder / "latest-rank0.pt"
+    match = re.search(r"-ba(\d+)-", os.path.basename(os.readlink(latest))) if latest.is_symlink() else None
+    return int(match.group(1)) if match and latest.exists() else 0
+
+
 def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict[str, Any]:
     from llmfoundry.command_utils import train
 
     from llm4trx import foundry_config, foundry_plugins
 
     foundry_plugins.register()
+    resumed_from = latest_composer_step(folder)
+    if resumed_from:
+        log.info("pretrain: resuming from step %d (%s)", resumed_from, folder / "latest-rank0.pt")
     if not cfg.model.pretrained and cfg.model.hf_config is not None:
         foundry_config.write_init_config(cfg, inputs["tok"], folder / foundry_config.INIT_CONFIG_DIR)
     train_cfg = foundry_config.train_config(cfg, inputs["tok"], inputs["tokenizer_dir"], inputs["mds_dir"], folder)
     trainer = train(OmegaConf.create(train_cfg))
     timestamp = trainer.state.timestamp
     counts = {"backend": "foundry", "steps": int(timestamp.batch), "samples_seen": int(timestamp.sample),
-              "tokens_seen": int(timestamp.token)}
+              "tokens_seen": int(timestamp.token), "resumed_from_step": resumed_from}
     trainer.close()
     return counts
 
