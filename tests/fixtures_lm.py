@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from llm4trx.stage import stage_dir, write_success
 
@@ -98,3 +99,58 @@ def build_lm_inputs(cfg, n_train: int = 160, n_val: int = 24, seed: int = 0, voc
         counts[split] = len(samples)
     write_success(mds_dir, f"fixture-mds-{seed}-{n_train}-{n_val}-{empty_val}", started, counts)
     return {"tokenizer": tok_dir, "shards": mds_dir}
+
+
+# config.json values of the published checkpoints (from their Hugging Face model cards), so configs of
+# continued pretraining can be validated without the weights.
+PUBLISHED_CONFIGS = {
+    "llama_3_2_1b": {
+        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 131072, "tie_word_embeddings": True, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+    },
+    "llama_3_2_3b": {
+        "model_type": "llama", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
+        "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 131072, "tie_word_embeddings": True, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+    },
+    "qwen2_5_1_5b": {
+        "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+        "max_position_embeddings": 32768, "tie_word_embeddings": True, "rope_theta": 1000000.0,
+    },
+}
+
+
+def write_model_config(folder: Path, values: dict) -> Path:
+    """A local "checkpoint" directory holding only config.json (no weights)."""
+    from transformers import AutoConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    AutoConfig.for_model(**values).save_pretrained(str(folder))
+    return folder
+
+
+# Overrides of every CPU test run: one torch thread (the test machine's cores are shared; more threads than
+# free cores made training 5x slower) and no progress bars.
+CPU_TEST = ["progress=false", "trainer.cpu_threads=1"]
+
+
+def smoke_cfg(out_root: Path, *overrides: str):
+    from llm4trx.config import compose
+
+    return compose(["experiment=smoke", f"paths.output_root={out_root}", *CPU_TEST, *overrides])
+
+
+@pytest.fixture(scope="session")
+def smoke_pretrained(tmp_path_factory):
+    """`python -m llm4trx.pretrain experiment=smoke` (in-process) on the fixture inputs: (cfg, checkpoints)."""
+    from llm4trx.pretrain import run
+
+    cfg = smoke_cfg(tmp_path_factory.mktemp("smoke") / "outputs")
+    build_lm_inputs(cfg)
+    return cfg, run(cfg)

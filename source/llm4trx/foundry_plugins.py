@@ -20,7 +20,6 @@ from composer.utils import dist
 from llmfoundry import registry
 from llmfoundry.models.hf import ComposerHFCausalLM
 
-METRICS_FILE = "metrics.jsonl"
 TRAIN_LOSS_KEY = "loss/train/total"
 EVAL_LOSS_KEY = "metrics/eval/LanguageCrossEntropy"
 IGNORE_INDEX = -100

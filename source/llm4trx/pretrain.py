@@ -82,9 +82,9 @@ def check_runtime(cfg: DictConfig) -> None:
 
     t = cfg.trainer
     if t.fsdp is not None and (t.device != "gpu" or not torch.cuda.is_available()):
-        raise ConfigError("trainer.fsdp is set but there is no GPU (trainer.device="
-                          f"{t.device}, CUDA available: {torch.cuda.is_available()}): FSDP runs on GPUs only; "
-                          "use trainer=cpu here, trainer=fsdp_8xa100 on a GPU node")
+        raise ConfigError(f"trainer.fsdp is set with trainer.device={t.device} (CUDA available: "
+                          f"{torch.cuda.is_available()}): FSDP runs on GPUs only; use trainer=cpu on a CPU "
+                          "machine, trainer=fsdp_8xa100 on a GPU node")
     if t.device == "gpu" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device=gpu but CUDA is not available; use trainer=cpu")
     if t.device == "cpu" and t.precision != "fp32":
@@ -203,6 +203,7 @@ def run(cfg: DictConfig) -> Path:
 
         # On a CPU shared with other jobs, fewer threads than cores avoids oversubscription (5x slower seen).
         torch.set_num_threads(int(cfg.trainer.cpu_threads))
+        os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.cpu_threads)  # else accelerate resets it (hf backend)
     if cfg.trainer.backend == "hf":
         from llm4trx.hf_backend import train_hf
 
