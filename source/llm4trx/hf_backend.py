@@ -9,6 +9,7 @@ schedule, clipping, batch sizes, eval/save intervals map one to one from trainer
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,15 @@ def batches(value: Any, key: str) -> int:
 
 
 def build_model(cfg: DictConfig, tok: dict[str, Any], folder: Path):
+    import torch.distributed as tdist
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = model_source(cfg, folder)
     if not cfg.model.pretrained:
-        write_init_config(cfg, tok, folder / INIT_CONFIG_DIR)
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_init_config(cfg, tok, folder / INIT_CONFIG_DIR)
+        if tdist.is_available() and tdist.is_initialized():  # TrainingArguments has set up the process group
+            tdist.barrier()
     attn = cfg.model.attn_implementation or "eager"
     if cfg.model.pretrained:
         return AutoModelForCausalLM.from_pretrained(str(source), attn_implementation=attn, trust_remote_code=False)
@@ -127,12 +132,11 @@ def metrics_callback(path: Path):
 
 
 def build_trainer(cfg: DictConfig, inputs: dict[str, Any], folder: Path, callbacks=()):
-    import torch.distributed as tdist
     from llmfoundry.data.text_data import StreamingTextDataset
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 
-    world_size = tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
-    args = training_arguments(cfg, folder, world_size)
+    # Set by torchrun / accelerate launch for every rank.
+    args = training_arguments(cfg, folder, int(os.environ.get("WORLD_SIZE", "1")))
     tokenizer = AutoTokenizer.from_pretrained(str(inputs["tokenizer_dir"]))
     mds = inputs["mds_dir"]
 

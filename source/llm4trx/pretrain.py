@@ -178,7 +178,9 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
     resumed_from = latest_composer_step(folder)
     if resumed_from:
         log.info("pretrain: resuming from step %d (%s)", resumed_from, folder / "latest-rank0.pt")
-    if not cfg.model.pretrained and cfg.model.hf_config is not None:
+    # Rank 0 writes the from-scratch config.json before entering llm-foundry's train; the other ranks read it
+    # only after train's first distributed barrier, which rank 0 reaches after writing.
+    if not cfg.model.pretrained and cfg.model.hf_config is not None and global_rank() == 0:
         foundry_config.write_init_config(cfg, inputs["tok"], folder / foundry_config.INIT_CONFIG_DIR)
     train_cfg = foundry_config.train_config(cfg, inputs["tok"], inputs["tokenizer_dir"], inputs["mds_dir"], folder)
     trainer = train(OmegaConf.create(train_cfg))
