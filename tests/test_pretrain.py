@@ -55,6 +55,10 @@ def test_rerun_of_a_finished_run_is_skipped(smoke_pretrained):
     assert run(cfg) == folder
     assert time.time() - started < 5
     assert (folder / "_SUCCESS.json").read_text() == before
+    # Operational settings (threads, trackers, intervals of console output) are not part of the run's identity.
+    relaunched = smoke_cfg(Path(cfg.paths.output_root), "trainer.cpu_threads=2", "trainer.console_log_interval=1ba")
+    assert run(relaunched) == folder
+    assert (folder / "_SUCCESS.json").read_text() == before
 
 
 @pytest.mark.slow

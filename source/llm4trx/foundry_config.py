@@ -186,7 +186,8 @@ def train_config(cfg: DictConfig, tok: dict[str, Any], tokenizer_dir: Path, mds_
         "progress_bar": bool(cfg.progress),
         "log_to_console": True,
         "console_log_interval": t.console_log_interval,
-        "python_log_level": "info",
+        # None: llm-foundry leaves logging alone (its basicConfig(force=True) would drop Hydra's log file).
+        "python_log_level": None,
         "log_config": False,
         "dist_timeout": float(t.dist_timeout),
     }

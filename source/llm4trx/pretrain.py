@@ -32,7 +32,12 @@ from llm4trx.stage import config_hash, is_complete, read_success, require, stage
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
-KEYS = ["model", "trainer", "max_seq_len", "seed"]
+# What the trained model and metrics.jsonl depend on. Left out on purpose, so that a rerun with them changed
+# still resumes: thread/worker counts, micro-batch and eval batch sizes, trackers, console interval, timeouts,
+# how many checkpoints to keep.
+KEYS = ["model", "max_seq_len", "seed"] + [f"trainer.{key}" for key in (
+    "backend", "device", "precision", "fsdp", "global_train_batch_size", "max_duration", "eval_interval",
+    "eval_first", "eval_subset_num_batches", "save_interval", "optimizer", "scheduler", "grad_clip_norm")]
 INPUTS = ["tokenizer", "shards"]
 RUN_FILE = "_RUN.json"  # config hash of the run that owns the checkpoints in this folder
 SPLITS = ("train", "val")
