@@ -15,6 +15,7 @@ import copy
 import logging
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,16 @@ def max_logit_difference(reference: torch.nn.Module, export_dir: Path, batch: di
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     AutoTokenizer.from_pretrained(str(export_dir))  # the tokenizer files must load too
+    if trust_remote_code:
+        # transformers imports remote code as a module named after the folder; the stage's temporary folder
+        # (.hf.tmp-<pid>) is no valid module name, so load MPT's code from a copy.
+        copy_dir = Path(tempfile.mkdtemp(prefix="llm4trx_export_")) / "model"
+        shutil.copytree(export_dir, copy_dir)
+        export_dir = copy_dir
     exported = AutoModelForCausalLM.from_pretrained(str(export_dir), torch_dtype=torch.float32,
                                                     trust_remote_code=trust_remote_code)
+    if trust_remote_code:
+        shutil.rmtree(export_dir.parent)
     reference.eval()
     exported.eval()
     with torch.no_grad():
