@@ -157,7 +157,9 @@ def train_config(cfg: DictConfig, tok: dict[str, Any], tokenizer_dir: Path, mds_
         "seed": int(cfg.seed),
         "max_seq_len": int(cfg.max_seq_len),
         "model": model_section(cfg, tok, checkpoints),
-        "tokenizer": {"name": str(tokenizer_dir), "kwargs": {"model_max_length": int(cfg.max_seq_len)}},
+        # Right padding: the text collator sends no attention mask, so pads must come after the real tokens.
+        "tokenizer": {"name": str(tokenizer_dir),
+                      "kwargs": {"model_max_length": int(cfg.max_seq_len), "padding_side": "right"}},
         "train_loader": loader_section(cfg, mds_dir / "train", train=True),
         "eval_loader": loader_section(cfg, mds_dir / "val", train=False),
         "optimizer": plain(t.optimizer),

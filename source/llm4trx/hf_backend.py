@@ -137,12 +137,18 @@ def build_trainer(cfg: DictConfig, inputs: dict[str, Any], folder: Path, callbac
 
     # Set by torchrun / accelerate launch for every rank.
     args = training_arguments(cfg, folder, int(os.environ.get("WORLD_SIZE", "1")))
-    tokenizer = AutoTokenizer.from_pretrained(str(inputs["tokenizer_dir"]))
+    tokenizer = AutoTokenizer.from_pretrained(str(inputs["tokenizer_dir"]), padding_side="right")
     mds = inputs["mds_dir"]
 
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+
     def split(name: str, train: bool, batch_size: int):
+        # accelerate shards an IterableDataset across ranks itself (IterableDatasetShard); StreamingDataset
+        # would shard it by rank too, and each rank would see only 1/world_size of its share. With
+        # replication=world_size streaming gives every rank the same stream and accelerate splits it once.
         return StreamingTextDataset(tokenizer=tokenizer, max_seq_len=int(cfg.max_seq_len), local=str(mds / name),
-                                    shuffle=train, shuffle_seed=int(cfg.seed), batch_size=batch_size)
+                                    shuffle=train, shuffle_seed=int(cfg.seed), batch_size=batch_size,
+                                    replication=world_size if world_size > 1 else None)
 
     return Trainer(
         model=build_model(cfg, inputs["tok"], folder),
