@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -111,7 +112,7 @@ def main() -> None:
         cfg = compose([*overrides, f"paths.output_root={tmp / 'outputs'}"])
         build_lm_inputs(cfg, n_train=320, n_val=16)
     never = f"{10 * args.steps}ba"
-    cfg = compose([*overrides, *( [f"paths.output_root={cfg.paths.output_root}"]),
+    cfg = compose([*overrides, f"paths.output_root={cfg.paths.output_root}",
                    f"trainer.max_duration={args.steps}ba", f"trainer.eval_interval={never}",
                    f"trainer.save_interval={never}", "trainer.eval_first=false"])
     threads = args.threads or cfg.trainer.get("cpu_threads")
@@ -133,6 +134,7 @@ def main() -> None:
     print(f"model={cfg.model.name} batch={cfg.trainer.global_train_batch_size} max_seq_len={cfg.max_seq_len} "
           f"threads={torch.get_num_threads()}")
     print(f"ratio llm-foundry / HF Trainer: {rates['foundry'] / rates['hf']:.2f} (goal >= 1.0)")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
