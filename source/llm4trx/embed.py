@@ -102,13 +102,13 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 @torch.no_grad()
-def embed_sequences(model, tokenizer, sequences: list[list[int]], batches: list[list[int]], pooling: str,
-                    layer_slice, padding_side: str, device, progress: bool) -> np.ndarray:
-    """Pooled float32 vectors of `sequences`, in the order of `sequences`."""
+def embed_sequences(model, pad_id: int, sequences: list[list[int]], batches: list[list[int]], pooling: str,
+                    layer_slice, padding_side: str, device, progress: bool, pad_to: int | None = None) -> np.ndarray:
+    """Pooled float32 vectors of `sequences`, in the order of `sequences`. Each batch is padded to its
+    longest sequence (`pad_to` pads every batch to that length instead: the benchmark's baseline)."""
     out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
-        longest = max(len(sequences[i]) for i in batch)
+        longest = pad_to or max(len(sequences[i]) for i in batch)
         ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), longest), dtype=torch.long)
         for row, i in enumerate(batch):
@@ -134,7 +134,8 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
         mine = list(mine)
     sequences, n_truncated = tokenize(tokenizer, texts["text"].iloc[mine].tolist(), int(max_tokens))
     batches = length_sorted_batches([len(s) for s in sequences], int(cfg.embed.batch_size))
-    vectors = embed_sequences(model, tokenizer, sequences, batches, cfg.embed.pooling,
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    vectors = embed_sequences(model, pad_id, sequences, batches, cfg.embed.pooling,
                               list(cfg.embed.layer_slice), cfg.embed.padding_side, state.device,
                               progress=bool(cfg.progress) and state.is_main_process)
     n_tokens = sum(len(s) for s in sequences)

@@ -65,17 +65,16 @@ def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path) -> tuple[d
     if "coles" in needed:
         path = require(cfg, "coles") / "embeddings.parquet"
         sets["coles"], sources["coles"] = read_embeddings(path, id_column, "coles"), path
-    if "aggregates" in needed or "random" in needed:
-        events = pd.read_parquet(data / "events.parquet")
+    splits = pd.read_parquet(data / "splits.parquet")
     if "aggregates" in needed:
-        splits = pd.read_parquet(data / "splits.parquet")
+        events = pd.read_parquet(data / "events.parquet")
         pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]
         sets["aggregates"] = aggregate_features(events, coles.categorical_columns(cfg),
                                                 list(cfg.validate.aggregates.numeric), pretrain_ids)
         sources["aggregates"] = data / "events.parquet"
     if "random" in needed:
         dim = cfg.validate.random_dim or sets["llm"].shape[1]
-        sets["random"] = random_features(events["client_id"].unique(), int(dim), int(cfg.seed))
+        sets["random"] = random_features(splits["client_id"], int(dim), int(cfg.seed))
         sources["random"] = "random features"
     for name in cfg.validate.concatenations or []:
         sets[name] = concatenate(name, sets)
