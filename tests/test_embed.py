@@ -36,7 +36,7 @@ def test_batched_pooling_equals_unpadded_per_sequence(tiny, padding_side, poolin
     tokenizer, model = tiny
     rng = np.random.default_rng(0)
     sequences = [rng.integers(3, len(tokenizer), n).tolist() for n in (3, 17, 9, 30, 1)]
-    batched = embed.embed_sequences(model, tokenizer, sequences, [[0, 1, 2, 3, 4]], pooling, layer_slice,
+    batched = embed.embed_sequences(model, tokenizer.pad_token_id, sequences, [[0, 1, 2, 3, 4]], pooling, layer_slice,
                                     padding_side, torch.device("cpu"), progress=False)
     with torch.no_grad():
         for i, seq in enumerate(sequences):
