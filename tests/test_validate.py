@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embed_fixtures import mark_done, write_all, write_data
-from llm4trx import embed, validate
+from embed_fixtures import mark_done, write_data, write_hf, write_text
+from llm4trx import coles, embed, prepare, validate
 from llm4trx.config import compose
 from llm4trx.errors import DataError
 from llm4trx.features import read_embeddings
@@ -17,16 +17,19 @@ from llm4trx.protocol import feature_matrix, load_labels
 from llm4trx.stage import stage_dir
 
 # Small but real: fewer trees and a small CoLES so the module stays within its time budget.
-FAST = ["progress=false", "validate.lightgbm.binary.n_estimators=150", "validate.n_jobs=1",
-        "validate.coles.hidden_size=32", "validate.coles.max_epochs=2", "validate.coles.cnt_max=40",
+FAST = ["progress=false", "validate.lightgbm.binary.n_estimators=150", "validate.n_jobs=2",
+        "validate.coles.hidden_size=64", "validate.coles.max_epochs=4", "validate.coles.cnt_max=40",
         "validate.coles.batch_size=128", "embed.batch_size=32"]
 
 
 @pytest.fixture(scope="module")
 def validated(tmp_path_factory):
     root = tmp_path_factory.mktemp("validate") / "outputs"
-    cfg = compose([f"paths.output_root={root}", *FAST])
-    write_all(cfg, n_clients=300)
+    cfg = compose([f"paths.output_root={root}", "dataset.n_clients=500", "dataset.max_events=60",
+                   "dataset.label_noise=0.0", *FAST])
+    prepare.run(cfg)  # the real stage on the synthetic generator (rosbank schema)
+    write_text(cfg)
+    write_hf(cfg)
     embed.run(cfg)
     folder = validate.run(cfg)
     return root, cfg, json.loads((folder / "results.json").read_text()), (folder / "results.md").read_text()
@@ -44,18 +47,35 @@ def test_one_table_with_every_feature_set_and_random_worst(validated):
         for metric in results["metrics"]:
             assert len(entry[metric]["folds"]) == 5
             assert entry[metric]["val_mean"] == pytest.approx(np.mean([f["val"] for f in entry[metric]["folds"]]))
-    headline = {name: entry["auroc"] for name, entry in sets.items()}
-    for part in ("val_mean", "test_mean"):
-        others = [headline[n][part] for n in sets if n != "random"]
-        assert headline["random"][part] < min(others), part
-    # The generated targets follow the category mix and amounts: aggregates see it, noise does not.
-    assert headline["aggregates"]["val_mean"] > headline["random"]["val_mean"] + 0.2
+    headline = {name: entry["auroc"]["val_mean"] for name, entry in sets.items()}
+    # Judged on the validation folds (all ~360 cross-validated clients): the fixed test split of this small
+    # dataset has ~40 clients, where a random AUROC strays by ~0.08 by chance.
+    assert headline["random"] < min(v for n, v in headline.items() if n != "random"), headline
+    # The synthetic targets follow the sequences (category mix, amounts, trend, order): aggregates see it.
+    assert headline["aggregates"] > headline["random"] + 0.15, headline
 
 
 def test_same_seed_twice_gives_identical_metrics(validated):
     root, cfg, results, _ = validated
-    again = validate.run(compose([f"paths.output_root={root}", *FAST, "force=true"]))
+    coles_stamp = (stage_dir(cfg, "coles") / "embeddings.parquet").stat().st_mtime_ns
+    again = validate.run(compose([f"paths.output_root={root}", "dataset.n_clients=500", "dataset.max_events=60",
+                                  "dataset.label_noise=0.0", *FAST, "force=true"]))
     assert json.loads((again / "results.json").read_text())["feature_sets"] == results["feature_sets"]
+    # force rebuilds validation only; the CoLES input stage stays (its own determinism: the next test).
+    assert (stage_dir(cfg, "coles") / "embeddings.parquet").stat().st_mtime_ns == coles_stamp
+
+
+def test_coles_same_seed_twice_gives_identical_embeddings(data_only):
+    base = [f"paths.output_root={data_only.paths.output_root}", *FAST,
+            "validate.coles.hidden_size=16", "validate.coles.max_epochs=1"]
+
+    def embeddings(overrides):
+        return pd.read_parquet(coles.run(compose(overrides)) / "embeddings.parquet")
+
+    first = embeddings(base)
+    assert len(first) == 120 and first.columns[0] == data_only.dataset.id_column
+    pd.testing.assert_frame_equal(first, embeddings([*base, "force=true"]))
+    assert not np.allclose(first.iloc[:, 1:].to_numpy(), embeddings([*base, "seed=7"]).iloc[:, 1:].to_numpy())
 
 
 # ---- bad input: clear errors, nothing written -------------------------------------------------------

@@ -87,7 +87,8 @@ def run(cfg: DictConfig) -> Path:
     needed = check_config(cfg)
     inputs = ["prepare"] + (["embed"] if "llm" in needed else [])
     if "coles" in needed:
-        coles.run(cfg)  # skipped when coles/ is up to date for this config
+        # An input stage, built only when missing or out of date: `force` rebuilds validation, not CoLES.
+        coles.run(OmegaConf.merge(cfg, {"force": False}))
         inputs.append("coles")
 
     def build(tmp: Path) -> dict:
