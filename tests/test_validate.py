@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embed_fixtures import mark_done, write_data, write_hf, write_text
-from llm4trx import coles, embed, prepare, validate
+from embed_fixtures import mark_done, write_data, write_hf
+from llm4trx import coles, embed, prepare, text, validate
 from llm4trx.config import compose
 from llm4trx.errors import DataError
 from llm4trx.features import read_embeddings
@@ -27,9 +27,9 @@ def validated(tmp_path_factory):
     root = tmp_path_factory.mktemp("validate") / "outputs"
     cfg = compose([f"paths.output_root={root}", "dataset.n_clients=500", "dataset.max_events=60",
                    "dataset.label_noise=0.0", *FAST])
-    prepare.run(cfg)  # the real stage on the synthetic generator (rosbank schema)
-    write_text(cfg)
-    write_hf(cfg)
+    prepare.run(cfg)  # the real stages on the synthetic generator (rosbank schema) ...
+    text.run(cfg)
+    write_hf(cfg)  # ... and, until the export stage lands, a tiny random Llama with a BPE trained on text/
     embed.run(cfg)
     folder = validate.run(cfg)
     return root, cfg, json.loads((folder / "results.json").read_text()), (folder / "results.md").read_text()
