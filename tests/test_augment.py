@@ -211,9 +211,11 @@ def test_empty_and_truncated_outputs_are_counted_and_dropped(out_root, generator
 
 
 def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
-    cfg = cfg_for(out_root, generator, "augment.use=[html_little,yaml_large]", "augment.drop_empty=false")
+    cfg = cfg_for(out_root, generator, "augment.clients.n=4", "augment.use=[html_little,yaml_large]",
+                  "augment.drop_empty=false")
     data = write_data(cfg)
     augment.run(cfg)
+    augmented = set(augment.select_clients(cfg, data / "splits.parquet"))
     # an output that also names a test client (e.g. produced on other data) must not leak it into train
     folder = stage_dir(cfg, "augment")
     with open(folder / "hf.jsonl", "a") as f:
@@ -222,12 +224,14 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     train = [{"client_id": c, "text": f"base {c}", "n_events": 3, "n_events_kept": 3, "n_tokens": 2}
              for c in TRAIN]
     mix = ["augment.mix.sources=[hf]", "augment.mix.prompts=[yaml_large]", "augment.mix.fraction=0.5"]
-    records, stats = mix_into_train(cfg_for(out_root, generator, *mix), train, count_tokens=len)
+    records, stats = mix_into_train(cfg_for(out_root, generator, "augment.clients.n=4", *mix), train,
+                                    count_tokens=len)
     added = [r for r in records if r["source"] != "base"]
-    assert len([r for r in records if r["source"] == "base"]) == len(TRAIN)
-    assert stats["clients_mixed"] == 4 == len({r["client_id"] for r in added}) == stats["texts_added"] == len(added)
+    assert [r for r in records if r["source"] == "base"] == [{**r, "source": "base"} for r in train]
+    assert stats["clients_with_augmented"] == 4 and stats["clients_mixed"] == 2
+    assert len({r["client_id"] for r in added}) == 2 == stats["texts_added"] == len(added)
     assert {r["source"] for r in added} == {"augment/hf/yaml_large"}
-    assert {r["client_id"] for r in added} <= set(TRAIN) and stats["skipped_not_train"] == 0
+    assert {r["client_id"] for r in added} <= augmented and stats["skipped_not_train"] == 0
     assert all(r["n_tokens"] == len(r["text"]) for r in added)
     assert not any(r.get("pretrain") is False for r in records)
 
@@ -235,7 +239,7 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
                                             "augment.mix.with_base=false"), train)
     assert stats["skipped_not_train"] == 1 and "leak" not in {r["text"] for r in records}
     out_of_corpus = {r["client_id"] for r in records if r.get("pretrain") is False}
-    assert out_of_corpus == set(TRAIN) and stats["texts_added"] == 2 * len(TRAIN)
+    assert out_of_corpus == augmented and stats["texts_added"] == 2 * len(augmented)
     assert pd.read_parquet(data / "splits.parquet").set_index("client_id").loc[TEST, "split"].eq("test").all()
     untouched, stats = mix_into_train(cfg_for(out_root, generator), train)
     assert untouched is train and stats == {"enabled": False}

@@ -102,6 +102,8 @@ class HFBackend:
         self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(self.device).eval()
         self.tokenizer = tokenizer
         tokenizer.padding_side = "left"  # decoder-only models continue from the last position
+        # The prompts are token ids already (shared with vLLM), so `pad` is the right call; silence its hint.
+        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.eos_ids = sorted(i for i in eos if i is not None)
