@@ -58,6 +58,18 @@ def save_tiny_generator(folder: Path, eos_only: bool = False, context: int = 512
     return folder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """On the shared 2-core test machine, OpenMP threads spin against other processes: a decode step of the tiny
+    model is ~20x slower with 2 threads than with 1 under load."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def generator(tmp_path_factory):
     return save_tiny_generator(tmp_path_factory.mktemp("gen"))
