@@ -233,25 +233,25 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     with open(folder / "hf.jsonl", "a") as f:
         f.write(json.dumps({"client_id": TEST[0], "prompt_id": "html_little", "text": "leak",
                             "generator": "x", "finish_reason": "stop"}) + "\n")
-    train = [{"client_id": c, "text": f"base {c}", "n_events": 3, "n_events_kept": 3, "n_tokens": 2}
-             for c in TRAIN]
+    train = pd.DataFrame({"client_id": TRAIN, "text": [f"base {c}" for c in TRAIN], "n_events": 3,
+                          "n_events_kept": 3, "n_tokens": 2})
     mix = ["augment.mix.sources=[hf]", "augment.mix.prompts=[yaml_large]", "augment.mix.fraction=0.5"]
-    records, stats = mix_into_train(cfg_for(out_root, generator, "augment.clients.n=4", *mix), train,
-                                    count_tokens=len)
-    added = [r for r in records if r["source"] != "base"]
-    assert [r for r in records if r["source"] == "base"] == [{**r, "source": "base"} for r in train]
+    rows, stats = mix_into_train(cfg_for(out_root, generator, "augment.clients.n=4", *mix), train,
+                                 count_tokens=lambda texts: [len(t) for t in texts])
+    added = rows[rows["source"] != "base"]
+    pd.testing.assert_frame_equal(rows[rows["source"] == "base"].drop(columns="source"), train)
     assert stats["clients_with_augmented"] == 4 and stats["clients_mixed"] == 2
-    assert len({r["client_id"] for r in added}) == 2 == stats["texts_added"] == len(added)
-    assert {r["source"] for r in added} == {"augment/hf/yaml_large"}
-    assert {r["client_id"] for r in added} <= augmented and stats["skipped_not_train"] == 0
-    assert all(r["n_tokens"] == len(r["text"]) for r in added)
-    assert not any(r.get("pretrain") is False for r in records)
+    assert added["client_id"].nunique() == 2 == stats["texts_added"] == len(added)
+    assert set(added["source"]) == {"augment/hf/yaml_large"} and "pretrain" not in rows
+    assert set(added["client_id"]) <= augmented and stats["skipped_not_train"] == 0
+    assert (added["n_tokens"] == added["text"].str.len()).all() and (added["n_events"] == 3).all()
 
-    records, stats = mix_into_train(cfg_for(out_root, generator, "augment.mix.sources=[hf]",
-                                            "augment.mix.with_base=false"), train)
-    assert stats["skipped_not_train"] == 1 and "leak" not in {r["text"] for r in records}
-    out_of_corpus = {r["client_id"] for r in records if r.get("pretrain") is False}
-    assert out_of_corpus == augmented and stats["texts_added"] == 2 * len(augmented)
+    rows, stats = mix_into_train(cfg_for(out_root, generator, "augment.mix.sources=[hf]",
+                                         "augment.mix.with_base=false"), train)
+    assert stats["skipped_not_train"] == 1 and "leak" not in set(rows["text"])
+    assert set(rows.loc[~rows["pretrain"], "client_id"]) == augmented
+    assert (rows.loc[~rows["pretrain"], "source"] == "base").all()
+    assert stats["texts_added"] == 2 * len(augmented) == (rows["source"] != "base").sum()
     assert pd.read_parquet(data / "splits.parquet").set_index("client_id").loc[TEST, "split"].eq("test").all()
     untouched, stats = mix_into_train(cfg_for(out_root, generator), train)
     assert untouched is train and stats == {"enabled": False}
