@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from llm4trx.augment_backends import Sample, check_environment, context_length, generator_dir, load_backend
 from llm4trx.augment_prompts import ClientPrompter, build_prompts
-from llm4trx.augment_render import transaction_renderer
+from llm4trx.augment_render import check_format, transaction_renderer
 from llm4trx.cli import stage_main
 from llm4trx.errors import ConfigError, DataError
 from llm4trx.stage import SUCCESS_FILE, config_hash, read_success, require, stage_dir
@@ -85,7 +85,8 @@ def validate(cfg: DictConfig):
         raise ConfigError(f"augment.sampling.max_tokens={s.max_tokens} leaves no room for a prompt in the "
                           f"generator's context of {context} tokens ({path})")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    prompter = ClientPrompter(tokenizer, acfg, transaction_renderer(cfg), context)
+    check_format(cfg)
+    prompter = ClientPrompter(tokenizer, acfg, context)
     empty = pd.DataFrame({"event_time": pd.to_datetime([])})
     for prompt in prompts:  # a prompt that does not fit even without transactions fails here
         prompter.fit(prompt, empty)
@@ -178,6 +179,7 @@ def run(cfg: DictConfig) -> Path:
         raise ConfigError(f"{out} was generated with another config (hash {stale}, now {want}); "
                           "choose another augment.name, or force=true to regenerate it")
 
+    prompter.render = transaction_renderer(cfg, data)
     clients = select_clients(cfg, data / "splits.parquet")
     if not clients:
         raise DataError(data / "splits.parquet", "no client of the train split to augment", column="split")

@@ -115,8 +115,9 @@ class ClientPrompter:
     the most recent ones are kept), as the text stage does for its own budget.
     """
 
-    def __init__(self, tokenizer, acfg: DictConfig, render: Callable[[pd.DataFrame], str], context: int):
-        self.tokenizer, self.render = tokenizer, render
+    def __init__(self, tokenizer, acfg: DictConfig, context: int):
+        self.tokenizer = tokenizer
+        self.render: Callable[[pd.DataFrame], str] = lambda events: ""  # set once data/ is known to exist
         self.system = acfg.system or None
         self.chat = has_chat_template(tokenizer, acfg)
         self.budget = context - int(acfg.sampling.max_tokens)

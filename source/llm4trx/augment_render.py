@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 from omegaconf import DictConfig
 
+Renderer = Callable[[pd.DataFrame], str]
 
-def transaction_renderer(cfg: DictConfig) -> Callable[[pd.DataFrame], str]:
-    """events of one client (canonical columns, oldest first) -> text, in format augment.transactions_format."""
-    try:
-        from llm4trx import formats  # noqa: F401  (the text stage's registry; not on this branch yet)
-    except ImportError:
-        formats = None
-    columns = ["event_time", "amount", "mcc", *cfg.dataset.categorical]
 
-    def render_csv(events: pd.DataFrame) -> str:
-        # Until llm4trx.formats is merged: the canonical columns as CSV.
-        return events[[c for c in columns if c in events]].to_csv(index=False, date_format="%Y-%m-%d %H:%M")
+def check_format(cfg: DictConfig) -> None:
+    """ConfigError listing the known formats when augment.transactions_format is not one (before any work)."""
+    from llm4trx.formats import get_format
 
-    return render_csv
+    get_format(cfg.augment.transactions_format)
+
+
+def transaction_renderer(cfg: DictConfig, data_dir: Path) -> Renderer:
+    """events of one client (canonical columns, oldest first) -> text in format augment.transactions_format.
+
+    The render context (MCC names, time resolution, usual categorical values) is computed from ALL events, as
+    the text stage does, so that a client's transactions read the same here as in its text/ record.
+    """
+    from llm4trx.formats import RenderContext, get_format, render_client
+
+    fmt = get_format(cfg.augment.transactions_format)
+    categorical = list(cfg.dataset.get("categorical") or [])
+    everything = pd.read_parquet(data_dir / "events.parquet", columns=["event_time", *categorical])
+    ctx = RenderContext.from_events(everything, cfg.dataset, cfg.text)
+
+    def render(events: pd.DataFrame) -> str:
+        return render_client(events, fmt, ctx) if len(events) else ""
+
+    return render
