@@ -36,7 +36,7 @@ def save_tiny_generator(folder: Path, eos_only: bool = False, context: int = 512
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|eos|>", "<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"]
-    prompts = compose().augment
+    prompts = compose(["augment=hf"]).augment
     corpus = [prompts.system, prompts.user_template, *prompts.formats.values(), *prompts.analysis.values(),
               "2021-03-04 12:00,123.45,5411,POS,810,WD_ATM"] * 20
     tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=specials,
@@ -253,8 +253,9 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     assert (rows.loc[~rows["pretrain"], "source"] == "base").all()
     assert stats["texts_added"] == 2 * len(augmented) == (rows["source"] != "base").sum()
     assert pd.read_parquet(data / "splits.parquet").set_index("client_id").loc[TEST, "split"].eq("test").all()
-    untouched, stats = mix_into_train(cfg_for(out_root, generator), train)
-    assert untouched is train and stats == {"enabled": False}
+    for off in (cfg_for(out_root, generator), compose([f"paths.output_root={out_root}"])):  # no sources; no augment
+        untouched, stats = mix_into_train(off, train)
+        assert untouched is train and stats == {"enabled": False}
 
 
 @pytest.mark.parametrize("override, message", [
@@ -276,6 +277,13 @@ def test_bad_input_is_refused_before_anything_is_written(out_root, generator, tm
     finally:
         HFBackend.__init__ = orig
     assert calls == [] and not stage_dir(cfg, "augment").exists()
+
+
+def test_no_augment_config_chosen_is_a_clear_error(out_root):
+    cfg = compose([f"paths.output_root={out_root}"])
+    assert cfg.get("augment") is None  # the stage is optional: nothing is configured by default
+    with pytest.raises(ConfigError, match="augment=hf"):
+        augment.run(cfg)
 
 
 def test_vllm_config_composes_and_needs_a_gpu(out_root, generator):

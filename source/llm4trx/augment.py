@@ -69,6 +69,8 @@ def validate(cfg: DictConfig):
     """Everything checkable before loading the model: returns (generator dir, tokenizer, prompts, prompter)."""
     from transformers import AutoTokenizer
 
+    if not cfg.get("augment"):
+        raise ConfigError("no augment config chosen: add augment=hf (transformers, CPU or GPU) or augment=vllm (GPU)")
     acfg = cfg.augment
     check_environment(acfg)
     path = generator_dir(acfg)
@@ -157,8 +159,8 @@ def _keep(sample: Sample, acfg: DictConfig) -> tuple[bool, bool, bool]:
 
 
 def run(cfg: DictConfig) -> Path:
-    acfg = cfg.augment
     path, tokenizer, prompts, prompter = validate(cfg)
+    acfg = cfg.augment
     data = require(cfg, "prepare")
     want = output_hash(cfg)
     folder = stage_dir(cfg, "augment")

@@ -4,7 +4,7 @@ The text stage calls, inside its build:
 
     train, stats["augmented"] = mix_into_train(cfg, train, counter.count)   # recorded in text/stats.json
 
-and passes `keys=[..., *MIX_KEYS]`, `inputs=[..., *mix_inputs(cfg)]` to run_stage, so that changing the mix or
+and passes `keys=[..., *mix_keys(cfg)]`, `inputs=[..., *mix_inputs(cfg)]` to run_stage, so that changing the mix or
 regenerating an augment output rebuilds text/. Only clients of the train split get augmented texts (val and
 test clients never do: their rows are not passed in, and outputs naming them are counted and skipped).
 
@@ -26,11 +26,14 @@ from omegaconf import DictConfig
 from llm4trx.errors import ConfigError, DataError, StageInputMissing
 from llm4trx.stage import read_success, require
 
-MIX_KEYS = ["augment.mix"]
-
-
 def mix_enabled(cfg: DictConfig) -> bool:
-    return bool(cfg.get("augment") and cfg.augment.mix.sources)
+    """Mixing is on when an augment config is chosen (augment=hf|vllm) and augment.mix.sources is not empty."""
+    return bool(cfg.get("augment") and cfg.augment.get("mix") and cfg.augment.mix.sources)
+
+
+def mix_keys(cfg: DictConfig) -> list[str]:
+    """Config sections of the text stage due to mixing (none when off, so its hash does not change)."""
+    return ["augment.mix"] if mix_enabled(cfg) else []
 
 
 def mix_inputs(cfg: DictConfig) -> list[str]:
