@@ -14,7 +14,7 @@ from llm4trx.augment_backends import HFBackend, check_environment
 from llm4trx.augment_mix import mix_into_train
 from llm4trx.config import compose
 from llm4trx.errors import ConfigError
-from llm4trx.stage import read_success, run_stage, stage_dir
+from llm4trx.stage import config_hash, read_success, run_stage, stage_dir
 
 TRAIN = [f"c{i:02d}" for i in range(8)]
 VAL, TEST = ["c08"], ["c09", "c10", "c11"]
@@ -131,8 +131,11 @@ def test_hf_generates_for_train_clients_only(out_root, generator, capsys):
     assert {(line["prompt_id"], line["sample"]) for line in lines} == {
         (p, s) for p in ("html_little", "json_large") for s in (0, 1)}
     assert all(line["finish_reason"] in ("stop", "length") and line["generator"] == str(generator) for line in lines)
-    counts = read_success(folder)["outputs"]["hf"]["counts"]
+    done = read_success(folder)
+    counts = done["outputs"]["hf"]["counts"]
     assert counts["samples"] == 16 and counts["written"] == 16 and counts["clients"] == 4
+    # the top level reads like any stage's record: its hash is recomputable from the keys and inputs it names
+    assert done["config_hash"] == config_hash(cfg, done["keys"], done["inputs"]) == done["outputs"]["hf"]["config_hash"]
     assert 0 < counts["generated_tokens"] <= 16 * 8 and counts["tokens_per_s"] > 0
     assert "tokens/s" in capsys.readouterr().out
     # a rerun with the same config generates nothing and still reports the figure

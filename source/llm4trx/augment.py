@@ -20,7 +20,6 @@ when an output is complete; it holds each output's hash and counts.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -46,9 +45,15 @@ log = logging.getLogger(__name__)
 NOT_IN_HASH = {"mix"}
 
 
+INPUTS = ["prepare"]
+
+
+def hash_keys(cfg: DictConfig) -> list[str]:
+    return [f"augment.{k}" for k in cfg.augment if k not in NOT_IN_HASH] + ["dataset", "text"]
+
+
 def output_hash(cfg: DictConfig) -> str:
-    keys = [f"augment.{k}" for k in cfg.augment if k not in NOT_IN_HASH] + ["dataset", "text"]
-    return config_hash(cfg, keys, inputs=["prepare"])
+    return config_hash(cfg, hash_keys(cfg), inputs=INPUTS)
 
 
 def select_clients(cfg: DictConfig, splits_path: Path) -> list[str]:
@@ -127,16 +132,19 @@ def _read_ledger(ledger: Path) -> tuple[str | None, list[dict[str, Any]]]:
     return records[0].get("config_hash"), records[1:]
 
 
-def _update_success(folder: Path, name: str, record: dict[str, Any]) -> None:
-    """Add one output's record to augment/_SUCCESS.json, atomically and under a lock (outputs share it)."""
+def _update_success(folder: Path, name: str, record: dict[str, Any], keys: list[str]) -> None:
+    """Add one output's record to augment/_SUCCESS.json, atomically and under a lock (outputs share it).
+
+    The top level describes the output completed last (config_hash, keys, inputs as run_stage writes them), so
+    a check of "is this config up to date" works as for other stages, and the text stage, which takes
+    augment/ as an input when it mixes, rebuilds whenever an output is (re)generated.
+    """
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = read_success(folder) or {}
         outputs = {**done.get("outputs", {}), name: record}
-        # The folder's hash changes whenever any output does, so stages reading augment/ rebuild.
-        combined = hashlib.sha256(json.dumps({k: v["config_hash"] for k, v in sorted(outputs.items())})
-                                  .encode()).hexdigest()[:16]
-        body = {"config_hash": combined, "finished_at": record["finished_at"], "outputs": outputs}
+        body = {"config_hash": record["config_hash"], "keys": keys, "inputs": INPUTS,
+                "finished_at": record["finished_at"], "counts": record["counts"], "outputs": outputs}
         tmp = folder / (SUCCESS_FILE + ".tmp")
         tmp.write_text(json.dumps(body, indent=2) + "\n")
         os.replace(tmp, folder / SUCCESS_FILE)
@@ -249,7 +257,8 @@ def run(cfg: DictConfig) -> Path:
                  tokens_per_s=_rate(this_run) if requests else _rate(total),
                  resumed_from=len(done))
     _update_success(folder, name, {"config_hash": want, "file": out.name, "generator": str(path),
-                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": total})
+                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": total},
+                    hash_keys(cfg))
     _report(name, total, run_counts=this_run if requests else None)
     return folder
 
