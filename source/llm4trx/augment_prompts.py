@@ -117,6 +117,8 @@ class ClientPrompter:
 
     def __init__(self, tokenizer, acfg: DictConfig, context: int):
         self.tokenizer = tokenizer
+        # fit() tokenizes whole histories on purpose before cutting them: silence "longer than the maximum".
+        tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         self.render: Callable[[pd.DataFrame], str] = lambda events: ""  # set once data/ is known to exist
         self.system = acfg.system or None
         self.chat = has_chat_template(tokenizer, acfg)
