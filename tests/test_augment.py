@@ -59,13 +59,12 @@ def save_tiny_generator(folder: Path, eos_only: bool = False, context: int = 512
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On the shared 2-core test machine, OpenMP threads spin against other processes: a decode step of the tiny
-    model is ~20x slower with 2 threads than with 1 under load."""
+def restore_torch_threads():
+    """The tests run with augment.cpu_threads=1 (on the shared 2-core test machine OpenMP threads spin against
+    other processes: a decode step is ~20x slower with 2 threads under load); give the next module its threads."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 
@@ -108,7 +107,7 @@ def write_data(cfg) -> Path:
 
 
 def cfg_for(out_root, generator, *overrides):
-    return compose([f"paths.output_root={out_root}", "progress=false", "augment=hf",
+    return compose([f"paths.output_root={out_root}", "progress=false", "augment=hf", "augment.cpu_threads=1",
                     f"augment.generator={generator}", "augment.sampling.max_tokens=8", *overrides])
 
 

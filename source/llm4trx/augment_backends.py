@@ -98,6 +98,8 @@ class HFBackend:
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu" and acfg.get("cpu_threads"):
+            torch.set_num_threads(int(acfg.cpu_threads))
         dtype = _torch_dtype(acfg.dtype, self.device == "cuda")
         self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(self.device).eval()
         self.tokenizer = tokenizer
@@ -112,7 +114,8 @@ class HFBackend:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         s = acfg.sampling
         self.n, self.max_tokens = int(s.n), int(s.max_tokens)
-        self.kwargs = dict(max_new_tokens=self.max_tokens, num_return_sequences=self.n,
+        # use_cache: exported training configs may carry use_cache=false, which would recompute every step.
+        self.kwargs = dict(max_new_tokens=self.max_tokens, num_return_sequences=self.n, use_cache=True,
                            pad_token_id=self.pad_id, eos_token_id=self.eos_ids)
         if s.temperature > 0:
             self.kwargs.update(do_sample=True, temperature=float(s.temperature), top_p=float(s.top_p))
