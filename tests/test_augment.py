@@ -260,6 +260,30 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
         assert untouched is train and stats == {"enabled": False}
 
 
+def test_text_stage_mixes_by_config_and_records_it(out_root, generator):
+    from llm4trx import text
+
+    gen = ["augment.clients.n=3", "augment.use=[html_little]", "augment.drop_empty=false"]
+    cfg = cfg_for(out_root, generator, *gen)
+    write_data(cfg)
+    augment.run(cfg)
+    plain = text.run(compose([f"paths.output_root={out_root}", "progress=false"]))
+    assert json.loads((plain / "stats.json").read_text())["augmented"] == {"enabled": False}
+    base_train = read_lines(plain / "train.jsonl")
+    unmixed = {split: (plain / f"{split}.jsonl").read_text() for split in ("val", "test")}
+
+    folder = text.run(cfg_for(out_root, generator, *gen, "augment.mix.sources=[hf]", "augment.mix.with_base=false"))
+    stats = json.loads((folder / "stats.json").read_text())["augmented"]
+    rows = read_lines(folder / "train.jsonl")
+    added = [r for r in rows if r["source"] != "base"]
+    generated = read_lines(stage_dir(cfg, "augment") / "hf.jsonl")
+    assert sorted(r["text"] for r in added) == sorted(g["text"] for g in generated) and len(added) == 3
+    assert all(r["n_tokens"] > 0 for r in added) and stats["texts_added"] == 3 and stats["clients_mixed"] == 3
+    assert {r["client_id"] for r in rows if r["pretrain"] is False} == {g["client_id"] for g in generated}
+    assert [{k: r[k] for k in base_train[0]} for r in rows if r["source"] == "base"] == base_train
+    assert {split: (folder / f"{split}.jsonl").read_text() for split in unmixed} == unmixed  # untouched
+
+
 @pytest.mark.parametrize("override, message", [
     ("augment.generator={tmp}/no_such_model", "does not exist"),
     ("augment.user_template='{transactions} {colour}'", r"unknown field\(s\) \{colour\}; known fields: \{transactions\}"),
