@@ -216,31 +216,14 @@ def run(cfg: DictConfig) -> Path:
         order = {key: i for i, key in enumerate((c, p.prompt_id) for c in clients for p in prompts)}
         bar = tqdm(total=len(requests), desc=f"augment {name}", disable=not cfg.progress, unit="req")
         for batch in _batches(requests, int(acfg.batch_size)):
-            fitted = [prompter.fit(p, by_client.get(c, _no_events(events))) for c, p in batch]
-            ids = [f[0] for f in fitted]
+            ids = [prompter.fit(p, by_client.get(c, events.iloc[:0]))[0] for c, p in batch]
             started = time.perf_counter()
             # Seeded by the batch's first request: an uninterrupted rerun reproduces every batch.
-            results = backend.generate(ids, seed=int(acfg.sampling.seed) * 1_000_003 + order[(batch[0][0],
-                                                                                            batch[0][1].prompt_id)])
-            counts = dict.fromkeys(COUNT_KEYS, 0)
-            counts["generate_seconds"] = time.perf_counter() - started
-            lines = []
-            for (cid, prompt), prompt_ids, samples in zip(batch, ids, results):
-                counts["requests"] += 1
-                counts["prompt_tokens"] += len(prompt_ids)
-                for i, sample in enumerate(samples):
-                    keep, empty, truncated = _keep(sample, acfg)
-                    counts["samples"] += 1
-                    counts["generated_tokens"] += sample.n_tokens
-                    counts["empty"] += empty
-                    counts["truncated"] += truncated
-                    counts["dropped"] += not keep
-                    if keep:
-                        counts["written"] += 1
-                        lines.append(json.dumps({
-                            "client_id": cid, "prompt_id": prompt.prompt_id, "text": sample.text,
-                            "generator": str(path), "finish_reason": sample.finish_reason,
-                            "sample": i, "n_tokens": sample.n_tokens}, ensure_ascii=False) + "\n")
+            first = order[(batch[0][0], batch[0][1].prompt_id)]
+            results = backend.generate(ids, seed=int(acfg.sampling.seed) * 1_000_003 + first)
+            elapsed = time.perf_counter() - started
+            lines, counts = _lines_and_counts(batch, ids, results, acfg, str(path))
+            counts["generate_seconds"] = elapsed
             offset = _append_durably(out, lines)
             entry = {"offset": offset, "done": [[c, p.prompt_id] for c, p in batch], **counts}
             _append_durably(ledger, [json.dumps(entry) + "\n"])
@@ -263,8 +246,27 @@ def run(cfg: DictConfig) -> Path:
     return folder
 
 
-def _no_events(events: pd.DataFrame) -> pd.DataFrame:
-    return events.iloc[:0]
+def _lines_and_counts(batch, ids, results, acfg: DictConfig, generator: str) -> tuple[list[str], dict[str, Any]]:
+    """Output lines of one batch (empty/truncated samples left out as configured) and its counts."""
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    lines = []
+    for (cid, prompt), prompt_ids, samples in zip(batch, ids, results):
+        counts["requests"] += 1
+        counts["prompt_tokens"] += len(prompt_ids)
+        for i, sample in enumerate(samples):
+            keep, empty, truncated = _keep(sample, acfg)
+            counts["samples"] += 1
+            counts["generated_tokens"] += sample.n_tokens
+            counts["empty"] += empty
+            counts["truncated"] += truncated
+            counts["dropped"] += not keep
+            if keep:
+                counts["written"] += 1
+                lines.append(json.dumps({
+                    "client_id": cid, "prompt_id": prompt.prompt_id, "text": sample.text, "generator": generator,
+                    "finish_reason": sample.finish_reason, "sample": i, "n_tokens": sample.n_tokens},
+                    ensure_ascii=False) + "\n")
+    return lines, counts
 
 
 def _rate(counts: dict[str, Any]) -> float:
