@@ -329,6 +329,14 @@ def test_vllm_config_composes_and_needs_a_gpu(out_root, generator):
     assert not stage_dir(cfg, "augment").exists()
 
 
+def test_smoke_augment_preset_uses_the_smoke_export_and_mixes(out_root):
+    cfg = compose(["experiment=smoke_augment", f"paths.output_root={out_root}"])
+    smoke = compose(["experiment=smoke", f"paths.output_root={out_root}"])
+    assert Path(cfg.augment.generator) == stage_dir(smoke, "export") and cfg.augment.backend == "hf"
+    assert cfg.experiment_name != smoke.experiment_name and list(cfg.augment.mix.sources) == [cfg.augment.name]
+    assert [p.prompt_id for p in augment.build_prompts(cfg.augment)] == ["html_little", "json_large"]
+
+
 @pytest.mark.gpu
 def test_vllm_generates_on_gpu(out_root, generator):
     pytest.importorskip("vllm")
