@@ -1,5 +1,6 @@
 """End to end on CPU: the smoke pipeline's exported tiny model augments synthetic clients (augment=hf), the text
-stage mixes the outputs into its train split, and the mixed corpus goes through shards and pretraining."""
+stage mixes the outputs into its train split, the mixed corpus goes through shards and pretraining, and the
+embeddings still hold one row per client."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from llm4trx import augment, export, prepare, pretrain, shards, text, tokenizer
+from llm4trx import augment, embed, export, prepare, pretrain, shards, text, tokenizer
 from llm4trx.config import compose
 from llm4trx.stage import read_success, stage_dir
 
@@ -49,7 +50,10 @@ def test_exported_model_augments_and_the_mixed_corpus_pretrains(tmp_path):
     stats = json.loads((stage_dir(mixed, "text") / "stats.json").read_text())["augmented"]
     assert stats["clients_mixed"] == 3 and stats["texts_added"] == 6
 
-    for stage in (tokenizer, shards, pretrain):
+    for stage in (tokenizer, shards, pretrain, export, embed):
         stage.run(mixed)
     assert read_success(stage_dir(mixed, "shards"))["counts"]["train"]["samples"] == len(train)
     assert read_success(stage_dir(mixed, "pretrain"))["counts"]["steps"] == 4
+    # embeddings: one row per client (its own text), however many augmented texts it has in train.jsonl
+    emb = pd.read_parquet(stage_dir(mixed, "embed") / "embeddings.parquet")
+    assert sorted(emb[mixed.dataset.id_column]) == sorted(splits.index)
