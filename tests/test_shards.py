@@ -23,7 +23,8 @@ MAX_SEQ_LEN = 96
 @pytest.fixture(scope="module")
 def shard_run(tmp_path_factory):
     cfg = canonical_run(tmp_path_factory.mktemp("mds"), "rosbank",
-                        ["text=compact", "tokenizer.vocab_size=400", f"max_seq_len={MAX_SEQ_LEN}"],
+                        ["text=compact", "tokenizer.vocab_size=400", f"max_seq_len={MAX_SEQ_LEN}",
+                         "text.max_tokens=null"],  # untruncated texts, so shards must cut some
                         n_clients=30, max_events=40)
     text_stage.run(cfg)
     tokenizer_stage.run(cfg)

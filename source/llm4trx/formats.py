@@ -114,6 +114,8 @@ def decimal_string(cents: np.ndarray, decimals: int) -> pa.Array:
     if decimals:
         frac = pc.utf8_lpad(pc.cast(pa.array(mag % 10**decimals), pa.string()), decimals, "0")
         whole = _join(whole, frac, sep=".")
+    if not neg.any():  # the usual case: skip building a signed copy of every string
+        return whole
     return pc.if_else(pa.array(neg), _join("-", whole), whole)
 
 

@@ -50,7 +50,8 @@ def read_jsonl(path: Path, batch: int = BATCH):
 def encode_samples(tokenizer, texts: list[str], max_seq_len: int) -> tuple[list[np.ndarray], int]:
     """bos + text + eos per text (int32), cutting the START of texts too long; returns (samples, n_cut)."""
     body = max_seq_len - 2
-    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    # encode_batch_fast: the same ids without character offsets, which cost ~20% of the encoding
+    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     samples, cut = [], 0
     for enc in encodings:
