@@ -128,21 +128,37 @@ def augment_configured(cfg: DictConfig) -> bool:
 
 
 def requested_stages(cfg: DictConfig, names: str | None) -> list[str]:
-    """The stages to run: all of the pipeline, or those named (in pipeline order) once their inputs exist."""
+    """The stages to run: all of the pipeline, or those named, in pipeline order, once their inputs exist.
+
+    `names`: stage names and ranges separated by spaces or commas; a range `a..b` includes both ends, `..b`
+    starts at the beginning and `a..` runs to the end (e.g. "..shards", "export..").
+    """
     order = pipeline(cfg)
     if not names:
         return order
-    wanted = names.replace(",", " ").split()
-    unknown = [name for name in wanted if name not in order]
-    if unknown:
-        raise ConfigError(f"STAGES: unknown stage {unknown[0]!r} for this config; the pipeline is: {' '.join(order)}")
+
+    def position(name: str, default: int) -> int:
+        if not name:
+            return default
+        if name not in order:
+            raise ConfigError(f"STAGES: unknown stage {name!r} for this config; the pipeline is: {' '.join(order)}")
+        return order.index(name)
+
+    wanted: set[str] = set()
+    for token in names.replace(",", " ").split():
+        start, dots, end = token.partition("..")
+        first = position(start, 0)
+        last = position(end, len(order) - 1) if dots else first
+        wanted.update(order[first : last + 1])
+    if not wanted:
+        raise ConfigError(f"STAGES={names!r} names no stage; the pipeline is: {' '.join(order)}")
     first = min(order.index(name) for name in wanted)
     for before in order[:first]:
         if read_success(stage_dir(cfg, before)) is None:
             raise StageInputMissing(
                 f"stage {order[first]!r} needs {before!r}, which has not finished for this run "
                 f"(no {stage_dir(cfg, before) / SUCCESS_FILE}); run the stages before it first: "
-                f"STAGES=\"{' '.join(order[:first])}\" bash scripts/run.sh <the same overrides>"
+                f"STAGES=..{order[first - 1]} bash scripts/run.sh <the same overrides>"
             )
     return [stage for stage in order if stage in wanted]
 
