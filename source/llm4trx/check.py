@@ -188,8 +188,19 @@ def shell_assignments(cfg: DictConfig) -> dict[str, str]:
         "SEEDS": " ".join(str(seed) for seed in seeds),
         "NPROC": str(process_count()),
         "STAGES": " ".join(stages),
-        "UP_TO_DATE": " ".join(stage for stage in stages if is_up_to_date(cfg, stage)),
+        "UP_TO_DATE": " ".join(leading_up_to_date(cfg, stages)),
     }
+
+
+def leading_up_to_date(cfg: DictConfig, stages: list[str]) -> list[str]:
+    """The stages that can be skipped: those up to date before the first one that must run (a rebuilt stage
+    changes the inputs of the stages after it, which then judge for themselves when they run)."""
+    done = []
+    for stage in stages:
+        if not is_up_to_date(cfg, stage):
+            break
+        done.append(stage)
+    return done
 
 
 def main(argv: Sequence[str] | None = None) -> int:
