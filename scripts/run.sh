@@ -40,11 +40,13 @@ run_stage() {  # run_stage STAGE OVERRIDES...: one stage, with NPROC processes w
 
 read -ra stages <<<"$STAGES"
 started=$SECONDS
+timings=()
 for i in "${!stages[@]}"; do
   stage=${stages[i]}
   label="run.sh [seed $SEED] $((i + 1))/${#stages[@]} $stage"
   if [[ " $UP_TO_DATE " == *" $stage "* ]]; then
     echo "$label: up to date, skipped"
+    timings+=("$stage skipped")
     continue
   fi
   echo "$label: running (processes: $([[ $stage == pretrain || $stage == embed ]] && echo "$NPROC" || echo 1))"
@@ -55,5 +57,7 @@ for i in "${!stages[@]}"; do
     exit "$rc"
   }
   echo "$label: done in $((SECONDS - t0)) s"
+  timings+=("$stage $((SECONDS - t0))s")
 done
-echo "run.sh [seed $SEED]: finished in $((SECONDS - started)) s; results in $RUN_DIR/validation/results.md"
+echo "run.sh [seed $SEED]: finished in $((SECONDS - started)) s ($(IFS=,; echo "${timings[*]}" | sed 's/,/, /g'))"
+echo "run.sh [seed $SEED]: results in $RUN_DIR/validation/results.md"
