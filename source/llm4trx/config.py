@@ -7,10 +7,14 @@ from typing import Sequence
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # conf/ sits at the repository root, beside source/ (the package is installed editable by scripts/setup.sh).
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = str(REPO_ROOT / "conf")
+
+# `${repo_root:}` in configs: files shipped with the repository (assets/) are found from any working directory.
+OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
