@@ -62,9 +62,13 @@ def submit(env, job, *args, timeout=600):
     )
 
 
-def test_failing_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_path):
-    job = tmp_path / "fails.sbatch"
-    job.write_text("#!/usr/bin/env bash\necho 'stage output before the failure'\nexit 3\n")
-    proc = submit(cluster, str(job))
-    assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert "stage output before the failure" in proc.stderr and "failed (exit 3)" in proc.stderr
+def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_path):
+    proc = submit(
+        cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=1", "--",
+        "experiment=smoke", f"paths.output_root={tmp_path}", "seeds=[1]", "dataset=rosbank",
+        f"dataset.raw_dir={tmp_path / 'no_such_dir'}",
+    )
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    # The stage's own one-line error reaches the submitting terminal, then the job's state.
+    assert "dataset.raw_dir is not a folder" in proc.stderr
+    assert "submit.sh: job" in proc.stderr and "failed (exit" in proc.stderr
