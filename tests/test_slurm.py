@@ -65,7 +65,7 @@ def submit(env, job, *args, timeout=600):
 def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_path):
     proc = submit(
         cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=1", "--",
-        "experiment=smoke", f"paths.output_root={tmp_path}", "seeds=[1]", "dataset=rosbank",
+        f"paths.output_root={tmp_path}", "seeds=[1]", "dataset=rosbank",
         f"dataset.raw_dir={tmp_path / 'no_such_dir'}",
     )
     assert proc.returncode != 0, proc.stdout + proc.stderr
