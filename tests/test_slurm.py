@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,19 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_helpers import TINY, smoke_root
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
-
-# Few clients, few steps: the whole pipeline of one seed in about a minute on 2 cores.
-TINY = [
-    "experiment=smoke",
-    "dataset.n_clients=300",
-    "trainer.max_duration=10ba",
-    "trainer.eval_interval=5ba",
-    "trainer.save_interval=10ba",
-    "progress=false",
-]
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -55,6 +47,11 @@ def cluster(tmp_path_factory):
     assert not any((state / f"{d}.pid").exists() for d in ("munged", "slurmctld", "slurmd"))
 
 
+def job_log(cluster, proc) -> str:
+    job_id = re.search(r"submit\.sh: job (\d+) queued", proc.stdout).group(1)
+    return (Path(cluster["LLM4TRX_SLURM_LOGS"]) / f"slurm-{job_id}.out").read_text()
+
+
 def submit(env, job, *args, timeout=600):
     return subprocess.run(
         ["bash", "scripts/slurm/submit.sh", job, *args], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -72,3 +69,47 @@ def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_p
     # The stage's own one-line error reaches the submitting terminal, then the job's state.
     assert "dataset.raw_dir is not a folder" in proc.stderr
     assert "submit.sh: job" in proc.stderr and "failed (exit" in proc.stderr
+
+
+def test_pipeline_job_runs_a_seed_and_the_report(cluster, tmp_path_factory):
+    root = smoke_root(tmp_path_factory)  # the seed-independent stages may already be there (test_pipeline)
+    proc = submit(
+        cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=2", "--",
+        *TINY, f"paths.output_root={root}", "seeds=[3]", f"report.dir={root / 'slurm_report'}",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = job_log(cluster, proc)
+    assert "pipeline.sbatch: job" in log and "run.sh [seed 3]: finished" in log
+    results = json.loads((root / "smoke" / "synthetic" / "seed_3" / "validation" / "results.json").read_text())
+    assert {"llm", "aggregates", "coles", "random"} <= set(results["feature_sets"])
+    assert json.loads((root / "slurm_report" / "report.json").read_text())["datasets"]["synthetic"]["seeds"] == [3]
+
+
+def test_multinode_script_pretrains_through_srun_and_composer(cluster, tmp_path_factory):
+    """The multi-node script on this one-node cluster: srun starts one Composer launcher per node (here one)."""
+    root = smoke_root(tmp_path_factory)
+    proc = submit(
+        cluster, "scripts/slurm/pretrain_multinode.sbatch", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
+        "--", *TINY, f"paths.output_root={root}", "seed=4",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = job_log(cluster, proc)
+    assert re.search(r"pretrain on 1 node\(s\) x 1 process\(es\), rendezvous \S+:\d+", log), log[-2000:]
+    run_dir = root / "smoke" / "synthetic" / "seed_4"
+    assert (run_dir / "checkpoints" / "_SUCCESS.json").is_file()
+    assert (run_dir / "validation" / "results.json").is_file()
+
+
+def test_hydra_submitit_launcher_submits_one_job_per_seed(cluster, tmp_path_factory, tmp_path):
+    root = smoke_root(tmp_path_factory)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm4trx.pretrain", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0",
+         "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY,
+         f"paths.output_root={root}", "seed=5,6"],
+        cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for seed in (5, 6):
+        assert (root / "smoke" / "synthetic" / f"seed_{seed}" / "checkpoints" / "_SUCCESS.json").is_file()
+    job_dirs = [p for p in (tmp_path / "sweep" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", p.name)]
+    assert len(job_dirs) == 2  # one array task per seed
