@@ -23,8 +23,19 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
         try:
             run(cfg)
         except Llm4trxError as err:
-            log.error("%s", err)
-            print(f"error: {err}", file=sys.stderr)
+            log.error("%s", err)  # Hydra's job logging shows it on the console and in the stage's log file
             sys.exit(2)
 
-    return _main
+    module = run.__module__
+    if module == "__main__":  # `python -m llm4trx.<stage>`
+        module = getattr(sys.modules["__main__"].__spec__, "name", module)
+    stage = module.rsplit(".", 1)[-1]
+
+    def _entry() -> None:
+        # Hydra names the job (and so the log folder logs/<job>/) after the file holding the decorated
+        # function, which is this one for every stage; name it after the stage instead.
+        if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
+            sys.argv.append(f"hydra.job.name={stage}")
+        _main()
+
+    return _entry
