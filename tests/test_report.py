@@ -109,4 +109,5 @@ def test_report_entry_point_prints_one_error_line(out_root, tmp_path):
         cwd=ROOT, capture_output=True, text=True,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: no seed has validation results")
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "no seed has validation results" in lines[0] and "run_multi_seed.sh" in lines[0]
