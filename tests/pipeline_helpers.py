@@ -15,6 +15,7 @@ TINY = [
     "trainer.max_duration=10ba",
     "trainer.eval_interval=5ba",
     "trainer.save_interval=10ba",
+    "validate.coles.max_epochs=1",
     "progress=false",
 ]
 

@@ -71,20 +71,27 @@ def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_p
     assert "submit.sh: job" in proc.stderr and "failed (exit" in proc.stderr
 
 
-def test_pipeline_job_runs_a_seed_and_the_report(cluster, tmp_path_factory):
-    root = smoke_root(tmp_path_factory)  # the seed-independent stages may already be there (test_pipeline)
+def test_pipeline_job_runs_the_seeds_and_the_report(cluster, tmp_path_factory):
+    # Same output root and seeds as test_pipeline's multi-seed run: after it, the job finds every stage done
+    # and writes the report; run alone, it builds everything.
+    root = smoke_root(tmp_path_factory)
     proc = submit(
         cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=2", "--",
-        *TINY, f"paths.output_root={root}", "seeds=[3]", f"report.dir={root / 'slurm_report'}",
+        *TINY, f"paths.output_root={root}", "seeds=[1,2]", f"report.dir={root / 'slurm_report'}",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = job_log(cluster, proc)
-    assert "pipeline.sbatch: job" in log and "run.sh [seed 3]: finished" in log
-    results = json.loads((root / "smoke" / "synthetic" / "seed_3" / "validation" / "results.json").read_text())
-    assert {"llm", "aggregates", "coles", "random"} <= set(results["feature_sets"])
-    assert json.loads((root / "slurm_report" / "report.json").read_text())["datasets"]["synthetic"]["seeds"] == [3]
+    assert "pipeline.sbatch: job" in log
+    assert "run.sh [seed 1]: finished" in log and "run.sh [seed 2]: finished" in log
+    assert f"report: {root / 'slurm_report'}/report.md" in log
+    summary = json.loads((root / "slurm_report" / "report.json").read_text())["datasets"]["synthetic"]
+    assert summary["seeds"] == [1, 2] and {"llm", "aggregates", "coles", "random"} <= set(summary["feature_sets"])
 
 
+@pytest.mark.skipif(
+    not os.environ.get("LLM4TRX_TEST_MULTINODE"),
+    reason="pretrains one more seed (minutes on 2 cores); set LLM4TRX_TEST_MULTINODE=1 to run it",
+)
 def test_multinode_script_pretrains_through_srun_and_composer(cluster, tmp_path_factory):
     """The multi-node script on this one-node cluster: srun starts one Composer launcher per node (here one)."""
     root = smoke_root(tmp_path_factory)
@@ -100,16 +107,17 @@ def test_multinode_script_pretrains_through_srun_and_composer(cluster, tmp_path_
     assert (run_dir / "validation" / "results.json").is_file()
 
 
-def test_hydra_submitit_launcher_submits_one_job_per_seed(cluster, tmp_path_factory, tmp_path):
-    root = smoke_root(tmp_path_factory)
+def test_hydra_submitit_launcher_submits_one_job_per_sweep_point(cluster, tmp_path):
+    """`python -m llm4trx.<stage> -m hydra/launcher=slurm ...`: one SLURM job per point (a cheap stage here)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "llm4trx.pretrain", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0",
-         "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY,
-         f"paths.output_root={root}", "seed=5,6"],
+        [sys.executable, "-m", "llm4trx.prepare", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0",
+         "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.output_root={tmp_path}",
+         "dataset.n_clients=100", "experiment_name=sweep_a,sweep_b"],
         cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for seed in (5, 6):
-        assert (root / "smoke" / "synthetic" / f"seed_{seed}" / "checkpoints" / "_SUCCESS.json").is_file()
+    for name in ("sweep_a", "sweep_b"):
+        done = json.loads((tmp_path / name / "synthetic" / "shared" / "data" / "_SUCCESS.json").read_text())
+        assert done["counts"]["clients"] == 100
     job_dirs = [p for p in (tmp_path / "sweep" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", p.name)]
-    assert len(job_dirs) == 2  # one array task per seed
+    assert len(job_dirs) == 2  # one array task per sweep point
