@@ -1,0 +1,146 @@
+"""Benchmark: raw CSV -> canonical events -> text -> MDS shards, through the real stage functions.
+
+    PYTHONPATH=source .venv/bin/python bench/prepare_text_shards.py            # ~1M transactions
+    PYTHONPATH=source .venv/bin/python bench/prepare_text_shards.py --clients 2000   # quicker
+
+Prints, measured in the same run:
+1. end-to-end transactions/s of prepare + text + shards (the synthetic raw CSV is generated before the clock
+   starts; the one-off domain tokenizer training is timed separately);
+2. the text rendering rate of llm4trx.formats against a straightforward per-row Python rendering of the same
+   text (the outputs are asserted equal on a sample of clients);
+3. tokens per transaction of every format with the Qwen2 tokenizer and with the domain tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from llm4trx import prepare, shards, text, tokenizer
+from llm4trx.config import compose
+from llm4trx.formats import FORMATS, RenderContext, mcc_label_map, render
+from llm4trx.stage import stage_dir
+from llm4trx.synthetic import ensure_raw
+from llm4trx.tokencount import get_counter
+
+console = Console(width=110)
+
+
+def per_row_flat(events: pd.DataFrame, ctx: RenderContext) -> dict[str, str]:
+    """The reference: the flat format written the obvious way, one Python f-string per transaction."""
+    names = mcc_label_map(events["mcc"].unique(), ctx.mcc_names)
+    fields = ["date", "merchant category" if ctx.mcc_names else "mcc", "amount", *ctx.categorical]
+    lines: dict[str, list[str]] = {}
+    dates: dict[str, list[str]] = {}
+    for row in events.itertuples(index=False):
+        when = row.event_time.strftime("%Y-%m-%d" + (" " + ctx.time_of_day if ctx.time_of_day else ""))
+        cats = [getattr(row, c) for c in ctx.categorical]
+        cats = ["NA" if c is None or c is pd.NA or c != c else str(c) for c in cats]
+        line = ", ".join([when, names[row.mcc], f"{row.amount:.2f}", *cats])
+        lines.setdefault(row.client_id, []).append(line)
+        dates.setdefault(row.client_id, []).append(row.event_time.strftime("%Y-%m-%d"))
+    texts = {}
+    for client, body in lines.items():
+        head = (f"transactions: {len(body)} | from: {dates[client][0]} | to: {dates[client][-1]} | "
+                f"fields: {', '.join(fields)}")
+        texts[client] = head + "\n" + "\n".join(body)
+    return texts
+
+
+CPU: dict[str, float] = {}
+
+
+def timed(fn, *args):
+    start, cpu = time.perf_counter(), time.process_time()
+    result = fn(*args)
+    CPU[getattr(fn, "__module__", "") + "." + fn.__name__] = time.process_time() - cpu
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=9000, help="synthetic clients (~110 transactions each)")
+    parser.add_argument("--format", default="flat", help="text format of the end-to-end run")
+    parser.add_argument("--reference-events", type=int, default=100_000, help="events rendered per row")
+    parser.add_argument("--sample-clients", type=int, default=600, help="clients for the tokens/transaction table")
+    parser.add_argument("--out", default=None, help="output root (default: a temporary folder)")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="llm4trx-bench-"))
+    cfg = compose([f"paths.output_root={out}", "experiment_name=bench", "dataset=synthetic", "progress=false",
+                   f"dataset.n_clients={args.clients}", f"text={args.format}", "force=true"])
+    console.print(f"cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()}; "
+                  f"output root {out}")
+
+    import streaming  # noqa: F401  (import once before the clock: ~10 s of module loading, not per-transaction work)
+    import transformers  # noqa: F401
+
+    _, t_raw = timed(ensure_raw, cfg.dataset)
+    _, t_prepare = timed(prepare.run, cfg)
+    n_events = pd.read_parquet(stage_dir(cfg, "prepare") / "events.parquet", columns=["mcc"]).shape[0]
+    _, t_text = timed(text.run, cfg)
+    _, t_tok = timed(tokenizer.run, cfg)
+    _, t_shards = timed(shards.run, cfg)
+    total = t_prepare + t_text + t_shards
+    table = Table(title=f"end to end, {n_events:,} synthetic transactions (format {args.format})")
+    for col in ["step", "seconds", "transactions/s", "CPU seconds (this process)"]:
+        table.add_column(col, justify="right")
+    cpu = list(CPU.values())
+    cpu = cpu[:5] + [sum(cpu[1:3]) + cpu[4], sum(cpu[1:5])]
+    for (name, secs), cpu_s in zip([("raw CSV generation (not counted)", t_raw), ("prepare: CSV -> canonical", t_prepare),
+                       ("text: render + count + truncate", t_text), ("tokenizer: train BPE (one-off)", t_tok),
+                       ("shards: tokenize + MDS", t_shards), ("prepare + text + shards", total),
+                       ("... + tokenizer training", total + t_tok)], cpu):
+        table.add_row(name, f"{secs:.2f}", f"{n_events / secs:,.0f}", f"{cpu_s:.2f}")
+    console.print(table)
+
+    # rendering against the per-row reference (same text)
+    events = pd.read_parquet(stage_dir(cfg, "prepare") / "events.parquet")
+    events["client_id"] = events["client_id"].astype(str)
+    ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
+    vec, t_vec = timed(render, events, "flat", ctx)
+    cut = events["client_id"].iloc[min(args.reference_events, len(events)) - 1]
+    subset = events[events["client_id"] < cut]
+    ref, t_ref = timed(per_row_flat, subset, ctx)
+    sample = list(ref)[:: max(1, len(ref) // 200)]
+    mismatched = [c for c in sample if ref[c] != vec[c]]
+    assert not mismatched, f"per-row and vectorised texts differ, e.g. client {mismatched[0]}"
+    rate_vec, rate_ref = len(events) / t_vec, len(subset) / t_ref
+    console.print(f"render flat, vectorised: {rate_vec:,.0f} transactions/s ({len(events):,} in {t_vec:.2f} s); "
+                  f"per-row Python: {rate_ref:,.0f} transactions/s ({len(subset):,} in {t_ref:.2f} s); "
+                  f"ratio {rate_vec / rate_ref:.1f}x (same text on {len(sample)} sampled clients)")
+    console.print(f"end to end vs per-row rendering alone: {n_events / total / rate_ref:.1f}x")
+
+    # tokens per transaction of every format
+    clients = events["client_id"].drop_duplicates()
+    keep = clients.iloc[:: max(1, len(clients) // args.sample_clients)]
+    sample_events = events[events["client_id"].isin(set(keep))]
+    counters = {"qwen": get_counter("qwen"), "domain": get_counter(str(stage_dir(cfg, "tokenizer")))}
+    table = Table(title=f"tokens per transaction, {sample_events.shape[0]:,} transactions of {len(keep)} clients, "
+                        f"untruncated (domain BPE trained on {args.format} texts)")
+    for col in ["format", "qwen tok/trx", "qwen lines only", "vs flat", "domain tok/trx", "domain lines only"]:
+        table.add_column(col, justify="right")
+    per_format = {}
+    for name in FORMATS:
+        row = []
+        for key, counter in counters.items():
+            frame = text.build_texts(sample_events, FORMATS[name], ctx, counter, None)
+            kept = frame["n_events_kept"].sum()
+            row += [frame["n_tokens"].sum() / kept, (frame["n_tokens"] - frame["n_header_tokens"]).sum() / kept]
+        per_format[name] = row
+    for name, (q, ql, d, dl) in per_format.items():
+        table.add_row(name, f"{q:.2f}", f"{ql:.2f}", f"{q / per_format['flat'][0]:.2f}x", f"{d:.2f}", f"{dl:.2f}")
+    console.print(table)
+    ratio = per_format["compact"][0] / per_format["flat"][0]
+    console.print(f"compact / flat (qwen, tokens per transaction incl. header): {ratio:.2f} (goal <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

