@@ -60,4 +60,4 @@ for i in "${!stages[@]}"; do
   timings+=("$stage $((SECONDS - t0))s")
 done
 echo "run.sh [seed $SEED]: finished in $((SECONDS - started)) s ($(IFS=,; echo "${timings[*]}" | sed 's/,/, /g'))"
-echo "run.sh [seed $SEED]: results in $RUN_DIR/validation/results.md"
+if [[ " $STAGES " == *" validate "* ]]; then echo "run.sh [seed $SEED]: results in $RUN_DIR/validation/results.md"; fi
