@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,3 +32,12 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 900) -> subpr
     return subprocess.run(
         ["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
+
+
+STAGE_MODULES = ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed", "validate"]
+
+
+def needs_every_stage():
+    """Skip mark for tests of the whole pipeline on a branch where some stage module has not landed yet."""
+    missing = [m for m in STAGE_MODULES if importlib.util.find_spec(f"llm4trx.{m}") is None]
+    return pytest.mark.skipif(bool(missing), reason=f"stage modules not on this branch yet: {', '.join(missing)}")

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline_helpers import TINY, run_script, smoke_root
+from pipeline_helpers import TINY, needs_every_stage, run_script, smoke_root
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, needs_every_stage()]
 
 STAGES = ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed", "validate"]
 FEATURE_SETS = {"llm", "aggregates", "coles", "random"}
