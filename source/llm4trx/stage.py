@@ -35,6 +35,7 @@ STAGES: dict[str, tuple[str, bool]] = {
     "pretrain": ("checkpoints", False),
     "export": ("hf", False),
     "embed": ("embeddings", False),
+    "coles": ("coles", False),
     "validate": ("validation", False),
 }
 

@@ -1,0 +1,107 @@
+"""Stage `coles`: the CoLES baseline (pytorch-lifestream `ptls.frames.coles`).
+
+A GRU sequence encoder is trained contrastively on the pretraining clients (train + val splits of
+data/splits.parquet, never test), then embeds every client: coles/embeddings.parquet
+(<dataset.id_column> string, emb_0000.. float32, the contract of embeddings/). Depends on data/ and the
+seed only, so it may run beside pretraining; `validate` runs it when it is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from llm4trx.cli import stage_main
+from llm4trx.embed import embeddings_frame
+from llm4trx.sequences import ptls_records
+from llm4trx.stage import require, run_stage
+
+log = logging.getLogger(__name__)
+
+KEYS = ["validate.coles", "validate.aggregates", "seed", "dataset.id_column", "dataset.categorical"]
+INPUTS = ["prepare"]
+
+
+def categorical_columns(cfg: DictConfig) -> list[str]:
+    configured = cfg.validate.aggregates.categorical
+    return list(configured) if configured is not None else ["mcc", *cfg.dataset.categorical]
+
+
+def train_encoder(records: list[dict], sizes: dict, numeric: list[str], c: DictConfig, seed: int, progress: bool):
+    import pytorch_lightning as pl
+    from ptls.data_load.datasets import MemoryMapDataset
+    from ptls.data_load.iterable_processing import SeqLenFilter
+    from ptls.frames import PtlsDataModule
+    from ptls.frames.coles import CoLESModule, ColesDataset
+    from ptls.frames.coles.split_strategy import SampleSlices
+    from ptls.nn import RnnSeqEncoder, TrxEncoder
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    trx_encoder = TrxEncoder(
+        embeddings={col: {"in": size, "out": min(int(c.category_embedding_dim), size)} for col, size in sizes.items()},
+        numeric_values={n: "log" for n in numeric},
+        embeddings_noise=0.003,
+    )
+    seq_encoder = RnnSeqEncoder(trx_encoder=trx_encoder, hidden_size=int(c.hidden_size), type="gru")
+    module = CoLESModule(
+        seq_encoder=seq_encoder,
+        optimizer_partial=partial(torch.optim.Adam, lr=float(c.lr)),
+        lr_scheduler_partial=partial(torch.optim.lr_scheduler.StepLR, step_size=10, gamma=0.9025),
+    )
+    data = PtlsDataModule(
+        train_data=ColesDataset(
+            MemoryMapDataset(data=records, i_filters=[SeqLenFilter(min_seq_len=int(c.min_seq_len))]),
+            splitter=SampleSlices(split_count=int(c.split_count), cnt_min=int(c.cnt_min), cnt_max=int(c.cnt_max)),
+        ),
+        train_batch_size=int(c.batch_size),
+        train_num_workers=int(c.num_workers),
+    )
+    trainer = pl.Trainer(
+        max_epochs=int(c.max_epochs), accelerator="auto", devices=1, deterministic=True, logger=False,
+        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+    )
+    trainer.fit(module, data)
+    return seq_encoder
+
+
+@torch.no_grad()
+def infer(seq_encoder, records: list[dict], batch_size: int) -> np.ndarray:
+    from ptls.data_load.utils import collate_feature_dict
+
+    seq_encoder.eval()
+    device = next(seq_encoder.parameters()).device
+    # A plain loop rather than ptls's InferenceModule + Trainer.predict: same encoder call, without a
+    # DataFrame per row, and the rows stay aligned with `records`.
+    chunks = [seq_encoder(collate_feature_dict(records[i : i + batch_size]).to(device)).float().cpu().numpy()
+              for i in range(0, len(records), batch_size)]
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def run(cfg: DictConfig) -> Path:
+    def build(tmp: Path) -> dict:
+        data = require(cfg, "prepare")
+        events = pd.read_parquet(data / "events.parquet")
+        splits = pd.read_parquet(data / "splits.parquet")
+        pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
+        numeric = list(cfg.validate.aggregates.numeric)
+        records, sizes = ptls_records(events, categorical_columns(cfg), numeric, pretrain_ids)
+        train_records = [r for r in records if r["client_id"] in pretrain_ids]
+        encoder = train_encoder(train_records, sizes, numeric, cfg.validate.coles, int(cfg.seed), bool(cfg.progress))
+        matrix = infer(encoder, records, int(cfg.validate.coles.inference_batch_size))
+        frame = embeddings_frame(cfg.dataset.id_column, [r["client_id"] for r in records], matrix)
+        frame.to_parquet(tmp / "embeddings.parquet", index=False)
+        return {"clients": len(records), "train_clients": len(train_records), "dim": int(matrix.shape[1])}
+
+    return run_stage(cfg, "coles", build, keys=KEYS, inputs=INPUTS)
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

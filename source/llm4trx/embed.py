@@ -1,0 +1,198 @@
+"""Stage `embed`: one vector per client from the exported LM (hf/) and the texts of every split.
+
+Runs as one process or as several (`torchrun --nproc_per_node N -m llm4trx.embed ...`,
+`accelerate launch --multi_gpu --num_processes N -m llm4trx.embed ...`): clients are split between the
+processes with accelerate, each process runs length-sorted, dynamically padded batches, the results are
+gathered, checked for lost or duplicate clients, and only the main process writes
+`embeddings/embeddings.parquet` (<dataset.id_column> string, then emb_0000.. float32).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from llm4trx.cli import stage_main
+from llm4trx.errors import ConfigError, DataError
+from llm4trx.pooling import POOLINGS, pool, position_ids_for
+from llm4trx.stage import config_hash, is_complete, require, run_stage, stage_dir
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+KEYS = ["embed", "dataset.id_column"]
+INPUTS = ["text", "export"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_config(cfg: DictConfig) -> None:
+    e = cfg.embed
+    if e.pooling not in POOLINGS:
+        raise ConfigError(f"embed.pooling={e.pooling!r}; choose one of {POOLINGS}")
+    if e.padding_side not in ("left", "right"):
+        raise ConfigError(f"embed.padding_side={e.padding_side!r}; choose left or right")
+    if e.dtype not in DTYPES:
+        raise ConfigError(f"embed.dtype={e.dtype!r}; choose one of {sorted(DTYPES)}")
+    if len(e.layer_slice) != 2:
+        raise ConfigError(f"embed.layer_slice={list(e.layer_slice)}; want [start, stop] (null for open ends)")
+    if int(e.batch_size) < 1:
+        raise ConfigError(f"embed.batch_size={e.batch_size}; want >= 1")
+
+
+def read_texts(text_dir: Path) -> pd.DataFrame:
+    """client_id and text of every client of train, val and test, in file order."""
+    frames = []
+    for split in SPLITS:
+        path = text_dir / f"{split}.jsonl"
+        if not path.is_file():
+            raise DataError(path, "missing (the text stage writes train, val and test)")
+        frame = pd.read_json(path, lines=True, dtype={"client_id": str})
+        for column in ("client_id", "text"):
+            if column not in frame.columns:
+                raise DataError(path, "column missing", column=column)
+        bad = frame["text"].map(lambda t: not isinstance(t, str))
+        if bad.any():
+            raise DataError(path, "text is not a string", column="text", row=int(np.argmax(bad.to_numpy())) + 1)
+        frame["client_id"] = frame["client_id"].astype(str)
+        frames.append(frame[["client_id", "text"]].assign(split=split))
+    texts = pd.concat(frames, ignore_index=True)
+    dup = texts["client_id"].duplicated(keep=False)
+    if dup.any():
+        first = texts[dup].iloc[0]
+        raise DataError(text_dir, f"client {first.client_id!r} appears more than once across "
+                        f"{sorted(set(texts[dup].split))}.jsonl", column="client_id")
+    return texts
+
+
+def load_model(hf_dir: Path, dtype: torch.dtype, device: torch.device):
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    # AutoModel: the decoder without its LM head (hidden states are all we need).
+    model = AutoModel.from_pretrained(hf_dir, torch_dtype=dtype).to(device).eval()
+    return tokenizer, model
+
+
+def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
+    """bos + text + eos per client, as the pretraining shards hold them. Longer sequences keep bos, the
+    most recent tokens and eos (the text format puts the newest transactions last)."""
+    body = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    room = max_tokens - len(head) - len(tail)
+    if room < 1:
+        raise ConfigError(f"embed.max_tokens={max_tokens} leaves no room for text besides bos/eos")
+    n_truncated = sum(len(ids) > room for ids in body)
+    return [head + ids[-room:] + tail for ids in body], n_truncated
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (an out-of-memory shows at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def embed_sequences(model, pad_id: int, sequences: list[list[int]], batches: list[list[int]], pooling: str,
+                    layer_slice, padding_side: str, device, progress: bool, pad_to: int | None = None) -> np.ndarray:
+    """Pooled float32 vectors of `sequences`, in the order of `sequences`. Each batch is padded to its
+    longest sequence (`pad_to` pads every batch to that length instead: the benchmark's baseline)."""
+    out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
+    for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
+        longest = pad_to or max(len(sequences[i]) for i in batch)
+        ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, i in enumerate(batch):
+            seq = torch.tensor(sequences[i], dtype=torch.long)
+            span = slice(0, len(seq)) if padding_side == "right" else slice(longest - len(seq), longest)
+            ids[row, span], mask[row, span] = seq, 1
+        ids, mask = ids.to(device), mask.to(device)
+        result = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask),
+                       output_hidden_states=True, use_cache=False)
+        out[batch] = pool(result.hidden_states, mask, pooling, layer_slice).cpu().numpy()
+    return out
+
+
+def compute(cfg: DictConfig, state: PartialState) -> dict:
+    """Every process embeds its share; every process returns the gathered, checked result."""
+    texts = read_texts(require(cfg, "text"))
+    hf_dir = require(cfg, "export")
+    tokenizer, model = load_model(hf_dir, DTYPES[cfg.embed.dtype], state.device)
+    max_tokens = cfg.embed.max_tokens or model.config.max_position_embeddings
+
+    all_indices = list(range(len(texts)))
+    with state.split_between_processes(all_indices) as mine:
+        mine = list(mine)
+    sequences, n_truncated = tokenize(tokenizer, texts["text"].iloc[mine].tolist(), int(max_tokens))
+    batches = length_sorted_batches([len(s) for s in sequences], int(cfg.embed.batch_size))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    vectors = embed_sequences(model, pad_id, sequences, batches, cfg.embed.pooling,
+                              list(cfg.embed.layer_slice), cfg.embed.padding_side, state.device,
+                              progress=bool(cfg.progress) and state.is_main_process)
+    n_tokens = sum(len(s) for s in sequences)
+
+    parts = gather_object([(state.process_index, mine, vectors, n_truncated, n_tokens)])
+    parts.sort(key=lambda p: p[0])
+    indices = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
+    if len(indices) != len(texts) or len(np.unique(indices)) != len(texts):
+        lost = len(texts) - len(np.unique(indices))
+        raise RuntimeError(f"gathered {len(indices)} rows for {len(texts)} clients ({lost} lost, "
+                           f"{len(indices) - len(np.unique(indices))} duplicated)")
+    matrix = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    matrix[indices] = np.concatenate([p[2] for p in parts])
+    return {
+        "client_id": texts["client_id"].to_numpy(),
+        "matrix": matrix,
+        "counts": {
+            "clients": len(texts),
+            "dim": int(matrix.shape[1]),
+            "world_size": state.num_processes,
+            "rows_per_rank": [len(p[1]) for p in parts],
+            "truncated": int(sum(p[3] for p in parts)),
+            "tokens": int(sum(p[4] for p in parts)),
+            "max_tokens": int(max_tokens),
+            "device": str(state.device),
+        },
+    }
+
+
+def embeddings_frame(id_column: str, client_ids, matrix: np.ndarray) -> pd.DataFrame:
+    columns = {id_column: pd.array(client_ids, dtype="string")}
+    columns.update({f"emb_{j:04d}": matrix[:, j] for j in range(matrix.shape[1])})
+    return pd.DataFrame(columns).sort_values(id_column, kind="stable").reset_index(drop=True)
+
+
+def run(cfg: DictConfig) -> Path:
+    check_config(cfg)
+    state = PartialState()
+    final = stage_dir(cfg, "embed")
+    # Every process decides alike before any collective call: nothing is written until after the gather.
+    if not cfg.get("force", False) and is_complete(final, config_hash(cfg, KEYS, INPUTS)):
+        log.info("embed: up to date (%s), skipped", final)
+        return final
+    started = time.time()
+    result = compute(cfg, state)
+    if state.is_main_process:
+        def build(tmp: Path) -> dict:
+            frame = embeddings_frame(cfg.dataset.id_column, result["client_id"], result["matrix"])
+            frame.to_parquet(tmp / "embeddings.parquet", index=False)
+            return {**result["counts"], "embed_seconds": round(time.time() - started, 3)}
+
+        run_stage(cfg, "embed", build, keys=KEYS, inputs=INPUTS)
+    state.wait_for_everyone()
+    return final
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""What llm4trx adds to llm-foundry, registered through its registries (no fork, no copied code).
+
+- `llm4trx_metrics_jsonl` (loggers): checkpoints/metrics.jsonl, one line per logged loss
+  {"step", "split": "train"|"eval", "loss"}; the report draws loss curves from it.
+- `llm4trx_hf_causal_lm` (models): llm-foundry's `hf_causal_lm` plus `flops_per_batch`, which llm-foundry's
+  HF wrapper lacks, so that Composer's SpeedMonitor reports FLOP/s and, on GPU, MFU for Llama/Qwen too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from composer.core import State
+from composer.loggers import Logger, LoggerDestination
+from composer.utils import dist
+from llmfoundry import registry
+from llmfoundry.models.hf import ComposerHFCausalLM
+
+TRAIN_LOSS_KEY = "loss/train/total"
+EVAL_LOSS_KEY = "metrics/eval/LanguageCrossEntropy"
+IGNORE_INDEX = -100
+
+
+def keep_steps_up_to(path: Path, step: int) -> None:
+    """Drop the lines a killed run logged after the checkpoint it resumes from (they are logged again)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def append_loss(path: Path, step: int, split: str, loss: float) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": int(step), "split": split, "loss": float(loss)}) + "\n")
+
+
+class MetricsJsonlLogger(LoggerDestination):
+    """Train loss of every optimizer step and eval loss of every evaluation, appended to a JSONL file.
+
+    `step` counts optimizer steps done: the loss of the first batch is step 1 (Composer logs it at batch 0,
+    before the step is counted); an evaluation after k batches is step k.
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            keep_steps_up_to(self.path, int(state.timestamp.batch))
+
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        if dist.get_global_rank() != 0 or step is None:
+            return
+        if TRAIN_LOSS_KEY in metrics:
+            append_loss(self.path, step + 1, "train", metrics[TRAIN_LOSS_KEY])
+        if EVAL_LOSS_KEY in metrics:
+            append_loss(self.path, step, "eval", metrics[EVAL_LOSS_KEY])
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters taking part in matrix multiplies: all but the input-embedding table (a lookup)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embedding
+    return total if tied else total - embedding.numel()
+
+
+def flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) -> int:
+    """Training FLOPs per token: 6N (forward + backward matmuls) + 12·L·d·T (attention scores and values)."""
+    return 6 * n_params + 12 * n_layers * d_model * seq_len
+
+
+def row_lengths(batch: Mapping) -> torch.Tensor:
+    """Real (non-padding) tokens per row: the collator sets padded labels to -100."""
+    if "labels" in batch:
+        return (batch["labels"] != IGNORE_INDEX).sum(dim=1)
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum(dim=1)
+    ids = batch["input_ids"]
+    return torch.full((ids.shape[0],), ids.shape[1])
+
+
+class HFCausalLMWithFlops(ComposerHFCausalLM):
+    """llm-foundry's `hf_causal_lm` that also reports its training FLOPs per batch (for MFU)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Counted once before FSDP shards the parameters (afterwards numel() is per shard).
+        config = self.model.config
+        self._flop_shape = (matmul_params(self.model), config.num_hidden_layers, config.hidden_size)
+
+    def flops_per_batch(self, batch: Mapping) -> int:
+        n_params, n_layers, d_model = self._flop_shape
+        lengths = row_lengths(batch).tolist()
+        return int(sum(n * flops_per_token(n_params, n_layers, d_model, n) for n in lengths))
+
+
+def register() -> None:
+    """Idempotent: registering the same object again is a no-op for llm-foundry's registries."""
+    registry.loggers.register("llm4trx_metrics_jsonl", func=MetricsJsonlLogger)
+    registry.models.register("llm4trx_hf_causal_lm", func=HFCausalLMWithFlops)

@@ -1,0 +1,58 @@
+"""Pooling a causal LM's hidden states into one vector per sequence.
+
+`hidden_states` is the tuple a HF model returns with `output_hidden_states=True`: index 0 is the embedding
+output, index i the output of layer i (the last one after the final norm). A layer slice `[start, stop]`
+selects from that tuple like Python's `hidden_states[start:stop]` (the seed's `from_layer_slice`); the
+selected layers are averaged, then the tokens are pooled. `attention_mask` marks real tokens (1) and
+padding (0) on either side, so left and right padding give the same vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+POOLINGS = ("mean", "last")
+
+
+def average_layers(hidden_states: Sequence[torch.Tensor], layer_slice: Sequence[int | None]) -> torch.Tensor:
+    start, stop = layer_slice
+    selected = hidden_states[slice(start, stop)]
+    if len(selected) == 0:
+        raise ValueError(f"layer slice {list(layer_slice)} selects no layer of {len(hidden_states)} hidden states")
+    return torch.stack([h.float() for h in selected]).mean(0)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.bool().unsqueeze(-1)
+    # masked_fill, not a multiplication: padded positions may hold NaN/inf (fully masked attention rows).
+    summed = hidden.masked_fill(~mask, 0.0).sum(1)
+    return summed / mask.sum(1).clamp(min=1)
+
+
+def last_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    # Position of the last real token, whichever side the padding is on.
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.bool() * positions).argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def pool(
+    hidden_states: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    method: str,
+    layer_slice: Sequence[int | None],
+) -> torch.Tensor:
+    hidden = average_layers(hidden_states, layer_slice)
+    if method == "mean":
+        return mean_pool(hidden, attention_mask)
+    if method == "last":
+        return last_pool(hidden, attention_mask)
+    raise ValueError(f"unknown pooling {method!r}; choose one of {POOLINGS}")
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only. HF decoders number positions 0..T-1 regardless of the mask
+    unless told otherwise, which shifts every left-padded sequence (generate() does the same fix)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

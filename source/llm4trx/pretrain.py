@@ -1,0 +1,236 @@
+"""Stage `pretrain`: next-token pretraining on clients' token sequences (mds/ + tokenizer/ -> checkpoints/).
+
+`python -m llm4trx.pretrain experiment=smoke` builds an llm-foundry train config from the Hydra config
+(llm4trx.foundry_config) and runs llm-foundry's `train` in-process (trainer.backend=foundry), or the same
+model on the same MDS data with transformers' Trainer (trainer.backend=hf, llm4trx.hf_backend).
+
+checkpoints/ is the save folder itself, not built in a temporary folder like other stages: a killed run must
+find its checkpoints again. Rerunning the same command resumes from the last checkpoint (Composer autoresume
+/ HF resume_from_checkpoint); a finished run (`_SUCCESS.json` with the same config hash) is skipped; a run
+of a different config (or force=true) clears the folder and starts from step 0.
+Multi-GPU: `composer -n 8 -m llm4trx.pretrain trainer=fsdp_8xa100 ...` (one process per GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from llm4trx.cli import stage_main
+from llm4trx.errors import ConfigError, DataError
+from llm4trx.stage import config_hash, is_complete, read_success, require, stage_dir, write_success
+
+log = logging.getLogger(__name__)
+
+STAGE = "pretrain"
+# What the trained model and metrics.jsonl depend on. Left out on purpose, so that a rerun with them changed
+# still resumes: thread/worker counts, micro-batch and eval batch sizes, trackers, console interval, timeouts,
+# how many checkpoints to keep.
+KEYS = ["model", "max_seq_len", "seed"] + [f"trainer.{key}" for key in (
+    "backend", "device", "precision", "fsdp", "global_train_batch_size", "max_duration", "eval_interval",
+    "eval_first", "eval_subset_num_batches", "save_interval", "optimizer", "scheduler", "grad_clip_norm")]
+INPUTS = ["tokenizer", "shards"]
+RUN_FILE = "_RUN.json"  # config hash of the run that owns the checkpoints in this folder
+SPLITS = ("train", "val")
+
+
+def global_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+# ---------------------------------------------------------------- checks (before anything is written)
+
+def load_tokenizer(tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    except Exception as err:  # transformers raises OSError/ValueError/... for unreadable dirs
+        raise DataError(tokenizer_dir, f"not a Hugging Face tokenizer directory ({err})") from err
+    config = tokenizer_dir / "tokenizer_config.json"
+    for token in ("eos_token", "pad_token"):
+        if getattr(tokenizer, token) is None:
+            raise DataError(config, f"the tokenizer has no {token}: pretraining needs eos (end of a client's "
+                                    "text) and pad (batches padded to their longest sequence)", column=token)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        log.warning("pad_token == eos_token: the collator masks pads out of the loss, so eos is never learned")
+    return tokenizer
+
+
+def count_samples(split_dir: Path) -> int:
+    index = split_dir / "index.json"
+    if not index.is_file():
+        raise DataError(index, "missing: no MDS shards for this split (run `python -m llm4trx.shards`)")
+    shards = json.loads(index.read_text()).get("shards", [])
+    for shard in shards:
+        columns = dict(zip(shard.get("column_names", []), shard.get("column_encodings", [])))
+        if not str(columns.get("tokens", "")).startswith("ndarray:"):
+            raise DataError(split_dir / shard["raw_data"]["basename"], "shard has no ndarray column with "
+                            "the pre-tokenized sample", column="tokens")
+    n = sum(int(shard["samples"]) for shard in shards)
+    if n == 0:
+        raise DataError(index, "the MDS split is empty (0 samples)")
+    return n
+
+
+def check_runtime(cfg: DictConfig) -> None:
+    import torch
+
+    t = cfg.trainer
+    if t.fsdp is not None and (t.device != "gpu" or not torch.cuda.is_available()):
+        raise ConfigError(f"trainer.fsdp is set with trainer.device={t.device} (CUDA available: "
+                          f"{torch.cuda.is_available()}): FSDP runs on GPUs only; use trainer=cpu on a CPU "
+                          "machine, trainer=fsdp_8xa100 on a GPU node")
+    if t.device == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device=gpu but CUDA is not available; use trainer=cpu")
+    if t.device == "cpu" and t.precision != "fp32":
+        raise ConfigError(f"trainer.precision={t.precision} on CPU: Composer trains fp32 on CPU")
+    if t.backend not in ("foundry", "hf"):
+        raise ConfigError(f"trainer.backend={t.backend!r}: choose foundry or hf")
+
+
+def model_positions(config: dict[str, Any]) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if config.get(key):
+            return int(config[key])
+    return None
+
+
+def check_model(cfg: DictConfig, tok: dict[str, Any]) -> None:
+    """The model can take max_seq_len tokens and the tokenizer's ids (read from config.json; no weights)."""
+    if not cfg.model.pretrained:
+        return
+    try:
+        path = Path(cfg.model.pretrained_model_name_or_path)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"model={cfg.model.name} continues pretraining from a local Hugging Face checkpoint: "
+                          "set model.pretrained_model_name_or_path=/path/to/dir") from err
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model.pretrained_model_name_or_path={path}: no config.json there (a local Hugging "
+                          "Face checkpoint directory is needed; nothing is downloaded)")
+    config = json.loads(config_file.read_text())
+    config = config.get("text_config", config)
+    positions = model_positions(config)
+    if positions is not None and int(cfg.max_seq_len) > positions:
+        raise ConfigError(f"max_seq_len={cfg.max_seq_len} is larger than model {cfg.model.name} supports "
+                          f"({positions} positions in {config_file}); lower max_seq_len")
+    if config.get("vocab_size") and tok["vocab_size"] > int(config["vocab_size"]):
+        raise ConfigError(f"the tokenizer has {tok['vocab_size']} tokens but {config_file} has vocab_size "
+                          f"{config['vocab_size']}: continue pretraining with the model's own tokenizer "
+                          "(tokenizer=pretrained)")
+
+
+def check_inputs(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that can be wrong with inputs or config, raised before any output is written."""
+    from llm4trx.foundry_config import is_hf_model, tokenizer_info
+
+    tokenizer_dir, mds_dir = require(cfg, "tokenizer"), require(cfg, "shards")
+    check_runtime(cfg)
+    tok = tokenizer_info(load_tokenizer(tokenizer_dir))
+    counts = {split: count_samples(mds_dir / split) for split in SPLITS}
+    if counts["train"] < int(cfg.trainer.global_train_batch_size):
+        raise ConfigError(f"mds/train has {counts['train']} samples, fewer than one batch "
+                          f"(trainer.global_train_batch_size={cfg.trainer.global_train_batch_size})")
+    check_model(cfg, tok)
+    if cfg.trainer.backend == "hf" and not is_hf_model(cfg):
+        raise ConfigError(f"trainer.backend=hf needs a Hugging Face model (model={cfg.model.name} is native MPT)")
+    return {"tokenizer_dir": tokenizer_dir, "mds_dir": mds_dir, "tok": tok, "samples": counts}
+
+
+# ---------------------------------------------------------------- the stage folder
+
+def claim_folder(folder: Path, want: str, force: bool) -> None:
+    """Keep checkpoints of an unfinished run of this config (to resume); clear those of any other run."""
+    if global_rank() != 0:
+        return
+    previous = None
+    if (folder / RUN_FILE).is_file():
+        previous = json.loads((folder / RUN_FILE).read_text()).get("config_hash")
+    if folder.exists() and (force or previous != want):
+        log.warning("pretrain: %s holds a run of another config%s; starting from step 0",
+                    folder, " (force=true)" if force else "")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_FILE).write_text(json.dumps({"config_hash": want}) + "\n")
+    (folder / "_SUCCESS.json").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- backends
+
+def latest_composer_step(folder: Path) -> int:
+    """Batch of the checkpoint Composer's autoresume will load (0: none, training starts at step 0)."""
+    latest = folder / "latest-rank0.pt"
+    match = re.search(r"-ba(\d+)-", os.path.basename(os.readlink(latest))) if latest.is_symlink() else None
+    return int(match.group(1)) if match and latest.exists() else 0
+
+
+def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict[str, Any]:
+    from llmfoundry.command_utils import train
+
+    from llm4trx import foundry_config, foundry_plugins
+
+    foundry_plugins.register()
+    resumed_from = latest_composer_step(folder)
+    if resumed_from:
+        log.info("pretrain: resuming from step %d (%s)", resumed_from, folder / "latest-rank0.pt")
+    # Rank 0 writes the from-scratch config.json before entering llm-foundry's train; the other ranks read it
+    # only after train's first distributed barrier, which rank 0 reaches after writing.
+    if not cfg.model.pretrained and cfg.model.hf_config is not None and global_rank() == 0:
+        foundry_config.write_init_config(cfg, inputs["tok"], folder / foundry_config.INIT_CONFIG_DIR)
+    train_cfg = foundry_config.train_config(cfg, inputs["tok"], inputs["tokenizer_dir"], inputs["mds_dir"], folder)
+    trainer = train(OmegaConf.create(train_cfg))
+    timestamp = trainer.state.timestamp
+    counts = {"backend": "foundry", "steps": int(timestamp.batch), "samples_seen": int(timestamp.sample),
+              "tokens_seen": int(timestamp.token), "resumed_from_step": resumed_from}
+    trainer.close()
+    return counts
+
+
+def run(cfg: DictConfig) -> Path:
+    folder = stage_dir(cfg, STAGE)
+    want = config_hash(cfg, KEYS, INPUTS)
+    if not cfg.get("force", False) and is_complete(folder, want):
+        log.info("pretrain: up to date (%s), skipped", folder)
+        return folder
+    inputs = check_inputs(cfg)
+    claim_folder(folder, want, bool(cfg.get("force", False)))
+    started = time.time()
+    if cfg.trainer.get("cpu_threads"):
+        import torch
+
+        # On a CPU shared with other jobs, fewer threads than cores avoids oversubscription (5x slower seen).
+        torch.set_num_threads(int(cfg.trainer.cpu_threads))
+        os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.cpu_threads)  # else accelerate resets it (hf backend)
+    if cfg.trainer.backend == "hf":
+        from llm4trx.hf_backend import train_hf
+
+        counts = train_hf(cfg, inputs, folder)
+    else:
+        counts = train_foundry(cfg, inputs, folder)
+    if global_rank() == 0:
+        write_success(folder, want, started, {**counts, "train_samples": inputs["samples"]["train"],
+                                              "val_samples": inputs["samples"]["val"],
+                                              "vocab_size": inputs["tok"]["vocab_size"]}, KEYS, INPUTS)
+    log.info("pretrain: %s steps in %.1f s -> %s", counts["steps"], time.time() - started, folder)
+    return folder
+
+
+def backend_of(folder: Path) -> str:
+    done = read_success(folder) or {}
+    return done.get("counts", {}).get("backend", "foundry")
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Stage `validate`: LLM embeddings against aggregates, CoLES and random under the ptls protocol.
+
+Reads data/ (targets, splits, events), embeddings/ (when `llm` is used) and coles/ (when `coles` is used;
+built first if missing). Writes validation/results.json and validation/results.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from llm4trx import coles
+from llm4trx.cli import stage_main
+from llm4trx.errors import ConfigError
+from llm4trx.features import aggregate_features, concatenate, parts_of, random_features, read_embeddings
+from llm4trx.protocol import cross_validate, load_labels, markdown_table
+from llm4trx.stage import require, run_stage
+
+log = logging.getLogger(__name__)
+
+BASE_SETS = ("llm", "aggregates", "coles", "random")
+KEYS = ["validate", "seed", "splits.n_folds", "dataset.task", "dataset.n_classes", "dataset.metrics",
+        "dataset.id_column", "dataset.categorical"]
+
+
+def lightgbm_params(cfg: DictConfig) -> dict:
+    v = cfg.validate
+    task = cfg.dataset.task
+    if task not in v.lightgbm:
+        raise ConfigError(f"validate.lightgbm has no parameters for dataset.task={task!r}")
+    params = {**OmegaConf.to_container(v.lightgbm[task], resolve=True),
+              **OmegaConf.to_container(v.lightgbm.get("common", {}), resolve=True)}
+    if task == "multiclass":
+        params["num_class"] = int(cfg.dataset.n_classes)
+    return params
+
+
+def check_config(cfg: DictConfig) -> set[str]:
+    v = cfg.validate
+    unknown = [s for s in v.feature_sets if s not in BASE_SETS]
+    if unknown:
+        raise ConfigError(f"validate.feature_sets {unknown} unknown; choose from {BASE_SETS}")
+    needed = parts_of(v)
+    unknown = sorted(needed - set(BASE_SETS))
+    if unknown:
+        raise ConfigError(f"validate.concatenations use unknown feature sets {unknown}; choose from {BASE_SETS}")
+    if "random" in needed and v.random_dim is None and "llm" not in needed:
+        raise ConfigError("validate.random_dim is null (llm width) but llm is not validated; set a width")
+    lightgbm_params(cfg)
+    return needed
+
+
+def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path) -> tuple[dict, dict]:
+    """{name: frame indexed by client id} and {name: source path for error messages}."""
+    sets, sources = {}, {}
+    id_column = cfg.dataset.id_column
+    if "llm" in needed:
+        path = require(cfg, "embed") / "embeddings.parquet"
+        sets["llm"], sources["llm"] = read_embeddings(path, id_column, "llm"), path
+    if "coles" in needed:
+        path = require(cfg, "coles") / "embeddings.parquet"
+        sets["coles"], sources["coles"] = read_embeddings(path, id_column, "coles"), path
+    splits = pd.read_parquet(data / "splits.parquet")
+    if "aggregates" in needed:
+        events = pd.read_parquet(data / "events.parquet")
+        pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]
+        sets["aggregates"] = aggregate_features(events, coles.categorical_columns(cfg),
+                                                list(cfg.validate.aggregates.numeric), pretrain_ids)
+        sources["aggregates"] = data / "events.parquet"
+    if "random" in needed:
+        dim = cfg.validate.random_dim or sets["llm"].shape[1]
+        sets["random"] = random_features(splits["client_id"], int(dim), int(cfg.seed))
+        sources["random"] = "random features"
+    for name in cfg.validate.concatenations or []:
+        sets[name] = concatenate(name, sets)
+        sources[name] = " + ".join(str(sources[p]) for p in name.split("+"))
+    order = list(cfg.validate.feature_sets) + list(cfg.validate.concatenations or [])
+    return {n: sets[n] for n in order}, sources
+
+
+def run(cfg: DictConfig) -> Path:
+    needed = check_config(cfg)
+    inputs = ["prepare"] + (["embed"] if "llm" in needed else [])
+    if "coles" in needed:
+        # An input stage, built only when missing or out of date: `force` rebuilds validation, not CoLES.
+        coles.run(OmegaConf.merge(cfg, {"force": False}))
+        inputs.append("coles")
+
+    def build(tmp: Path) -> dict:
+        data = require(cfg, "prepare")
+        labels = load_labels(data, int(cfg.splits.n_folds))
+        sets, sources = build_feature_sets(cfg, needed, data)
+        metrics = list(cfg.dataset.metrics)
+        params = lightgbm_params(cfg)
+        n_folds = len(set(labels.folds))
+        results = {"dataset": cfg.dataset.name, "task": cfg.dataset.task, "metrics": metrics, "seed": int(cfg.seed),
+                   "n_folds": n_folds, "n_train": len(labels.train_ids), "n_test": len(labels.test_ids),
+                   "feature_sets": {}}
+        with tqdm(total=len(sets) * n_folds, desc="validate", unit="fold", disable=not cfg.progress) as bar:
+            for name, features in sets.items():
+                bar.set_postfix_str(name)
+                entry = cross_validate(name, features, labels, metrics, params, int(cfg.validate.n_jobs),
+                                       sources[name], on_fold=bar.update)
+                results["feature_sets"][name] = {"n_features": int(features.shape[1]), **entry}
+                head = entry[metrics[0]]
+                log.info("%s: %s val %.4f ± %.4f, test %.4f ± %.4f", name, metrics[0], head["val_mean"],
+                         head["val_std"], head["test_mean"], head["test_std"])
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (tmp / "results.md").write_text(markdown_table(results))
+        return {"feature_sets": list(sets), "n_train": results["n_train"], "n_test": results["n_test"]}
+
+    return run_stage(cfg, "validate", build, keys=KEYS, inputs=inputs)
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()
