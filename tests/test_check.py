@@ -26,7 +26,7 @@ def one_error_line(capsys, argv) -> str:
 @pytest.mark.parametrize(
     "argv, says",
     [
-        (["text=nope"], "unknown text 'nope': no such config in conf/text/; choose one of: compact, flat,"),
+        (["text=nope"], "unknown text 'nope': no such config in conf/text/; choose one of: "),
         (["dataset.bogus=1"], "unknown config key 'dataset.bogus'"),
         (["seed=abc"], "seed='abc' is not an integer"),
         (["seeds=[12,x]"], "seeds: 'x' not an integer"),
