@@ -63,6 +63,8 @@ def read_texts(text_dir: Path) -> pd.DataFrame:
         if bad.any():
             raise DataError(path, "text is not a string", column="text", row=int(np.argmax(bad.to_numpy())) + 1)
         frame["client_id"] = frame["client_id"].astype(str)
+        if "source" in frame.columns:  # train.jsonl mixed with augmented texts (augment.mix): the client's own only
+            frame = frame[frame["source"].fillna("base") == "base"]
         frames.append(frame[["client_id", "text"]].assign(split=split))
     texts = pd.concat(frames, ignore_index=True)
     dup = texts["client_id"].duplicated(keep=False)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from llm4trx.augment_mix import mix_inputs, mix_into_train, mix_keys
 from llm4trx.cli import stage_main
 from llm4trx.errors import ConfigError, DataError
 from llm4trx.formats import GROUP_ITEM_SEP, Fields, Format, RenderContext, assemble, get_format
@@ -269,13 +270,17 @@ def run(cfg: DictConfig) -> Path:
         columns = ["client_id", "text", "n_events", "n_events_kept", "n_tokens"]
         for split in SPLITS:
             part = frame[frame["split"] == split]
-            part[columns].to_json(out / f"{split}.jsonl", orient="records", lines=True, force_ascii=False)
+            rows = part[columns]
+            if split == "train":  # augmented texts of train clients, by augment.mix (issue 5; never val/test)
+                rows, stats["augmented"] = mix_into_train(cfg, rows, counter.count)
+            rows.to_json(out / f"{split}.jsonl", orient="records", lines=True, force_ascii=False)
             stats["splits"][split] = token_stats(part)
         (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         print_table(stats)
         return {s: v["n_clients"] for s, v in stats["splits"].items()}
 
-    return run_stage(cfg, "text", build, keys=["text", "dataset"], inputs=["prepare"])
+    return run_stage(cfg, "text", build, keys=["text", "dataset", *mix_keys(cfg)],
+                     inputs=["prepare", *mix_inputs(cfg)])
 
 
 main = stage_main(run)

@@ -1,0 +1,116 @@
+"""Mixing augmented texts into the pretraining train split; called by the text stage (config: augment.mix).
+
+The text stage calls, inside its build:
+
+    train, stats["augmented"] = mix_into_train(cfg, train, counter.count)   # recorded in text/stats.json
+
+and passes `keys=[..., *mix_keys(cfg)]`, `inputs=[..., *mix_inputs(cfg)]` to run_stage, so that changing the mix or
+regenerating an augment output rebuilds text/. Only clients of the train split get augmented texts (val and
+test clients never do: their rows are not passed in, and outputs naming them are counted and skipped).
+
+Rows keep the text stage's fields and gain `source`: "base" for the client's own text, or
+"augment/<name>/<prompt_id>". Readers that want one text per client (embed) keep `source == "base"`. With
+`with_base: false` the chosen clients' base records stay (embed needs them) but carry `pretrain: false`, and
+the shards stage leaves them out of the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from llm4trx.errors import ConfigError, DataError, StageInputMissing
+from llm4trx.stage import read_success, require
+
+def mix_enabled(cfg: DictConfig) -> bool:
+    """Mixing is on when an augment config is chosen (augment=hf|vllm) and augment.mix.sources is not empty."""
+    return bool(cfg.get("augment") and cfg.augment.get("mix") and cfg.augment.mix.sources)
+
+
+def mix_keys(cfg: DictConfig) -> list[str]:
+    """Config sections of the text stage due to mixing (none when off, so its hash does not change)."""
+    return ["augment.mix"] if mix_enabled(cfg) else []
+
+
+def mix_inputs(cfg: DictConfig) -> list[str]:
+    """Input stages of the text stage due to mixing: augment/ when mixing is on."""
+    return ["augment"] if mix_enabled(cfg) else []
+
+
+def mix_into_train(
+    cfg: DictConfig,
+    train: pd.DataFrame,
+    count_tokens: Callable[[list[str]], Sequence[int]] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(train texts with the augmented ones added, statistics of the mix for text/stats.json).
+
+    `train`: the text stage's train rows (client_id, text, n_events, n_events_kept, n_tokens);
+    `count_tokens`: the text stage's token counter (a batch of texts -> counts) for the added rows' n_tokens.
+    """
+    if not mix_enabled(cfg):
+        return train, {"enabled": False}
+    m = cfg.augment.mix
+    if not 0 <= m.fraction <= 1:
+        raise ConfigError(f"augment.mix.fraction must be in [0, 1], not {m.fraction}")
+    folder = require(cfg, "augment")
+    outputs = read_success(folder).get("outputs", {})
+    splits = pd.read_parquet(require(cfg, "prepare") / "splits.parquet", columns=["client_id", "split"])
+    train_ids = set(splits.loc[splits["split"] == "train", "client_id"].astype(str))
+    base = train.assign(client_id=train["client_id"].astype(str))
+    base_ids = set(base["client_id"]) & train_ids
+    wanted = set(m.prompts) if m.prompts else None
+
+    rows: list[tuple[str, str, str]] = []   # (client_id, source, text)
+    skipped = 0
+    for name in m.sources:
+        if name not in outputs:
+            raise StageInputMissing(f"augment.mix.sources names {name!r} but {folder}/{name}.jsonl is not complete "
+                                    f"(done: {sorted(outputs)}); run `python -m llm4trx.augment augment.name={name}`")
+        path = folder / outputs[name]["file"]
+        with open(path, encoding="utf-8") as f:
+            for row, line in enumerate(f, start=1):
+                try:
+                    rec = json.loads(line)
+                    cid, pid, text = str(rec["client_id"]), rec["prompt_id"], rec["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    raise DataError(path, f"not an augment record ({err})", row=row) from err
+                if wanted is not None and pid not in wanted:
+                    continue
+                if cid not in base_ids:  # a val/test client, or one unknown to this data: never mixed
+                    skipped += 1
+                    continue
+                rows.append((cid, f"augment/{name}/{pid}", text))
+
+    candidates = sorted({cid for cid, _, _ in rows})
+    k = int(round(m.fraction * len(candidates)))
+    order = np.random.default_rng(int(m.seed)).permutation(len(candidates))
+    chosen = {candidates[i] for i in order[:k]}
+    added = pd.DataFrame([r for r in rows if r[0] in chosen], columns=["client_id", "source", "text"])
+    per_client = base.drop_duplicates("client_id").set_index("client_id")
+    added["n_events"] = per_client["n_events"].reindex(added["client_id"]).to_numpy()
+    added["n_events_kept"] = per_client["n_events_kept"].reindex(added["client_id"]).to_numpy()
+    added["n_tokens"] = (np.asarray(count_tokens(added["text"].tolist()), np.int64)
+                         if count_tokens is not None and len(added) else None)
+    base["source"] = "base"
+    if not m.with_base:
+        base["pretrain"] = ~base["client_id"].isin(chosen)
+        added["pretrain"] = True
+    mixed = pd.concat([base, added], ignore_index=True)
+    stats = {
+        "enabled": True,
+        "sources": {name: outputs[name]["config_hash"] for name in m.sources},
+        "prompts": sorted(wanted) if wanted else None,
+        "fraction": float(m.fraction), "with_base": bool(m.with_base), "seed": int(m.seed),
+        "train_clients": int(base["client_id"].nunique()),
+        "clients_with_augmented": len(candidates), "clients_mixed": len(chosen),
+        "texts_added": int(len(added)),
+        "texts_per_source": {k: int(v) for k, v in added["source"].value_counts().sort_index().items()},
+        "tokens_added": int(added["n_tokens"].sum()) if count_tokens is not None and len(added) else None,
+        "base_texts_out_of_pretraining": 0 if m.with_base else len(chosen),
+        "skipped_not_train": skipped,
+    }
+    return mixed, stats

@@ -1,0 +1,37 @@
+"""How a client's transactions appear inside an augmentation prompt: the text stage's formats (llm4trx.formats)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from omegaconf import DictConfig
+
+Renderer = Callable[[pd.DataFrame], str]
+
+
+def check_format(cfg: DictConfig) -> None:
+    """ConfigError listing the known formats when augment.transactions_format is not one (before any work)."""
+    from llm4trx.formats import get_format
+
+    get_format(cfg.augment.transactions_format)
+
+
+def transaction_renderer(cfg: DictConfig, data_dir: Path) -> Renderer:
+    """events of one client (canonical columns, oldest first) -> text in format augment.transactions_format.
+
+    The render context (MCC names, time resolution, usual categorical values) is computed from ALL events, as
+    the text stage does, so that a client's transactions read the same here as in its text/ record.
+    """
+    from llm4trx.formats import RenderContext, get_format, render_client
+
+    fmt = get_format(cfg.augment.transactions_format)
+    categorical = list(cfg.dataset.get("categorical") or [])
+    everything = pd.read_parquet(data_dir / "events.parquet", columns=["event_time", *categorical])
+    ctx = RenderContext.from_events(everything, cfg.dataset, cfg.text)
+
+    def render(events: pd.DataFrame) -> str:
+        return render_client(events, fmt, ctx) if len(events) else ""
+
+    return render
