@@ -220,7 +220,7 @@ def run(cfg: DictConfig) -> Path:
     if global_rank() == 0:
         write_success(folder, want, started, {**counts, "train_samples": inputs["samples"]["train"],
                                               "val_samples": inputs["samples"]["val"],
-                                              "vocab_size": inputs["tok"]["vocab_size"]})
+                                              "vocab_size": inputs["tok"]["vocab_size"]}, KEYS, INPUTS)
     log.info("pretrain: %s steps in %.1f s -> %s", counts["steps"], time.time() - started, folder)
     return folder
 

@@ -82,9 +82,33 @@ def is_complete(folder: Path, want_hash: str) -> bool:
     return done is not None and done.get("config_hash") == want_hash
 
 
-def write_success(folder: Path, want_hash: str, started: float, counts: dict[str, Any] | None = None) -> None:
+def is_up_to_date(cfg: DictConfig, stage: str) -> bool:
+    """Whether `stage` would be skipped by run_stage for `cfg`, judged from its _SUCCESS.json alone (fast:
+    no stage module is imported). False when unsure (no record of what the hash covers, inputs missing)."""
+    if cfg.get("force", False):
+        return False
+    done = read_success(stage_dir(cfg, stage))
+    if done is None or "keys" not in done:
+        return False
+    try:
+        return config_hash(cfg, done["keys"], done.get("inputs", [])) == done["config_hash"]
+    except Exception:  # an input stage missing or a key no longer resolvable: let the stage decide
+        return False
+
+
+def write_success(
+    folder: Path,
+    want_hash: str,
+    started: float,
+    counts: dict[str, Any] | None = None,
+    keys: Iterable[str] = (),
+    inputs: Iterable[str] = (),
+) -> None:
     record = {
         "config_hash": want_hash,
+        # What the hash covers, so that scripts can tell whether a stage is up to date without running it.
+        "keys": list(keys),
+        "inputs": list(inputs),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.time() - started, 3),
         "counts": counts or {},
@@ -106,6 +130,7 @@ def run_stage(
     `build(tmp_dir)` writes every output file under `tmp_dir` and returns counts for `_SUCCESS.json`.
     On any exception the temporary folder is removed and the previous output (if any) is left untouched.
     """
+    keys, inputs = list(keys), list(inputs)
     final = stage_dir(cfg, stage)
     want = config_hash(cfg, keys, inputs)
     if not cfg.get("force", False) and is_complete(final, want):
@@ -119,7 +144,7 @@ def run_stage(
     started = time.time()
     try:
         counts = build(tmp) or {}
-        write_success(tmp, want, started, counts)
+        write_success(tmp, want, started, counts, keys, inputs)
         replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,226 @@
+"""Multi-seed report: `python -m llm4trx.report [overrides]` (run by scripts/run_multi_seed.sh).
+
+Reads every seed's `validation/results.json` and `checkpoints/metrics.jsonl` under each of
+`report.experiment_dirs` (one per dataset; default the current one) for the seeds in `seeds`, and writes to
+`report.dir`:
+  report.md    one table per dataset: every feature set's test metrics, mean ± std across seeds, and the
+               within-seed std over the fold models (averaged over seeds); plots linked below the table
+  report.json  the same numbers, plus every seed's value
+  loss_<dataset>.png, metrics_<dataset>.png   loss curves per seed; metric bars with error bars
+Std across seeds is the sample std (ddof=1; 0 for a single seed). Seeds without results are listed as
+missing; no seed with results at all is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+from omegaconf import DictConfig
+
+from llm4trx.cli import stage_main
+from llm4trx.errors import DataError, StageInputMissing
+from llm4trx.stage import replace_dir
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path("validation") / "results.json"
+LOSSES = Path("checkpoints") / "metrics.jsonl"
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None
+    for key in ("dataset", "metrics", "feature_sets"):
+        if key not in results:
+            raise DataError(path, f"missing key {key!r} (written by python -m llm4trx.validate)")
+    for name, by_metric in results["feature_sets"].items():
+        for metric in results["metrics"]:
+            if "test_mean" not in by_metric.get(metric, {}):
+                raise DataError(path, f"feature set {name!r} has no test_mean for metric {metric!r}")
+    return results
+
+
+def load_losses(path: Path) -> list[dict[str, Any]]:
+    """Lines {"step", "split", "loss"} of the pretraining log; [] when there is none."""
+    if not path.is_file():
+        return []
+    records = []
+    for row, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records.append({"step": int(record["step"]), "split": str(record["split"]), "loss": float(record["loss"])})
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(path, 'expected a JSON line {"step": int, "split": "train"|"eval", "loss": float}', row=row) from None
+    return records
+
+
+def spread(values: list[float]) -> float:
+    return stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Across-seed statistics of every feature set and metric (feature sets sorted by the headline metric)."""
+    first = next(iter(results_by_seed.values()))
+    metrics = list(first["metrics"])
+    names: list[str] = []
+    for results in results_by_seed.values():
+        names += [name for name in results["feature_sets"] if name not in names]
+    feature_sets: dict[str, dict[str, Any]] = {}
+    for name in names:
+        feature_sets[name] = {}
+        for metric in metrics:
+            runs = {
+                seed: results["feature_sets"][name][metric]
+                for seed, results in results_by_seed.items()
+                if name in results["feature_sets"]
+            }
+            test = [run["test_mean"] for run in runs.values()]
+            val = [run["val_mean"] for run in runs.values() if run.get("val_mean") is not None]
+            fold = [run["test_std"] for run in runs.values() if run.get("test_std") is not None]
+            feature_sets[name][metric] = {
+                "test_mean": mean(test),
+                "test_std": spread(test),
+                "fold_std": mean(fold) if fold else None,
+                "val_mean": mean(val) if val else None,
+                "val_std": spread(val) if val else None,
+                "n_seeds": len(test),
+                "per_seed": {str(seed): run["test_mean"] for seed, run in runs.items()},
+            }
+    headline = metrics[0]
+    order = sorted(feature_sets, key=lambda name: -feature_sets[name][headline]["test_mean"])
+    return {
+        "dataset": first["dataset"],
+        "task": first.get("task"),
+        "metrics": metrics,
+        "headline": headline,
+        "feature_sets": {name: feature_sets[name] for name in order},
+    }
+
+
+def collect(experiment_dir: Path, seeds: list[int]) -> dict[str, Any]:
+    results, losses, missing = {}, {}, []
+    for seed in seeds:
+        run_dir = experiment_dir / f"seed_{seed}"
+        if (run_dir / RESULTS).is_file():
+            results[seed] = load_results(run_dir / RESULTS)
+            losses[seed] = load_losses(run_dir / LOSSES)
+        else:
+            missing.append(seed)
+    if not results:
+        raise StageInputMissing(
+            f"no seed has validation results under {experiment_dir} (looked for seed_<seed>/{RESULTS} for seeds "
+            f"{', '.join(map(str, seeds))}); run bash scripts/run_multi_seed.sh with the same overrides first"
+        )
+    summary = summarize(results)
+    summary.update(
+        experiment_dir=str(experiment_dir),
+        seeds=sorted(results),
+        missing_seeds=missing,
+        losses={str(seed): records for seed, records in losses.items()},
+    )
+    return summary
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> list[str]:
+    metrics, headline = summary["metrics"], summary["headline"]
+    header = ["feature set"]
+    for metric in metrics:
+        header += [f"{metric} test (mean ± std over seeds)", f"{metric} fold std"]
+    header += [f"{headline} val", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best = next(iter(summary["feature_sets"]))
+    for name, by_metric in summary["feature_sets"].items():
+        cells = [f"**{name}**" if name == best else name]
+        for metric in metrics:
+            stats = by_metric[metric]
+            cells += [f"{fmt(stats['test_mean'])} ± {fmt(stats['test_std'])}", fmt(stats["fold_std"])]
+        stats = by_metric[headline]
+        cells += [fmt(stats["val_mean"]), str(stats["n_seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+HOW_TO_READ = """\
+## How to read this report
+
+- One table per dataset. Rows are feature sets, best first by the headline metric (the first metric column):
+  `llm` the LM embeddings, `aggregates` and `coles` the field's baselines, `random` random vectors of the same
+  width (the floor), `a+b` concatenations.
+- *test (mean ± std over seeds)*: every seed trains its own LM (and CoLES), the fold models of each seed are
+  scored on the fixed test clients, and the seed's score is their mean; the table shows the mean and the
+  sample std of those per-seed scores. Two rows differ meaningfully when their gap is larger than these stds.
+- *fold std*: the spread over the fold models within one seed (averaged over seeds): the noise of the
+  downstream classifier alone, with the LM fixed.
+- *val*: the mean out-of-fold score on the non-test clients; a large gap to test hints at overfitting.
+- Loss plots: training loss (left) and eval loss on the held-out pretraining clients (right), one line per
+  seed. Eval loss should fall and flatten; seeds should agree.
+- Metric plots: bar = mean over seeds, error bar = std over seeds, dots = single seeds.
+"""
+
+
+def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: str) -> None:
+    from llm4trx.report_plots import plot_losses, plot_metrics
+
+    lines = [f"# Report: experiment `{experiment}`", ""]
+    for label, summary in summaries.items():
+        lines += [f"## {summary['dataset']} ({summary['task']})", ""]
+        lines += [f"Seeds: {', '.join(map(str, summary['seeds']))} — from `{summary['experiment_dir']}`."]
+        if summary["missing_seeds"]:
+            lines += [f"Missing seeds (no {RESULTS}): {', '.join(map(str, summary['missing_seeds']))}."]
+        lines += [""] + markdown_table(summary) + [""]
+        lines += [f"![metrics](metrics_{label}.png)", ""]
+        plot_metrics(summary, out / f"metrics_{label}.png")
+        if any(summary["losses"].values()):
+            plot_losses(summary["losses"], summary["dataset"], out / f"loss_{label}.png")
+            lines += [f"![loss curves](loss_{label}.png)", ""]
+        else:
+            lines += [f"No loss curves: no seed has {LOSSES}.", ""]
+    lines += [HOW_TO_READ]
+    (out / "report.md").write_text("\n".join(lines))
+    tables = {label: {k: v for k, v in s.items() if k != "losses"} for label, s in summaries.items()}
+    (out / "report.json").write_text(json.dumps({"experiment": experiment, "datasets": tables}, indent=2) + "\n")
+
+
+def run(cfg: DictConfig) -> Path:
+    seeds = [int(seed) for seed in (cfg.get("seeds") or [cfg.seed])]
+    summaries: dict[str, dict[str, Any]] = {}
+    for experiment_dir in cfg.report.experiment_dirs:
+        summary = collect(Path(experiment_dir), seeds)
+        label = summary["dataset"] if summary["dataset"] not in summaries else f"{summary['dataset']}_{len(summaries)}"
+        summaries[label] = summary
+    final = Path(cfg.report.dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_report(summaries, tmp, str(cfg.experiment_name))
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for summary in summaries.values():
+        print(f"\n{summary['dataset']}: {len(summary['seeds'])} seeds")
+        print("\n".join(markdown_table(summary)))
+    print(f"\nreport: {final / 'report.md'}")
+    return final
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""PNG plots of the multi-seed report (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+
+def plot_losses(losses: dict[str, list[dict[str, Any]]], dataset: str, path: Path) -> None:
+    """Train loss (left) and eval loss (right) against the step, one colour per seed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colours = plt.get_cmap("tab10")
+    for i, (seed, records) in enumerate(sorted(losses.items(), key=lambda item: int(item[0]))):
+        for ax, split in zip(axes, ("train", "eval")):
+            points = sorted((r["step"], r["loss"]) for r in records if r["split"] == split)
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, color=colours(i % 10), label=f"seed {seed}",
+                        marker="o" if split == "eval" else None, markersize=3, linewidth=1.2)
+    for ax, title in zip(axes, ("train loss", "eval loss (held-out pretraining clients)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("cross-entropy (nats / token)")
+    axes[1].legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"{dataset}: pretraining loss per seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_metrics(summary: dict[str, Any], path: Path) -> None:
+    """One panel per metric: a bar per feature set (mean over seeds), error bar = std over seeds, dots = seeds."""
+    names = list(summary["feature_sets"])
+    metrics = summary["metrics"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.5, 1.1 * len(names) + 1.5) * len(metrics), 4.2))
+    axes = [axes] if len(metrics) == 1 else list(axes)
+    colours = plt.get_cmap("tab10")
+    for ax, metric in zip(axes, metrics):
+        stats = [summary["feature_sets"][name][metric] for name in names]
+        means = [s["test_mean"] for s in stats]
+        stds = [s["test_std"] for s in stats]
+        seeds = [list(s["per_seed"].values()) for s in stats]
+        lows = [min([m - e] + v) for m, e, v in zip(means, stds, seeds)]
+        highs = [max([m + e] + v) for m, e, v in zip(means, stds, seeds)]
+        # Bars start below the lowest value (not at 0) so that differences of a few points stay visible.
+        bottom = max(0.0, math.floor((min(lows) - 0.05) * 20) / 20)
+        top = max(highs) + 0.15 * (max(highs) - bottom) + 1e-3
+        x = range(len(names))
+        ax.bar(x, [m - bottom for m in means], bottom=bottom, yerr=stds, capsize=5,
+               color=[colours(i % 10) for i in x], alpha=0.75, edgecolor="black", linewidth=0.6)
+        for i, values in enumerate(seeds):
+            offsets = [(j - (len(values) - 1) / 2) * 0.08 for j in range(len(values))]
+            ax.scatter([i + o for o in offsets], values, color="black", s=12, zorder=3)
+        for i, m in enumerate(means):
+            ax.text(i, m + stds[i] + 0.01 * (top - bottom), f"{m:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(bottom, top)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+        ax.set_title(f"test {metric}" + (" (headline)" if metric == summary["headline"] else ""))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{summary['dataset']}: mean over {len(summary['seeds'])} seeds, error bar = std over seeds, dots = seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""scripts/run.sh and scripts/run_multi_seed.sh end to end on a very small smoke configuration."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline_helpers import TINY, needs_every_stage, run_script, smoke_root
+
+pytestmark = [pytest.mark.slow, needs_every_stage()]
+
+STAGES = ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed", "validate"]
+FEATURE_SETS = {"llm", "aggregates", "coles", "random"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return smoke_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def first_seed(root):
+    proc = run_script("scripts/run.sh", *TINY, f"paths.output_root={root}", "seed=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def stage_lines(output: str, seed: int, word: str) -> list[str]:
+    return re.findall(rf"run\.sh \[seed {seed}\] \d+/\d+ (\w+): {word}", output)
+
+
+def test_run_sh_runs_every_stage_of_one_seed(root, first_seed):
+    ran = stage_lines(first_seed.stdout, 1, "running")
+    skipped = stage_lines(first_seed.stdout, 1, "up to date")
+    assert ran + skipped == STAGES and "pretrain" in ran
+    run_dir = root / "smoke" / "synthetic" / "seed_1"
+    results = json.loads((run_dir / "validation" / "results.json").read_text())
+    assert FEATURE_SETS <= set(results["feature_sets"])
+    embeddings = pd.read_parquet(run_dir / "embeddings" / "embeddings.parquet")
+    assert embeddings.columns[0] == "cl_id" and len(embeddings) > 0
+
+
+def test_multi_seed_reuses_shared_stages_then_reports(root, first_seed):
+    proc = run_script("scripts/run_multi_seed.sh", *TINY, f"paths.output_root={root}", env={"SEEDS": "1 2"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert stage_lines(proc.stdout, 1, "up to date") == STAGES  # seed 1 finished before
+    assert stage_lines(proc.stdout, 2, "up to date") == ["prepare", "text", "tokenizer", "shards"]
+    assert stage_lines(proc.stdout, 2, "running") == ["pretrain", "export", "embed", "validate"]
+    report = root / "smoke" / "synthetic" / "report"
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"report: {report}/report.md")
+    summary = json.loads((report / "report.json").read_text())["datasets"]["synthetic"]
+    assert summary["seeds"] == [1, 2] and FEATURE_SETS <= set(summary["feature_sets"])
+    table = (report / "report.md").read_text()
+    for name in FEATURE_SETS:
+        assert re.search(rf"\| \**{re.escape(name)}\** \| \d\.\d{{4}} ± \d\.\d{{4}} \|", table), name
+    for png in ("metrics_synthetic.png", "loss_synthetic.png"):
+        with Image.open(report / png) as image:
+            assert image.size[0] > 600
+
+
+def test_rerun_skips_every_stage_in_seconds(root, first_seed):
+    run_script("scripts/run_multi_seed.sh", *TINY, f"paths.output_root={root}", env={"SEEDS": "1 2"})
+    started = time.monotonic()
+    proc = run_script("scripts/run_multi_seed.sh", *TINY, f"paths.output_root={root}", env={"SEEDS": "1 2"})
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for seed in (1, 2):
+        assert stage_lines(proc.stdout, seed, "up to date") == STAGES
+        assert stage_lines(proc.stdout, seed, "running") == []
+    # No stage process starts: config checks and the report only (seconds; generous for a loaded machine).
+    assert elapsed < 60, elapsed

@@ -1,0 +1,125 @@
+"""A real single-node SLURM cluster on this machine (scripts/slurm/local_cluster.sh): the sbatch scripts and
+the hydra-submitit launcher submit to it. Needs root and the Debian packages slurm-wlm and munge (.ci/run
+installs them); skips, saying so, where they are missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_helpers import TINY, needs_every_stage, smoke_root
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slurm
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"SLURM not installed ({', '.join(missing)} missing): apt-get install -y slurm-wlm munge (.ci/run does)")
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster runs its daemons as root; run the tests as root")
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "LLM4TRX_SLURMCTLD_PORT": str(free_port()), "LLM4TRX_SLURMD_PORT": str(free_port())}
+    script = ROOT / "scripts" / "slurm" / "local_cluster.sh"
+    started = subprocess.run(["bash", script, "start", state], env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr
+        env["SLURM_CONF"] = str(state / "slurm.conf")
+        env["LLM4TRX_SLURM_LOGS"] = str(state / "logs")
+        yield env
+    finally:
+        subprocess.run(["bash", script, "stop", state], timeout=60)
+    assert not any((state / f"{d}.pid").exists() for d in ("munged", "slurmctld", "slurmd"))
+
+
+def job_log(cluster, proc) -> str:
+    job_id = re.search(r"submit\.sh: job (\d+) queued", proc.stdout).group(1)
+    return (Path(cluster["LLM4TRX_SLURM_LOGS"]) / f"slurm-{job_id}.out").read_text()
+
+
+def submit(env, job, *args, timeout=600):
+    return subprocess.run(
+        ["bash", "scripts/slurm/submit.sh", job, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_path):
+    proc = submit(
+        cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=1", "--",
+        f"paths.output_root={tmp_path}", "seeds=[1]", "dataset=rosbank",
+        f"dataset.raw_dir={tmp_path / 'no_such_dir'}",
+    )
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    # The stage's own one-line error reaches the submitting terminal, then the job's state.
+    assert "dataset.raw_dir is not a folder" in proc.stderr
+    assert "submit.sh: job" in proc.stderr and "failed (exit" in proc.stderr
+
+
+@needs_every_stage()
+def test_pipeline_job_runs_the_seeds_and_the_report(cluster, tmp_path_factory):
+    # Same output root and seeds as test_pipeline's multi-seed run: after it, the job finds every stage done
+    # and writes the report; run alone, it builds everything.
+    root = smoke_root(tmp_path_factory)
+    proc = submit(
+        cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=2", "--",
+        *TINY, f"paths.output_root={root}", "seeds=[1,2]", f"report.dir={root / 'slurm_report'}",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = job_log(cluster, proc)
+    assert "pipeline.sbatch: job" in log
+    assert "run.sh [seed 1]: finished" in log and "run.sh [seed 2]: finished" in log
+    assert f"report: {root / 'slurm_report'}/report.md" in log
+    summary = json.loads((root / "slurm_report" / "report.json").read_text())["datasets"]["synthetic"]
+    assert summary["seeds"] == [1, 2] and {"llm", "aggregates", "coles", "random"} <= set(summary["feature_sets"])
+
+
+@needs_every_stage()
+@pytest.mark.skipif(
+    not os.environ.get("LLM4TRX_TEST_MULTINODE"),
+    reason="pretrains one more seed (minutes on 2 cores); set LLM4TRX_TEST_MULTINODE=1 to run it",
+)
+def test_multinode_script_pretrains_through_srun_and_composer(cluster, tmp_path_factory):
+    """The multi-node script on this one-node cluster: srun starts one Composer launcher per node (here one)."""
+    root = smoke_root(tmp_path_factory)
+    proc = submit(
+        cluster, "scripts/slurm/pretrain_multinode.sbatch", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
+        "--", *TINY, f"paths.output_root={root}", "seed=4",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = job_log(cluster, proc)
+    assert re.search(r"pretrain on 1 node\(s\) x 1 process\(es\), rendezvous \S+:\d+", log), log[-2000:]
+    run_dir = root / "smoke" / "synthetic" / "seed_4"
+    assert (run_dir / "checkpoints" / "_SUCCESS.json").is_file()
+    assert (run_dir / "validation" / "results.json").is_file()
+
+
+def test_hydra_submitit_launcher_submits_one_job_per_sweep_point(cluster, tmp_path):
+    """`python -m llm4trx.<stage> -m hydra/launcher=slurm ...`: one SLURM job per point (a cheap stage here)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm4trx.prepare", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0",
+         "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.output_root={tmp_path}",
+         "dataset.n_clients=100", "experiment_name=sweep_a,sweep_b"],
+        cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("sweep_a", "sweep_b"):
+        done = json.loads((tmp_path / name / "synthetic" / "shared" / "data" / "_SUCCESS.json").read_text())
+        assert done["counts"]["clients"] == 100
+    job_dirs = [p for p in (tmp_path / "sweep" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", p.name)]
+    assert len(job_dirs) == 2  # one array task per sweep point
