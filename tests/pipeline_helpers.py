@@ -28,10 +28,23 @@ def smoke_root(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "smoke_outputs"
 
 
+# Exported into os.environ by libraries run in-process by other tests (Composer, accelerate under the HF
+# Trainer), and still needed there while torch.distributed stays initialised in the test process. A child
+# process (run.sh, sbatch) that inherited them would take itself for one rank of a distributed job.
+DISTRIBUTED_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR",
+                         "MASTER_PORT"}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without distributed-launch variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES and not k.startswith("ACCELERATE_")}
+    env.update(extra)
+    return env
+
+
 def run_script(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
+    return subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=child_env(**(env or {})))
 
 
 STAGE_MODULES = ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed", "validate"]

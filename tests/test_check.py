@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pipeline_helpers import child_env
 
 from llm4trx import check
 from llm4trx.config import compose
@@ -89,7 +90,7 @@ def test_up_to_date_follows_the_config_hash_of_the_stage(out_root):
 
 
 def run_script(args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
+    env = child_env(**(env_extra or {}))
     return subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -109,7 +110,7 @@ def test_run_sh_with_slurm_options_is_one_line(out_root):
 
 def test_slurm_launcher_without_sbatch_exits_with_one_line(tmp_path):
     """`python -m llm4trx.<stage> -m hydra/launcher=slurm ...` where there is no SLURM at all."""
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    env = child_env(PATH=str(Path(sys.executable).parent))
     env.pop("SLURM_CONF", None)
     proc = subprocess.run(
         [sys.executable, "-m", "llm4trx.report", "-m", "hydra/launcher=slurm", "seed=1,2",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import TINY, needs_every_stage, smoke_root
+from pipeline_helpers import TINY, child_env, needs_every_stage, smoke_root
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -34,7 +34,7 @@ def cluster(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster runs its daemons as root; run the tests as root")
     state = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "LLM4TRX_SLURMCTLD_PORT": str(free_port()), "LLM4TRX_SLURMD_PORT": str(free_port())}
+    env = child_env(LLM4TRX_SLURMCTLD_PORT=str(free_port()), LLM4TRX_SLURMD_PORT=str(free_port()))
     script = ROOT / "scripts" / "slurm" / "local_cluster.sh"
     started = subprocess.run(["bash", script, "start", state], env=env, capture_output=True, text=True, timeout=120)
     try:
