@@ -14,7 +14,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from llm4trx.augment_backends import HFBackend, generator_dir
+from llm4trx.generation.backends import HFBackend, generator_dir
 
 
 def tokens_per_s(backend: HFBackend, prompts: list[list[int]], batch_size: int) -> float:

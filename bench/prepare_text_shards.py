@@ -6,7 +6,7 @@
 Prints, measured in the same run:
 1. end-to-end transactions/s of prepare + text + shards (the synthetic raw CSV is generated before the clock
    starts; the one-off domain tokenizer training is timed separately);
-2. the text rendering rate of llm4trx.formats against a straightforward per-row Python rendering of the same
+2. the text rendering rate of llm4trx.render.formats against a straightforward per-row Python rendering of the same
    text (the outputs are asserted equal on a sample of clients);
 3. tokens per transaction of every format with the Qwen2 tokenizer and with the domain tokenizer.
 """
@@ -25,11 +25,11 @@ from rich.console import Console
 from rich.table import Table
 
 from llm4trx import prepare, shards, text, tokenizer
-from llm4trx.config import compose
-from llm4trx.formats import FORMATS, RenderContext, mcc_label_map, render
-from llm4trx.stage import stage_dir
-from llm4trx.synthetic import ensure_raw
-from llm4trx.tokencount import get_counter
+from llm4trx.core.config import compose
+from llm4trx.render.formats import FORMATS, RenderContext, mcc_label_map, render
+from llm4trx.core.stage import stage_dir
+from llm4trx.data.synthetic import ensure_raw
+from llm4trx.render.tokencount import get_counter
 
 console = Console(width=110)
 

@@ -53,7 +53,7 @@ def bench_foundry(cfg, inputs, folder: Path, clock: StepClock) -> None:
     from llmfoundry.command_utils import train
     from omegaconf import OmegaConf
 
-    from llm4trx import foundry_config, foundry_plugins
+    from llm4trx.lm import foundry_config, foundry_plugins
 
     class FoundryClock(Callback):
         def batch_end(self, state, logger):
@@ -71,7 +71,7 @@ def bench_foundry(cfg, inputs, folder: Path, clock: StepClock) -> None:
 def bench_hf(cfg, inputs, folder: Path, clock: StepClock) -> None:
     from transformers import TrainerCallback
 
-    from llm4trx.hf_backend import build_trainer
+    from llm4trx.lm.hf_backend import build_trainer
 
     class HFClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -99,9 +99,9 @@ def main() -> None:
 
     import torch
 
-    from llm4trx.config import compose
+    from llm4trx.core.config import compose
     from llm4trx.pretrain import check_inputs
-    from llm4trx.stage import read_success, stage_dir
+    from llm4trx.core.stage import read_success, stage_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_pretrain_"))
     overrides = ["experiment=smoke", "progress=false", *args.overrides]

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from llm4trx.config import compose
-from llm4trx.protocol import Labels, cross_validate, fold_threads, make_model
+from llm4trx.core.config import compose
+from llm4trx.evaluation.protocol import Labels, cross_validate, fold_threads, make_model
 from llm4trx.validate import lightgbm_params
 
 

@@ -2,7 +2,7 @@
 # The whole pipeline for one seed:
 #   prepare → augment (when an augment config is chosen) → text → tokenizer → shards → pretrain → export → embed → validate
 #
-#   bash scripts/run.sh                                        # no arguments: experiment=smoke (CPU, synthetic data)
+#   bash scripts/run.sh                                        # the default experiment (smoke: CPU, synthetic data)
 #   bash scripts/run.sh experiment=smoke seed=3 trainer.max_duration=200ba
 #
 # Every argument is a Hydra override given to every stage; they are validated once before anything runs.
@@ -15,7 +15,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-(( $# )) || set -- experiment=smoke
 # Run the code of this checkout, whichever checkout the environment was installed from.
 export PYTHONPATH=$PWD/source${PYTHONPATH:+:$PYTHONPATH}
 py=.venv/bin/python

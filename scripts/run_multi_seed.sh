@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The pipeline over several seeds, then the multi-seed report.
 #
-#   bash scripts/run_multi_seed.sh                              # no arguments: experiment=smoke, its 3 seeds, CPU
+#   bash scripts/run_multi_seed.sh                              # the default experiment (smoke), its 3 seeds, CPU
 #   bash scripts/run_multi_seed.sh experiment=smoke seeds=[1,2,3]
 #   SEEDS="1 2 3" bash scripts/run_multi_seed.sh experiment=smoke
 #
@@ -13,7 +13,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-(( $# )) || set -- experiment=smoke
 if [[ -n ${SEEDS:-} ]]; then
   seeds_list=$(echo $SEEDS | tr ' ' ',')  # unquoted on purpose: collapses runs of spaces
   set -- "$@" "seeds=[$seeds_list]"

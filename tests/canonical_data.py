@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from llm4trx.stage import stage_dir, write_success
+from llm4trx.core.stage import stage_dir, write_success
 
 # Hydra overrides describing each benchmark dataset's canonical columns (as conf/dataset/*.yaml do).
 SCHEMAS = {
@@ -63,7 +63,7 @@ def write_canonical(cfg, events: pd.DataFrame, test_fraction: float = 0.2, val_f
 
 def canonical_run(out_root, schema: str = "rosbank", overrides=(), n_clients: int = 40, seed: int = 0, **kw):
     """Composed config for a run under out_root whose data/ holds canonical events of `schema`."""
-    from llm4trx.config import compose
+    from llm4trx.core.config import compose
 
     cfg = compose([f"paths.output_root={out_root}", "progress=false", *SCHEMAS[schema], *overrides])
     events = kw.pop("events", None)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from llm4trx.stage import stage_dir, write_success
+from llm4trx.core.stage import stage_dir, write_success
 
 SIGNAL_MCC = [5411, 5812, 5912, 4111, 5541, 5999]
 OTHER_MCC = [6011, 7011, 5732, 5651, 4814, 5311]

@@ -1,7 +1,7 @@
 """Language-model inputs for tests of pretrain/export/embed: a tokenizer/ dir and mds/{train,val}/ shards.
 
 Written in the exact format of the contract (CONTRACT.md: tokenizer → tokenizer/, shards → mds/) and marked
-finished with `_SUCCESS.json`, so `llm4trx.stage.require()` accepts them. The texts are transaction-like
+finished with `_SUCCESS.json`, so `llm4trx.core.stage.require()` accepts them. The texts are transaction-like
 lines with learnable regularities (each client repeats a few merchants and amount ranges), so a tiny LM's
 loss falls within tens of steps.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm4trx.stage import stage_dir, write_success
+from llm4trx.core.stage import stage_dir, write_success
 
 MERCHANTS = [
     "grocery stores", "fast food", "gas stations", "pharmacies", "taxi", "book stores",
@@ -141,7 +141,7 @@ CPU_TEST = ["progress=false", "trainer.cpu_threads=1"]
 
 
 def smoke_cfg(out_root: Path, *overrides: str):
-    from llm4trx.config import compose
+    from llm4trx.core.config import compose
 
     return compose(["experiment=smoke", f"paths.output_root={out_root}", *CPU_TEST, *overrides])
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from llm4trx import augment
-from llm4trx.augment_backends import HFBackend, check_environment
-from llm4trx.augment_mix import mix_into_train
-from llm4trx.config import compose
-from llm4trx.errors import ConfigError
-from llm4trx.stage import config_hash, read_success, run_stage, stage_dir
+from llm4trx.generation.backends import HFBackend, check_environment
+from llm4trx.generation.mix import mix_into_train
+from llm4trx.core.config import compose
+from llm4trx.core.errors import ConfigError
+from llm4trx.core.stage import read_success, run_stage, stage_dir, stage_hash
 
 TRAIN = [f"c{i:02d}" for i in range(8)]
 VAL, TEST = ["c08"], ["c09", "c10", "c11"]
@@ -103,7 +103,7 @@ def write_data(cfg) -> Path:
             tmp / "targets.parquet")
         return {"clients": len(clients)}
 
-    return run_stage(cfg, "prepare", build, keys=["dataset"])
+    return run_stage(cfg, "prepare", build)
 
 
 def cfg_for(out_root, generator, *overrides):
@@ -133,8 +133,8 @@ def test_hf_generates_for_train_clients_only(out_root, generator, capsys):
     done = read_success(folder)
     counts = done["outputs"]["hf"]["counts"]
     assert counts["samples"] == 16 and counts["written"] == 16 and counts["clients"] == 4
-    # the top level reads like any stage's record: its hash is recomputable from the keys and inputs it names
-    assert done["config_hash"] == config_hash(cfg, done["keys"], done["inputs"]) == done["outputs"]["hf"]["config_hash"]
+    # the top level reads like any stage's record: its hash is the registry's hash of this config
+    assert done["config_hash"] == stage_hash(cfg, "augment") == done["outputs"]["hf"]["config_hash"]
     assert 0 < counts["generated_tokens"] <= 16 * 8 and counts["tokens_per_s"] > 0
     assert "tokens/s" in capsys.readouterr().out
     # a rerun with the same config generates nothing and still reports the figure

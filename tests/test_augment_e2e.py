@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from llm4trx import augment, embed, export, prepare, pretrain, shards, text, tokenizer
-from llm4trx.config import compose
-from llm4trx.stage import read_success, stage_dir
+from llm4trx.core.config import compose
+from llm4trx.core.stage import read_success, stage_dir
 
 SMALL = ["experiment=smoke", "progress=false", "dataset.n_clients=80", "dataset.max_events=40",
          "trainer.max_duration=4ba", "trainer.eval_interval=4ba", "trainer.save_interval=4ba",

@@ -11,8 +11,8 @@ import pytest
 from pipeline_helpers import child_env
 
 from llm4trx import check
-from llm4trx.config import compose
-from llm4trx.stage import is_up_to_date, run_stage
+from llm4trx.core.config import compose
+from llm4trx.core.stage import is_up_to_date, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,20 +64,20 @@ def test_shell_assignments_list_the_pipeline_and_what_is_up_to_date(capsys, monk
     monkeypatch.setenv("NPROC", "3")
     overrides = [f"paths.output_root={out_root}", "seed=5", "seeds=[5,6]"]
     cfg = compose(overrides)
-    run_stage(cfg, "prepare", lambda tmp: None, keys=["dataset"])
+    run_stage(cfg, "prepare", lambda tmp: None)
     assert check.main(["--shell", *overrides]) == 0
     values = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert values["STAGES"].strip("'").split()[:2] == ["prepare", "text"]
     assert values["UP_TO_DATE"] == "prepare"
     assert values["NPROC"] == "3" and values["SEED"] == "5" and values["SEEDS"] == "'5 6'"
-    assert values["RUN_DIR"] == str(out_root / "default" / "synthetic" / "seed_5")
+    assert values["RUN_DIR"] == str(out_root / "smoke" / "synthetic" / "seed_5")  # the default experiment
 
 
 def test_up_to_date_follows_the_config_hash_of_the_stage(out_root):
     cfg = compose([f"paths.output_root={out_root}"])
     assert not is_up_to_date(cfg, "prepare")
-    run_stage(cfg, "prepare", lambda tmp: None, keys=["dataset"])
-    run_stage(cfg, "text", lambda tmp: None, keys=["text"], inputs=["prepare"])
+    run_stage(cfg, "prepare", lambda tmp: None)
+    run_stage(cfg, "text", lambda tmp: None)
     assert is_up_to_date(cfg, "prepare") and is_up_to_date(cfg, "text")
     assert check.leading_up_to_date(cfg, ["prepare", "text", "tokenizer"]) == ["prepare", "text"]
     text_changed = compose([f"paths.output_root={out_root}", "text.max_tokens=7"])
@@ -122,3 +122,11 @@ def test_slurm_launcher_without_sbatch_exits_with_one_line(tmp_path):
         "error: hydra/launcher=slurm: SLURM is not available on this machine (no `sbatch` on PATH); drop "
         "hydra/launcher=slurm to run here, or submit from a SLURM login node"
     ]
+
+
+def test_the_default_experiment_applies_unless_another_is_named():
+    """`run_multi_seed.sh paths.output_root=X` runs the default (smoke) experiment, like no arguments at all."""
+    assert compose([]).experiment_name == "smoke"
+    assert compose(["paths.output_root=/tmp/x"]).experiment_name == "smoke"
+    assert compose(["paths.output_root=/tmp/x"]).max_seq_len == compose([]).max_seq_len
+    assert compose(["experiment=quality_cpu"]).experiment_name == "quality_cpu"

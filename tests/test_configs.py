@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from llm4trx.config import CONF_DIR, compose
+from llm4trx.core.config import CONF_DIR, compose
 
 CONF = Path(CONF_DIR)
 # Bases that other options of their group extend (`defaults: [common]`); not choices on their own.

@@ -16,10 +16,10 @@ import torch
 import llm4trx
 from embed_fixtures import write_all, write_tiny_llama
 from llm4trx import embed
-from llm4trx.config import compose
-from llm4trx.errors import ConfigError, DataError
-from llm4trx.pooling import pool
-from llm4trx.stage import read_success, stage_dir
+from llm4trx.core.config import compose
+from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.lm.pooling import pool
+from llm4trx.core.stage import read_success, stage_dir
 
 
 @pytest.fixture(scope="module")

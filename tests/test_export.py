@@ -9,10 +9,10 @@ import pytest
 import torch
 from fixtures_lm import build_lm_inputs, smoke_cfg, smoke_pretrained  # noqa: F401
 
-from llm4trx.errors import DataError, StageInputMissing
+from llm4trx.core.errors import DataError, StageInputMissing
 from llm4trx.export import max_logit_difference, run, val_batch
 from llm4trx.pretrain import load_tokenizer
-from llm4trx.stage import read_success, stage_dir, write_success
+from llm4trx.core.stage import read_success, stage_dir, write_success
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from canonical_data import SCHEMAS, canonical_events
 
-from llm4trx.config import compose
-from llm4trx.errors import ConfigError
-from llm4trx.formats import FORMATS, RenderContext, amount_2dp, amount_short, get_format, render, render_client
+from llm4trx.core.config import compose
+from llm4trx.core.errors import ConfigError
+from llm4trx.render.formats import FORMATS, RenderContext, amount_2dp, amount_short, get_format, render, render_client
 
 ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown"]
 
@@ -130,7 +130,7 @@ def test_amounts_keep_sensible_precision():
 
 
 def test_compact_is_at_most_half_of_flat_in_tokens():
-    from llm4trx.tokencount import get_counter
+    from llm4trx.render.tokencount import get_counter
 
     counter = get_counter("qwen")
     events, ctx = context("rosbank")

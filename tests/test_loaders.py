@@ -1,4 +1,4 @@
-"""Raw loaders (llm4trx.loaders): every schema read into the canonical events and targets."""
+"""Raw loaders (llm4trx.data.loaders): every schema read into the canonical events and targets."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llm4trx import loaders, synthetic
-from llm4trx.config import REPO_ROOT, compose
-from llm4trx.errors import ConfigError
+from llm4trx.data import loaders, synthetic
+from llm4trx.core.config import REPO_ROOT, compose
+from llm4trx.core.errors import ConfigError
 
 CANONICAL = ["client_id", "event_time", "amount", "mcc"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fixtures_lm import CPU_TEST, PUBLISHED_CONFIGS, build_lm_inputs, write_model_config
 
-from llm4trx.config import CONF_DIR, compose
-from llm4trx.foundry_config import hf_config_dict, tokenizer_info, train_config, validate_train_config
+from llm4trx.core.config import CONF_DIR, compose
+from llm4trx.lm.foundry_config import hf_config_dict, tokenizer_info, train_config, validate_train_config
 from llm4trx.pretrain import check_model, load_tokenizer
-from llm4trx.stage import stage_dir
+from llm4trx.core.stage import stage_dir
 
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (Path(CONF_DIR) / "trainer").glob("*.yaml"))

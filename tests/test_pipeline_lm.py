@@ -8,7 +8,7 @@ import pytest
 from fixtures_lm import smoke_cfg
 
 from llm4trx import export, prepare, pretrain, shards, text, tokenizer
-from llm4trx.stage import read_success
+from llm4trx.core.stage import read_success
 
 
 @pytest.mark.slow

@@ -6,12 +6,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from llm4trx.config import compose
-from llm4trx.errors import DataError
+from llm4trx.core.config import compose
+from llm4trx.core.errors import DataError
 from llm4trx.prepare import run
-from llm4trx.stage import read_success, stage_dir
+from llm4trx.core.stage import LOCK_DIR, read_success, stage_dir
 
 ROSBANK_HEADER = "cl_id,TRDATETIME,amount,MCC,channel_type,currency,trx_category,target_flag,target_sum"
+
+
+def outputs_left(root):
+    """Files and folders under `root` other than the build locks of shared stages (empty lock files that stay)."""
+    return [p for p in root.rglob("*.*") if LOCK_DIR not in p.parts]
 
 
 def test_synthetic_default_writes_the_contract_files_and_skips_reruns(out_root):
@@ -92,7 +97,7 @@ def test_bad_rosbank_input_is_an_error_naming_file_column_row_and_writes_nothing
     assert err.value.path == str(path) and err.value.column == column and err.value.row == row
     assert str(path) in str(err.value)
     assert not stage_dir(cfg, "prepare").exists()
-    assert not list((tmp_path / "out").rglob("*.*"))  # no files, no temporary folders left behind
+    assert not outputs_left(tmp_path / "out")  # no files, no temporary folders left behind
 
 
 def test_missing_and_empty_files_and_non_utf8_bytes(tmp_path):
@@ -109,7 +114,7 @@ def test_missing_and_empty_files_and_non_utf8_bytes(tmp_path):
     with pytest.raises(DataError, match="not valid UTF-8") as err:
         run(cfg)
     assert err.value.row == 6 and err.value.path == str(path)
-    assert not stage_dir(cfg, "prepare").exists() and not list((tmp_path / "out").rglob("*.*"))
+    assert not stage_dir(cfg, "prepare").exists() and not outputs_left(tmp_path / "out")
 
 
 def test_duplicate_events_are_counted_and_kept_or_dropped(tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fixtures_lm import PUBLISHED_CONFIGS, build_lm_inputs, smoke_cfg, smoke_pretrained, write_model_config  # noqa: F401
 
-from llm4trx.errors import ConfigError, DataError, StageInputMissing
+from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
 from llm4trx.pretrain import run
-from llm4trx.stage import read_success, stage_dir
+from llm4trx.core.stage import read_success, stage_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     before = losses(read_metrics(folder), "train")
 
     # Rerun the same command (in-process) and count the optimizer steps it actually trains.
-    from llm4trx import foundry_plugins
+    from llm4trx.lm import foundry_plugins
 
     appended = []
     original = foundry_plugins.append_loss

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from llm4trx.config import compose
-from llm4trx.errors import DataError, StageInputMissing
+from llm4trx.core.config import compose
+from llm4trx.core.errors import DataError, StageInputMissing
 from llm4trx.report import run
 
 ROOT = Path(__file__).resolve().parents[1]

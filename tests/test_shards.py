@@ -13,9 +13,9 @@ from transformers import AutoTokenizer
 from llm4trx import shards as shards_stage
 from llm4trx import text as text_stage
 from llm4trx import tokenizer as tokenizer_stage
-from llm4trx.config import compose
-from llm4trx.errors import DataError, StageInputMissing
-from llm4trx.stage import read_success, stage_dir
+from llm4trx.core.config import compose
+from llm4trx.core.errors import DataError, StageInputMissing
+from llm4trx.core.stage import read_success, stage_dir
 
 MAX_SEQ_LEN = 96
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import TINY, child_env, needs_every_stage, smoke_root
+from pipeline_helpers import TINY, child_env, smoke_root
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -71,7 +71,6 @@ def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_p
     assert "submit.sh: job" in proc.stderr and "failed (exit" in proc.stderr
 
 
-@needs_every_stage()
 def test_pipeline_job_runs_the_seeds_and_the_report(cluster, tmp_path_factory):
     # Same output root and seeds as test_pipeline's multi-seed run: after it, the job finds every stage done
     # and writes the report; run alone, it builds everything.
@@ -89,7 +88,6 @@ def test_pipeline_job_runs_the_seeds_and_the_report(cluster, tmp_path_factory):
     assert summary["seeds"] == [1, 2] and {"llm", "aggregates", "coles", "random"} <= set(summary["feature_sets"])
 
 
-@needs_every_stage()
 @pytest.mark.skipif(
     not os.environ.get("LLM4TRX_TEST_MULTINODE"),
     reason="pretrains one more seed (minutes on 2 cores); set LLM4TRX_TEST_MULTINODE=1 to run it",

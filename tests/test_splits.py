@@ -1,4 +1,4 @@
-"""The pytorch-lifestream split protocol (llm4trx.splits)."""
+"""The pytorch-lifestream split protocol (llm4trx.data.splits)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from llm4trx.errors import ConfigError
-from llm4trx.splits import make_splits, natural_sorted
+from llm4trx.core.errors import ConfigError
+from llm4trx.data.splits import make_splits, natural_sorted
 
 CFG = OmegaConf.create({"test_fraction": 0.1, "n_folds": 5, "random_state": 42, "val_fraction": 0.05})
 

@@ -1,4 +1,4 @@
-"""The synthetic dataset generator (llm4trx.synthetic): deterministic, reused, learnable signals."""
+"""The synthetic dataset generator (llm4trx.data.synthetic): deterministic, reused, learnable signals."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from llm4trx import loaders, synthetic
-from llm4trx.config import compose
-from llm4trx.errors import ConfigError
+from llm4trx.data import loaders, synthetic
+from llm4trx.core.config import compose
+from llm4trx.core.errors import ConfigError
 
 
 def dataset_cfg(out_root, *overrides):

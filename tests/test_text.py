@@ -9,11 +9,11 @@ import pytest
 from canonical_data import canonical_events, canonical_run, write_canonical
 
 from llm4trx import text as text_stage
-from llm4trx.config import compose
-from llm4trx.errors import ConfigError, DataError, StageInputMissing
-from llm4trx.formats import RenderContext, render
-from llm4trx.stage import read_success, stage_dir
-from llm4trx.tokencount import get_counter
+from llm4trx.core.config import compose
+from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
+from llm4trx.render.formats import RenderContext, render
+from llm4trx.core.stage import read_success, stage_dir
+from llm4trx.render.tokencount import get_counter
 
 
 def read_split(folder, split):

@@ -11,10 +11,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from llm4trx import text as text_stage
 from llm4trx import tokenizer as tokenizer_stage
-from llm4trx.config import compose
-from llm4trx.errors import ConfigError, StageInputMissing
-from llm4trx.stage import read_success, stage_dir
-from llm4trx.tokencount import get_counter
+from llm4trx.core.config import compose
+from llm4trx.core.errors import ConfigError, StageInputMissing
+from llm4trx.core.stage import read_success, stage_dir
+from llm4trx.render.tokencount import get_counter
 
 MARKER = "QZXJVKWPFQZXJVKWPF"  # a categorical value only test clients have
 

@@ -10,16 +10,16 @@ import pytest
 
 from embed_fixtures import mark_done, write_data, write_hf
 from llm4trx import coles, embed, prepare, text, validate
-from llm4trx.config import compose
-from llm4trx.errors import DataError
-from llm4trx.features import read_embeddings
-from llm4trx.protocol import feature_matrix, load_labels
-from llm4trx.stage import stage_dir
+from llm4trx.core.config import compose
+from llm4trx.core.errors import DataError
+from llm4trx.data.embeddings import read_embeddings
+from llm4trx.evaluation.protocol import feature_matrix, load_labels
+from llm4trx.core.stage import stage_dir
 
 # Small but real: fewer trees and a small CoLES so the module stays within its time budget.
 FAST = ["progress=false", "validate.lightgbm.binary.n_estimators=150", "validate.n_jobs=2",
-        "validate.coles.hidden_size=64", "validate.coles.max_epochs=4", "validate.coles.cnt_max=40",
-        "validate.coles.batch_size=128", "embed.batch_size=32"]
+        "coles.hidden_size=64", "coles.max_epochs=4", "coles.cnt_max=40",
+        "coles.batch_size=128", "embed.batch_size=32"]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,9 @@ def validated(tmp_path_factory):
                    "dataset.label_noise=0.0", *FAST])
     prepare.run(cfg)  # the real stages on the synthetic generator (rosbank schema) ...
     text.run(cfg)
-    write_hf(cfg)  # ... and, until the export stage lands, a tiny random Llama with a BPE trained on text/
+    write_hf(cfg)  # ... and a tiny random Llama with a BPE trained on text/ in place of pretrain + export
     embed.run(cfg)
+    coles.run(cfg)
     folder = validate.run(cfg)
     return root, cfg, json.loads((folder / "results.json").read_text()), (folder / "results.md").read_text()
 
@@ -67,7 +68,7 @@ def test_same_seed_twice_gives_identical_metrics(validated):
 
 def test_coles_same_seed_twice_gives_identical_embeddings(data_only):
     base = [f"paths.output_root={data_only.paths.output_root}", *FAST,
-            "validate.coles.hidden_size=16", "validate.coles.max_epochs=1"]
+            "coles.hidden_size=16", "coles.max_epochs=1"]
 
     def embeddings(overrides):
         return pd.read_parquet(coles.run(compose(overrides)) / "embeddings.parquet")

@@ -6,7 +6,7 @@ One line per (client, prompt, sample): client_id, prompt_id, text, generator, fi
 n_tokens). Only clients of the pretraining `train` split are used, never `test` ones. Everything that can be
 wrong with the config (generator dir, template fields, context budget, backend) is checked before the
 model is loaded and before anything is written. The text stage mixes these outputs into its train split
-(llm4trx.augment_mix).
+(llm4trx.generation.mix).
 
 Why this stage does not use `run_stage`'s build-and-rename: generation may take GPU-hours and must survive a
 kill, and several outputs (one per augment.name) share the augment/ folder. So each finished batch is appended
@@ -19,7 +19,7 @@ when an output is complete; it holds each output's hash and counts.
 
 from __future__ import annotations
 
-import fcntl
+
 import json
 import logging
 import os
@@ -29,31 +29,24 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from llm4trx.augment_backends import Sample, check_environment, context_length, generator_dir, load_backend
-from llm4trx.augment_prompts import ClientPrompter, build_prompts
-from llm4trx.augment_render import check_format, transaction_renderer
-from llm4trx.cli import stage_main
-from llm4trx.errors import ConfigError, DataError
-from llm4trx.stage import SUCCESS_FILE, config_hash, read_success, require, stage_dir
+from llm4trx.generation.backends import Sample, check_environment, context_length, generator_dir, load_backend
+from llm4trx.generation.prompts import ClientPrompter, build_prompts
+from llm4trx.generation.render import check_format, transaction_renderer
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core import registry
+from llm4trx.core.stage import SUCCESS_FILE, read_success, require, stage_dir, stage_hash
 
 log = logging.getLogger(__name__)
 
-# Config sections an output depends on: all of augment except `mix` (read by the text stage).
-NOT_IN_HASH = {"mix"}
-
-
-INPUTS = ["prepare"]
-
-
-def hash_keys(cfg: DictConfig) -> list[str]:
-    return [f"augment.{k}" for k in cfg.augment if k not in NOT_IN_HASH] + ["dataset", "text"]
-
 
 def output_hash(cfg: DictConfig) -> str:
-    return config_hash(cfg, hash_keys(cfg), inputs=INPUTS)
+    """What an output depends on (the registry: all of augment but `mix`, which the text stage reads)."""
+    return stage_hash(cfg, "augment")
 
 
 def select_clients(cfg: DictConfig, splits_path: Path) -> list[str]:
@@ -132,18 +125,18 @@ def _read_ledger(ledger: Path) -> tuple[str | None, list[dict[str, Any]]]:
     return records[0].get("config_hash"), records[1:]
 
 
-def _update_success(folder: Path, name: str, record: dict[str, Any], keys: list[str]) -> None:
+def _update_success(cfg: DictConfig, folder: Path, name: str, record: dict[str, Any]) -> None:
     """Add one output's record to augment/_SUCCESS.json, atomically and under a lock (outputs share it).
 
     The top level describes the output completed last (config_hash, keys, inputs as run_stage writes them), so
     a check of "is this config up to date" works as for other stages, and the text stage, which takes
     augment/ as an input when it mixes, rebuilds whenever an output is (re)generated.
     """
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(str(folder / ".lock")):
         done = read_success(folder) or {}
         outputs = {**done.get("outputs", {}), name: record}
-        body = {"config_hash": record["config_hash"], "keys": keys, "inputs": INPUTS,
+        body = {"stage": "augment", "config_hash": record["config_hash"],
+                "sections": registry.hashed_sections(cfg, "augment"), "inputs": registry.inputs_of(cfg, "augment"),
                 "finished_at": record["finished_at"], "counts": record["counts"], "outputs": outputs}
         tmp = folder / (SUCCESS_FILE + ".tmp")
         tmp.write_text(json.dumps(body, indent=2) + "\n")
@@ -239,9 +232,8 @@ def run(cfg: DictConfig) -> Path:
     total.update(clients=len(clients), prompts=[p.prompt_id for p in prompts],
                  tokens_per_s=_rate(this_run) if requests else _rate(total),
                  resumed_from=len(done))
-    _update_success(folder, name, {"config_hash": want, "file": out.name, "generator": str(path),
-                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": total},
-                    hash_keys(cfg))
+    _update_success(cfg, folder, name, {"config_hash": want, "file": out.name, "generator": str(path),
+                                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": total})
     _report(name, total, run_counts=this_run if requests else None)
     return folder
 

@@ -20,12 +20,11 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llm4trx.config import compose
-from llm4trx.errors import ConfigError, Llm4trxError, StageInputMissing
-from llm4trx.stage import SUCCESS_FILE, is_up_to_date, read_success, stage_dir
+from llm4trx.core.config import compose
+from llm4trx.core.errors import ConfigError, Llm4trxError, StageInputMissing
+from llm4trx.core.registry import pipeline
+from llm4trx.core.stage import SUCCESS_FILE, is_up_to_date, read_success, stage_dir
 
-# The pipeline of one seed, in order. `augment` runs only when an augment config is chosen (text mixes it in).
-PIPELINE = ("prepare", "augment", "text", "tokenizer", "shards", "pretrain", "export", "embed", "validate")
 
 
 def compose_checked(overrides: Sequence[str]) -> DictConfig:
@@ -116,15 +115,6 @@ def check_launcher(overrides: Sequence[str]) -> None:
         f"{asked[0]}: the pipeline scripts run their stages in this job; to run the pipeline under SLURM submit "
         f"it: bash scripts/slurm/submit.sh scripts/slurm/pipeline.sbatch [overrides]"
     )
-
-
-def pipeline(cfg: DictConfig) -> list[str]:
-    return [stage for stage in PIPELINE if stage != "augment" or augment_configured(cfg)]
-
-
-def augment_configured(cfg: DictConfig) -> bool:
-    augment = cfg.get("augment")
-    return OmegaConf.is_dict(augment) and bool(augment) and augment.get("enabled", True) is not False
 
 
 def requested_stages(cfg: DictConfig, names: str | None) -> list[str]:

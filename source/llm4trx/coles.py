@@ -3,7 +3,8 @@
 A GRU sequence encoder is trained contrastively on the pretraining clients (train + val splits of
 data/splits.parquet, never test), then embeds every client: coles/embeddings.parquet
 (<dataset.id_column> string, emb_0000.. float32, the contract of embeddings/). Depends on data/ and the
-seed only, so it may run beside pretraining; `validate` runs it when it is missing.
+seed only, so it may run beside pretraining; scripts/run.sh runs it before `validate` when `coles` is one of
+the validated feature sets.
 """
 
 from __future__ import annotations
@@ -17,21 +18,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from llm4trx.cli import stage_main
-from llm4trx.embed import embeddings_frame
-from llm4trx.sequences import ptls_records
-from llm4trx.stage import require, run_stage
+from llm4trx.core.cli import stage_main
+from llm4trx.data.embeddings import embeddings_frame
+from llm4trx.data.sequences import categorical_columns, ptls_records
+from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
-
-KEYS = ["validate.coles", "validate.aggregates", "seed", "dataset.id_column", "dataset.categorical"]
-INPUTS = ["prepare"]
-
-
-def categorical_columns(cfg: DictConfig) -> list[str]:
-    configured = cfg.validate.aggregates.categorical
-    return list(configured) if configured is not None else ["mcc", *cfg.dataset.categorical]
-
 
 def train_encoder(records: list[dict], sizes: dict, numeric: list[str], c: DictConfig, seed: int, progress: bool):
     import pytorch_lightning as pl
@@ -89,16 +81,17 @@ def run(cfg: DictConfig) -> Path:
         events = pd.read_parquet(data / "events.parquet")
         splits = pd.read_parquet(data / "splits.parquet")
         pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
-        numeric = list(cfg.validate.aggregates.numeric)
-        records, sizes = ptls_records(events, categorical_columns(cfg), numeric, pretrain_ids)
+        numeric = list(cfg.coles.numeric)
+        categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
+        records, sizes = ptls_records(events, categorical, numeric, pretrain_ids)
         train_records = [r for r in records if r["client_id"] in pretrain_ids]
-        encoder = train_encoder(train_records, sizes, numeric, cfg.validate.coles, int(cfg.seed), bool(cfg.progress))
-        matrix = infer(encoder, records, int(cfg.validate.coles.inference_batch_size))
+        encoder = train_encoder(train_records, sizes, numeric, cfg.coles, int(cfg.seed), bool(cfg.progress))
+        matrix = infer(encoder, records, int(cfg.coles.inference_batch_size))
         frame = embeddings_frame(cfg.dataset.id_column, [r["client_id"] for r in records], matrix)
         frame.to_parquet(tmp / "embeddings.parquet", index=False)
         return {"clients": len(records), "train_clients": len(train_records), "dim": int(matrix.shape[1])}
 
-    return run_stage(cfg, "coles", build, keys=KEYS, inputs=INPUTS)
+    return run_stage(cfg, "coles", build)
 
 
 main = stage_main(run)

@@ -21,16 +21,15 @@ from accelerate.utils import gather_object
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from llm4trx.cli import stage_main
-from llm4trx.errors import ConfigError, DataError
-from llm4trx.pooling import POOLINGS, pool, position_ids_for
-from llm4trx.stage import config_hash, is_complete, require, run_stage, stage_dir
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.data.embeddings import embeddings_frame
+from llm4trx.lm.pooling import POOLINGS, pool, position_ids_for
+from llm4trx.core.stage import is_complete, require, run_stage, stage_dir, stage_hash
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-KEYS = ["embed", "dataset.id_column"]
-INPUTS = ["text", "export"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -167,18 +166,12 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
     }
 
 
-def embeddings_frame(id_column: str, client_ids, matrix: np.ndarray) -> pd.DataFrame:
-    columns = {id_column: pd.array(client_ids, dtype="string")}
-    columns.update({f"emb_{j:04d}": matrix[:, j] for j in range(matrix.shape[1])})
-    return pd.DataFrame(columns).sort_values(id_column, kind="stable").reset_index(drop=True)
-
-
 def run(cfg: DictConfig) -> Path:
     check_config(cfg)
     state = PartialState()
     final = stage_dir(cfg, "embed")
     # Every process decides alike before any collective call: nothing is written until after the gather.
-    if not cfg.get("force", False) and is_complete(final, config_hash(cfg, KEYS, INPUTS)):
+    if not cfg.get("force", False) and is_complete(final, stage_hash(cfg, "embed")):
         log.info("embed: up to date (%s), skipped", final)
         return final
     started = time.time()
@@ -189,7 +182,7 @@ def run(cfg: DictConfig) -> Path:
             frame.to_parquet(tmp / "embeddings.parquet", index=False)
             return {**result["counts"], "embed_seconds": round(time.time() - started, 3)}
 
-        run_stage(cfg, "embed", build, keys=KEYS, inputs=INPUTS)
+        run_stage(cfg, "embed", build)
     state.wait_for_everyone()
     return final
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from llm4trx.cli import stage_main
-from llm4trx.errors import DataError, Llm4trxError
-from llm4trx.pretrain import backend_of, load_tokenizer
-from llm4trx.stage import require, run_stage
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import DataError, Llm4trxError
+from llm4trx.lm.tokenizers import load_tokenizer
+from llm4trx.core.stage import read_success, require, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,12 @@ def export_foundry(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch
     """llm-foundry's own conversion: `train(only_hf_checkpoint=True)` + its `hf_checkpointer` callback."""
     from llmfoundry.command_utils import train
 
-    from llm4trx import foundry_config, foundry_plugins
+    from llm4trx.lm import foundry_config, foundry_plugins
 
     checkpoint = composer_checkpoint(checkpoints)
     foundry_plugins.register()
     tokenizer_dir, mds_dir = require(cfg, "tokenizer"), require(cfg, "shards")
-    tok = foundry_config.tokenizer_info(load_tokenizer(tokenizer_dir))
+    tok = foundry_config.tokenizer_info(load_tokenizer(tokenizer_dir, need=("eos_token", "pad_token")))
     train_cfg = foundry_config.train_config(cfg, tok, tokenizer_dir, mds_dir, checkpoints)
     work = out / "_hf_checkpointer"
     train_cfg["model"].update(init_device="cpu", pretrained=False)  # every weight comes from the checkpoint
@@ -144,20 +144,20 @@ def export_hf(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch.nn.M
     source = hf_checkpoint(checkpoints)
     model = AutoModelForCausalLM.from_pretrained(str(source), torch_dtype=torch.float32)
     copy.deepcopy(model).to(DTYPES[cfg.export.precision]).save_pretrained(str(out), safe_serialization=True)
-    load_tokenizer(require(cfg, "tokenizer")).save_pretrained(str(out))
+    load_tokenizer(require(cfg, "tokenizer"), need=("eos_token", "pad_token")).save_pretrained(str(out))
     return model, {"checkpoint": source.name}
 
 
 def build(cfg: DictConfig, out: Path) -> dict[str, Any]:
     checkpoints = require(cfg, "pretrain")
-    backend = backend_of(checkpoints)
+    backend = (read_success(checkpoints) or {}).get("counts", {}).get("backend", "foundry")
     if backend == "hf":
         reference, counts = export_hf(cfg, checkpoints, out)
     else:
         reference, counts = export_foundry(cfg, checkpoints, out)
     if not (out / "config.json").is_file() or not any(out.glob("*.safetensors")):
         raise ExportMismatch(f"{out}: the conversion wrote no config.json/*.safetensors")
-    pad_id = load_tokenizer(require(cfg, "tokenizer")).pad_token_id
+    pad_id = load_tokenizer(require(cfg, "tokenizer"), need=("eos_token", "pad_token")).pad_token_id
     batch = val_batch(cfg, pad_id, int(cfg.export.verify_batch_size))
     diff = max_logit_difference(rounded_like_export(reference, cfg.export.precision), out, batch,
                                 trust_remote_code=reference.config.model_type == "mpt")
@@ -171,7 +171,7 @@ def build(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> Path:
-    return run_stage(cfg, STAGE, lambda out: build(cfg, out), keys=["export"], inputs=["pretrain"])
+    return run_stage(cfg, STAGE, lambda out: build(cfg, out))
 
 
 main = stage_main(run)

@@ -4,7 +4,7 @@
     python -m llm4trx.prepare dataset=rosbank dataset.raw_dir=/data/rosbank
 
 The synthetic dataset's raw files are generated into dataset.raw_dir first (reused when already there).
-Everything is read and validated before the stage folder is written (see llm4trx.loaders for what counts
+Everything is read and validated before the stage folder is written (see llm4trx.data.loaders for what counts
 as an error and what as a logged repair; the repair counts land in data/_SUCCESS.json).
 Changing the raw files without changing the config needs `force=true` to rebuild.
 """
@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from llm4trx import loaders, synthetic
-from llm4trx.cli import stage_main
-from llm4trx.splits import make_splits
-from llm4trx.stage import run_stage
+from llm4trx.data import loaders, synthetic
+from llm4trx.core.cli import stage_main
+from llm4trx.data.splits import make_splits
+from llm4trx.core.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def build(cfg: DictConfig, out: Path) -> dict:
 
 
 def run(cfg: DictConfig) -> Path:
-    return run_stage(cfg, "prepare", lambda out: build(cfg, out), keys=["dataset", "splits"])
+    return run_stage(cfg, "prepare", lambda out: build(cfg, out))
 
 
 main = stage_main(run)

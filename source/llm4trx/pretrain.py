@@ -1,8 +1,8 @@
 """Stage `pretrain`: next-token pretraining on clients' token sequences (mds/ + tokenizer/ -> checkpoints/).
 
 `python -m llm4trx.pretrain experiment=smoke` builds an llm-foundry train config from the Hydra config
-(llm4trx.foundry_config) and runs llm-foundry's `train` in-process (trainer.backend=foundry), or the same
-model on the same MDS data with transformers' Trainer (trainer.backend=hf, llm4trx.hf_backend).
+(llm4trx.lm.foundry_config) and runs llm-foundry's `train` in-process (trainer.backend=foundry), or the same
+model on the same MDS data with transformers' Trainer (trainer.backend=hf, llm4trx.lm.hf_backend).
 
 checkpoints/ is the save folder itself, not built in a temporary folder like other stages: a killed run must
 find its checkpoints again. Rerunning the same command resumes from the last checkpoint (Composer autoresume
@@ -25,20 +25,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from llm4trx.cli import stage_main
-from llm4trx.errors import ConfigError, DataError
-from llm4trx.stage import config_hash, is_complete, read_success, require, stage_dir, write_success
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.lm.tokenizers import load_tokenizer
+from llm4trx.core.stage import SUCCESS_FILE, is_complete, require, stage_dir, stage_hash, write_success
 
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
-# What the trained model and metrics.jsonl depend on. Left out on purpose, so that a rerun with them changed
-# still resumes: thread/worker counts, micro-batch and eval batch sizes, trackers, console interval, timeouts,
-# how many checkpoints to keep.
-KEYS = ["model", "max_seq_len", "seed"] + [f"trainer.{key}" for key in (
-    "backend", "device", "precision", "fsdp", "global_train_batch_size", "max_duration", "eval_interval",
-    "eval_first", "eval_subset_num_batches", "save_interval", "optimizer", "scheduler", "grad_clip_norm")]
-INPUTS = ["tokenizer", "shards"]
 RUN_FILE = "_RUN.json"  # config hash of the run that owns the checkpoints in this folder
 SPLITS = ("train", "val")
 
@@ -48,23 +42,6 @@ def global_rank() -> int:
 
 
 # ---------------------------------------------------------------- checks (before anything is written)
-
-def load_tokenizer(tokenizer_dir: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    except Exception as err:  # transformers raises OSError/ValueError/... for unreadable dirs
-        raise DataError(tokenizer_dir, f"not a Hugging Face tokenizer directory ({err})") from err
-    config = tokenizer_dir / "tokenizer_config.json"
-    for token in ("eos_token", "pad_token"):
-        if getattr(tokenizer, token) is None:
-            raise DataError(config, f"the tokenizer has no {token}: pretraining needs eos (end of a client's "
-                                    "text) and pad (batches padded to their longest sequence)", column=token)
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        log.warning("pad_token == eos_token: the collator masks pads out of the loss, so eos is never learned")
-    return tokenizer
-
 
 def count_samples(split_dir: Path) -> int:
     index = split_dir / "index.json"
@@ -132,11 +109,11 @@ def check_model(cfg: DictConfig, tok: dict[str, Any]) -> None:
 
 def check_inputs(cfg: DictConfig) -> dict[str, Any]:
     """Everything that can be wrong with inputs or config, raised before any output is written."""
-    from llm4trx.foundry_config import is_hf_model, tokenizer_info
+    from llm4trx.lm.foundry_config import is_hf_model, tokenizer_info
 
     tokenizer_dir, mds_dir = require(cfg, "tokenizer"), require(cfg, "shards")
     check_runtime(cfg)
-    tok = tokenizer_info(load_tokenizer(tokenizer_dir))
+    tok = tokenizer_info(load_tokenizer(tokenizer_dir, need=("eos_token", "pad_token")))
     counts = {split: count_samples(mds_dir / split) for split in SPLITS}
     if counts["train"] < int(cfg.trainer.global_train_batch_size):
         raise ConfigError(f"mds/train has {counts['train']} samples, fewer than one batch "
@@ -162,7 +139,7 @@ def claim_folder(folder: Path, want: str, force: bool) -> None:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RUN_FILE).write_text(json.dumps({"config_hash": want}) + "\n")
-    (folder / "_SUCCESS.json").unlink(missing_ok=True)
+    (folder / SUCCESS_FILE).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- backends
@@ -177,7 +154,7 @@ def latest_composer_step(folder: Path) -> int:
 def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict[str, Any]:
     from llmfoundry.command_utils import train
 
-    from llm4trx import foundry_config, foundry_plugins
+    from llm4trx.lm import foundry_config, foundry_plugins
 
     foundry_plugins.register()
     resumed_from = latest_composer_step(folder)
@@ -198,7 +175,7 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
 
 def run(cfg: DictConfig) -> Path:
     folder = stage_dir(cfg, STAGE)
-    want = config_hash(cfg, KEYS, INPUTS)
+    want = stage_hash(cfg, STAGE)
     if not cfg.get("force", False) and is_complete(folder, want):
         log.info("pretrain: up to date (%s), skipped", folder)
         return folder
@@ -212,7 +189,7 @@ def run(cfg: DictConfig) -> Path:
         torch.set_num_threads(int(cfg.trainer.cpu_threads))
         os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.cpu_threads)  # else accelerate resets it (hf backend)
     if cfg.trainer.backend == "hf":
-        from llm4trx.hf_backend import train_hf
+        from llm4trx.lm.hf_backend import train_hf
 
         counts = train_hf(cfg, inputs, folder)
     else:
@@ -220,14 +197,9 @@ def run(cfg: DictConfig) -> Path:
     if global_rank() == 0:
         write_success(folder, want, started, {**counts, "train_samples": inputs["samples"]["train"],
                                               "val_samples": inputs["samples"]["val"],
-                                              "vocab_size": inputs["tok"]["vocab_size"]}, KEYS, INPUTS)
+                                              "vocab_size": inputs["tok"]["vocab_size"]}, cfg, STAGE)
     log.info("pretrain: %s steps in %.1f s -> %s", counts["steps"], time.time() - started, folder)
     return folder
-
-
-def backend_of(folder: Path) -> str:
-    done = read_success(folder) or {}
-    return done.get("counts", {}).get("backend", "foundry")
 
 
 main = stage_main(run)

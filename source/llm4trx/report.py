@@ -16,22 +16,20 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
 from omegaconf import DictConfig
 
-from llm4trx.cli import stage_main
-from llm4trx.errors import DataError, StageInputMissing
-from llm4trx.stage import replace_dir
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import DataError, StageInputMissing
+from llm4trx.core.stage import atomic_dir, seed_stage_dir, stage_dir
 
 log = logging.getLogger(__name__)
 
-RESULTS = Path("validation") / "results.json"
-LOSSES = Path("checkpoints") / "metrics.jsonl"
+RESULTS = "results.json"  # in the validate stage's folder
+LOSSES = "metrics.jsonl"  # in the pretrain stage's folder (written by the llm4trx_metrics_jsonl logger)
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -108,18 +106,19 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def collect(experiment_dir: Path, seeds: list[int]) -> dict[str, Any]:
+def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str, Any]:
     results, losses, missing = {}, {}, []
     for seed in seeds:
-        run_dir = experiment_dir / f"seed_{seed}"
-        if (run_dir / RESULTS).is_file():
-            results[seed] = load_results(run_dir / RESULTS)
-            losses[seed] = load_losses(run_dir / LOSSES)
+        validation = seed_stage_dir(cfg, "validate", seed, experiment_dir)
+        if (validation / RESULTS).is_file():
+            results[seed] = load_results(validation / RESULTS)
+            losses[seed] = load_losses(seed_stage_dir(cfg, "pretrain", seed, experiment_dir) / LOSSES)
         else:
             missing.append(seed)
     if not results:
+        where = seed_stage_dir(cfg, "validate", seeds[0], experiment_dir) / RESULTS
         raise StageInputMissing(
-            f"no seed has validation results under {experiment_dir} (looked for seed_<seed>/{RESULTS} for seeds "
+            f"no seed has validation results under {experiment_dir} (looked for {where} and the same for seeds "
             f"{', '.join(map(str, seeds))}); run bash scripts/run_multi_seed.sh with the same overrides first"
         )
     summary = summarize(results)
@@ -174,7 +173,7 @@ HOW_TO_READ = """\
 
 
 def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: str) -> None:
-    from llm4trx.report_plots import plot_losses, plot_metrics
+    from llm4trx.evaluation.plots import plot_losses, plot_metrics
 
     lines = [f"# Report: experiment `{experiment}`", ""]
     for label, summary in summaries.items():
@@ -200,19 +199,12 @@ def run(cfg: DictConfig) -> Path:
     seeds = [int(seed) for seed in (cfg.get("seeds") or [cfg.seed])]
     summaries: dict[str, dict[str, Any]] = {}
     for experiment_dir in cfg.report.experiment_dirs:
-        summary = collect(Path(experiment_dir), seeds)
+        summary = collect(cfg, Path(experiment_dir), seeds)
         label = summary["dataset"] if summary["dataset"] not in summaries else f"{summary['dataset']}_{len(summaries)}"
         summaries[label] = summary
-    final = Path(cfg.report.dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    final = stage_dir(cfg, "report")
+    with atomic_dir(final) as tmp:
         write_report(summaries, tmp, str(cfg.experiment_name))
-        replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for summary in summaries.values():
         print(f"\n{summary['dataset']}: {len(summary['seeds'])} seeds")
         print("\n".join(markdown_table(summary)))

@@ -16,9 +16,10 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from llm4trx.cli import stage_main
-from llm4trx.errors import ConfigError, DataError
-from llm4trx.stage import require, run_stage
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.lm.tokenizers import load_tokenizer
+from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,6 @@ def write_split(src: Path, dst: Path, tokenizer, max_seq_len: int, progress: boo
     return stats
 
 
-def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
-    if tok.bos_token_id is None or tok.eos_token_id is None:
-        raise ConfigError(f"tokenizer in {folder} lacks bos/eos; rebuild it with `python -m llm4trx.tokenizer`")
-    return tok
-
-
 def run(cfg: DictConfig) -> Path:
     max_seq_len = int(cfg.max_seq_len)
     if max_seq_len < 3:
@@ -95,7 +87,7 @@ def run(cfg: DictConfig) -> Path:
     text_dir, tok_dir = require(cfg, "text"), require(cfg, "tokenizer")
 
     def build(out: Path) -> dict:
-        tokenizer = load_tokenizer(tok_dir)
+        tokenizer = load_tokenizer(tok_dir, need=("bos_token", "eos_token"))
         stats = {}
         for split in SPLITS:
             stats[split] = write_split(text_dir / f"{split}.jsonl", out / split, tokenizer, max_seq_len,
@@ -108,7 +100,7 @@ def run(cfg: DictConfig) -> Path:
         (out / "stats.json").write_text(json.dumps({"max_seq_len": max_seq_len, **stats}, indent=2) + "\n")
         return stats
 
-    return run_stage(cfg, "shards", build, keys=["max_seq_len"], inputs=["text", "tokenizer"])
+    return run_stage(cfg, "shards", build)
 
 
 main = stage_main(run)

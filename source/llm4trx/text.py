@@ -1,6 +1,6 @@
 """Stage `text`: data/ -> text/{train,val,test}.jsonl + text/stats.json (`python -m llm4trx.text`).
 
-Each client's history is rendered in the configured format (llm4trx.formats) and truncated to
+Each client's history is rendered in the configured format (llm4trx.render.formats) and truncated to
 `text.max_tokens` tokens of the counting tokenizer, keeping the MOST RECENT transactions: every line is
 counted in context, a reverse cumulative sum per client picks the newest lines that fit with the header.
 Test clients are written to test.jsonl (embedding only; never in pretraining files).
@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from llm4trx.augment_mix import mix_inputs, mix_into_train, mix_keys
-from llm4trx.cli import stage_main
-from llm4trx.errors import ConfigError, DataError
-from llm4trx.formats import GROUP_ITEM_SEP, Fields, Format, RenderContext, assemble, get_format
-from llm4trx.stage import require, run_stage
-from llm4trx.tokencount import TokenCounter, get_counter, piece_tokens
+from llm4trx.generation.mix import mix_into_train
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.render.formats import GROUP_ITEM_SEP, Fields, Format, RenderContext, assemble, get_format
+from llm4trx.core.stage import require, run_stage
+from llm4trx.render.tokencount import TokenCounter, get_counter, piece_tokens
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +283,7 @@ def run(cfg: DictConfig) -> Path:
         print_table(stats)
         return {s: v["n_clients"] for s, v in stats["splits"].items()}
 
-    return run_stage(cfg, "text", build, keys=["text", "dataset", *mix_keys(cfg)],
-                     inputs=["prepare", *mix_inputs(cfg)])
+    return run_stage(cfg, "text", build)
 
 
 main = stage_main(run)

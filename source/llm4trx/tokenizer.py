@@ -16,9 +16,9 @@ from typing import Iterator
 
 from omegaconf import DictConfig
 
-from llm4trx.cli import stage_main
-from llm4trx.errors import ConfigError
-from llm4trx.stage import require, run_stage
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import ConfigError
+from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def run(cfg: DictConfig) -> Path:
         return {"kind": tc.kind, "vocab_size": len(tok), "repairs": repairs, "trained_on_clients": trained_on,
                 "bos": tok.bos_token, "eos": tok.eos_token, "pad": tok.pad_token}
 
-    inputs = ["text"] if tc.kind == "domain_bpe" else []
-    return run_stage(cfg, "tokenizer", build, keys=["tokenizer"], inputs=inputs)
+    return run_stage(cfg, "tokenizer", build)
 
 
 main = stage_main(run)

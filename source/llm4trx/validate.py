@@ -1,7 +1,7 @@
 """Stage `validate`: LLM embeddings against aggregates, CoLES and random under the ptls protocol.
 
 Reads data/ (targets, splits, events), embeddings/ (when `llm` is used) and coles/ (when `coles` is used;
-built first if missing). Writes validation/results.json and validation/results.md.
+run `python -m llm4trx.coles` first; scripts/run.sh does). Writes validation/results.json and validation/results.md.
 """
 
 from __future__ import annotations
@@ -14,20 +14,17 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from llm4trx import coles
-from llm4trx.cli import stage_main
-from llm4trx.errors import ConfigError
-from llm4trx.features import aggregate_features, concatenate, parts_of, random_features, read_embeddings
-from llm4trx.protocol import cross_validate, load_labels, markdown_table
-from llm4trx.stage import require, run_stage
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import ConfigError
+from llm4trx.data.embeddings import read_embeddings
+from llm4trx.data.sequences import categorical_columns
+from llm4trx.evaluation.features import aggregate_features, concatenate, parts_of, random_features
+from llm4trx.evaluation.protocol import cross_validate, load_labels, markdown_table
+from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
 
 BASE_SETS = ("llm", "aggregates", "coles", "random")
-KEYS = ["validate", "seed", "splits.n_folds", "dataset.task", "dataset.n_classes", "dataset.metrics",
-        "dataset.id_column", "dataset.categorical"]
-
-
 def lightgbm_params(cfg: DictConfig) -> dict:
     v = cfg.validate
     task = cfg.dataset.task
@@ -69,7 +66,7 @@ def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path) -> tuple[d
     if "aggregates" in needed:
         events = pd.read_parquet(data / "events.parquet")
         pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]
-        sets["aggregates"] = aggregate_features(events, coles.categorical_columns(cfg),
+        sets["aggregates"] = aggregate_features(events, categorical_columns(cfg.validate.aggregates.categorical, cfg.dataset.categorical),
                                                 list(cfg.validate.aggregates.numeric), pretrain_ids)
         sources["aggregates"] = data / "events.parquet"
     if "random" in needed:
@@ -85,11 +82,6 @@ def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path) -> tuple[d
 
 def run(cfg: DictConfig) -> Path:
     needed = check_config(cfg)
-    inputs = ["prepare"] + (["embed"] if "llm" in needed else [])
-    if "coles" in needed:
-        # An input stage, built only when missing or out of date: `force` rebuilds validation, not CoLES.
-        coles.run(OmegaConf.merge(cfg, {"force": False}))
-        inputs.append("coles")
 
     def build(tmp: Path) -> dict:
         data = require(cfg, "prepare")
@@ -114,7 +106,7 @@ def run(cfg: DictConfig) -> Path:
         (tmp / "results.md").write_text(markdown_table(results))
         return {"feature_sets": list(sets), "n_train": results["n_train"], "n_test": results["n_test"]}
 
-    return run_stage(cfg, "validate", build, keys=KEYS, inputs=inputs)
+    return run_stage(cfg, "validate", build)
 
 
 main = stage_main(run)

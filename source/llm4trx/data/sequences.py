@@ -30,3 +30,8 @@ def ptls_records(events: pd.DataFrame, categorical: list[str], numeric: list[str
     records = preprocessor.transform(frame)
     records.sort(key=lambda r: r["client_id"])
     return records, preprocessor.get_category_dictionary_sizes()
+
+
+def categorical_columns(configured, dataset_categorical) -> list[str]:
+    """The categorical columns a baseline uses: `configured`, or (null) mcc plus the dataset's own."""
+    return list(configured) if configured is not None else ["mcc", *dataset_categorical]

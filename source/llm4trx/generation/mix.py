@@ -4,8 +4,8 @@ The text stage calls, inside its build:
 
     train, stats["augmented"] = mix_into_train(cfg, train, counter.count)   # recorded in text/stats.json
 
-and passes `keys=[..., *mix_keys(cfg)]`, `inputs=[..., *mix_inputs(cfg)]` to run_stage, so that changing the mix or
-regenerating an augment output rebuilds text/. Only clients of the train split get augmented texts (val and
+The stage registry (llm4trx.core.registry) adds `augment.mix` to the text stage's hash and augment/ to its
+inputs while mixing is on, so that changing the mix or regenerating an augment output rebuilds text/. Only clients of the train split get augmented texts (val and
 test clients never do: their rows are not passed in, and outputs naming them are counted and skipped).
 
 Rows keep the text stage's fields and gain `source`: "base" for the client's own text, or
@@ -23,23 +23,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from llm4trx.errors import ConfigError, DataError, StageInputMissing
-from llm4trx.stage import read_success, require
-
-def mix_enabled(cfg: DictConfig) -> bool:
-    """Mixing is on when an augment config is chosen (augment=hf|vllm) and augment.mix.sources is not empty."""
-    return bool(cfg.get("augment") and cfg.augment.get("mix") and cfg.augment.mix.sources)
-
-
-def mix_keys(cfg: DictConfig) -> list[str]:
-    """Config sections of the text stage due to mixing (none when off, so its hash does not change)."""
-    return ["augment.mix"] if mix_enabled(cfg) else []
-
-
-def mix_inputs(cfg: DictConfig) -> list[str]:
-    """Input stages of the text stage due to mixing: augment/ when mixing is on."""
-    return ["augment"] if mix_enabled(cfg) else []
-
+from llm4trx.core.registry import mixing
+from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
+from llm4trx.core.stage import read_success, require
 
 def mix_into_train(
     cfg: DictConfig,
@@ -51,7 +37,7 @@ def mix_into_train(
     `train`: the text stage's train rows (client_id, text, n_events, n_events_kept, n_tokens);
     `count_tokens`: the text stage's token counter (a batch of texts -> counts) for the added rows' n_tokens.
     """
-    if not mix_enabled(cfg):
+    if not mixing(cfg):
         return train, {"enabled": False}
     m = cfg.augment.mix
     if not 0 <= m.fraction <= 1:

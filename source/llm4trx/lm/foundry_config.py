@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from llm4trx.errors import ConfigError
+from llm4trx.core.errors import ConfigError
 
 HF_MODEL = "llm4trx_hf_causal_lm"
 METRICS_FILE = "metrics.jsonl"  # checkpoints/metrics.jsonl: {"step", "split", "loss"} per line

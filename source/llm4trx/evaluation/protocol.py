@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler
 
-from llm4trx.errors import ConfigError, DataError
+from llm4trx.core.errors import ConfigError, DataError
 
 
 def _auroc(y, proba, classes):

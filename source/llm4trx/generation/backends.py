@@ -13,7 +13,7 @@ from typing import Protocol
 
 from omegaconf import DictConfig
 
-from llm4trx.errors import ConfigError
+from llm4trx.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

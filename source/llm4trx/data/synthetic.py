@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +45,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from omegaconf import DictConfig, OmegaConf
 
-from llm4trx.errors import ConfigError
-from llm4trx.stage import replace_dir
+from llm4trx.core.errors import ConfigError
+from llm4trx.core.stage import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -261,15 +259,8 @@ def ensure_raw(ds: DictConfig) -> Path:
         return raw_dir
     if raw_dir.exists() and any(raw_dir.iterdir()) and not marker.is_file():
         raise ConfigError(f"{raw_dir} holds files the synthetic generator did not write; choose another dataset.raw_dir")
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = raw_dir.parent / f".{raw_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(raw_dir) as tmp:
         write_raw(p, tmp)
         (tmp / MARKER).write_text(json.dumps(p, indent=2) + "\n")
-        replace_dir(tmp, raw_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("synthetic: wrote %s clients in the %s schema to %s", p["n_clients"], p["schema"], raw_dir)
     return raw_dir

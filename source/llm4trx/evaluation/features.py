@@ -7,36 +7,13 @@ the columns of their parts side by side ("llm+aggregates").
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from llm4trx.errors import ConfigError, DataError
-from llm4trx.sequences import ptls_records
-
-
-def read_embeddings(path: Path, id_column: str, prefix: str) -> pd.DataFrame:
-    """An embeddings file (<id_column> string ids, then float columns) as a frame indexed by client id."""
-    if not path.is_file():
-        raise DataError(path, "missing")
-    frame = pd.read_parquet(path)
-    if id_column not in frame.columns:
-        raise DataError(path, f"id column missing (dataset.id_column={id_column!r})", column=id_column)
-    ids = frame[id_column]
-    if not (pd.api.types.is_string_dtype(ids) and ids.map(lambda v: isinstance(v, str)).all()):
-        raise DataError(path, f"client ids must be strings, found dtype {ids.dtype}", column=id_column)
-    if ids.duplicated().any():
-        row = int(np.argmax(ids.duplicated().to_numpy()))
-        raise DataError(path, f"client id {ids.iloc[row]!r} appears twice", column=id_column, row=row + 2)
-    values = frame.drop(columns=[id_column])
-    non_numeric = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
-    if non_numeric:
-        raise DataError(path, "feature column is not numeric", column=non_numeric[0])
-    values.columns = [f"{prefix}_{c}" for c in values.columns]
-    values.index = pd.Index(ids.astype(str).to_numpy(), name="client_id")
-    return values.astype(np.float32)
+from llm4trx.core.errors import ConfigError
+from llm4trx.data.sequences import ptls_records
 
 
 def aggregate_features(events: pd.DataFrame, categorical: list[str], numeric: list[str], fit_ids,

@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from llm4trx.errors import ConfigError
-from llm4trx.foundry_config import INIT_CONFIG_DIR, METRICS_FILE, model_source, plain, write_init_config
+from llm4trx.core.errors import ConfigError
+from llm4trx.lm.foundry_config import INIT_CONFIG_DIR, METRICS_FILE, model_source, plain, write_init_config
 
 TRACKERS = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
 
@@ -111,7 +111,7 @@ def training_arguments(cfg: DictConfig, folder: Path, world_size: int):
 def metrics_callback(path: Path):
     from transformers import TrainerCallback
 
-    from llm4trx.foundry_plugins import append_loss, keep_steps_up_to
+    from llm4trx.lm.foundry_plugins import append_loss, keep_steps_up_to
 
     class MetricsJsonl(TrainerCallback):
         """The same checkpoints/metrics.jsonl as the llm-foundry backend writes."""

@@ -1,4 +1,4 @@
-"""How a client's transactions appear inside an augmentation prompt: the text stage's formats (llm4trx.formats)."""
+"""How a client's transactions appear inside an augmentation prompt: the text stage's formats (llm4trx.render.formats)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ Renderer = Callable[[pd.DataFrame], str]
 
 def check_format(cfg: DictConfig) -> None:
     """ConfigError listing the known formats when augment.transactions_format is not one (before any work)."""
-    from llm4trx.formats import get_format
+    from llm4trx.render.formats import get_format
 
     get_format(cfg.augment.transactions_format)
 
@@ -24,7 +24,7 @@ def transaction_renderer(cfg: DictConfig, data_dir: Path) -> Renderer:
     The render context (MCC names, time resolution, usual categorical values) is computed from ALL events, as
     the text stage does, so that a client's transactions read the same here as in its text/ record.
     """
-    from llm4trx.formats import RenderContext, get_format, render_client
+    from llm4trx.render.formats import RenderContext, get_format, render_client
 
     fmt = get_format(cfg.augment.transactions_format)
     categorical = list(cfg.dataset.get("categorical") or [])

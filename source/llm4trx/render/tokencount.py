@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm4trx.errors import ConfigError
+from llm4trx.core.errors import ConfigError
 
 
 class TokenCounter:

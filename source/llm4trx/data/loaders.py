@@ -40,8 +40,8 @@ import pandas as pd
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from llm4trx import rawcsv
-from llm4trx.errors import ConfigError, DataError
+from llm4trx.data import rawcsv
+from llm4trx.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

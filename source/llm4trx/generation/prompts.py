@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from llm4trx.errors import ConfigError
+from llm4trx.core.errors import ConfigError
 
 # Fields a user template may use; {format} and {analysis} come from the prompt, the rest from the client.
 CLIENT_FIELDS = ("transactions", "n_events", "n_events_kept", "start_date", "end_date")

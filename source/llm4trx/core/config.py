@@ -10,7 +10,7 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 # conf/ sits at the repository root, beside source/ (the package is installed editable by scripts/setup.sh).
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 CONF_DIR = str(REPO_ROOT / "conf")
 
 # `${repo_root:}` in configs: files shipped with the repository (assets/) are found from any working directory.

@@ -22,7 +22,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from sklearn.model_selection import StratifiedKFold
 
-from llm4trx.errors import ConfigError
+from llm4trx.core.errors import ConfigError
 
 
 def natural_sorted(ids) -> list[str]:

@@ -9,8 +9,8 @@ from typing import Any, Callable
 import hydra
 from omegaconf import DictConfig
 
-from llm4trx.config import CONF_DIR
-from llm4trx.errors import Llm4trxError
+from llm4trx.core.config import CONF_DIR
+from llm4trx.core.errors import Llm4trxError
 
 log = logging.getLogger("llm4trx")
 

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llm4trx.errors import ConfigError
+from llm4trx.core.errors import ConfigError
 
 FORMATS: dict[str, "Format"] = {}
 

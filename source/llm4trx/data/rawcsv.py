@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from llm4trx.errors import DataError
+from llm4trx.core.errors import DataError
 
 HEADER_LINES = 1
 

@@ -1,0 +1,1 @@
+"""The stage contract every stage uses: the stage registry, run folders and atomic builds, config, errors, CLI."""

@@ -1,0 +1,135 @@
+"""The stage registry: every stage of the pipeline described once.
+
+For each stage: its entry-point module (`python -m llm4trx.<name>`), its folder in the run directory, where
+that folder lives (`shared` by every seed of an experiment, per `seed`, or per `experiment`), the stages whose
+outputs it reads, and the config sections its hash covers. A hash covers each listed section *whole*, minus
+the few operational keys named in `operational` (threads, workers, micro-batches, trackers, console): a new
+key that changes results can therefore never reuse stale outputs. `stage_dir`, the pipeline scripts
+(`llm4trx.check`), the report and the tests all read this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+SHARED, SEED, EXPERIMENT = "shared", "seed", "experiment"
+
+
+def _always(cfg: DictConfig) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input stage, read only when `when(cfg)` holds (e.g. augment/ only when mixing is on)."""
+
+    stage: str
+    when: Callable[[DictConfig], bool] = _always
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    folder: str
+    scope: str  # SHARED | SEED | EXPERIMENT
+    inputs: tuple[Input, ...] = ()
+    sections: tuple[str, ...] = ()  # config sections (dotted paths) hashed whole
+    operational: tuple[str, ...] = ()  # dotted keys inside `sections` left out of the hash
+    extra_sections: Callable[[DictConfig], list[str]] = field(default=lambda cfg: [])  # sections due to options
+    in_pipeline: bool = True  # run by scripts/run.sh (report runs once over the seeds, after run.sh)
+    when: Callable[[DictConfig], bool] = _always  # optional stages: part of the pipeline only when chosen
+    summary: str = ""
+
+
+# ------------------------------------------------------------------------------------------ conditions
+
+def augment_configured(cfg: DictConfig) -> bool:
+    augment = cfg.get("augment")
+    return OmegaConf.is_dict(augment) and bool(augment) and augment.get("enabled", True) is not False
+
+
+def mixing(cfg: DictConfig) -> bool:
+    """Augmented texts are mixed into text/train.jsonl (an augment config with augment.mix.sources)."""
+    return bool(augment_configured(cfg) and cfg.augment.get("mix") and cfg.augment.mix.sources)
+
+
+def domain_tokenizer(cfg: DictConfig) -> bool:
+    return cfg.tokenizer.kind == "domain_bpe"
+
+
+def feature_sets_used(cfg: DictConfig) -> set[str]:
+    """Base feature sets that validate needs: listed ones and the parts of every concatenation."""
+    v = cfg.validate
+    used = set(v.feature_sets)
+    for name in v.get("concatenations") or []:
+        used.update(name.split("+"))
+    return used
+
+
+def validates(name: str) -> Callable[[DictConfig], bool]:
+    return lambda cfg: name in feature_sets_used(cfg)
+
+
+# ------------------------------------------------------------------------------------------ the stages
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("prepare", "data", SHARED, sections=("dataset", "splits"),
+          summary="raw files -> canonical events, targets, splits"),
+    # augment.mix is read by the text stage, not by augment: changing the mix must not regenerate.
+    Stage("augment", "augment", SHARED, inputs=(Input("prepare"),), sections=("augment", "dataset", "text"),
+          operational=("augment.mix", "augment.cpu_threads"), when=augment_configured,
+          summary="a generator LM rewrites clients' histories (optional)"),
+    Stage("text", "text", SHARED, inputs=(Input("prepare"), Input("augment", mixing)),
+          sections=("text", "dataset"),
+          extra_sections=lambda cfg: ["augment.mix"] if mixing(cfg) else [],
+          summary="events -> one text per client"),
+    Stage("tokenizer", "tokenizer", SHARED, inputs=(Input("text", domain_tokenizer),), sections=("tokenizer",),
+          summary="domain BPE trained on train texts, or a local pretrained tokenizer"),
+    Stage("shards", "mds", SHARED, inputs=(Input("text"), Input("tokenizer")), sections=("max_seq_len",),
+          summary="texts -> pre-tokenized MDS shards"),
+    Stage("pretrain", "checkpoints", SEED, inputs=(Input("tokenizer"), Input("shards")),
+          sections=("model", "max_seq_len", "seed", "trainer"),
+          operational=("trainer.device_train_microbatch_size", "trainer.device_eval_batch_size",
+                       "trainer.num_workers", "trainer.cpu_threads", "trainer.console_log_interval",
+                       "trainer.dist_timeout", "trainer.loggers", "trainer.logger_settings",
+                       "trainer.save_num_checkpoints_to_keep"),
+          summary="next-token pretraining (llm-foundry + Composer)"),
+    Stage("export", "hf", SEED, inputs=(Input("pretrain"),), sections=("export",),
+          operational=("export.verify_batch_size",), summary="Composer checkpoint -> HF directory"),
+    Stage("embed", "embeddings", SEED, inputs=(Input("text"), Input("export")),
+          sections=("embed", "dataset.id_column"), summary="one pooled vector per client"),
+    Stage("coles", "coles", SEED, inputs=(Input("prepare"),),
+          sections=("coles", "seed", "dataset.id_column", "dataset.categorical"),
+          operational=("coles.num_workers", "coles.inference_batch_size"),
+          when=validates("coles"), summary="the CoLES baseline (ptls)"),
+    Stage("validate", "validation", SEED,
+          inputs=(Input("prepare"), Input("embed", validates("llm")), Input("coles", validates("coles"))),
+          sections=("validate", "seed", "splits.n_folds", "dataset.task", "dataset.n_classes",
+                    "dataset.metrics", "dataset.id_column", "dataset.categorical"),
+          operational=("validate.n_jobs",), summary="feature sets under the ptls protocol"),
+    Stage("report", "report", EXPERIMENT, in_pipeline=False, summary="tables and plots over seeds"),
+)}
+
+
+def get(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"no stage {name!r}; stages: {', '.join(STAGES)}") from None
+
+
+def pipeline(cfg: DictConfig) -> list[str]:
+    """The stages `scripts/run.sh` runs for this config, in order."""
+    return [s.name for s in STAGES.values() if s.in_pipeline and s.when(cfg)]
+
+
+def inputs_of(cfg: DictConfig, name: str) -> list[str]:
+    return [i.stage for i in get(name).inputs if i.when(cfg)]
+
+
+def hashed_sections(cfg: DictConfig, name: str) -> list[str]:
+    stage = get(name)
+    return list(stage.sections) + list(stage.extra_sections(cfg))

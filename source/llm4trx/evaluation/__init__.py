@@ -1,0 +1,1 @@
+"""Downstream evaluation: the validation protocol, feature sets (aggregates, random, embeddings), report plots."""

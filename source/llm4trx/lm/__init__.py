@@ -1,0 +1,1 @@
+"""The language-model side: llm-foundry config and registry plugins, the HF Trainer backend, pooling, tokenizers."""

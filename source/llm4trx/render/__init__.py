@@ -1,0 +1,1 @@
+"""Transactions as text: the text formats and token counting."""

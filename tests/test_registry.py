@@ -1,0 +1,127 @@
+"""The stage registry (llm4trx.core.registry) and the hashes built from it."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from omegaconf import OmegaConf
+
+from llm4trx.core import registry
+from llm4trx.core.config import compose
+from llm4trx.core.stage import hash_payload, stage_dir
+
+# Every hashed section's leaf keys are tried under configs where optional sections exist too.
+CONFIGS = {
+    "default": [],
+    "augment": ["augment=hf", "augment.generator=/models/x", "augment.mix.sources=[hf]"],
+    "pretrained_tokenizer": ["tokenizer=pretrained", "tokenizer.path=/models/tok"],
+}
+
+
+def test_every_stage_has_an_entry_point_module():
+    for name in registry.STAGES:
+        module = importlib.import_module(f"llm4trx.{name}")  # a missing stage module fails, never skips
+        assert callable(getattr(module, "main")), name
+        assert callable(getattr(module, "run")), name
+
+
+def test_pipeline_order_and_optional_stages():
+    cfg = compose([])
+    assert registry.pipeline(cfg) == ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed",
+                                      "coles", "validate"]
+    assert "augment" in registry.pipeline(compose(CONFIGS["augment"]))
+    no_coles = compose(["validate.feature_sets=[llm,aggregates,random]"])
+    assert "coles" not in registry.pipeline(no_coles)
+    assert registry.inputs_of(no_coles, "validate") == ["prepare", "embed"]
+    assert registry.inputs_of(compose(CONFIGS["pretrained_tokenizer"]), "tokenizer") == []
+
+
+def test_every_input_comes_earlier_in_the_registry():
+    order = list(registry.STAGES)
+    for stage in registry.STAGES.values():
+        for dep in stage.inputs:
+            assert order.index(dep.stage) < order.index(stage.name), (stage.name, dep.stage)
+
+
+def test_stage_dirs_follow_the_scopes(out_root):
+    cfg = compose([f"paths.output_root={out_root}", "seed=7", "experiment_name=exp"])
+    for stage in registry.STAGES.values():
+        base = {"shared": cfg.paths.shared_dir, "seed": cfg.paths.run_dir,
+                "experiment": cfg.paths.experiment_dir}[stage.scope]
+        assert str(stage_dir(cfg, stage.name)) == f"{base}/{stage.folder}"
+
+
+def leaves(tree, prefix):
+    if isinstance(tree, dict) and tree:
+        for key, value in tree.items():
+            yield from leaves(value, f"{prefix}.{key}")
+    else:
+        yield prefix, tree
+
+
+def changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, value[-1] if value else 1]
+    if value is None:
+        return 1
+    return f"{value}_changed"
+
+
+@pytest.mark.parametrize("variant", sorted(CONFIGS))
+def test_hash_changes_with_every_leaf_key_unless_operational(variant):
+    base = compose(CONFIGS[variant])
+    tried = 0
+    for stage in registry.STAGES.values():
+        if not stage.when(base):
+            continue
+        before = hash_payload(base, stage.name)
+        for section in registry.hashed_sections(base, stage.name):
+            node = OmegaConf.select(base, section)
+            value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            for key, leaf in leaves(value, section):
+                cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+                OmegaConf.update(cfg, key, changed(leaf), force_add=True)
+                after = hash_payload(cfg, stage.name)
+                if any(key == op or key.startswith(op + ".") for op in stage.operational):
+                    assert after == before, f"{stage.name}: operational key {key} changed the hash"
+                else:
+                    assert after != before, f"{stage.name}: {key} does not change the hash"
+                tried += 1
+    assert tried > 100
+
+
+def test_operational_keys_exist_in_their_sections():
+    cfg = compose(CONFIGS["augment"])
+    for stage in registry.STAGES.values():
+        for key in stage.operational:
+            assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", f"{stage.name}: {key}"
+
+
+def test_coles_and_aggregates_hash_separately():
+    base = compose([])
+    aggregates = compose(["validate.aggregates.numeric=[amount,amount]"])
+    assert hash_payload(base, "coles") == hash_payload(aggregates, "coles")
+    assert hash_payload(base, "validate") != hash_payload(aggregates, "validate")
+    coles = compose(["coles.hidden_size=8"])
+    assert hash_payload(base, "validate") == hash_payload(coles, "validate")
+
+
+def test_stages_do_not_import_each_other():
+    """A stage module imports libraries only: importing one stage loads no other stage module."""
+    names = list(registry.STAGES)
+    for name in names:
+        code = textwrap.dedent(f"""
+            import sys, llm4trx.{name}
+            others = [m for m in {names!r} if m != {name!r} and "llm4trx." + m in sys.modules]
+            print(",".join(others))
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "", f"llm4trx.{name} imports stage(s) {out.stdout.strip()}"
