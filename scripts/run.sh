@@ -40,22 +40,22 @@ run_stage() {  # run_stage STAGE OVERRIDES...: one stage, with NPROC processes w
 read -ra stages <<<"$STAGES"
 started=$SECONDS
 timings=()
+echo "run.sh [seed $SEED]: ${#stages[@]} stages into $RUN_DIR (each stage prints its log file; progress=false hides bars)"
 for i in "${!stages[@]}"; do
   stage=${stages[i]}
-  label="run.sh [seed $SEED] $((i + 1))/${#stages[@]} $stage"
+  label="[seed $SEED] $((i + 1))/${#stages[@]} $stage"
   if [[ " $UP_TO_DATE " == *" $stage "* ]]; then
     echo "$label: up to date, skipped"
     timings+=("$stage skipped")
     continue
   fi
-  echo "$label: running (processes: $([[ $stage == pretrain || $stage == embed ]] && echo "$NPROC" || echo 1))"
   t0=$SECONDS
-  run_stage "$stage" "$@" || {
+  # The stage prints its own start line (with its log file) and end line (time and its main figure).
+  LLM4TRX_STAGE_LABEL=$label run_stage "$stage" "$@" || {
     rc=$?
     echo "run.sh: stage $stage failed (exit $rc); fix the cause and rerun the same command to continue from it" >&2
     exit "$rc"
   }
-  echo "$label: done in $((SECONDS - t0)) s"
   timings+=("$stage $((SECONDS - t0))s")
 done
 echo "run.sh [seed $SEED]: finished in $((SECONDS - started)) s ($(IFS=,; echo "${timings[*]}" | sed 's/,/, /g'))"

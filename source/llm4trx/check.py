@@ -27,8 +27,9 @@ from llm4trx.core.stage import SUCCESS_FILE, is_up_to_date, read_success, stage_
 
 
 
-def compose_checked(overrides: Sequence[str]) -> DictConfig:
-    """`compose(overrides)`, fully resolved once, with Hydra's and OmegaConf's errors turned into ConfigError."""
+def compose_checked(overrides: Sequence[str], check_launcher_overrides: bool = True) -> DictConfig:
+    """`compose(overrides)`, fully resolved once, with Hydra's and OmegaConf's errors turned into ConfigError.
+    The single-stage entry points (core/cli.py) call it too, without the pipeline scripts' launcher check."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
@@ -49,7 +50,8 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
                 f"override {override!r} is a sweep: write a list as key=[a,b], a string with commas as "
                 f"key='a,b'; several seeds: bash scripts/run_multi_seed.sh seeds=[1,2,3]"
             )
-    check_launcher(overrides)
+    if check_launcher_overrides:
+        check_launcher(overrides)
     try:
         cfg = compose(overrides)
     except MissingConfigException as err:

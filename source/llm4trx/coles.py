@@ -5,6 +5,13 @@ data/splits.parquet, never test), then embeds every client: coles/embeddings.par
 (<dataset.id_column> string, emb_0000.. float32, the contract of embeddings/). Depends on data/ and the
 seed only, so it may run beside pretraining; scripts/run.sh runs it before `validate` when `coles` is one of
 the validated feature sets.
+
+Short histories: CoLES trains only on the pretraining clients with at least `coles.min_seq_len` transactions
+(the count left out is `too_short` in coles/_SUCCESS.json and on the console) and still embeds every client.
+When fewer than MIN_TRAIN_CLIENTS qualify (e.g. the 100-client age_pred sample: 10 transactions each), the
+stage finishes with no embeddings and `skipped` (the reason) in its _SUCCESS.json; `validate` then leaves
+`coles` (and concatenations using it) out of the table and says so under it. Lower `coles.min_seq_len` to
+train on such data anyway.
 """
 
 from __future__ import annotations
@@ -25,10 +32,19 @@ from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
 
+# A contrastive loss needs other clients as negatives: at least two clients must qualify.
+MIN_TRAIN_CLIENTS = 2
+
+
+def qualifying(records: list[dict], min_seq_len: int) -> tuple[list[dict], int]:
+    """The records with at least `min_seq_len` events, and how many were shorter."""
+    kept = [r for r in records if len(r["event_time"]) >= min_seq_len]
+    return kept, len(records) - len(kept)
+
+
 def train_encoder(records: list[dict], sizes: dict, numeric: list[str], c: DictConfig, seed: int, progress: bool):
     import pytorch_lightning as pl
     from ptls.data_load.datasets import MemoryMapDataset
-    from ptls.data_load.iterable_processing import SeqLenFilter
     from ptls.frames import PtlsDataModule
     from ptls.frames.coles import CoLESModule, ColesDataset
     from ptls.frames.coles.split_strategy import SampleSlices
@@ -48,7 +64,7 @@ def train_encoder(records: list[dict], sizes: dict, numeric: list[str], c: DictC
     )
     data = PtlsDataModule(
         train_data=ColesDataset(
-            MemoryMapDataset(data=records, i_filters=[SeqLenFilter(min_seq_len=int(c.min_seq_len))]),
+            MemoryMapDataset(data=records),  # already filtered by `qualifying`
             splitter=SampleSlices(split_count=int(c.split_count), cnt_min=int(c.cnt_min), cnt_max=int(c.cnt_max)),
         ),
         train_batch_size=int(c.batch_size),
@@ -84,12 +100,25 @@ def run(cfg: DictConfig) -> Path:
         numeric = list(cfg.coles.numeric)
         categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
         records, sizes = ptls_records(events, categorical, numeric, pretrain_ids)
-        train_records = [r for r in records if r["client_id"] in pretrain_ids]
+        min_len = int(cfg.coles.min_seq_len)
+        train_records, too_short = qualifying([r for r in records if r["client_id"] in pretrain_ids], min_len)
+        if too_short and len(train_records) >= MIN_TRAIN_CLIENTS:
+            log.warning("coles: %d of %d pretraining clients have fewer than coles.min_seq_len=%d transactions; "
+                        "trained on the other %d, every client is embedded", too_short,
+                        too_short + len(train_records), min_len, len(train_records))
+        if len(train_records) < MIN_TRAIN_CLIENTS:
+            reason = (f"{len(train_records)} of {too_short + len(train_records)} pretraining clients have at least "
+                      f"coles.min_seq_len={min_len} transactions, fewer than the {MIN_TRAIN_CLIENTS} CoLES needs; "
+                      f"lower coles.min_seq_len to train on them")
+            log.info("coles: skipped: %s", reason)  # the console's end line says it
+            return {"skipped": reason, "clients": len(records), "train_clients": len(train_records),
+                    "too_short": too_short}
         encoder = train_encoder(train_records, sizes, numeric, cfg.coles, int(cfg.seed), bool(cfg.progress))
         matrix = infer(encoder, records, int(cfg.coles.inference_batch_size))
         frame = embeddings_frame(cfg.dataset.id_column, [r["client_id"] for r in records], matrix)
         frame.to_parquet(tmp / "embeddings.parquet", index=False)
-        return {"clients": len(records), "train_clients": len(train_records), "dim": int(matrix.shape[1])}
+        return {"clients": len(records), "train_clients": len(train_records), "too_short": too_short,
+                "dim": int(matrix.shape[1])}
 
     return run_stage(cfg, "coles", build)
 

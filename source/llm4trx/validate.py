@@ -2,6 +2,9 @@
 
 Reads data/ (targets, splits, events), embeddings/ (when `llm` is used) and coles/ (when `coles` is used;
 run `python -m llm4trx.coles` first; scripts/run.sh does). Writes validation/results.json and validation/results.md.
+A feature set whose stage finished without features (CoLES when too few clients are long enough, see
+llm4trx.coles) is left out, with the concatenations using it; `skipped` in results.json and a line under the
+table in results.md give the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from llm4trx.data.embeddings import read_embeddings
 from llm4trx.data.sequences import categorical_columns
 from llm4trx.evaluation.features import aggregate_features, concatenate, parts_of, random_features
 from llm4trx.evaluation.protocol import cross_validate, load_labels, markdown_table
-from llm4trx.core.stage import require, run_stage
+from llm4trx.core.stage import read_success, require, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,26 @@ def check_config(cfg: DictConfig) -> set[str]:
     return needed
 
 
-def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path) -> tuple[dict, dict]:
+def skipped_sets(cfg: DictConfig, needed: set[str]) -> dict[str, str]:
+    """{feature set: reason} for the sets whose stage finished without features, and the concatenations of them."""
+    skipped = {}
+    if "coles" in needed:
+        reason = (read_success(require(cfg, "coles")) or {}).get("counts", {}).get("skipped")
+        if reason:
+            skipped["coles"] = f"CoLES skipped: {reason}"
+    for name in cfg.validate.concatenations or []:
+        parts = [p for p in name.split("+") if p in skipped]
+        if parts:
+            skipped[name] = f"uses {', '.join(parts)} (skipped)"
+    return skipped
+
+
+def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path,
+                       skipped: dict[str, str] | None = None) -> tuple[dict, dict]:
     """{name: frame indexed by client id} and {name: source path for error messages}."""
     sets, sources = {}, {}
+    skipped = skipped or {}
+    needed = needed - set(skipped)
     id_column = cfg.dataset.id_column
     if "llm" in needed:
         path = require(cfg, "embed") / "embeddings.parquet"
@@ -74,9 +94,11 @@ def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path) -> tuple[d
         sets["random"] = random_features(splits["client_id"], int(dim), int(cfg.seed))
         sources["random"] = "random features"
     for name in cfg.validate.concatenations or []:
+        if name in skipped:
+            continue
         sets[name] = concatenate(name, sets)
         sources[name] = " + ".join(str(sources[p]) for p in name.split("+"))
-    order = list(cfg.validate.feature_sets) + list(cfg.validate.concatenations or [])
+    order = [n for n in list(cfg.validate.feature_sets) + list(cfg.validate.concatenations or []) if n not in skipped]
     return {n: sets[n] for n in order}, sources
 
 
@@ -86,13 +108,14 @@ def run(cfg: DictConfig) -> Path:
     def build(tmp: Path) -> dict:
         data = require(cfg, "prepare")
         labels = load_labels(data, int(cfg.splits.n_folds))
-        sets, sources = build_feature_sets(cfg, needed, data)
+        skipped = skipped_sets(cfg, needed)
+        sets, sources = build_feature_sets(cfg, needed, data, skipped)
         metrics = list(cfg.dataset.metrics)
         params = lightgbm_params(cfg)
         n_folds = len(set(labels.folds))
         results = {"dataset": cfg.dataset.name, "task": cfg.dataset.task, "metrics": metrics, "seed": int(cfg.seed),
                    "n_folds": n_folds, "n_train": len(labels.train_ids), "n_test": len(labels.test_ids),
-                   "feature_sets": {}}
+                   "feature_sets": {}, "skipped": skipped}
         with tqdm(total=len(sets) * n_folds, desc="validate", unit="fold", disable=not cfg.progress) as bar:
             for name, features in sets.items():
                 bar.set_postfix_str(name)
@@ -103,8 +126,12 @@ def run(cfg: DictConfig) -> Path:
                 log.info("%s: %s val %.4f ± %.4f, test %.4f ± %.4f", name, metrics[0], head["val_mean"],
                          head["val_std"], head["test_mean"], head["test_std"])
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (tmp / "results.md").write_text(markdown_table(results))
-        return {"feature_sets": list(sets), "n_train": results["n_train"], "n_test": results["n_test"]}
+        table = markdown_table(results)
+        if skipped:
+            table += "\n" + "".join(f"Skipped: {name}: {reason}.\n" for name, reason in skipped.items())
+        (tmp / "results.md").write_text(table)
+        return {"feature_sets": list(sets), "skipped": list(skipped), "n_train": results["n_train"],
+                "n_test": results["n_test"]}
 
     return run_stage(cfg, "validate", build)
 

@@ -1,40 +1,321 @@
-"""One Hydra entry point per stage: `python -m llm4trx.<stage> key=value ...`."""
+"""One Hydra entry point per stage: `python -m llm4trx.<stage> key=value ...`.
+
+What a stage prints on the console (everything else goes to the stage's log file, whose path it prints):
+- one line when it starts (with the log file's path) and one when it ends (time and the figure that matters:
+  events, loss and tokens/s, the headline metric...);
+- its own warnings (`llm4trx.*` loggers) and progress bars (tqdm, Composer's; `progress=false` turns them off);
+- an error as one line on stderr: exit status 2 for a condition the user can fix (config, data, a missing
+  or unwritable path, no space left), 1 for anything else, with the traceback in the log file;
+- an interruption (SIGINT, SIGTERM) as one line, exit status 128 + signal number, after the stage's temporary
+  folder is removed (`atomic_dir`'s cleanup runs: the signal is raised as an exception).
+
+The overrides are validated before Hydra starts (`llm4trx.check.compose_checked`), so a single stage and
+scripts/run.sh report a bad argument with the same line. Arguments starting with `-` (`-m`, `--cfg job`,
+`--help`) go to Hydra unchanged. Library output (Composer, Lightning, PyTorch, transformers, warnings, C-level
+writes to stdout/stderr) is sent to the log file by pointing file descriptors 1 and 2 at it.
+"""
 
 from __future__ import annotations
 
+import errno
+import io
+import json
 import logging
+import os
+import signal
 import sys
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig
 
 from llm4trx.core.config import CONF_DIR
-from llm4trx.core.errors import Llm4trxError
+from llm4trx.core.errors import ConfigError, Llm4trxError
 
 log = logging.getLogger("llm4trx")
 
+# OSErrors a user fixes by changing a path, permissions or disk space; the hint says how.
+USER_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free space or set paths.output_root to another disk",
+    errno.EDQUOT: "disk quota exceeded; free space or set paths.output_root to another disk",
+    errno.EACCES: "permission denied; choose a folder you can write (paths.output_root=...) or fix its permissions",
+    errno.EPERM: "operation not permitted; choose a folder you can write (paths.output_root=...)",
+    errno.EROFS: "read-only file system; set paths.output_root to a writable folder",
+    errno.ENOENT: "no such file or folder; check the path in the config (dataset.raw_dir, paths.output_root, ...)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path in the config",
+    errno.EISDIR: "a folder where a file was expected; check the path in the config",
+}
 
-def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
-    """Wrap `run(cfg)` as a Hydra app. User-facing errors become one line on stderr and exit status 2."""
 
-    @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-    def _main(cfg: DictConfig) -> None:
-        try:
-            run(cfg)
-        except Llm4trxError as err:
-            log.error("%s", err)  # Hydra's job logging shows it on the console and in the stage's log file
-            sys.exit(2)
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT raised as an exception, so that `finally` blocks (temporary folders) run."""
 
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM (scancel, SLURM's time limit, kill) and SIGINT (Ctrl-C) unwind the stack like an exception."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_interrupted)
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one line for a condition the user can fix, or None for an unexpected error."""
+    if isinstance(err, Llm4trxError):
+        return str(err)
+    if isinstance(err, OSError) and err.errno in USER_OS_ERRORS:
+        where = err.filename if err.filename is not None else ""
+        if getattr(err, "filename2", None):
+            where = f"{where} -> {err.filename2}"
+        return f"{where}: {err.strerror or os.strerror(err.errno)}: {USER_OS_ERRORS[err.errno]}".lstrip(": ")
+    return None
+
+
+# ------------------------------------------------------------------------------------------ console
+
+class _ToConsole(logging.Filter):
+    """Console records: llm4trx's warnings and errors, and errors of any library (tracebacks stay in the file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "file_only", False):
+            return False
+        ours = record.name.startswith("llm4trx") or record.name == "__main__"
+        return record.levelno >= (logging.WARNING if ours else logging.ERROR)
+
+
+class _ProgressRouter(io.TextIOBase):
+    """sys.stderr while a stage runs: progress-bar refreshes (writes holding a carriage return, and the newline
+    that closes a bar) go to the console when `progress` is on and the console is a terminal; everything else
+    goes to the log file."""
+
+    def __init__(self, log_stream, console, progress: bool):
+        self.log_stream, self.console = log_stream, console
+        self.progress = progress and console.isatty()
+        self._in_bar = False
+
+    def write(self, text: str) -> int:
+        is_bar = self.progress and ("\r" in text or (self._in_bar and text == "\n"))
+        target = self.console if is_bar else self.log_stream
+        target.write(text)
+        target.flush()
+        self._in_bar = is_bar and text != "\n"
+        return len(text)
+
+    def flush(self) -> None:
+        self.log_stream.flush()
+        self.console.flush()
+
+    def isatty(self) -> bool:  # tqdm and rich ask: bars only where the console is a terminal
+        return self.progress
+
+    def fileno(self) -> int:
+        return self.log_stream.fileno()
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+
+class Console:
+    """The terminal the stage was started from, kept while fds 1 and 2 point at the log file."""
+
+    def __init__(self, log_file: Path | None, progress: bool):
+        self.log_file = log_file
+        self.out = sys.stdout
+        self.err = sys.stderr
+        self._saved: list[int] = []
+        if log_file is None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The console streams: duplicates of the original fds 1 and 2, line-buffered.
+        self.out = open(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace", closefd=True)
+        self.err = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace", closefd=True)
+        self._saved = [os.dup(1), os.dup(2)]
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        log_stream = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        sys.stderr = _ProgressRouter(log_stream, self.err, progress)
+        logging.captureWarnings(True)  # warnings.warn -> the py.warnings logger -> the log file
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                root.removeHandler(handler)  # Hydra's console handler: every library's INFO lines
+        console = logging.StreamHandler(self.err)
+        console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        console.addFilter(_ToConsole())
+        root.addHandler(console)
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def error(self, line: str) -> None:
+        self.err.write(line + "\n")
+        self.err.flush()
+
+
+def _log_file() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
+    except Exception:  # not under Hydra's job logging (tests calling the function directly)
+        return None
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+
+
+# ------------------------------------------------------------------------------------------ the end line
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
+
+
+def _last_losses(metrics: Path) -> dict[str, float]:
+    losses: dict[str, float] = {}
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                losses[row["split"]] = float(row["loss"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return losses
+
+
+def summary(stage: str, folder: Path) -> str:
+    """The figure that matters for a finished stage, read from its `_SUCCESS.json` (and results)."""
+    done = json.loads((folder / "_SUCCESS.json").read_text())
+    c, seconds = done.get("counts", {}), float(done.get("seconds") or 0) or 1e-9
+    if stage == "prepare":
+        repairs = ", ".join(f"{k} {v}" for k, v in (c.get("repairs") or {}).items()) or "none"
+        return f"{c['events']:,} events, {c['clients']:,} clients ({c['labeled']:,} labeled); repairs: {repairs}"
+    if stage == "shards":
+        return ", ".join(f"{s} {v['samples']:,} samples / {v['tokens']:,} tokens" for s, v in c.items()
+                         if isinstance(v, dict) and "samples" in v)
+    if stage == "pretrain":
+        losses = _last_losses(folder / "metrics.jsonl")
+        parts = [f"{c.get('steps')} steps"] + [f"{s} loss {v:.4f}" for s, v in losses.items()]
+        if c.get("tokens_seen"):
+            parts.append(f"{_fmt(c['tokens_seen'] / seconds)} tokens/s")
+        if c.get("resumed_from_step"):
+            parts.append(f"resumed from step {c['resumed_from_step']}")
+        return ", ".join(parts)
+    if stage == "embed":
+        rate = f", {_fmt(c['tokens'] / c['embed_seconds'])} tokens/s" if c.get("embed_seconds") else ""
+        return f"{c['clients']:,} clients x {c['dim']}{rate}"
+    if stage == "coles":
+        if c.get("skipped"):
+            return f"skipped: {c['skipped']}"
+        return (f"trained on {c['train_clients']:,} clients ({c.get('too_short', 0):,} shorter than "
+                f"min_seq_len left out), embedded {c['clients']:,}")
+    if stage == "validate":
+        results = json.loads((folder / "results.json").read_text())
+        metric = results["metrics"][0]
+        scores = ", ".join(f"{name} {entry[metric]['test_mean']:.4f}" for name, entry in results["feature_sets"].items())
+        skipped = "; skipped: " + ", ".join(results["skipped"]) if results.get("skipped") else ""
+        return f"test {metric}: {scores}{skipped} ({folder / 'results.md'})"
+    scalars = [f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in c.items()
+               if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return ", ".join(scalars[:4]) or str(folder)
+
+
+# ------------------------------------------------------------------------------------------ the entry point
+
+def _stage_name(run: Callable) -> str:
     module = run.__module__
     if module == "__main__":  # `python -m llm4trx.<stage>`
         module = getattr(sys.modules["__main__"].__spec__, "name", module)
-    stage = module.rsplit(".", 1)[-1]
+    return module.rsplit(".", 1)[-1]
+
+
+def check_arguments(args: list[str]) -> None:
+    """Validate the overrides as scripts/run.sh does and check that the log folder can be written; raise
+    ConfigError (or a user OSError) with the same one line. Arguments with flags go to Hydra unchanged."""
+    if any(arg.startswith("-") for arg in args):
+        return
+    from llm4trx.check import compose_checked
+
+    cfg = compose_checked([a for a in args if not a.startswith("hydra.")], check_launcher_overrides=False)
+    root = Path(cfg.paths.experiment_dir)
+    try:
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder {root / 'logs'} ({err.strerror}); set "
+                          f"paths.output_root to a folder you can write") from None
+
+
+def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """Wrap `run(cfg)` as a Hydra app with the console described in this module's docstring."""
+    stage = _stage_name(run)
+
+    @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        log_file = _log_file()
+        label = os.environ.get("LLM4TRX_STAGE_LABEL", stage)
+        quiet = _rank() != 0  # other ranks of a distributed job: their log file only
+        console = Console(log_file, bool(cfg.get("progress", True)) and not quiet)
+        install_signal_handlers()
+        started = time.time()
+        if not quiet:
+            console.say(f"{label}: started {time.strftime('%H:%M:%S')} (log: {log_file})")
+        try:
+            folder = run(cfg)
+        except Interrupted as err:
+            name = signal.Signals(err.signum).name
+            log.error("%s: interrupted by %s", stage, name, extra={"file_only": True})
+            console.error(f"{label}: interrupted by {name} after {time.time() - started:.0f} s; temporary files "
+                          f"removed, finished stages kept: rerun the same command to continue")
+            sys.exit(128 + err.signum)
+        except Exception as err:
+            message = user_message(err)
+            if message is not None:
+                log.error("%s", message, exc_info=not isinstance(err, Llm4trxError), extra={"file_only": True})
+                console.error(f"error: {message}")
+                sys.exit(2)
+            log.error("%s failed", stage, exc_info=True, extra={"file_only": True})
+            first = (str(err).splitlines() or [""])[0][:300]
+            console.error(f"error: {stage} failed: {type(err).__name__}: {first} (unexpected: the traceback is "
+                          f"in {log_file})")
+            sys.exit(1)
+        if not quiet:
+            try:
+                figure = summary(stage, Path(folder))
+                built_now = (Path(folder) / "_SUCCESS.json").stat().st_mtime >= started
+            except Exception:  # a summary must never fail a finished stage
+                figure, built_now = str(folder), True
+            state = f"done in {time.time() - started:.1f} s" if built_now else "up to date, skipped"
+            console.say(f"{label}: {state}: {figure}")
 
     def _entry() -> None:
+        args = sys.argv[1:]
+        try:
+            check_arguments(args)
+        except Exception as err:
+            message = user_message(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
         # Hydra names the job (and so the log folder logs/<job>/) after the file holding the decorated
         # function, which is this one for every stage; name it after the stage instead.
-        if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
+        if not any(arg.startswith("hydra.job.name=") for arg in args):
             sys.argv.append(f"hydra.job.name={stage}")
         _main()
 
