@@ -109,5 +109,6 @@ def test_report_entry_point_prints_one_error_line(out_root, tmp_path):
         cwd=ROOT, capture_output=True, text=True,
     )
     assert proc.returncode == 2
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    lines = proc.stderr.strip().splitlines()  # stdout holds the stage's start line
     assert len(lines) == 1 and "no seed has validation results" in lines[0] and "run_multi_seed.sh" in lines[0]
+    assert proc.stdout.startswith("report: started") and "Traceback" not in proc.stdout
