@@ -33,3 +33,15 @@ def pytest_collection_modifyitems(config, items):
 def out_root(tmp_path):
     """An empty `paths.output_root` for one test."""
     return tmp_path / "outputs"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many malformed inputs the fuzz test (test_fuzz_prepare.py) tried, and how they ended."""
+    import sys
+
+    module = sys.modules.get("test_fuzz_prepare")
+    outcomes = getattr(module, "OUTCOMES", None)
+    if outcomes:
+        tried = sum(v for k, v in outcomes.items() if k.endswith(": tried"))
+        terminalreporter.write_line(f"fuzz: prepare tried on {tried} malformed inputs: "
+                                    + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))

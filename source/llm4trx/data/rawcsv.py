@@ -2,8 +2,9 @@
 
 The happy path is one multi-threaded, typed pyarrow read. Only when it fails is the file read again
 column by column as strings to find the first offending line, so error reporting costs nothing on good data.
-Line numbers are 1-based as in the file, the header being line 1 (assumes no quoted embedded newlines and
-no blank lines, which these datasets do not have).
+Line numbers are 1-based as in the file, the header being line 1. A UTF-8 BOM and CRLF line ends are read
+as usual; a blank line inside the file, a line with more or fewer fields than the header, and a value
+spanning lines (an unterminated quote) are errors at their line, so that line numbers stay exact.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pyarrow.csv as pacsv
 from llm4trx.core.errors import DataError
 
 HEADER_LINES = 1
+PARSE = pacsv.ParseOptions(ignore_empty_lines=False)
 
 
 def line_of(row_index: int) -> int:
@@ -83,14 +85,59 @@ def read_csv(path: Path, types: dict[str, pa.DataType], optional: dict[str, pa.D
     wanted = dict(types)
     wanted.update({k: v for k, v in (optional or {}).items() if k in header})
     convert = pacsv.ConvertOptions(include_columns=list(wanted), column_types=wanted)
+    if data.endswith((b"\n\n", b"\n\r\n")):  # blank lines at the very end: harmless, dropped
+        data = data.rstrip(b"\r\n") + b"\n"
     try:
-        table = pacsv.read_csv(io.BytesIO(data), convert_options=convert)
+        # Blank lines inside the file are errors (not skipped): skipping them would shift every line number.
+        table = pacsv.read_csv(io.BytesIO(data), convert_options=convert, parse_options=PARSE)
     except pa.ArrowInvalid as err:
+        locate_bad_row(path, data, len(header))
         locate_bad_value(path, data, wanted)
-        raise DataError(path, f"cannot parse as CSV: {err}") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(path, f"cannot parse as CSV: {first}") from None
     if table.num_rows == 0:
         raise DataError(path, "file has a header but no data rows")
+    check_no_line_breaks(path, table)
     return table
+
+
+def locate_bad_row(path: Path, data: bytes, n_header: int) -> None:
+    """DataError at the first line whose number of fields differs from the header's (an extra or missing
+    comma: an extra column, a thousands separator, a truncated line). Re-reads single-threaded as strings,
+    where pyarrow knows the line numbers."""
+    bad = []
+
+    def keep(row) -> str:
+        bad.append(row)
+        return "skip"
+
+    try:
+        pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(use_threads=False),
+                       parse_options=pacsv.ParseOptions(invalid_row_handler=keep, ignore_empty_lines=False),
+                       convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=False,
+                                                            include_columns=[], include_missing_columns=False))
+    except pa.ArrowInvalid:
+        pass
+    if bad:
+        row = bad[0]
+        text = (row.text or "")[:80]
+        raise DataError(path, f"{row.actual_columns} fields where the header has {row.expected_columns} "
+                        f"({text!r}): an extra or missing comma (thousands separators must not be used), or a "
+                        f"truncated line; fix or remove the line", row=row.number)
+
+
+def check_no_line_breaks(path: Path, table: pa.Table) -> None:
+    """A value holding a line break comes from an unterminated quote, which swallows the lines after it."""
+    for name in table.column_names:
+        col = table.column(name)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        broken = pc.match_substring_regex(col, r"[\r\n]")
+        hit = first_true(broken.to_numpy(zero_copy_only=False).astype(bool, copy=False) if broken.null_count == 0
+                         else pc.fill_null(broken, False).to_numpy(zero_copy_only=False))
+        if hit is not None:
+            raise DataError(path, "a value spans several lines (an unterminated quote \"?); fix the quoting of "
+                            "this line", column=name, row=line_of(hit))
 
 
 def locate_bad_value(path: Path, data: bytes, types: dict[str, pa.DataType]) -> None:
@@ -98,7 +145,7 @@ def locate_bad_value(path: Path, data: bytes, types: dict[str, pa.DataType]) -> 
     numeric = [name for name, kind in types.items() if pa.types.is_integer(kind) or pa.types.is_floating(kind)]
     try:
         as_text = pacsv.read_csv(
-            io.BytesIO(data),
+            io.BytesIO(data), parse_options=PARSE,
             convert_options=pacsv.ConvertOptions(include_columns=numeric, column_types={n: pa.string() for n in numeric}),
         )
     except pa.ArrowInvalid:
