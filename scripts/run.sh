@@ -43,7 +43,7 @@ timings=()
 echo "run.sh [seed $SEED]: ${#stages[@]} stages into $RUN_DIR (each stage prints its log file; progress=false hides bars)"
 for i in "${!stages[@]}"; do
   stage=${stages[i]}
-  label="[seed $SEED] $((i + 1))/${#stages[@]} $stage"
+  label="run.sh [seed $SEED] $((i + 1))/${#stages[@]} $stage"
   if [[ " $UP_TO_DATE " == *" $stage "* ]]; then
     echo "$label: up to date, skipped"
     timings+=("$stage skipped")

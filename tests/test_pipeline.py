@@ -39,7 +39,7 @@ def stage_lines(output: str, seed: int, word: str) -> list[str]:
 
 
 def test_run_sh_runs_every_stage_of_one_seed(root, first_seed):
-    ran = stage_lines(first_seed.stdout, 1, "running")
+    ran = stage_lines(first_seed.stdout, 1, "started")
     skipped = stage_lines(first_seed.stdout, 1, "up to date")
     assert ran + skipped == STAGES and "pretrain" in ran
     run_dir = root / "smoke" / "synthetic" / "seed_1"
@@ -54,7 +54,7 @@ def test_multi_seed_reuses_shared_stages_then_reports(root, first_seed):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert stage_lines(proc.stdout, 1, "up to date") == STAGES  # seed 1 finished before
     assert stage_lines(proc.stdout, 2, "up to date") == ["prepare", "text", "tokenizer", "shards"]
-    assert stage_lines(proc.stdout, 2, "running") == [s for s in STAGES if registry.get(s).scope == "seed"]
+    assert stage_lines(proc.stdout, 2, "started") == [s for s in STAGES if registry.get(s).scope == "seed"]
     report = root / "smoke" / "synthetic" / "report"
     assert proc.stdout.strip().splitlines()[-1].startswith(f"report: {report}/report.md")
     summary = json.loads((report / "report.json").read_text())["datasets"]["synthetic"]
@@ -75,6 +75,6 @@ def test_rerun_skips_every_stage_in_seconds(root, first_seed):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for seed in (1, 2):
         assert stage_lines(proc.stdout, seed, "up to date") == STAGES
-        assert stage_lines(proc.stdout, seed, "running") == []
+        assert stage_lines(proc.stdout, seed, "started") == []
     # No stage process starts: config checks and the report only (seconds; generous for a loaded machine).
     assert elapsed < 60, elapsed
