@@ -121,3 +121,38 @@ def test_hydra_submitit_launcher_submits_one_job_per_sweep_point(cluster, tmp_pa
         assert done["counts"]["clients"] == 100
     job_dirs = [p for p in (tmp_path / "sweep" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", p.name)]
     assert len(job_dirs) == 2  # one array task per sweep point
+
+
+def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, tmp_path):
+    """SIGUSR1 to the batch shell (what `#SBATCH --signal=B:USR1@600` sends before the time limit) during
+    pretraining: the stage stops, the job is requeued, and the requeued run resumes from the last checkpoint."""
+    import time
+
+    root = tmp_path / "outputs"
+    overrides = [*TINY, f"paths.output_root={root}", "seeds=[1]", "trainer.max_duration=40ba",
+                 "trainer.save_interval=10ba", "trainer.eval_interval=20ba", f"report.dir={tmp_path / 'report'}"]
+    proc = subprocess.Popen(
+        ["bash", "scripts/slurm/submit.sh", "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0",
+         "--cpus-per-task=2", "--", *overrides],
+        cwd=ROOT, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    checkpoints = root / "smoke" / "synthetic" / "seed_1" / "checkpoints"
+    try:
+        first = proc.stdout.readline()
+        job_id = re.search(r"submit\.sh: job (\d+) queued", first).group(1)
+        deadline = time.time() + 500
+        while not (checkpoints / "latest-rank0.pt").exists():
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint before the job ended or in time"
+            time.sleep(0.5)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=cluster, check=True, timeout=60)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        proc.kill()
+    log = (Path(cluster["LLM4TRX_SLURM_LOGS"]) / f"slurm-{job_id}.out").read_text()
+    assert proc.returncode == 0, first + out + err + log[-3000:]
+    assert "got the time-limit warning (SIGUSR1)" in log and f"job {job_id} requeued" in log, log[-3000:]
+    assert "interrupted by SIGTERM" in log and "(restart 1)" in log
+    done = json.loads((checkpoints / "_SUCCESS.json").read_text())["counts"]
+    assert done["steps"] == 40 and done["resumed_from_step"] >= 10, done
+    assert re.search(r"pretrain: done in [\d.]+ s: 40 steps, .*resumed from step \d+", log)
+    assert not list(checkpoints.parent.glob(".*.tmp-*")) and (root / "smoke" / "synthetic" / "seed_1" / "validation").is_dir()
