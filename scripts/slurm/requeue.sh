@@ -18,6 +18,9 @@ _requeue_now() {
   echo "requeue.sh: job $SLURM_JOB_ID got the time-limit warning (SIGUSR1): stopping the pipeline, then requeueing"
   kill -TERM -- "-$_requeue_child" 2>/dev/null || true
   wait "$_requeue_child" 2>/dev/null || true
+  # The shell scripts end at once; wait for the stage processes of the group to finish cleaning up (a
+  # requeue now would kill them mid-cleanup). At most five minutes: the warning comes ten before the limit.
+  for _ in $(seq 300); do kill -0 -- "-$_requeue_child" 2>/dev/null || break; sleep 1; done
   if scontrol requeue "$SLURM_JOB_ID"; then
     echo "requeue.sh: job $SLURM_JOB_ID requeued (restart $((${SLURM_RESTART_COUNT:-0} + 1))); it continues where it stopped"
     exit 0
