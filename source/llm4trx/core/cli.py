@@ -276,7 +276,13 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
         if not quiet:
             console.say(f"{label}: started {time.strftime('%H:%M:%S')} (log: {log_file})")
         try:
-            folder = run(cfg)
+            try:
+                folder = run(cfg)
+            except SystemExit as err:
+                # Composer installs its own SIGTERM/SIGINT handler: sys.exit(128 + signal), which unwinds too.
+                if err.code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+                    raise Interrupted(int(err.code) - 128) from None
+                raise
         except Interrupted as err:
             name = signal.Signals(err.signum).name
             log.error("%s: interrupted by %s", stage, name, extra={"file_only": True})
