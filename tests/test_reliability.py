@@ -129,3 +129,26 @@ def test_a_killed_build_is_swept_by_the_next_one(tmp_path):
     with atomic_dir(final) as tmp:
         (tmp / "x").write_text("1")
     assert not stale.exists() and alive.exists() and (final / "x").read_text() == "1"
+
+
+def test_coles_trains_on_long_enough_clients_only():
+    import torch
+
+    from llm4trx.coles import MIN_TRAIN_CLIENTS, qualifying
+
+    records = [{"client_id": str(n), "event_time": torch.arange(n)} for n in (1, 3, 15, 40)]
+    kept, too_short = qualifying(records, 15)
+    assert [r["client_id"] for r in kept] == ["15", "40"] and too_short == 2
+    assert len(qualifying(records, 41)[0]) < MIN_TRAIN_CLIENTS  # -> the stage is skipped, with the reason
+
+
+def test_summary_lines_give_the_figure_of_each_stage(tmp_path):
+    import json
+
+    folder = tmp_path / "coles"
+    folder.mkdir()
+    (folder / "_SUCCESS.json").write_text(json.dumps({"seconds": 2, "counts": {"skipped": "0 of 90 clients ..."}}))
+    assert cli.summary("coles", folder) == "skipped: 0 of 90 clients ..."
+    (folder / "_SUCCESS.json").write_text(json.dumps({"seconds": 2, "counts": {
+        "clients": 100, "train_clients": 80, "too_short": 10, "dim": 8}}))
+    assert cli.summary("coles", folder) == "trained on 80 clients (10 shorter than min_seq_len left out), embedded 100"
