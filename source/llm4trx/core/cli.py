@@ -206,6 +206,14 @@ def summary(stage: str, folder: Path) -> str:
     if stage == "prepare":
         repairs = ", ".join(f"{k} {v}" for k, v in (c.get("repairs") or {}).items()) or "none"
         return f"{c['events']:,} events, {c['clients']:,} clients ({c['labeled']:,} labeled); repairs: {repairs}"
+    if stage == "text":
+        return "client texts: " + ", ".join(f"{k} {v:,}" for k, v in c.items() if isinstance(v, int))
+    if stage == "tokenizer":
+        trained = f", trained on {c['trained_on_clients']:,} clients" if c.get("trained_on_clients") else ""
+        return f"vocab {c['vocab_size']:,} ({c.get('kind')}{trained})"
+    if stage == "export":
+        return (f"{c.get('checkpoint')} -> Hugging Face ({c.get('precision')}), max |logit diff| vs Composer "
+                f"{c.get('max_abs_logit_diff')} on {c.get('verify_clients')} clients")
     if stage == "shards":
         return ", ".join(f"{s} {v['samples']:,} samples / {v['tokens']:,} tokens" for s, v in c.items()
                          if isinstance(v, dict) and "samples" in v)
