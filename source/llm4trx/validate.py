@@ -19,7 +19,8 @@ from llm4trx.core.errors import ConfigError
 from llm4trx.data.embeddings import read_embeddings
 from llm4trx.data.sequences import categorical_columns
 from llm4trx.evaluation.features import aggregate_features, concatenate, parts_of, random_features
-from llm4trx.evaluation.protocol import cross_validate, load_labels, markdown_table
+from llm4trx.evaluation.protocol import cross_validate, load_labels
+from llm4trx.evaluation.tables import results_table
 from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def run(cfg: DictConfig) -> Path:
                 log.info("%s: %s val %.4f ± %.4f, test %.4f ± %.4f", name, metrics[0], head["val_mean"],
                          head["val_std"], head["test_mean"], head["test_std"])
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (tmp / "results.md").write_text(markdown_table(results))
+        (tmp / "results.md").write_text(results_table(results))
         return {"feature_sets": list(sets), "n_train": results["n_train"], "n_test": results["n_test"]}
 
     return run_stage(cfg, "validate", build)

@@ -152,19 +152,3 @@ def cross_validate(name: str, features: pd.DataFrame, labels: Labels, metrics: l
         result[m] = {"val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)),
                      "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)), "folds": rows}
     return result
-
-
-def markdown_table(results: dict) -> str:
-    metrics = results["metrics"]
-    header = ["feature set", "features"] + [f"{m} {part}" for m in metrics for part in ("val", "test")]
-    lines = [f"# Validation: {results['dataset']} ({results['task']})", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, entry in results["feature_sets"].items():
-        cells = [name, str(entry["n_features"])]
-        for m in metrics:
-            r = entry[m]
-            cells += [f"{r['val_mean']:.4f} ± {r['val_std']:.4f}", f"{r['test_mean']:.4f} ± {r['test_std']:.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"val: mean ± std over the {results['n_folds']} folds ({results['n_train']} clients); "
-              f"test: mean ± std of the {results['n_folds']} fold models on {results['n_test']} fixed test clients."]
-    return "\n".join(lines) + "\n"
