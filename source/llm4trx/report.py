@@ -194,10 +194,10 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
     for label, summary in summaries.items():
         lines += [f"## {summary['dataset']} ({summary['task']})", ""]
         lines += [f"Seeds: {', '.join(map(str, summary['seeds']))} — from `{summary['experiment_dir']}`."]
+        lines += [f"LightGBM random_state: {summary['lightgbm_seed']}."]
         if summary["missing_seeds"]:
             lines += [f"Missing seeds (no {RESULTS}): {', '.join(map(str, summary['missing_seeds']))}."]
         lines += [""] + markdown_table(summary) + [""]
-        lines += [f"LightGBM random_state: {summary['lightgbm_seed']}.", ""]
         lines += [f"![metrics](metrics_{label}.png)", ""]
         plot_metrics(summary, out / f"metrics_{label}.png")
         if any(summary["losses"].values()):
