@@ -67,6 +67,20 @@ def spread(values: list[float]) -> float:
     return stdev(values) if len(values) > 1 else 0.0
 
 
+def lightgbm_seeds(results_by_seed: dict[int, dict[str, Any]]) -> str:
+    """One line: which LightGBM random_state the seeds' validations used (validate.lightgbm_seed)."""
+    modes = {seed: r.get("lightgbm_seed") for seed, r in results_by_seed.items()}
+    unknown = sorted(seed for seed, m in modes.items() if not m)
+    known = {(m["mode"], m["random_state"]) for m in modes.values() if m}
+    if unknown:
+        return f"not recorded for seeds {', '.join(map(str, unknown))} (results from before validate.lightgbm_seed)"
+    if len(known) == 1 and next(iter(known))[0] == "fixed":
+        return f"fixed at {next(iter(known))[1]} in every seed (validate.lightgbm_seed=fixed, as ptls-experiments)"
+    if all(m["mode"] == "run" for m in modes.values()):
+        return "each seed's own seed (validate.lightgbm_seed=run)"
+    return "mixed: " + ", ".join(f"seed {s}: {m['mode']} {m['random_state']}" for s, m in sorted(modes.items()))
+
+
 def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Across-seed statistics of every feature set and metric (feature sets sorted by the headline metric)."""
     first = next(iter(results_by_seed.values()))
@@ -102,6 +116,7 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "task": first.get("task"),
         "metrics": metrics,
         "headline": headline,
+        "lightgbm_seed": lightgbm_seeds(results_by_seed),
         "feature_sets": {name: feature_sets[name] for name in order},
     }
 
@@ -156,6 +171,7 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
     for label, summary in summaries.items():
         lines += [f"## {summary['dataset']} ({summary['task']})", ""]
         lines += [f"Seeds: {', '.join(map(str, summary['seeds']))} — from `{summary['experiment_dir']}`."]
+        lines += [f"LightGBM random_state: {summary['lightgbm_seed']}."]
         if summary["missing_seeds"]:
             lines += [f"Missing seeds (no {RESULTS}): {', '.join(map(str, summary['missing_seeds']))}."]
         lines += [""] + summary_table(summary) + [""]

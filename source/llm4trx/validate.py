@@ -26,6 +26,17 @@ from llm4trx.core.stage import require, run_stage
 log = logging.getLogger(__name__)
 
 BASE_SETS = ("llm", "aggregates", "coles", "random")
+SEED_MODES = ("fixed", "run")
+
+
+def lightgbm_seed_mode(cfg: DictConfig) -> str:
+    mode = cfg.validate.get("lightgbm_seed", "fixed")
+    if mode not in SEED_MODES:
+        raise ConfigError(f"validate.lightgbm_seed={mode!r} unknown; choose from {SEED_MODES} "
+                          "(fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed)")
+    return mode
+
+
 def lightgbm_params(cfg: DictConfig) -> dict:
     v = cfg.validate
     task = cfg.dataset.task
@@ -33,6 +44,8 @@ def lightgbm_params(cfg: DictConfig) -> dict:
         raise ConfigError(f"validate.lightgbm has no parameters for dataset.task={task!r}")
     params = {**OmegaConf.to_container(v.lightgbm[task], resolve=True),
               **OmegaConf.to_container(v.lightgbm.get("common", {}), resolve=True)}
+    if lightgbm_seed_mode(cfg) == "run":
+        params["random_state"] = int(cfg.seed)
     if task == "multiclass":
         params["num_class"] = int(cfg.dataset.n_classes)
     return params
@@ -92,6 +105,7 @@ def run(cfg: DictConfig) -> Path:
         params = lightgbm_params(cfg)
         n_folds = len(set(labels.folds))
         results = {"dataset": cfg.dataset.name, "task": cfg.dataset.task, "metrics": metrics, "seed": int(cfg.seed),
+                   "lightgbm_seed": {"mode": lightgbm_seed_mode(cfg), "random_state": params.get("random_state")},
                    "n_folds": n_folds, "n_train": len(labels.train_ids), "n_test": len(labels.test_ids),
                    "feature_sets": {}}
         with tqdm(total=len(sets) * n_folds, desc="validate", unit="fold", disable=not cfg.progress) as bar:

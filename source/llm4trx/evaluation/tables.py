@@ -24,6 +24,10 @@ def results_table(results: dict) -> str:
     lines = [f"# Validation: {results['dataset']} ({results['task']})", "", *markdown_rows(header, rows)]
     lines += ["", f"val: mean ± std over the {results['n_folds']} folds ({results['n_train']} clients); "
               f"test: mean ± std of the {results['n_folds']} fold models on {results['n_test']} fixed test clients."]
+    seed = results.get("lightgbm_seed")
+    if seed:
+        lines += ["", f"LightGBM random_state {seed['random_state']} (validate.lightgbm_seed={seed['mode']}: "
+                  + ("fixed, as ptls-experiments" if seed["mode"] == "fixed" else "the run's seed") + ")."]
     return "\n".join(lines) + "\n"
 
 
