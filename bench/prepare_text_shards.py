@@ -72,18 +72,35 @@ def timed(fn, *args):
     return result, time.perf_counter() - start, time.process_time() - cpu
 
 
+# Runs a stage module as __main__ and writes the process's own peak RSS (VmHWM of /proc/self/status: the
+# memory of this program only; the rusage of a child also counts the parent's pages at fork) to argv[1].
+PEAK_WRAPPER = """
+import runpy, sys
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+    open(out, "w").write(hwm)
+"""
+
+
 def in_child(stage: str, overrides: list[str]) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS GB) of `python -m llm4trx.<stage> overrides` run in a child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", f"llm4trx.{stage}", *overrides, "hydra/job_logging=disabled"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode:
-        raise SystemExit(f"stage {stage} failed (exit {proc.returncode}):\n{err[-2000:]}")
-    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024**2  # kB -> GB
+    with tempfile.NamedTemporaryFile(suffix=".hwm") as peak:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", PEAK_WRAPPER, peak.name, f"llm4trx.{stage}", *overrides,
+                                 "hydra/job_logging=disabled"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        code = os.waitstatus_to_exitcode(status)
+        proc.returncode = code
+        if code:
+            raise SystemExit(f"stage {stage} failed (exit {code}):\n{err[-2000:]}")
+        return wall, usage.ru_utime + usage.ru_stime, int(Path(peak.name).read_text()) / 1024**2  # kB -> GB
 
 
 def main() -> None:

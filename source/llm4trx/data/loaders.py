@@ -226,7 +226,8 @@ def load(ds: DictConfig) -> Loaded:
         raise ConfigError(f"dataset.loader={ds.loader!r} is not one of {sorted(LOADERS)}")
     raw_dir = Path(ds.raw_dir)
     if not raw_dir.is_dir():
-        raise DataError(raw_dir, "dataset.raw_dir is not a folder (set dataset.raw_dir or LLM4TRX_DATA_DIR)")
+        fetch = f", or fetch it: python -m llm4trx.download dataset={ds.name}" if ds.get("download") else ""
+        raise DataError(raw_dir, f"dataset.raw_dir is not a folder (set dataset.raw_dir or LLM4TRX_DATA_DIR{fetch})")
     return LOADERS[ds.loader](ds)
 
 
