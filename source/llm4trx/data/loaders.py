@@ -487,7 +487,7 @@ def sort_order(store: Events, step: int = 1 << 22) -> np.ndarray:
     return by_time[np.argsort(rank[codes[by_time]], kind="stable")]
 
 
-def duplicated_rows(store: Events, step: int = 1 << 21) -> np.ndarray:
+def duplicated_rows(store: Events, step: int = 1 << 18) -> np.ndarray:
     """Rows (in sorted order) equal in every column to an earlier row. Only rows sharing client and time with
     a neighbour can be duplicates, and only those are compared in full (pandas' DataFrame.duplicated on all
     rows factorizes every column: several times slower). Done in slices of about `step` sorted rows cut

@@ -108,7 +108,7 @@ class CsvBlocks:
     def __init__(self, path: Path, types: dict[str, pa.DataType], optional: dict[str, pa.DataType] | None = None,
                  block_bytes: int = BLOCK_BYTES):
         self.path = Path(path)
-        header, self.max_rows = check_text(self.path)
+        header, self.max_rows = check_text(self.path, step=min(int(block_bytes), 1 << 26))
         check_columns(self.path, header, list(types))
         self.types = dict(types)
         self.types.update({k: v for k, v in (optional or {}).items() if k in header})
