@@ -46,6 +46,12 @@ class Server:
 
             def do_GET(self):
                 path = self.path.split("?", 1)[0]
+                if path.startswith("/hub/"):  # like the hub's resolve URLs: a redirect to the storage
+                    self.send_response(302)
+                    self.send_header("Location", path[len("/hub"):] + "?signed=1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 server.requests.append((path, self.headers.get("Range")))
                 fault = server.faults.get(path, []).pop(0) if server.faults.get(path) else None
                 if fault == "404" or path not in server.files:
@@ -158,6 +164,19 @@ def test_an_interrupted_transfer_resumes_with_a_range_request(server, rosbank_ra
     assert ("/train.csv.gz", f"bytes={kept}-") in server.requests  # resumed, not restarted
     assert (raw / "train.csv").read_bytes() == (rosbank_raw / "train.csv").read_bytes()
     assert listing(raw) == ["_DOWNLOAD.json", "test.csv", "train.csv"]
+
+
+def test_resuming_through_a_redirect_like_the_hubs(server, rosbank_raw, tmp_path):
+    raw = tmp_path / "raw"
+    cfg = rosbank_cfg(server, rosbank_raw, raw)
+    cfg.dataset.download.base_url = f"{server.url}/hub"
+    server.faults["/train.csv.gz"] = ["cut"]
+    with pytest.raises(DownloadError, match="rerun to resume"):
+        fetch.ensure(cfg.dataset)
+    kept = (raw / fetch.PART_DIR / "train.csv.gz.part").stat().st_size
+    fetch.ensure(cfg.dataset)
+    assert ("/train.csv.gz", f"bytes={kept}-") in server.requests  # the Range header survives the redirect
+    assert (raw / "train.csv").read_bytes() == (rosbank_raw / "train.csv").read_bytes()
 
 
 def test_a_checksum_mismatch_removes_the_file(server, rosbank_raw, tmp_path):
