@@ -20,7 +20,9 @@ from llm4trx.data.embeddings import read_embeddings
 from llm4trx.data.sequences import categorical_columns
 from llm4trx.evaluation.features import aggregate_features, concatenate, parts_of, random_features
 from llm4trx.evaluation.protocol import cross_validate, load_labels, markdown_table
+from llm4trx.core.registry import finetune_configured
 from llm4trx.core.stage import require, run_stage
+from llm4trx.evaluation.finetuned import score_predictions
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,14 @@ def run(cfg: DictConfig) -> Path:
                 results["feature_sets"][name] = {"n_features": int(features.shape[1]), **entry}
                 head = entry[metrics[0]]
                 log.info("%s: %s val %.4f ± %.4f, test %.4f ± %.4f", name, metrics[0], head["val_mean"],
+                         head["val_std"], head["test_mean"], head["test_std"])
+        if finetune_configured(cfg):  # rows finetune:<run>: fine-tuned models' predictions, the same metrics
+            predictions = require(cfg, "finetune") / "predictions.parquet"
+            for run in cfg.finetune.runs:
+                entry = score_predictions(predictions, str(run), labels, metrics, int(cfg.dataset.n_classes))
+                results["feature_sets"][f"finetune:{run}"] = {"n_features": int(cfg.dataset.n_classes), **entry}
+                head = entry[metrics[0]]
+                log.info("finetune:%s: %s val %.4f ± %.4f, test %.4f ± %.4f", run, metrics[0], head["val_mean"],
                          head["val_std"], head["test_mean"], head["test_std"])
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "results.md").write_text(markdown_table(results))
