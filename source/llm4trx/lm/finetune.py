@@ -299,11 +299,12 @@ def linear_module_names(model: nn.Module) -> set[str]:
 
 
 def check_lora_targets(model_dir: Path, targets: list[str]) -> None:
-    """Every LoRA target module must exist in the model (checked on a weightless copy on the meta device)."""
+    """Every LoRA target module must exist in the model (checked on a weightless copy: accelerate's init_empty_weights)."""
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(model_dir))
-    with torch.device("meta"):
+    with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config)
     names = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
     missing = [t for t in targets if t not in names]
