@@ -577,8 +577,8 @@ def train_fold(cfg: DictConfig, prep: Prepared, run: str, fold: int, work_dir: P
 def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict[str, Any]:
     """Every run of finetune.runs on every fold; writes predictions.parquet and curves.json into `out`."""
     f = cfg.finetune
-    if use_cuda(cfg) is False:
-        torch.set_num_threads(max(1, int(f.training.cpu_threads)))
+    if not use_cuda(cfg) and f.training.cpu_threads:
+        torch.set_num_threads(int(f.training.cpu_threads))
     folds = sorted(int(k) for k in np.unique(prep.protocol.folds))
     predictions, curves = [], {}
     for run in f.runs:
