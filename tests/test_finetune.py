@@ -79,6 +79,13 @@ def test_end_to_end_rows_curves_and_report(finetuned):
             assert [p["step"] for p in curve["eval"]] == [0, 2, 4] or curve["steps"] < 4
             assert curve["best_step"] in [p["step"] for p in curve["eval"]]
             assert len(curve["train"]) == curve["steps"]
+    # The predictions come from the best evaluation's weights, in the clients' order: scoring them again gives
+    # the held-out metric recorded at the best step.
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    for run, meta in curves["runs"].items():
+        for fold, curve in meta["folds"].items():
+            val = results["feature_sets"][f"finetune:{run}"][curves["metric"]]["folds"][int(fold)]["val"]
+            assert val == pytest.approx(curve["best_metric"], abs=1e-6), (run, fold)
     assert curves["runs"]["head"]["folds"]["0"]["parameters"]["trainable"] < \
         curves["runs"]["head_full"]["folds"]["0"]["parameters"]["trainable"]
     report = finetuned["report"]

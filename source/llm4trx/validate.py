@@ -1,7 +1,8 @@
 """Stage `validate`: LLM embeddings against aggregates, CoLES and random under the ptls protocol.
 
 Reads data/ (targets, splits, events), embeddings/ (when `llm` is used) and coles/ (when `coles` is used;
-run `python -m llm4trx.coles` first; scripts/run.sh does). Writes validation/results.json and validation/results.md.
+run `python -m llm4trx.coles` first; scripts/run.sh does) and finetune/ (when a finetune config is chosen: its
+predictions become rows `finetune:<run>`, scored with the same metrics). Writes validation/results.json and validation/results.md.
 """
 
 from __future__ import annotations

@@ -423,6 +423,11 @@ def make_trainer(cfg: DictConfig, model: nn.Module, tokenizer, train: Samples, h
     t = cfg.finetune.training
 
     class FinetuneTrainer(Trainer):
+        def _get_eval_sampler(self, eval_dataset):
+            # group_by_length would also shuffle evaluation and prediction batches (transformers 4.51), and
+            # predictions would come back out of order; ours are length-sorted already: keep their order.
+            return torch.utils.data.SequentialSampler(eval_dataset)
+
         def create_optimizer(self):
             if self.optimizer is None:
                 named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -532,8 +537,11 @@ def train_fold(cfg: DictConfig, prep: Prepared, run: str, fold: int, work_dir: P
     fit, held = p.fold_parts(fold)
     seqs = prep.sequences[kind]
     train_ids, held_ids = p.train_ids[fit], p.train_ids[held]
+    # Held-out clients longest first: evaluation batches of similar lengths (the metric ignores the order).
+    by_length = np.argsort([-len(seqs[c]) for c in held_ids], kind="stable")
+    held_ids, held_y = held_ids[by_length], p.train_y[held][by_length]
     train = Samples(train_ids, [seqs[c] for c in train_ids], p.train_y[fit])
-    held_out = Samples(held_ids, [seqs[c] for c in held_ids], p.train_y[held])
+    held_out = Samples(held_ids, [seqs[c] for c in held_ids], held_y)
     test = Samples(p.test_ids, [seqs[c] for c in p.test_ids], None)
 
     set_seed(int(cfg.seed))
