@@ -2,6 +2,9 @@
 
     PYTHONPATH=source .venv/bin/python bench/prepare_text_shards.py            # ~1M transactions
     PYTHONPATH=source .venv/bin/python bench/prepare_text_shards.py --clients 2000   # quicker
+    PYTHONPATH=source .venv/bin/python bench/prepare_text_shards.py --memory          # + peak memory per stage
+    PYTHONPATH=source .venv/bin/python bench/prepare_text_shards.py --memory --stages prepare --tables none \
+        --schema age_pred --clients 50000 --min-events 700 --max-events 1150              # full age_pred size
 
 Prints, measured in the same run:
 1. end-to-end transactions/s of prepare + text + shards (the synthetic raw CSV is generated before the clock
@@ -9,12 +12,18 @@ Prints, measured in the same run:
 2. the text rendering rate of llm4trx.render.formats against a straightforward per-row Python rendering of the same
    text (the outputs are asserted equal on a sample of clients);
 3. tokens per transaction of every format with the Qwen2 tokenizer and with the domain tokenizer.
+
+With --memory every stage runs in its own child process (`python -m llm4trx.<stage>`, the way scripts/run.sh
+runs it) and the table adds each stage's peak resident memory (the child's ru_maxrss from os.wait4); its times
+then include the interpreter start and imports (seconds), so compare them with the in-process ones with care.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +72,37 @@ def timed(fn, *args):
     return result, time.perf_counter() - start, time.process_time() - cpu
 
 
+# Runs a stage module as __main__ and writes the process's own peak RSS (VmHWM of /proc/self/status: the
+# memory of this program only; the rusage of a child also counts the parent's pages at fork) to argv[1].
+PEAK_WRAPPER = """
+import runpy, sys
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+    open(out, "w").write(hwm)
+"""
+
+
+def in_child(stage: str, overrides: list[str]) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS GB) of `python -m llm4trx.<stage> overrides` run in a child process."""
+    with tempfile.NamedTemporaryFile(suffix=".hwm") as peak:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", PEAK_WRAPPER, peak.name, f"llm4trx.{stage}", *overrides,
+                                 "hydra/job_logging=disabled"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        code = os.waitstatus_to_exitcode(status)
+        proc.returncode = code
+        if code:
+            raise SystemExit(f"stage {stage} failed (exit {code}):\n{err[-2000:]}")
+        return wall, usage.ru_utime + usage.ru_stime, int(Path(peak.name).read_text()) / 1024**2  # kB -> GB
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=9000, help="synthetic clients (~110 transactions each)")
@@ -70,33 +110,53 @@ def main() -> None:
     parser.add_argument("--reference-events", type=int, default=100_000, help="events rendered per row")
     parser.add_argument("--sample-clients", type=int, default=600, help="clients for the tokens/transaction table")
     parser.add_argument("--out", default=None, help="output root (default: a temporary folder)")
+    parser.add_argument("--schema", default="rosbank", help="raw schema of the synthetic data: rosbank, age_pred, gender")
+    parser.add_argument("--min-events", type=int, default=None, help="dataset.min_events (default: the config's)")
+    parser.add_argument("--max-events", type=int, default=None, help="dataset.max_events (default: the config's)")
+    parser.add_argument("--memory", action="store_true", help="run each stage in a child; print its peak memory")
+    parser.add_argument("--stages", default="prepare,text,tokenizer,shards", help="stages to run (in this order)")
+    parser.add_argument("--tables", default="all", choices=["all", "none"],
+                        help="none: skip the rendering reference and the tokens-per-transaction table")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="llm4trx-bench-"))
-    cfg = compose([f"paths.output_root={out}", "experiment_name=bench", "dataset=synthetic", "progress=false",
-                   f"dataset.n_clients={args.clients}", f"text={args.format}", "force=true"])
+    overrides = [f"paths.output_root={out}", "experiment_name=bench", "dataset=synthetic", "progress=false",
+                 f"dataset.schema={args.schema}", f"dataset.n_clients={args.clients}", f"text={args.format}",
+                 "force=true"]
+    overrides += [f"dataset.min_events={args.min_events}"] * (args.min_events is not None)
+    overrides += [f"dataset.max_events={args.max_events}"] * (args.max_events is not None)
+    cfg = compose(overrides)
+    wanted = args.stages.split(",")
     console.print(f"cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()}; "
                   f"output root {out}")
 
     import streaming  # noqa: F401  (import once before the clock: ~10 s of module loading, not per-transaction work)
     import transformers  # noqa: F401
 
-    steps = {}  # name -> (wall, CPU)
+    label = {"prepare": "prepare: CSV -> canonical", "text": "text: render + count + truncate",
+             "tokenizer": "tokenizer: train BPE (one-off)", "shards": "shards: tokenize + MDS"}
+    modules = {"prepare": prepare, "text": text, "tokenizer": tokenizer, "shards": shards}
+    steps = {}  # name -> (wall, CPU[, peak GB])
     steps["raw CSV generation (not counted)"] = timed(ensure_raw, cfg.dataset)[1:]
-    steps["prepare: CSV -> canonical"] = timed(prepare.run, cfg)[1:]
+    for stage in wanted:
+        steps[label[stage]] = in_child(stage, overrides) if args.memory else timed(modules[stage].run, cfg)[1:]
     n_events = pd.read_parquet(stage_dir(cfg, "prepare") / "events.parquet", columns=["mcc"]).shape[0]
-    steps["text: render + count + truncate"] = timed(text.run, cfg)[1:]
-    steps["tokenizer: train BPE (one-off)"] = timed(tokenizer.run, cfg)[1:]
-    steps["shards: tokenize + MDS"] = timed(shards.run, cfg)[1:]
-    counted = ["prepare: CSV -> canonical", "text: render + count + truncate", "shards: tokenize + MDS"]
+    counted = [label[s] for s in wanted if s != "tokenizer"]
     total = tuple(sum(steps[k][i] for k in counted) for i in (0, 1))
-    steps["prepare + text + shards"] = total
-    steps["... + tokenizer training"] = tuple(total[i] + steps["tokenizer: train BPE (one-off)"][i] for i in (0, 1))
-    table = Table(title=f"end to end, {n_events:,} synthetic transactions (format {args.format})")
-    for col in ["step", "wall s", "transactions/s", "CPU s (this process)", "transactions/CPU-s"]:
+    steps[" + ".join(s for s in wanted if s != "tokenizer")] = total
+    if "tokenizer" in wanted:
+        steps["... + tokenizer training"] = tuple(total[i] + steps[label["tokenizer"]][i] for i in (0, 1))
+    where = "each stage in a child process" if args.memory else "in this process"
+    table = Table(title=f"end to end, {n_events:,} synthetic {args.schema}-schema transactions (format "
+                        f"{args.format}; {where})")
+    for col in ["step", "wall s", "transactions/s", "CPU s", "transactions/CPU-s"] + ["peak RSS GB"] * args.memory:
         table.add_column(col, justify="right")
-    for name, (wall, cpu) in steps.items():
-        table.add_row(name, f"{wall:.2f}", f"{n_events / wall:,.0f}", f"{cpu:.2f}", f"{n_events / cpu:,.0f}")
+    for name, figures in steps.items():
+        wall, cpu = figures[:2]
+        peak = [f"{figures[2]:.2f}" if len(figures) > 2 else ""] * args.memory
+        table.add_row(name, f"{wall:.2f}", f"{n_events / wall:,.0f}", f"{cpu:.2f}", f"{n_events / cpu:,.0f}", *peak)
     console.print(table)
+    if args.tables == "none" or not {"prepare", "text", "tokenizer"} <= set(wanted):
+        return
 
     # rendering against the per-row reference (same text)
     events = pd.read_parquet(stage_dir(cfg, "prepare") / "events.parquet")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline for one seed:
-#   prepare → augment (when an augment config is chosen) → text → tokenizer → shards → pretrain → export → embed → validate
+#   [download, for a real dataset whose raw files are missing] → prepare → augment (when an augment config is chosen) → text → tokenizer → shards → pretrain → export → embed → validate
 #
 #   bash scripts/run.sh                                        # the default experiment (smoke: CPU, synthetic data)
 #   bash scripts/run.sh experiment=smoke seed=3 trainer.max_duration=200ba

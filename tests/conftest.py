@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The code under test is this checkout's, whatever checkout the environment's editable install points at
+# (several worktrees may share one .venv); child processes (scripts, `python -c`) inherit it through PYTHONPATH.
+SOURCE = str(Path(__file__).resolve().parents[1] / "source")
+sys.path.insert(0, SOURCE)
+os.environ["PYTHONPATH"] = os.pathsep.join([SOURCE, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 # Nothing may be fetched from a model or dataset hub during tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

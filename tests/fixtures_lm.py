@@ -1,6 +1,6 @@
 """Language-model inputs for tests of pretrain/export/embed: a tokenizer/ dir and mds/{train,val}/ shards.
 
-Written in the exact format of the contract (CONTRACT.md: tokenizer → tokenizer/, shards → mds/) and marked
+Written in the exact format of the contract (the stage contract: tokenizer → tokenizer/, shards → mds/) and marked
 finished with `_SUCCESS.json`, so `llm4trx.core.stage.require()` accepts them. The texts are transaction-like
 lines with learnable regularities (each client repeats a few merchants and amount ranges), so a tiny LM's
 loss falls within tens of steps.

@@ -80,7 +80,7 @@ def eos_generator(tmp_path_factory):
 
 
 def write_data(cfg) -> Path:
-    """data/ in the canonical schema (CONTRACT.md), as the prepare stage writes it, with its _SUCCESS.json."""
+    """data/ in the canonical schema (the prepare stage's contract, README "Data"), with its _SUCCESS.json."""
     rng = np.random.default_rng(0)
     clients = TRAIN + VAL + TEST
     rows = []

@@ -26,6 +26,8 @@ MANDATORY = {
     ("model", "llama_3_2_3b"): {"model.pretrained_model_name_or_path"},
     ("model", "qwen2_5_1_5b"): {"model.pretrained_model_name_or_path"},
     ("tokenizer", "pretrained"): {"tokenizer.path"},
+    **{("experiment", name): {"model.pretrained_model_name_or_path"}  # real-data presets: a local checkpoint
+       for name in ("llama_8xa100", "llama_rosbank", "llama_age_pred", "llama_gender")},
 }
 
 

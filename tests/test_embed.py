@@ -66,9 +66,10 @@ def test_length_sorted_batches_cover_every_index_once():
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed") / "outputs"
-    overrides = [f"paths.output_root={root}", "progress=false", "embed.batch_size=8"]
+    overrides = [f"paths.output_root={root}", "progress=false", "embed.batch_size=8", "dataset.n_clients=60",
+                 "dataset.max_events=60"]
     cfg = compose(overrides)
-    write_all(cfg, n_clients=60)
+    write_all(cfg)
     return overrides, cfg
 
 

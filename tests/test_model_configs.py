@@ -111,3 +111,30 @@ def test_every_model_config_builds_without_weights(lm_inputs, model):
         expected = {"tiny": (5e4, 5e5), "llama_3_2_1b": (1.1e9, 1.4e9), "llama_3_2_3b": (3.0e9, 3.4e9),
                     "qwen2_5_1_5b": (1.4e9, 1.7e9)}[model]
         assert expected[0] < n_params < expected[1]
+
+
+REAL_DATA_PRESETS = ["llama_8xa100", "llama_rosbank", "llama_age_pred", "llama_gender"]
+
+
+@pytest.mark.parametrize("experiment", REAL_DATA_PRESETS)
+def test_real_data_presets_give_a_valid_llm_foundry_config(lm_inputs, experiment):
+    """The 8xA100 presets (Llama-3.2-1B from a local checkpoint, 8192 tokens, FSDP) pass llm-foundry's checks."""
+    root, local, tok = lm_inputs
+    fixture = compose([f"paths.output_root={root / 'outputs'}"])  # where lm_inputs wrote tokenizer/ and mds/
+    cfg = compose([f"paths.output_root={root / 'outputs'}", f"experiment={experiment}", *CPU_TEST,
+                   f"model.pretrained_model_name_or_path={local['llama_3_2_1b']}"])
+    assert cfg.tokenizer.kind == "pretrained" and cfg.tokenizer.path == str(local["llama_3_2_1b"])
+    assert cfg.text.count_tokenizer == cfg.tokenizer.path  # budgets counted in the model's own tokens
+    if experiment != "llama_8xa100":
+        assert cfg.dataset.name == experiment.removeprefix("llama_") and cfg.dataset.download.files
+    check_model(cfg, tok)
+    raw = train_config(cfg, tok, stage_dir(fixture, "tokenizer"), stage_dir(fixture, "shards"), stage_dir(cfg, "pretrain"))
+    checked = validate_train_config(raw)
+    assert checked.max_seq_len == 8192
+    assert checked.precision == "amp_bf16"
+    assert checked.fsdp_config["sharding_strategy"] == "FULL_SHARD"
+    assert checked.model["pretrained"] is True and checked.model["init_device"] == "mixed"
+    assert checked.model["pretrained_model_name_or_path"] == str(local["llama_3_2_1b"])
+    # 8 ranks: the global batch splits into whole microbatches on every GPU.
+    per_rank = cfg.trainer.global_train_batch_size // 8
+    assert per_rank * 8 == cfg.trainer.global_train_batch_size and per_rank % cfg.trainer.device_train_microbatch_size == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import re
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from llm4trx.core.config import compose
 from llm4trx.core import registry
 from llm4trx.core.registry import pipeline
-from pipeline_helpers import TINY, run_script, smoke_root
+from pipeline_helpers import ROOT, TINY, child_env, run_script, smoke_root
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +79,21 @@ def test_rerun_skips_every_stage_in_seconds(root, first_seed):
         assert stage_lines(proc.stdout, seed, "running") == []
     # No stage process starts: config checks and the report only (seconds; generous for a loaded machine).
     assert elapsed < 60, elapsed
+
+
+def test_two_seeds_started_together_build_each_shared_stage_once(tmp_path):
+    """A SLURM array starts one pipeline per seed at the same moment on a fresh output root: each shared stage
+    is built by exactly one of them (under its file lock); the other waits, finds it up to date, and goes on."""
+    root = tmp_path / "outputs"
+    args = ["bash", "scripts/run.sh", *TINY, f"paths.output_root={root}"]
+    procs = [subprocess.Popen([*args, f"seed={seed}"], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for seed in (3, 4)]
+    outputs = [proc.communicate(timeout=900)[0] for proc in procs]
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-3000:]
+    both = "\n".join(outputs)
+    shared = [s for s in STAGES if registry.get(s).scope == "shared"]
+    for stage in shared:
+        assert len(re.findall(rf"\b{stage}: built ", both)) == 1, (stage, both[-3000:])
+    for seed in (3, 4):
+        assert (root / "smoke" / "synthetic" / f"seed_{seed}" / "validation" / "results.json").is_file()

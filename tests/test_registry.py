@@ -6,6 +6,7 @@ import importlib
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -49,6 +50,15 @@ def test_pipeline_order_and_optional_stages():
     assert "finetune" not in registry.pipeline(compose(["finetune=default", "finetune.enabled=false"]))
 
 
+def test_download_runs_first_only_for_a_real_dataset_with_files_missing(tmp_path):
+    cfg = compose(["dataset=rosbank", f"dataset.raw_dir={tmp_path}"])
+    assert registry.pipeline(cfg)[0] == "download"
+    for item in cfg.dataset.download.files:
+        (tmp_path / item.file).write_text("x")
+    assert "download" not in registry.pipeline(cfg)  # everything there: nothing to fetch
+    assert "download" not in registry.pipeline(compose(["dataset=custom"]))  # no public source
+
+
 def test_every_input_comes_earlier_in_the_registry():
     order = list(registry.STAGES)
     for stage in registry.STAGES.values():
@@ -59,6 +69,9 @@ def test_every_input_comes_earlier_in_the_registry():
 def test_stage_dirs_follow_the_scopes(out_root):
     cfg = compose([f"paths.output_root={out_root}", "seed=7", "experiment_name=exp"])
     for stage in registry.STAGES.values():
+        if stage.scope == registry.RAW:  # download writes the dataset's raw_dir itself
+            assert stage_dir(cfg, stage.name) == Path(cfg.dataset.raw_dir)
+            continue
         base = {"shared": cfg.paths.shared_dir, "seed": cfg.paths.run_dir,
                 "experiment": cfg.paths.experiment_dir}[stage.scope]
         assert str(stage_dir(cfg, stage.name)) == f"{base}/{stage.folder}"

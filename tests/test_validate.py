@@ -85,8 +85,9 @@ def test_coles_same_seed_twice_gives_identical_embeddings(data_only):
 @pytest.fixture(scope="module")
 def data_only(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad") / "outputs"
-    cfg = compose([f"paths.output_root={root}", *FAST, "validate.feature_sets=[llm]", "validate.concatenations=[]"])
-    write_data(cfg, n_clients=120)
+    cfg = compose([f"paths.output_root={root}", *FAST, "validate.feature_sets=[llm]", "validate.concatenations=[]",
+                   "dataset.n_clients=120", "dataset.max_events=60"])
+    write_data(cfg)
     return cfg
 
 

@@ -22,8 +22,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError, Llm4trxError, StageInputMissing
+from llm4trx.core import registry
 from llm4trx.core.registry import pipeline
-from llm4trx.core.stage import SUCCESS_FILE, is_up_to_date, read_success, stage_dir
+from llm4trx.core.stage import SUCCESS_FILE, is_finished, is_up_to_date, stage_dir
 
 
 
@@ -144,10 +145,12 @@ def requested_stages(cfg: DictConfig, names: str | None) -> list[str]:
         raise ConfigError(f"STAGES={names!r} names no stage; the pipeline is: {' '.join(order)}")
     first = min(order.index(name) for name in wanted)
     for before in order[:first]:
-        if read_success(stage_dir(cfg, before)) is None:
+        if not is_finished(cfg, before):
+            missing = (f"files missing in {stage_dir(cfg, before)}" if registry.get(before).done is not None
+                       else f"no {stage_dir(cfg, before) / SUCCESS_FILE}")
             raise StageInputMissing(
                 f"stage {order[first]!r} needs {before!r}, which has not finished for this run "
-                f"(no {stage_dir(cfg, before) / SUCCESS_FILE}); run the stages before it first: "
+                f"({missing}); run the stages before it first: "
                 f"STAGES=..{order[first - 1]} bash scripts/run.sh <the same overrides>"
             )
     return [stage for stage in order if stage in wanted]

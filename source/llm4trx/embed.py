@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.data.embeddings import embeddings_frame
+from llm4trx.lm.dtypes import DTYPES
 from llm4trx.lm.pooling import POOLINGS, pool, position_ids_for
+from llm4trx.data.splits import SPLITS
 from llm4trx.core.stage import is_complete, require, run_stage, stage_dir, stage_hash
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_config(cfg: DictConfig) -> None:

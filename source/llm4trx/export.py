@@ -25,13 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError, Llm4trxError
+from llm4trx.lm.dtypes import DTYPES
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.core.stage import read_success, require, run_stage
 
 log = logging.getLogger(__name__)
 
 STAGE = "export"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ExportMismatch(Llm4trxError):

@@ -4,6 +4,8 @@
     python -m llm4trx.prepare dataset=rosbank dataset.raw_dir=/data/rosbank
 
 The synthetic dataset's raw files are generated into dataset.raw_dir first (reused when already there).
+Raw CSV is streamed in blocks into compact columns and events.parquet is written one row group at a time
+(see llm4trx.data.loaders: memory ~24 bytes per transaction plus the sort, not the raw text or a string table).
 Everything is read and validated before the stage folder is written (see llm4trx.data.loaders for what counts
 as an error and what as a logged repair; the repair counts land in data/_SUCCESS.json).
 Changing the raw files without changing the config needs `force=true` to rebuild.
@@ -44,12 +46,12 @@ def build(cfg: DictConfig, out: Path) -> dict:
         synthetic.ensure_raw(ds)
     loaded = loaders.load(ds)
     seconds_load = time.perf_counter() - started
-    events, targets = loaded.events, loaded.targets
-    splits = make_splits(events["client_id"].cat.remove_unused_categories().cat.categories, targets, cfg.splits)
+    events, targets = loaded.store, loaded.targets
+    splits = make_splits(events.client_ids(), targets, cfg.splits)
     targets = targets.set_index("client_id").loc[splits.loc[splits["labeled"], "client_id"]].reset_index()
 
-    pq.write_table(pa.Table.from_pandas(events, schema=events_schema(ds.categorical), preserve_index=False),
-                   out / "events.parquet")
+    # Written one row group at a time from compact columns: memory does not hold a sorted copy of the table.
+    events.write_parquet(out / "events.parquet", events_schema(ds.categorical))
     pq.write_table(pa.Table.from_pandas(targets, schema=pa.schema([("client_id", pa.string()), ("target", pa.int64())]),
                                         preserve_index=False), out / "targets.parquet")
     splits_schema = pa.schema([("client_id", pa.string()), ("split", pa.string()), ("fold", pa.int8()), ("labeled", pa.bool_())])

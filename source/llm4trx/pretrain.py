@@ -28,13 +28,13 @@ from omegaconf.errors import MissingMandatoryValue
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.lm.tokenizers import load_tokenizer
+from llm4trx.data.splits import PRETRAIN_SPLITS
 from llm4trx.core.stage import SUCCESS_FILE, is_complete, require, stage_dir, stage_hash, write_success
 
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
 RUN_FILE = "_RUN.json"  # config hash of the run that owns the checkpoints in this folder
-SPLITS = ("train", "val")
 
 
 def global_rank() -> int:
@@ -68,7 +68,7 @@ def check_runtime(cfg: DictConfig) -> None:
                           f"{torch.cuda.is_available()}): FSDP runs on GPUs only; use trainer=cpu on a CPU "
                           "machine, trainer=fsdp_8xa100 on a GPU node")
     if t.device == "gpu" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device=gpu but CUDA is not available; use trainer=cpu")
+        raise ConfigError("trainer.device=gpu but CUDA is not available; use trainer=cpu")
     if t.device == "cpu" and t.precision != "fp32":
         raise ConfigError(f"trainer.precision={t.precision} on CPU: Composer trains fp32 on CPU")
     if t.backend not in ("foundry", "hf"):
@@ -114,7 +114,7 @@ def check_inputs(cfg: DictConfig) -> dict[str, Any]:
     tokenizer_dir, mds_dir = require(cfg, "tokenizer"), require(cfg, "shards")
     check_runtime(cfg)
     tok = tokenizer_info(load_tokenizer(tokenizer_dir, need=("eos_token", "pad_token")))
-    counts = {split: count_samples(mds_dir / split) for split in SPLITS}
+    counts = {split: count_samples(mds_dir / split) for split in PRETRAIN_SPLITS}
     if counts["train"] < int(cfg.trainer.global_train_batch_size):
         raise ConfigError(f"mds/train has {counts['train']} samples, fewer than one batch "
                           f"(trainer.global_train_batch_size={cfg.trainer.global_train_batch_size})")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -24,6 +23,7 @@ from omegaconf import DictConfig
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError, StageInputMissing
+from llm4trx.evaluation.tables import summary_table
 from llm4trx.core.stage import atomic_dir, seed_stage_dir, stage_dir
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,20 @@ def spread(values: list[float]) -> float:
     return stdev(values) if len(values) > 1 else 0.0
 
 
+def lightgbm_seeds(results_by_seed: dict[int, dict[str, Any]]) -> str:
+    """One line: which LightGBM random_state the seeds' validations used (validate.lightgbm_seed)."""
+    modes = {seed: r.get("lightgbm_seed") for seed, r in results_by_seed.items()}
+    unknown = sorted(seed for seed, m in modes.items() if not m)
+    known = {(m["mode"], m["random_state"]) for m in modes.values() if m}
+    if unknown:
+        return f"not recorded for seeds {', '.join(map(str, unknown))} (results from before validate.lightgbm_seed)"
+    if len(known) == 1 and next(iter(known))[0] == "fixed":
+        return f"fixed at {next(iter(known))[1]} in every seed (validate.lightgbm_seed=fixed, as ptls-experiments)"
+    if all(m["mode"] == "run" for m in modes.values()):
+        return "each seed's own seed (validate.lightgbm_seed=run)"
+    return "mixed: " + ", ".join(f"seed {s}: {m['mode']} {m['random_state']}" for s, m in sorted(modes.items()))
+
+
 def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Across-seed statistics of every feature set and metric (feature sets sorted by the headline metric)."""
     first = next(iter(results_by_seed.values()))
@@ -116,6 +130,7 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "task": first.get("task"),
         "metrics": metrics,
         "headline": headline,
+        "lightgbm_seed": lightgbm_seeds(results_by_seed),
         "feature_sets": {name: feature_sets[name] for name in order},
     }
 
@@ -151,29 +166,6 @@ def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str
     return summary
 
 
-def fmt(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def markdown_table(summary: dict[str, Any]) -> list[str]:
-    metrics, headline = summary["metrics"], summary["headline"]
-    header = ["feature set"]
-    for metric in metrics:
-        header += [f"{metric} test (mean ± std over seeds)", f"{metric} fold std"]
-    header += [f"{headline} val", "seeds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    best = next(iter(summary["feature_sets"]))
-    for name, by_metric in summary["feature_sets"].items():
-        cells = [f"**{name}**" if name == best else name]
-        for metric in metrics:
-            stats = by_metric[metric]
-            cells += [f"{fmt(stats['test_mean'])} ± {fmt(stats['test_std'])}", fmt(stats["fold_std"])]
-        stats = by_metric[headline]
-        cells += [fmt(stats["val_mean"]), str(stats["n_seeds"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
 HOW_TO_READ = """\
 ## How to read this report
 
@@ -202,9 +194,10 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
     for label, summary in summaries.items():
         lines += [f"## {summary['dataset']} ({summary['task']})", ""]
         lines += [f"Seeds: {', '.join(map(str, summary['seeds']))} — from `{summary['experiment_dir']}`."]
+        lines += [f"LightGBM random_state: {summary['lightgbm_seed']}."]
         if summary["missing_seeds"]:
             lines += [f"Missing seeds (no {RESULTS}): {', '.join(map(str, summary['missing_seeds']))}."]
-        lines += [""] + markdown_table(summary) + [""]
+        lines += [""] + summary_table(summary) + [""]
         lines += [f"![metrics](metrics_{label}.png)", ""]
         plot_metrics(summary, out / f"metrics_{label}.png")
         if any(summary["losses"].values()):
@@ -240,7 +233,7 @@ def run(cfg: DictConfig) -> Path:
         write_report(summaries, tmp, str(cfg.experiment_name))
     for summary in summaries.values():
         print(f"\n{summary['dataset']}: {len(summary['seeds'])} seeds")
-        print("\n".join(markdown_table(summary)))
+        print("\n".join(summary_table(summary)))
     print(f"\nreport: {final / 'report.md'}")
     return final
 

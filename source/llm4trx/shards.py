@@ -19,11 +19,11 @@ from tqdm import tqdm
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.lm.tokenizers import load_tokenizer
+from llm4trx.data.splits import PRETRAIN_SPLITS
 from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val")
 COLUMNS = {"tokens": "ndarray:int32", "client_id": "str"}
 BATCH = 512
 
@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> Path:
     def build(out: Path) -> dict:
         tokenizer = load_tokenizer(tok_dir, need=("bos_token", "eos_token"))
         stats = {}
-        for split in SPLITS:
+        for split in PRETRAIN_SPLITS:
             stats[split] = write_split(text_dir / f"{split}.jsonl", out / split, tokenizer, max_seq_len,
                                        bool(cfg.get("progress")))
             if stats[split]["truncated"]:

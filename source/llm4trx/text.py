@@ -24,12 +24,12 @@ from llm4trx.generation.mix import mix_into_train
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.render.formats import GROUP_ITEM_SEP, Fields, Format, RenderContext, assemble, get_format
+from llm4trx.data.splits import SPLITS
 from llm4trx.core.stage import require, run_stage
 from llm4trx.render.tokencount import TokenCounter, get_counter, piece_tokens
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 PERCENTILES = (50, 90, 95, 99)
 # Only the newest lines within max_tokens * (bytes per token, estimated on a sample, at most this) bytes are
 # counted at first; clients whose window turns out to hold fewer than max_tokens tokens are counted in full.
@@ -275,7 +275,7 @@ def run(cfg: DictConfig) -> Path:
         for split in SPLITS:
             part = frame[frame["split"] == split]
             rows = part[columns]
-            if split == "train":  # augmented texts of train clients, by augment.mix (issue 5; never val/test)
+            if split == "train":  # augmented texts of train clients, by augment.mix (never val/test)
                 rows, stats["augmented"] = mix_into_train(cfg, rows, counter.count)
             rows.to_json(out / f"{split}.jsonl", orient="records", lines=True, force_ascii=False)
             stats["splits"][split] = token_stats(part)

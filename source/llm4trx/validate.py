@@ -20,7 +20,8 @@ from llm4trx.core.errors import ConfigError
 from llm4trx.data.embeddings import read_embeddings
 from llm4trx.data.sequences import categorical_columns
 from llm4trx.evaluation.features import aggregate_features, concatenate, parts_of, random_features
-from llm4trx.evaluation.protocol import cross_validate, load_labels, markdown_table
+from llm4trx.evaluation.protocol import cross_validate, load_labels
+from llm4trx.evaluation.tables import results_table
 from llm4trx.core.registry import finetune_configured
 from llm4trx.core.stage import require, run_stage
 from llm4trx.evaluation.finetuned import score_predictions
@@ -28,6 +29,17 @@ from llm4trx.evaluation.finetuned import score_predictions
 log = logging.getLogger(__name__)
 
 BASE_SETS = ("llm", "aggregates", "coles", "random")
+SEED_MODES = ("fixed", "run")
+
+
+def lightgbm_seed_mode(cfg: DictConfig) -> str:
+    mode = cfg.validate.get("lightgbm_seed", "fixed")
+    if mode not in SEED_MODES:
+        raise ConfigError(f"validate.lightgbm_seed={mode!r} unknown; choose from {SEED_MODES} "
+                          "(fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed)")
+    return mode
+
+
 def lightgbm_params(cfg: DictConfig) -> dict:
     v = cfg.validate
     task = cfg.dataset.task
@@ -35,6 +47,8 @@ def lightgbm_params(cfg: DictConfig) -> dict:
         raise ConfigError(f"validate.lightgbm has no parameters for dataset.task={task!r}")
     params = {**OmegaConf.to_container(v.lightgbm[task], resolve=True),
               **OmegaConf.to_container(v.lightgbm.get("common", {}), resolve=True)}
+    if lightgbm_seed_mode(cfg) == "run":
+        params["random_state"] = int(cfg.seed)
     if task == "multiclass":
         params["num_class"] = int(cfg.dataset.n_classes)
     return params
@@ -94,6 +108,7 @@ def run(cfg: DictConfig) -> Path:
         params = lightgbm_params(cfg)
         n_folds = len(set(labels.folds))
         results = {"dataset": cfg.dataset.name, "task": cfg.dataset.task, "metrics": metrics, "seed": int(cfg.seed),
+                   "lightgbm_seed": {"mode": lightgbm_seed_mode(cfg), "random_state": params.get("random_state")},
                    "n_folds": n_folds, "n_train": len(labels.train_ids), "n_test": len(labels.test_ids),
                    "feature_sets": {}}
         with tqdm(total=len(sets) * n_folds, desc="validate", unit="fold", disable=not cfg.progress) as bar:
@@ -114,7 +129,7 @@ def run(cfg: DictConfig) -> Path:
                 log.info("finetune:%s: %s val %.4f ± %.4f, test %.4f ± %.4f", run, metrics[0], head["val_mean"],
                          head["val_std"], head["test_mean"], head["test_std"])
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (tmp / "results.md").write_text(markdown_table(results))
+        (tmp / "results.md").write_text(results_table(results))
         return {"feature_sets": list(sets), "n_train": results["n_train"], "n_test": results["n_test"]}
 
     return run_stage(cfg, "validate", build)

@@ -19,7 +19,7 @@ class DataError(Llm4trxError):
     """Malformed input data. Names the file and, where they apply, the column and the row."""
 
     def __init__(self, path, message: str, column: str | None = None, row: int | None = None):
-        self.path, self.column, self.row = str(path), column, row
+        self.path, self.column, self.row, self.message = str(path), column, row, message
         where = self.path
         if column is not None:
             where += f", column {column!r}"

@@ -15,7 +15,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-SHARED, SEED, EXPERIMENT = "shared", "seed", "experiment"
+SHARED, SEED, EXPERIMENT, RAW = "shared", "seed", "experiment", "raw"
 
 
 def _always(cfg: DictConfig) -> bool:
@@ -34,7 +34,7 @@ class Input:
 class Stage:
     name: str
     folder: str
-    scope: str  # SHARED | SEED | EXPERIMENT
+    scope: str  # SHARED | SEED | EXPERIMENT | RAW (dataset.raw_dir itself, outside the run directory)
     inputs: tuple[Input, ...] = ()
     sections: tuple[str, ...] = ()  # config sections (dotted paths) hashed whole
     operational: tuple[str, ...] = ()  # dotted keys inside `sections` left out of the hash
@@ -42,6 +42,8 @@ class Stage:
     in_pipeline: bool = True  # run by scripts/run.sh (report runs once over the seeds, after run.sh)
     when: Callable[[DictConfig], bool] = _always  # optional stages: part of the pipeline only when chosen
     summary: str = ""
+    # How "finished" is judged when the stage writes no _SUCCESS.json (RAW scope): a cheap predicate.
+    done: Callable[[DictConfig], bool] | None = None
 
 
 # ------------------------------------------------------------------------------------------ conditions
@@ -49,6 +51,18 @@ class Stage:
 def augment_configured(cfg: DictConfig) -> bool:
     augment = cfg.get("augment")
     return OmegaConf.is_dict(augment) and bool(augment) and augment.get("enabled", True) is not False
+
+
+def downloadable(cfg: DictConfig) -> bool:
+    """A real dataset with a public source (`dataset.download`) and a file missing from raw_dir."""
+    return bool(cfg.dataset.get("download")) and not raw_files_present(cfg)
+
+
+def raw_files_present(cfg: DictConfig) -> bool:
+    from pathlib import Path
+
+    raw = Path(cfg.dataset.raw_dir)
+    return all((raw / str(item.file)).is_file() for item in cfg.dataset.download.files)
 
 
 def mixing(cfg: DictConfig) -> bool:
@@ -87,6 +101,10 @@ def validates(name: str) -> Callable[[DictConfig], bool]:
 # ------------------------------------------------------------------------------------------ the stages
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
+    # Writes raw_dir, not a run-directory folder: no hash, no _SUCCESS.json; done when the files are there
+    # (they are verified against dataset.download's sizes and checksums when fetched; see llm4trx.data.fetch).
+    Stage("download", "", RAW, when=downloadable, done=raw_files_present,
+          summary="a real dataset's public files -> dataset.raw_dir (only when missing)"),
     Stage("prepare", "data", SHARED, sections=("dataset", "splits"),
           summary="raw files -> canonical events, targets, splits"),
     # augment.mix is read by the text stage, not by augment: changing the mix must not regenerate.

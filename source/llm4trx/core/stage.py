@@ -45,6 +45,8 @@ def stage_dir(cfg: DictConfig, stage: str) -> Path:
     s = registry.get(stage)
     if stage == "report":  # the one stage whose folder is a config key (a report may span experiments)
         return Path(cfg.report.dir)
+    if s.scope == registry.RAW:  # download: the dataset's raw_dir, outside the run directory
+        return Path(cfg.dataset.raw_dir)
     return scope_dir(cfg, s.scope) / s.folder
 
 
@@ -54,6 +56,12 @@ def seed_stage_dir(cfg: DictConfig, stage: str, seed: int, experiment_dir: str |
     if experiment_dir is not None:
         changes["paths"] = {"experiment_dir": str(experiment_dir)}
     return stage_dir(OmegaConf.merge(cfg, changes), stage)
+
+
+def is_finished(cfg: DictConfig, stage: str) -> bool:
+    """Whether `stage` has finished for this run (whatever its config): _SUCCESS.json, or its `done` predicate."""
+    done = registry.get(stage).done
+    return done(cfg) if done is not None else read_success(stage_dir(cfg, stage)) is not None
 
 
 def read_success(folder: Path) -> dict[str, Any] | None:
@@ -115,6 +123,9 @@ def is_complete(folder: Path, want_hash: str) -> bool:
 
 def is_up_to_date(cfg: DictConfig, stage: str) -> bool:
     """Whether `stage` would be skipped by run_stage for `cfg` (fast: no stage module is imported)."""
+    done = registry.get(stage).done
+    if done is not None:  # RAW-scope stages: judged by their files, not by a hash (force does not refetch)
+        return done(cfg)
     if cfg.get("force", False):
         return False
     try:

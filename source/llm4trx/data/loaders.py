@@ -4,6 +4,12 @@ Every loader describes its schema as `EventFile`/`TargetFile` specs (file names,
 is written) and hands them to the same reading code, so the real datasets and the generic loader
 (`dataset.loader=generic`, a column mapping in the config) share every check.
 
+Memory: event files are read in blocks (rawcsv.CsvBlocks) into compact columns (client and category codes,
+int64 times, float64 amounts, int32 MCCs: ~24 bytes per transaction), sorted once by a permutation, and
+written as Parquet row groups one at a time (`Events.write_parquet`), so the raw text, a string column per
+row or a sorted copy of the whole table are never held. With several blocks, the first block holding a bad
+value reports it (a whole-file read reported the first bad value of the first failing check).
+
 Bad input — what happens (errors are `DataError`s naming file, column and 1-based line incl. header; they
 are raised before anything is written):
 
@@ -38,6 +44,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.data import rawcsv
@@ -71,11 +78,129 @@ class TargetFile:
     target: str
 
 
+class Dictionary:
+    """Strings -> int32 codes in order of first appearance (the order pyarrow's and pandas' encodings give),
+    grown block by block; `fill` replaces empty strings (categorical columns: "unknown")."""
+
+    def __init__(self, fill: str | None = None):
+        self.code: dict[str, int] = {}
+        self.values: list[str] = []
+        self.fill = fill
+
+    def add(self, value: str) -> int:
+        code = self.code.get(value)
+        if code is None:
+            code = self.code[value] = len(self.values)
+            self.values.append(value)
+        return code
+
+    def encode(self, col: pa.ChunkedArray) -> tuple[np.ndarray, int]:
+        """Codes of the whitespace-trimmed strings of `col`, and how many were empty (replaced by `fill`)."""
+        encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(col).combine_chunks())
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        local = encoded.dictionary.to_pylist()
+        empty = 0
+        mapping = np.empty(len(local), dtype=np.int32)
+        for i, value in enumerate(local):
+            if value == "" and self.fill is not None:
+                empty = int(np.count_nonzero(indices == i))
+                value = self.fill
+            mapping[i] = self.add(value)
+        return mapping[indices], empty
+
+    def categories(self) -> pd.Index:
+        return pd.Index(np.array(self.values, dtype=object), dtype=object)
+
+
+class Events:
+    """A dataset's events as compact columns in file order, plus `order`: the rows sorted by client, time
+    (duplicates left out when dropped). The canonical frame is `frame()`; `write_parquet` writes it in row
+    groups without materialising it. Each file's columns are preallocated from its line count and filled
+    block by block (no list of block arrays to concatenate: that doubled memory and fragmented the heap)."""
+
+    DTYPES = {"client_id": np.int32, "event_time": "datetime64[ns]", "amount": np.float64, "mcc": np.int32}
+
+    def __init__(self, categorical: list[str]):
+        self.names = ["client_id", "event_time", "amount", "mcc", *categorical]
+        self.dicts = {"client_id": Dictionary(), **{name: Dictionary(fill=UNKNOWN) for name in categorical}}
+        self.files: list[dict[str, np.ndarray]] = []
+        self.filled = 0
+        self.columns: dict[str, np.ndarray] = {}
+        self.order = np.zeros(0, dtype=np.int64)
+
+    def begin_file(self, max_rows: int) -> None:
+        self.files.append({name: np.empty(max_rows, dtype=self.DTYPES.get(name, np.int32)) for name in self.names})
+        self.filled = 0
+
+    def append(self, block: dict[str, np.ndarray]) -> None:
+        current = self.files[-1]
+        n = len(block["client_id"])
+        if self.filled + n > len(current["client_id"]):  # more rows than lines: cannot happen; grow anyway
+            for name in self.names:
+                current[name] = np.concatenate([current[name][: self.filled], np.empty(n, current[name].dtype)])
+        for name in self.names:
+            current[name][self.filled: self.filled + n] = block[name]
+        self.filled += n
+
+    def end_file(self) -> None:
+        self.files[-1] = {name: values[: self.filled] for name, values in self.files[-1].items()}
+
+    def seal(self) -> None:
+        """One array per column (files concatenated one column at a time: at most one column held twice)."""
+        for name in self.names:
+            parts = [f.pop(name) for f in self.files]
+            self.columns[name] = np.concatenate(parts) if len(parts) != 1 else parts[0]
+            del parts
+        self.files = []
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def client_ids(self) -> pd.Index:
+        """Every client with events, in order of first appearance."""
+        return self.dicts["client_id"].categories()
+
+    def frame(self, rows: np.ndarray | slice | None = None) -> pd.DataFrame:
+        """The canonical events (sorted), or the sorted rows `rows` of them."""
+        idx = self.order if rows is None else self.order[rows]
+        out = {}
+        for name in self.names:
+            values = self.columns[name][idx]
+            if name in self.dicts:
+                values = pd.Categorical.from_codes(values, categories=self.dicts[name].categories())
+            out[name] = values
+        return pd.DataFrame(out)
+
+    def write_parquet(self, path: Path, schema: pa.Schema, row_group: int = 1 << 20) -> None:
+        """Byte for byte what pq.write_table(pa.Table.from_pandas(self.frame(), schema, preserve_index=False))
+        writes (the same schema metadata and row groups of pyarrow's default 1Mi rows), one group at a time."""
+        import pyarrow.parquet as pq
+
+        schema = pa.Table.from_pandas(self.frame(slice(0, 0)), schema=schema, preserve_index=False).schema
+        strings = {name: pa.array(d.values, type=pa.string()) for name, d in self.dicts.items()}
+        with pq.ParquetWriter(path, schema) as writer:
+            for start in range(0, max(len(self), 1), row_group):
+                idx = self.order[start: start + row_group]
+                arrays = []
+                for field in schema:
+                    values = self.columns[field.name][idx]
+                    if field.name in strings:
+                        arrays.append(strings[field.name].take(pa.array(values)))
+                    else:
+                        arrays.append(pa.array(values, type=field.type))
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=row_group)
+
+
 @dataclass
 class Loaded:
-    events: pd.DataFrame  # canonical columns, sorted by client_id, event_time
+    store: Events  # canonical columns, sorted by client_id, event_time (see Events)
     targets: pd.DataFrame  # client_id, target (only clients with events)
     repairs: Counter
+
+    @functools.cached_property
+    def events(self) -> pd.DataFrame:
+        """The canonical events as one DataFrame (materialised on first use: prepare writes without it)."""
+        return self.store.frame()
 
 
 # loader name (dataset.loader) -> function(dataset config) -> Loaded. A plain dict: the loaders are this
@@ -101,7 +226,8 @@ def load(ds: DictConfig) -> Loaded:
         raise ConfigError(f"dataset.loader={ds.loader!r} is not one of {sorted(LOADERS)}")
     raw_dir = Path(ds.raw_dir)
     if not raw_dir.is_dir():
-        raise DataError(raw_dir, "dataset.raw_dir is not a folder (set dataset.raw_dir or LLM4TRX_DATA_DIR)")
+        fetch = f", or fetch it: python -m llm4trx.download dataset={ds.name}" if ds.get("download") else ""
+        raise DataError(raw_dir, f"dataset.raw_dir is not a folder (set dataset.raw_dir or LLM4TRX_DATA_DIR{fetch})")
     return LOADERS[ds.loader](ds)
 
 
@@ -152,23 +278,23 @@ def load_generic(ds: DictConfig) -> Loaded:
 def assemble(ds: DictConfig, files: list[EventFile], target_file: TargetFile | None) -> Loaded:
     raw_dir = Path(ds.raw_dir)
     repairs: Counter = Counter()
-    events, row_targets = [], []
+    store = Events(list(files[0].categorical))
+    row_targets = []
     for spec in files:
         path = raw_dir / spec.name
         if not spec.required and not path.exists():
             continue
-        frame, targets = read_events(path, spec, repairs)
-        events.append(frame)
+        targets = read_events(path, spec, repairs, store, int(ds.get("block_bytes") or rawcsv.BLOCK_BYTES))
         if targets is not None:
             row_targets.append(targets)
-    events = concat_events(events)
+    store.seal()
     if target_file is not None:
         targets = read_targets(raw_dir / target_file.name, target_file, repairs)
     else:
         targets = pd.concat(row_targets, ignore_index=True)
     check_target_values(ds, targets, raw_dir / (target_file.name if target_file else files[0].name))
-    events = check_events(ds, events, repairs)
-    known = events["client_id"].cat.remove_unused_categories().cat.categories
+    check_events(ds, store, repairs)
+    known = store.client_ids()
     without = ~targets["client_id"].isin(known)
     if without.any():
         repairs["targets_without_events"] += int(without.sum())
@@ -176,49 +302,97 @@ def assemble(ds: DictConfig, files: list[EventFile], target_file: TargetFile | N
     for what, count in sorted(repairs.items()):
         if count:
             log.warning("%s: %s = %d", ds.name, what, count)
-    return Loaded(events=events, targets=targets, repairs=repairs)
+    return Loaded(store=store, targets=targets, repairs=repairs)
 
 
-def read_events(path: Path, spec: EventFile, repairs: Counter) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def read_events(path: Path, spec: EventFile, repairs: Counter, store: Events,
+                block_bytes: int = rawcsv.BLOCK_BYTES) -> pd.DataFrame | None:
+    """Append the events of one raw file to `store`, block by block; returns its per-row targets (if any)."""
     time_type = pa.int64() if spec.time_format in ("days", "unix") else pa.string()
     types = {spec.id: pa.string(), spec.time: time_type, spec.amount: pa.float64(), spec.mcc: pa.int64()}
     types.update({raw: pa.string() for raw in spec.categorical.values()})
     if spec.target:
         types[spec.target] = pa.int64()
-    table = rawcsv.read_csv(path, types)
+    first = FirstTargets() if spec.target else None
+    blocks = rawcsv.CsvBlocks(path, types, block_bytes=block_bytes)
+    store.begin_file(blocks.max_rows)
+    for first_row, table in blocks:
+        try:
+            store.append(read_block(path, table, spec, repairs, store, first, first_row))
+        except DataError as err:  # rows of the block -> lines of the file
+            raise DataError(err.path, err.message, err.column, None if err.row is None else err.row + first_row) from None
+        del table
+        pa.default_memory_pool().release_unused()  # give the block's buffers back now, not at jemalloc's leisure
+    store.end_file()
+    return first.frame(store.dicts["client_id"]) if first is not None else None
+
+
+class FirstTargets:
+    """Per-row targets (rosbank's target_flag) checked against each client's first row in the file."""
+
+    def __init__(self):
+        self.value = np.zeros(0, dtype=np.int64)
+        self.line = np.full(0, -1, dtype=np.int64)  # 0-based data row of the client's first row; -1: unseen
+        self.clients: list[np.ndarray] = []  # codes in order of first appearance
+
+    def check(self, path: Path, column: str, codes: np.ndarray, values: np.ndarray, first_row: int, ids) -> None:
+        if len(self.line) < int(codes.max()) + 1:
+            grow = int(codes.max()) + 1 - len(self.line)
+            self.value = np.concatenate([self.value, np.zeros(grow, dtype=np.int64)])
+            self.line = np.concatenate([self.line, np.full(grow, -1, dtype=np.int64)])
+        uniq, at = np.unique(codes, return_index=True)
+        new = self.line[uniq] < 0
+        uniq, at = uniq[new], at[new]
+        by_row = np.argsort(at, kind="stable")
+        uniq, at = uniq[by_row], at[by_row]
+        self.value[uniq] = values[at]
+        self.line[uniq] = first_row + at
+        self.clients.append(uniq)
+        bad = rawcsv.first_true(values != self.value[codes])
+        if bad is not None:
+            raise DataError(path, f"client {ids[bad]!r} has a different target than in its first row (line "
+                            f"{rawcsv.line_of(self.line[codes[bad]])})", column=column, row=rawcsv.line_of(bad))
+
+    def frame(self, clients: Dictionary) -> pd.DataFrame:
+        codes = np.concatenate(self.clients) if self.clients else np.zeros(0, dtype=np.int64)
+        names = np.array(clients.values, dtype=object)
+        return pd.DataFrame({"client_id": names[codes], "target": self.value[codes]})
+
+
+def read_block(path: Path, table: pa.Table, spec: EventFile, repairs: Counter, store: Events,
+               first: FirstTargets | None, first_row: int) -> dict[str, np.ndarray]:
+    """Compact columns of one block (rows numbered from the block's start: the caller shifts errors)."""
     ids = rawcsv.require_present(path, table, spec.id)
     mcc = rawcsv.require_present(path, table, spec.mcc).to_numpy()
     bad = rawcsv.first_true((mcc < 0) | (mcc > np.iinfo(np.int32).max))
     if bad is not None:
         raise DataError(path, f"category code {mcc[bad]} is out of range", column=spec.mcc, row=rawcsv.line_of(bad))
-    frame = pd.DataFrame(
-        {
-            "client_id": rawcsv.categories(ids),
-            "event_time": parse_time(path, table, spec),
-            "amount": rawcsv.require_finite(path, table, spec.amount),
-            "mcc": mcc.astype(np.int32),
-        }
-    )
+    codes, _ = store.dicts["client_id"].encode(ids)
+    block = {
+        "client_id": codes,
+        "event_time": parse_time(path, table, spec),
+        "amount": rawcsv.require_finite(path, table, spec.amount),
+        "mcc": mcc.astype(np.int32),
+    }
     for canonical, raw in spec.categorical.items():
-        values = rawcsv.categories(table.column(raw))
-        if "" in values.categories:
-            repairs["categorical_filled"] += int((values == "").sum())
-            values = values.rename_categories({"": UNKNOWN}) if UNKNOWN not in values.categories else \
-                pd.Categorical(np.where(values == "", UNKNOWN, values.astype(object)))
-        frame[canonical] = values
-    targets = None
-    if spec.target:
+        block[canonical], empty = store.dicts[canonical].encode(table.column(raw))
+        if empty:
+            repairs["categorical_filled"] += empty
+    if first is not None:
         values = rawcsv.require_present(path, table, spec.target).to_numpy()
-        codes = frame["client_id"].cat.codes.to_numpy()
-        first = np.full(len(frame["client_id"].cat.categories), -1, dtype=np.int64)
-        first[codes[::-1]] = np.arange(len(codes))[::-1]  # each client's first row
-        bad = rawcsv.first_true(values != values[first[codes]])
-        if bad is not None:
-            raise DataError(path, f"client {frame['client_id'].iloc[bad]!r} has a different target than in its "
-                            f"first row (line {rawcsv.line_of(first[codes[bad]])})", column=spec.target, row=rawcsv.line_of(bad))
-        used = first[first >= 0]
-        targets = pd.DataFrame({"client_id": frame["client_id"].iloc[used].astype(object).to_numpy(), "target": values[used]})
-    return frame, targets
+        trimmed = pc.utf8_trim_whitespace(ids)
+        first.check(path, spec.target, codes, values, first_row, _Lazy(trimmed))
+    return block
+
+
+class _Lazy:
+    """Index into a pyarrow column only when an error message needs a value."""
+
+    def __init__(self, col):
+        self.col = col
+
+    def __getitem__(self, i):
+        return self.col[int(i)].as_py()
 
 
 def parse_time(path: Path, table: pa.Table, spec: EventFile) -> np.ndarray:
@@ -275,50 +449,81 @@ def check_target_values(ds: DictConfig, targets: pd.DataFrame, path: Path) -> No
         raise DataError(path, f"target {value} of client {client!r} is outside [0, {n_classes}) (dataset.n_classes)")
 
 
-def check_events(ds: DictConfig, events: pd.DataFrame, repairs: Counter) -> pd.DataFrame:
+def check_events(ds: DictConfig, store: Events, repairs: Counter) -> None:
     """Sort by client, time (stable: file order breaks ties), then count duplicates and non-ISO MCCs."""
-    events = sort_events(events)
-    dup = duplicated_rows(events)
+    store.order = sort_order(store)
+    dup = duplicated_rows(store)
     if dup.any():
         repairs["duplicate_events"] += int(dup.sum())
         if ds.get("drop_duplicates", False):
-            events = events[~dup].reset_index(drop=True)
+            store.order = store.order[~dup]
     if ds.get("mcc_names") == "iso18245":
-        codes, counts = np.unique(events["mcc"].to_numpy(), return_counts=True)
+        mcc = store.columns["mcc"]
+        codes, counts = np.unique(mcc if len(store.order) == len(mcc) else mcc[store.order], return_counts=True)
         unknown = int(counts[[not is_iso18245(int(c)) for c in codes]].sum())
         if unknown:
             repairs["mcc_not_iso18245"] += unknown
-    return events
 
 
-def sort_events(events: pd.DataFrame) -> pd.DataFrame:
-    clients = events["client_id"].cat
-    rank = np.argsort(np.argsort(clients.categories.to_numpy().astype(str), kind="stable"))  # lexicographic rank
-    client_rank = rank[clients.codes.to_numpy()].astype(np.int64)
-    time = events["event_time"].to_numpy().view(np.int64)
-    seconds, rest = np.divmod(time - time.min(), 1_000_000_000)
-    span = int(seconds.max()) + 1
-    if not rest.any() and span * (len(rank) + 1) < 2**62:
-        order = np.argsort(client_rank * span + seconds, kind="stable")  # one sort on a combined key
-    else:
-        by_time = np.argsort(time, kind="stable")
-        order = by_time[np.argsort(client_rank[by_time], kind="stable")]
-    return events.iloc[order].reset_index(drop=True)
+def sort_order(store: Events, step: int = 1 << 22) -> np.ndarray:
+    """Row permutation sorting the events by client id (as strings), then time, stably. Temporaries are a
+    few int64 columns (the combined key, the permutation); element-wise work runs in `step`-row slices."""
+    categories = np.array(store.dicts["client_id"].values, dtype=object)
+    rank = np.argsort(np.argsort(categories.astype(str), kind="stable"))  # lexicographic rank
+    codes = store.columns["client_id"]
+    time = store.columns["event_time"].view(np.int64)
+    start = int(time.min())
+    whole_seconds = all(not ((time[i: i + step] - start) % 1_000_000_000).any() for i in range(0, len(time), step))
+    span = (int(time.max()) - start) // 1_000_000_000 + 1
+    if whole_seconds and span * (len(rank) + 1) < 2**62:
+        key = np.empty(len(time), dtype=np.int64)  # client rank * span + seconds: one sort on a combined key
+        for i in range(0, len(time), step):
+            part = rank[codes[i: i + step]].astype(np.int64)
+            part *= span
+            part += (time[i: i + step] - start) // 1_000_000_000
+            key[i: i + step] = part
+        return np.argsort(key, kind="stable")
+    by_time = np.argsort(time, kind="stable")
+    return by_time[np.argsort(rank[codes[by_time]], kind="stable")]
 
 
-def duplicated_rows(events: pd.DataFrame) -> np.ndarray:
-    """Rows equal in every column to an earlier row of `events` sorted by client, time: only rows sharing
-    client and time with a neighbour can be duplicates, and only those are compared in full (pandas'
-    DataFrame.duplicated on all rows factorizes every column: several times slower)."""
-    codes = events["client_id"].cat.codes.to_numpy()
-    time = events["event_time"].to_numpy()
-    tie = (codes[1:] == codes[:-1]) & (time[1:] == time[:-1])
-    candidates = np.zeros(len(events), dtype=bool)
-    candidates[1:] |= tie
-    candidates[:-1] |= tie
-    dup = np.zeros(len(events), dtype=bool)
-    if candidates.any():
-        dup[candidates] = events[candidates].duplicated().to_numpy()
+def duplicated_rows(store: Events, step: int = 1 << 18) -> np.ndarray:
+    """Rows (in sorted order) equal in every column to an earlier row. Only rows sharing client and time with
+    a neighbour can be duplicates, and only those are compared in full (pandas' DataFrame.duplicated on all
+    rows factorizes every column: several times slower). Done in slices of about `step` sorted rows cut
+    between (client, time) groups, so duplicates never straddle a cut and memory stays bounded."""
+    n = len(store.order)
+    dup = np.zeros(n, dtype=bool)
+    codes, time = store.columns["client_id"], store.columns["event_time"]
+    start = 0
+    while start < n:
+        stop = min(start + step, n)
+        rows = store.order[start: stop + 1]  # one row more: is the cut inside a group?
+        c, t = codes[rows], time[rows]
+        tie = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
+        if stop < n:  # move the cut back to the start of the group that crosses it
+            crossing = tie[-1]
+            if crossing:
+                last_break = np.flatnonzero(~tie)
+                if len(last_break):
+                    stop = start + int(last_break[-1]) + 1
+                    tie = tie[: stop - start - 1]
+                else:  # one group longer than step: take it whole
+                    while stop < n and codes[store.order[stop]] == c[-1] and time[store.order[stop]] == t[-1]:
+                        stop += 1
+                    rows = store.order[start: stop]
+                    c, t = codes[rows], time[rows]
+                    tie = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
+            else:
+                tie = tie[: stop - start - 1]
+        else:
+            tie = tie[: stop - start - 1]
+        candidates = np.zeros(stop - start, dtype=bool)
+        candidates[1:] |= tie
+        candidates[:-1] |= tie
+        if candidates.any():
+            dup[start: stop][candidates] = store.frame(start + np.flatnonzero(candidates)).duplicated().to_numpy()
+        start = stop
     return dup
 
 
@@ -331,16 +536,3 @@ def is_iso18245(code: int) -> bool:
         return True
     except (iso18245.MCCNotFound, iso18245.InvalidMCC):
         return False
-
-
-def concat_events(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate per-file events keeping the string columns categorical (pd.concat would make them objects)."""
-    if len(frames) == 1:
-        return frames[0]
-    out = {}
-    for name in frames[0].columns:
-        if isinstance(frames[0][name].dtype, pd.CategoricalDtype):
-            out[name] = pd.api.types.union_categoricals([f[name] for f in frames])
-        else:
-            out[name] = np.concatenate([f[name].to_numpy() for f in frames])
-    return pd.DataFrame(out)

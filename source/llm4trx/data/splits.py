@@ -24,6 +24,9 @@ from sklearn.model_selection import StratifiedKFold
 
 from llm4trx.core.errors import ConfigError
 
+SPLITS = ("train", "val", "test")  # every client is in exactly one (test: labeled, never in pretraining)
+PRETRAIN_SPLITS = ("train", "val")  # the pretraining corpus: shards and the eval loss
+
 
 def natural_sorted(ids) -> list[str]:
     """Ids sorted as ptls sorts them: numerically when every id is an integer, else as strings."""

@@ -3,8 +3,16 @@
 The fixed test clients (split == "test") and the folds of the other labeled clients come from
 data/splits.parquet. For fold k a model is trained on the other folds (MaxAbsScaler, then LightGBM),
 scored on fold k (validation) and on the test clients; a feature set reports the mean and std over the
-folds of both. The embeddings_validation tool of the field does the same but is not packaged and fails
-silently on current scikit-learn, hence this short reimplementation on sklearn + lightgbm.
+folds of both. The field's tool, ptls-validation (embeddings_validation), does the same but is not
+packaged and its configs fail on scikit-learn >= 1.6, hence this short reimplementation on sklearn +
+lightgbm.
+
+Row order matters: with bagging (subsample < 1) LightGBM draws rows by position, so the same clients in
+another order give other models. Every feature set is trained and scored in the protocol's order: the
+labeled clients in natural order (`data.splits.natural_sorted`: integer ids numerically), the order the
+folds were assigned in and the order ptls-validation trains in when given the targets in that order. With
+that order this module reproduces ptls-validation's per-fold scores exactly
+(tests/test_protocol_reference.py, against stored outputs of the tool).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler
 
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.data.splits import natural_sorted
 
 
 def _auroc(y, proba, classes):
@@ -37,7 +46,8 @@ METRICS: dict[str, Callable] = {"auroc": _auroc, "accuracy": _accuracy}
 
 @dataclass
 class Labels:
-    """Labeled clients of the protocol: the cross-validated part (with folds) and the fixed test part."""
+    """Labeled clients of the protocol: the cross-validated part (with folds) and the fixed test part,
+    each in natural id order (the order models are trained and scored in)."""
 
     train_ids: np.ndarray
     train_y: np.ndarray
@@ -63,7 +73,9 @@ def load_labels(data_dir: Path, n_folds: int) -> Labels:
         cid = labeled.loc[labeled["target"].isna(), "client_id"].iloc[0]
         raise DataError(targets_path, f"client {cid!r} is labeled in {splits_path.name} but has no target",
                         column="client_id")
-    labeled = labeled.sort_values("client_id")
+    # The protocol's row order: natural id order, as the folds were assigned (see the module docstring).
+    position = {cid: i for i, cid in enumerate(natural_sorted(labeled["client_id"]))}
+    labeled = labeled.iloc[np.argsort([position[str(cid)] for cid in labeled["client_id"]], kind="stable")]
     test = labeled[labeled["split"] == "test"]
     train = labeled[labeled["split"] != "test"]
     if len(train) < n_folds:
@@ -152,19 +164,3 @@ def cross_validate(name: str, features: pd.DataFrame, labels: Labels, metrics: l
         result[m] = {"val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)),
                      "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)), "folds": rows}
     return result
-
-
-def markdown_table(results: dict) -> str:
-    metrics = results["metrics"]
-    header = ["feature set", "features"] + [f"{m} {part}" for m in metrics for part in ("val", "test")]
-    lines = [f"# Validation: {results['dataset']} ({results['task']})", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, entry in results["feature_sets"].items():
-        cells = [name, str(entry["n_features"])]
-        for m in metrics:
-            r = entry[m]
-            cells += [f"{r['val_mean']:.4f} ± {r['val_std']:.4f}", f"{r['test_mean']:.4f} ± {r['test_std']:.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"val: mean ± std over the {results['n_folds']} folds ({results['n_train']} clients); "
-              f"test: mean ± std of the {results['n_folds']} fold models on {results['n_test']} fixed test clients."]
-    return "\n".join(lines) + "\n"

@@ -17,9 +17,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from llm4trx.core.errors import ConfigError
-from llm4trx.lm.foundry_config import INIT_CONFIG_DIR, METRICS_FILE, model_source, plain, write_init_config
+from llm4trx.lm.foundry_config import INIT_CONFIG_DIR, TRACKERS, METRICS_FILE, model_source, plain, write_init_config
 
-TRACKERS = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
 
 
 def batches(value: Any, key: str) -> int:
@@ -101,7 +100,7 @@ def training_arguments(cfg: DictConfig, folder: Path, world_size: int):
         remove_unused_columns=False,
         # Each rank streams its own partition of the MDS split (StreamingDataset shards by rank itself).
         accelerator_config={"dispatch_batches": False, "split_batches": False},
-        report_to=[TRACKERS[name] for name in (t.loggers or []) if name in TRACKERS] or "none",
+        report_to=[name for name in (t.loggers or []) if name in TRACKERS] or "none",  # same names in transformers
         disable_tqdm=not cfg.progress,
         ddp_timeout=int(t.dist_timeout),
         **fsdp_kwargs,

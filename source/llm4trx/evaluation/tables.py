@@ -1,0 +1,55 @@
+"""Markdown tables of validation results (one seed) and of the multi-seed report."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def results_table(results: dict) -> str:
+    """validation/results.md: one row per feature set, val and test mean ± std over the folds."""
+    metrics = results["metrics"]
+    header = ["feature set", "features"] + [f"{m} {part}" for m in metrics for part in ("val", "test")]
+    rows = []
+    for name, entry in results["feature_sets"].items():
+        cells = [name, str(entry["n_features"])]
+        for m in metrics:
+            r = entry[m]
+            cells += [f"{r['val_mean']:.4f} ± {r['val_std']:.4f}", f"{r['test_mean']:.4f} ± {r['test_std']:.4f}"]
+        rows.append(cells)
+    lines = [f"# Validation: {results['dataset']} ({results['task']})", "", *markdown_rows(header, rows)]
+    lines += ["", f"val: mean ± std over the {results['n_folds']} folds ({results['n_train']} clients); "
+              f"test: mean ± std of the {results['n_folds']} fold models on {results['n_test']} fixed test clients."]
+    seed = results.get("lightgbm_seed")
+    if seed:
+        lines += ["", f"LightGBM random_state {seed['random_state']} (validate.lightgbm_seed={seed['mode']}: "
+                  + ("fixed, as ptls-experiments" if seed["mode"] == "fixed" else "the run's seed") + ")."]
+    return "\n".join(lines) + "\n"
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def summary_table(summary: dict[str, Any]) -> list[str]:
+    """The report's table of one dataset: test mean ± std over seeds, fold std, val, best row in bold."""
+    metrics, headline = summary["metrics"], summary["headline"]
+    header = ["feature set"]
+    for metric in metrics:
+        header += [f"{metric} test (mean ± std over seeds)", f"{metric} fold std"]
+    header += [f"{headline} val", "seeds"]
+    rows = []
+    best = next(iter(summary["feature_sets"]))
+    for name, by_metric in summary["feature_sets"].items():
+        cells = [f"**{name}**" if name == best else name]
+        for metric in metrics:
+            stats = by_metric[metric]
+            cells += [f"{fmt(stats['test_mean'])} ± {fmt(stats['test_std'])}", fmt(stats["fold_std"])]
+        stats = by_metric[headline]
+        cells += [fmt(stats["val_mean"]), str(stats["n_seeds"])]
+        rows.append(cells)
+    return markdown_rows(header, rows)

@@ -1,0 +1,7 @@
+"""torch dtypes by the names configs use (embed.dtype, export.precision)."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
