@@ -18,11 +18,12 @@ from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.stage import stage_dir
 from llm4trx.lm import finetune as ft
 
+N_CLIENTS = 150
 # Tiny sizes: 3 runs x 5 folds of 4 steps each.
 TINY = ["experiment=smoke_finetune", "progress=false", "max_seq_len=96", "finetune.training.max_steps=4",
         "finetune.training.eval_interval=2", "finetune.training.batch_size=8", "finetune.training.micro_batch_size=4",
-        "finetune.training.warmup_steps=1", "finetune.training.cpu_threads=1", "validate.n_jobs=1"]
-N_CLIENTS = 120
+        "finetune.training.warmup_steps=1", "finetune.training.cpu_threads=1", "validate.n_jobs=1",
+        f"dataset.n_clients={N_CLIENTS}", "dataset.max_events=60"]
 
 
 def tiny_cfg(out_root, *overrides):
@@ -33,7 +34,7 @@ def tiny_cfg(out_root, *overrides):
 def inputs(tmp_path_factory):
     """data/, text/ and hf/ (a random tiny Llama with its BPE tokenizer) of one run."""
     cfg = tiny_cfg(tmp_path_factory.mktemp("finetune") / "outputs")
-    write_all(cfg, N_CLIENTS)
+    write_all(cfg)
     return cfg
 
 
