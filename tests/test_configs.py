@@ -47,7 +47,7 @@ OPTIONS = list(group_options())
 def test_every_group_of_the_design_is_there():
     groups = {g for g, _ in OPTIONS}
     assert {"dataset", "text", "tokenizer", "model", "trainer", "embed", "validate", "augment",
-            "experiment"} <= groups
+            "experiment", "finetune"} <= groups
     assert {o for g, o in OPTIONS if g == "text"} == {
         "flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown"}
     assert {o for g, o in OPTIONS if g == "dataset"} >= {

@@ -20,6 +20,7 @@ CONFIGS = {
     "default": [],
     "augment": ["augment=hf", "augment.generator=/models/x", "augment.mix.sources=[hf]"],
     "pretrained_tokenizer": ["tokenizer=pretrained", "tokenizer.path=/models/tok"],
+    "finetune": ["finetune=default"],
 }
 
 
@@ -39,6 +40,14 @@ def test_pipeline_order_and_optional_stages():
     assert "coles" not in registry.pipeline(no_coles)
     assert registry.inputs_of(no_coles, "validate") == ["prepare", "embed"]
     assert registry.inputs_of(compose(CONFIGS["pretrained_tokenizer"]), "tokenizer") == []
+    finetune = compose(CONFIGS["finetune"])
+    assert registry.pipeline(finetune) == ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed",
+                                           "finetune", "coles", "validate"]
+    assert registry.inputs_of(finetune, "validate")[-1] == "finetune"
+    assert registry.inputs_of(finetune, "finetune") == ["prepare", "text", "export"]
+    assert registry.inputs_of(compose(["finetune=default", "finetune.model=/models/lm"]), "finetune") == [
+        "prepare", "text"]
+    assert "finetune" not in registry.pipeline(compose(["finetune=default", "finetune.enabled=false"]))
 
 
 def test_download_runs_first_only_for_a_real_dataset_with_files_missing(tmp_path):
@@ -112,7 +121,7 @@ def test_hash_changes_with_every_leaf_key_unless_operational(variant):
 
 
 def test_operational_keys_exist_in_their_sections():
-    cfg = compose(CONFIGS["augment"])
+    cfg = compose(CONFIGS["augment"] + CONFIGS["finetune"])
     for stage in registry.STAGES.values():
         for key in stage.operational:
             assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", f"{stage.name}: {key}"

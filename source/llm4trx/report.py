@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RESULTS = "results.json"  # in the validate stage's folder
 LOSSES = "metrics.jsonl"  # in the pretrain stage's folder (written by the llm4trx_metrics_jsonl logger)
+CURVES = "curves.json"  # in the finetune stage's folder (optional stage)
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -61,6 +62,19 @@ def load_losses(path: Path) -> list[dict[str, Any]]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise DataError(path, 'expected a JSON line {"step": int, "split": "train"|"eval", "loss": float}', row=row) from None
     return records
+
+
+def load_curves(path: Path) -> dict[str, Any] | None:
+    """Fine-tuning learning curves of one seed (finetune/curves.json); None when the stage did not run."""
+    if not path.is_file():
+        return None
+    try:
+        curves = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None
+    if "runs" not in curves or "metric" not in curves:
+        raise DataError(path, "missing key 'runs' or 'metric' (written by python -m llm4trx.finetune)")
+    return curves
 
 
 def spread(values: list[float]) -> float:
@@ -122,12 +136,15 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str, Any]:
-    results, losses, missing = {}, {}, []
+    results, losses, curves, missing = {}, {}, {}, []
     for seed in seeds:
         validation = seed_stage_dir(cfg, "validate", seed, experiment_dir)
         if (validation / RESULTS).is_file():
             results[seed] = load_results(validation / RESULTS)
             losses[seed] = load_losses(seed_stage_dir(cfg, "pretrain", seed, experiment_dir) / LOSSES)
+            found = load_curves(seed_stage_dir(cfg, "finetune", seed, experiment_dir) / CURVES)
+            if found is not None:
+                curves[str(seed)] = found
         else:
             missing.append(seed)
     if not results:
@@ -142,6 +159,9 @@ def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str
         seeds=sorted(results),
         missing_seeds=missing,
         losses={str(seed): records for seed, records in losses.items()},
+        finetune_curves=curves,
+        finetune_best_steps={seed: {run: {fold: c["best_step"] for fold, c in entry["folds"].items()}
+                                    for run, entry in meta["runs"].items()} for seed, meta in curves.items()},
     )
     return summary
 
@@ -161,11 +181,14 @@ HOW_TO_READ = """\
 - Loss plots: training loss (left) and eval loss on the held-out pretraining clients (right), one line per
   seed. Eval loss should fall and flatten; seeds should agree.
 - Metric plots: bar = mean over seeds, error bar = std over seeds, dots = single seeds.
+- `finetune:<run>` rows (when the finetune stage ran): the LM fine-tuned on the target per fold (early-stopped
+  on the held-out fold), scored like the feature sets. Fine-tuning curves: train loss, held-out loss and the
+  headline metric per fold; a best step near 0 means fine-tuning did not improve on its starting point.
 """
 
 
 def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: str) -> None:
-    from llm4trx.evaluation.plots import plot_losses, plot_metrics
+    from llm4trx.evaluation.plots import plot_learning_curves, plot_losses, plot_metrics
 
     lines = [f"# Report: experiment `{experiment}`", ""]
     for label, summary in summaries.items():
@@ -182,9 +205,19 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
             lines += [f"![loss curves](loss_{label}.png)", ""]
         else:
             lines += [f"No loss curves: no seed has {LOSSES}.", ""]
+        if summary.get("finetune_curves"):
+            plot_learning_curves(summary["finetune_curves"], summary["dataset"], out / f"finetune_{label}.png")
+            lines += ["Fine-tuning (rows `finetune:<run>`): best step per fold (early stopping on the held-out fold's "
+                      f"{summary['headline']}):", ""]
+            for seed, by_run in summary["finetune_best_steps"].items():
+                lines += [f"- seed {seed}: " + "; ".join(
+                    f"{run} " + ", ".join(f"{fold}:{step}" for fold, step in folds.items())
+                    for run, folds in by_run.items())]
+            lines += ["", f"![fine-tuning curves](finetune_{label}.png)", ""]
     lines += [HOW_TO_READ]
     (out / "report.md").write_text("\n".join(lines))
-    tables = {label: {k: v for k, v in s.items() if k != "losses"} for label, s in summaries.items()}
+    tables = {label: {k: v for k, v in s.items() if k not in ("losses", "finetune_curves")}
+              for label, s in summaries.items()}
     (out / "report.json").write_text(json.dumps({"experiment": experiment, "datasets": tables}, indent=2) + "\n")
 
 

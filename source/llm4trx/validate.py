@@ -1,7 +1,8 @@
 """Stage `validate`: LLM embeddings against aggregates, CoLES and random under the ptls protocol.
 
 Reads data/ (targets, splits, events), embeddings/ (when `llm` is used) and coles/ (when `coles` is used;
-run `python -m llm4trx.coles` first; scripts/run.sh does). Writes validation/results.json and validation/results.md.
+run `python -m llm4trx.coles` first; scripts/run.sh does) and finetune/ (when a finetune config is chosen: its
+predictions become rows `finetune:<run>`, scored with the same metrics). Writes validation/results.json and validation/results.md.
 A feature set whose stage finished without features (CoLES when too few clients are long enough, see
 llm4trx.coles) is left out, with the concatenations using it; `skipped` in results.json and a line under the
 table in results.md give the reason.
@@ -24,7 +25,9 @@ from llm4trx.data.sequences import categorical_columns
 from llm4trx.evaluation.features import aggregate_features, concatenate, parts_of, random_features
 from llm4trx.evaluation.protocol import cross_validate, load_labels
 from llm4trx.evaluation.tables import results_table
+from llm4trx.core.registry import finetune_configured
 from llm4trx.core.stage import read_success, require, run_stage
+from llm4trx.evaluation.finetuned import score_predictions
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,14 @@ def run(cfg: DictConfig) -> Path:
                 results["feature_sets"][name] = {"n_features": int(features.shape[1]), **entry}
                 head = entry[metrics[0]]
                 log.info("%s: %s val %.4f ± %.4f, test %.4f ± %.4f", name, metrics[0], head["val_mean"],
+                         head["val_std"], head["test_mean"], head["test_std"])
+        if finetune_configured(cfg):  # rows finetune:<run>: fine-tuned models' predictions, the same metrics
+            predictions = require(cfg, "finetune") / "predictions.parquet"
+            for run in cfg.finetune.runs:
+                entry = score_predictions(predictions, str(run), labels, metrics, int(cfg.dataset.n_classes))
+                results["feature_sets"][f"finetune:{run}"] = {"n_features": int(cfg.dataset.n_classes), **entry}
+                head = entry[metrics[0]]
+                log.info("finetune:%s: %s val %.4f ± %.4f, test %.4f ± %.4f", run, metrics[0], head["val_mean"],
                          head["val_std"], head["test_mean"], head["test_std"])
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         table = results_table(results)

@@ -70,6 +70,17 @@ def mixing(cfg: DictConfig) -> bool:
     return bool(augment_configured(cfg) and cfg.augment.get("mix") and cfg.augment.mix.sources)
 
 
+def finetune_configured(cfg: DictConfig) -> bool:
+    """A finetune config is chosen (`finetune=default`, experiment=smoke_finetune) and not switched off."""
+    finetune = cfg.get("finetune")
+    return OmegaConf.is_dict(finetune) and bool(finetune) and finetune.get("enabled", True) is not False
+
+
+def finetune_from_export(cfg: DictConfig) -> bool:
+    """Fine-tuning starts from this run's exported hf/ (no finetune.model given)."""
+    return finetune_configured(cfg) and not cfg.finetune.get("model")
+
+
 def domain_tokenizer(cfg: DictConfig) -> bool:
     return cfg.tokenizer.kind == "domain_bpe"
 
@@ -119,12 +130,19 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           operational=("export.verify_batch_size",), summary="Composer checkpoint -> HF directory"),
     Stage("embed", "embeddings", SEED, inputs=(Input("text"), Input("export")),
           sections=("embed", "dataset.id_column"), summary="one pooled vector per client"),
+    Stage("finetune", "finetune", SEED,
+          inputs=(Input("prepare"), Input("text"), Input("export", finetune_from_export)),
+          sections=("finetune", "seed", "max_seq_len", "splits.n_folds", "dataset.n_classes", "dataset.metrics"),
+          operational=("finetune.training.eval_batch_size", "finetune.training.cpu_threads",
+                       "finetune.training.num_workers", "finetune.training.gradient_checkpointing"),
+          when=finetune_configured, summary="supervised fine-tuning on the target, per fold (optional)"),
     Stage("coles", "coles", SEED, inputs=(Input("prepare"),),
           sections=("coles", "seed", "dataset.id_column", "dataset.categorical"),
           operational=("coles.num_workers", "coles.inference_batch_size"),
           when=validates("coles"), summary="the CoLES baseline (ptls)"),
     Stage("validate", "validation", SEED,
-          inputs=(Input("prepare"), Input("embed", validates("llm")), Input("coles", validates("coles"))),
+          inputs=(Input("prepare"), Input("embed", validates("llm")), Input("coles", validates("coles")),
+                  Input("finetune", finetune_configured)),
           sections=("validate", "seed", "splits.n_folds", "dataset.task", "dataset.n_classes",
                     "dataset.metrics", "dataset.id_column", "dataset.categorical"),
           operational=("validate.n_jobs",), summary="feature sets under the ptls protocol"),

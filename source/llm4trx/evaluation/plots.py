@@ -69,3 +69,42 @@ def plot_metrics(summary: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_learning_curves(curves: dict[str, dict[str, Any]], dataset: str, path: Path) -> None:
+    """Fine-tuning curves (finetune/curves.json of each seed): one row per run, columns train loss, held-out
+    loss and the headline metric on the held-out fold by step; colour = fold, line style = seed, star = best step."""
+    first = next(iter(curves.values()))
+    runs, metric = list(first["runs"]), first["metric"]
+    fig, axes = plt.subplots(len(runs), 3, figsize=(13, 3.2 * len(runs)), squeeze=False)
+    colours, styles = plt.get_cmap("tab10"), ["-", "--", ":", "-."]
+    for s, (seed, meta) in enumerate(sorted(curves.items(), key=lambda item: int(item[0]))):
+        for r, run in enumerate(runs):
+            for fold, curve in meta["runs"].get(run, {"folds": {}})["folds"].items():
+                colour, style = colours(int(fold) % 10), styles[s % len(styles)]
+                label = f"fold {fold}" if s == 0 else None
+                if curve["train"]:
+                    steps, losses = zip(*curve["train"])
+                    axes[r][0].plot(steps, losses, color=colour, linestyle=style, linewidth=0.9, alpha=0.8, label=label)
+                points = curve["eval"]
+                steps = [p["step"] for p in points]
+                axes[r][1].plot(steps, [p["loss"] for p in points], color=colour, linestyle=style, marker="o",
+                                markersize=2.5, linewidth=1)
+                axes[r][2].plot(steps, [p[metric] for p in points], color=colour, linestyle=style, marker="o",
+                                markersize=2.5, linewidth=1)
+                if curve["best_step"] is not None:
+                    axes[r][2].scatter([curve["best_step"]], [curve["best_metric"]], marker="*", s=70, color=colour,
+                                       edgecolor="black", linewidth=0.5, zorder=3)
+    for r, run in enumerate(runs):
+        for c, title in enumerate(("train loss", "held-out fold loss", f"held-out fold {metric} (★ best step)")):
+            axes[r][c].set_title(f"{run}: {title}", fontsize=9)
+    for row in axes:
+        for ax in row:
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    seeds = ", ".join(sorted(curves, key=int))
+    fig.suptitle(f"{dataset}: fine-tuning per fold (seeds {seeds}; line style = seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

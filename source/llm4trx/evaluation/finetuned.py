@@ -1,0 +1,56 @@
+"""Scoring fine-tuned models' predictions (finetune/predictions.parquet) exactly as validate scores feature sets:
+per fold the dataset's metrics (evaluation/protocol.py's METRICS) on the held-out fold and on the fixed test
+clients; val mean ± std over the folds, test mean ± std over the fold models (std with ddof=1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llm4trx.core.errors import DataError
+from llm4trx.evaluation.protocol import METRICS, Labels
+
+
+def probability_matrix(rows: pd.DataFrame, ids: np.ndarray, n_classes: int, path: Path, what: str) -> np.ndarray:
+    """Rows of `ids` in that order; each client exactly once."""
+    indexed = rows.set_index("client_id")
+    if indexed.index.duplicated().any():
+        raise DataError(path, f"{what}: client {indexed.index[indexed.index.duplicated()][0]!r} predicted twice",
+                        column="client_id")
+    missing = pd.Index(ids).difference(indexed.index)
+    extra = indexed.index.difference(pd.Index(ids))
+    if len(missing) or len(extra):
+        raise DataError(path, f"{what}: {len(missing)} clients without a prediction, {len(extra)} unexpected "
+                        f"(e.g. {list(missing[:2]) + list(extra[:2])}); rebuild with python -m llm4trx.finetune",
+                        column="client_id")
+    return indexed.loc[ids, [f"p_{c}" for c in range(n_classes)]].to_numpy(dtype=np.float64)
+
+
+def score_predictions(path: Path, run: str, labels: Labels, metrics: list[str], n_classes: int) -> dict:
+    frame = pd.read_parquet(path)
+    for column in ["run", "fold", "part", "client_id"] + [f"p_{c}" for c in range(n_classes)]:
+        if column not in frame.columns:
+            raise DataError(path, "column missing", column=column)
+    frame = frame[frame["run"] == run].astype({"client_id": str})
+    if frame.empty:
+        raise DataError(path, f"no predictions of run {run!r}; rebuild with python -m llm4trx.finetune", column="run")
+    classes = np.arange(n_classes)
+    train_ids = labels.train_ids.astype(str)
+    per_fold: dict[str, list[dict]] = {m: [] for m in metrics}
+    for fold in sorted(int(k) for k in np.unique(labels.folds)):
+        rows = frame[frame["fold"] == fold]
+        held = labels.folds == fold
+        val = probability_matrix(rows[rows["part"] == "val"], train_ids[held], n_classes, path, f"{run} fold {fold} val")
+        test = probability_matrix(rows[rows["part"] == "test"], labels.test_ids.astype(str), n_classes, path,
+                                  f"{run} fold {fold} test")
+        for m in metrics:
+            per_fold[m].append({"fold": fold, "val": float(METRICS[m](labels.train_y[held], val, classes)),
+                                "test": float(METRICS[m](labels.test_y, test, classes))})
+    result = {}
+    for m, rows in per_fold.items():
+        val, test = np.array([r["val"] for r in rows]), np.array([r["test"] for r in rows])
+        result[m] = {"val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)),
+                     "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)), "folds": rows}
+    return result
