@@ -97,6 +97,12 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             }
     headline = metrics[0]
     order = sorted(feature_sets, key=lambda name: -feature_sets[name][headline]["test_mean"])
+    if "random" in feature_sets and "oracle" in feature_sets:  # where each set lands between floor and ceiling
+        floor, ceiling = (feature_sets[n][headline]["test_mean"] for n in ("random", "oracle"))
+        for name in feature_sets:
+            gap = ceiling - floor
+            feature_sets[name][headline]["random_to_oracle"] = (
+                (feature_sets[name][headline]["test_mean"] - floor) / gap if gap else None)
     return {
         "dataset": first["dataset"],
         "task": first.get("task"),
@@ -141,6 +147,9 @@ def markdown_table(summary: dict[str, Any]) -> list[str]:
     for metric in metrics:
         header += [f"{metric} test (mean ± std over seeds)", f"{metric} fold std"]
     header += [f"{headline} val", "seeds"]
+    placed = any("random_to_oracle" in by[headline] for by in summary["feature_sets"].values())
+    if placed:
+        header.append("random → oracle")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = next(iter(summary["feature_sets"]))
     for name, by_metric in summary["feature_sets"].items():
@@ -150,6 +159,9 @@ def markdown_table(summary: dict[str, Any]) -> list[str]:
             cells += [f"{fmt(stats['test_mean'])} ± {fmt(stats['test_std'])}", fmt(stats["fold_std"])]
         stats = by_metric[headline]
         cells += [fmt(stats["val_mean"]), str(stats["n_seeds"])]
+        if placed:
+            position = stats.get("random_to_oracle")
+            cells.append("–" if position is None else f"{100 * position:.0f} %")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -159,7 +171,9 @@ HOW_TO_READ = """\
 
 - One table per dataset. Rows are feature sets, best first by the headline metric (the first metric column):
   `llm` the LM embeddings, `aggregates` and `coles` the field's baselines, `random` random vectors of the same
-  width (the floor), `a+b` concatenations.
+  width (the floor), `oracle` the synthetic generator's hidden factors (the ceiling; synthetic data only),
+  `a+b` concatenations. *random → oracle*: where the set's headline test score lands between the two
+  (0 %: no better than random, 100 %: as good as knowing the hidden factors).
 - *test (mean ± std over seeds)*: every seed trains its own LM (and CoLES), the fold models of each seed are
   scored on the fixed test clients, and the seed's score is their mean; the table shows the mean and the
   sample std of those per-seed scores. Two rows differ meaningfully when their gap is larger than these stds.

@@ -57,7 +57,7 @@ def mixing(cfg: DictConfig) -> bool:
 
 
 def domain_tokenizer(cfg: DictConfig) -> bool:
-    return cfg.tokenizer.kind == "domain_bpe"
+    return cfg.tokenizer.kind in ("domain_bpe", "fields")
 
 
 def feature_sets_used(cfg: DictConfig) -> set[str]:
