@@ -42,10 +42,9 @@ def main():
     tokenizer, model = load_model(require(cfg, "export"), torch.float32, torch.device("cpu"))
     n_layers = model.config.num_hidden_layers
     slices = {f"layer {i}" if i else "embedding output": [i, i + 1] for i in range(n_layers + 1)}
-    slices[f"layers 1-{n_layers} (mean)"] = [1, None]
     slices[f"all {n_layers + 1} (mean)"] = [0, None]
     variants = [(f"{p} pooling, {s}", p, sl, "") for s, sl in slices.items() for p in ("mean", "last")]
-    variants += [(f"{p} pooling, {s}, prefix", p, sl, args.prefix) for s, sl in slices.items() for p in ("mean",)]
+    variants += [(f"mean pooling, layer {n_layers}, prefix", "mean", [n_layers, n_layers + 1], args.prefix)]
     started = time.time()
     pooled = {}
     for prefix in sorted({v[3] for v in variants}):
