@@ -138,6 +138,8 @@ def write_model_config(folder: Path, values: dict) -> Path:
 # Overrides of every CPU test run: one torch thread (the test machine's cores are shared; more threads than
 # free cores made training 5x slower) and no progress bars.
 CPU_TEST = ["progress=false", "trainer.cpu_threads=1"]
+SMOKE_TEST_SCHEDULE = ["trainer.max_duration=60ba", "trainer.eval_interval=20ba", "trainer.save_interval=20ba",
+                       "trainer.global_train_batch_size=8", "trainer.device_train_microbatch_size=8"]
 
 
 def smoke_cfg(out_root: Path, *overrides: str):
@@ -151,6 +153,7 @@ def smoke_pretrained(tmp_path_factory):
     """`python -m llm4trx.pretrain experiment=smoke` (in-process) on the fixture inputs: (cfg, checkpoints)."""
     from llm4trx.pretrain import run
 
-    cfg = smoke_cfg(tmp_path_factory.mktemp("smoke") / "outputs")
+    # Test-sized schedule (the smoke preset itself trains 150 batches of 16): 60 batches of 8, eval every 20.
+    cfg = smoke_cfg(tmp_path_factory.mktemp("smoke") / "outputs", *SMOKE_TEST_SCHEDULE)
     build_lm_inputs(cfg)
     return cfg, run(cfg)

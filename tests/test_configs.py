@@ -49,7 +49,7 @@ def test_every_group_of_the_design_is_there():
     assert {"dataset", "text", "tokenizer", "model", "trainer", "embed", "validate", "augment",
             "experiment", "finetune"} <= groups
     assert {o for g, o in OPTIONS if g == "text"} == {
-        "flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown"}
+        "flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown", "fields"}
     assert {o for g, o in OPTIONS if g == "dataset"} >= {
         "synthetic", "rosbank", "age_pred", "gender", "age_pred_sample"}
 

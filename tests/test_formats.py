@@ -7,15 +7,17 @@ import html.parser
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from canonical_data import SCHEMAS, canonical_events
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
-from llm4trx.render.formats import FORMATS, RenderContext, amount_2dp, amount_short, get_format, render, render_client
+from llm4trx.render.formats import (FORMATS, RenderContext, amount_2dp, amount_bin, amount_short, amount_words,
+                                    get_format, render, render_client)
 
-ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown"]
+ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown", "fields"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,7 +55,7 @@ def test_registry_has_every_format_and_a_config_each():
 
 
 def test_unknown_format_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="known formats: compact, flat, grouped_mcc, html, json, markdown, yaml"):
+    with pytest.raises(ConfigError, match="known formats: compact, fields, flat, grouped_mcc, html, json, markdown, yaml"):
         get_format("csv")
 
 
@@ -68,6 +70,9 @@ def test_format_renders_every_event_of_every_schema(schema, name):
         ev = events[events["client_id"] == client_id].reset_index(drop=True)
         n = len(ev)
         assert text == render_client(ev, name, ctx)  # bulk and single-client rendering agree
+        if name == "fields":
+            check_fields_text(text, ev, ctx)
+            continue
         assert f"{n}" in text.split("\n")[0]  # the header states the number of transactions
         if name == "json":
             doc = json.loads(text)
@@ -137,3 +142,48 @@ def test_compact_is_at_most_half_of_flat_in_tokens():
     flat = counter.count(render(events, "flat", ctx).tolist()).sum()
     compact = counter.count(render(events, "compact", ctx).tolist()).sum()
     assert compact <= 0.5 * flat
+
+
+def check_fields_text(text, ev, ctx):
+    """`fields`: one whitespace-free word per field value; every field of every event recoverable."""
+    lines = text.split("\n")
+    constant = {c: ev[c].fillna("NA").nunique() == 1 for c in ctx.categorical}
+    head_words = [f"{c}={ev[c].fillna('NA').iloc[0]}" for c in ctx.categorical if constant[c]]
+    assert lines[0].split()[:len(head_words)] == head_words  # client-constant values once, in the header
+    lines[0] = " ".join(lines[0].split()[len(head_words):])
+    assert len(lines) == len(ev)
+    gaps = ev["event_time"].dt.normalize().diff().dt.days.fillna(0).astype(int).to_numpy()
+    for line, gap, row in zip(lines, gaps, ev.itertuples()):
+        words = line.split(" ")
+        when, mcc, amount, rest = words[0], words[1], words[2], words[3:]
+        day = when.split("@")[0][1:]
+        lo, _, hi = day.rstrip("+").partition("-")
+        assert int(lo) <= gap and (day.endswith("+") or gap <= int(hi or lo)), (when, gap)
+        if ctx.time_of_day:
+            assert int(when.split("@")[1]) == row.event_time.hour
+        else:
+            assert "@" not in when
+        assert mcc == f"m{row.mcc}"
+        assert amount == ("a0z" if row.amount == 0 else f"a{'-' if row.amount < 0 else ''}{amount_bin(np.array([row.amount]))[0]}")
+        expected = [f"{c}={v}" for c in ctx.categorical if not constant[c]
+                    for v in [("NA" if pd.isna(getattr(row, c)) else getattr(row, c))] if v != ctx.usual[c]]
+        assert rest == expected
+
+
+def test_fields_amount_bins_are_log_spaced_with_stated_resolution():
+    values = np.array([1.0, 1.33, 1.34, 10.0, 999.99, 1000.0, 0.5, 2e6])
+    k = amount_bin(values)
+    assert list(k[:6]) == [0, 0, 1, 8, 23, 24]
+    assert (10 ** (k / 8) <= values * (1 + 1e-12)).all() and (values < 10 ** ((k + 1) / 8)).all()
+    assert amount_words(np.array([-56.0, 0.0, 56.0])).to_pylist() == ["a-13", "a0z", "a13"]
+
+
+@pytest.mark.parametrize("schema", sorted(SCHEMAS))
+def test_fields_costs_at_most_six_words_per_transaction(schema):
+    from llm4trx.render.tokencount import get_counter
+
+    events, ctx = context(schema)
+    words = get_counter("fields").count(render(events, "fields", ctx).tolist()).sum()
+    assert words <= 6 * len(events)
+    if schema == "age_pred":  # no categoricals, no time: day gap, mcc, amount
+        assert words == 3 * len(events)

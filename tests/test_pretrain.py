@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_lm import PUBLISHED_CONFIGS, build_lm_inputs, smoke_cfg, smoke_pretrained, write_model_config  # noqa: F401
+from fixtures_lm import (PUBLISHED_CONFIGS, SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg, smoke_pretrained,  # noqa: F401
+                         write_model_config)
 
 from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
 from llm4trx.pretrain import run
@@ -56,7 +57,8 @@ def test_rerun_of_a_finished_run_is_skipped(smoke_pretrained):
     assert time.time() - started < 5
     assert (folder / "_SUCCESS.json").read_text() == before
     # Operational settings (threads, trackers, intervals of console output) are not part of the run's identity.
-    relaunched = smoke_cfg(Path(cfg.paths.output_root), "trainer.cpu_threads=2", "trainer.console_log_interval=1ba")
+    relaunched = smoke_cfg(Path(cfg.paths.output_root), *SMOKE_TEST_SCHEDULE, "trainer.cpu_threads=2",
+                           "trainer.console_log_interval=1ba")
     assert run(relaunched) == folder
     assert (folder / "_SUCCESS.json").read_text() == before
 
@@ -64,7 +66,7 @@ def test_rerun_of_a_finished_run_is_skipped(smoke_pretrained):
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     out_root = tmp_path / "outputs"
-    overrides = ["trainer.save_interval=10ba", "trainer.eval_first=false"]
+    overrides = [*SMOKE_TEST_SCHEDULE, "trainer.save_interval=10ba", "trainer.eval_first=false"]
     cfg = smoke_cfg(out_root, *overrides)
     build_lm_inputs(cfg)
     folder = stage_dir(cfg, "pretrain")

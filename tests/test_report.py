@@ -112,3 +112,19 @@ def test_report_entry_point_prints_one_error_line(out_root, tmp_path):
     lines = proc.stderr.strip().splitlines()  # stdout holds the stage's start line
     assert len(lines) == 1 and "no seed has validation results" in lines[0] and "run_multi_seed.sh" in lines[0]
     assert proc.stdout.startswith("report: started") and "Traceback" not in proc.stdout
+
+
+def test_feature_sets_are_placed_between_random_and_oracle():
+    from llm4trx.evaluation.tables import summary_table as markdown_table
+    from llm4trx.report import summarize
+
+    def result(scores):
+        return {"dataset": "synthetic", "metrics": ["auroc"], "feature_sets": {
+            name: {"auroc": {"test_mean": v, "test_std": 0.01, "val_mean": v}} for name, v in scores.items()}}
+
+    summary = summarize({1: result({"llm": 0.7, "random": 0.5, "oracle": 0.9}),
+                         2: result({"llm": 0.7, "random": 0.5, "oracle": 0.9})})
+    assert summary["feature_sets"]["llm"]["auroc"]["random_to_oracle"] == pytest.approx(0.5)
+    table = "\n".join(markdown_table(summary))
+    assert "random → oracle" in table and "| 50 % |" in table and "| 100 % |" in table
+    assert "random → oracle" not in "\n".join(markdown_table(summarize({1: result({"llm": 0.7, "random": 0.5})})))

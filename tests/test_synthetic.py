@@ -102,3 +102,25 @@ def test_signals_are_learnable_and_order_and_trend_are_invisible_to_aggregates(t
     y = data.targets["target"].to_numpy()
     assert auroc(x[aggregate_cols + ["recent"]], y) < 0.58
     assert auroc(x[["cash_then_transfer"]], y) > 0.8  # 0.89 when written
+
+
+def test_hidden_factors_are_written_beside_the_raw_files_never_into_them(tmp_path):
+    ds = dataset_cfg(tmp_path)
+    raw = synthetic.ensure_raw(ds)
+    factors = pd.read_csv(raw / synthetic.FACTORS)
+    assert list(factors.columns) == ["cl_id", *[f"z_{k}" for k in synthetic.SIGNALS]]
+    train = pd.read_csv(raw / "train.csv")
+    assert not set(train.columns) & set(factors.columns[1:])  # the raw files carry no factor
+    assert set(train["cl_id"]) <= set(factors["cl_id"]) and len(factors) == 300
+    # raw files written before the factors existed get the factors file only; raw bytes unchanged
+    before = {p.name: p.read_bytes() for p in raw.iterdir() if p.name != synthetic.FACTORS}
+    written = (raw / synthetic.FACTORS).read_bytes()
+    (raw / synthetic.FACTORS).unlink()
+    synthetic.ensure_raw(ds)
+    assert (raw / synthetic.FACTORS).read_bytes() == written
+    assert {p.name: p.read_bytes() for p in raw.iterdir() if p.name != synthetic.FACTORS} == before
+    # the factors explain the labels: a logistic regression on them beats 0.85 AUROC (label noise 0.1)
+    labels = train.groupby("cl_id")["target_flag"].first()
+    z = factors.set_index("cl_id").loc[labels.index]
+    proba = cross_val_predict(LogisticRegression(), z, labels, cv=5, method="predict_proba")[:, 1]
+    assert roc_auc_score(labels, proba) > 0.85

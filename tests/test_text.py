@@ -46,7 +46,7 @@ def test_truncation_keeps_the_most_recent_events_within_budget(flat_run):
     ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
     full = render(events, "flat", ctx)
     frame = pd.concat([read_split(out, s) for s in ("train", "val", "test")])
-    assert (frame["n_tokens"] <= 400).all()
+    assert (frame["n_tokens"] <= 400 - text_stage.SPECIAL_TOKENS).all()
     assert (frame["n_tokens"].to_numpy() == counter.count(frame["text"].tolist())).all()  # exact counts
     truncated = frame[frame["n_events_kept"] < frame["n_events"]]
     assert len(truncated) >= 5
@@ -56,7 +56,7 @@ def test_truncation_keeps_the_most_recent_events_within_budget(flat_run):
         assert kept[0] == lines[0]  # header of the whole history
         assert kept[1:] == lines[len(lines) - row.n_events_kept:]  # the newest events, in order
         one_more = "\n".join([lines[0], *lines[len(lines) - row.n_events_kept - 1:]])
-        assert counter.count([one_more])[0] > 400  # and no older event would have fit
+        assert counter.count([one_more])[0] > 400 - text_stage.SPECIAL_TOKENS  # no older event fits (bos + eos in the budget)
     untouched = frame[frame["n_events_kept"] == frame["n_events"]]
     assert all(untouched["text"].to_numpy() == full[untouched["client_id"]].to_numpy())
 
@@ -98,7 +98,7 @@ def test_every_format_respects_the_budget_exactly(tmp_path, name):
 def test_missing_data_unknown_format_and_empty_events(tmp_path):
     with pytest.raises(StageInputMissing, match="prepare"):
         text_stage.run(compose([f"paths.output_root={tmp_path}"]))
-    with pytest.raises(ConfigError, match="known formats: compact, flat"):
+    with pytest.raises(ConfigError, match="known formats: compact, fields, flat"):
         text_stage.run(compose([f"paths.output_root={tmp_path}", "text.format=csv"]))
     cfg = canonical_run(tmp_path, "rosbank", events=canonical_events("rosbank", 3).iloc[:0])
     with pytest.raises(DataError, match="events.parquet: no events"):
@@ -110,7 +110,19 @@ def test_missing_column_and_budget_below_header(tmp_path):
     cfg = canonical_run(tmp_path, "rosbank", events=canonical_events("rosbank", 3).drop(columns="currency"))
     with pytest.raises(DataError, match="column 'currency'"):
         text_stage.run(cfg)
-    cfg = canonical_run(tmp_path / "b", "rosbank", ["text.max_tokens=5"], n_clients=3)
+    cfg = canonical_run(tmp_path / "b", "rosbank", ["text=flat", "text.max_tokens=5"], n_clients=3)
     with pytest.raises(ConfigError, match="smaller than the 'flat' header"):
         text_stage.run(cfg)
     assert not stage_dir(cfg, "text").exists()
+
+
+def test_fields_budget_is_exact_in_words_and_counts_bos_eos(tmp_path):
+    cfg = canonical_run(tmp_path, "rosbank", ["text=fields", "tokenizer=fields", "text.max_tokens=120"],
+                        n_clients=12, max_events=60)
+    out = text_stage.run(cfg)
+    frame = pd.concat([read_split(out, s) for s in ("train", "val", "test")])
+    words = frame["text"].map(lambda t: len(t.split())).to_numpy()
+    assert (frame["n_tokens"].to_numpy() == words).all()
+    assert (frame["n_tokens"] <= 120 - text_stage.SPECIAL_TOKENS).all()  # bos + text + eos <= max_tokens
+    truncated = frame[frame["n_events_kept"] < frame["n_events"]]
+    assert len(truncated) and (truncated["n_tokens"] > 120 - 2 - 6).all()  # nothing more would have fit

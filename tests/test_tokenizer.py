@@ -17,17 +17,18 @@ from llm4trx.core.stage import read_success, stage_dir
 from llm4trx.render.tokencount import get_counter
 
 MARKER = "QZXJVKWPFQZXJVKWPF"  # a categorical value only test clients have
+BPE = ["text=flat", "tokenizer=domain_bpe", "tokenizer.vocab_size=400", "text.max_tokens=2000"]
 
 
 @pytest.fixture(scope="module")
 def domain_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
     events = canonical_events("rosbank", 30, seed=1, max_events=60)
-    cfg = canonical_run(root, "rosbank", ["tokenizer.vocab_size=400", "text.max_tokens=2000"], events=events)
+    cfg = canonical_run(root, "rosbank", BPE, events=events)
     splits = pd.read_parquet(stage_dir(cfg, "prepare") / "splits.parquet")
     test_ids = splits.loc[splits["split"] == "test", "client_id"]
     events.loc[events["client_id"].isin(test_ids), "trx_category"] = MARKER
-    canonical_run(root, "rosbank", ["tokenizer.vocab_size=400", "text.max_tokens=2000"], events=events)
+    canonical_run(root, "rosbank", BPE, events=events)
     text_stage.run(cfg)
     return cfg, tokenizer_stage.run(cfg)
 
@@ -59,7 +60,7 @@ def test_domain_bpe_never_sees_test_texts(domain_run):
 
 def test_domain_tokenizer_as_count_tokenizer(domain_run, tmp_path):
     _, tok_dir = domain_run
-    cfg = canonical_run(tmp_path, "age_pred", [f"text.count_tokenizer={tok_dir}", "text.max_tokens=150"],
+    cfg = canonical_run(tmp_path, "age_pred", ["text=flat", f"text.count_tokenizer={tok_dir}", "text.max_tokens=150"],
                         n_clients=8, max_events=60)
     out = text_stage.run(cfg)
     frame = pd.read_json(out / "train.jsonl", lines=True)
@@ -95,3 +96,24 @@ def test_pretrained_bad_inputs(domain_run, tmp_path):
         tokenizer_stage.run(compose([f"paths.output_root={tmp_path}/o", "tokenizer=pretrained"]))
     with pytest.raises(StageInputMissing, match="text"):
         tokenizer_stage.run(compose([f"paths.output_root={tmp_path}/o"]))
+
+
+def test_fields_tokenizer_gives_one_id_per_word_and_unk_for_unseen(tmp_path):
+    from llm4trx import shards as shards_stage
+
+    cfg = canonical_run(tmp_path, "rosbank", ["text=fields", "tokenizer=fields", "tokenizer.min_frequency=1",
+                                              "max_seq_len=2000"], n_clients=20, max_events=40)
+    text_stage.run(cfg)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_stage.run(cfg)))
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
+        "<|bos|>", "<|endoftext|>", "<|pad|>", "<|unk|>")
+    frame = pd.read_json(stage_dir(cfg, "text") / "val.jsonl", lines=True)
+    for text, n in zip(frame["text"], frame["n_tokens"]):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) == n == len(text.split())
+    assert tok("m0000 d0", add_special_tokens=False)["input_ids"][0] == tok.unk_token_id
+    train = pd.read_json(stage_dir(cfg, "text") / "train.jsonl", lines=True)
+    assert tok.unk_token_id not in tok(train["text"].iloc[0], add_special_tokens=False)["input_ids"]
+    stats = json.loads((shards_stage.run(cfg) / "stats.json").read_text())
+    assert stats["train"]["tokens"] == int(train["n_tokens"].sum()) + 2 * len(train)  # same unit, no cut
+    assert stats["train"]["truncated"] == 0

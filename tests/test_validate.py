@@ -11,7 +11,7 @@ import pytest
 from embed_fixtures import mark_done, write_data, write_hf
 from llm4trx import coles, embed, prepare, text, validate
 from llm4trx.core.config import compose
-from llm4trx.core.errors import DataError
+from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.data.embeddings import read_embeddings
 from llm4trx.evaluation.protocol import feature_matrix, load_labels
 from llm4trx.core.stage import stage_dir
@@ -39,7 +39,8 @@ def validated(tmp_path_factory):
 def test_one_table_with_every_feature_set_and_random_worst(validated):
     _, cfg, results, table = validated
     sets = results["feature_sets"]
-    assert list(sets) == ["llm", "aggregates", "coles", "random", "llm+aggregates"]
+    assert list(sets) == ["llm", "aggregates", "coles", "random", "oracle", "llm+aggregates"]
+    assert sets["oracle"]["n_features"] == 4  # the generator's hidden factors
     assert results["metrics"] == ["auroc", "accuracy"] and results["n_folds"] == 5
     assert sets["random"]["n_features"] == sets["llm"]["n_features"] == 64
     assert sets["llm+aggregates"]["n_features"] == sets["llm"]["n_features"] + sets["aggregates"]["n_features"]
@@ -54,6 +55,15 @@ def test_one_table_with_every_feature_set_and_random_worst(validated):
     assert headline["random"] < min(v for n, v in headline.items() if n != "random"), headline
     # The synthetic targets follow the sequences (category mix, amounts, trend, order): aggregates see it.
     assert headline["aggregates"] > headline["random"] + 0.15, headline
+    assert headline["oracle"] == max(headline.values()), headline  # the ceiling (label_noise=0 here)
+
+
+def test_oracle_is_skipped_without_a_generator_and_refused_in_concatenations(data_only):
+    cfg = compose([f"paths.output_root={data_only.paths.output_root}", *FAST, "dataset=age_pred_sample"])
+    assert "oracle" not in validate.check_config(cfg)
+    cfg.validate.concatenations = ["aggregates+oracle"]
+    with pytest.raises(ConfigError, match="oracle"):
+        validate.check_config(cfg)
 
 
 def test_same_seed_twice_gives_identical_metrics(validated):

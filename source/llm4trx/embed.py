@@ -83,11 +83,14 @@ def load_model(hf_dir: Path, dtype: torch.dtype, device: torch.device):
     return tokenizer, model
 
 
-def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
-    """bos + text + eos per client, as the pretraining shards hold them. Longer sequences keep bos, the
-    most recent tokens and eos (the text format puts the newest transactions last)."""
+def tokenize(tokenizer, texts: list[str], max_tokens: int, prefix: str = "") -> tuple[list[list[int]], int]:
+    """bos + text + eos per client, as the pretraining shards hold them (bos + prefix + text + eos with a
+    prefix). Longer sequences keep bos, the prefix, the most recent tokens and eos (the text format puts
+    the newest transactions last)."""
     body = tokenizer(texts, add_special_tokens=False)["input_ids"]
     head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if prefix:
+        head = head + tokenizer(prefix, add_special_tokens=False)["input_ids"]
     tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     room = max_tokens - len(head) - len(tail)
     if room < 1:
@@ -133,7 +136,8 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
     all_indices = list(range(len(texts)))
     with state.split_between_processes(all_indices) as mine:
         mine = list(mine)
-    sequences, n_truncated = tokenize(tokenizer, texts["text"].iloc[mine].tolist(), int(max_tokens))
+    sequences, n_truncated = tokenize(tokenizer, texts["text"].iloc[mine].tolist(), int(max_tokens),
+                                      str(cfg.embed.get("prefix") or ""))
     batches = length_sorted_batches([len(s) for s in sequences], int(cfg.embed.batch_size))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     vectors = embed_sequences(model, pad_id, sequences, batches, cfg.embed.pooling,

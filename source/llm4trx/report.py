@@ -125,6 +125,12 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             }
     headline = metrics[0]
     order = sorted(feature_sets, key=lambda name: -feature_sets[name][headline]["test_mean"])
+    if "random" in feature_sets and "oracle" in feature_sets:  # where each set lands between floor and ceiling
+        floor, ceiling = (feature_sets[n][headline]["test_mean"] for n in ("random", "oracle"))
+        for name in feature_sets:
+            gap = ceiling - floor
+            feature_sets[name][headline]["random_to_oracle"] = (
+                (feature_sets[name][headline]["test_mean"] - floor) / gap if gap else None)
     return {
         "dataset": first["dataset"],
         "task": first.get("task"),
@@ -171,7 +177,9 @@ HOW_TO_READ = """\
 
 - One table per dataset. Rows are feature sets, best first by the headline metric (the first metric column):
   `llm` the LM embeddings, `aggregates` and `coles` the field's baselines, `random` random vectors of the same
-  width (the floor), `a+b` concatenations.
+  width (the floor), `oracle` the synthetic generator's hidden factors (the ceiling; synthetic data only),
+  `a+b` concatenations. *random → oracle*: where the set's headline test score lands between the two
+  (0 %: no better than random, 100 %: as good as knowing the hidden factors).
 - *test (mean ± std over seeds)*: every seed trains its own LM (and CoLES), the fold models of each seed are
   scored on the fixed test clients, and the seed's score is their mean; the table shows the mean and the
   sample std of those per-seed scores. Two rows differ meaningfully when their gap is larger than these stds.

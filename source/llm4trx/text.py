@@ -30,6 +30,7 @@ from llm4trx.render.tokencount import TokenCounter, get_counter, piece_tokens
 
 log = logging.getLogger(__name__)
 
+SPECIAL_TOKENS = 2  # bos + eos around every sample (llm4trx.shards, llm4trx.embed), inside text.max_tokens
 PERCENTILES = (50, 90, 95, 99)
 # Only the newest lines within max_tokens * (bytes per token, estimated on a sample, at most this) bytes are
 # counted at first; clients whose window turns out to hold fewer than max_tokens tokens are counted in full.
@@ -256,8 +257,8 @@ def load_inputs(data_dir: Path, categorical: list[str]) -> tuple[pd.DataFrame, p
 def run(cfg: DictConfig) -> Path:
     fmt = get_format(cfg.text.format)  # ConfigError (listing known formats) before anything is read
     max_tokens = cfg.text.get("max_tokens")
-    if max_tokens is not None and int(max_tokens) < 1:
-        raise ConfigError(f"text.max_tokens must be positive or null, got {max_tokens}")
+    if max_tokens is not None and int(max_tokens) <= SPECIAL_TOKENS:
+        raise ConfigError(f"text.max_tokens must be above {SPECIAL_TOKENS} (bos + eos) or null, got {max_tokens}")
     data_dir = require(cfg, "prepare")
 
     def build(out: Path) -> dict:
@@ -265,7 +266,9 @@ def run(cfg: DictConfig) -> Path:
         events, splits = load_inputs(data_dir, categorical)
         ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
         counter = get_counter(str(cfg.text.count_tokenizer))
-        frame = build_texts(events, fmt, ctx, counter, max_tokens, progress=cfg.get("progress", False))
+        # max_tokens is the whole sample's budget: bos + text + eos, as the shards and the model see it
+        body = None if max_tokens is None else int(max_tokens) - SPECIAL_TOKENS
+        frame = build_texts(events, fmt, ctx, counter, body, progress=cfg.get("progress", False))
         frame = frame.merge(splits, on="client_id", how="left")
         stats = {"format": fmt.name, "max_tokens": max_tokens, "count_tokenizer": str(cfg.text.count_tokenizer),
                  "render_context": {"categorical": ctx.categorical, "mcc_names": ctx.mcc_names,

@@ -2,6 +2,10 @@
 
 `tokenizer=domain_bpe`: a byte-level BPE trained with the `tokenizers` library on text/train.jsonl ONLY
 (val and test texts never shape the vocabulary), saved as a PreTrainedTokenizerFast with bos/eos/pad.
+`tokenizer=fields`: one id per whitespace-separated word (the `tokenizers` WordLevel model with a
+WhitespaceSplit pre-tokenizer), its vocabulary the words of text/train.jsonl seen at least `min_frequency`
+times (others map to unk): the tokenizer of `text=fields`, where each field value is one word, so the text
+stage's budget (count_tokenizer: fields) is exact in this tokenizer's ids.
 `tokenizer=pretrained tokenizer.path=DIR`: a local HF tokenizer validated and copied (see
 conf/tokenizer/pretrained.yaml for the pad/bos repairs). Neither adds special tokens on its own:
 llm4trx.shards writes bos + text + eos explicitly.
@@ -21,6 +25,9 @@ from llm4trx.core.errors import ConfigError
 from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
+
+
+KINDS = ("domain_bpe", "fields", "pretrained")
 
 
 def iter_texts(path: Path) -> Iterator[str]:
@@ -44,6 +51,20 @@ def train_domain_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int, 
     tok.train_from_iterator(texts, trainer=trainer, length=length)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
                                    clean_up_tokenization_spaces=False)
+
+
+def train_fields(texts: Iterator[str], vocab_size: int, min_frequency: int, bos: str, eos: str, pad: str,
+                 unk: str, progress: bool = False, length: int | None = None):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=[pad, bos, eos, unk], show_progress=progress)
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   unk_token=unk, clean_up_tokenization_spaces=False)
 
 
 def load_pretrained(path: str):
@@ -75,8 +96,8 @@ def load_pretrained(path: str):
 
 def run(cfg: DictConfig) -> Path:
     tc = cfg.tokenizer
-    if tc.kind not in ("domain_bpe", "pretrained"):
-        raise ConfigError(f"tokenizer.kind={tc.kind!r}; known: domain_bpe, pretrained")
+    if tc.kind not in KINDS:
+        raise ConfigError(f"tokenizer.kind={tc.kind!r}; known: {', '.join(KINDS)}")
     if tc.kind == "pretrained":
         path = tc.get("path")
         if path is None or str(path) == "???":
@@ -84,13 +105,17 @@ def run(cfg: DictConfig) -> Path:
         load_pretrained(str(path))  # validate before anything is written
 
     def build(out: Path) -> dict:
-        if tc.kind == "domain_bpe":
+        if tc.kind in ("domain_bpe", "fields"):
             train_path = require(cfg, "text") / "train.jsonl"
             n = sum(1 for _ in open(train_path, encoding="utf-8"))
             if n == 0:
                 raise ConfigError(f"{train_path} is empty: nothing to train the domain tokenizer on")
-            tok = train_domain_bpe(iter_texts(train_path), int(tc.vocab_size), int(tc.min_frequency),
-                                   tc.bos_token, tc.eos_token, tc.pad_token, bool(cfg.get("progress")), n)
+            if tc.kind == "fields":
+                tok = train_fields(iter_texts(train_path), int(tc.vocab_size), int(tc.min_frequency), tc.bos_token,
+                                   tc.eos_token, tc.pad_token, tc.unk_token, bool(cfg.get("progress")), n)
+            else:
+                tok = train_domain_bpe(iter_texts(train_path), int(tc.vocab_size), int(tc.min_frequency),
+                                       tc.bos_token, tc.eos_token, tc.pad_token, bool(cfg.get("progress")), n)
             repairs, trained_on = [], n
         else:
             tok, repairs = load_pretrained(str(tc.path))

@@ -22,7 +22,7 @@ from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
 from llm4trx.data.embeddings import read_embeddings
 from llm4trx.data.sequences import categorical_columns
-from llm4trx.evaluation.features import aggregate_features, concatenate, parts_of, random_features
+from llm4trx.evaluation.features import aggregate_features, concatenate, oracle_features, parts_of, random_features
 from llm4trx.evaluation.protocol import cross_validate, load_labels
 from llm4trx.evaluation.tables import results_table
 from llm4trx.core.registry import finetune_configured
@@ -31,7 +31,7 @@ from llm4trx.evaluation.finetuned import score_predictions
 
 log = logging.getLogger(__name__)
 
-BASE_SETS = ("llm", "aggregates", "coles", "random")
+BASE_SETS = ("llm", "aggregates", "coles", "random", "oracle")
 SEED_MODES = ("fixed", "run")
 
 
@@ -57,6 +57,11 @@ def lightgbm_params(cfg: DictConfig) -> dict:
     return params
 
 
+def has_oracle(cfg: DictConfig) -> bool:
+    """The `oracle` feature set exists for generated data only (the generator's hidden factors)."""
+    return cfg.dataset.get("generator") == "synthetic"
+
+
 def check_config(cfg: DictConfig) -> set[str]:
     v = cfg.validate
     unknown = [s for s in v.feature_sets if s not in BASE_SETS]
@@ -69,6 +74,12 @@ def check_config(cfg: DictConfig) -> set[str]:
     if "random" in needed and v.random_dim is None and "llm" not in needed:
         raise ConfigError("validate.random_dim is null (llm width) but llm is not validated; set a width")
     lightgbm_params(cfg)
+    if "oracle" in needed and not has_oracle(cfg):
+        if any("oracle" in name.split("+") for name in v.concatenations or []):
+            raise ConfigError("validate.concatenations use oracle, which exists for dataset=synthetic only")
+        log.warning("validate: feature set oracle skipped: dataset %s has no hidden factors (synthetic only)",
+                    cfg.dataset.name)
+        needed.discard("oracle")
     return needed
 
 
@@ -110,12 +121,19 @@ def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path,
         dim = cfg.validate.random_dim or sets["llm"].shape[1]
         sets["random"] = random_features(splits["client_id"], int(dim), int(cfg.seed))
         sources["random"] = "random features"
+    if "oracle" in needed:
+        from llm4trx.data.synthetic import ensure_raw
+
+        ensure_raw(cfg.dataset)  # adds the factors file to raw files generated before it existed
+        sets["oracle"] = oracle_features(cfg.dataset.raw_dir, cfg.dataset.id_column)
+        sources["oracle"] = f"{cfg.dataset.raw_dir} (hidden factors)"
     for name in cfg.validate.concatenations or []:
         if name in skipped:
             continue
         sets[name] = concatenate(name, sets)
         sources[name] = " + ".join(str(sources[p]) for p in name.split("+"))
-    order = [n for n in list(cfg.validate.feature_sets) + list(cfg.validate.concatenations or []) if n not in skipped]
+    order = [n for n in cfg.validate.feature_sets if n in sets]
+    order += [n for n in cfg.validate.concatenations or [] if n not in skipped]
     return {n: sets[n] for n in order}, sources
 
 

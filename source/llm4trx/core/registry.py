@@ -82,7 +82,7 @@ def finetune_from_export(cfg: DictConfig) -> bool:
 
 
 def domain_tokenizer(cfg: DictConfig) -> bool:
-    return cfg.tokenizer.kind == "domain_bpe"
+    return cfg.tokenizer.kind in ("domain_bpe", "fields")
 
 
 def feature_sets_used(cfg: DictConfig) -> set[str]:

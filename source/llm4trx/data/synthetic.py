@@ -27,6 +27,10 @@ clients are written without a target. The factors show in the sequences as:
   Counts, amounts and times per category have the same distribution either way: only the order of events
   (how often "6011 then 4829" occurs) carries the signal.
 
+The factors themselves are written to `_FACTORS.csv` beside the raw files (one row per client, its id in
+the schema's id column, z_mcc_mix z_amount z_trend z_order), never into them: the feature set `oracle` of
+llm4trx.validate, the ceiling every other feature set is placed against.
+
 Generation is numpy-vectorised (about a million transactions in a few seconds). Files are written into a
 temporary folder renamed to `dataset.raw_dir`, with `_GENERATED.json` holding the parameters; an existing
 folder generated with the same parameters is reused.
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +56,8 @@ from llm4trx.core.stage import atomic_dir
 log = logging.getLogger(__name__)
 
 MARKER = "_GENERATED.json"
+# The clients' hidden factors, beside (never inside) the raw files: the ceiling feature set `oracle`.
+FACTORS = "_FACTORS.csv"
 # Generator version: bump when the generated data changes for the same parameters.
 VERSION = 1
 
@@ -149,7 +156,8 @@ def generate(p: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     order = np.lexsort((seconds, client))
     events = pd.DataFrame({"client": client[order], "seconds": seconds[order], "mcc": mcc[order], "amount": amount[order]})
     clients = pd.DataFrame({"id": rng.permutation(n) + (10_000 if p["schema"] == "gender" else 0),
-                            "label": label, "labeled": labeled})
+                            "label": label, "labeled": labeled,
+                            **{f"z_{k}": z[:, j] for j, k in enumerate(SIGNALS)}})  # for FACTORS only
     return events, clients
 
 
@@ -245,9 +253,18 @@ def write_gender(events, clients, rng, out: Path) -> None:
 WRITERS = {"rosbank": write_rosbank, "age_pred": write_age_pred, "gender": write_gender}
 
 
+def write_factors(clients: pd.DataFrame, schema: str, path: Path) -> None:
+    """The hidden factors per client (the `oracle` feature set of llm4trx.validate): a file of its own next
+    to the raw files, never a column of them, keyed by the schema's client-id column."""
+    id_column = {"rosbank": "cl_id", "age_pred": "client_id", "gender": "customer_id"}[schema]
+    frame = clients.sort_values("id")
+    write_csv({id_column: frame["id"].to_numpy(), **{f"z_{k}": frame[f"z_{k}"].to_numpy() for k in SIGNALS}}, path)
+
+
 def write_raw(p: dict, out: Path) -> None:
     events, clients = generate(p)
     WRITERS[p["schema"]](events, clients, np.random.default_rng([p["seed"], 1]), out)
+    write_factors(clients, p["schema"], out / FACTORS)
 
 
 def ensure_raw(ds: DictConfig) -> Path:
@@ -256,6 +273,10 @@ def ensure_raw(ds: DictConfig) -> Path:
     p = params_of(ds)
     marker = raw_dir / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == p:
+        if not (raw_dir / FACTORS).is_file():  # generated before the factors were written: add them only
+            tmp = raw_dir / f".{FACTORS}.tmp{os.getpid()}"
+            write_factors(generate(p)[1], p["schema"], tmp)
+            tmp.replace(raw_dir / FACTORS)  # atomic: a reader sees no file or the whole file
         return raw_dir
     if raw_dir.exists() and any(raw_dir.iterdir()) and not marker.is_file():
         raise ConfigError(f"{raw_dir} holds files the synthetic generator did not write; choose another dataset.raw_dir")

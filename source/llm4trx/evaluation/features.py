@@ -1,7 +1,8 @@
 """Feature sets judged by the validation protocol: one DataFrame per set, indexed by client id (string).
 
 llm: embeddings/embeddings.parquet of this run; aggregates: ptls's AggFeatureSeqEncoder statistics;
-coles: coles/embeddings.parquet; random: Gaussian noise of the llm width (the floor); concatenations:
+coles: coles/embeddings.parquet; random: Gaussian noise of the llm width (the floor); oracle: the synthetic
+generator's hidden factors (dataset.raw_dir/_FACTORS.csv, the ceiling; synthetic data only); concatenations:
 the columns of their parts side by side ("llm+aggregates").
 """
 
@@ -46,6 +47,27 @@ def random_features(client_ids, dim: int, seed: int) -> pd.DataFrame:
     matrix = np.random.default_rng(seed).standard_normal((len(ids), dim)).astype(np.float32)
     return pd.DataFrame(matrix, index=pd.Index(ids, name="client_id"),
                         columns=[f"random_{j:04d}" for j in range(dim)])
+
+
+def oracle_features(raw_dir, id_column: str) -> pd.DataFrame:
+    """The synthetic generator's hidden factors per client (written beside the raw files): the ceiling."""
+    from pathlib import Path
+
+    from llm4trx.core.errors import DataError
+    from llm4trx.data.synthetic import FACTORS
+
+    path = Path(raw_dir) / FACTORS
+    if not path.is_file():
+        raise ConfigError(f"feature set oracle needs the synthetic generator's {path} (dataset=synthetic); "
+                          "drop oracle from validate.feature_sets for other data")
+    frame = pd.read_csv(path, dtype={id_column: str})
+    if id_column not in frame.columns:
+        raise DataError(path, "client id column missing", column=id_column)
+    factors = [c for c in frame.columns if c.startswith("z_")]
+    out = frame.set_index(id_column)[factors].astype(np.float32)
+    out.index = out.index.rename("client_id")
+    out.columns = [f"oracle_{c[2:]}" for c in factors]
+    return out
 
 
 def concatenate(name: str, available: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -42,6 +42,9 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
     for metric in metrics:
         header += [f"{metric} test (mean ± std over seeds)", f"{metric} fold std"]
     header += [f"{headline} val", "seeds"]
+    placed = any("random_to_oracle" in by[headline] for by in summary["feature_sets"].values())
+    if placed:
+        header.append("random → oracle")
     rows = []
     best = next(iter(summary["feature_sets"]))
     for name, by_metric in summary["feature_sets"].items():
@@ -51,5 +54,8 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
             cells += [f"{fmt(stats['test_mean'])} ± {fmt(stats['test_std'])}", fmt(stats["fold_std"])]
         stats = by_metric[headline]
         cells += [fmt(stats["val_mean"]), str(stats["n_seeds"])]
+        if placed:
+            position = stats.get("random_to_oracle")
+            cells.append("–" if position is None else f"{100 * position:.0f} %")
         rows.append(cells)
     return markdown_rows(header, rows)

@@ -385,6 +385,109 @@ def _md_head(f: Fields) -> pa.Array:
 register(Format("markdown", _md_head, _md_line))
 
 
+# ------------------------------------------------------------------------------------ field tokens
+# `fields`: every field value is ONE whitespace-free word, so a transaction costs a handful of tokens with the
+# `fields` tokenizer (tokenizers' WordLevel model over whitespace-split words, llm4trx.tokenizer):
+#   when   day gap (days since the client's previous transaction) in bins 0 1 2 3 4-5 6-7 8-10 11-14 15-21
+#          22-30 31-60 61-90 91-180 181+, joined with the hour (1-hour resolution) where the data has time of
+#          day: `d0@14` (a calendar word, as nuFormer's special calendar tokens); `d0` without time;
+#   mcc    `m5411`;
+#   amount a fixed log grid, AMOUNT_BINS_PER_DECADE bins per factor of 10 (8: each bin spans x1.33, a value
+#          is known to about +-15 %): bin k holds |amount| in [10**(k/8), 10**((k+1)/8)), word `a<k>`
+#          (`a-<k>` for negative amounts, `a0z` for zero). No fitting, so no client (test or other) shapes it;
+#   categoricals `col=value`: a value the client has on every transaction is written once in the header;
+#          otherwise per transaction, only where it differs from the dataset's most common value.
+# The `when` word starts every transaction, so transactions need no separator token.
+DAY_GAP_EDGES = np.array([0, 1, 2, 3, 4, 6, 8, 11, 15, 22, 31, 61, 91, 181])
+AMOUNT_BINS_PER_DECADE = 8
+AMOUNT_BIN_RANGE = (-24, 80)  # 0.001 .. 1e10; values outside fall in the end bins
+
+
+def _gap_words() -> list[str]:
+    words = []
+    for lo, hi in zip(DAY_GAP_EDGES, list(DAY_GAP_EDGES[1:]) + [None]):
+        words.append(f"d{lo}+" if hi is None else f"d{lo}" if hi == lo + 1 else f"d{lo}-{hi - 1}")
+    return words
+
+
+def day_gap_bin(gap: np.ndarray) -> np.ndarray:
+    return np.searchsorted(DAY_GAP_EDGES, gap, side="right") - 1
+
+
+def amount_bin(amount: np.ndarray) -> np.ndarray:
+    mag = np.abs(amount)
+    with np.errstate(divide="ignore"):
+        k = np.floor(AMOUNT_BINS_PER_DECADE * np.log10(np.where(mag > 0, mag, 1.0)) + 1e-9)
+    return np.clip(k, *AMOUNT_BIN_RANGE).astype(np.int64)
+
+
+def amount_words(amount: np.ndarray) -> pa.Array:
+    words = _take_unique(amount_bin(amount), lambda u: [f"a{int(v)}" for v in u])
+    words = pc.if_else(pa.array(amount < 0), _join("a-", pc.utf8_slice_codeunits(words, 1)), words)
+    return pc.if_else(pa.array(amount == 0), pa.scalar("a0z"), words)
+
+
+def when_words(f: Fields) -> pa.Array:
+    gap = day_gap_bin(f.day_gap)
+    if not f.ctx.time_of_day:
+        return pa.array(_gap_words(), pa.string()).take(pa.array(gap))
+    hours = (f.ns.astype(np.int64) // 10**9) % 86400 // 3600
+    words = pa.array([f"{g}@{h:02d}" for g in _gap_words() for h in range(24)], pa.string())
+    return words.take(pa.array(gap * 24 + hours))
+
+
+def _word(value: str) -> str:
+    return re.sub(r"\s", "_", value) or "_"
+
+
+def _categorical_words(f: Fields, col: str) -> pa.Array:
+    return mapped(f.categorical(col), lambda v, c=col: f"{_word(c)}={_word(v)}")
+
+
+def _constant_in_client(f: Fields, col: str) -> np.ndarray:
+    """Per event: the client has one value of `col` on every transaction."""
+    codes = pc.dictionary_encode(f.categorical(col)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    if not len(codes):
+        return np.zeros(0, bool)
+    starts = f.offsets[:-1][f.n_events > 0]
+    lo, hi = np.minimum.reduceat(codes, starts), np.maximum.reduceat(codes, starts)
+    const = np.zeros(len(f.client_ids), bool)
+    const[f.n_events > 0] = lo == hi
+    return np.repeat(const, f.n_events)
+
+
+def fields_head(f: Fields) -> pa.Array:
+    """The categorical values constant over the client's history (`channel_type=type2 `), else empty."""
+    head = pa.array([""] * len(f.client_ids), pa.string())
+    first = pa.array(f.offsets[:-1][f.n_events > 0])
+    if not len(first) or not f.ctx.categorical:
+        return head
+    present = np.flatnonzero(f.n_events > 0)
+    parts = []
+    for col in f.ctx.categorical:
+        const = _constant_in_client(f, col)
+        words = _categorical_words(f, col).take(first)
+        parts.append(pc.if_else(pa.array(const[f.offsets[:-1][present]]), _join(words, " "), ""))
+    joined = _join(*parts)
+    out = np.array([""] * len(f.client_ids), dtype=object)
+    out[present] = joined.to_pylist()
+    return pa.array(out.tolist(), pa.string())
+
+
+def fields_line(f: Fields) -> pa.Array:
+    """`d0@14 m6011 a29 trx_category=WD_ATM_ROS`: when, MCC, amount bin, varying categoricals unless usual."""
+    line = _join(when_words(f), _join("m", f.mcc_code), amount_words(f.ev["amount"].to_numpy(np.float64)), sep=" ")
+    for col in f.ctx.categorical:
+        value = _categorical_words(f, col)
+        usual = f"{_word(col)}={_word(f.ctx.usual[col])}"
+        skip = pc.or_(pc.equal(value, usual), pa.array(_constant_in_client(f, col)))
+        line = _join(line, pc.if_else(skip, "", _join(" ", value)))
+    return line
+
+
+register(Format("fields", fields_head, fields_line))
+
+
 # ----------------------------------------------------------------------------------------------- assembly
 
 

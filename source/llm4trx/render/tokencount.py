@@ -101,12 +101,38 @@ class HFCounter(TokenCounter):
         return np.array([len(e.ids) for e in encs], np.int64)
 
 
+class WordCounter(TokenCounter):
+    """`fields`: one token per whitespace-separated word, what the `fields` tokenizer (WordLevel over
+    WhitespaceSplit, llm4trx.tokenizer) gives for any text: exact before that tokenizer is trained."""
+
+    unit = "chars"
+    _SPACE = np.array([ord(c) for c in " \t\n\r\x0b\x0c"], np.uint32)
+
+    def token_spans(self, texts):
+        joined = "".join(texts)
+        chars = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+        word = ~np.isin(chars, self._SPACE)
+        lengths = np.fromiter((len(t) for t in texts), np.int64, count=len(texts))
+        cut = np.zeros(len(chars) + 1, bool)  # a word never spans two texts
+        cut[np.cumsum(lengths)[:-1]] = True
+        prev = np.r_[False, word[:-1]] & ~cut[:-1]
+        nxt = np.r_[word[1:], False] & ~cut[1:]
+        start = np.flatnonzero(word & ~prev)
+        end = np.flatnonzero(word & ~nxt) + 1
+        text_of = np.searchsorted(np.cumsum(lengths), start, side="right")
+        return start, end, np.bincount(text_of, minlength=len(texts)).astype(np.int64)
+
+    def count(self, texts):
+        return np.fromiter((len(t.split()) for t in texts), np.int64, count=len(texts))
+
+
 _CACHE: dict[str, TokenCounter] = {}
 
 
 def get_counter(name: str) -> TokenCounter:
     if name not in _CACHE:
-        _CACHE[name] = TiktokenCounter() if name == "qwen" else HFCounter(name)
+        _CACHE[name] = (TiktokenCounter() if name == "qwen" else WordCounter() if name == "fields"
+                        else HFCounter(name))
     return _CACHE[name]
 
 
@@ -116,13 +142,15 @@ def piece_tokens(counter: TokenCounter, texts: list[str], piece_len: np.ndarray)
     Returns (tokens per piece, whether a token crosses the piece's start boundary). A token belongs to the
     piece holding its last byte/char.
     """
-    _, end, _ = counter.token_spans(texts)
-    # Tokens tile each text, so a boundary is clean iff it is some token's end; both arrays are sorted, so
-    # one binary search per boundary (not per token) gives the counts.
+    start, end, _ = counter.token_spans(texts)
+    # A boundary is clean iff the first token ending after it also starts at or after it (no token straddles
+    # it; whitespace between words belongs to no token). Both arrays are sorted, so one binary search per
+    # boundary (not per token) gives the counts.
     boundary = np.cumsum(piece_len)
     n_ending = np.searchsorted(end, boundary, side="right")  # tokens ending at or before each boundary
     counts = np.diff(np.r_[0, n_ending])
-    clean = (n_ending > 0) & (end[np.maximum(n_ending - 1, 0)] == boundary) if len(end) else boundary == 0
+    nxt = np.minimum(n_ending, max(len(end) - 1, 0))
+    clean = (n_ending >= len(end)) | (start[nxt] >= boundary) if len(end) else np.ones(len(boundary), bool)
     crossed = np.zeros(len(piece_len), bool)
     crossed[1:] = ~clean[:-1]  # the token that ends in piece j started before piece j
     return counts, crossed
