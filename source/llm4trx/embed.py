@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
@@ -22,11 +21,11 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from llm4trx.core.cli import stage_main
-from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.errors import ConfigError
 from llm4trx.data.embeddings import embeddings_frame
+from llm4trx.data.texts import read_texts
 from llm4trx.lm.dtypes import DTYPES
 from llm4trx.lm.pooling import POOLINGS, pool, position_ids_for
-from llm4trx.data.splits import SPLITS
 from llm4trx.core.stage import is_complete, require, run_stage, stage_dir, stage_hash
 
 log = logging.getLogger(__name__)
@@ -45,33 +44,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"embed.layer_slice={list(e.layer_slice)}; want [start, stop] (null for open ends)")
     if int(e.batch_size) < 1:
         raise ConfigError(f"embed.batch_size={e.batch_size}; want >= 1")
-
-
-def read_texts(text_dir: Path) -> pd.DataFrame:
-    """client_id and text of every client of train, val and test, in file order."""
-    frames = []
-    for split in SPLITS:
-        path = text_dir / f"{split}.jsonl"
-        if not path.is_file():
-            raise DataError(path, "missing (the text stage writes train, val and test)")
-        frame = pd.read_json(path, lines=True, dtype={"client_id": str})
-        for column in ("client_id", "text"):
-            if column not in frame.columns:
-                raise DataError(path, "column missing", column=column)
-        bad = frame["text"].map(lambda t: not isinstance(t, str))
-        if bad.any():
-            raise DataError(path, "text is not a string", column="text", row=int(np.argmax(bad.to_numpy())) + 1)
-        frame["client_id"] = frame["client_id"].astype(str)
-        if "source" in frame.columns:  # train.jsonl mixed with augmented texts (augment.mix): the client's own only
-            frame = frame[frame["source"].fillna("base") == "base"]
-        frames.append(frame[["client_id", "text"]].assign(split=split))
-    texts = pd.concat(frames, ignore_index=True)
-    dup = texts["client_id"].duplicated(keep=False)
-    if dup.any():
-        first = texts[dup].iloc[0]
-        raise DataError(text_dir, f"client {first.client_id!r} appears more than once across "
-                        f"{sorted(set(texts[dup].split))}.jsonl", column="client_id")
-    return texts
 
 
 def load_model(hf_dir: Path, dtype: torch.dtype, device: torch.device):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from llm4trx.core.errors import DataError
-from llm4trx.evaluation.protocol import METRICS, Labels
+from llm4trx.evaluation.protocol import METRICS, Labels, summarize_folds
 
 
 def probability_matrix(rows: pd.DataFrame, ids: np.ndarray, n_classes: int, path: Path, what: str) -> np.ndarray:
@@ -48,9 +48,4 @@ def score_predictions(path: Path, run: str, labels: Labels, metrics: list[str], 
         for m in metrics:
             per_fold[m].append({"fold": fold, "val": float(METRICS[m](labels.train_y[held], val, classes)),
                                 "test": float(METRICS[m](labels.test_y, test, classes))})
-    result = {}
-    for m, rows in per_fold.items():
-        val, test = np.array([r["val"] for r in rows]), np.array([r["test"] for r in rows])
-        result[m] = {"val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)),
-                     "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)), "folds": rows}
-    return result
+    return summarize_folds(per_fold)

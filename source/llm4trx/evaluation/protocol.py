@@ -157,6 +157,11 @@ def cross_validate(name: str, features: pd.DataFrame, labels: Labels, metrics: l
             per_fold[m].append(scores[m])
         if on_fold is not None:
             on_fold()
+    return summarize_folds(per_fold)
+
+
+def summarize_folds(per_fold: dict[str, list[dict]]) -> dict[str, dict]:
+    """{metric: val/test mean and std over the folds, and the folds' rows} from {metric: [{fold, val, test}]}."""
     result = {}
     for m, rows in per_fold.items():
         val, test = np.array([r["val"] for r in rows]), np.array([r["test"] for r in rows])

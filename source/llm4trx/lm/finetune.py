@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.data.texts import read_texts
 from llm4trx.lm.pooling import POOLINGS, pool, position_ids_for
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ KINDS = ("head", "verbalizer")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-SPLITS = ("train", "val", "test")
 TEXT_MARK = "\x00LLM4TRX_TEXT\x00"  # placeholder for the client's text inside the chat template
 
 
@@ -163,20 +163,10 @@ def load_protocol(data_dir: Path, n_folds: int, n_classes: int) -> Protocol:
     return Protocol(cv["client_id"].to_numpy(), y, folds, test_ids, n_classes)
 
 
-def read_texts(text_dir: Path, ids: np.ndarray) -> dict[str, str]:
-    """{client_id: text} for `ids`, from text/{train,val,test}.jsonl (the clients' own texts, not augmented)."""
-    texts: dict[str, str] = {}
-    for split in SPLITS:
-        path = text_dir / f"{split}.jsonl"
-        if not path.is_file():
-            raise DataError(path, "missing (the text stage writes train, val and test)")
-        frame = pd.read_json(path, lines=True, dtype={"client_id": str})
-        for column in ("client_id", "text"):
-            if column not in frame.columns:
-                raise DataError(path, "column missing", column=column)
-        if "source" in frame.columns:
-            frame = frame[frame["source"].fillna("base") == "base"]
-        texts.update(zip(frame["client_id"].astype(str), frame["text"]))
+def texts_of(text_dir: Path, ids: np.ndarray) -> dict[str, str]:
+    """{client_id: text} for `ids`, from the text stage's files (the clients' own texts, not augmented)."""
+    frame = read_texts(text_dir)
+    texts = dict(zip(frame["client_id"], frame["text"]))
     missing = [cid for cid in ids if cid not in texts]
     if missing:
         raise DataError(text_dir, f"{len(missing)} labeled clients have no text, e.g. {missing[:3]}",
@@ -511,7 +501,7 @@ def prepare(cfg: DictConfig, model_dir: Path, data_dir: Path, text_dir: Path) ->
                  if "verbalizer" in kinds else None)
     protocol = load_protocol(data_dir, int(cfg.splits.n_folds), int(cfg.dataset.n_classes))
     ids = np.concatenate([protocol.train_ids, protocol.test_ids])
-    texts = read_texts(text_dir, ids)
+    texts = texts_of(text_dir, ids)
     max_tokens = int(f.max_tokens or cfg.max_seq_len)
     ordered = [texts[cid] for cid in ids]
     sequences = {}
