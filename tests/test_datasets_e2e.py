@@ -1,8 +1,8 @@
 """Every shipped and documented dataset through every stage to the report: the real age_pred sample and each
 schema of the synthetic generator (rosbank, age_pred, gender), with the default experiment at tiny sizes.
 
-The rosbank schema is the default dataset: it shares test_pipeline's output root and seed, so after that
-module it finds every stage done (run alone, it builds them)."""
+The rosbank schema is the default dataset: tests/test_pipeline.py runs it through every stage to the report
+(run.sh, then run_multi_seed.sh), so it is not repeated here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from pipeline_helpers import TINY, run_script, smoke_root
+from pipeline_helpers import TINY, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,6 @@ SMALL = [o for o in TINY if not o.startswith(("dataset.n_clients=", "trainer.max
 SMALL += ["trainer.max_duration=6ba", "trainer.save_interval=6ba", "seeds=[1]"]
 
 DATASETS = {
-    "rosbank": ["dataset.n_clients=300"],  # == TINY: test_pipeline's seed 1
     "age_pred": ["dataset.schema=age_pred", "dataset.n_clients=160"],
     "gender": ["dataset.schema=gender", "dataset.n_clients=160"],
     "age_pred_sample": ["dataset=age_pred_sample"],
@@ -27,9 +26,9 @@ DATASETS = {
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
-def test_default_experiment_runs_end_to_end(name, tmp_path_factory, tmp_path):
-    root = smoke_root(tmp_path_factory) if name == "rosbank" else tmp_path / "outputs"
-    overrides = (TINY + ["seeds=[1]"] if name == "rosbank" else SMALL + DATASETS[name])
+def test_default_experiment_runs_end_to_end(name, tmp_path):
+    root = tmp_path / "outputs"
+    overrides = SMALL + DATASETS[name]
     report = tmp_path / "report"
     proc = run_script("scripts/run_multi_seed.sh", *overrides, f"paths.output_root={root}", f"report.dir={report}",
                       timeout=600)
