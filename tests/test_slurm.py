@@ -63,7 +63,7 @@ def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_p
     proc = submit(
         cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=1", "--",
         f"paths.output_root={tmp_path}", "seeds=[1]", "dataset=rosbank",
-        f"dataset.raw_dir={tmp_path / 'no_such_dir'}",
+        f"dataset.raw_dir={tmp_path / 'no_such_dir'}", "dataset.download=null",  # no fetch: the stage's own error
     )
     assert proc.returncode != 0, proc.stdout + proc.stderr
     # The stage's own one-line error reaches the submitting terminal, then the job's state.
