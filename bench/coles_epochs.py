@@ -13,7 +13,6 @@ import os
 import sys
 import time
 
-import pandas as pd
 
 
 def main(overrides):
@@ -21,8 +20,6 @@ def main(overrides):
 
     from llm4trx import coles
     from llm4trx.core.config import compose
-    from llm4trx.core.stage import require
-    from llm4trx.data.sequences import categorical_columns, ptls_records
 
     class EpochLoss(pl.Callback):
         def __init__(self):
@@ -43,15 +40,8 @@ def main(overrides):
 
     pl.Trainer.__init__ = with_callback
     cfg = compose(overrides)
-    data = require(cfg, "prepare")
-    events = pd.read_parquet(data / "events.parquet")
-    splits = pd.read_parquet(data / "splits.parquet")
-    pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
-    numeric = list(cfg.coles.numeric)
-    categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
-    records, sizes = ptls_records(events, categorical, numeric, pretrain_ids)
-    train = [r for r in records if r["client_id"] in pretrain_ids]
-    coles.train_encoder(train, sizes, numeric, cfg.coles, int(cfg.seed), False)
+    _, sizes, train, _ = coles.read_records(cfg)  # the stage's own training clients (min_seq_len applied)
+    coles.train_encoder(train, sizes, list(cfg.coles.numeric), cfg.coles, int(cfg.seed), False)
     first = record.rows[0][1]
     print(f"\nload {os.getloadavg()[0]:.2f}; loss relative to epoch 0 (same run):")
     for epoch, loss, _ in record.rows:

@@ -91,17 +91,25 @@ def infer(seq_encoder, records: list[dict], batch_size: int) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32)
 
 
+def read_records(cfg: DictConfig) -> tuple[list[dict], dict, list[dict], int]:
+    """(every client's ptls record, category sizes, the pretraining clients' records long enough to train on,
+    how many pretraining clients were too short), from data/ as the stage reads it."""
+    data = require(cfg, "prepare")
+    events = pd.read_parquet(data / "events.parquet")
+    splits = pd.read_parquet(data / "splits.parquet")
+    pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
+    categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
+    records, sizes = ptls_records(events, categorical, list(cfg.coles.numeric), pretrain_ids)
+    train_records, too_short = qualifying([r for r in records if r["client_id"] in pretrain_ids],
+                                          int(cfg.coles.min_seq_len))
+    return records, sizes, train_records, too_short
+
+
 def run(cfg: DictConfig) -> Path:
     def build(tmp: Path) -> dict:
-        data = require(cfg, "prepare")
-        events = pd.read_parquet(data / "events.parquet")
-        splits = pd.read_parquet(data / "splits.parquet")
-        pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
+        records, sizes, train_records, too_short = read_records(cfg)
         numeric = list(cfg.coles.numeric)
-        categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
-        records, sizes = ptls_records(events, categorical, numeric, pretrain_ids)
         min_len = int(cfg.coles.min_seq_len)
-        train_records, too_short = qualifying([r for r in records if r["client_id"] in pretrain_ids], min_len)
         if too_short and len(train_records) >= MIN_TRAIN_CLIENTS:
             log.warning("coles: %d of %d pretraining clients have fewer than coles.min_seq_len=%d transactions; "
                         "trained on the other %d, every client is embedded", too_short,
