@@ -56,7 +56,7 @@ def test_every_model_and_trainer_gives_a_valid_llm_foundry_config(lm_inputs, mod
     assert checked.save_folder == str(folder) and checked.autoresume
     assert checked.train_loader["dataset"]["local"].endswith("mds/train")
     assert checked.eval_loader["dataset"]["local"].endswith("mds/val")
-    assert checked.train_loader["name"] == "text" and "eos_token_id" not in checked.train_loader["dataset"]
+    assert checked.train_loader["name"] == "llm4trx_text" and "eos_token_id" not in checked.train_loader["dataset"]
     assert {"lr_monitor", "speed_monitor"} <= set(checked.callbacks)
     assert "llm4trx_metrics_jsonl" in checked.loggers
     assert checked.device_train_batch_size == cfg.trainer.global_train_batch_size  # one rank here

@@ -112,7 +112,7 @@ def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, A
     """
     workers = int(cfg.trainer.num_workers)
     return {
-        "name": "text",
+        "name": "llm4trx_text",  # llm-foundry's `text` loader, built under a lock (lm/foundry_plugins.py)
         "dataset": {
             "local": str(split_dir),
             "remote": None,

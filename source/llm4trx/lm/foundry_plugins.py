@@ -4,6 +4,8 @@
   {"step", "split": "train"|"eval", "loss"}; the report draws loss curves from it.
 - `llm4trx_hf_causal_lm` (models): llm-foundry's `hf_causal_lm` plus `flops_per_batch`, which llm-foundry's
   HF wrapper lacks, so that Composer's SpeedMonitor reports FLOP/s and, on GPU, MFU for Llama/Qwen too.
+- `llm4trx_text` (dataloaders): llm-foundry's `text` loader, its streaming datasets built under a machine-wide
+  file lock (see `build_text_dataloader_locked`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+import tempfile
 
 import torch
 from composer.core import State
@@ -103,7 +107,29 @@ class HFCausalLMWithFlops(ComposerHFCausalLM):
         return int(sum(n * flops_per_token(n_params, n_layers, d_model, n) for n in lengths))
 
 
+# mosaicml-streaming registers each dataset's shared memory under the first free prefix number: it looks for
+# one, then creates it, so two jobs building datasets at the same instant on one machine can pick the same
+# number and one dies with `FileExistsError: '/000127_locals'` (seen with seeds run side by side).
+STREAMING_SHM_LOCK = Path(tempfile.gettempdir()) / "llm4trx-streaming-shm.lock"
+
+
+def build_text_dataloader_locked(**kwargs: Any):
+    """llm-foundry's `text` loader, built while holding STREAMING_SHM_LOCK, so jobs register one at a time.
+
+    Only the local leader (LOCAL_RANK 0) takes the lock: it alone creates the shared memory, and the other
+    ranks of its job meet it at streaming's barrier inside the construction (a lock per rank would deadlock).
+    """
+    from filelock import FileLock
+    from llmfoundry.data.text_data import build_text_dataloader
+
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return build_text_dataloader(**kwargs)
+    with FileLock(str(STREAMING_SHM_LOCK)):
+        return build_text_dataloader(**kwargs)
+
+
 def register() -> None:
     """Idempotent: registering the same object again is a no-op for llm-foundry's registries."""
     registry.loggers.register("llm4trx_metrics_jsonl", func=MetricsJsonlLogger)
     registry.models.register("llm4trx_hf_causal_lm", func=HFCausalLMWithFlops)
+    registry.dataloaders.register("llm4trx_text", func=build_text_dataloader_locked)
