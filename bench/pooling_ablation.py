@@ -33,7 +33,7 @@ def main():
     from llm4trx.embed import embed_sequences, length_sorted_batches, load_model, read_texts, tokenize
     from llm4trx.evaluation.protocol import cross_validate, load_labels
     from llm4trx.lm.pooling import pool
-    from llm4trx.validate import lightgbm_params
+    from llm4trx.validate import lightgbm_params, validation_jobs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +71,7 @@ def main():
     rows = []
     for name, *_ in variants:
         frame = pd.DataFrame(pooled[name], index=pd.Index(ids, name="client_id"))
-        r = cross_validate(name, frame, labels, list(cfg.dataset.metrics), params, int(cfg.validate.n_jobs), "ablation")
+        r = cross_validate(name, frame, labels, list(cfg.dataset.metrics), params, validation_jobs(cfg), "ablation")
         head = r[cfg.dataset.metrics[0]]
         rows.append((name, head["val_mean"], head["val_std"], head["test_mean"]))
         print(f"{name:45s} val {head['val_mean']:.4f} ± {head['val_std']:.4f}   test {head['test_mean']:.4f}", flush=True)

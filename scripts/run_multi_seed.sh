@@ -9,6 +9,9 @@
 # by `seeds=[...]` or by the SEEDS environment variable (space-separated). Other arguments are Hydra overrides
 # given to every stage of every seed (see scripts/run.sh; NPROC and STAGES apply too). The seed-independent
 # stages (prepare, text, tokenizer, shards) are built by the first seed and reused by the others.
+# `parallel_seeds=N` (config; the smoke preset sets 2) runs N seeds at once after building those stages once,
+# each with cores/N CPU threads (OMP_NUM_THREADS unless already set) and no progress bars; a failed seed
+# fails the command after the others finish (rerun it to continue from where each stopped).
 # Ends by printing where the report is: <paths.experiment_dir>/report/report.md (+ report.json, *.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +28,35 @@ eval "$settings"
 
 started=$SECONDS
 read -ra seeds <<<"$SEEDS"
-for i in "${!seeds[@]}"; do
-  echo "=== run_multi_seed.sh: seed ${seeds[i]} ($((i + 1))/${#seeds[@]})"
-  bash scripts/run.sh "$@" "seed=${seeds[i]}"
-done
+if (( PARALLEL_SEEDS > 1 && ${#seeds[@]} > 1 )); then
+  echo "=== run_multi_seed.sh: seed-independent stages ($SHARED_STAGES), then ${#seeds[@]} seeds, $PARALLEL_SEEDS at once"
+  pending=()
+  for stage in $SHARED_STAGES; do [[ " $UP_TO_DATE " == *" $stage "* ]] || pending+=("$stage"); done
+  if (( ${#pending[@]} )); then STAGES="$SHARED_STAGES" bash scripts/run.sh "$@" "seed=${seeds[0]}"; fi
+  cores=$(nproc)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores > PARALLEL_SEEDS ? cores / PARALLEL_SEEDS : 1 ))}
+  failed=()
+  for ((i = 0; i < ${#seeds[@]}; i += PARALLEL_SEEDS)); do
+    pids=()
+    for seed in "${seeds[@]:i:PARALLEL_SEEDS}"; do
+      echo "=== run_multi_seed.sh: seed $seed ($OMP_NUM_THREADS CPU threads)"
+      bash scripts/run.sh "$@" "seed=$seed" progress=false &
+      pids+=("$!:$seed")
+    done
+    for entry in "${pids[@]}"; do
+      wait "${entry%%:*}" || failed+=("${entry##*:}")
+    done
+  done
+  if (( ${#failed[@]} )); then
+    echo "run_multi_seed.sh: seeds ${failed[*]} failed (see their stage lines above); rerun the same command to continue" >&2
+    exit 1
+  fi
+else
+  for i in "${!seeds[@]}"; do
+    echo "=== run_multi_seed.sh: seed ${seeds[i]} ($((i + 1))/${#seeds[@]})"
+    bash scripts/run.sh "$@" "seed=${seeds[i]}"
+  done
+fi
 $py -m llm4trx.report "$@"
 echo "run_multi_seed.sh: ${#seeds[@]} seeds in $((SECONDS - started)) s"
 echo "report: $REPORT_DIR/report.md (tables; plots: $REPORT_DIR/*.png; numbers: $REPORT_DIR/report.json)"

@@ -70,7 +70,16 @@ def test_shell_assignments_list_the_pipeline_and_what_is_up_to_date(capsys, monk
     assert values["STAGES"].strip("'").split()[:2] == ["prepare", "text"]
     assert values["UP_TO_DATE"] == "prepare"
     assert values["NPROC"] == "3" and values["SEED"] == "5" and values["SEEDS"] == "'5 6'"
+    # run_multi_seed.sh builds these once before starting seeds side by side (parallel_seeds)
+    assert values["SHARED_STAGES"] == "'prepare text tokenizer shards'"
+    assert values["PARALLEL_SEEDS"] == str(cfg.parallel_seeds)
     assert values["RUN_DIR"] == str(out_root / "smoke" / "synthetic" / "seed_5")  # the default experiment
+
+
+@pytest.mark.parametrize("value", ["0", "two", "1.5"])
+def test_parallel_seeds_must_be_a_positive_integer(capsys, out_root, value):
+    err = one_error_line(capsys, ["--shell", f"paths.output_root={out_root}", f"parallel_seeds={value}"])
+    assert err.startswith("error: parallel_seeds=") and "want a positive integer (seeds run at once)" in err
 
 
 def test_up_to_date_follows_the_config_hash_of_the_stage(out_root):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import re
 import time
@@ -100,3 +101,25 @@ def test_two_seeds_started_together_build_each_shared_stage_once(tmp_path):
     for stage in shared:
         assert len(re.findall(rf"\b{stage}: built ", logs)) == 1, (stage, logs[-3000:])
         assert (root / "smoke" / "synthetic" / "shared" / registry.get(stage).folder / "_SUCCESS.json").is_file()
+
+
+def test_parallel_seeds_build_the_shared_stages_once_then_run_seeds_side_by_side(tmp_path):
+    """run_multi_seed.sh parallel_seeds=2: the seed-independent stages once, then both seeds at once, each
+    pretraining opening the same MDS shards at about the same moment (streaming's shared-memory registration
+    is serialized by the llm4trx_text loader's lock), then one report over both."""
+    root = tmp_path / "outputs"
+    proc = run_script("scripts/run_multi_seed.sh", *TINY, f"paths.output_root={root}", "parallel_seeds=2",
+                      env={"SEEDS": "5 6"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shared = [s for s in STAGES if registry.get(s).scope == "shared"]
+    per_seed = [s for s in STAGES if registry.get(s).scope == "seed"]
+    assert stage_lines(proc.stdout, 5, "started")[: len(shared)] == shared  # the shared pass, seed 5's label
+    assert stage_lines(proc.stdout, 6, "started") == per_seed  # seed 6 found them built
+    assert sorted(stage_lines(proc.stdout, 5, "started")[len(shared):]) == sorted(per_seed)
+    for seed in (5, 6):
+        assert stage_lines(proc.stdout, seed, "done").count("pretrain") == 1
+        assert (root / "smoke" / "synthetic" / f"seed_{seed}" / "validation" / "_SUCCESS.json").is_file()
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert proc.stdout.count(f"({threads} CPU threads)") == 2  # the cores shared out between the two seeds
+    summary = json.loads((root / "smoke" / "synthetic" / "report" / "report.json").read_text())
+    assert summary["datasets"]["synthetic"]["seeds"] == [5, 6]

@@ -172,6 +172,13 @@ def process_count() -> int:
     return max(torch.cuda.device_count(), 1)
 
 
+def parallel_seeds(cfg: DictConfig) -> int:
+    value = cfg.get("parallel_seeds", 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"parallel_seeds={value!r}: want a positive integer (seeds run at once)")
+    return value
+
+
 def shell_assignments(cfg: DictConfig) -> dict[str, str]:
     stages = requested_stages(cfg, os.environ.get("STAGES"))
     seeds = cfg.get("seeds") or [cfg.seed]
@@ -183,6 +190,8 @@ def shell_assignments(cfg: DictConfig) -> dict[str, str]:
         "SEEDS": " ".join(str(seed) for seed in seeds),
         "NPROC": str(process_count()),
         "STAGES": " ".join(stages),
+        "SHARED_STAGES": " ".join(s for s in stages if registry.get(s).scope in (registry.SHARED, registry.RAW)),
+        "PARALLEL_SEEDS": str(parallel_seeds(cfg)),
         "UP_TO_DATE": " ".join(leading_up_to_date(cfg, stages)),
     }
 
