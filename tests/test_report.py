@@ -42,6 +42,9 @@ def write_fake_seed(experiment_dir: Path, seed: int, sets=LEVELS) -> dict:
     lines = [{"step": s, "split": "train", "loss": 6.0 / (1 + s / 10) + rng.uniform(0, 0.2)} for s in range(1, 61)]
     lines += [{"step": s, "split": "eval", "loss": 6.2 / (1 + s / 10)} for s in range(10, 61, 10)]
     (run_dir / "checkpoints" / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    (run_dir / "coles").mkdir()
+    epochs = [{"epoch": e, "loss": 150.0 / e + rng.uniform(0, 1)} for e in range(1, 11)]
+    (run_dir / "coles" / "losses.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
     return results
 
 
@@ -69,10 +72,11 @@ def test_report_aggregates_seeds_into_tables_json_and_plots(out_root):
     rnd = summary["feature_sets"]["random"]["auroc"]
     assert f"{rnd['test_mean']:.4f} ± {rnd['test_std']:.4f}" in row
     assert "| **llm+aggregates** |" in md and "How to read" in md
-    for png in ("metrics_synthetic.png", "loss_synthetic.png"):
+    for png in ("metrics_synthetic.png", "loss_synthetic.png", "coles_loss_synthetic.png"):
         assert f"]({png})" in md
         with Image.open(report / png) as image:
-            assert image.size[0] > 600 and image.size[1] > 300
+            assert image.size[0] > 550 and image.size[1] > 300
+    assert [e["epoch"] for e in summary["coles_losses"]["2"]] == list(range(1, 11))  # the coles stage's lines
 
 
 def test_missing_seed_is_listed_and_feature_sets_of_some_seeds_counted(out_root):

@@ -85,6 +85,10 @@ def test_coles_same_seed_twice_gives_identical_embeddings(data_only):
 
     first = embeddings(base)
     assert len(first) == 120 and first.columns[0] == data_only.dataset.id_column
+    folder = stage_dir(compose(base), "coles")
+    epochs = [json.loads(line) for line in (folder / "losses.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1] and np.isfinite(epochs[0]["loss"]) and epochs[0]["loss"] > 0
+    assert json.loads((folder / "_SUCCESS.json").read_text())["counts"]["final_loss"] == epochs[0]["loss"]
     pd.testing.assert_frame_equal(first, embeddings([*base, "force=true"]))
     assert not np.allclose(first.iloc[:, 1:].to_numpy(), embeddings([*base, "seed=7"]).iloc[:, 1:].to_numpy())
 
@@ -167,3 +171,11 @@ def test_fewer_labeled_clients_than_folds_is_rejected(data_only, tmp_path):
 def test_feature_matrix_keeps_the_requested_order():
     features = pd.DataFrame({"a": [1.0, 2.0, 3.0]}, index=pd.Index(["x", "y", "z"], name="client_id"))
     assert feature_matrix(features, np.array(["z", "x"]), "f").ravel().tolist() == [3.0, 1.0]
+
+
+def test_validation_threads_follow_the_share_of_cores_a_parallel_seed_gets(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # run_multi_seed.sh parallel_seeds=3 on 2 cores
+    assert validate.validation_jobs(compose([])) == 1
+    assert validate.validation_jobs(compose(["validate.n_jobs=4"])) == 4  # set explicitly: as given
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert validate.validation_jobs(compose([])) == 2

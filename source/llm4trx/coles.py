@@ -2,7 +2,8 @@
 
 A GRU sequence encoder is trained contrastively on the pretraining clients (train + val splits of
 data/splits.parquet, never test), then embeds every client: coles/embeddings.parquet
-(<dataset.id_column> string, emb_0000.. float32, the contract of embeddings/). Depends on data/ and the
+(<dataset.id_column> string, emb_0000.. float32, the contract of embeddings/) and coles/losses.jsonl (the mean
+training loss of every epoch, {"epoch", "loss"}: the report draws it). Depends on data/ and the
 seed only, so it may run beside pretraining; scripts/run.sh runs it before `validate` when `coles` is one of
 the validated feature sets.
 
@@ -16,6 +17,7 @@ train on such data anyway.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -34,6 +36,28 @@ log = logging.getLogger(__name__)
 
 # A contrastive loss needs other clients as negatives: at least two clients must qualify.
 MIN_TRAIN_CLIENTS = 2
+LOSSES_FILE = "losses.jsonl"
+
+
+def epoch_loss_recorder():
+    """A Lightning callback collecting the mean training loss of each epoch (CoLESModule returns it per step)."""
+    import pytorch_lightning as pl
+
+    class EpochLoss(pl.Callback):
+        def __init__(self):
+            self.epochs: list[dict] = []
+            self._sum, self._n = 0.0, 0
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self._sum, self._n = self._sum + float(loss.detach()), self._n + 1
+
+        def on_train_epoch_end(self, trainer, module):
+            if self._n:
+                self.epochs.append({"epoch": trainer.current_epoch + 1, "loss": self._sum / self._n})
+            self._sum, self._n = 0.0, 0
+
+    return EpochLoss()
 
 
 def qualifying(records: list[dict], min_seq_len: int) -> tuple[list[dict], int]:
@@ -42,7 +66,8 @@ def qualifying(records: list[dict], min_seq_len: int) -> tuple[list[dict], int]:
     return kept, len(records) - len(kept)
 
 
-def train_encoder(records: list[dict], sizes: dict, numeric: list[str], c: DictConfig, seed: int, progress: bool):
+def train_encoder(records: list[dict], sizes: dict, numeric: list[str], c: DictConfig, seed: int, progress: bool,
+                  callbacks: list | None = None):
     import pytorch_lightning as pl
     from ptls.data_load.datasets import MemoryMapDataset
     from ptls.frames import PtlsDataModule
@@ -73,6 +98,7 @@ def train_encoder(records: list[dict], sizes: dict, numeric: list[str], c: DictC
     trainer = pl.Trainer(
         max_epochs=int(c.max_epochs), accelerator="auto", devices=1, deterministic=True, logger=False,
         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+        callbacks=callbacks or [],
     )
     trainer.fit(module, data)
     return seq_encoder
@@ -121,12 +147,15 @@ def run(cfg: DictConfig) -> Path:
             log.info("coles: skipped: %s", reason)  # the console's end line says it
             return {"skipped": reason, "clients": len(records), "train_clients": len(train_records),
                     "too_short": too_short}
-        encoder = train_encoder(train_records, sizes, numeric, cfg.coles, int(cfg.seed), bool(cfg.progress))
+        losses = epoch_loss_recorder()
+        encoder = train_encoder(train_records, sizes, numeric, cfg.coles, int(cfg.seed), bool(cfg.progress),
+                                callbacks=[losses])
         matrix = infer(encoder, records, int(cfg.coles.inference_batch_size))
         frame = embeddings_frame(cfg.dataset.id_column, [r["client_id"] for r in records], matrix)
         frame.to_parquet(tmp / "embeddings.parquet", index=False)
+        (tmp / LOSSES_FILE).write_text("".join(json.dumps(e) + "\n" for e in losses.epochs))
         return {"clients": len(records), "train_clients": len(train_records), "too_short": too_short,
-                "dim": int(matrix.shape[1])}
+                "dim": int(matrix.shape[1]), "final_loss": losses.epochs[-1]["loss"] if losses.epochs else None}
 
     return run_stage(cfg, "coles", build)
 

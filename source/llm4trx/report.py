@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RESULTS = "results.json"  # in the validate stage's folder
 LOSSES = "metrics.jsonl"  # in the pretrain stage's folder (written by the llm4trx_metrics_jsonl logger)
+COLES_LOSSES = "losses.jsonl"  # in the coles stage's folder (mean training loss per epoch)
 CURVES = "curves.json"  # in the finetune stage's folder (optional stage)
 
 
@@ -46,6 +47,20 @@ def load_results(path: Path) -> dict[str, Any]:
             if "test_mean" not in by_metric.get(metric, {}):
                 raise DataError(path, f"feature set {name!r} has no test_mean for metric {metric!r}")
     return results
+
+
+def load_coles_losses(path: Path) -> list[dict[str, Any]]:
+    """Lines {"epoch", "loss"} the coles stage wrote; [] when there is none (CoLES not run or skipped)."""
+    if not path.is_file():
+        return []
+    records = []
+    for row, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            records.append({"epoch": int(record["epoch"]), "loss": float(record["loss"])})
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(path, 'expected a JSON line {"epoch": int, "loss": float}', row=row) from None
+    return records
 
 
 def load_losses(path: Path) -> list[dict[str, Any]]:
@@ -142,12 +157,15 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str, Any]:
-    results, losses, curves, missing = {}, {}, {}, []
+    results, losses, curves, coles_losses, missing = {}, {}, {}, {}, []
     for seed in seeds:
         validation = seed_stage_dir(cfg, "validate", seed, experiment_dir)
         if (validation / RESULTS).is_file():
             results[seed] = load_results(validation / RESULTS)
             losses[seed] = load_losses(seed_stage_dir(cfg, "pretrain", seed, experiment_dir) / LOSSES)
+            epochs = load_coles_losses(seed_stage_dir(cfg, "coles", seed, experiment_dir) / COLES_LOSSES)
+            if epochs:
+                coles_losses[str(seed)] = epochs
             found = load_curves(seed_stage_dir(cfg, "finetune", seed, experiment_dir) / CURVES)
             if found is not None:
                 curves[str(seed)] = found
@@ -165,6 +183,7 @@ def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str
         seeds=sorted(results),
         missing_seeds=missing,
         losses={str(seed): records for seed, records in losses.items()},
+        coles_losses=coles_losses,
         finetune_curves=curves,
         finetune_best_steps={seed: {run: {fold: c["best_step"] for fold, c in entry["folds"].items()}
                                     for run, entry in meta["runs"].items()} for seed, meta in curves.items()},
@@ -187,7 +206,8 @@ HOW_TO_READ = """\
   downstream classifier alone, with the LM fixed.
 - *val*: the mean out-of-fold score on the non-test clients; a large gap to test hints at overfitting.
 - Loss plots: training loss (left) and eval loss on the held-out pretraining clients (right), one line per
-  seed. Eval loss should fall and flatten; seeds should agree.
+  seed. Eval loss should fall and flatten; seeds should agree. The CoLES plot: its mean contrastive training
+  loss per epoch, one line per seed; a curve still falling steeply at the end means CoLES is undertrained.
 - Metric plots: bar = mean over seeds, error bar = std over seeds, dots = single seeds.
 - `finetune:<run>` rows (when the finetune stage ran): the LM fine-tuned on the target per fold (early-stopped
   on the held-out fold), scored like the feature sets. Fine-tuning curves: train loss, held-out loss and the
@@ -196,7 +216,7 @@ HOW_TO_READ = """\
 
 
 def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: str) -> None:
-    from llm4trx.evaluation.plots import plot_learning_curves, plot_losses, plot_metrics
+    from llm4trx.evaluation.plots import plot_coles_losses, plot_learning_curves, plot_losses, plot_metrics
 
     lines = [f"# Report: experiment `{experiment}`", ""]
     for label, summary in summaries.items():
@@ -213,6 +233,9 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
             lines += [f"![loss curves](loss_{label}.png)", ""]
         else:
             lines += [f"No loss curves: no seed has {LOSSES}.", ""]
+        if summary.get("coles_losses"):
+            plot_coles_losses(summary["coles_losses"], summary["dataset"], out / f"coles_loss_{label}.png")
+            lines += [f"![CoLES loss curves](coles_loss_{label}.png)", ""]
         if summary.get("finetune_curves"):
             plot_learning_curves(summary["finetune_curves"], summary["dataset"], out / f"finetune_{label}.png")
             lines += ["Fine-tuning (rows `finetune:<run>`): best step per fold (early stopping on the held-out fold's "

@@ -231,8 +231,9 @@ def summary(stage: str, folder: Path) -> str:
     if stage == "coles":
         if c.get("skipped"):
             return f"skipped: {c['skipped']}"
+        loss = f", last epoch's loss {c['final_loss']:.4f}" if c.get("final_loss") is not None else ""
         return (f"trained on {c['train_clients']:,} clients ({c.get('too_short', 0):,} shorter than "
-                f"min_seq_len left out), embedded {c['clients']:,}")
+                f"min_seq_len left out){loss}, embedded {c['clients']:,}")
     if stage == "validate":
         results = json.loads((folder / "results.json").read_text())
         metric = results["metrics"][0]

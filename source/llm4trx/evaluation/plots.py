@@ -35,6 +35,24 @@ def plot_losses(losses: dict[str, list[dict[str, Any]]], dataset: str, path: Pat
     plt.close(fig)
 
 
+def plot_coles_losses(losses: dict[str, list[dict[str, Any]]], dataset: str, path: Path) -> None:
+    """CoLES's mean training loss per epoch, one colour per seed."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.get_cmap("tab10")
+    for i, (seed, records) in enumerate(sorted(losses.items(), key=lambda item: int(item[0]))):
+        points = sorted((r["epoch"], r["loss"]) for r in records)
+        epochs, values = zip(*points)
+        ax.plot(epochs, values, color=colours(i % 10), label=f"seed {seed}", marker="o", markersize=3, linewidth=1.2)
+    ax.set_title(f"{dataset}: CoLES training loss per epoch")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("contrastive loss (mean over the epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_metrics(summary: dict[str, Any], path: Path) -> None:
     """One panel per metric: a bar per feature set (mean over seeds), error bar = std over seeds, dots = seeds."""
     names = list(summary["feature_sets"])
