@@ -220,3 +220,27 @@ def test_shards_layout_does_not_depend_on_workers(texts_and_tokenizer):
                           for p in sorted(out.rglob("*")) if p.is_file() and p.name != "_SUCCESS.json"}
     assert files[1] == files[2]
     assert sum(name.endswith("index.json") and "part-" in name for name in files[1]) > 4
+
+
+@pytest.mark.parametrize("schema", ["rosbank", "gender"])
+def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema):
+    """Rendering only each client's newest lines (line_cap), with the clients whose counting window reaches
+    past them redone whole: the same rows as rendering every line, for every format and cap."""
+    from llm4trx.render import texts as texts_mod
+    from llm4trx.render.formats import FORMATS
+
+    events = canonical_events(schema, 30, seed=5, min_events=1, max_events=120)
+    events["client_id"] = events["client_id"].astype(str)
+    dataset = OmegaConf.create({"categorical": [c for c in ("channel_type", "currency", "trx_category", "tr_type")
+                                                if c in events.columns], "mcc_names": "iso18245"})
+    ctx = RenderContext.from_events(events, dataset, OmegaConf.create({}))
+    for name, fmt in FORMATS.items():
+        counter = get_counter("fields" if name == "fields" else "qwen")
+        budget = 120 if name == "fields" else 300
+        reference = build_texts(events, fmt, ctx, counter, budget)
+        ratio = texts_mod.estimate_ratio(events, fmt, ctx, counter)
+        cap = texts_mod.estimate_line_cap(events, fmt, ctx, counter, budget, ratio)
+        assert cap < events.groupby("client_id").size().max()  # the cap hides lines of some clients
+        for line_cap in (1, 3, cap):
+            got = build_texts(events, fmt, ctx, counter, budget, ratio=ratio, line_cap=line_cap)
+            pd.testing.assert_frame_equal(got, reference, check_exact=True)

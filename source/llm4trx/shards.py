@@ -166,7 +166,12 @@ def merge_parts(dst: Path, n_parts: int) -> None:
     """mds/{split}/index.json over its parts, in part order (mosaicml-streaming's merge_index)."""
     from streaming.base.util import merge_index
 
-    merge_index([str(dst / part_name(i) / "index.json") for i in range(n_parts)], str(dst), keep_local=True)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # merge_index warns about its temporary folder and the existing `dst`
+    try:
+        merge_index([str(dst / part_name(i) / "index.json") for i in range(n_parts)], str(dst), keep_local=True)
+    finally:
+        logging.disable(previous)
 
 
 def write_split_parallel(src: Path, dst: Path, tok_dir: Path, max_seq_len: int, samples_per_part: int,
