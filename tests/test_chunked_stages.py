@@ -244,3 +244,18 @@ def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema):
         for line_cap in (1, 3, cap):
             got = build_texts(events, fmt, ctx, counter, budget, ratio=ratio, line_cap=line_cap)
             pd.testing.assert_frame_equal(got, reference, check_exact=True)
+
+
+def test_a_bad_line_in_a_worker_part_names_its_file_and_row(texts_and_tokenizer, tmp_path):
+    from llm4trx.lm.tokenizers import load_tokenizer
+
+    cfg = texts_and_tokenizer
+    tok_dir = stage_dir(cfg, "tokenizer")
+    lines = (stage_dir(cfg, "text") / "train.jsonl").read_text().splitlines()
+    lines[17] = '{"client_id": "x"}'  # row 18: third part of 7 lines
+    src = tmp_path / "train.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    tok = load_tokenizer(tok_dir, need=("bos_token", "eos_token"))
+    for workers in (1, 2):
+        with pytest.raises(DataError, match=r"train.jsonl, row 18: not a text record"):
+            shards_stage.write_split_parallel(src, tmp_path / f"w{workers}", tok_dir, 64, 7, workers, tok)

@@ -158,6 +158,14 @@ def write_part(src: Path, start: int, end: int, first_row: int, dst: Path, token
     return _write(dst, read_range(src, start, end, first_row), tokenizer, max_seq_len)
 
 
+def _write_part_in_worker(*args) -> dict:
+    """write_part in a worker process; a DataError comes back as its fields (the exception does not pickle)."""
+    try:
+        return write_part(*args)
+    except DataError as err:
+        return {"error": (err.path, err.message, err.column, err.row)}
+
+
 def _single_threaded() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
@@ -195,9 +203,12 @@ def write_split_parallel(src: Path, dst: Path, tok_dir: Path, max_seq_len: int, 
         import streaming  # noqa: F401  (imported once, before the fork)
 
         with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_single_threaded) as pool:
-            futures = [pool.submit(write_part, *job, str(tok_dir), max_seq_len) for job in jobs]
+            futures = [pool.submit(_write_part_in_worker, *job, str(tok_dir), max_seq_len) for job in jobs]
             results = [f.result() for f in tqdm(futures, desc=f"shards[{src.stem}]", disable=not progress,
                                                 leave=False)]
+        for result in results:  # the first part (in file order) with bad input reports, as in one process
+            if "error" in result:
+                raise DataError(*result["error"])
     merge_parts(dst, len(jobs))
     stats = {key: sum(r[key] for r in results) for key in ("samples", "tokens", "truncated")}
     return {**stats, "parts": len(jobs)}
