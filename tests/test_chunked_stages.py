@@ -223,9 +223,10 @@ def test_shards_layout_does_not_depend_on_workers(texts_and_tokenizer):
 
 
 @pytest.mark.parametrize("schema", ["rosbank", "gender"])
-def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema):
+def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema, monkeypatch):
     """Rendering only each client's newest lines (line_cap), with the clients whose counting window reaches
-    past them redone whole: the same rows as rendering every line, for every format and cap."""
+    past them redone whole, and counting a tighter window first (TIGHT_WINDOW, the full one where it falls
+    short): the same rows as rendering and counting every line, for every format, cap and tightness."""
     from llm4trx.render import texts as texts_mod
     from llm4trx.render.formats import FORMATS
 
@@ -237,13 +238,16 @@ def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema):
     for name, fmt in FORMATS.items():
         counter = get_counter("fields" if name == "fields" else "qwen")
         budget = 120 if name == "fields" else 300
+        monkeypatch.setattr(texts_mod, "TIGHT_WINDOW", 1.0)
         reference = build_texts(events, fmt, ctx, counter, budget)
         ratio = texts_mod.estimate_ratio(events, fmt, ctx, counter)
         cap = texts_mod.estimate_line_cap(events, fmt, ctx, counter, budget, ratio)
         assert cap < events.groupby("client_id").size().max()  # the cap hides lines of some clients
-        for line_cap in (1, 3, cap):
-            got = build_texts(events, fmt, ctx, counter, budget, ratio=ratio, line_cap=line_cap)
-            pd.testing.assert_frame_equal(got, reference, check_exact=True)
+        for tight in (0.3, 0.85, 1.0):
+            monkeypatch.setattr(texts_mod, "TIGHT_WINDOW", tight)
+            for line_cap in (1, 3, cap, None):
+                got = build_texts(events, fmt, ctx, counter, budget, ratio=ratio, line_cap=line_cap)
+                pd.testing.assert_frame_equal(got, reference, check_exact=True)
 
 
 def test_a_bad_line_in_a_worker_part_names_its_file_and_row(texts_and_tokenizer, tmp_path):

@@ -30,6 +30,9 @@ WINDOW_BYTES_PER_TOKEN = 6.0
 # full count, which is exact but slower; a tight margin saves counting (1.5 counted 1.7x the kept text's bytes
 # on the benchmark, 1.15 about 1.3x with under 1% of clients falling back).
 WINDOW_MARGIN = 1.15
+# The lines first counted are those within TIGHT_WINDOW x that window (the sample's largest bytes/token, no margin);
+# only the clients whose tight window holds fewer tokens than the budget are counted again over the full window.
+TIGHT_WINDOW = 0.85
 
 
 def _lengths(counter: TokenCounter, arr: pa.Array) -> np.ndarray:
@@ -72,8 +75,21 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
     # the window reaches the oldest rendered line of a client with older lines: redo it on its whole history
     redo = hidden & selected[offsets[:-1]] if hidden.any() else hidden
     everyone = np.arange(n_clients)
+    generous = selected
+    if max_tokens is not None and TIGHT_WINDOW < 1:  # first a tighter window; the generous one where it falls short
+        selected = (suffix_bytes <= max_tokens * ratio * TIGHT_WINDOW) | last_of_client
     head_tok, tail_tok, unit_tok, unclean = _count_pieces(counter, head, units, tail, client_of, everyone, selected)
     window_tok = np.bincount(client_of[selected], weights=unit_tok[selected], minlength=n_clients)
+    if selected is not generous:
+        outside = np.bincount(client_of, weights=~selected, minlength=n_clients) > 0
+        wider = np.flatnonzero(outside & (head_tok + tail_tok + window_tok <= max_tokens) & ~redo)
+        if len(wider):
+            mask = np.isin(client_of, wider)
+            selected = np.where(mask, generous, selected)
+            h, t, u, uc = _count_pieces(counter, head, units, tail, client_of, wider, mask & generous)
+            head_tok[wider], tail_tok[wider], unclean[wider] = h, t, uc
+            unit_tok[mask] = u[mask]
+            window_tok = np.bincount(client_of[selected], weights=unit_tok[selected], minlength=n_clients)
     outside = np.bincount(client_of, weights=~selected, minlength=n_clients) > 0
     short = outside & (head_tok + tail_tok + window_tok <= max_tokens if max_tokens else False)
     redo |= short & hidden
