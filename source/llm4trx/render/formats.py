@@ -87,6 +87,42 @@ class RenderContext:
 MISSING = "NA"
 
 
+class ContextAccumulator:
+    """RenderContext.from_events over the whole table, computed from consecutive batches of its rows.
+
+    `update(batch)` for every batch in order (a DataFrame with event_time and the categorical columns),
+    then `result()`: the same context as from_events on their concatenation (modes by the same pandas
+    value_counts ordering: counts descending, ties in order of first appearance).
+    """
+
+    def __init__(self, dataset_cfg, text_cfg):
+        self.categorical = list(dataset_cfg.get("categorical") or [])
+        self.mcc_names = dataset_cfg.get("mcc_names") == "iso18245" and bool(text_cfg.get("mcc_descriptions", True))
+        self.any_seconds = self.any_time = False
+        self.counts: dict[str, dict] = {col: {} for col in self.categorical}
+
+    def update(self, events: pd.DataFrame) -> None:
+        if not (self.any_seconds and self.any_time):
+            ns = events["event_time"].to_numpy("datetime64[ns]").astype(np.int64)
+            secs = (ns // 10**9) % 86400
+            self.any_seconds = self.any_seconds or bool((secs % 60).any())
+            self.any_time = self.any_time or bool(secs.any())
+        for col in self.categorical:
+            seen = self.counts[col]
+            for value, n in events[col].fillna(MISSING).value_counts(sort=False).items():
+                seen[value] = seen.get(value, 0) + int(n)
+
+    def result(self) -> RenderContext:
+        time_of_day = "%H:%M:%S" if self.any_seconds else "%H:%M" if self.any_time else ""
+        usual = {}
+        for col in self.categorical:
+            seen = self.counts[col]
+            counts = pd.Series(np.array(list(seen.values()), np.int64), index=pd.Index(list(seen), dtype=object))
+            counts = counts.sort_values(ascending=False)
+            usual[col] = str(counts.index[0]) if len(counts) else MISSING
+        return RenderContext(self.categorical, self.mcc_names, time_of_day, usual)
+
+
 def _take_unique(values: np.ndarray, fmt: Callable[[np.ndarray], list[str]]) -> pa.Array:
     """Format the unique values of a low-cardinality column once, then gather."""
     ints = values.view(np.int64) if values.dtype.kind in "iM" and values.dtype.itemsize == 8 else values
@@ -161,6 +197,17 @@ class Fields:
         self.n_events = np.diff(self.offsets)
         self.ns = events["event_time"].to_numpy("datetime64[ns]")
         self._categorical: dict[str, pa.Array] = {}
+        self._constant: dict[str, np.ndarray] = {}
+        self._parent: tuple[Fields, np.ndarray] | None = None
+
+    def subset(self, rows: np.ndarray) -> "Fields":
+        """The fields of events `rows` (sorted; at least one row of every client) for rendering their LINES:
+        values that depend on a client's whole history (the day gap to the previous event, categoricals
+        constant over the history) come from these fields. Heads are rendered from the whole fields."""
+        sub = Fields(self.ev.iloc[rows], self.ctx)
+        sub.__dict__["day_gap"] = self.day_gap[rows]
+        sub._parent = (self, rows)
+        return sub
 
     @property
     def days(self) -> np.ndarray:
@@ -221,8 +268,9 @@ class Fields:
     def client_first_last(self) -> tuple[pa.Array, pa.Array]:
         if not len(self.client_ids):
             return pa.array([], pa.string()), pa.array([], pa.string())
-        first = self.date.take(pa.array(self.offsets[:-1]))
-        last = self.date.take(pa.array(self.offsets[1:] - 1))
+        as_date = lambda u: list(np.datetime_as_string(u, unit="D"))  # noqa: E731  (as self.date, on 2 rows per client)
+        first = _take_unique(self.days[self.offsets[:-1]], as_date)
+        last = _take_unique(self.days[self.offsets[1:] - 1], as_date)
         return first, last
 
 
@@ -446,6 +494,13 @@ def _categorical_words(f: Fields, col: str) -> pa.Array:
 
 def _constant_in_client(f: Fields, col: str) -> np.ndarray:
     """Per event: the client has one value of `col` on every transaction."""
+    if col not in f._constant:
+        f._constant[col] = (_constant_in_client(f._parent[0], col)[f._parent[1]] if f._parent is not None
+                            else _constant_over(f, col))
+    return f._constant[col]
+
+
+def _constant_over(f: Fields, col: str) -> np.ndarray:
     codes = pc.dictionary_encode(f.categorical(col)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
     if not len(codes):
         return np.zeros(0, bool)
@@ -466,7 +521,7 @@ def fields_head(f: Fields) -> pa.Array:
     parts = []
     for col in f.ctx.categorical:
         const = _constant_in_client(f, col)
-        words = _categorical_words(f, col).take(first)
+        words = mapped(f.categorical(col).take(first), lambda v, c=col: f"{_word(c)}={_word(v)}")
         parts.append(pc.if_else(pa.array(const[f.offsets[:-1][present]]), _join(words, " "), ""))
     joined = _join(*parts)
     out = np.array([""] * len(f.client_ids), dtype=object)
