@@ -333,11 +333,7 @@ def finish_targets(ds: DictConfig, targets: pd.DataFrame, known, repairs: Counte
 def read_events(path: Path, spec: EventFile, repairs: Counter, store: Events,
                 block_bytes: int = rawcsv.BLOCK_BYTES) -> pd.DataFrame | None:
     """Append the events of one raw file to `store`, block by block; returns its per-row targets (if any)."""
-    time_type = pa.int64() if spec.time_format in ("days", "unix") else pa.string()
-    types = {spec.id: pa.string(), spec.time: time_type, spec.amount: pa.float64(), spec.mcc: pa.int64()}
-    types.update({raw: pa.string() for raw in spec.categorical.values()})
-    if spec.target:
-        types[spec.target] = pa.int64()
+    types = column_types(spec)
     first = FirstTargets() if spec.target else None
     blocks = rawcsv.CsvBlocks(path, types, block_bytes=block_bytes)
     store.begin_file(blocks.max_rows)
@@ -350,6 +346,16 @@ def read_events(path: Path, spec: EventFile, repairs: Counter, store: Events,
         pa.default_memory_pool().release_unused()  # give the block's buffers back now, not at jemalloc's leisure
     store.end_file()
     return first.frame(store.dicts["client_id"]) if first is not None else None
+
+
+def column_types(spec: EventFile) -> dict[str, pa.DataType]:
+    """The raw columns read from an event file and the types pyarrow converts them to."""
+    time_type = pa.int64() if spec.time_format in ("days", "unix") else pa.string()
+    types = {spec.id: pa.string(), spec.time: time_type, spec.amount: pa.float64(), spec.mcc: pa.int64()}
+    types.update({raw: pa.string() for raw in spec.categorical.values()})
+    if spec.target:
+        types[spec.target] = pa.int64()
+    return types
 
 
 class FirstTargets:

@@ -1,0 +1,399 @@
+"""`prepare` on Apache Spark (engine=spark): the same raw file specs, checks, repairs and outputs as the embedded
+engine (llm4trx.data.loaders), with the raw files parsed by many tasks and the sort done by Spark's shuffle.
+
+How the work is split, and which code runs where:
+- Driver: the file specs of the dataset's loader (`loaders.specs`), a cheap check of each file (exists, not
+  empty, header has the columns: the same errors), and the cut of each file into byte ranges of
+  `block_bytes` at line ends (a seek and a short read per cut).
+- Tasks (mapInArrow over the ranges): each range is read with pyarrow with the file's header in front and goes
+  through the embedded engine's own per-block code: `rawcsv` UTF-8/CSV/line-break checks and
+  `loaders.read_block` (ids, times, amounts, MCCs, categoricals, fills) — one implementation of every check.
+  A task that meets bad input does not fail the job: it emits one error row (kind, local line, column,
+  message); the driver raises the first error in file order, with the line converted to the file's line.
+- Spark SQL over the parsed rows: per-row targets (rosbank's target_flag: first row per client, conflicts),
+  duplicates (group by every column: counts, and the first copy when dropped), MCC counts for the ISO check,
+  distinct categories, and the client table. The client table and the targets are small and go to the driver,
+  where the split protocol (`splits.make_splits`) runs unchanged.
+- Output: data/events.parquet is a DIRECTORY of parts `part-00000.parquet`, ... range-partitioned by client_id
+  and sorted within each part by (client_id, event_time, file order), so the parts in file-name order are the
+  embedded engine's single file row for row. Each part is written by pyarrow inside its task with the embedded
+  file's exact schema and pandas metadata (Spark's own writer would store microsecond timestamps); a part is
+  written to a temporary name and renamed, so a retried task leaves no partial file. The stage folder is the
+  run_stage temporary folder, renamed into place when everything succeeded, so a failed job leaves nothing.
+  On a cluster the stage folder must be on a filesystem the executors share (as the raw files must be).
+
+Line numbers in errors are those of the embedded engine (1-based, header = line 1). When a file holds two
+different errors, the first range holding one reports it (the embedded engine: the first streamed block), and
+errors of the per-row target check come after the parse errors of the same file. A quoted value spanning lines
+across a cut is reported at the cut rather than at the quote.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from omegaconf import DictConfig
+
+from llm4trx.core.errors import DataError
+from llm4trx.data import loaders, rawcsv
+
+log = logging.getLogger(__name__)
+
+ORDER = ["_file", "_chunk", "_row"]  # file order of a row: the stable sort's tie-breaker
+ROW_GROUP = 1 << 20  # rows per Parquet row group, as the embedded writer (pyarrow's default)
+BATCH_ROWS = 1 << 16  # rows per Arrow batch handed back to Spark
+
+
+@dataclass
+class RawFile:
+    index: int
+    path: str
+    spec: loaders.EventFile
+    header: bytes
+    cuts: list[int]  # byte offsets: range i is [cuts[i], cuts[i + 1])
+
+
+# ------------------------------------------------------------------------------------------ driver checks
+
+def open_file(index: int, path: Path, spec: loaders.EventFile, block_bytes: int) -> RawFile:
+    """The driver's checks of one raw file (missing, empty, header, columns: the embedded engine's errors)
+    and its cut into ranges of about `block_bytes` that start at line starts."""
+    if not path.is_file():
+        raise rawcsv.missing_file(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        first = f.read(1 << 20)
+        if size == 0 or (first.isspace() and _all_space(f)):
+            raise DataError(path, "file is empty")
+        end = first.find(b"\n")
+        while end < 0 and len(first) < size:  # a header longer than the first read
+            more = f.read(1 << 20)
+            end = -1 if more.find(b"\n") < 0 else len(first) + more.find(b"\n")
+            first += more
+        header = first[: end + 1] if end >= 0 else first + b"\n"
+        try:
+            header.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(path, f"not valid UTF-8 (byte 0x{header[err.start]:02x} at offset {err.start}); "
+                            "re-encode the file as UTF-8", row=1) from None
+        rawcsv.check_columns(path, rawcsv.header_of(path, header), list(loaders.column_types(spec)))
+        cuts = [min(len(header), size)]
+        pos = cuts[0] + block_bytes
+        while pos < size:
+            f.seek(pos)
+            nl, read = -1, 0
+            while nl < 0:
+                piece = f.read(1 << 16)
+                if not piece:
+                    break
+                nl = piece.find(b"\n")
+                read += len(piece) if nl < 0 else nl + 1
+            nxt = pos + read
+            if nl < 0 or nxt >= size:
+                break
+            cuts.append(nxt)
+            pos = nxt + block_bytes
+        cuts.append(size)
+    return RawFile(index, str(path), spec, header, cuts)
+
+
+def _all_space(f) -> bool:
+    while True:
+        piece = f.read(1 << 24)
+        if not piece:
+            return True
+        if not piece.isspace():
+            return False
+
+
+def lines_before(path: str, offset: int) -> int:
+    """Line breaks before byte `offset` (error path only: turns a range's local line into the file's)."""
+    count, done = 0, 0
+    with open(path, "rb") as f:
+        while done < offset:
+            piece = f.read(min(1 << 24, offset - done))
+            if not piece:
+                break
+            count += piece.count(b"\n")
+            done += len(piece)
+    return count
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+def output_schema(categorical: list[str]) -> pa.Schema:
+    fields = [("client_id", pa.string()), ("event_time", pa.int64()), ("amount", pa.float64()), ("mcc", pa.int32())]
+    fields += [(name, pa.string()) for name in categorical]
+    fields += [("_target", pa.int64()), ("_filled", pa.int64()), ("_file", pa.int32()), ("_chunk", pa.int32()),
+               ("_row", pa.int64()), ("_kind", pa.int32()), ("_line", pa.int64()), ("_column", pa.string()),
+               ("_error", pa.string())]
+    return pa.schema(fields)
+
+
+UTF8, PARSE = 0, 1  # error kinds: the embedded engine checks a whole file's encoding before parsing it
+
+
+def parse_range(raw: RawFile, chunk: int, schema: pa.Schema):
+    """Arrow batches of one byte range: canonical columns (strings, int64 ns times) plus file order, the
+    per-row target and the fill count — or one error row. The checks are the embedded engine's own."""
+    spec, path = raw.spec, Path(raw.path)
+    start, end = raw.cuts[chunk], raw.cuts[chunk + 1]
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+
+    def error(kind: int, message: str, column: str | None, line: int | None) -> pa.RecordBatch:
+        values = {"_file": [raw.index], "_chunk": [chunk], "_kind": [kind], "_line": [line], "_column": [column],
+                  "_error": [message]}
+        return pa.RecordBatch.from_arrays([pa.array(values.get(f.name, [None]), f.type) for f in schema], schema=schema)
+
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = err.start
+        line = data.count(b"\n", 0, at) + 2  # local numbering: the header is line 1
+        yield error(UTF8, f"not valid UTF-8 (byte 0x{data[at]:02x} at offset {start + at}); re-encode the file "
+                    "as UTF-8", None, line)
+        return
+    types = loaders.column_types(spec)
+    text = raw.header + data
+    try:
+        try:
+            table = pacsv.read_csv(io.BytesIO(text), read_options=pacsv.ReadOptions(use_threads=False),
+                                   convert_options=pacsv.ConvertOptions(include_columns=list(types), column_types=types))
+        except pa.ArrowInvalid as err:
+            rawcsv.locate_bad_row(path, text, len(rawcsv.header_of(path, raw.header)))
+            rawcsv.locate_bad_value(path, text, types)
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(path, f"cannot parse as CSV: {first}") from None
+        if table.num_rows == 0:
+            return
+        rawcsv.check_no_line_breaks(path, table)
+        store, repairs = loaders.Events(list(spec.categorical)), Counter()
+        block = loaders.read_block(path, table, spec, repairs, store, None, 0)
+        target = None
+        if spec.target:
+            target = pa.array(rawcsv.require_present(path, table, spec.target).to_numpy(), pa.int64())
+    except DataError as err:
+        yield error(PARSE, err.message, err.column, err.row)
+        return
+    n = table.num_rows
+    del table
+    columns = {
+        "event_time": pa.array(block["event_time"].view(np.int64)),
+        "amount": pa.array(block["amount"], pa.float64()),
+        "mcc": pa.array(block["mcc"], pa.int32()),
+        "_target": target if target is not None else pa.nulls(n, pa.int64()),
+        "_filled": pa.array(np.r_[repairs["categorical_filled"], np.zeros(n - 1, np.int64)]),
+        "_file": pa.array(np.full(n, raw.index, np.int32)),
+        "_chunk": pa.array(np.full(n, chunk, np.int32)),
+        "_row": pa.array(np.arange(n, dtype=np.int64)),
+    }
+    for name, dictionary in store.dicts.items():
+        columns[name] = pa.array(dictionary.values, pa.string()).take(pa.array(block[name]))
+    arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema]
+    yield from pa.Table.from_arrays(arrays, schema=schema).to_batches(max_chunksize=BATCH_ROWS)
+
+
+def write_parts(folder: str, schema: pa.Schema):
+    """mapInArrow function: this partition's rows (sorted) -> `folder`/part-<partition>.parquet."""
+
+    def write(batches):
+        import pyarrow.parquet as pq
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part = ctx.partitionId()
+        final = os.path.join(folder, f"part-{part:05d}.parquet")
+        tmp = os.path.join(folder, f".part-{part:05d}.parquet.tmp-{ctx.taskAttemptId()}")
+        writer, pending, held, rows = None, [], 0, 0
+
+        def flush():
+            nonlocal pending, held
+            if pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
+            pending, held = [], 0
+
+        try:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, schema)
+                arrays = [batch.column(f.name).cast(f.type) for f in schema]
+                table = pa.Table.from_arrays(arrays, schema=schema)
+                while table.num_rows:  # row groups of exactly ROW_GROUP rows, as the embedded writer
+                    take = min(ROW_GROUP - held, table.num_rows)
+                    pending.append(table.slice(0, take))
+                    held += take
+                    rows += take
+                    table = table.slice(take)
+                    if held == ROW_GROUP:
+                        flush()
+            if writer is not None:
+                flush()
+                writer.close()
+                os.replace(tmp, final)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        yield pa.RecordBatch.from_arrays([pa.array([part], pa.int32()), pa.array([rows], pa.int64())],
+                                         names=["part", "rows"])
+
+    return write
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+class SparkEvents:
+    """The parsed events on Spark: what prepare needs of loaders.Events (client_ids, len, write_parquet)."""
+
+    def __init__(self, frame, clients: pd.Index, n_events: int, n_categories: dict[str, int], partitions: int):
+        self.frame_, self.clients, self.n_events = frame, clients, n_events
+        self.n_categories, self.partitions = n_categories, partitions
+
+    def __len__(self) -> int:
+        return self.n_events
+
+    def client_ids(self) -> pd.Index:
+        return self.clients
+
+    def write_parquet(self, path: Path, schema: pa.Schema) -> None:
+        """`path` as a directory of parts in (client_id, event_time, file order), see the module docstring."""
+        from pyspark.sql import functions as F
+
+        schema = loaders.parquet_schema(schema, self.n_categories)
+        path.mkdir()
+        names = [f.name for f in schema]
+        ranged = self.frame_.repartitionByRange(self.partitions, F.col("client_id"))
+        ordered = ranged.sortWithinPartitions("client_id", "event_time", *ORDER).select(*names)
+        written = ordered.mapInArrow(write_parts(str(path), schema), "part int, rows long").collect()
+        rows = sum(r["rows"] for r in written)
+        if rows != self.n_events:  # pragma: no cover - a lost or duplicated part
+            raise RuntimeError(f"wrote {rows} events into {path}, expected {self.n_events}")
+        log.info("events.parquet: %d parts, %d rows", sum(r["rows"] > 0 for r in written), rows)
+
+
+def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
+    """loaders.load on Spark: the same checks, repairs (same counts, same order) and targets."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    files, target_file = loaders.specs(ds)
+    raw_dir = Path(ds.raw_dir)
+    block_bytes = int(engine.get("block_bytes") or ds.get("block_bytes") or rawcsv.BLOCK_BYTES)
+    categorical = list(files[0].categorical)
+    raws: list[RawFile] = []
+    pending: DataError | None = None  # a file's own error, raised after the errors of the files before it
+    for spec in files:
+        path = raw_dir / spec.name
+        if not spec.required and not path.exists():
+            continue
+        try:
+            raws.append(open_file(len(raws), path, spec, block_bytes))
+        except DataError as err:
+            pending = err
+            break
+    schema = output_schema(categorical)
+    ranges = [(raw.index, chunk) for raw in raws for chunk in range(len(raw.cuts) - 1)]
+    by_index = {raw.index: raw for raw in raws}
+
+    def parse(batches):
+        for batch in batches:
+            for index, chunk in zip(batch.column("file").to_pylist(), batch.column("chunk").to_pylist()):
+                yield from parse_range(by_index[index], chunk, schema)
+
+    spark_schema = ", ".join(f"{f.name} {_sql_type(f.type)}" for f in schema)
+    repairs: Counter = Counter()
+    parsed, per_file = None, {}
+    if ranges:
+        descriptors = spark.createDataFrame(pd.DataFrame(ranges, columns=["file", "chunk"]))
+        parsed = descriptors.repartition(len(ranges)).mapInArrow(parse, spark_schema)
+        parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
+        per_file = {r["_file"]: r for r in parsed.groupBy("_file").agg(
+            F.count("client_id").alias("rows"), F.sum("_filled").alias("filled"),
+            F.min(F.when(F.col("_error").isNotNull(), F.struct("_kind", "_chunk", "_line", "_column", "_error"))).alias("err"),
+        ).collect()}
+    row_targets = []
+    for raw in raws:
+        summary = per_file.get(raw.index)
+        if summary is not None and summary["err"] is not None:
+            err = summary["err"]
+            line = None if err["_line"] is None else err["_line"] - 1 + lines_before(raw.path, raw.cuts[err["_chunk"]])
+            raise DataError(raw.path, err["_error"], err["_column"], line)
+        if summary is None or not summary["rows"]:
+            raise DataError(raw.path, "file has a header but no data rows")
+        if summary["filled"]:
+            repairs["categorical_filled"] += int(summary["filled"])
+        if raw.spec.target:
+            row_targets.append(first_targets(parsed, raw))
+    if pending is not None:
+        raise pending
+    good = parsed.filter(F.col("_error").isNull()).drop("_target", "_filled", "_kind", "_line", "_column", "_error")
+    if target_file is not None:
+        targets = loaders.read_targets(raw_dir / target_file.name, target_file, repairs)
+    else:
+        targets = pd.concat(row_targets, ignore_index=True)
+    loaders.check_target_values(ds, targets, raw_dir / (target_file.name if target_file else files[0].name))
+
+    # check_events: duplicates (rows equal in every column), ISO 18245 MCCs, over the rows kept
+    canonical = ["client_id", "event_time", "amount", "mcc", *categorical]
+    grouped = good.groupBy(*canonical).agg(F.count(F.lit(1)).alias("_n"), F.min(F.struct(*ORDER)).alias("_first"))
+    drop = bool(ds.get("drop_duplicates", False))
+    by_mcc = grouped.groupBy("mcc").agg(F.sum("_n").alias("rows"), F.count(F.lit(1)).alias("distinct")).toPandas()
+    duplicates = int(by_mcc["rows"].sum() - by_mcc["distinct"].sum())
+    if duplicates:
+        repairs["duplicate_events"] += duplicates
+    kept = by_mcc["distinct" if drop else "rows"]
+    if ds.get("mcc_names") == "iso18245":
+        unknown = int(kept[[not loaders.is_iso18245(int(c)) for c in by_mcc["mcc"]]].sum())
+        if unknown:
+            repairs["mcc_not_iso18245"] += unknown
+    frame = grouped.select(*canonical, *[F.col("_first")[k].alias(k) for k in ORDER]) if drop else good
+    clients = (good.groupBy("client_id").agg(F.min(F.struct(*ORDER)).alias("_first"))
+               .orderBy("_first").select("client_id").toPandas()["client_id"])
+    n_categories = {"client_id": len(clients)}
+    if categorical:
+        distinct = good.agg(*[F.countDistinct(name).alias(name) for name in categorical]).collect()[0]
+        n_categories.update({name: int(distinct[name]) for name in categorical})
+    targets = loaders.finish_targets(ds, targets, pd.Index(clients), repairs)
+    partitions = int(engine.get("partitions") or spark.sparkContext.defaultParallelism)
+    store = SparkEvents(frame, pd.Index(clients.to_numpy(dtype=object), dtype=object), int(kept.sum()),
+                        n_categories, partitions)
+    return loaders.Loaded(store=store, targets=targets, repairs=repairs)
+
+
+def first_targets(parsed, raw: RawFile) -> pd.DataFrame:
+    """loaders.FirstTargets on Spark: each client's target is its first row's in the file; a later row with
+    another value is an error at that row (the same message)."""
+    from pyspark.sql import functions as F
+
+    rows = parsed.filter((F.col("_file") == raw.index) & F.col("_error").isNull()).select("client_id", "_target", "_chunk", "_row")
+    first = rows.groupBy("client_id").agg(F.min(F.struct("_chunk", "_row", "_target")).alias("f"))
+    conflict = (rows.join(first, "client_id").filter(F.col("_target") != F.col("f._target"))
+                .agg(F.min(F.struct("_chunk", "_row", "client_id", F.col("f._chunk").alias("fc"), F.col("f._row").alias("fr"))).alias("c"))
+                .collect()[0]["c"])
+    if conflict is not None:
+        def line(chunk, row):  # data row `row` of range `chunk` -> line of the file
+            return int(row) + 1 + lines_before(raw.path, raw.cuts[chunk])
+        raise DataError(raw.path, f"client {conflict['client_id']!r} has a different target than in its first row (line "
+                        f"{line(conflict['fc'], conflict['fr'])})", column=raw.spec.target,
+                        row=line(conflict["_chunk"], conflict["_row"]))
+    frame = first.orderBy("f").select("client_id", F.col("f._target").alias("target")).toPandas()
+    return pd.DataFrame({"client_id": frame["client_id"].to_numpy(dtype=object), "target": frame["target"].astype(np.int64)})
+
+
+def _sql_type(t: pa.DataType) -> str:
+    return {pa.string(): "string", pa.int64(): "bigint", pa.int32(): "int", pa.float64(): "double"}[t]
