@@ -1,9 +1,16 @@
 """Stage `text`: data/ -> text/{train,val,test}.jsonl + text/stats.json (`python -m llm4trx.text`).
 
 Each client's history is rendered in the configured format (llm4trx.render.formats) and truncated to
-`text.max_tokens` tokens of the counting tokenizer, keeping the MOST RECENT transactions: every line is
-counted in context, a reverse cumulative sum per client picks the newest lines that fit with the header.
-Test clients are written to test.jsonl (embedding only; never in pretraining files).
+`text.max_tokens` tokens of the counting tokenizer, keeping the MOST RECENT transactions
+(llm4trx.render.texts.build_texts). Test clients are written to test.jsonl (embedding only; never in
+pretraining files).
+
+Bounded memory: data/events.parquet (a file or a directory of parts) is read twice in record batches,
+never whole. Pass 1 (client_id, event_time, categoricals) checks the prepare contract (sorted, every client
+has a split) and computes the dataset-level RenderContext; pass 2 renders chunks of about
+`text.chunk_events` events cut at client boundaries (render_chunk) and appends each chunk's rows to the
+split files. A client's text depends only on its events and the context, so the output is the same
+whatever the chunk size.
 """
 
 from __future__ import annotations
@@ -16,198 +23,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from llm4trx.generation.mix import mix_into_train
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
-from llm4trx.render.formats import GROUP_ITEM_SEP, Fields, Format, RenderContext, assemble, get_format
-from llm4trx.data.splits import SPLITS
+from llm4trx.core.registry import mixing
 from llm4trx.core.stage import require, run_stage
-from llm4trx.render.tokencount import TokenCounter, get_counter, piece_tokens
+from llm4trx.data.chunks import BATCH_ROWS, check_columns, event_files, iter_batches, iter_client_chunks, to_frame
+from llm4trx.data.splits import SPLITS
+from llm4trx.generation.mix import mix_into_train
+from llm4trx.render.formats import ContextAccumulator, RenderContext, get_format
+from llm4trx.render.texts import (PERCENTILES, SPECIAL_TOKENS, TEXT_COLUMNS, TextStats, build_texts,  # noqa: F401
+                                  estimate_ratio, render_chunk, token_stats)
+from llm4trx.render.tokencount import get_counter
 
 log = logging.getLogger(__name__)
-
-SPECIAL_TOKENS = 2  # bos + eos around every sample (llm4trx.shards, llm4trx.embed), inside text.max_tokens
-PERCENTILES = (50, 90, 95, 99)
-# Only the newest lines within max_tokens * (bytes per token, estimated on a sample, at most this) bytes are
-# counted at first; clients whose window turns out to hold fewer than max_tokens tokens are counted in full.
-# Token counting is the stage's main cost.
-WINDOW_BYTES_PER_TOKEN = 6.0
-# Margin on the largest bytes/token ratio of the sample. Clients whose text is denser than that fall back to a
-# full count, which is exact but slower; a tight margin saves counting (1.5 counted 1.7x the kept text's bytes
-# on the benchmark, 1.15 about 1.3x with under 1% of clients falling back).
-WINDOW_MARGIN = 1.15
-
-
-def _lengths(counter: TokenCounter, arr: pa.Array) -> np.ndarray:
-    fn = pc.binary_length if counter.unit == "bytes" else pc.utf8_length
-    return fn(arr).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter,
-                max_tokens: int | None, progress: bool = False) -> pd.DataFrame:
-    """client_id, text, n_events, n_events_kept, n_tokens for every client of `events` (sorted by client, time)."""
-    steps = tqdm(total=4, desc=f"text[{fmt.name}]", disable=not progress, leave=False)
-    fields = Fields(events, ctx)
-    n_clients, offsets = len(fields.client_ids), fields.offsets
-    head, lines = fmt.head(fields), fmt.line(fields)
-    tail = pa.array([fmt.tail] * n_clients, pa.string())
-    last_of_client = np.zeros(len(events), bool)
-    last_of_client[offsets[1:][fields.n_events > 0] - 1] = True
-    # Each line is counted with the separator that follows it in the text (none after the client's last).
-    sep = GROUP_ITEM_SEP if fmt.grouped else fmt.sep
-    units = pc.if_else(pa.array(last_of_client), lines, pc.binary_join_element_wise(lines, sep, ""))
-    steps.update()
-
-    client_of = np.repeat(np.arange(n_clients), fields.n_events)
-    selected = np.ones(len(events), bool)
-    if max_tokens is not None:  # count only a window of newest lines that surely holds max_tokens tokens
-        line_bytes = np.r_[0, np.cumsum(_lengths(counter, units))]
-        suffix_bytes = line_bytes[offsets[1:]][client_of] - line_bytes[:-1]
-        ratio = _bytes_per_token(counter, head, units, tail, offsets, line_bytes)
-        selected = (suffix_bytes <= max_tokens * ratio) | last_of_client
-    everyone = np.arange(n_clients)
-    head_tok, tail_tok, unit_tok, unclean = _count_pieces(counter, head, units, tail, client_of, everyone, selected)
-    window_tok = np.bincount(client_of[selected], weights=unit_tok[selected], minlength=n_clients)
-    outside = np.bincount(client_of, weights=~selected, minlength=n_clients) > 0
-    short = np.flatnonzero(outside & (head_tok + tail_tok + window_tok <= max_tokens if max_tokens else False))
-    if len(short):  # the window held fewer tokens than the budget: count these clients' whole history
-        mask = np.isin(client_of, short)
-        h, t, u, uc = _count_pieces(counter, head, units, tail, client_of, short, mask)
-        head_tok[short], tail_tok[short], unit_tok[mask], unclean[short] = h, t, u[mask], uc
-    steps.update()
-
-    if fmt.grouped:  # charge each MCC group's label to its newest event
-        labels = pc.binary_join_element_wise(fields.mcc, ": ", "")
-        label_tok = _unique_counts(counter, labels) + 1  # + the line break between groups
-        newest = ~pd.DataFrame({"c": client_of, "m": events["mcc"].to_numpy()})[::-1].duplicated().to_numpy()[::-1]
-        unit_tok = np.where(unit_tok >= 0, unit_tok + np.where(newest, label_tok, 0), unit_tok)
-        unclean[:] = True  # regrouping changes the text around each line: always verify
-    fixed = head_tok + tail_tok
-    if max_tokens is not None and n_clients and fixed.max() > max_tokens:
-        raise ConfigError(f"text.max_tokens={max_tokens} is smaller than the {fmt.name!r} header "
-                          f"({int(fixed.max())} tokens); raise it")
-
-    budget = np.inf if max_tokens is None else max_tokens
-    unit_tok[unit_tok < 0] = max_tokens + 1 if max_tokens else 0  # uncounted lines (outside the window) never fit
-    csum = np.r_[0, np.cumsum(unit_tok)]
-    suffix = csum[offsets[1:]][client_of] - csum[:-1]  # tokens of this line and every newer line
-    keep = suffix + fixed[client_of] <= budget
-    kept_tok = np.bincount(client_of, weights=np.where(keep, unit_tok, 0), minlength=n_clients).astype(np.int64)
-    n_tokens = fixed + kept_tok
-    truncated = np.bincount(client_of, weights=~keep, minlength=n_clients) > 0
-    steps.update()
-
-    texts = assemble(fmt, fields, head, lines, keep)
-    # A truncated text joins the header to a line it did not follow before: check that seam.
-    kept_idx = np.flatnonzero(keep)
-    first_kept = np.full(n_clients, len(events))
-    np.minimum.at(first_kept, client_of[kept_idx], kept_idx)
-    seam = np.flatnonzero(truncated & ~unclean & (first_kept < len(events)))
-    if len(seam):
-        joined = pc.binary_join_element_wise(head.take(pa.array(seam)), units.take(pa.array(first_kept[seam])), "")
-        seam_tok = counter.count(joined.to_pylist())
-        unclean[seam[seam_tok != head_tok[seam] + unit_tok[first_kept[seam]]]] = True
-    texts, n_tokens, keep = _fit_exactly(fmt, fields, head, lines, counter, texts, n_tokens, keep, unclean,
-                                         csum, client_of, budget)
-    steps.update()
-    steps.close()
-    n_kept = np.bincount(client_of, weights=keep, minlength=n_clients).astype(np.int64)
-    return pd.DataFrame({
-        "client_id": fields.client_ids.astype(str), "text": texts.to_pylist(),
-        "n_events": fields.n_events, "n_events_kept": n_kept, "n_tokens": n_tokens,
-        "n_header_tokens": fixed,
-    })
-
-
-def _bytes_per_token(counter, head, units, tail, offsets, line_bytes, n_sample: int = 64) -> float:
-    """A generous bytes (chars) per token of these texts: WINDOW_MARGIN x the largest ratio among a sample of clients."""
-    n_clients = len(head)
-    sample = np.unique(np.linspace(0, n_clients - 1, min(n_sample, n_clients)).astype(np.int64))
-    texts = [h + "".join(units[offsets[c]:offsets[c + 1]].to_pylist()) + t
-             for c, h, t in zip(sample, head.take(pa.array(sample)).to_pylist(), tail.take(pa.array(sample)).to_pylist())]
-    size = np.array([len(t.encode()) if counter.unit == "bytes" else len(t) for t in texts])
-    tokens = np.maximum(counter.count(texts), 1)
-    return float(np.clip(WINDOW_MARGIN * (size / tokens).max(), 1.0, WINDOW_BYTES_PER_TOKEN))
-
-
-def _count_pieces(counter, head, units, tail, client_of, clients, selected):
-    """Tokens of the pieces head, selected units..., tail of `clients` (sorted), each client encoded as one text.
-
-    Returns head and tail tokens per client in `clients`, tokens per event (-1 where not selected) and whether
-    a token straddles two pieces of the client (then its count is verified on the final text).
-    """
-    n_clients, n_events = len(head), len(units)
-    events = np.flatnonzero(selected)
-    n_sel = np.bincount(client_of[events], minlength=n_clients)[clients]
-    piece_off = np.r_[0, np.cumsum(n_sel + 2)]
-    rank = np.full(n_clients, -1)
-    rank[clients] = np.arange(len(clients))
-    r = rank[client_of[events]]
-    slot = piece_off[r] + 1 + np.arange(len(events)) - np.r_[0, np.cumsum(n_sel)][r]
-    order = np.empty(piece_off[-1], np.int64)
-    order[piece_off[:-1]] = clients
-    order[piece_off[1:] - 1] = n_clients + n_events + clients
-    order[slot] = n_clients + events
-    laid = pa.concat_arrays([head, units, tail]).take(pa.array(order))
-    texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(piece_off.astype(np.int32)), laid), "")
-    counts, crossed = piece_tokens(counter, texts.to_pylist(), _lengths(counter, laid))
-    unit_tok = np.full(n_events, -1, np.int64)
-    unit_tok[events] = counts[slot]
-    unclean = np.logical_or.reduceat(crossed, piece_off[:-1]) if len(clients) else np.zeros(0, bool)
-    return counts[piece_off[:-1]], counts[piece_off[1:] - 1], unit_tok, unclean
-
-
-def _unique_counts(counter: TokenCounter, values: pa.Array) -> np.ndarray:
-    enc = pc.dictionary_encode(values)
-    per_unique = counter.count(enc.dictionary.to_pylist())
-    return per_unique[enc.indices.to_numpy(zero_copy_only=False)]
-
-
-def _fit_exactly(fmt, fields, head, lines, counter, texts, n_tokens, keep, unclean, csum, client_of, budget):
-    """Recount the `unclean` clients exactly; drop further old lines where the exact count is over budget."""
-    offsets = fields.offsets
-    todo = np.flatnonzero(unclean)
-    for _ in range(50):
-        if not len(todo):
-            break
-        exact = counter.count(texts.take(pa.array(todo)).to_pylist())
-        n_tokens = n_tokens.copy()
-        n_tokens[todo] = exact
-        over = todo[exact > budget]
-        if not len(over):
-            break
-        # first kept line of each over-budget client, then skip lines worth the excess (at least one)
-        kept_idx = np.flatnonzero(keep)
-        first = np.full(len(offsets) - 1, len(keep))
-        np.minimum.at(first, client_of[kept_idx], kept_idx)
-        start = first[over]
-        excess = n_tokens[over] - budget
-        new_start = np.searchsorted(csum, csum[start] + excess, side="left")
-        new_start = np.minimum(np.maximum(new_start, start + 1), offsets[over + 1])
-        for c, s in zip(over, new_start):
-            keep[offsets[c]:s] = False
-        texts = assemble(fmt, fields, head, lines, keep)
-        todo = over
-    return texts, n_tokens, keep
-
-
-def token_stats(frame: pd.DataFrame) -> dict:
-    tokens = frame["n_tokens"].to_numpy()
-    kept = int(frame["n_events_kept"].sum())
-    line_tokens = int((frame["n_tokens"] - frame["n_header_tokens"]).sum())
-    pct = {f"p{p}": float(np.percentile(tokens, p)) if len(tokens) else 0.0 for p in PERCENTILES}
-    return {
-        "n_clients": int(len(frame)), "n_events": int(frame["n_events"].sum()), "n_events_kept": kept,
-        "n_truncated_clients": int((frame["n_events_kept"] < frame["n_events"]).sum()),
-        "tokens": {**pct, "max": int(tokens.max()) if len(tokens) else 0,
-                   "mean": float(tokens.mean()) if len(tokens) else 0.0, "total": int(tokens.sum())},
-        "tokens_per_transaction": float(tokens.sum() / kept) if kept else 0.0,
-        "line_tokens_per_transaction": float(line_tokens / kept) if kept else 0.0,
-    }
 
 
 def print_table(stats: dict) -> None:
@@ -226,32 +57,57 @@ def print_table(stats: dict) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
-def load_inputs(data_dir: Path, categorical: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    events_path, splits_path = data_dir / "events.parquet", data_dir / "splits.parquet"
-    # strings stay Arrow arrays (rendering works on Arrow; object columns would be converted back)
-    events = pq.read_table(events_path).to_pandas(types_mapper={pa.string(): pd.ArrowDtype(pa.string())}.get)
+EVENT_COLUMNS = ["client_id", "event_time", "amount", "mcc"]
+CHUNK_EVENTS = 1_000_000  # text.chunk_events when unset
+
+
+def read_splits(splits_path: Path) -> pd.DataFrame:
     splits = pd.read_parquet(splits_path, columns=["client_id", "split"])
-    for col in ["client_id", "event_time", "amount", "mcc", *categorical]:
-        if col not in events.columns:
-            raise DataError(events_path, f"missing column (have {list(events.columns)})", column=col)
-    if events.empty:
-        raise DataError(events_path, "no events")
-    events["client_id"] = events["client_id"].astype(str)
-    client = events["client_id"].to_numpy()
-    same = client[1:] == client[:-1]
-    if not (client[1:] >= client[:-1]).all() or (np.diff(events["event_time"].to_numpy()).view(np.int64)[same] < 0).any():
-        raise DataError(events_path, "not sorted by client_id, event_time (the prepare contract)", column="client_id")
     splits["client_id"] = splits["client_id"].astype(str)
-    unknown = ~events["client_id"].isin(splits["client_id"])
-    if unknown.any():
-        row = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise DataError(splits_path, f"client {events['client_id'].iloc[row]!r} of events.parquet has no split",
-                        column="client_id")
+    return splits
+
+
+def scan_events(events_path: Path, splits_path: Path, splits: pd.DataFrame, dataset_cfg, text_cfg,
+                batch_rows: int = BATCH_ROWS) -> tuple[list[Path], RenderContext]:
+    """Pass 1 over events.parquet in batches: the contract checks of the whole-table reader (same errors, in
+    the same order) and the dataset's RenderContext. Returns (parquet files in order, context)."""
+    categorical = list(dataset_cfg.get("categorical") or [])
+    files = event_files(events_path)
+    if check_columns(files, [*EVENT_COLUMNS, *categorical]) == 0:
+        raise DataError(events_path, "no events")
+    known = pa.array(splits["client_id"].to_numpy(object), pa.string())
+    acc = ContextAccumulator(dataset_cfg, text_cfg)
+    unknown = None
+    prev_client, prev_time = None, None
+    for table in iter_batches(files, ["client_id", "event_time", *categorical], batch_rows):
+        client = table.column("client_id")
+        when = table.column("event_time")
+        times = pc.cast(pc.cast(when, pa.timestamp("ns", getattr(when.type, "tz", None))), pa.int64()).to_numpy()
+        if prev_client is not None:  # the seam with the previous batch
+            client = pa.concat_arrays([pa.array([prev_client], pa.string()), client.combine_chunks()])
+            times = np.r_[prev_time, times]
+        else:
+            client = client.combine_chunks()
+        if len(client) > 1:
+            later, earlier = client.slice(1), client.slice(0, len(client) - 1)
+            same = pc.equal(later, earlier).to_numpy(zero_copy_only=False)
+            if pc.any(pc.less(later, earlier)).as_py() or (np.diff(times)[same] < 0).any():
+                raise DataError(events_path, "not sorted by client_id, event_time (the prepare contract)",
+                                column="client_id")
+        if unknown is None:
+            missing = np.flatnonzero(~pc.is_in(client, value_set=known).to_numpy(zero_copy_only=False))
+            if len(missing):
+                unknown = client[int(missing[0])].as_py()
+        prev_client, prev_time = client[-1].as_py(), times[-1]
+        acc.update(table.select(["event_time", *categorical]).to_pandas(
+            types_mapper={pa.string(): pd.ArrowDtype(pa.string())}.get))
+    if unknown is not None:
+        raise DataError(splits_path, f"client {unknown!r} of events.parquet has no split", column="client_id")
     bad = ~splits["split"].isin(SPLITS)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(splits_path, f"unknown split {splits['split'].iloc[row]!r}", column="split", row=row + 2)
-    return events, splits
+    return files, acc.result()
 
 
 def run(cfg: DictConfig) -> Path:
@@ -259,34 +115,60 @@ def run(cfg: DictConfig) -> Path:
     max_tokens = cfg.text.get("max_tokens")
     if max_tokens is not None and int(max_tokens) <= SPECIAL_TOKENS:
         raise ConfigError(f"text.max_tokens must be above {SPECIAL_TOKENS} (bos + eos) or null, got {max_tokens}")
+    chunk_events = int(cfg.text.get("chunk_events") or CHUNK_EVENTS)
+    if chunk_events < 1:
+        raise ConfigError(f"text.chunk_events must be a positive number of events, got {chunk_events}")
     data_dir = require(cfg, "prepare")
 
     def build(out: Path) -> dict:
         categorical = list(cfg.dataset.get("categorical") or [])
-        events, splits = load_inputs(data_dir, categorical)
-        ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
+        events_path, splits_path = data_dir / "events.parquet", data_dir / "splits.parquet"
+        splits = read_splits(splits_path)
+        files, ctx = scan_events(events_path, splits_path, splits, cfg.dataset, cfg.text)
         counter = get_counter(str(cfg.text.count_tokenizer))
         # max_tokens is the whole sample's budget: bos + text + eos, as the shards and the model see it
         body = None if max_tokens is None else int(max_tokens) - SPECIAL_TOKENS
-        frame = build_texts(events, fmt, ctx, counter, body, progress=cfg.get("progress", False))
-        frame = frame.merge(splits, on="client_id", how="left")
+        lookup = splits.drop_duplicates("client_id").set_index("client_id")["split"]
+        per_split = {split: TextStats() for split in SPLITS}
+        held = [] if mixing(cfg) else None  # train rows kept for augment.mix (texts are within budget)
+        ratio = None
+        chunks = iter_client_chunks(files, [*EVENT_COLUMNS, *categorical], chunk_events)
+        for table in tqdm(chunks, desc=f"text[{fmt.name}]", disable=not cfg.get("progress", False), leave=False):
+            events = to_frame(table)
+            del table
+            if ratio is None and body is not None:
+                ratio = estimate_ratio(events, fmt, ctx, counter)
+            frame = render_chunk(events, fmt, ctx, counter, body, lookup, ratio)
+            del events
+            for split in SPLITS:
+                part = frame[frame["split"] == split]
+                per_split[split].add(part)
+                if split == "train" and held is not None:
+                    held.append(part[TEXT_COLUMNS])
+                elif len(part):
+                    write_rows(part[TEXT_COLUMNS], out / f"{split}.jsonl")
         stats = {"format": fmt.name, "max_tokens": max_tokens, "count_tokenizer": str(cfg.text.count_tokenizer),
                  "render_context": {"categorical": ctx.categorical, "mcc_names": ctx.mcc_names,
                                     "time_of_day": ctx.time_of_day, "usual": ctx.usual},
                  "splits": {}, "augmented": None}
-        columns = ["client_id", "text", "n_events", "n_events_kept", "n_tokens"]
+        train = pd.concat(held, ignore_index=True) if held else pd.DataFrame(columns=TEXT_COLUMNS)
+        rows, stats["augmented"] = mix_into_train(cfg, train, counter.count)
+        if held is not None and len(rows):  # augmented texts of train clients, by augment.mix (never val/test)
+            write_rows(rows, out / "train.jsonl")
         for split in SPLITS:
-            part = frame[frame["split"] == split]
-            rows = part[columns]
-            if split == "train":  # augmented texts of train clients, by augment.mix (never val/test)
-                rows, stats["augmented"] = mix_into_train(cfg, rows, counter.count)
-            rows.to_json(out / f"{split}.jsonl", orient="records", lines=True, force_ascii=False)
-            stats["splits"][split] = token_stats(part)
+            if not (out / f"{split}.jsonl").exists():  # no client in this split: what pandas writes for none
+                write_rows(pd.DataFrame({c: pd.Series(dtype=object) for c in TEXT_COLUMNS}), out / f"{split}.jsonl")
+            stats["splits"][split] = per_split[split].result()
         (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         print_table(stats)
         return {s: v["n_clients"] for s, v in stats["splits"].items()}
 
     return run_stage(cfg, "text", build)
+
+
+def write_rows(rows: pd.DataFrame, path: Path) -> None:
+    """Append rows to a jsonl file, exactly as one to_json call over all of them writes them."""
+    rows.to_json(path, orient="records", lines=True, force_ascii=False, mode="a")
 
 
 main = stage_main(run)

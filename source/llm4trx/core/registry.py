@@ -109,10 +109,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           summary="raw files -> canonical events, targets, splits"),
     # augment.mix is read by the text stage, not by augment: changing the mix must not regenerate.
     Stage("augment", "augment", SHARED, inputs=(Input("prepare"),), sections=("augment", "dataset", "text"),
-          operational=("augment.mix", "augment.cpu_threads"), when=augment_configured,
+          operational=("augment.mix", "augment.cpu_threads", "text.chunk_events"), when=augment_configured,
           summary="a generator LM rewrites clients' histories (optional)"),
     Stage("text", "text", SHARED, inputs=(Input("prepare"), Input("augment", mixing)),
           sections=("text", "dataset"),
+          # chunk_events: how many events are rendered at once (memory); every client is whole in one chunk and
+          # its text depends only on its events and the dataset-level context, so the outputs do not depend on it.
+          operational=("text.chunk_events",),
           extra_sections=lambda cfg: ["augment.mix"] if mixing(cfg) else [],
           summary="events -> one text per client"),
     Stage("tokenizer", "tokenizer", SHARED, inputs=(Input("text", domain_tokenizer),), sections=("tokenizer",),

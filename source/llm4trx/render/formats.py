@@ -87,6 +87,42 @@ class RenderContext:
 MISSING = "NA"
 
 
+class ContextAccumulator:
+    """RenderContext.from_events over the whole table, computed from consecutive batches of its rows.
+
+    `update(batch)` for every batch in order (a DataFrame with event_time and the categorical columns),
+    then `result()`: the same context as from_events on their concatenation (modes by the same pandas
+    value_counts ordering: counts descending, ties in order of first appearance).
+    """
+
+    def __init__(self, dataset_cfg, text_cfg):
+        self.categorical = list(dataset_cfg.get("categorical") or [])
+        self.mcc_names = dataset_cfg.get("mcc_names") == "iso18245" and bool(text_cfg.get("mcc_descriptions", True))
+        self.any_seconds = self.any_time = False
+        self.counts: dict[str, dict] = {col: {} for col in self.categorical}
+
+    def update(self, events: pd.DataFrame) -> None:
+        if not (self.any_seconds and self.any_time):
+            ns = events["event_time"].to_numpy("datetime64[ns]").astype(np.int64)
+            secs = (ns // 10**9) % 86400
+            self.any_seconds = self.any_seconds or bool((secs % 60).any())
+            self.any_time = self.any_time or bool(secs.any())
+        for col in self.categorical:
+            seen = self.counts[col]
+            for value, n in events[col].fillna(MISSING).value_counts(sort=False).items():
+                seen[value] = seen.get(value, 0) + int(n)
+
+    def result(self) -> RenderContext:
+        time_of_day = "%H:%M:%S" if self.any_seconds else "%H:%M" if self.any_time else ""
+        usual = {}
+        for col in self.categorical:
+            seen = self.counts[col]
+            counts = pd.Series(np.array(list(seen.values()), np.int64), index=pd.Index(list(seen), dtype=object))
+            counts = counts.sort_values(ascending=False)
+            usual[col] = str(counts.index[0]) if len(counts) else MISSING
+        return RenderContext(self.categorical, self.mcc_names, time_of_day, usual)
+
+
 def _take_unique(values: np.ndarray, fmt: Callable[[np.ndarray], list[str]]) -> pa.Array:
     """Format the unique values of a low-cardinality column once, then gather."""
     ints = values.view(np.int64) if values.dtype.kind in "iM" and values.dtype.itemsize == 8 else values
