@@ -110,6 +110,16 @@ def test_readers_of_events_accept_the_directory(spark, tmp_path):
     assert pads.dataset(b).count_rows() == len(whole)
 
 
+@pytest.fixture(scope="module")
+def rosbank_raw(tmp_path_factory):
+    """Synthetic rosbank-schema raw files, generated once; tests corrupt copies."""
+    from llm4trx.data.synthetic import ensure_raw
+
+    root = tmp_path_factory.mktemp("raw")
+    ensure_raw(compose([f"paths.output_root={root}", f"dataset.raw_dir={root}/raw", *SMALL, "dataset.schema=rosbank"]).dataset)
+    return root / "raw"
+
+
 def corrupt(raw, name, line, column, value):
     """Set `column` of 1-based `line` of raw/name to `value` (bytes); column None: rename the header field."""
     path = raw / name
@@ -127,17 +137,14 @@ def corrupt(raw, name, line, column, value):
 
 @pytest.mark.parametrize("name,column,value", [
     ("train.csv", "amount", None),                 # missing column (rosbank schema)
-    ("train.csv", "amount", b"12,5"),              # an extra field
     ("train.csv", "amount", b"abc"),               # not a number
     ("train.csv", "TRDATETIME", b"32XYZ17:00:00:00"),  # unparsable time
     ("train.csv", "channel_type", b"type\xff1"),   # not UTF-8
-    ("train.csv", "target_flag", b"1-0"),          # per-row target not an integer
     ("test.csv", "MCC", b"-5"),                    # a later file
 ])
-def test_bad_raw_file_fails_like_embedded_and_leaves_nothing(spark, tmp_path, name, column, value):
+def test_bad_raw_file_fails_like_embedded_and_leaves_nothing(spark, tmp_path, rosbank_raw, name, column, value):
     emb, spk = configs(tmp_path, "dataset.schema=rosbank")
-    prepare(emb)  # generates the raw files
-    shutil.rmtree(tmp_path / "embedded")
+    shutil.copytree(rosbank_raw, tmp_path / "raw")
     line = 2 + len((tmp_path / "raw" / name).read_bytes().split(b"\n")) * 2 // 3  # in a later byte range
     corrupt(tmp_path / "raw", name, line, column, value)
     with pytest.raises(DataError) as embedded:
@@ -150,10 +157,9 @@ def test_bad_raw_file_fails_like_embedded_and_leaves_nothing(spark, tmp_path, na
     assert leftovers == []
 
 
-def test_conflicting_row_target_fails_like_embedded(spark, tmp_path):
+def test_conflicting_row_target_fails_like_embedded(spark, tmp_path, rosbank_raw):
     emb, spk = configs(tmp_path, "dataset.schema=rosbank")
-    prepare(emb)
-    shutil.rmtree(tmp_path / "embedded")
+    shutil.copytree(rosbank_raw, tmp_path / "raw")
     path = tmp_path / "raw" / "train.csv"
     lines = path.read_bytes().split(b"\n")
     header = [h.strip(b'"') for h in lines[0].split(b",")]
