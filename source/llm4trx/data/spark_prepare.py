@@ -279,7 +279,9 @@ class SparkEvents:
         names = [f.name for f in schema]
         ranged = self.frame_.repartitionByRange(self.partitions, F.col("client_id"))
         ordered = ranged.sortWithinPartitions("client_id", "event_time", *ORDER).select(*names)
+        clock = _Clock()
         written = ordered.mapInArrow(write_parts(str(path), schema), "part int, rows long").collect()
+        clock.lap("sorted and written")
         rows = sum(r["rows"] for r in written)
         if rows != self.n_events:  # pragma: no cover - a lost or duplicated part
             raise RuntimeError(f"wrote {rows} events into {path}, expected {self.n_events}")
@@ -316,6 +318,7 @@ def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
                 yield from parse_range(by_index[index], chunk, schema)
 
     spark_schema = ", ".join(f"{f.name} {_sql_type(f.type)}" for f in schema)
+    clock = _Clock()
     repairs: Counter = Counter()
     parsed, per_file = None, {}
     if ranges:
@@ -326,6 +329,7 @@ def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
             F.count("client_id").alias("rows"), F.sum("_filled").alias("filled"),
             F.min(F.when(F.col("_error").isNotNull(), F.struct("_kind", "_chunk", "_line", "_column", "_error"))).alias("err"),
         ).collect()}
+        clock.lap(f"parsed {len(ranges)} byte ranges")
     row_targets = []
     for raw in raws:
         summary = per_file.get(raw.index)
@@ -339,6 +343,7 @@ def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
             repairs["categorical_filled"] += int(summary["filled"])
         if raw.spec.target:
             row_targets.append(first_targets(parsed, raw))
+    clock.lap("per-row targets")
     if pending is not None:
         raise pending
     good = parsed.filter(F.col("_error").isNull()).drop("_target", "_filled", "_kind", "_line", "_column", "_error")
@@ -353,6 +358,7 @@ def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
     grouped = good.groupBy(*canonical).agg(F.count(F.lit(1)).alias("_n"), F.min(F.struct(*ORDER)).alias("_first"))
     drop = bool(ds.get("drop_duplicates", False))
     by_mcc = grouped.groupBy("mcc").agg(F.sum("_n").alias("rows"), F.count(F.lit(1)).alias("distinct")).toPandas()
+    clock.lap("duplicates and MCCs")
     duplicates = int(by_mcc["rows"].sum() - by_mcc["distinct"].sum())
     if duplicates:
         repairs["duplicate_events"] += duplicates
@@ -368,6 +374,7 @@ def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
     if categorical:
         distinct = good.agg(*[F.countDistinct(name).alias(name) for name in categorical]).collect()[0]
         n_categories.update({name: int(distinct[name]) for name in categorical})
+    clock.lap("clients and categories")
     targets = loaders.finish_targets(ds, targets, pd.Index(clients), repairs)
     partitions = int(engine.get("partitions") or spark.sparkContext.defaultParallelism)
     store = SparkEvents(frame, pd.Index(clients.to_numpy(dtype=object), dtype=object), int(kept.sum()),
@@ -381,18 +388,33 @@ def first_targets(parsed, raw: RawFile) -> pd.DataFrame:
     from pyspark.sql import functions as F
 
     rows = parsed.filter((F.col("_file") == raw.index) & F.col("_error").isNull()).select("client_id", "_target", "_chunk", "_row")
-    first = rows.groupBy("client_id").agg(F.min(F.struct("_chunk", "_row", "_target")).alias("f"))
-    conflict = (rows.join(first, "client_id").filter(F.col("_target") != F.col("f._target"))
-                .agg(F.min(F.struct("_chunk", "_row", "client_id", F.col("f._chunk").alias("fc"), F.col("f._row").alias("fr"))).alias("c"))
-                .collect()[0]["c"])
-    if conflict is not None:
+    first = rows.groupBy("client_id").agg(F.min(F.struct("_chunk", "_row", "_target")).alias("f"),
+                                          F.countDistinct("_target").alias("values"))
+    frame = first.orderBy("f").select("client_id", F.col("f._target").alias("target"), "values").toPandas()
+    if (frame["values"] > 1).any():  # error path: find the first row whose target differs from its client's first
+        conflict = (rows.join(first, "client_id").filter(F.col("_target") != F.col("f._target"))
+                    .agg(F.min(F.struct("_chunk", "_row", "client_id", F.col("f._chunk").alias("fc"),
+                                        F.col("f._row").alias("fr"))).alias("c"))
+                    .collect()[0]["c"])
+
         def line(chunk, row):  # data row `row` of range `chunk` -> line of the file
             return int(row) + 1 + lines_before(raw.path, raw.cuts[chunk])
         raise DataError(raw.path, f"client {conflict['client_id']!r} has a different target than in its first row (line "
                         f"{line(conflict['fc'], conflict['fr'])})", column=raw.spec.target,
                         row=line(conflict["_chunk"], conflict["_row"]))
-    frame = first.orderBy("f").select("client_id", F.col("f._target").alias("target")).toPandas()
     return pd.DataFrame({"client_id": frame["client_id"].to_numpy(dtype=object), "target": frame["target"].astype(np.int64)})
+
+
+class _Clock:
+    def __init__(self):
+        import time
+
+        self.time, self.last = time.perf_counter, time.perf_counter()
+
+    def lap(self, what: str) -> None:
+        now = self.time()
+        log.info("spark prepare: %s in %.1f s", what, now - self.last)
+        self.last = now
 
 
 def _sql_type(t: pa.DataType) -> str:
