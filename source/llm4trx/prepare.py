@@ -52,7 +52,7 @@ def build(cfg: DictConfig, out: Path) -> dict:
     if engine_of(cfg) == "spark":  # the same specs, checks and outputs on Spark (events.parquet: a directory)
         from llm4trx.data import spark_prepare
 
-        loaded = spark_prepare.load(session(cfg), ds, cfg.engine.spark)
+        loaded = spark_prepare.load(session(cfg), ds, cfg.engine.spark, out / "spark-scratch")
     else:
         loaded = loaders.load(ds)
     seconds_load = time.perf_counter() - started

@@ -8,8 +8,11 @@ How the work is split, and which code runs where:
 - Tasks (mapInArrow over the ranges): each range is read with pyarrow with the file's header in front and goes
   through the embedded engine's own per-block code: `rawcsv` UTF-8/CSV/line-break checks and
   `loaders.read_block` (ids, times, amounts, MCCs, categoricals, fills) — one implementation of every check.
-  A task that meets bad input does not fail the job: it emits one error row (kind, local line, column,
-  message); the driver raises the first error in file order, with the line converted to the file's line.
+  Each task writes its rows (canonical columns + file order) as one Parquet file into a scratch folder of the
+  stage's temporary build folder and returns a one-row summary; Spark reads the scratch files back with its
+  vectorized reader (handing rows from Python to the JVM one by one cost most of the time). A task that meets
+  bad input does not fail the job: its summary holds the error (kind, local line, column, message); the driver
+  raises the first error in file order, with the line converted to the file's line.
 - Spark SQL over the parsed rows: per-row targets (rosbank's target_flag: first row per client, conflicts),
   duplicates (group by every column: counts, and the first copy when dropped), MCC counts for the ISO check,
   distinct categories, and the client table. The client table and the targets are small and go to the driver,
@@ -34,6 +37,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +210,43 @@ def parse_range(raw: RawFile, chunk: int, schema: pa.Schema):
     yield from pa.Table.from_arrays(arrays, schema=schema).to_batches(max_chunksize=BATCH_ROWS)
 
 
+SUMMARY = "_file int, _chunk int, rows bigint, filled bigint, _kind int, _line bigint, _column string, _error string"
+
+
+def parse_to_parquet(raw: RawFile, chunk: int, schema: pa.Schema, scratch: str) -> dict:
+    """parse_range's rows written to `scratch`/r<file>-<chunk>.parquet (Spark then reads them with its
+    vectorized reader: no row-by-row conversion from Python); returns the range's summary (or its error)."""
+    import pyarrow.parquet as pq
+
+    summary = {"_file": raw.index, "_chunk": chunk, "rows": 0, "filled": 0, "_kind": None, "_line": None,
+               "_column": None, "_error": None}
+    keep = [f for f in schema if f.name not in ("_filled", "_kind", "_line", "_column", "_error")]
+    final = os.path.join(scratch, f"r{raw.index:03d}-{chunk:06d}.parquet")
+    tmp = os.path.join(scratch, f".r{raw.index:03d}-{chunk:06d}.tmp-{os.getpid()}")
+    writer = None
+    try:
+        for batch in parse_range(raw, chunk, schema):
+            error = batch.column("_error")[0].as_py() if batch.num_rows == 1 else None
+            if error is not None:
+                summary.update({k: batch.column(k)[0].as_py() for k in ("_kind", "_line", "_column", "_error")})
+                summary["rows"] = 0
+                break
+            summary["rows"] += batch.num_rows
+            summary["filled"] += int(pc.sum(batch.column("_filled")).as_py() or 0)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, pa.schema(keep))
+            writer.write_batch(pa.RecordBatch.from_arrays([batch.column(f.name) for f in keep], schema=pa.schema(keep)))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        if summary["_error"] is None:
+            os.replace(tmp, final)
+        else:
+            os.remove(tmp)
+    return summary
+
+
 def write_parts(folder: str, schema: pa.Schema):
     """mapInArrow function: this partition's rows (sorted) -> `folder`/part-<partition>.parquet."""
 
@@ -260,9 +301,10 @@ def write_parts(folder: str, schema: pa.Schema):
 class SparkEvents:
     """The parsed events on Spark: what prepare needs of loaders.Events (client_ids, len, write_parquet)."""
 
-    def __init__(self, frame, clients: pd.Index, n_events: int, n_categories: dict[str, int], partitions: int):
+    def __init__(self, frame, clients: pd.Index, n_events: int, n_categories: dict[str, int], partitions: int,
+                 scratch: Path):
         self.frame_, self.clients, self.n_events = frame, clients, n_events
-        self.n_categories, self.partitions = n_categories, partitions
+        self.n_categories, self.partitions, self.scratch = n_categories, partitions, scratch
 
     def __len__(self) -> int:
         return self.n_events
@@ -286,11 +328,12 @@ class SparkEvents:
         if rows != self.n_events:  # pragma: no cover - a lost or duplicated part
             raise RuntimeError(f"wrote {rows} events into {path}, expected {self.n_events}")
         log.info("events.parquet: %d parts, %d rows", sum(r["rows"] > 0 for r in written), rows)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
-    """loaders.load on Spark: the same checks, repairs (same counts, same order) and targets."""
-    from pyspark import StorageLevel
+def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Loaded:
+    """loaders.load on Spark: the same checks, repairs (same counts, same order) and targets. The parsed rows
+    go to `scratch` (a folder inside the stage's temporary build folder; removed once events are written)."""
     from pyspark.sql import functions as F
 
     files, target_file = loaders.specs(ds)
@@ -312,31 +355,39 @@ def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
     ranges = [(raw.index, chunk) for raw in raws for chunk in range(len(raw.cuts) - 1)]
     by_index = {raw.index: raw for raw in raws}
 
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+
     def parse(batches):
         for batch in batches:
             for index, chunk in zip(batch.column("file").to_pylist(), batch.column("chunk").to_pylist()):
-                yield from parse_range(by_index[index], chunk, schema)
+                summary = parse_to_parquet(by_index[index], chunk, schema, str(scratch))
+                yield pa.RecordBatch.from_pylist([summary], schema=pa.schema([
+                    ("_file", pa.int32()), ("_chunk", pa.int32()), ("rows", pa.int64()), ("filled", pa.int64()),
+                    ("_kind", pa.int32()), ("_line", pa.int64()), ("_column", pa.string()), ("_error", pa.string())]))
 
-    spark_schema = ", ".join(f"{f.name} {_sql_type(f.type)}" for f in schema)
+    spark_schema = ", ".join(f"`{f.name}` {_sql_type(f.type)}" for f in schema
+                             if f.name not in ("_filled", "_kind", "_line", "_column", "_error"))
     clock = _Clock()
     repairs: Counter = Counter()
     parsed, per_file = None, {}
     if ranges:
         descriptors = spark.createDataFrame(pd.DataFrame(ranges, columns=["file", "chunk"]))
-        parsed = descriptors.repartition(len(ranges)).mapInArrow(parse, spark_schema)
-        parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
-        per_file = {r["_file"]: r for r in parsed.groupBy("_file").agg(
-            F.count("client_id").alias("rows"), F.sum("_filled").alias("filled"),
-            F.min(F.when(F.col("_error").isNotNull(), F.struct("_kind", "_chunk", "_line", "_column", "_error"))).alias("err"),
-        ).collect()}
+        summaries = descriptors.repartition(len(ranges)).mapInArrow(parse, SUMMARY).toPandas()
+        for index, rows in summaries.sort_values(["_file", "_chunk"]).groupby("_file", sort=True):
+            bad = rows[rows["_error"].notna()].sort_values(["_kind", "_chunk"])
+            per_file[int(index)] = {"rows": int(rows["rows"].sum()), "filled": int(rows["filled"].sum()),
+                                    "err": None if bad.empty else bad.iloc[0].to_dict()}
         clock.lap(f"parsed {len(ranges)} byte ranges")
+        if any(summary["err"] is None and summary["rows"] for summary in per_file.values()):
+            parsed = spark.read.schema(spark_schema).parquet(str(scratch))
     row_targets = []
     for raw in raws:
         summary = per_file.get(raw.index)
         if summary is not None and summary["err"] is not None:
             err = summary["err"]
-            line = None if err["_line"] is None else err["_line"] - 1 + lines_before(raw.path, raw.cuts[err["_chunk"]])
-            raise DataError(raw.path, err["_error"], err["_column"], line)
+            line = None if pd.isna(err["_line"]) else int(err["_line"]) - 1 + lines_before(raw.path, raw.cuts[int(err["_chunk"])])
+            raise DataError(raw.path, err["_error"], None if pd.isna(err["_column"]) else err["_column"], line)
         if summary is None or not summary["rows"]:
             raise DataError(raw.path, "file has a header but no data rows")
         if summary["filled"]:
@@ -346,7 +397,7 @@ def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
     clock.lap("per-row targets")
     if pending is not None:
         raise pending
-    good = parsed.filter(F.col("_error").isNull()).drop("_target", "_filled", "_kind", "_line", "_column", "_error")
+    good = parsed.drop("_target")
     if target_file is not None:
         targets = loaders.read_targets(raw_dir / target_file.name, target_file, repairs)
     else:
@@ -378,7 +429,7 @@ def load(spark, ds: DictConfig, engine: DictConfig) -> loaders.Loaded:
     targets = loaders.finish_targets(ds, targets, pd.Index(clients), repairs)
     partitions = int(engine.get("partitions") or spark.sparkContext.defaultParallelism)
     store = SparkEvents(frame, pd.Index(clients.to_numpy(dtype=object), dtype=object), int(kept.sum()),
-                        n_categories, partitions)
+                        n_categories, partitions, scratch)
     return loaders.Loaded(store=store, targets=targets, repairs=repairs)
 
 
@@ -387,7 +438,7 @@ def first_targets(parsed, raw: RawFile) -> pd.DataFrame:
     another value is an error at that row (the same message)."""
     from pyspark.sql import functions as F
 
-    rows = parsed.filter((F.col("_file") == raw.index) & F.col("_error").isNull()).select("client_id", "_target", "_chunk", "_row")
+    rows = parsed.filter(F.col("_file") == raw.index).select("client_id", "_target", "_chunk", "_row")
     first = rows.groupBy("client_id").agg(F.min(F.struct("_chunk", "_row", "_target")).alias("f"),
                                           F.countDistinct("_target").alias("values"))
     frame = first.orderBy("f").select("client_id", F.col("f._target").alias("target"), "values").toPandas()
