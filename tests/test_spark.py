@@ -175,3 +175,22 @@ def test_conflicting_row_target_fails_like_embedded(spark, tmp_path, rosbank_raw
     with pytest.raises(DataError) as on_spark:
         prepare(spk)
     assert str(on_spark.value) == str(embedded.value) and on_spark.value.row == last + 1
+
+
+def test_engine_config_composes_and_passes_spark_keys_through():
+    from llm4trx.check import compose_checked
+    from llm4trx.core.errors import ConfigError
+    from llm4trx.core.spark import engine_of, flat_conf
+    from omegaconf import OmegaConf
+
+    assert engine_of(compose([])) == "embedded"
+    cfg = compose_checked(["engine=spark", "+engine.spark.conf.spark.executor.memory=2g",
+                           "+engine.spark.conf.spark.sql.shuffle.partitions=3"])
+    assert engine_of(cfg) == "spark"
+    conf = flat_conf(OmegaConf.to_container(cfg.engine.spark.conf))
+    assert conf["spark.executor.memory"] == "2g" and conf["spark.sql.shuffle.partitions"] == "3"  # the override wins
+    assert conf["spark.ui.enabled"] == "false"
+    with pytest.raises(ConfigError):
+        compose_checked(["engine=bogus"])
+    with pytest.raises(ConfigError):
+        engine_of(OmegaConf.create({"engine": {"name": "dask"}}))
