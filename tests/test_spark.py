@@ -63,23 +63,39 @@ def assert_same_prepare(a, b):
     assert read_success(a)["config_hash"] == read_success(b)["config_hash"]  # the engine is not hashed
 
 
-@pytest.mark.parametrize("extra", [["dataset.schema=rosbank"], ["dataset.schema=age_pred"],
-                                   ["dataset.schema=gender", "dataset.drop_duplicates=true"]],
-                         ids=["rosbank", "age_pred", "gender_dedup"])
-def test_prepare_on_spark_equals_embedded(spark, tmp_path, extra):
-    emb, spk = configs(tmp_path, *extra)
-    a, b = prepare(emb), prepare(spk)
-    assert_same_prepare(a, b)
-    parts = sorted((b / "events.parquet").glob("part-*.parquet"))
+@pytest.fixture(scope="module")
+def rosbank(spark, tmp_path_factory):
+    """Both engines' prepare on the same rosbank-schema data (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("rosbank")
+    emb, spk = configs(root, "dataset.schema=rosbank", "text.chunk_events=300")
+    return root, emb, spk, prepare(emb), prepare(spk)
+
+
+def check_parts(folder):
+    parts = sorted((folder / "events.parquet").glob("part-*.parquet"))
     assert len(parts) > 1  # a directory of parts, each holding whole clients, in client order
     firsts = [pq.read_table(p, columns=["client_id"]).column(0) for p in parts]
     for before, after in zip(firsts, firsts[1:]):
         assert before[-1].as_py() < after[0].as_py()
 
 
-def test_text_on_spark_equals_embedded_and_skips(spark, tmp_path):
-    emb, spk = configs(tmp_path, "dataset.schema=rosbank", "text.chunk_events=300")
-    prepare(emb), prepare(spk)
+def test_prepare_on_spark_equals_embedded_rosbank(rosbank):
+    _, _, _, a, b = rosbank
+    assert_same_prepare(a, b)
+    check_parts(b)
+
+
+@pytest.mark.parametrize("extra", [["dataset.schema=age_pred"], ["dataset.schema=gender", "dataset.drop_duplicates=true"]],
+                         ids=["age_pred", "gender_dedup"])
+def test_prepare_on_spark_equals_embedded(spark, tmp_path, extra):
+    emb, spk = configs(tmp_path, *extra)
+    a, b = prepare(emb), prepare(spk)
+    assert_same_prepare(a, b)
+    check_parts(b)
+
+
+def test_text_on_spark_equals_embedded_and_skips(rosbank):
+    root, emb, spk, _, _ = rosbank
     a, b = text(emb), text(spk)
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json"):
         assert filecmp.cmp(a / name, b / name, shallow=False), name
@@ -88,16 +104,16 @@ def test_text_on_spark_equals_embedded_and_skips(spark, tmp_path):
     # reruns skip, whichever engine asks (the same hash): nothing is rewritten
     stamps = {p: p.stat().st_mtime_ns for p in (stage_dir(spk, "prepare") / "events.parquet").iterdir()}
     stamps[b / "train.jsonl"] = (b / "train.jsonl").stat().st_mtime_ns
-    embedded_on_spark_root = compose([f"paths.output_root={tmp_path}/spark", f"dataset.raw_dir={tmp_path}/raw", *SMALL,
+    embedded_on_spark_root = compose([f"paths.output_root={root}/spark", f"dataset.raw_dir={root}/raw", *SMALL,
                                       "dataset.schema=rosbank", "text.chunk_events=300"])
     for cfg in (spk, embedded_on_spark_root):
         prepare(cfg), text(cfg)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
 
 
-def test_readers_of_events_accept_the_directory(spark, tmp_path):
-    emb, spk = configs(tmp_path, "dataset.schema=rosbank")
-    a, b = prepare(emb) / "events.parquet", prepare(spk) / "events.parquet"
+def test_readers_of_events_accept_the_directory(rosbank):
+    _, _, _, a, b = rosbank
+    a, b = a / "events.parquet", b / "events.parquet"
     assert b.is_dir()
     whole = pd.read_parquet(a)
     pd.testing.assert_frame_equal(pq.read_table(b).to_pandas(), whole)  # text (whole), validate, coles
@@ -111,13 +127,9 @@ def test_readers_of_events_accept_the_directory(spark, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rosbank_raw(tmp_path_factory):
-    """Synthetic rosbank-schema raw files, generated once; tests corrupt copies."""
-    from llm4trx.data.synthetic import ensure_raw
-
-    root = tmp_path_factory.mktemp("raw")
-    ensure_raw(compose([f"paths.output_root={root}", f"dataset.raw_dir={root}/raw", *SMALL, "dataset.schema=rosbank"]).dataset)
-    return root / "raw"
+def rosbank_raw(rosbank):
+    """The rosbank-schema raw files of the shared fixture; tests corrupt copies."""
+    return rosbank[0] / "raw"
 
 
 def corrupt(raw, name, line, column, value):
