@@ -419,8 +419,9 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
         if unknown:
             repairs["mcc_not_iso18245"] += unknown
     frame = grouped.select(*canonical, *[F.col("_first")[k].alias(k) for k in ORDER]) if drop else good
-    clients = (good.groupBy("client_id").agg(F.min(F.struct(*ORDER)).alias("_first"))
-               .orderBy("_first").select("client_id").toPandas()["client_id"])
+    clients = good.groupBy("client_id").agg(F.min(F.struct(*ORDER)).alias("_first")).select(
+        "client_id", *[F.col("_first")[k].alias(k) for k in ORDER]).toPandas()
+    clients = clients.sort_values(ORDER, kind="stable")["client_id"]  # in order of first appearance
     n_categories = {"client_id": len(clients)}
     if categorical:
         distinct = good.agg(*[F.countDistinct(name).alias(name) for name in categorical]).collect()[0]
@@ -440,9 +441,11 @@ def first_targets(parsed, raw: RawFile) -> pd.DataFrame:
 
     rows = parsed.filter(F.col("_file") == raw.index).select("client_id", "_target", "_chunk", "_row")
     first = rows.groupBy("client_id").agg(F.min(F.struct("_chunk", "_row", "_target")).alias("f"),
-                                          F.countDistinct("_target").alias("values"))
-    frame = first.orderBy("f").select("client_id", F.col("f._target").alias("target"), "values").toPandas()
-    if (frame["values"] > 1).any():  # error path: find the first row whose target differs from its client's first
+                                          (F.min("_target") != F.max("_target")).alias("mixed"))
+    frame = first.select("client_id", F.col("f._chunk").alias("c"), F.col("f._row").alias("r"),
+                         F.col("f._target").alias("target"), "mixed").toPandas()
+    frame = frame.sort_values(["c", "r"], kind="stable")  # clients in order of first appearance
+    if frame["mixed"].any():  # error path: find the first row whose target differs from its client's first
         conflict = (rows.join(first, "client_id").filter(F.col("_target") != F.col("f._target"))
                     .agg(F.min(F.struct("_chunk", "_row", "client_id", F.col("f._chunk").alias("fc"),
                                         F.col("f._row").alias("fr"))).alias("c"))
