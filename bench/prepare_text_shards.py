@@ -14,14 +14,16 @@ Prints, measured in the same run:
 3. tokens per transaction of every format with the Qwen2 tokenizer and with the domain tokenizer.
 
 With --memory every stage runs in its own child process (`python -m llm4trx.<stage>`, the way scripts/run.sh
-runs it) and the table adds each stage's peak resident memory (the child's ru_maxrss from os.wait4); its times
-then include the interpreter start and imports (seconds), so compare them with the in-process ones with care.
+runs it) and the table adds each stage's peak resident memory (VmHWM of the stage process, and the largest
+ru_maxrss of its worker processes: shards.workers); its times then include the interpreter start and imports
+(seconds), so compare them with the in-process ones with care. CPU seconds include worker processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -64,12 +66,18 @@ def per_row_flat(events: pd.DataFrame, ctx: RenderContext) -> dict[str, str]:
     return texts
 
 
+def _cpu() -> float:
+    """CPU seconds of this process (incl. its threads) and of its finished children (the shards workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def timed(fn, *args):
-    """(result, wall seconds, CPU seconds of this process incl. its threads): on a shared machine the CPU
-    seconds are the steadier figure, the wall seconds what a user waits."""
-    start, cpu = time.perf_counter(), time.process_time()
+    """(result, wall seconds, CPU seconds of this process incl. its threads and worker processes): on a shared
+    machine the CPU seconds are the steadier figure, the wall seconds what a user waits."""
+    start, cpu = time.perf_counter(), _cpu()
     result = fn(*args)
-    return result, time.perf_counter() - start, time.process_time() - cpu
+    return result, time.perf_counter() - start, _cpu() - cpu
 
 
 # Runs a stage module as __main__ and writes the process's own peak RSS (VmHWM of /proc/self/status: the
@@ -81,13 +89,17 @@ sys.argv = [module, *sys.argv[3:]]
 try:
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 finally:
+    import resource
     hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
-    open(out, "w").write(hwm)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kB: the largest worker process's peak
+    open(out, "w").write(f"{hwm} {workers}")
 """
 
 
-def in_child(stage: str, overrides: list[str]) -> tuple[float, float, float]:
-    """(wall s, CPU s, peak RSS GB) of `python -m llm4trx.<stage> overrides` run in a child process."""
+def in_child(stage: str, overrides: list[str]) -> tuple[float, float, float, float]:
+    """(wall s, CPU s, peak RSS GB, largest worker's peak RSS GB) of `python -m llm4trx.<stage> overrides` run
+    in a child process (CPU includes its worker processes; a forked worker's RSS includes the pages it shares
+    with the stage process)."""
     with tempfile.NamedTemporaryFile(suffix=".hwm") as peak:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", PEAK_WRAPPER, peak.name, f"llm4trx.{stage}", *overrides,
@@ -100,7 +112,8 @@ def in_child(stage: str, overrides: list[str]) -> tuple[float, float, float]:
         proc.returncode = code
         if code:
             raise SystemExit(f"stage {stage} failed (exit {code}):\n{err[-2000:]}")
-        return wall, usage.ru_utime + usage.ru_stime, int(Path(peak.name).read_text()) / 1024**2  # kB -> GB
+        own, workers = (int(v) / 1024**2 for v in Path(peak.name).read_text().split())  # kB -> GB
+        return wall, usage.ru_utime + usage.ru_stime, own, workers
 
 
 def main() -> None:
@@ -148,13 +161,20 @@ def main() -> None:
     where = "each stage in a child process" if args.memory else "in this process"
     table = Table(title=f"end to end, {n_events:,} synthetic {args.schema}-schema transactions (format "
                         f"{args.format}; {where})")
-    for col in ["step", "wall s", "transactions/s", "CPU s", "transactions/CPU-s"] + ["peak RSS GB"] * args.memory:
+    for col in ["step", "wall s", "transactions/s", "CPU s", "transactions/CPU-s"] + \
+            ["peak RSS GB", "worker peak GB"] * args.memory:
         table.add_column(col, justify="right")
     for name, figures in steps.items():
         wall, cpu = figures[:2]
-        peak = [f"{figures[2]:.2f}" if len(figures) > 2 else ""] * args.memory
+        peak = ([f"{figures[2]:.2f}", f"{figures[3]:.2f}" if figures[3] else ""] if len(figures) > 2
+                else ["", ""]) if args.memory else []
         table.add_row(name, f"{wall:.2f}", f"{n_events / wall:,.0f}", f"{cpu:.2f}", f"{n_events / cpu:,.0f}", *peak)
     console.print(table)
+    peaks = [f[2] for k, f in steps.items() if len(f) > 2 and k in label.values()]
+    console.print(f"end to end ({' + '.join(s for s in wanted if s != 'tokenizer')}): {n_events / total[0]:,.0f} "
+                  f"transactions/s wall, {n_events / total[1]:,.0f} per CPU-s (goal >= 200,000); load average "
+                  f"{os.getloadavg()[0]:.1f}" + (f"; largest stage peak RSS {max(peaks):.2f} GB (goal <= 4)"
+                                                 if peaks else ""))
     if args.tables == "none" or not {"prepare", "text", "tokenizer"} <= set(wanted):
         return
 

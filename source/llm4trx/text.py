@@ -39,7 +39,7 @@ from llm4trx.data.splits import SPLITS
 from llm4trx.generation.mix import mix_into_train
 from llm4trx.render.formats import ContextAccumulator, RenderContext, get_format
 from llm4trx.render.texts import (PERCENTILES, SPECIAL_TOKENS, TEXT_COLUMNS, TextStats, build_texts,  # noqa: F401
-                                  estimate_ratio, render_chunk, token_stats)
+                                  estimate_line_cap, estimate_ratio, render_chunk, token_stats)
 from llm4trx.render.tokencount import get_counter
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def run(cfg: DictConfig) -> Path:
         lookup = splits.drop_duplicates("client_id").set_index("client_id")["split"]
         per_split = {split: TextStats() for split in SPLITS}
         held = [] if mixing(cfg) else None  # train rows kept for augment.mix (texts are within budget)
-        ratio = None
+        ratio = line_cap = None
         chunks = iter_client_chunks(files, [*EVENT_COLUMNS, *categorical], chunk_events)
         if spark:  # the same render_chunk, context and ratio on Spark tasks (llm4trx.render.spark_text)
             from llm4trx.render import spark_text
@@ -153,9 +153,10 @@ def run(cfg: DictConfig) -> Path:
         for table in tqdm(chunks, desc=f"text[{fmt.name}]", disable=not cfg.get("progress", False), leave=False):
             events = to_frame(table)
             del table
-            if ratio is None and body is not None:
+            if ratio is None and body is not None:  # sized once, on the first chunk
                 ratio = estimate_ratio(events, fmt, ctx, counter)
-            frame = render_chunk(events, fmt, ctx, counter, body, lookup, ratio)
+                line_cap = estimate_line_cap(events, fmt, ctx, counter, body, ratio)
+            frame = render_chunk(events, fmt, ctx, counter, body, lookup, ratio, line_cap)
             del events
             for split in SPLITS:
                 part = frame[frame["split"] == split]

@@ -123,7 +123,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           summary="events -> one text per client"),
     Stage("tokenizer", "tokenizer", SHARED, inputs=(Input("text", domain_tokenizer),), sections=("tokenizer",),
           summary="domain BPE trained on train texts, or a local pretrained tokenizer"),
-    Stage("shards", "mds", SHARED, inputs=(Input("text"), Input("tokenizer")), sections=("max_seq_len",),
+    # shards.workers: processes encoding the parts; the parts (shards.samples_per_part) fix the layout.
+    Stage("shards", "mds", SHARED, inputs=(Input("text"), Input("tokenizer")), sections=("max_seq_len", "shards"),
+          operational=("shards.workers",),
           summary="texts -> pre-tokenized MDS shards"),
     Stage("pretrain", "checkpoints", SEED, inputs=(Input("tokenizer"), Input("shards")),
           sections=("model", "max_seq_len", "seed", "trainer"),

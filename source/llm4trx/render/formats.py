@@ -197,6 +197,17 @@ class Fields:
         self.n_events = np.diff(self.offsets)
         self.ns = events["event_time"].to_numpy("datetime64[ns]")
         self._categorical: dict[str, pa.Array] = {}
+        self._constant: dict[str, np.ndarray] = {}
+        self._parent: tuple[Fields, np.ndarray] | None = None
+
+    def subset(self, rows: np.ndarray) -> "Fields":
+        """The fields of events `rows` (sorted; at least one row of every client) for rendering their LINES:
+        values that depend on a client's whole history (the day gap to the previous event, categoricals
+        constant over the history) come from these fields. Heads are rendered from the whole fields."""
+        sub = Fields(self.ev.iloc[rows], self.ctx)
+        sub.__dict__["day_gap"] = self.day_gap[rows]
+        sub._parent = (self, rows)
+        return sub
 
     @property
     def days(self) -> np.ndarray:
@@ -257,8 +268,9 @@ class Fields:
     def client_first_last(self) -> tuple[pa.Array, pa.Array]:
         if not len(self.client_ids):
             return pa.array([], pa.string()), pa.array([], pa.string())
-        first = self.date.take(pa.array(self.offsets[:-1]))
-        last = self.date.take(pa.array(self.offsets[1:] - 1))
+        as_date = lambda u: list(np.datetime_as_string(u, unit="D"))  # noqa: E731  (as self.date, on 2 rows per client)
+        first = _take_unique(self.days[self.offsets[:-1]], as_date)
+        last = _take_unique(self.days[self.offsets[1:] - 1], as_date)
         return first, last
 
 
@@ -482,6 +494,13 @@ def _categorical_words(f: Fields, col: str) -> pa.Array:
 
 def _constant_in_client(f: Fields, col: str) -> np.ndarray:
     """Per event: the client has one value of `col` on every transaction."""
+    if col not in f._constant:
+        f._constant[col] = (_constant_in_client(f._parent[0], col)[f._parent[1]] if f._parent is not None
+                            else _constant_over(f, col))
+    return f._constant[col]
+
+
+def _constant_over(f: Fields, col: str) -> np.ndarray:
     codes = pc.dictionary_encode(f.categorical(col)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
     if not len(codes):
         return np.zeros(0, bool)
@@ -502,7 +521,7 @@ def fields_head(f: Fields) -> pa.Array:
     parts = []
     for col in f.ctx.categorical:
         const = _constant_in_client(f, col)
-        words = _categorical_words(f, col).take(first)
+        words = mapped(f.categorical(col).take(first), lambda v, c=col: f"{_word(c)}={_word(v)}")
         parts.append(pc.if_else(pa.array(const[f.offsets[:-1][present]]), _join(words, " "), ""))
     joined = _join(*parts)
     out = np.array([""] * len(f.client_ids), dtype=object)

@@ -30,6 +30,9 @@ WINDOW_BYTES_PER_TOKEN = 6.0
 # full count, which is exact but slower; a tight margin saves counting (1.5 counted 1.7x the kept text's bytes
 # on the benchmark, 1.15 about 1.3x with under 1% of clients falling back).
 WINDOW_MARGIN = 1.15
+# The lines first counted are those within TIGHT_WINDOW x that window (the sample's largest bytes/token, no margin);
+# only the clients whose tight window holds fewer tokens than the budget are counted again over the full window.
+TIGHT_WINDOW = 0.85
 
 
 def _lengths(counter: TokenCounter, arr: pa.Array) -> np.ndarray:
@@ -38,31 +41,59 @@ def _lengths(counter: TokenCounter, arr: pa.Array) -> np.ndarray:
 
 
 def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter,
-                max_tokens: int | None, progress: bool = False, ratio: float | None = None) -> pd.DataFrame:
+                max_tokens: int | None, progress: bool = False, ratio: float | None = None,
+                line_cap: int | None = None) -> pd.DataFrame:
     """client_id, text, n_events, n_events_kept, n_tokens for every client of `events` (sorted by client, time).
 
     `ratio`: the bytes (chars) per token that sizes the counting window (estimated on a sample of these
     clients when None). It only decides how much is counted before the exact checks, never the result.
+    `line_cap`: render only each client's newest `line_cap` lines (estimate_line_cap); a client whose counting
+    window reaches past them, or whose window holds fewer tokens than the budget, is redone on its whole
+    history, so the result is the same as without the cap, which only saves rendering lines truncation drops.
     """
     steps = tqdm(total=4, desc=f"text[{fmt.name}]", disable=not progress, leave=False)
-    fields = Fields(events, ctx)
-    n_clients, offsets = len(fields.client_ids), fields.offsets
-    head, lines, units, tail, last_of_client = _pieces(fmt, fields)
+    whole = fields = Fields(events, ctx)
+    n_clients = len(whole.client_ids)
+    hidden = np.zeros(n_clients, bool)  # clients with older lines not rendered (line_cap)
+    if max_tokens is not None and line_cap is not None and n_clients and (whole.n_events > line_cap).any():
+        shown = np.minimum(whole.n_events, line_cap)
+        rows = np.repeat(whole.offsets[1:] - shown, shown) + np.arange(shown.sum()) - np.repeat(
+            np.r_[0, np.cumsum(shown)[:-1]], shown)
+        fields, hidden = whole.subset(rows), whole.n_events > line_cap
+    offsets, n_rows = fields.offsets, len(fields.ev)
+    head, lines, units, tail, last_of_client = _pieces(fmt, fields, fmt.head(whole))
     steps.update()
 
     client_of = np.repeat(np.arange(n_clients), fields.n_events)
-    selected = np.ones(len(events), bool)
+    selected = np.ones(n_rows, bool)
     if max_tokens is not None:  # count only a window of newest lines that surely holds max_tokens tokens
         line_bytes = np.r_[0, np.cumsum(_lengths(counter, units))]
         suffix_bytes = line_bytes[offsets[1:]][client_of] - line_bytes[:-1]
         if ratio is None:
             ratio = window_ratio(counter, head, units, tail, offsets)
         selected = (suffix_bytes <= max_tokens * ratio) | last_of_client
+    # the window reaches the oldest rendered line of a client with older lines: redo it on its whole history
+    redo = hidden & selected[offsets[:-1]] if hidden.any() else hidden
     everyone = np.arange(n_clients)
+    generous = selected
+    if max_tokens is not None and TIGHT_WINDOW < 1:  # first a tighter window; the generous one where it falls short
+        selected = (suffix_bytes <= max_tokens * ratio * TIGHT_WINDOW) | last_of_client
     head_tok, tail_tok, unit_tok, unclean = _count_pieces(counter, head, units, tail, client_of, everyone, selected)
     window_tok = np.bincount(client_of[selected], weights=unit_tok[selected], minlength=n_clients)
+    if selected is not generous:
+        outside = np.bincount(client_of, weights=~selected, minlength=n_clients) > 0
+        wider = np.flatnonzero(outside & (head_tok + tail_tok + window_tok <= max_tokens) & ~redo)
+        if len(wider):
+            mask = np.isin(client_of, wider)
+            selected = np.where(mask, generous, selected)
+            h, t, u, uc = _count_pieces(counter, head, units, tail, client_of, wider, mask & generous)
+            head_tok[wider], tail_tok[wider], unclean[wider] = h, t, uc
+            unit_tok[mask] = u[mask]
+            window_tok = np.bincount(client_of[selected], weights=unit_tok[selected], minlength=n_clients)
     outside = np.bincount(client_of, weights=~selected, minlength=n_clients) > 0
-    short = np.flatnonzero(outside & (head_tok + tail_tok + window_tok <= max_tokens if max_tokens else False))
+    short = outside & (head_tok + tail_tok + window_tok <= max_tokens if max_tokens else False)
+    redo |= short & hidden
+    short = np.flatnonzero(short & ~redo)
     if len(short):  # the window held fewer tokens than the budget: count these clients' whole history
         mask = np.isin(client_of, short)
         h, t, u, uc = _count_pieces(counter, head, units, tail, client_of, short, mask)
@@ -72,7 +103,7 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
     if fmt.grouped:  # charge each MCC group's label to its newest event
         labels = pc.binary_join_element_wise(fields.mcc, ": ", "")
         label_tok = _unique_counts(counter, labels) + 1  # + the line break between groups
-        newest = ~pd.DataFrame({"c": client_of, "m": events["mcc"].to_numpy()})[::-1].duplicated().to_numpy()[::-1]
+        newest = ~pd.DataFrame({"c": client_of, "m": fields.ev["mcc"].to_numpy()})[::-1].duplicated().to_numpy()[::-1]
         unit_tok = np.where(unit_tok >= 0, unit_tok + np.where(newest, label_tok, 0), unit_tok)
         unclean[:] = True  # regrouping changes the text around each line: always verify
     fixed = head_tok + tail_tok
@@ -87,15 +118,15 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
     keep = suffix + fixed[client_of] <= budget
     kept_tok = np.bincount(client_of, weights=np.where(keep, unit_tok, 0), minlength=n_clients).astype(np.int64)
     n_tokens = fixed + kept_tok
-    truncated = np.bincount(client_of, weights=~keep, minlength=n_clients) > 0
+    truncated = (np.bincount(client_of, weights=~keep, minlength=n_clients) > 0) | hidden
     steps.update()
 
     texts = assemble(fmt, fields, head, lines, keep)
     # A truncated text joins the header to a line it did not follow before: check that seam.
     kept_idx = np.flatnonzero(keep)
-    first_kept = np.full(n_clients, len(events))
+    first_kept = np.full(n_clients, n_rows)
     np.minimum.at(first_kept, client_of[kept_idx], kept_idx)
-    seam = np.flatnonzero(truncated & ~unclean & (first_kept < len(events)))
+    seam = np.flatnonzero(truncated & ~unclean & (first_kept < n_rows) & ~redo)
     if len(seam):
         joined = pc.binary_join_element_wise(head.take(pa.array(seam)), units.take(pa.array(first_kept[seam])), "")
         seam_tok = counter.count(joined.to_pylist())
@@ -105,17 +136,27 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
     steps.update()
     steps.close()
     n_kept = np.bincount(client_of, weights=keep, minlength=n_clients).astype(np.int64)
-    return pd.DataFrame({
-        "client_id": fields.client_ids.astype(str), "text": texts.to_pylist(),
-        "n_events": fields.n_events, "n_events_kept": n_kept, "n_tokens": n_tokens,
+    texts, n_tokens, fixed = texts.to_pylist(), n_tokens.astype(np.int64), fixed.astype(np.int64)
+    again = np.flatnonzero(redo)
+    if len(again):
+        rows = np.concatenate([np.arange(whole.offsets[c], whole.offsets[c + 1]) for c in again])
+        redone = build_texts(events.iloc[rows], fmt, ctx, counter, max_tokens, ratio=ratio)
+        for c, text in zip(again, redone["text"]):
+            texts[c] = text
+        n_kept[again], n_tokens[again] = redone["n_events_kept"].to_numpy(), redone["n_tokens"].to_numpy()
+        fixed[again] = redone["n_header_tokens"].to_numpy()
+    frame = pd.DataFrame({
+        "client_id": whole.client_ids.astype(str), "text": texts,
+        "n_events": whole.n_events, "n_events_kept": n_kept, "n_tokens": n_tokens,
         "n_header_tokens": fixed,
     })
+    return frame
 
 
-def _pieces(fmt: Format, fields: Fields):
+def _pieces(fmt: Format, fields: Fields, head: pa.Array | None = None):
     """head, lines, units (each line with the separator that follows it in the text), tail, last_of_client."""
     n_clients, offsets = len(fields.client_ids), fields.offsets
-    head, lines = fmt.head(fields), fmt.line(fields)
+    head, lines = fmt.head(fields) if head is None else head, fmt.line(fields)
     tail = pa.array([fmt.tail] * n_clients, pa.string())
     last_of_client = np.zeros(len(lines), bool)
     last_of_client[offsets[1:][fields.n_events > 0] - 1] = True
@@ -129,16 +170,34 @@ def estimate_ratio(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counte
                    n_sample: int = 64) -> float:
     """window_ratio of a sample of the clients of `events`: compute it once (on a first chunk) and pass it
     to every chunk's build_texts/render_chunk, so each chunk does not count a sample of its own."""
-    client = events["client_id"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, client[1:] != client[:-1]]) if len(client) else np.zeros(0, int)
-    if not len(starts):
+    if not len(events):
         return WINDOW_BYTES_PER_TOKEN
-    ends = np.r_[starts[1:], len(client)]
-    pick = np.unique(np.linspace(0, len(starts) - 1, min(n_sample, len(starts))).astype(np.int64))
-    rows = np.concatenate([np.arange(starts[c], ends[c]) for c in pick])
-    fields = Fields(events.iloc[rows].reset_index(drop=True), ctx)
+    fields = Fields(events.iloc[_sample_rows(events, n_sample)].reset_index(drop=True), ctx)
     head, _, units, tail, _ = _pieces(fmt, fields)
     return window_ratio(counter, head, units, tail, fields.offsets, n_sample)
+
+
+def estimate_line_cap(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter,
+                      max_tokens: int | None, ratio: float, n_sample: int = 64) -> int | None:
+    """How many newest lines per client to render (build_texts' line_cap): the counting window
+    (max_tokens x ratio bytes) holds at most window / shortest line + 1 lines; the shortest line is measured
+    on a sample of clients, and clients with shorter lines are redone whole, so any cap gives the same texts."""
+    if max_tokens is None or not len(events):
+        return None
+    sample = _sample_rows(events, n_sample)
+    fields = Fields(events.iloc[sample].reset_index(drop=True), ctx)
+    _, _, units, _, _ = _pieces(fmt, fields)
+    shortest = max(int(_lengths(counter, units).min()), 1) if len(units) else 1
+    return int(max_tokens * ratio // shortest) + 2
+
+
+def _sample_rows(events: pd.DataFrame, n_sample: int) -> np.ndarray:
+    """The rows of up to n_sample clients spread over `events`."""
+    client = events["client_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, client[1:] != client[:-1]])
+    ends = np.r_[starts[1:], len(client)]
+    pick = np.unique(np.linspace(0, len(starts) - 1, min(n_sample, len(starts))).astype(np.int64))
+    return np.concatenate([np.arange(starts[c], ends[c]) for c in pick])
 
 
 def window_ratio(counter, head, units, tail, offsets, n_sample: int = 64) -> float:
@@ -217,7 +276,8 @@ TEXT_COLUMNS = ["client_id", "text", "n_events", "n_events_kept", "n_tokens"]  #
 
 
 def render_chunk(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter,
-                 budget: int | None, splits: pd.Series | None = None, ratio: float | None = None) -> pd.DataFrame:
+                 budget: int | None, splits: pd.Series | None = None, ratio: float | None = None,
+                 line_cap: int | None = None) -> pd.DataFrame:
     """The text rows of one chunk of WHOLE clients (every event of each client of `events`, sorted by
     client_id, event_time), exactly as for the whole table.
 
@@ -228,13 +288,14 @@ def render_chunk(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter:
     counter: llm4trx.render.tokencount.get_counter(cfg.text.count_tokenizer);
     budget: tokens of the text itself = text.max_tokens - SPECIAL_TOKENS (None: no truncation);
     splits: client_id -> split (a Series indexed by client_id); adds a `split` column (NaN where unknown);
-    ratio: estimate_ratio(...) of a first chunk, the same for every chunk (None: estimated on this chunk).
+    ratio: estimate_ratio(...) of a first chunk, the same for every chunk (None: estimated on this chunk);
+    line_cap: estimate_line_cap(...) of a first chunk (None: every line rendered). Neither changes the rows.
     Returns client_id, text, n_events, n_events_kept, n_tokens, n_header_tokens[, split], one row per client
     in client order; the first five columns are text/{split}.jsonl's rows.
     """
     if len(events) and events["client_id"].dtype != object:
         events = events.assign(client_id=events["client_id"].astype(str))
-    frame = build_texts(events, fmt, ctx, counter, budget, ratio=ratio)
+    frame = build_texts(events, fmt, ctx, counter, budget, ratio=ratio, line_cap=line_cap)
     if splits is not None:
         frame["split"] = splits.reindex(frame["client_id"]).to_numpy()
     return frame
