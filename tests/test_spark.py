@@ -5,6 +5,7 @@ skip behaviour. One local[2] session for the module (a JVM start costs seconds).
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import shutil
 
@@ -67,7 +68,7 @@ def assert_same_prepare(a, b):
 def rosbank(spark, tmp_path_factory):
     """Both engines' prepare on the same rosbank-schema data (shared by the tests below)."""
     root = tmp_path_factory.mktemp("rosbank")
-    emb, spk = configs(root, "dataset.schema=rosbank", "text.chunk_events=300")
+    emb, spk = configs(root, "dataset.schema=rosbank", "text.chunk_events=300", "text.max_tokens=60")  # truncating
     return root, emb, spk, prepare(emb), prepare(spk)
 
 
@@ -99,13 +100,14 @@ def test_text_on_spark_equals_embedded_and_skips(rosbank):
     a, b = text(emb), text(spk)
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json"):
         assert filecmp.cmp(a / name, b / name, shallow=False), name
+    assert read_success(b)["counts"] and json.loads((b / "stats.json").read_text())["splits"]["train"]["n_truncated_clients"] > 0
     assert sorted(p.name for p in b.iterdir()) == ["_SUCCESS.json", "stats.json", "test.jsonl", "train.jsonl", "val.jsonl"]
     assert read_success(a)["config_hash"] == read_success(b)["config_hash"]
     # reruns skip, whichever engine asks (the same hash): nothing is rewritten
     stamps = {p: p.stat().st_mtime_ns for p in (stage_dir(spk, "prepare") / "events.parquet").iterdir()}
     stamps[b / "train.jsonl"] = (b / "train.jsonl").stat().st_mtime_ns
     embedded_on_spark_root = compose([f"paths.output_root={root}/spark", f"dataset.raw_dir={root}/raw", *SMALL,
-                                      "dataset.schema=rosbank", "text.chunk_events=300"])
+                                      "dataset.schema=rosbank", "text.chunk_events=300", "text.max_tokens=60"])
     for cfg in (spk, embedded_on_spark_root):
         prepare(cfg), text(cfg)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}

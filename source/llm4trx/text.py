@@ -144,12 +144,15 @@ def run(cfg: DictConfig) -> Path:
             from llm4trx.render import spark_text
 
             first = next(chunks, None)
-            if body is not None and first is not None:
-                ratio = estimate_ratio(to_frame(first), fmt, ctx, counter)
+            if body is not None and first is not None:  # sized on the first chunk, as below
+                first = to_frame(first)
+                ratio = estimate_ratio(first, fmt, ctx, counter)
+                line_cap = estimate_line_cap(first, fmt, ctx, counter, body, ratio)
             del first
             chunks = iter(())
             per_split = spark_text.render(session(cfg), files, categorical, fmt, ctx, str(cfg.text.count_tokenizer),
-                                          body, lookup, ratio, chunk_events, out, cfg.engine.spark.get("partitions"))
+                                          body, lookup, ratio, line_cap, chunk_events, out,
+                                          cfg.engine.spark.get("partitions"))
         for table in tqdm(chunks, desc=f"text[{fmt.name}]", disable=not cfg.get("progress", False), leave=False):
             events = to_frame(table)
             del table

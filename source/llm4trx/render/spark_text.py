@@ -2,7 +2,8 @@
 
 The driver does what the embedded stage does before rendering (llm4trx.text.scan_events: the prepare contract
 checks and the dataset-level RenderContext, a streamed pass over client_id, event_time and the categoricals;
-the window ratio of the first chunk), so both engines render with the same context and ratio. Then Spark:
+the window ratio and line cap of the first chunk), so both engines render with the same context, ratio and
+cap. Then Spark:
 1. tasks read data/events.parquet (a file or a directory of parts) one row group each, with its position
    (row group index, row) — the file order, which is the (client_id, event_time) order;
 2. the rows are range-partitioned by client_id and sorted within partitions by (client_id, position): each
@@ -58,7 +59,8 @@ def _read_units(files: list[str], columns: list[str]):
     return read
 
 
-def _render_parts(tmp: str, fmt, ctx, counter_name: str, budget, lookup: pd.Series, ratio, chunk_events: int):
+def _render_parts(tmp: str, fmt, ctx, counter_name: str, budget, lookup: pd.Series, ratio, line_cap,
+                  chunk_events: int):
     def render(batches):
         from pyspark import TaskContext
 
@@ -73,7 +75,7 @@ def _render_parts(tmp: str, fmt, ctx, counter_name: str, budget, lookup: pd.Seri
             table = pa.concat_tables(tables)
             events = to_frame(table)
             events["event_time"] = events["event_time"].to_numpy().astype("datetime64[ns]")
-            frame = render_chunk(events, fmt, ctx, counter, budget, lookup, ratio)
+            frame = render_chunk(events, fmt, ctx, counter, budget, lookup, ratio, line_cap)
             for split in SPLITS:
                 rows = frame[frame["split"] == split]
                 if len(rows):
@@ -107,7 +109,7 @@ def _render_parts(tmp: str, fmt, ctx, counter_name: str, budget, lookup: pd.Seri
 
 
 def render(spark, files: list[Path], categorical: list[str], fmt, ctx, counter_name: str, budget, lookup: pd.Series,
-           ratio, chunk_events: int, out: Path, partitions: int | None = None) -> dict[str, TextStats]:
+           ratio, line_cap, chunk_events: int, out: Path, partitions: int | None = None) -> dict[str, TextStats]:
     """Write out/{split}.jsonl for every client of `files` (events.parquet's parts in order); returns the
     per-split TextStats (client order)."""
     units = [(file, group) for file in files for group in range(pq.ParquetFile(file).num_row_groups)]
@@ -124,7 +126,7 @@ def render(spark, files: list[Path], categorical: list[str], fmt, ctx, counter_n
     for split in SPLITS:
         (tmp / split).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    render_fn = _render_parts(str(tmp), fmt, ctx, counter_name, budget, lookup, ratio, chunk_events)
+    render_fn = _render_parts(str(tmp), fmt, ctx, counter_name, budget, lookup, ratio, line_cap, chunk_events)
     stats = ordered.mapInArrow(render_fn, "part int, split string, n_tokens bigint, n_events bigint, "
                                           "n_events_kept bigint, n_header_tokens bigint").toPandas()
     seconds = time.perf_counter() - started
