@@ -208,3 +208,23 @@ def test_engine_config_composes_and_passes_spark_keys_through():
         compose_checked(["engine=bogus"])
     with pytest.raises(ConfigError):
         engine_of(OmegaConf.create({"engine": {"name": "dask"}}))
+
+
+@pytest.mark.parametrize("drop", ["false", "true"])
+def test_duplicates_counted_and_dropped_like_embedded(spark, tmp_path, rosbank_raw, drop):
+    """A, B, A' sharing client and time (A' a copy of A, not its neighbour in file order), and an exact copy at
+    the end of the file: counted the same, and with drop_duplicates the same rows kept in the same order."""
+    emb, spk = configs(tmp_path, "dataset.schema=rosbank", f"dataset.drop_duplicates={drop}")
+    shutil.copytree(rosbank_raw, tmp_path / "raw")
+    path = tmp_path / "raw" / "train.csv"
+    lines = path.read_bytes().rstrip(b"\n").split(b"\n")
+    header = [h.strip(b'"') for h in lines[0].split(b",")]
+    k = len(lines) // 2
+    b = lines[k].split(b",")
+    b[header.index(b"amount")] = b"1.25"
+    lines[k + 1: k + 1] = [b",".join(b), lines[k]]
+    lines.append(lines[3])
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    a, b = prepare(emb), prepare(spk)
+    assert read_success(a)["counts"]["repairs"]["duplicate_events"] == 2
+    assert_same_prepare(a, b)

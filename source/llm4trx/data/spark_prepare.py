@@ -14,8 +14,9 @@ How the work is split, and which code runs where:
   bad input does not fail the job: its summary holds the error (kind, local line, column, message); the driver
   raises the first error in file order, with the line converted to the file's line.
 - Spark SQL over the parsed rows: per-row targets (rosbank's target_flag: first row per client, conflicts),
-  duplicates (group by every column: counts, and the first copy when dropped), MCC counts for the ISO check,
-  distinct categories, and the client table. The client table and the targets are small and go to the driver,
+  distinct categories, and the client table. Duplicates (rows equal in every column: counted, dropped with
+  dataset.drop_duplicates) and the MCC counts of the ISO check are found in the sorted write tasks, as the
+  embedded engine does after its sort (neighbours sharing client and time compared in full). The client table and the targets are small and go to the driver,
   where the split protocol (`splits.make_splits`) runs unchanged.
 - Output: data/events.parquet is a DIRECTORY of parts `part-00000.parquet`, ... range-partitioned by client_id
   and sorted within each part by (client_id, event_time, file order), so the parts in file-name order are the
@@ -247,8 +248,42 @@ def parse_to_parquet(raw: RawFile, chunk: int, schema: pa.Schema, scratch: str) 
     return summary
 
 
-def write_parts(folder: str, schema: pa.Schema):
-    """mapInArrow function: this partition's rows (sorted) -> `folder`/part-<partition>.parquet."""
+SEGMENT = 1 << 18  # sorted rows checked for duplicates at once (cut between (client, time) groups)
+REPAIRS_ORDER = ("categorical_filled", "duplicate_targets", "duplicate_events", "mcc_not_iso18245",
+                 "targets_without_events")  # the order the embedded engine counts them in (loaders.assemble)
+
+
+def duplicates_of(table: pa.Table) -> np.ndarray:
+    """loaders.duplicated_rows on one sorted segment of whole (client, time) groups: rows equal in every column
+    to an earlier row; only rows sharing client and time with a neighbour are compared in full."""
+    n = table.num_rows
+    dup = np.zeros(n, dtype=bool)
+    if n < 2:
+        return dup
+    c, t = table.column("client_id"), table.column("event_time")
+    tie = (pc.equal(c.slice(1), c.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+           & pc.equal(t.slice(1), t.slice(0, n - 1)).to_numpy(zero_copy_only=False))
+    candidates = np.zeros(n, dtype=bool)
+    candidates[1:] |= tie
+    candidates[:-1] |= tie
+    if candidates.any():
+        idx = np.flatnonzero(candidates)
+        dup[idx] = table.take(pa.array(idx)).to_pandas().duplicated().to_numpy()
+    return dup
+
+
+def last_group_start(table: pa.Table) -> int:
+    """Index of the first row of the table's last (client, time) group."""
+    c, t = table.column("client_id"), table.column("event_time")
+    other = np.flatnonzero(~(pc.equal(c, c[-1]).to_numpy(zero_copy_only=False)
+                             & pc.equal(t, t[-1]).to_numpy(zero_copy_only=False)))
+    return int(other[-1]) + 1 if len(other) else 0
+
+
+def write_parts(folder: str, schema: pa.Schema, drop_duplicates: bool):
+    """mapInArrow function: this partition's rows (sorted) -> `folder`/part-<partition>.parquet, with the
+    embedded engine's duplicate check (counted; dropped with dataset.drop_duplicates) and the MCC counts of
+    the rows kept."""
 
     def write(batches):
         import pyarrow.parquet as pq
@@ -258,7 +293,8 @@ def write_parts(folder: str, schema: pa.Schema):
         part = ctx.partitionId()
         final = os.path.join(folder, f"part-{part:05d}.parquet")
         tmp = os.path.join(folder, f".part-{part:05d}.parquet.tmp-{ctx.taskAttemptId()}")
-        writer, pending, held, rows = None, [], 0, 0
+        writer, pending, held, rows, duplicates, mcc = None, [], 0, 0, 0, Counter()
+        segment, in_segment = [], 0
 
         def flush():
             nonlocal pending, held
@@ -266,22 +302,47 @@ def write_parts(folder: str, schema: pa.Schema):
                 writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
             pending, held = [], 0
 
+        def checked(table: pa.Table) -> None:
+            nonlocal duplicates
+            dup = duplicates_of(table)
+            duplicates += int(dup.sum())
+            if drop_duplicates and dup.any():
+                table = table.filter(pa.array(~dup))
+            codes, counts = np.unique(table.column("mcc").to_numpy(), return_counts=True)
+            mcc.update(dict(zip(codes.tolist(), counts.tolist())))
+            add(table)
+
+        def add(table: pa.Table) -> None:
+            nonlocal writer, held, rows
+            if writer is None and table.num_rows:
+                writer = pq.ParquetWriter(tmp, schema)
+            while table.num_rows:  # row groups of exactly ROW_GROUP rows, as the embedded writer
+                take = min(ROW_GROUP - held, table.num_rows)
+                pending.append(table.slice(0, take))
+                held += take
+                rows += take
+                table = table.slice(take)
+                if held == ROW_GROUP:
+                    flush()
+
         try:
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, schema)
                 arrays = [batch.column(f.name).cast(f.type) for f in schema]
-                table = pa.Table.from_arrays(arrays, schema=schema)
-                while table.num_rows:  # row groups of exactly ROW_GROUP rows, as the embedded writer
-                    take = min(ROW_GROUP - held, table.num_rows)
-                    pending.append(table.slice(0, take))
-                    held += take
-                    rows += take
-                    table = table.slice(take)
-                    if held == ROW_GROUP:
-                        flush()
+                segment.append(pa.Table.from_arrays(arrays, schema=schema))
+                in_segment += batch.num_rows
+                if in_segment < SEGMENT:
+                    continue
+                whole = pa.concat_tables(segment)
+                cut = last_group_start(whole)  # duplicates never straddle a cut
+                if cut == 0:  # one (client, time) group so far: keep reading
+                    segment = [whole]
+                    continue
+                checked(whole.slice(0, cut))
+                segment, in_segment = [whole.slice(cut)], whole.num_rows - cut
+            if in_segment:
+                checked(pa.concat_tables(segment))
             if writer is not None:
                 flush()
                 writer.close()
@@ -290,8 +351,10 @@ def write_parts(folder: str, schema: pa.Schema):
             if os.path.exists(tmp):
                 os.remove(tmp)
             raise
-        yield pa.RecordBatch.from_arrays([pa.array([part], pa.int32()), pa.array([rows], pa.int64())],
-                                         names=["part", "rows"])
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([part], pa.int32()), pa.array([rows], pa.int64()), pa.array([duplicates], pa.int64()),
+             pa.array([list(mcc)], pa.list_(pa.int64())), pa.array([list(mcc.values())], pa.list_(pa.int64()))],
+            names=["part", "rows", "duplicates", "mcc", "mcc_rows"])
 
     return write
 
@@ -301,12 +364,15 @@ def write_parts(folder: str, schema: pa.Schema):
 class SparkEvents:
     """The parsed events on Spark: what prepare needs of loaders.Events (client_ids, len, write_parquet)."""
 
-    def __init__(self, frame, clients: pd.Index, n_events: int, n_categories: dict[str, int], partitions: int,
-                 scratch: Path):
-        self.frame_, self.clients, self.n_events = frame, clients, n_events
+    def __init__(self, frame, clients: pd.Index, n_categories: dict[str, int], partitions: int, scratch: Path,
+                 ds: DictConfig, repairs: Counter):
+        self.frame_, self.clients, self.n_events = frame, clients, None
         self.n_categories, self.partitions, self.scratch = n_categories, partitions, scratch
+        self.ds, self.repairs = ds, repairs
 
     def __len__(self) -> int:
+        if self.n_events is None:
+            raise RuntimeError("the number of events is known once events.parquet is written (duplicates)")
         return self.n_events
 
     def client_ids(self) -> pd.Index:
@@ -322,12 +388,27 @@ class SparkEvents:
         ranged = self.frame_.repartitionByRange(self.partitions, F.col("client_id"))
         ordered = ranged.sortWithinPartitions("client_id", "event_time", *ORDER).select(*names)
         clock = _Clock()
-        written = ordered.mapInArrow(write_parts(str(path), schema), "part int, rows long").collect()
-        clock.lap("sorted and written")
-        rows = sum(r["rows"] for r in written)
-        if rows != self.n_events:  # pragma: no cover - a lost or duplicated part
-            raise RuntimeError(f"wrote {rows} events into {path}, expected {self.n_events}")
-        log.info("events.parquet: %d parts, %d rows", sum(r["rows"] > 0 for r in written), rows)
+        drop = bool(self.ds.get("drop_duplicates", False))
+        written = ordered.mapInArrow(write_parts(str(path), schema, drop),
+                                     "part int, rows long, duplicates long, mcc array<long>, mcc_rows array<long>").collect()
+        clock.lap("sorted, checked for duplicates and written")
+        self.n_events = sum(r["rows"] for r in written)
+        # check_events' repairs, in the embedded engine's order (they are known only now)
+        found = Counter()
+        duplicates = sum(r["duplicates"] for r in written)
+        if duplicates:
+            found["duplicate_events"] = duplicates
+        if self.ds.get("mcc_names") == "iso18245":
+            unknown = sum(n for r in written for c, n in zip(r["mcc"], r["mcc_rows"]) if not loaders.is_iso18245(int(c)))
+            if unknown:
+                found["mcc_not_iso18245"] = unknown
+        for what, count in found.items():
+            log.warning("%s: %s = %d", self.ds.name, what, count)
+        merged = {**self.repairs, **found}
+        self.repairs.clear()
+        for key in [k for k in REPAIRS_ORDER if k in merged] + [k for k in merged if k not in REPAIRS_ORDER]:
+            self.repairs[key] = merged[key]
+        log.info("events.parquet: %d parts, %d rows", sum(r["rows"] > 0 for r in written), self.n_events)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -404,21 +485,8 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
         targets = pd.concat(row_targets, ignore_index=True)
     loaders.check_target_values(ds, targets, raw_dir / (target_file.name if target_file else files[0].name))
 
-    # check_events: duplicates (rows equal in every column), ISO 18245 MCCs, over the rows kept
-    canonical = ["client_id", "event_time", "amount", "mcc", *categorical]
-    grouped = good.groupBy(*canonical).agg(F.count(F.lit(1)).alias("_n"), F.min(F.struct(*ORDER)).alias("_first"))
-    drop = bool(ds.get("drop_duplicates", False))
-    by_mcc = grouped.groupBy("mcc").agg(F.sum("_n").alias("rows"), F.count(F.lit(1)).alias("distinct")).toPandas()
-    clock.lap("duplicates and MCCs")
-    duplicates = int(by_mcc["rows"].sum() - by_mcc["distinct"].sum())
-    if duplicates:
-        repairs["duplicate_events"] += duplicates
-    kept = by_mcc["distinct" if drop else "rows"]
-    if ds.get("mcc_names") == "iso18245":
-        unknown = int(kept[[not loaders.is_iso18245(int(c)) for c in by_mcc["mcc"]]].sum())
-        if unknown:
-            repairs["mcc_not_iso18245"] += unknown
-    frame = grouped.select(*canonical, *[F.col("_first")[k].alias(k) for k in ORDER]) if drop else good
+    # check_events (duplicates, ISO 18245 MCCs) runs in the sorted write tasks: SparkEvents.write_parquet
+    frame = good
     clients = good.groupBy("client_id").agg(F.min(F.struct(*ORDER)).alias("_first")).select(
         "client_id", *[F.col("_first")[k].alias(k) for k in ORDER]).toPandas()
     clients = clients.sort_values(ORDER, kind="stable")["client_id"]  # in order of first appearance
@@ -429,8 +497,8 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
     clock.lap("clients and categories")
     targets = loaders.finish_targets(ds, targets, pd.Index(clients), repairs)
     partitions = int(engine.get("partitions") or spark.sparkContext.defaultParallelism)
-    store = SparkEvents(frame, pd.Index(clients.to_numpy(dtype=object), dtype=object), int(kept.sum()),
-                        n_categories, partitions, scratch)
+    store = SparkEvents(frame, pd.Index(clients.to_numpy(dtype=object), dtype=object), n_categories, partitions,
+                        scratch, ds, repairs)
     return loaders.Loaded(store=store, targets=targets, repairs=repairs)
 
 
