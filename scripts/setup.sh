@@ -26,5 +26,15 @@ echo "setup.sh: installing pinned requirements into $VENV (first time: a few min
 # Byte-compile the environment once: where PYTHONDONTWRITEBYTECODE is set (as on our CI machines) every
 # process would otherwise recompile torch/transformers/llm-foundry from source (import ~2x slower).
 "$VENV/bin/python" -m compileall -q -j 0 -x '/tests?/' "$VENV/lib" >/dev/null 2>&1 || true
+# engine=spark (conf/engine/spark.yaml) runs on a JVM: install a headless JRE where `java` is missing and apt
+# can be used (root); otherwise say how. Nothing else needs Java.
+if ! command -v java >/dev/null && [[ -z "${JAVA_HOME:-}" ]]; then
+  if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; } >/dev/null 2>&1 ||
+      echo "setup.sh: could not install openjdk-17-jre-headless; engine=spark needs Java 17" >&2
+  else
+    echo "setup.sh: no java found; engine=spark needs Java 17 (apt-get install openjdk-17-jre-headless, or set JAVA_HOME)" >&2
+  fi
+fi
 echo "$want" > "$STAMP"
 echo "setup.sh: environment ready ($VENV)" >&2

@@ -9,6 +9,10 @@ Raw CSV is streamed in blocks into compact columns and events.parquet is written
 Everything is read and validated before the stage folder is written (see llm4trx.data.loaders for what counts
 as an error and what as a logged repair; the repair counts land in data/_SUCCESS.json).
 Changing the raw files without changing the config needs `force=true` to rebuild.
+
+`engine=spark` (conf/engine/spark.yaml) reads the same files with the same checks on Apache Spark
+(llm4trx.data.spark_prepare); events.parquet is then a directory of parts, sorted by client, time in file-name
+order (pandas and pyarrow read it as one table). The outputs are the same, so the engine is not hashed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from omegaconf import DictConfig
 from llm4trx.data import loaders, synthetic
 from llm4trx.core.cli import stage_main
 from llm4trx.data.splits import make_splits
+from llm4trx.core.spark import engine_of, session
 from llm4trx.core.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,12 @@ def build(cfg: DictConfig, out: Path) -> dict:
     ds = cfg.dataset
     if ds.get("generator") == "synthetic":
         synthetic.ensure_raw(ds)
-    loaded = loaders.load(ds)
+    if engine_of(cfg) == "spark":  # the same specs, checks and outputs on Spark (events.parquet: a directory)
+        from llm4trx.data import spark_prepare
+
+        loaded = spark_prepare.load(session(cfg), ds, cfg.engine.spark, out / "spark-scratch")
+    else:
+        loaded = loaders.load(ds)
     seconds_load = time.perf_counter() - started
     events, targets = loaded.store, loaded.targets
     splits = make_splits(events.client_ids(), targets, cfg.splits)

@@ -11,6 +11,9 @@ has a split) and computes the dataset-level RenderContext; pass 2 renders chunks
 `text.chunk_events` events cut at client boundaries (render_chunk) and appends each chunk's rows to the
 split files. A client's text depends only on its events and the context, so the output is the same
 whatever the chunk size.
+
+`engine=spark` renders the chunks on Spark tasks with the same render_chunk, context and window ratio, and
+concatenates their parts into the same single files (llm4trx.render.spark_text); the engine is not hashed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tqdm import tqdm
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.registry import mixing
+from llm4trx.core.spark import engine_of, session
 from llm4trx.core.stage import require, run_stage
 from llm4trx.data.chunks import BATCH_ROWS, check_columns, event_files, iter_batches, iter_client_chunks, to_frame
 from llm4trx.data.splits import SPLITS
@@ -118,6 +122,9 @@ def run(cfg: DictConfig) -> Path:
     chunk_events = int(cfg.text.get("chunk_events") or CHUNK_EVENTS)
     if chunk_events < 1:
         raise ConfigError(f"text.chunk_events must be a positive number of events, got {chunk_events}")
+    spark = engine_of(cfg) == "spark"
+    if spark and mixing(cfg):
+        raise ConfigError("engine=spark does not mix augmented texts (augment.mix); use engine=embedded for this text stage")
     data_dir = require(cfg, "prepare")
 
     def build(out: Path) -> dict:
@@ -133,6 +140,19 @@ def run(cfg: DictConfig) -> Path:
         held = [] if mixing(cfg) else None  # train rows kept for augment.mix (texts are within budget)
         ratio = line_cap = None
         chunks = iter_client_chunks(files, [*EVENT_COLUMNS, *categorical], chunk_events)
+        if spark:  # the same render_chunk, context and ratio on Spark tasks (llm4trx.render.spark_text)
+            from llm4trx.render import spark_text
+
+            first = next(chunks, None)
+            if body is not None and first is not None:  # sized on the first chunk, as below
+                first = to_frame(first)
+                ratio = estimate_ratio(first, fmt, ctx, counter)
+                line_cap = estimate_line_cap(first, fmt, ctx, counter, body, ratio)
+            del first
+            chunks = iter(())
+            per_split = spark_text.render(session(cfg), files, categorical, fmt, ctx, str(cfg.text.count_tokenizer),
+                                          body, lookup, ratio, line_cap, chunk_events, out,
+                                          cfg.engine.spark.get("partitions"))
         for table in tqdm(chunks, desc=f"text[{fmt.name}]", disable=not cfg.get("progress", False), leave=False):
             events = to_frame(table)
             del table

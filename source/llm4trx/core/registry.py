@@ -105,6 +105,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # (they are verified against dataset.download's sizes and checksums when fetched; see llm4trx.data.fetch).
     Stage("download", "", RAW, when=downloadable, done=raw_files_present,
           summary="a real dataset's public files -> dataset.raw_dir (only when missing)"),
+    # The `engine` section (embedded | spark, conf/engine/) is in no hash: both engines write the same
+    # prepare and text outputs (tests/test_spark.py), so switching engines reuses finished stages. Only the
+    # layout of data/events.parquet differs (a file, or a directory of sorted parts), and every reader takes both.
     Stage("prepare", "data", SHARED, sections=("dataset", "splits"),
           summary="raw files -> canonical events, targets, splits"),
     # augment.mix is read by the text stage, not by augment: changing the mix must not regenerate.

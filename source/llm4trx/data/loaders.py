@@ -176,7 +176,7 @@ class Events:
         writes (the same schema metadata and row groups of pyarrow's default 1Mi rows), one group at a time."""
         import pyarrow.parquet as pq
 
-        schema = pa.Table.from_pandas(self.frame(slice(0, 0)), schema=schema, preserve_index=False).schema
+        schema = parquet_schema(schema, {name: len(d.values) for name, d in self.dicts.items()})
         strings = {name: pa.array(d.values, type=pa.string()) for name, d in self.dicts.items()}
         with pq.ParquetWriter(path, schema) as writer:
             for start in range(0, max(len(self), 1), row_group):
@@ -191,6 +191,19 @@ class Events:
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=row_group)
 
 
+def parquet_schema(schema: pa.Schema, n_categories: dict[str, int]) -> pa.Schema:
+    """`schema` with the pandas metadata that pa.Table.from_pandas(Events.frame(), schema) records: the string
+    columns held as categoricals with `n_categories[name]` categories (their count and code width are in it)."""
+    empty = {}
+    for f in schema:
+        if f.name in n_categories:
+            cats = pd.Index(np.arange(n_categories[f.name]).astype(str).astype(object), dtype=object)
+            empty[f.name] = pd.Categorical.from_codes(np.zeros(0, np.int64), categories=cats)
+        else:
+            empty[f.name] = np.zeros(0, dtype=Events.DTYPES.get(f.name, object))
+    return pa.Table.from_pandas(pd.DataFrame(empty), schema=schema, preserve_index=False).schema
+
+
 @dataclass
 class Loaded:
     store: Events  # canonical columns, sorted by client_id, event_time (see Events)
@@ -203,9 +216,11 @@ class Loaded:
         return self.store.frame()
 
 
-# loader name (dataset.loader) -> function(dataset config) -> Loaded. A plain dict: the loaders are this
-# module's own functions and llm-foundry's catalogue registries would add an import of the whole stack.
-LOADERS: dict[str, Callable[[DictConfig], Loaded]] = {}
+# loader name (dataset.loader) -> function(dataset config) -> (event file specs, target file spec or None).
+# A plain dict: the loaders are this module's own functions and llm-foundry's catalogue registries would add an
+# import of the whole stack. `assemble` reads the specs in this process; llm4trx.data.spark_prepare reads the
+# same specs on Spark (engine=spark) with the same per-block code (`read_block`).
+LOADERS: dict[str, Callable[[DictConfig], tuple[list["EventFile"], "TargetFile | None"]]] = {}
 
 
 def register(name: str):
@@ -218,6 +233,11 @@ def register(name: str):
 
 def load(ds: DictConfig) -> Loaded:
     """Canonical events and targets of the dataset described by the `dataset` config section."""
+    return assemble(ds, *specs(ds))
+
+
+def specs(ds: DictConfig) -> tuple[list[EventFile], TargetFile | None]:
+    """The raw files of the dataset (checked: mandatory keys set, a known loader, raw_dir a folder)."""
     missing = sorted(OmegaConf.missing_keys(ds))
     if missing:
         names = [k if k.startswith("dataset.") else f"dataset.{k}" for k in missing]  # relative to the root or not
@@ -236,7 +256,7 @@ def load_rosbank(ds: DictConfig) -> Loaded:
     """train.csv (labeled, target_flag per row) + optional test.csv (unlabeled); TRDATETIME like 21OCT17:00:00:00."""
     cats = {name: name for name in ("channel_type", "currency", "trx_category") if name in ds.categorical}
     common = dict(id="cl_id", time="TRDATETIME", amount="amount", mcc="MCC", time_format="%d%b%y:%H:%M:%S", categorical=cats)
-    return assemble(ds, [EventFile("train.csv", target="target_flag", **common), EventFile("test.csv", required=False, **common)], None)
+    return [EventFile("train.csv", target="target_flag", **common), EventFile("test.csv", required=False, **common)], None
 
 
 @register("age_pred")
@@ -247,7 +267,7 @@ def load_age_pred(ds: DictConfig) -> Loaded:
     category code, stored as the canonical `mcc` (dataset.mcc_names: null)."""
     common = dict(id="client_id", time="trans_date", amount="amount_rur", mcc="small_group", time_format="days", time_origin=ds.time_origin)
     files = [EventFile("transactions_train.csv", **common), EventFile("transactions_test.csv", required=False, **common)]
-    return assemble(ds, files, TargetFile("train_target.csv", id="client_id", target="bins"))
+    return files, TargetFile("train_target.csv", id="client_id", target="bins")
 
 
 @register("gender")
@@ -258,7 +278,7 @@ def load_gender(ds: DictConfig) -> Loaded:
         EventFile("transactions.csv", id="customer_id", time="tr_datetime", amount="amount", mcc="mcc_code",
                   time_format="day_time", time_origin=ds.time_origin, categorical=cats)
     ]
-    return assemble(ds, files, TargetFile("gender_train.csv", id="customer_id", target="gender"))
+    return files, TargetFile("gender_train.csv", id="customer_id", target="gender")
 
 
 @register("generic")
@@ -272,7 +292,7 @@ def load_generic(ds: DictConfig) -> Loaded:
         for name in ds.transactions
     ]
     targets = None if ds.targets.get("file") is None else TargetFile(ds.targets.file, id=ds.id_column, target=ds.targets.column)
-    return assemble(ds, files, targets)
+    return files, targets
 
 
 def assemble(ds: DictConfig, files: list[EventFile], target_file: TargetFile | None) -> Loaded:
@@ -294,7 +314,12 @@ def assemble(ds: DictConfig, files: list[EventFile], target_file: TargetFile | N
         targets = pd.concat(row_targets, ignore_index=True)
     check_target_values(ds, targets, raw_dir / (target_file.name if target_file else files[0].name))
     check_events(ds, store, repairs)
-    known = store.client_ids()
+    targets = finish_targets(ds, targets, store.client_ids(), repairs)
+    return Loaded(store=store, targets=targets, repairs=repairs)
+
+
+def finish_targets(ds: DictConfig, targets: pd.DataFrame, known, repairs: Counter) -> pd.DataFrame:
+    """Drop the targets of clients without events (counted), log every repair; the targets that remain."""
     without = ~targets["client_id"].isin(known)
     if without.any():
         repairs["targets_without_events"] += int(without.sum())
@@ -302,17 +327,13 @@ def assemble(ds: DictConfig, files: list[EventFile], target_file: TargetFile | N
     for what, count in sorted(repairs.items()):
         if count:
             log.warning("%s: %s = %d", ds.name, what, count)
-    return Loaded(store=store, targets=targets, repairs=repairs)
+    return targets
 
 
 def read_events(path: Path, spec: EventFile, repairs: Counter, store: Events,
                 block_bytes: int = rawcsv.BLOCK_BYTES) -> pd.DataFrame | None:
     """Append the events of one raw file to `store`, block by block; returns its per-row targets (if any)."""
-    time_type = pa.int64() if spec.time_format in ("days", "unix") else pa.string()
-    types = {spec.id: pa.string(), spec.time: time_type, spec.amount: pa.float64(), spec.mcc: pa.int64()}
-    types.update({raw: pa.string() for raw in spec.categorical.values()})
-    if spec.target:
-        types[spec.target] = pa.int64()
+    types = column_types(spec)
     first = FirstTargets() if spec.target else None
     blocks = rawcsv.CsvBlocks(path, types, block_bytes=block_bytes)
     store.begin_file(blocks.max_rows)
@@ -325,6 +346,16 @@ def read_events(path: Path, spec: EventFile, repairs: Counter, store: Events,
         pa.default_memory_pool().release_unused()  # give the block's buffers back now, not at jemalloc's leisure
     store.end_file()
     return first.frame(store.dicts["client_id"]) if first is not None else None
+
+
+def column_types(spec: EventFile) -> dict[str, pa.DataType]:
+    """The raw columns read from an event file and the types pyarrow converts them to."""
+    time_type = pa.int64() if spec.time_format in ("days", "unix") else pa.string()
+    types = {spec.id: pa.string(), spec.time: time_type, spec.amount: pa.float64(), spec.mcc: pa.int64()}
+    types.update({raw: pa.string() for raw in spec.categorical.values()})
+    if spec.target:
+        types[spec.target] = pa.int64()
+    return types
 
 
 class FirstTargets:

@@ -111,11 +111,14 @@ def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, A
     for llm-foundry's MPT, and a Llama/Qwen row would attend across clients.
     """
     workers = int(cfg.trainer.num_workers)
+    # Optional `+trainer.data_remote=s3://bucket/prefix` (or gs://, oci://, hf://...): the shards are streamed
+    # from <remote>/<split> by mosaicml-streaming and cached in the local split folder (README, "Spark engine").
+    remote = cfg.trainer.get("data_remote")
     return {
         "name": "llm4trx_text",  # llm-foundry's `text` loader, built under a lock (lm/foundry_plugins.py)
         "dataset": {
             "local": str(split_dir),
-            "remote": None,
+            "remote": f"{str(remote).rstrip('/')}/{split_dir.name}" if remote else None,
             "split": None,
             "shuffle": train,
             "shuffle_seed": int(cfg.seed),
