@@ -33,9 +33,9 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_unknown_key_is_the_same_line_through_a_stage_and_run_sh(out_root):
-    single = one_line(stage("llm4trx.prepare", f"paths.output_root={out_root}", "engine=spark"))
-    assert single == "error: unknown config group or key 'engine': check the spelling (groups are the folders of conf/)"
-    via_script = run_script("scripts/run.sh", f"paths.output_root={out_root}", "engine=spark", timeout=180)
+    single = one_line(stage("llm4trx.prepare", f"paths.output_root={out_root}", "enigne=spark"))
+    assert single == "error: unknown config group or key 'enigne': check the spelling (groups are the folders of conf/)"
+    via_script = run_script("scripts/run.sh", f"paths.output_root={out_root}", "enigne=spark", timeout=180)
     assert via_script.returncode == 2 and via_script.stderr.strip() == single
     assert not out_root.exists()
 
