@@ -49,22 +49,9 @@ def load_results(path: Path) -> dict[str, Any]:
     return results
 
 
-def load_coles_losses(path: Path) -> list[dict[str, Any]]:
-    """Lines {"epoch", "loss"} the coles stage wrote; [] when there is none (CoLES not run or skipped)."""
-    if not path.is_file():
-        return []
-    records = []
-    for row, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            record = json.loads(line)
-            records.append({"epoch": int(record["epoch"]), "loss": float(record["loss"])})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise DataError(path, 'expected a JSON line {"epoch": int, "loss": float}', row=row) from None
-    return records
-
-
-def load_losses(path: Path) -> list[dict[str, Any]]:
-    """Lines {"step", "split", "loss"} of the pretraining log; [] when there is none."""
+def load_jsonl_records(path: Path, fields: dict[str, type], shape: str) -> list[dict[str, Any]]:
+    """The lines of a loss log as {field: type(value)}; [] when the file is not there. A line that is not such
+    a JSON object raises DataError naming the file, the row and `shape` (what a line should look like)."""
     if not path.is_file():
         return []
     records = []
@@ -73,10 +60,21 @@ def load_losses(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-            records.append({"step": int(record["step"]), "split": str(record["split"]), "loss": float(record["loss"])})
+            records.append({name: kind(record[name]) for name, kind in fields.items()})
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise DataError(path, 'expected a JSON line {"step": int, "split": "train"|"eval", "loss": float}', row=row) from None
+            raise DataError(path, f"expected a JSON line {shape}", row=row) from None
     return records
+
+
+def load_coles_losses(path: Path) -> list[dict[str, Any]]:
+    """Lines {"epoch", "loss"} the coles stage wrote; [] when there is none (CoLES not run or skipped)."""
+    return load_jsonl_records(path, {"epoch": int, "loss": float}, '{"epoch": int, "loss": float}')
+
+
+def load_losses(path: Path) -> list[dict[str, Any]]:
+    """Lines {"step", "split", "loss"} of the pretraining log; [] when there is none."""
+    return load_jsonl_records(path, {"step": int, "split": str, "loss": float},
+                              '{"step": int, "split": "train"|"eval", "loss": float}')
 
 
 def load_curves(path: Path) -> dict[str, Any] | None:

@@ -138,36 +138,40 @@ def run(cfg: DictConfig) -> Path:
         lookup = splits.drop_duplicates("client_id").set_index("client_id")["split"]
         per_split = {split: TextStats() for split in SPLITS}
         held = [] if mixing(cfg) else None  # train rows kept for augment.mix (texts are within budget)
-        ratio = line_cap = None
         chunks = iter_client_chunks(files, [*EVENT_COLUMNS, *categorical], chunk_events)
-        if spark:  # the same render_chunk, context and ratio on Spark tasks (llm4trx.render.spark_text)
+
+        def window(events: pd.DataFrame) -> tuple[float | None, int | None]:
+            """The counting window's bytes/token ratio and line cap, sized once on the first chunk."""
+            if body is None:
+                return None, None
+            ratio = estimate_ratio(events, fmt, ctx, counter)
+            return ratio, estimate_line_cap(events, fmt, ctx, counter, body, ratio)
+
+        if spark:  # the same render_chunk, context and window on Spark tasks (llm4trx.render.spark_text)
             from llm4trx.render import spark_text
 
             first = next(chunks, None)
-            if body is not None and first is not None:  # sized on the first chunk, as below
-                first = to_frame(first)
-                ratio = estimate_ratio(first, fmt, ctx, counter)
-                line_cap = estimate_line_cap(first, fmt, ctx, counter, body, ratio)
+            ratio, line_cap = window(to_frame(first)) if first is not None else (None, None)
             del first
-            chunks = iter(())
             per_split = spark_text.render(session(cfg), files, categorical, fmt, ctx, str(cfg.text.count_tokenizer),
                                           body, lookup, ratio, line_cap, chunk_events, out,
                                           cfg.engine.spark.get("partitions"))
-        for table in tqdm(chunks, desc=f"text[{fmt.name}]", disable=not cfg.get("progress", False), leave=False):
-            events = to_frame(table)
-            del table
-            if ratio is None and body is not None:  # sized once, on the first chunk
-                ratio = estimate_ratio(events, fmt, ctx, counter)
-                line_cap = estimate_line_cap(events, fmt, ctx, counter, body, ratio)
-            frame = render_chunk(events, fmt, ctx, counter, body, lookup, ratio, line_cap)
-            del events
-            for split in SPLITS:
-                part = frame[frame["split"] == split]
-                per_split[split].add(part)
-                if split == "train" and held is not None:
-                    held.append(part[TEXT_COLUMNS])
-                elif len(part):
-                    write_rows(part[TEXT_COLUMNS], out / f"{split}.jsonl")
+        else:
+            sized = None
+            for table in tqdm(chunks, desc=f"text[{fmt.name}]", disable=not cfg.get("progress", False), leave=False):
+                events = to_frame(table)
+                del table
+                if sized is None:
+                    sized = window(events)
+                frame = render_chunk(events, fmt, ctx, counter, body, lookup, *sized)
+                del events
+                for split in SPLITS:
+                    part = frame[frame["split"] == split]
+                    per_split[split].add(part)
+                    if split == "train" and held is not None:
+                        held.append(part[TEXT_COLUMNS])
+                    elif len(part):
+                        write_rows(part[TEXT_COLUMNS], out / f"{split}.jsonl")
         stats = {"format": fmt.name, "max_tokens": max_tokens, "count_tokenizer": str(cfg.text.count_tokenizer),
                  "render_context": {"categorical": ctx.categorical, "mcc_names": ctx.mcc_names,
                                     "time_of_day": ctx.time_of_day, "usual": ctx.usual},
