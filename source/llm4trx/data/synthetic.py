@@ -27,9 +27,36 @@ clients are written without a target. The factors show in the sequences as:
   Counts, amounts and times per category have the same distribution either way: only the order of events
   (how often "6011 then 4829" occurs) carries the signal.
 
+Opt-in sequence signals (weight 0 by default; `dataset.signals.<kind>: 1.0` switches one on). Each has a
+factor of its own (drawn from a separate random stream, so with all of them off the files are VERSION 1's,
+byte for byte) and adds a fixed number of events per client whose counts, categories and amounts have the same
+distribution whatever the factor: only order or timing carries it. "Sees it" below is by construction;
+the grid (bench/signal_grid.py) measures what each model makes of it.
+
+- `periodic`: 12 payments of MCC 4899 (a subscription: one amount per client, the same every time) per client.
+  Each is on the client's monthly schedule (same day of month and hour, every 30.4 days) with probability
+  sigmoid(2 z), otherwise on an independent random day. The schedule's start is uniform, so every payment's
+  day is uniform over the year either way. Sees it: the gaps between the 4899 payments or their day of month
+  (CoLES with time features; the LM through day-gap tokens, summed, or calendar tokens); aggregates: no;
+  CoLES without time: barely (only how many other events fall between two payments).
+- `regime`: 6 events of MCC 5732 (electronics) and 6 of MCC 5999 (misc. retail); a switch day per client
+  (uniform in days 90..275); with probability sigmoid(2 z) the 5732 block is before the switch and the 5999
+  block after it, otherwise the reverse. Pure order: sequence models see it with or without time (CoLES
+  without time features too); aggregates: no.
+- `burst`: 8 extra purchases (categories and amounts of the client's own regular ones) within 3 days; the burst
+  starts in the last 14 days of the year with probability sigmoid(2 z), otherwise on a uniform earlier day.
+  Pure timing (recency): the events are exchangeable with the client's others, so order alone shows nothing.
+  Sees it: models reading dates or day gaps (CoLES with time, the LM's day-gap tokens: a run of `d0`/`d1` at
+  the end); aggregates and CoLES without time: no.
+- `gaps`: 4 sessions of 4 extra purchases (the client's own categories and amounts); each session is on one
+  day within an hour (2 to 20 minutes apart) with probability sigmoid(2 z), otherwise its 4 events are at
+  independent random times. Pure timing (inter-event gaps: same-day runs): sees it: models reading day gaps or
+  times (CoLES with time, the LM's `d0@hh` tokens); aggregates and CoLES without time: no.
+
 The factors themselves are written to `_FACTORS.csv` beside the raw files (one row per client, its id in
-the schema's id column, z_mcc_mix z_amount z_trend z_order), never into them: the feature set `oracle` of
-llm4trx.validate, the ceiling every other feature set is placed against.
+the schema's id column, z_mcc_mix z_amount z_trend z_order, then z_<kind> of each opt-in signal switched on),
+never into them: the feature set `oracle` of llm4trx.validate, the ceiling every other feature set is placed
+against.
 
 Generation is numpy-vectorised (about a million transactions in a few seconds). Files are written into a
 temporary folder renamed to `dataset.raw_dir`, with `_GENERATED.json` holding the parameters; an existing
@@ -73,6 +100,13 @@ PAIR_SHARE = 0.1
 YEAR_DAYS, RECENT_DAYS = 365, 30
 END = {"rosbank": "2017-10-31", "age_pred": None, "gender": None}
 SIGNALS = ("mcc_mix", "amount", "trend", "order")
+# Opt-in sequence signals (weight 0 unless set): order/timing only, see the module docstring.
+EXTRA_SIGNALS = ("periodic", "regime", "burst", "gaps")
+# Their own categories, appended to the catalog (indices 22..24; unused while they are off).
+SUBSCRIPTION, REGIME_FIRST, REGIME_SECOND = 4899, 5732, 5999
+EXTRA_CATALOG = [(SUBSCRIPTION, 800), (REGIME_FIRST, 3000), (REGIME_SECOND, 1500)]
+CATALOG = np.concatenate([CATALOG, [m for m, _ in EXTRA_CATALOG]])
+TYPICAL = np.concatenate([TYPICAL, [a for _, a in EXTRA_CATALOG]])
 SCHEMAS = ("rosbank", "age_pred", "gender")
 
 
@@ -82,6 +116,11 @@ def sigmoid(x):
 
 def params_of(ds: DictConfig) -> dict:
     weights = OmegaConf.to_container(ds.get("signals") or {}, resolve=True)
+    unknown = sorted(set(weights) - set(SIGNALS) - set(EXTRA_SIGNALS))
+    if unknown:
+        raise ConfigError(f"dataset.signals.{unknown[0]} is not a signal; choose from {SIGNALS + EXTRA_SIGNALS}")
+    # The opt-in kinds enter the parameters only when on, so _GENERATED.json stays VERSION 1's when off.
+    extra = {k: float(weights[k]) for k in EXTRA_SIGNALS if float(weights.get(k) or 0.0) != 0.0}
     return {
         "version": VERSION,
         "schema": ds.schema,
@@ -91,7 +130,7 @@ def params_of(ds: DictConfig) -> dict:
         "max_events": int(ds.max_events),
         "label_noise": float(ds.label_noise),
         "unlabeled_fraction": float(ds.unlabeled_fraction),
-        "signals": {k: float(weights.get(k, 1.0)) for k in SIGNALS},
+        "signals": {**{k: float(weights.get(k, 1.0)) for k in SIGNALS}, **extra},
     }
 
 
@@ -105,6 +144,10 @@ def generate(p: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     n = p["n_clients"]
     z = rng.standard_normal((n, len(SIGNALS)))
     score = z @ np.array([p["signals"][k] for k in SIGNALS])
+    extra = [k for k in EXTRA_SIGNALS if p["signals"].get(k, 0.0)]
+    if extra:  # a stream of their own: the base factors and events stay those of the same seed without them
+        z_extra = np.random.default_rng([p["seed"], 2]).standard_normal((n, len(EXTRA_SIGNALS)))
+        score = score + z_extra @ np.array([p["signals"].get(k, 0.0) for k in EXTRA_SIGNALS])
     n_classes = 4 if p["schema"] == "age_pred" else 2
     label = np.searchsorted(np.quantile(score, np.arange(1, n_classes) / n_classes), score).astype(np.int64)
     noisy = rng.random(n) < p["label_noise"]
@@ -153,12 +196,100 @@ def generate(p: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     log_amount = np.log(TYPICAL[mcc]) + 0.5 * z_amount[client] + 0.8 * rng.standard_normal(len(client))
     log_amount[len(reg_client):] = np.log(5000) + 0.8 * rng.standard_normal(2 * len(pair_client))
     amount = np.round(np.exp(log_amount), 2)
+    if extra:
+        base = {"n": n, "prefs": prefs, "z_amount": z_amount}
+        parts = [PLANTERS[k](np.random.default_rng([p["seed"], 3, EXTRA_SIGNALS.index(k)]),
+                             z_extra[:, EXTRA_SIGNALS.index(k)], base) for k in extra]
+        client, seconds, mcc, amount = (np.concatenate([a, *(part[j] for part in parts)])
+                                        for j, a in enumerate((client, seconds, mcc, amount)))
     order = np.lexsort((seconds, client))
     events = pd.DataFrame({"client": client[order], "seconds": seconds[order], "mcc": mcc[order], "amount": amount[order]})
     clients = pd.DataFrame({"id": rng.permutation(n) + (10_000 if p["schema"] == "gender" else 0),
                             "label": label, "labeled": labeled,
-                            **{f"z_{k}": z[:, j] for j, k in enumerate(SIGNALS)}})  # for FACTORS only
+                            **{f"z_{k}": z[:, j] for j, k in enumerate(SIGNALS)},  # for FACTORS only
+                            **{f"z_{k}": z_extra[:, EXTRA_SIGNALS.index(k)] for k in extra}})
     return events, clients
+
+
+# ------------------------------------------------------------------------ opt-in sequence signals
+# Each planter gets its own random stream, the client's factor z of its kind, and the base draws it may
+# reuse (prefs: the regular category mix; z_amount); it returns (client, seconds, mcc index, amount) of the
+# events it adds. Counts, categories and amounts never depend on z: only when the events happen does.
+
+DAY_START, DAY_LENGTH = 8 * 3600, 13 * 3600  # daytime 08:00-21:00, as the base events
+
+
+def _random_times(rng, size) -> np.ndarray:
+    return rng.integers(0, YEAR_DAYS, size) * 86400 + DAY_START + rng.integers(0, DAY_LENGTH, size)
+
+
+def _regular_purchases(rng, clients, base) -> tuple[np.ndarray, np.ndarray]:
+    """Categories from each client's regular mix and amounts as the base model draws them: exchangeable
+    with the client's other regular purchases."""
+    prefs = base["prefs"][clients]
+    mcc = (prefs.cumsum(1) < rng.random(len(clients))[:, None]).sum(1)
+    mcc = np.minimum(mcc, prefs.shape[1] - 1)
+    log_amount = np.log(TYPICAL[mcc]) + 0.5 * base["z_amount"][clients] + 0.8 * rng.standard_normal(len(clients))
+    return mcc, np.round(np.exp(log_amount), 2)
+
+
+def plant_periodic(rng, z, base):
+    n, k = base["n"], 12
+    clients = np.repeat(np.arange(n), k)
+    start = rng.integers(0, 30, n)[clients]  # the schedule's first day: every payment's day uniform over the year
+    hour = rng.integers(0, DAY_LENGTH // 3600, n)[clients]
+    regular = rng.random(len(clients)) < sigmoid(2 * z[clients])
+    scheduled = ((start + np.tile(np.arange(k) * YEAR_DAYS / k, n)).astype(np.int64) * 86400 + DAY_START
+                 + hour * 3600 + rng.integers(0, 600, len(clients)))
+    seconds = np.where(regular, scheduled, _random_times(rng, len(clients)))
+    amount = np.round(np.exp(np.log(800) + 0.6 * rng.standard_normal(n)), 2)[clients]
+    return clients, seconds, np.full(len(clients), CATALOG.tolist().index(SUBSCRIPTION)), amount
+
+
+def plant_regime(rng, z, base):
+    n, k = base["n"], 6
+    clients = np.repeat(np.arange(n), 2 * k)
+    switch = rng.integers(90, 276, n)[clients]
+    second = np.tile(np.repeat([False, True], k), n)  # the first k events of a client are REGIME_FIRST's
+    first_then_second = (rng.random(n) < sigmoid(2 * z))[clients]
+    late = second == first_then_second  # REGIME_FIRST early and REGIME_SECOND late, or the reverse
+    u = rng.random(len(clients))
+    day = np.where(late, switch + u * (YEAR_DAYS - switch), u * switch).astype(np.int64)
+    seconds = day * 86400 + DAY_START + rng.integers(0, DAY_LENGTH, len(clients))
+    mcc = np.where(second, CATALOG.tolist().index(REGIME_SECOND), CATALOG.tolist().index(REGIME_FIRST))
+    amount = np.round(np.exp(np.log(TYPICAL[mcc]) + 0.8 * rng.standard_normal(len(clients))), 2)
+    return clients, seconds, mcc, amount
+
+
+def plant_burst(rng, z, base):
+    n, k, recent, width = base["n"], 8, 14, 3
+    clients = np.repeat(np.arange(n), k)
+    late = rng.random(n) < sigmoid(2 * z)
+    first = np.where(late, rng.integers(YEAR_DAYS - recent, YEAR_DAYS - width + 1, n),
+                     rng.integers(0, YEAR_DAYS - recent - width + 1, n))
+    seconds = ((first[clients] + rng.integers(0, width, len(clients))) * 86400 + DAY_START
+               + rng.integers(0, DAY_LENGTH, len(clients)))
+    mcc, amount = _regular_purchases(rng, clients, base)
+    return clients, seconds, mcc, amount
+
+
+def plant_gaps(rng, z, base):
+    n, sessions, k = base["n"], 4, 4
+    session = np.repeat(np.arange(n * sessions), k)
+    clients = session // sessions
+    together = (rng.random(n * sessions) < sigmoid(2 * z[np.arange(n * sessions) // sessions]))[session]
+    # a session starts by 20:00 so its hour ends by 21:00, as the base events
+    start = (rng.integers(0, YEAR_DAYS, n * sessions) * 86400 + DAY_START
+             + rng.integers(0, DAY_LENGTH - 3600, n * sessions))[session]
+    steps = rng.integers(120, 1200, len(clients))
+    steps[np.arange(0, len(clients), k)] = 0
+    within = np.cumsum(steps.reshape(-1, k), axis=1).ravel()
+    seconds = np.where(together, start + within, _random_times(rng, len(clients)))
+    mcc, amount = _regular_purchases(rng, clients, base)
+    return clients, seconds, mcc, amount
+
+
+PLANTERS = {"periodic": plant_periodic, "regime": plant_regime, "burst": plant_burst, "gaps": plant_gaps}
 
 
 def text_column(*parts) -> pa.Array:
@@ -258,7 +389,8 @@ def write_factors(clients: pd.DataFrame, schema: str, path: Path) -> None:
     to the raw files, never a column of them, keyed by the schema's client-id column."""
     id_column = {"rosbank": "cl_id", "age_pred": "client_id", "gender": "customer_id"}[schema]
     frame = clients.sort_values("id")
-    write_csv({id_column: frame["id"].to_numpy(), **{f"z_{k}": frame[f"z_{k}"].to_numpy() for k in SIGNALS}}, path)
+    factors = [c for c in frame.columns if c.startswith("z_")]  # the base four, then the opt-in kinds switched on
+    write_csv({id_column: frame["id"].to_numpy(), **{c: frame[c].to_numpy() for c in factors}}, path)
 
 
 def write_raw(p: dict, out: Path) -> None:

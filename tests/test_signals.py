@@ -1,0 +1,138 @@
+"""The synthetic generator's opt-in sequence signals (periodic, regime, burst, gaps): off they change nothing,
+on they are planted in every schema, seen by a hand-made feature of their kind and not by aggregates."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_predict
+
+from llm4trx.core.config import compose
+from llm4trx.core.errors import ConfigError
+from llm4trx.data import loaders, synthetic
+from llm4trx.evaluation.features import oracle_features
+
+# sha256 of every file the default generator writes (n_clients=200, max_events=40, seed 0), computed with
+# main d7fc98a's generator before the opt-in signals existed: with them off, the output is VERSION 1's.
+REFERENCE_SHA256 = {
+    "rosbank": {
+        "_FACTORS.csv": "5114bc5665b19bb995383a69869faee15693f65ed8e34ac01fbe690acb19f436",
+        "_GENERATED.json": "51cd4dc7ccc8b3b2f062b83aa2f6af7a376f182be576e1b16f9d513657b01b61",
+        "test.csv": "d64e4f7d5da329f9e95cf4b548ba8ce655e4524f6533fa50ac59608afb0d815c",
+        "train.csv": "d2842f4bf4bbfaf0d0e02804ac004c0c96f1caec3f162b06434d31098c00cb58",
+    },
+    "age_pred": {
+        "_FACTORS.csv": "203ebf37918c75c818ec33be17ddbadaacad33abfa7a62a8436c036c68a5b2c4",
+        "_GENERATED.json": "642a25f70720881d1dad041819aa6dd789e4f09242961af800eca454ecca5f8d",
+        "train_target.csv": "0af32fd0ad326b1740de94c917a99ac635f78159ab47153b7ad59114306eb921",
+        "transactions_test.csv": "a5ffe2a69560132c1f62e603400ab09166fb1308f9358deb96c27663b26286a6",
+        "transactions_train.csv": "97f784c3a692002d4bcdecbd885ae11d7d3b22fddbe4882601b3591de2561b47",
+    },
+    "gender": {
+        "_FACTORS.csv": "e780c9a3f4f92434d4794579d09ce559ddaa90be16a65a7e3ca908b8c4e3f2e6",
+        "_GENERATED.json": "8a1c10b2dafde55c21d2f753fdd2fc01ea68649b0dc4db494479f701ab9a5258",
+        "gender_train.csv": "3b772a1af4075a471ee02dd0a754a81f2fcfd3c79c9b329f453b9b04de72273d",
+        "transactions.csv": "6d26377ea7f851886cbeaaa8a24549ff8611a01b786df4ff2f631a3b06bfeaff",
+    },
+}
+
+
+def dataset_cfg(out_root, *overrides):
+    return compose([f"paths.output_root={out_root}", *overrides]).dataset
+
+
+def sha256s(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("schema", synthetic.SCHEMAS)
+def test_signals_off_write_the_files_of_version_1_byte_for_byte(tmp_path, schema):
+    small = [f"dataset.schema={schema}", "dataset.n_clients=200", "dataset.max_events=40"]
+    raw = synthetic.ensure_raw(dataset_cfg(tmp_path / "a", *small))
+    assert sha256s(raw) == REFERENCE_SHA256[schema]
+    # the opt-in weights written out at 0 are the same parameters, the same files
+    zeros = [f"dataset.signals.{k}=0" for k in synthetic.EXTRA_SIGNALS]
+    assert sha256s(synthetic.ensure_raw(dataset_cfg(tmp_path / "b", *small, *zeros))) == REFERENCE_SHA256[schema]
+
+
+def test_a_misspelt_signal_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset\.signals\.periodc is not a signal.*periodic"):
+        synthetic.ensure_raw(dataset_cfg(tmp_path, "+dataset.signals.periodc=1", "dataset.n_clients=50"))
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+
+
+def test_an_opt_in_signal_adds_its_events_and_keeps_the_base_ones(tmp_path):
+    p = synthetic.params_of(dataset_cfg(tmp_path, "dataset.n_clients=300", "dataset.max_events=60"))
+    base, base_clients = synthetic.generate(p)
+    with_all = {**p, "signals": {**p["signals"], **{k: 1.0 for k in synthetic.EXTRA_SIGNALS}}}
+    events, clients = synthetic.generate(with_all)
+    added = {"periodic": 12, "regime": 12, "burst": 8, "gaps": 16}
+    assert len(events) == len(base) + 300 * sum(added.values())
+    # the base events are all still there, the same rows; the base factors too
+    key = ["client", "seconds", "mcc", "amount"]
+    assert len(base.merge(events, on=key)) == len(base)
+    assert np.array_equal(clients[[f"z_{k}" for k in synthetic.SIGNALS]], base_clients[[f"z_{k}" for k in synthetic.SIGNALS]])
+    # every event stays in the year and in the daytime of the base events
+    day, clock = events["seconds"] // 86400, events["seconds"] % 86400
+    assert day.between(0, synthetic.YEAR_DAYS - 1).all() and clock.between(8 * 3600, 22 * 3600).all()
+    assert set(clients.columns) >= {f"z_{k}" for k in synthetic.EXTRA_SIGNALS}
+
+
+def hand_feature(kind: str, events: pd.DataFrame, schema: str) -> pd.Series:
+    """A simple feature of the kind, from the loaded canonical events (days only: age_pred has no clock)."""
+    code = (lambda m: synthetic.CATALOG.tolist().index(m)) if schema == "age_pred" else (lambda m: m)
+    day = (events["event_time"] - events["event_time"].min()).dt.days
+    events = events.assign(day=day)
+    by = events.groupby("client_id", observed=True)
+    if kind == "periodic":  # share of the subscription's gaps that are one month
+        sub = events[events["mcc"] == code(synthetic.SUBSCRIPTION)]
+        gap = sub.groupby("client_id", observed=True)["day"].diff()
+        return gap.between(29, 32).groupby(sub["client_id"], observed=True).mean()
+    if kind == "regime":  # where the first block's events sit in the sequence, against the second's (order only)
+        position = by.cumcount()
+        first = position[events["mcc"] == code(synthetic.REGIME_FIRST)].groupby(events["client_id"], observed=True).mean()
+        second = position[events["mcc"] == code(synthetic.REGIME_SECOND)].groupby(events["client_id"], observed=True).mean()
+        return second - first
+    if kind == "burst":  # events in the last 14 days of the data
+        return (events["day"] > events["day"].max() - 14).groupby(events["client_id"], observed=True).sum()
+    if kind == "gaps":  # share of transactions on the same day as the previous one
+        return (by["day"].diff() == 0).groupby(events["client_id"], observed=True).mean()
+    raise AssertionError(kind)
+
+
+def aggregates_auroc(events: pd.DataFrame, y: pd.Series) -> float:
+    """Per-category shares and counts, amount mean/std, total count: what the aggregates baseline sees."""
+    events = events.assign(log_amount=np.log(events["amount"].abs()))
+    x = pd.concat([pd.crosstab(events["client_id"], events["mcc"], normalize="index").add_prefix("share_"),
+                   pd.crosstab(events["client_id"], events["mcc"]).add_prefix("count_"),
+                   events.groupby("client_id", observed=True)["log_amount"].agg(["mean", "std", "count"])],
+                  axis=1).loc[y.index]
+    x = (x - x.mean()) / (x.std() + 1e-9)
+    proba = cross_val_predict(LogisticRegression(max_iter=2000, C=0.1), x.to_numpy(), y.to_numpy(), cv=5,
+                              method="predict_proba")[:, 1]
+    return roc_auc_score(y, proba)
+
+
+@pytest.mark.parametrize("schema", synthetic.SCHEMAS)
+@pytest.mark.parametrize("kind", synthetic.EXTRA_SIGNALS)
+def test_each_signal_is_planted_in_every_schema_and_invisible_to_aggregates(tmp_path, schema, kind):
+    weights = "{" + ", ".join(f"{k}: {float(k == kind)}" for k in synthetic.SIGNALS + synthetic.EXTRA_SIGNALS) + "}"
+    ds = dataset_cfg(tmp_path, f"dataset.schema={schema}", "dataset.n_clients=1000", "dataset.max_events=60",
+                     "dataset.unlabeled_fraction=0", "dataset.label_noise=0", f"dataset.signals={weights}")
+    raw = synthetic.ensure_raw(ds)
+    data = loaders.load(ds)
+    events = data.events.astype({"client_id": str})
+    targets = data.targets.astype({"client_id": str}).set_index("client_id")["target"]
+    # age_pred has 4 classes (quartiles of the score): the top half against the bottom half
+    y = (targets >= 2).astype(int) if schema == "age_pred" else targets
+    feature = hand_feature(kind, events, schema).reindex(y.index).fillna(0)
+    assert roc_auc_score(y, feature) > 0.7, kind
+    assert aggregates_auroc(events, y) < 0.6, kind
+    # the oracle holds the new factor, and it explains the label
+    oracle = oracle_features(raw, ds.id_column).loc[y.index]
+    assert f"oracle_{kind}" in oracle.columns and roc_auc_score(y, oracle[f"oracle_{kind}"]) > 0.95
