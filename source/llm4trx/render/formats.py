@@ -69,6 +69,7 @@ class RenderContext:
     mcc_names: bool  # MCC rendered as ISO 18245 descriptions (else as codes)
     time_of_day: str  # "" (dates only), "%H:%M" or "%H:%M:%S": the finest resolution present in the data
     usual: dict[str, str] = field(default_factory=dict)  # compact omits a categorical value equal to its mode
+    calendar: tuple[str, ...] = ()  # text.calendar: the calendar words of the fields format (CALENDAR)
 
     @classmethod
     def from_events(cls, events: pd.DataFrame, dataset_cfg, text_cfg) -> "RenderContext":
@@ -81,10 +82,21 @@ class RenderContext:
         for col in categorical:
             counts = events[col].fillna(MISSING).value_counts()
             usual[col] = str(counts.index[0]) if len(counts) else MISSING
-        return cls(categorical, mcc_names, time_of_day, usual)
+        return cls(categorical, mcc_names, time_of_day, usual, calendar_of(text_cfg))
 
 
 MISSING = "NA"
+
+
+def calendar_of(text_cfg) -> tuple[str, ...]:
+    """text.calendar (fields format only): which calendar words follow each transaction's `when` word."""
+    words = tuple(text_cfg.get("calendar") or ())
+    unknown = [w for w in words if w not in CALENDAR]
+    if unknown:
+        raise ConfigError(f"text.calendar: {unknown[0]!r} unknown; choose from {sorted(CALENDAR)}")
+    if words and text_cfg.get("format") != "fields":
+        raise ConfigError(f"text.calendar is a fields-format option (text=fields); text.format is {text_cfg.get('format')!r}")
+    return words
 
 
 class ContextAccumulator:
@@ -98,6 +110,7 @@ class ContextAccumulator:
     def __init__(self, dataset_cfg, text_cfg):
         self.categorical = list(dataset_cfg.get("categorical") or [])
         self.mcc_names = dataset_cfg.get("mcc_names") == "iso18245" and bool(text_cfg.get("mcc_descriptions", True))
+        self.calendar = calendar_of(text_cfg)
         self.any_seconds = self.any_time = False
         self.counts: dict[str, dict] = {col: {} for col in self.categorical}
 
@@ -120,7 +133,7 @@ class ContextAccumulator:
             counts = pd.Series(np.array(list(seen.values()), np.int64), index=pd.Index(list(seen), dtype=object))
             counts = counts.sort_values(ascending=False)
             usual[col] = str(counts.index[0]) if len(counts) else MISSING
-        return RenderContext(self.categorical, self.mcc_names, time_of_day, usual)
+        return RenderContext(self.categorical, self.mcc_names, time_of_day, usual, self.calendar)
 
 
 def _take_unique(values: np.ndarray, fmt: Callable[[np.ndarray], list[str]]) -> pa.Array:
@@ -206,6 +219,8 @@ class Fields:
         constant over the history) come from these fields. Heads are rendered from the whole fields."""
         sub = Fields(self.ev.iloc[rows], self.ctx)
         sub.__dict__["day_gap"] = self.day_gap[rows]
+        if self.ctx.calendar:
+            sub.__dict__["days_to_end"] = self.days_to_end[rows]
         sub._parent = (self, rows)
         return sub
 
@@ -264,6 +279,13 @@ class Fields:
         gap = np.diff(d, prepend=d[:1] if len(d) else d)
         gap[self.offsets[:-1][self.n_events > 0]] = 0
         return gap
+
+    @cached_property
+    def days_to_end(self) -> np.ndarray:
+        """Days from each transaction to the client's last one (0 for the last)."""
+        d = self.days.astype(np.int64)
+        last = np.repeat(d[self.offsets[1:][self.n_events > 0] - 1], self.n_events[self.n_events > 0])
+        return last - d
 
     def client_first_last(self) -> tuple[pa.Array, pa.Array]:
         if not len(self.client_ids):
@@ -484,6 +506,27 @@ def when_words(f: Fields) -> pa.Array:
     return words.take(pa.array(gap * 24 + hours))
 
 
+# Calendar words (text.calendar, default none), after the `when` word, one token each, as nuFormer-style
+# calendar tokens: what the day gaps only give summed over the history.
+#   dow    day of week `w1`..`w7` (Monday 1);   dom    day of month `D1`..`D31`;   month  `M1`..`M12`;
+#   end    days before the client's last transaction, in the day-gap bins: `e0`, `e1`, ..., `e181+` (recency).
+def _calendar_words(f: Fields, word: str) -> pa.Array:
+    days = f.days
+    if word == "dow":  # 1970-01-01 was a Thursday
+        return _take_unique((days.astype(np.int64) + 3) % 7 + 1, lambda u: [f"w{int(v)}" for v in u])
+    if word == "dom":
+        dom = (days - days.astype("datetime64[M]").astype("datetime64[D]")).astype(np.int64) + 1
+        return _take_unique(dom, lambda u: [f"D{int(v)}" for v in u])
+    if word == "month":
+        return _take_unique(days.astype("datetime64[M]").astype(np.int64) % 12 + 1, lambda u: [f"M{int(v)}" for v in u])
+    if word == "end":
+        return pa.array(["e" + w[1:] for w in _gap_words()], pa.string()).take(pa.array(day_gap_bin(f.days_to_end)))
+    raise ConfigError(f"text.calendar: {word!r} unknown; choose from {sorted(CALENDAR)}")
+
+
+CALENDAR = ("dow", "dom", "month", "end")
+
+
 def _word(value: str) -> str:
     return re.sub(r"\s", "_", value) or "_"
 
@@ -531,7 +574,10 @@ def fields_head(f: Fields) -> pa.Array:
 
 def fields_line(f: Fields) -> pa.Array:
     """`d0@14 m6011 a29 trx_category=WD_ATM_ROS`: when, MCC, amount bin, varying categoricals unless usual."""
-    line = _join(when_words(f), _join("m", f.mcc_code), amount_words(f.ev["amount"].to_numpy(np.float64)), sep=" ")
+    when = when_words(f)
+    if f.ctx.calendar:
+        when = _join(when, *(_calendar_words(f, w) for w in f.ctx.calendar), sep=" ")
+    line = _join(when, _join("m", f.mcc_code), amount_words(f.ev["amount"].to_numpy(np.float64)), sep=" ")
     for col in f.ctx.categorical:
         value = _categorical_words(f, col)
         usual = f"{_word(col)}={_word(f.ctx.usual[col])}"

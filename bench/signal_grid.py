@@ -1,0 +1,140 @@
+"""The default preset on a grid of sequence signals: one line per (schema, signal kind) cell, val only.
+
+Each cell is a full run of `experiment=smoke` (scripts/run.sh: prepare → ... → coles → validate), one seed,
+on the synthetic generator in one schema with one signal kind planted (llm4trx.data.synthetic):
+
+- `--mode only` (default): that signal alone carries the label (every other weight 0; the other factors still
+  shape the sequences, as nuisance), so a feature set's score says whether it sees that kind;
+- `--mode plus`: the default signals (mcc_mix, amount, trend, order) plus that one.
+
+The kind `default` is the preset's own data (the default signals, no opt-in kind) in both modes. CoLES, the
+LM and the validation run with whatever the preset (and the overrides) say: nothing here fixes their sizes.
+A line gives the headline metric of the schema on val (out-of-fold when results.json has it, else the fold
+mean) for llm, coles, aggregates, llm+aggregates, oracle and random, and the llm's place between the two
+references measured in the same run: (llm - random) / (oracle - random).
+
+    PYTHONPATH=source .venv/bin/python bench/signal_grid.py [--cells rosbank:periodic,gender:burst]
+        [--mode only|plus] [--seed 12] [--out /tmp/signal-grid] [-- dataset.n_clients=1500
+        trainer.max_duration=150ba coles.max_epochs=5 ...]
+
+Everything after `--` is handed to every stage as Hydra overrides (sizes, levers). Each cell writes under
+`<out>/<mode>/<schema>_<kind>/` (its own paths.output_root), so a rerun skips the stages already finished;
+the table is also written to `<out>/<mode>/grid.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "source"))
+
+from llm4trx.data.synthetic import EXTRA_SIGNALS, SCHEMAS, SIGNALS  # noqa: E402
+
+KINDS = ("default", *EXTRA_SIGNALS)
+COLUMNS = ("llm", "coles", "aggregates", "llm+aggregates", "oracle", "random")
+
+
+def parse_cells(text: str | None) -> list[tuple[str, str]]:
+    """`schema:kind,...`; `*` for every schema or kind; None: the whole grid."""
+    if not text:
+        return [(s, k) for s in SCHEMAS for k in KINDS]
+    cells = []
+    for item in text.split(","):
+        schema, _, kind = item.strip().partition(":")
+        schemas = SCHEMAS if schema == "*" else [schema]
+        kinds = KINDS if kind in ("*", "") else [kind]
+        for s in schemas:
+            for k in kinds:
+                if s not in SCHEMAS or k not in KINDS:
+                    raise SystemExit(f"--cells {item!r}: want schema:kind with schema in {SCHEMAS} and kind in {KINDS}")
+                cells.append((s, k))
+    return cells
+
+
+def signal_overrides(kind: str, mode: str) -> list[str]:
+    if kind == "default":
+        return []
+    if mode == "plus":
+        return [f"dataset.signals.{kind}=1.0"]
+    weights = {k: 0.0 for k in SIGNALS + EXTRA_SIGNALS} | {kind: 1.0}
+    return ["dataset.signals={" + ", ".join(f"{k}: {v}" for k, v in weights.items()) + "}"]
+
+
+def val_of(entry: dict, metric: str) -> float | None:
+    if not entry or metric not in entry:
+        return None
+    m = entry[metric]
+    return m.get("val_oof", m.get("val_mean"))
+
+
+def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: list[str]) -> dict:
+    root = out / mode / f"{schema}_{kind}"
+    overrides = ["experiment=smoke", f"seed={seed}", f"dataset.schema={schema}", f"paths.output_root={root}",
+                 "progress=false", *signal_overrides(kind, mode), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    root.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(root / "run.log", "w") as log:  # streamed, so a running cell can be followed
+        proc = subprocess.run(["bash", "scripts/run.sh", *overrides], cwd=ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, text=True)
+    wall = time.time() - start
+    row = {"schema": schema, "kind": kind, "mode": mode, "seed": seed, "overrides": overrides, "wall_s": round(wall)}
+    if proc.returncode:
+        tail = (root / "run.log").read_text().strip().splitlines()[-1:] or [""]
+        return {**row, "error": f"run.sh exit {proc.returncode}: {tail[0]} (log {root / 'run.log'})"}
+    results = sorted(root.glob(f"*/*/seed_{seed}/validation/results.json"))
+    if not results:
+        return {**row, "error": f"no validation/results.json under {root}"}
+    res = json.loads(results[-1].read_text())
+    metric = res["metrics"][0]  # the dataset's headline metric
+    return {**row, "metric": metric, **{c: val_of(res["feature_sets"].get(c), metric) for c in COLUMNS}}
+
+
+def fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else "  -  "
+
+
+def line(row: dict) -> str:
+    head = f"{row['schema']:8s} {row['kind']:8s}"
+    if "error" in row:
+        return f"{head} FAILED {row['error']}"
+    place = None
+    if None not in (row["llm"], row["oracle"], row["random"]) and row["oracle"] != row["random"]:
+        place = (row["llm"] - row["random"]) / (row["oracle"] - row["random"])
+    return (f"{head} {row['metric']:8s} " + " ".join(f"{fmt(row[c]):>10s}" for c in COLUMNS)
+            + f" {fmt(place):>9s} {row['wall_s']:6d}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", help="schema:kind,... (`*` for all); default: the whole grid")
+    ap.add_argument("--mode", choices=("only", "plus"), default="only")
+    ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/signal-grid"))
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every stage (after --)")
+    args = ap.parse_args()
+    cells = parse_cells(args.cells)
+    print(f"signal grid: {len(cells)} cells, mode {args.mode}, seed {args.seed}, overrides {args.overrides or 'none'}; "
+          "val: results.json val_oof, else the fold mean", flush=True)
+    print(f"{'schema':8s} {'kind':8s} {'metric':8s} " + " ".join(f"{c:>10s}" for c in COLUMNS)
+          + f" {'llm place':>9s} {'wall_s':>6s}", flush=True)
+    rows = []
+    for schema, kind in cells:
+        row = run_cell(schema, kind, args.mode, args.seed, args.out, args.overrides)
+        rows.append(row)
+        print(line(row), flush=True)
+        (args.out / args.mode).mkdir(parents=True, exist_ok=True)
+        (args.out / args.mode / "grid.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print("llm place: (llm - random) / (oracle - random), both references measured in the same cell")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
