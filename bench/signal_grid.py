@@ -19,7 +19,8 @@ references measured in the same run: (llm - random) / (oracle - random).
 
 Everything after `--` is handed to every stage as Hydra overrides (sizes, levers). Each cell writes under
 `<out>/<mode>/<schema>_<kind>/` (its own paths.output_root), so a rerun skips the stages already finished;
-the table is also written to `<out>/<mode>/grid.json`.
+the table is also written to `<out>/<mode>/grid-<label>.json`. Variants of the same cell (a lever, `--label`)
+share its folder and reuse the stages they do not change (prepare, coles); run them one after the other.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def val_of(entry: dict, metric: str) -> float | None:
     return m.get("val_oof", m.get("val_mean"))
 
 
-def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: list[str]) -> dict:
+def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: list[str],
+             label: str = "preset") -> dict:
     root = out / mode / f"{schema}_{kind}"
     overrides = ["experiment=smoke", f"seed={seed}", f"dataset.schema={schema}", f"paths.output_root={root}",
                  "progress=false", *signal_overrides(kind, mode), *extra]
@@ -85,7 +87,8 @@ def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: lis
         proc = subprocess.run(["bash", "scripts/run.sh", *overrides], cwd=ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT, text=True)
     wall = time.time() - start
-    row = {"schema": schema, "kind": kind, "mode": mode, "seed": seed, "overrides": overrides, "wall_s": round(wall)}
+    row = {"schema": schema, "kind": kind, "mode": mode, "label": label, "seed": seed, "overrides": overrides,
+           "wall_s": round(wall)}
     if proc.returncode:
         tail = (root / "run.log").read_text().strip().splitlines()[-1:] or [""]
         return {**row, "error": f"run.sh exit {proc.returncode}: {tail[0]} (log {root / 'run.log'})"}
@@ -118,6 +121,7 @@ def main():
     ap.add_argument("--mode", choices=("only", "plus"), default="only")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--out", type=Path, default=Path("/tmp/signal-grid"))
+    ap.add_argument("--label", default="preset", help="names this variant's table: <out>/<mode>/grid-<label>.json")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every stage (after --)")
     args = ap.parse_args()
     cells = parse_cells(args.cells)
@@ -125,13 +129,13 @@ def main():
           "val: results.json val_oof, else the fold mean", flush=True)
     print(f"{'schema':8s} {'kind':8s} {'metric':8s} " + " ".join(f"{c:>10s}" for c in COLUMNS)
           + f" {'llm place':>9s} {'wall_s':>6s}", flush=True)
-    rows = []
+    rows = []  # a variant (--label, overrides) reuses a cell's finished stages it does not change (prepare, coles)
     for schema, kind in cells:
-        row = run_cell(schema, kind, args.mode, args.seed, args.out, args.overrides)
+        row = run_cell(schema, kind, args.mode, args.seed, args.out, args.overrides, args.label)
         rows.append(row)
         print(line(row), flush=True)
         (args.out / args.mode).mkdir(parents=True, exist_ok=True)
-        (args.out / args.mode / "grid.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (args.out / args.mode / f"grid-{args.label}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("llm place: (llm - random) / (oracle - random), both references measured in the same cell")
     return 1 if any("error" in r for r in rows) else 0
 

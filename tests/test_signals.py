@@ -76,7 +76,8 @@ def test_an_opt_in_signal_adds_its_events_and_keeps_the_base_ones(tmp_path):
     # the base events are all still there, the same rows; the base factors too
     key = ["client", "seconds", "mcc", "amount"]
     assert len(base.merge(events, on=key)) == len(base)
-    assert np.array_equal(clients[[f"z_{k}" for k in synthetic.SIGNALS]], base_clients[[f"z_{k}" for k in synthetic.SIGNALS]])
+    base_factors = [f"z_{k}" for k in synthetic.SIGNALS]
+    assert np.array_equal(clients[base_factors], base_clients[base_factors])
     # every event stays in the year and in the daytime of the base events
     day, clock = events["seconds"] // 86400, events["seconds"] % 86400
     assert day.between(0, synthetic.YEAR_DAYS - 1).all() and clock.between(8 * 3600, 22 * 3600).all()
@@ -95,9 +96,10 @@ def hand_feature(kind: str, events: pd.DataFrame, schema: str) -> pd.Series:
         return gap.between(29, 32).groupby(sub["client_id"], observed=True).mean()
     if kind == "regime":  # where the first block's events sit in the sequence, against the second's (order only)
         position = by.cumcount()
-        first = position[events["mcc"] == code(synthetic.REGIME_FIRST)].groupby(events["client_id"], observed=True).mean()
-        second = position[events["mcc"] == code(synthetic.REGIME_SECOND)].groupby(events["client_id"], observed=True).mean()
-        return second - first
+
+        def mean_position(mcc):
+            return position[events["mcc"] == code(mcc)].groupby(events["client_id"], observed=True).mean()
+        return mean_position(synthetic.REGIME_SECOND) - mean_position(synthetic.REGIME_FIRST)
     if kind == "burst":  # events in the last 14 days of the data
         return (events["day"] > events["day"].max() - 14).groupby(events["client_id"], observed=True).sum()
     if kind == "gaps":  # share of transactions on the same day as the previous one
@@ -136,3 +138,21 @@ def test_each_signal_is_planted_in_every_schema_and_invisible_to_aggregates(tmp_
     # the oracle holds the new factor, and it explains the label
     oracle = oracle_features(raw, ds.id_column).loc[y.index]
     assert f"oracle_{kind}" in oracle.columns and roc_auc_score(y, oracle[f"oracle_{kind}"]) > 0.95
+
+
+def test_the_grid_cells_plant_their_signal_alone_or_on_top_of_the_defaults(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "signal_grid.py"
+    spec = importlib.util.spec_from_file_location("signal_grid", path)
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    only = synthetic.params_of(dataset_cfg(tmp_path, *grid.signal_overrides("burst", "only")))["signals"]
+    assert only == {"mcc_mix": 0.0, "amount": 0.0, "trend": 0.0, "order": 0.0, "burst": 1.0}
+    plus = synthetic.params_of(dataset_cfg(tmp_path, *grid.signal_overrides("gaps", "plus")))["signals"]
+    assert plus == {"mcc_mix": 1.0, "amount": 1.0, "trend": 1.0, "order": 1.0, "gaps": 1.0}
+    assert grid.signal_overrides("default", "only") == []
+    assert grid.parse_cells("gender:*,rosbank:regime") == [("gender", k) for k in grid.KINDS] + [("rosbank", "regime")]
+    with pytest.raises(SystemExit, match="--cells 'rosbank:trend'"):
+        grid.parse_cells("rosbank:trend")

@@ -95,7 +95,8 @@ def calendar_of(text_cfg) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"text.calendar: {unknown[0]!r} unknown; choose from {sorted(CALENDAR)}")
     if words and text_cfg.get("format") != "fields":
-        raise ConfigError(f"text.calendar is a fields-format option (text=fields); text.format is {text_cfg.get('format')!r}")
+        raise ConfigError("text.calendar is a fields-format option (text=fields); "
+                          f"text.format is {text_cfg.get('format')!r}")
     return words
 
 
