@@ -166,7 +166,8 @@ def rosbank_cfg(hub: Hub, raw_src: Path, raw_dir: Path, *extra: str):
     for name in ("train.csv", "test.csv"):
         body = gzip.compress((raw_src / name).read_bytes(), mtime=0)
         hub.files[f"{name}.gz"] = body
-        files.append({"path": f"{name}.gz", "file": name, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+        files.append({"path": f"{name}.gz", "file": name, "size": len(body),
+                      "sha256": hashlib.sha256(body).hexdigest()})
     cfg = compose(["dataset=rosbank", f"dataset.raw_dir={raw_dir}", f"dataset.download.revision={COMMIT}",
                    "dataset.download.retries=0", f"paths.output_root={raw_dir.parent / 'outputs'}", *extra])
     cfg.dataset.download.files = OmegaConf.create(files)
@@ -316,7 +317,7 @@ def test_a_file_the_repo_does_not_have(hub, rosbank_raw, tmp_path):
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     cfg.dataset.download.files[0].path = "data/train.csv.gz"
     with pytest.raises(DownloadError, match=r"no file 'data/train\.csv\.gz' in dataset repo dllllb/rosbank-churn at "
-                       r"revision 0123456789abcdef0123456789abcdef01234567 \(HTTP 404 .*check dataset\.download\.files"):
+                       rf"revision {COMMIT} \(HTTP 404 .*check dataset\.download\.files"):
         fetch.ensure(cfg.dataset)
 
 
