@@ -41,7 +41,8 @@ class Hub:
     """A dataset repo `REPO` at commit COMMIT (also its branch `main`) holding `files` (path -> bytes); files
     whose name ends in .gz/.zip/.tar.gz are served like LFS files (redirect to /storage/<sha256>).
     `faults[path]` = list of behaviours for the next requests of that path: "cut" (send half the body, then
-    close), "404", "html" (a web page instead of the hub's answer), "503"."""
+    close), "404", "html" (a web page instead of the hub's answer), "503", "drop" (close without an answer),
+    "ok" (answer normally: to aim a fault at the second request)."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -84,14 +85,19 @@ class Hub:
                 if revision not in (COMMIT, "main"):
                     return self.reply(404, {"X-Error-Code": "RevisionNotFound"}, b"Invalid rev id", body)
                 fault = (hub.faults.get(name) or [None])[0]
-                if fault in ("404", "html", "503"):
+                if fault in ("ok", "drop", "404", "html", "503"):
                     hub.faults[name].pop(0)
+                    if fault == "drop":  # the connection goes away before an answer
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     if fault == "404":
                         return self.reply(404, {}, b"Not Found", body)
                     if fault == "503":
                         return self.reply(503, {}, b"Service Unavailable", body)
-                    page = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>"
-                    return self.reply(200, {"Content-Type": "text/html; charset=utf-8"}, page, body)
+                    if fault == "html":
+                        page = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>"
+                        return self.reply(200, {"Content-Type": "text/html; charset=utf-8"}, page, body)
                 if name not in hub.files:
                     return self.reply(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT},
                                       b"Entry not found", body)
@@ -230,6 +236,16 @@ def test_transient_errors_are_retried_and_each_retry_resumes(hub, rosbank_raw, t
     fetch.ensure(cfg.dataset)
     gets = hub.gets("train.csv.gz")
     assert gets[0] is None and gets[-1].startswith("bytes=") and len(gets) == 2
+    assert (raw / "train.csv").read_bytes() == (rosbank_raw / "train.csv").read_bytes()
+
+
+def test_the_network_going_away_between_the_two_metadata_requests(hub, rosbank_raw, tmp_path):
+    raw = tmp_path / "raw"
+    cfg = rosbank_cfg(hub, rosbank_raw, raw)
+    hub.faults["train.csv.gz"] = ["ok", "drop"]  # ours answers, hf_hub_download's own finds no server
+    with pytest.raises(DownloadError, match=r"^download train.csv.gz: cannot reach http://127\.0\.0\.1:\d+ .*rerun$"):
+        fetch.ensure(cfg.dataset)
+    fetch.ensure(cfg.dataset)
     assert (raw / "train.csv").read_bytes() == (rosbank_raw / "train.csv").read_bytes()
 
 

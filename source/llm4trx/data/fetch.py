@@ -274,7 +274,7 @@ def fetch(r: Remote, parts: Path, timeout: float) -> tuple[Path, Any]:
     """The complete, verified object under `parts/` (resumed from hf_hub_download's .incomplete file)."""
     import requests
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     meta = metadata(r, timeout)
     parts.mkdir(parents=True, exist_ok=True)
@@ -286,6 +286,9 @@ def fetch(r: Remote, parts: Path, timeout: float) -> tuple[Path, Any]:
     try:
         path = Path(hf_hub_download(r.repo, r.path, repo_type="dataset", revision=r.revision, endpoint=r.endpoint,
                                     local_dir=parts, etag_timeout=timeout))
+    except LocalEntryNotFoundError as err:  # its own metadata request failed (the network went away since ours)
+        raise _Transient(DownloadError(r.object_name, f"cannot reach {r.endpoint} ({short(err)}); check the "
+                                       "network and rerun")) from None
     except HfHubHTTPError as err:
         raise http_error(r, err) from None
     except requests.exceptions.RequestException as err:  # cut or timed out mid-transfer: the .incomplete stays
