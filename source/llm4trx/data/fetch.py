@@ -48,6 +48,7 @@ import tarfile
 import time
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,7 @@ def ensure(ds: DictConfig) -> dict[str, Any]:
     timeout = float(spec.get("timeout", 60))
     for r in todo:
         started = time.time()
-        archive, meta = with_retries(lambda: fetch(r, raw / PART_DIR, timeout), retries, backoff)
+        archive, meta = with_retries(partial(fetch, r, raw / PART_DIR, timeout), retries, backoff)
         record = unpack(r, archive, raw, meta)
         manifest[r.file] = record
         write_manifest(raw, manifest)
