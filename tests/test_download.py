@@ -10,6 +10,7 @@ transfer short, answer 404, an HTML page or a 503).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.server
@@ -363,6 +364,22 @@ def test_no_room_on_the_disk(hub, rosbank_raw, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match=r"no room on the disk for .*train\.csv: needs [\d.]+ [kM]B, 1\.0 kB free"):
         fetch.ensure(cfg.dataset)
     assert not (raw / "train.csv").exists() and hub.gets("train.csv.gz") == []
+
+
+def test_the_disk_filling_up_during_the_transfer(hub, rosbank_raw, tmp_path, monkeypatch):
+    import huggingface_hub.file_download as hf
+
+    def full(url, temp_file, **kwargs):  # the disk fills up after a first chunk
+        temp_file.write(b"\x1f\x8b" + b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    raw = tmp_path / "raw"
+    cfg = rosbank_cfg(hub, rosbank_raw, raw)
+    monkeypatch.setattr(hf, "http_get", full)
+    with pytest.raises(DownloadError, match=r"^download train.csv.gz: no room left on the disk while downloading into "
+                       r".*the part was removed: free space and rerun$"):
+        fetch.ensure(cfg.dataset)
+    assert fetch.incomplete_parts(raw / fetch.PART_DIR) == [] and not (raw / "train.csv").exists()
 
 
 def test_zip_and_tar_members(hub, tmp_path):
