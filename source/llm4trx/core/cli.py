@@ -9,7 +9,7 @@ What a stage prints on the console (everything else goes to the stage's log file
 - an interruption (SIGINT, SIGTERM) as one line, exit status 128 + signal number, after the stage's temporary
   folder is removed (`atomic_dir`'s cleanup runs: the signal is raised as an exception).
 
-The overrides are validated before Hydra starts (`llm4trx.check.compose_checked`), so a single stage and
+The overrides are validated before Hydra starts (`llm4trx.core.check.compose_checked`), so a single stage and
 scripts/run.sh report a bad argument with the same line. Arguments starting with `-` (`-m`, `--cfg job`,
 `--help`) go to Hydra unchanged. Library output (Composer, Lightning, PyTorch, transformers, warnings, C-level
 writes to stdout/stderr) is sent to the log file by pointing file descriptors 1 and 2 at it.
@@ -259,7 +259,7 @@ def check_arguments(args: list[str]) -> None:
     ConfigError (or a user OSError) with the same one line. Arguments with flags go to Hydra unchanged."""
     if any(arg.startswith("-") for arg in args):
         return
-    from llm4trx.check import compose_checked
+    from llm4trx.core.check import compose_checked
 
     cfg = compose_checked([a for a in args if not a.startswith("hydra.")], check_launcher_overrides=False)
     root = Path(cfg.paths.experiment_dir)

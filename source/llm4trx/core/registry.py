@@ -5,7 +5,7 @@ that folder lives (`shared` by every seed of an experiment, per `seed`, or per `
 outputs it reads, and the config sections its hash covers. A hash covers each listed section *whole*, minus
 the few operational keys named in `operational` (threads, workers, micro-batches, trackers, console): a new
 key that changes results can therefore never reuse stale outputs. `stage_dir`, the pipeline scripts
-(`llm4trx.check`), the report and the tests all read this table.
+(`llm4trx.core.check`), the report and the tests all read this table.
 """
 
 from __future__ import annotations
