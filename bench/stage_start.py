@@ -66,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=None, help="paths.output_root of a finished smoke run (skip path)")
     ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--overrides", default="", help="extra overrides of the finished run (space-separated)")
     ap.add_argument("--build", action="store_true", help="build a small finished run into --root first")
     ap.add_argument("--clients", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
@@ -80,7 +81,8 @@ def main() -> None:
         top_imports(args.importtime)
         return
     py = sys.executable
-    overrides = ["experiment=smoke", f"paths.output_root={args.root}", f"seed={args.seed}", "progress=false"]
+    overrides = ["experiment=smoke", f"paths.output_root={args.root}", f"seed={args.seed}", "progress=false",
+                 *args.overrides.split()]
     if args.root and args.build:
         overrides = build(Path(args.root), args.clients, args.seed) or overrides
     empty = wall([py, "-c", "pass"], args.repeats)

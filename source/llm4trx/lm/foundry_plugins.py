@@ -8,6 +8,7 @@
   collator), built under a machine-wide file lock (see `build_text_dataloader_locked`), optionally in
   length-bucketed batches (`bucket_window`, lm/length_buckets.py), counting real tokens: Composer's token
   count (timestamp, tokens/s) is the clients' tokens, padding apart.
+- `llm4trx_placeholder` (dataloaders): one sample, for export's Trainer that never trains.
 - `llm4trx_padding` (callbacks): the padded share of the positions of the batches this process trained.
 """
 
@@ -176,6 +177,18 @@ def build_text_dataloader_locked(**kwargs: Any):
         return build_text_dataloader(**kwargs)
 
 
+def build_placeholder_dataloader(tokenizer, device_batch_size, **_: Any):
+    """A one-sample loader for a Trainer that never trains (export: llm-foundry's `only_hf_checkpoint`, which
+    builds a train loader it never iterates): no shards read, no streaming shared memory or machine-wide lock."""
+    import transformers
+    from llmfoundry.data.utils import get_data_spec
+    from torch.utils.data import DataLoader
+
+    sample = [torch.tensor([tokenizer.eos_token_id], dtype=torch.int64)]
+    collate = RealTokensCollator(transformers.DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False))
+    return get_data_spec(DataLoader(sample, batch_size=1, collate_fn=collate), {})
+
+
 class PaddingMonitor(Callback):
     """Real tokens and positions (rows x padded width) of the train batches of this process, over all ranks;
     `padded_share` is set at fit end (None before). A resumed run counts the batches it trained itself."""
@@ -203,4 +216,5 @@ def register() -> None:
     registry.loggers.register("llm4trx_metrics_jsonl", func=MetricsJsonlLogger)
     registry.models.register("llm4trx_hf_causal_lm", func=HFCausalLMWithFlops)
     registry.dataloaders.register("llm4trx_text", func=build_text_dataloader_locked)
+    registry.dataloaders.register("llm4trx_placeholder", func=build_placeholder_dataloader)
     registry.callbacks.register("llm4trx_padding", func=PaddingMonitor)
