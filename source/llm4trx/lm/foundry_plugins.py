@@ -203,7 +203,8 @@ class PaddingMonitor(Callback):
         self.real += int(sum(batch["total_tokens"]))
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        counts = torch.tensor([self.real, self.positions], dtype=torch.float64)
+        # On the run's device: NCCL reduces CUDA tensors only.
+        counts = state.device.tensor_to_device(torch.tensor([self.real, self.positions], dtype=torch.float64))
         dist.all_reduce(counts)
         real, positions = counts.tolist()
         self.padded_share = 1 - real / positions if positions else None
