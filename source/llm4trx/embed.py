@@ -115,9 +115,10 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
     vectors = embed_sequences(model, pad_id, sequences, batches, cfg.embed.pooling,
                               list(cfg.embed.layer_slice), cfg.embed.padding_side, state.device,
                               progress=bool(cfg.progress) and state.is_main_process)
-    n_tokens = sum(len(s) for s in sequences)
+    n_tokens = sum(len(s) for s in sequences)  # real tokens; positions: what the padded batches computed
+    positions = sum(len(b) * max(len(sequences[i]) for i in b) for b in batches)
 
-    parts = gather_object([(state.process_index, mine, vectors, n_truncated, n_tokens)])
+    parts = gather_object([(state.process_index, mine, vectors, n_truncated, n_tokens, positions)])
     parts.sort(key=lambda p: p[0])
     indices = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
     if len(indices) != len(texts) or len(np.unique(indices)) != len(texts):
@@ -136,6 +137,7 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
             "rows_per_rank": [len(p[1]) for p in parts],
             "truncated": int(sum(p[3] for p in parts)),
             "tokens": int(sum(p[4] for p in parts)),
+            "padded_share": round(1 - sum(p[4] for p in parts) / max(1, sum(p[5] for p in parts)), 4),
             "max_tokens": int(max_tokens),
             "device": str(state.device),
         },
@@ -156,7 +158,13 @@ def run(cfg: DictConfig) -> Path:
         def build(tmp: Path) -> dict:
             frame = embeddings_frame(cfg.dataset.id_column, result["client_id"], result["matrix"])
             frame.to_parquet(tmp / "embeddings.parquet", index=False)
-            return {**result["counts"], "embed_seconds": round(time.time() - started, 3)}
+            seconds = time.time() - started
+            counts = result["counts"]
+            log.info("embed: %d clients, %d real tokens (%.1f%% of the batches' positions padding) in %.1f s "
+                     "(%.0f real tokens/s incl. model load)", counts["clients"], counts["tokens"],
+                     100 * counts["padded_share"], seconds, counts["tokens"] / max(seconds, 1e-9))
+            return {**counts, "embed_seconds": round(seconds, 3),
+                    "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9), 1)}
 
         run_stage(cfg, "embed", build)
     state.wait_for_everyone()

@@ -17,17 +17,17 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError, Llm4trxError
-from llm4trx.lm.dtypes import DTYPES
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.core.stage import read_success, require, run_stage
+
+if TYPE_CHECKING:  # torch is imported where it is used: an up-to-date export skips without it (seconds)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ def hf_checkpoint(folder: Path) -> Path:
 
 def val_batch(cfg: DictConfig, pad_id: int, n: int) -> dict[str, torch.Tensor]:
     """The first `n` val clients, truncated to max_seq_len and right-padded to the longest."""
+    import numpy as np
+    import torch
     from streaming import StreamingDataset
 
     dataset = StreamingDataset(local=str(require(cfg, "shards") / "val"), shuffle=False, batch_size=1)
@@ -77,6 +79,7 @@ def val_batch(cfg: DictConfig, pad_id: int, n: int) -> dict[str, torch.Tensor]:
 
 def max_logit_difference(reference: torch.nn.Module, export_dir: Path, batch: dict[str, torch.Tensor],
                          trust_remote_code: bool) -> float:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     AutoTokenizer.from_pretrained(str(export_dir))  # the tokenizer files must load too
@@ -102,6 +105,10 @@ def max_logit_difference(reference: torch.nn.Module, export_dir: Path, batch: di
 
 
 def rounded_like_export(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    import torch
+
+    from llm4trx.lm.dtypes import DTYPES
+
     if precision == "float32":
         return model
     return copy.deepcopy(model).to(DTYPES[precision]).to(torch.float32)
@@ -122,6 +129,8 @@ def export_foundry(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch
     train_cfg["model"].update(init_device="cpu", pretrained=False)  # every weight comes from the checkpoint
     train_cfg.update(
         load_path=str(checkpoint), load_weights_only=True, autoresume=False, save_folder=None,
+        # llm-foundry builds a train loader even here, never iterated: a one-sample placeholder, not the shards
+        train_loader={"name": "llm4trx_placeholder"},
         only_hf_checkpoint=True, fsdp_config=None, precision="fp32", eval_loader=None, loggers={},
         progress_bar=False, algorithms={},
         callbacks={"hf_checkpointer": {"save_folder": str(work), "save_interval": "1ba",
@@ -139,7 +148,10 @@ def export_foundry(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch
 
 
 def export_hf(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    import torch
     from transformers import AutoModelForCausalLM
+
+    from llm4trx.lm.dtypes import DTYPES
 
     source = hf_checkpoint(checkpoints)
     model = AutoModelForCausalLM.from_pretrained(str(source), torch_dtype=torch.float32)

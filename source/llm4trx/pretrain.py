@@ -167,8 +167,15 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
     train_cfg = foundry_config.train_config(cfg, inputs["tok"], inputs["tokenizer_dir"], inputs["mds_dir"], folder)
     trainer = train(OmegaConf.create(train_cfg))
     timestamp = trainer.state.timestamp
+    padding = next(c for c in trainer.state.callbacks if isinstance(c, foundry_plugins.PaddingMonitor))
+    # tokens_seen: the clients' real tokens (padding apart; lm/foundry_plugins.RealTokensCollator), over the
+    # whole run including before a resume; padded_share: of the positions this process trained.
     counts = {"backend": "foundry", "steps": int(timestamp.batch), "samples_seen": int(timestamp.sample),
-              "tokens_seen": int(timestamp.token), "resumed_from_step": resumed_from}
+              "tokens_seen": int(timestamp.token), "padded_share": padding.padded_share,
+              # Composer's training wall-clock (checkpointed, so it spans a resume; evaluation apart)
+              "train_seconds": round(timestamp.total_wct.total_seconds(), 3),
+              "real_tokens_per_s": round(int(timestamp.token) / max(timestamp.total_wct.total_seconds(), 1e-9), 1),
+              "length_bucketing": foundry_config.bucket_window(cfg) > 0, "resumed_from_step": resumed_from}
     trainer.close()
     return counts
 
@@ -198,7 +205,10 @@ def run(cfg: DictConfig) -> Path:
         write_success(folder, want, started, {**counts, "train_samples": inputs["samples"]["train"],
                                               "val_samples": inputs["samples"]["val"],
                                               "vocab_size": inputs["tok"]["vocab_size"]}, cfg, STAGE)
-    log.info("pretrain: %s steps in %.1f s -> %s", counts["steps"], time.time() - started, folder)
+    share = counts.get("padded_share")
+    log.info("pretrain: %s steps, %s real tokens seen (padding apart%s) in %.1f s -> %s", counts["steps"],
+             counts.get("tokens_seen"), "" if share is None else f"; {share:.1%} of positions were padding",
+             time.time() - started, folder)
     return folder
 
 
