@@ -227,7 +227,8 @@ def summary(stage: str, folder: Path) -> str:
         return ", ".join(parts)
     if stage == "embed":
         rate = f", {_fmt(c['tokens'] / c['embed_seconds'])} tokens/s" if c.get("embed_seconds") else ""
-        return f"{c['clients']:,} clients x {c['dim']}{rate}"
+        reused = f" ({c['recomputed']:,} recomputed, {c['reused']:,} reused)" if c.get("reused") else ""
+        return f"{c['clients']:,} clients x {c['dim']}{reused}{rate}"
     if stage == "coles":
         if c.get("skipped"):
             return f"skipped: {c['skipped']}"
