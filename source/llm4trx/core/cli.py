@@ -67,12 +67,13 @@ def install_signal_handlers() -> None:
         signal.signal(signum, _raise_interrupted)
 
 
-def user_message(err: BaseException) -> str | None:
-    """The one line for a condition the user can fix, or None for an unexpected error."""
+def user_message(err: BaseException, folder: Path | None = None) -> str | None:
+    """The one line for a condition the user can fix, or None for an unexpected error. `folder`: the stage's
+    output folder, named when the error carries no file name (pyarrow's write errors, for one)."""
     if isinstance(err, Llm4trxError):
         return str(err)
     if isinstance(err, OSError) and err.errno in USER_OS_ERRORS:
-        where = err.filename if err.filename is not None else ""
+        where = err.filename if err.filename is not None else (f"writing {folder}" if folder is not None else "")
         if getattr(err, "filename2", None):
             where = f"{where} -> {err.filename2}"
         return f"{where}: {err.strerror or os.strerror(err.errno)}: {USER_OS_ERRORS[err.errno]}".lstrip(": ")
@@ -174,6 +175,15 @@ def _log_file() -> Path | None:
         hc = HydraConfig.get()
         return Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
     except Exception:  # not under Hydra's job logging (tests calling the function directly)
+        return None
+
+
+def _output_folder(cfg: DictConfig, stage: str) -> Path | None:
+    try:
+        from llm4trx.core.stage import stage_dir
+
+        return stage_dir(cfg, stage)
+    except Exception:  # an unknown stage name or an unresolvable path: the message goes without it
         return None
 
 
@@ -300,7 +310,7 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
                           f"removed, finished stages kept: rerun the same command to continue")
             sys.exit(128 + err.signum)
         except Exception as err:
-            message = user_message(err)
+            message = user_message(err, _output_folder(cfg, stage))
             if message is not None:
                 log.error("%s", message, exc_info=not isinstance(err, Llm4trxError), extra={"file_only": True})
                 console.error(f"error: {message}")

@@ -98,10 +98,10 @@ def load_labels(data_dir: Path, n_folds: int) -> Labels:
             classes = np.unique(y[rows])
             if len(classes) < 2:
                 raise DataError(targets_path, f"fold {fold}: its {part} part ({int(rows.sum())} clients) has one "
-                                f"class only ({classes[0]!r}); {fix}", column="target")
+                                f"class only ({classes[0].item()!r}); {fix}", column="target")
     if test["target"].nunique() < 2:
         raise DataError(targets_path, f"the {len(test)} test clients have one class only "
-                        f"({test['target'].iloc[0]!r}); {fix}", column="target")
+                        f"({test['target'].to_numpy()[0].item()!r}); {fix}", column="target")
     return Labels(train["client_id"].to_numpy(), train["target"].to_numpy(), train["fold"].to_numpy(),
                   test["client_id"].to_numpy(), test["target"].to_numpy())
 

@@ -1,6 +1,9 @@
-"""No space left on the device, end to end: a stage writing onto a full file system (a small tmpfs mounted by the
-test) stops with one line naming the file and the fix, exit status 2, and leaves nothing partial; once space is
-back the same command finishes.
+"""Conditions a user fixes, end to end through a stage's entry point: one line naming the cause and the fix,
+exit status 2, nothing partial left.
+
+- No space left on the device: a stage writing onto a full file system (a small tmpfs mounted by the test);
+  once space is back the same command finishes.
+- A fold of the validation protocol whose validation part holds one class only.
 
 Mounting needs root (CAP_SYS_ADMIN); where that is not permitted the test is skipped with the reason, except in
 CI (CI set), where it must run.
@@ -13,8 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from embed_fixtures import write_data
 from llm4trx.core.config import compose
 from llm4trx.core.stage import read_success, stage_dir
 from pipeline_helpers import ROOT, child_env
@@ -65,11 +70,11 @@ def test_a_full_disk_is_one_line_nothing_partial_and_the_rerun_finishes(tmpfs, t
 
     full = prepare()
     assert full.returncode == 2, full.stderr
-    errors = [line for line in full.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1, full.stderr
-    assert errors[0].startswith("error: ") and "No space left on device" in errors[0]
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and len(full.stderr.splitlines()) <= 2, full.stderr  # (and the loader's warning)
+    assert "No space left on device" in errors[0]
     assert "free space or set paths.output_root to another disk" in errors[0]
-    assert str(tmpfs) in errors[0]  # names the file it could not write
+    assert f"writing {final}" in errors[0]  # pyarrow names no file: the stage's folder is named
     assert "Traceback" not in full.stderr
     assert not final.exists() and not list(final.parent.glob(f".{final.name}*"))
 
@@ -77,3 +82,21 @@ def test_a_full_disk_is_one_line_nothing_partial_and_the_rerun_finishes(tmpfs, t
     rerun = prepare()
     assert rerun.returncode == 0, rerun.stderr
     assert read_success(final)["counts"]["clients"] > 0
+
+
+def test_a_fold_whose_validation_part_has_one_class_is_one_line(out_root):
+    args = [f"paths.output_root={out_root}", "dataset.n_clients=150", "dataset.max_events=40", "progress=false",
+            "validate.feature_sets=[aggregates]", "validate.concatenations=[]", "validate.n_jobs=1"]
+    data = write_data(compose(args))
+    splits, targets = pd.read_parquet(data / "splits.parquet"), pd.read_parquet(data / "targets.parquet")
+    fold2 = splits.loc[(splits["fold"] == 2) & (splits["split"] != "test"), "client_id"]
+    targets.loc[targets["client_id"].isin(fold2), "target"] = 1
+    targets.to_parquet(data / "targets.parquet", index=False)
+    done = subprocess.run([sys.executable, "-m", "llm4trx.validate", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and len(done.stderr.splitlines()) <= 2, done.stderr  # (and the loader's warning)
+    assert f"column 'target': fold 2: its validation part ({len(fold2)} clients) has one class only (1)" in errors[0]
+    assert "splits.n_folds" in errors[0] and "Traceback" not in done.stderr
+    assert not (out_root / "smoke" / "synthetic" / "seed_42" / "validation").exists()
