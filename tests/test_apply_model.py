@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from embed_fixtures import mark_done, write_all, write_data, write_text
+from embed_fixtures import write_all, write_data, write_text
 from llm4trx import embed, validate
 from llm4trx.core import registry
 from llm4trx.core.config import compose
