@@ -221,6 +221,24 @@ def test_label_words_that_collide_or_are_empty(inputs, tmp_path):
     assert_fails_before_writing(count, ConfigError, "one word per class")
 
 
+def test_label_words_unknown_to_the_field_tokenizer_are_scored_by_spare_vocabulary_tokens():
+    """tokenizer=fields (smoke's) has one id per transaction word and no "no"/"yes": each unknown label word gets
+    a distinct token of the vocabulary, the last ids (its rarest words), never unk or another special token."""
+    from llm4trx.tokenizer import train_fields
+
+    texts = ["d0@14 m5411 a12 d1@09 m6011 a20", "d0@14 m5411 a13 d2@20 m5812 a12", "d0@09 m5411 a12"]
+    tok = train_fields(iter(texts), 100, 1, "<|bos|>", "<|endoftext|>", "<|pad|>", "<|unk|>")
+    assert tok("yes", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+    ids = ft.label_token_ids(tok, ["no", "yes"], " ")
+    last = sorted(tok.get_vocab().values(), reverse=True)
+    assert ids == last[:2] and not set(ids) & set(tok.all_special_ids)
+    # A word the vocabulary has keeps its own token; the unknown one takes the last id not already taken.
+    known = tok.convert_tokens_to_ids(tok.convert_ids_to_tokens(last[0]))
+    assert ft.label_token_ids(tok, [tok.convert_ids_to_tokens(last[0]), "no"], "") == [known, last[1]]
+    with pytest.raises(ConfigError, match=r"\['no', 'yes'\] are not in the tokenizer's vocabulary"):
+        ft.label_token_ids(tok, ["no", "yes"], " ", unknown="error")
+
+
 def test_lora_target_modules_the_model_lacks(inputs, tmp_path):
     cfg = cfg_with(inputs, tmp_path, finetune={"lora": {"target_modules": ["q_proj", "c_attn"]}})
     assert_fails_before_writing(cfg, ConfigError, r"\['c_attn'\] are not modules of the model")

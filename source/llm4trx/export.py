@@ -6,7 +6,9 @@ loads the checkpoint into the model the run was trained with and calls its `hf_c
 are re-saved as safetensors. Either way the written directory is reloaded with plain transformers
 (`AutoModelForCausalLM`, no trust_remote_code for Llama/Qwen) and its logits on a val batch must equal the
 trained model's: max |difference| <= export.verify_atol (1e-4 in fp32 on CPU; a bfloat16 export is compared
-with the trained weights rounded to bfloat16). Otherwise the stage fails and writes nothing.
+with the trained weights rounded to bfloat16). Otherwise the stage fails and writes nothing. Beside the HF files,
+hf/llm4trx.json records the text format, schema and tokenizer the model was trained on (data/model_record.py),
+checked by embed when another run applies this model (embed.model=<this hf/>).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError, Llm4trxError
+from llm4trx.data.model_record import make_record, write_record
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.core.stage import read_success, require, run_stage
 
@@ -178,6 +181,8 @@ def build(cfg: DictConfig, out: Path) -> dict[str, Any]:
         raise ExportMismatch(f"exported model's logits differ from the trained model's by {diff:.3g} "
                              f"(> export.verify_atol={atol}) on {batch['input_ids'].shape[0]} val clients")
     log.info("export: logits match the trained model (max |diff| %.2e <= %.0e)", diff, atol)
+    # What the model was trained on, for runs that apply it to other data (embed.model=<this hf/>).
+    write_record(out, make_record(cfg, require(cfg, "tokenizer")))
     return {**counts, "backend": backend, "max_abs_logit_diff": diff, "verify_atol": atol,
             "verify_clients": int(batch["input_ids"].shape[0]), "precision": cfg.export.precision}
 

@@ -162,14 +162,18 @@ def run(cfg: DictConfig) -> Path:
                    "lightgbm_seed": {"mode": lightgbm_seed_mode(cfg), "random_state": params.get("random_state")},
                    "n_folds": n_folds, "n_train": len(labels.train_ids), "n_test": len(labels.test_ids),
                    "feature_sets": {}, "skipped": skipped}
+        # An applied model's row is llm:<name> (embed.model; see data/model_record.row_name), in concatenations too.
+        llm = (read_success(require(cfg, "embed")) or {}).get("counts", {}).get("row_name", "llm") \
+            if "llm" in needed else "llm"
         with tqdm(total=len(sets) * n_folds, desc="validate", unit="fold", disable=not cfg.progress) as bar:
             for name, features in sets.items():
-                bar.set_postfix_str(name)
-                entry = cross_validate(name, features, labels, metrics, params, validation_jobs(cfg),
+                row = "+".join(llm if part == "llm" else part for part in name.split("+"))
+                bar.set_postfix_str(row)
+                entry = cross_validate(row, features, labels, metrics, params, validation_jobs(cfg),
                                        sources[name], on_fold=bar.update)
-                results["feature_sets"][name] = {"n_features": int(features.shape[1]), **entry}
+                results["feature_sets"][row] = {"n_features": int(features.shape[1]), **entry}
                 head = entry[metrics[0]]
-                log.info("%s: %s val %.4f ± %.4f, test %.4f ± %.4f", name, metrics[0], head["val_mean"],
+                log.info("%s: %s val %.4f ± %.4f, test %.4f ± %.4f", row, metrics[0], head["val_mean"],
                          head["val_std"], head["test_mean"], head["test_std"])
         if finetune_configured(cfg):  # rows finetune:<run>: fine-tuned models' predictions, the same metrics
             predictions = require(cfg, "finetune") / "predictions.parquet"

@@ -67,12 +67,13 @@ def install_signal_handlers() -> None:
         signal.signal(signum, _raise_interrupted)
 
 
-def user_message(err: BaseException) -> str | None:
-    """The one line for a condition the user can fix, or None for an unexpected error."""
+def user_message(err: BaseException, folder: Path | None = None) -> str | None:
+    """The one line for a condition the user can fix, or None for an unexpected error. `folder`: the stage's
+    output folder, named when the error carries no file name (pyarrow's write errors, for one)."""
     if isinstance(err, Llm4trxError):
         return str(err)
     if isinstance(err, OSError) and err.errno in USER_OS_ERRORS:
-        where = err.filename if err.filename is not None else ""
+        where = err.filename if err.filename is not None else (f"writing {folder}" if folder is not None else "")
         if getattr(err, "filename2", None):
             where = f"{where} -> {err.filename2}"
         return f"{where}: {err.strerror or os.strerror(err.errno)}: {USER_OS_ERRORS[err.errno]}".lstrip(": ")
@@ -177,6 +178,15 @@ def _log_file() -> Path | None:
         return None
 
 
+def _output_folder(cfg: DictConfig, stage: str) -> Path | None:
+    try:
+        from llm4trx.core.stage import stage_dir
+
+        return stage_dir(cfg, stage)
+    except Exception:  # an unknown stage name or an unresolvable path: the message goes without it
+        return None
+
+
 def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
 
@@ -227,7 +237,8 @@ def summary(stage: str, folder: Path) -> str:
         return ", ".join(parts)
     if stage == "embed":
         rate = f", {_fmt(c['tokens'] / c['embed_seconds'])} tokens/s" if c.get("embed_seconds") else ""
-        return f"{c['clients']:,} clients x {c['dim']}{rate}"
+        reused = f" ({c['recomputed']:,} recomputed, {c['reused']:,} reused)" if c.get("reused") else ""
+        return f"{c['clients']:,} clients x {c['dim']}{reused}{rate}"
     if stage == "coles":
         if c.get("skipped"):
             return f"skipped: {c['skipped']}"
@@ -299,7 +310,7 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
                           f"removed, finished stages kept: rerun the same command to continue")
             sys.exit(128 + err.signum)
         except Exception as err:
-            message = user_message(err)
+            message = user_message(err, _output_folder(cfg, stage))
             if message is not None:
                 log.error("%s", message, exc_info=not isinstance(err, Llm4trxError), extra={"file_only": True})
                 console.error(f"error: {message}")

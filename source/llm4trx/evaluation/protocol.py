@@ -90,6 +90,18 @@ def load_labels(data_dir: Path, n_folds: int) -> Labels:
                         column="fold")
     if len(test) == 0:
         raise DataError(splits_path, "no labeled test clients", column="split")
+    y, folds = train["target"].to_numpy(), train["fold"].to_numpy()
+    fix = (f"the metrics need two classes in every part: label more clients (at least {n_folds} of each class "
+           f"among the non-test ones) or use fewer folds (splits.n_folds), then rerun prepare")
+    for fold in found:
+        for part, rows in (("validation", folds == fold), ("training", folds != fold)):
+            classes = np.unique(y[rows])
+            if len(classes) < 2:
+                raise DataError(targets_path, f"fold {fold}: its {part} part ({int(rows.sum())} clients) has one "
+                                f"class only ({classes[0].item()!r}); {fix}", column="target")
+    if test["target"].nunique() < 2:
+        raise DataError(targets_path, f"the {len(test)} test clients have one class only "
+                        f"({test['target'].to_numpy()[0].item()!r}); {fix}", column="target")
     return Labels(train["client_id"].to_numpy(), train["target"].to_numpy(), train["fold"].to_numpy(),
                   test["client_id"].to_numpy(), test["target"].to_numpy())
 
