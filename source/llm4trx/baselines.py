@@ -7,7 +7,7 @@ stage computes them once (shared by every seed of the experiment, hashed and ski
 to baselines/:
   aggregates.parquet, oracle.parquet   the features (the embeddings contract: id column, then emb_* columns),
                                        for validate's concatenations (llm+aggregates)
-  results.json                         their protocol results, in validation/results.json's shape
+  results.json, results.md             their protocol results, in validation/results.json's shape
   predictions.parquet                  their per-client predictions (llm4trx.data.predictions)
 Every seed's validate copies these rows. With validate.lightgbm_seed=run the stage is not in the pipeline and
 validate builds the sets itself, per seed.
@@ -29,6 +29,7 @@ from llm4trx.core.stage import require, run_stage
 from llm4trx.data.embeddings import embeddings_frame
 from llm4trx.data.predictions import write_predictions
 from llm4trx.evaluation.protocol import load_labels
+from llm4trx.evaluation.tables import results_table
 from llm4trx.evaluation.validation import (aggregates, lightgbm_params, lightgbm_seed_mode, oracle,
                                            seed_independent_sets, validate_sets)
 
@@ -66,7 +67,8 @@ def run(cfg: DictConfig) -> Path:
                    "n_folds": len(set(labels.folds)), "n_train": len(labels.train_ids),
                    "n_test": len(labels.test_ids), "feature_sets": entries}
         (tmp / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
-        write_predictions(frames, tmp / PREDICTIONS)
+        (tmp / "results.md").write_text(results_table(results))
+        write_predictions(list(frames.values()), tmp / PREDICTIONS)
         return {"feature_sets": list(entries), "n_train": results["n_train"], "n_test": results["n_test"]}
 
     return run_stage(cfg, "baselines", build)

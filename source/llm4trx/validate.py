@@ -157,21 +157,21 @@ def run(cfg: DictConfig) -> Path:
         for name in reused:
             if name in sets:
                 log_entry(f"{name} (from baselines/)", reused[name], metrics[0])
-                frames.append(reused_rows[reused_rows["feature_set"] == name])
+                frames[name] = reused_rows[reused_rows["feature_set"] == name]
         results["feature_sets"] = {name: entries.get(name) or reused[name] for name in sets}
         if finetune_configured(cfg):  # rows finetune:<run>: fine-tuned models' predictions, the same metrics
             predictions = require(cfg, "finetune") / "predictions.parquet"
             for run in cfg.finetune.runs:
                 entry, scored = score_predictions(predictions, str(run), labels, metrics, int(cfg.dataset.n_classes))
                 results["feature_sets"][f"finetune:{run}"] = {"n_features": int(cfg.dataset.n_classes), **entry}
-                frames.append(predictions_frame(f"finetune:{run}", labels, scored))
+                frames[f"finetune:{run}"] = predictions_frame(f"finetune:{run}", labels, scored)
                 log_entry(f"finetune:{run}", entry, metrics[0])
         (tmp / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         table = results_table(results)
         if skipped:
             table += "\n" + "".join(f"Skipped: {name}: {reason}.\n" for name, reason in skipped.items())
         (tmp / TABLE).write_text(table)
-        write_predictions(frames, tmp / PREDICTIONS)
+        write_predictions([frames[name] for name in results["feature_sets"]], tmp / PREDICTIONS)
         return {"feature_sets": list(results["feature_sets"]), "skipped": list(skipped),
                 "from_baselines": results["from_baselines"], "n_train": results["n_train"],
                 "n_test": results["n_test"]}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -90,17 +89,17 @@ def log_entry(name: str, entry: dict, metric: str) -> None:
 
 
 def validate_sets(cfg: DictConfig, sets: dict[str, pd.DataFrame], sources: dict, labels: Labels,
-                  desc: str = "validate", on_set: Callable[[str], None] | None = None) -> tuple[dict, list]:
-    """The protocol on every set: ({name: {n_features, metric summaries}}, [prediction frames])."""
+                  desc: str = "validate") -> tuple[dict, dict]:
+    """The protocol on every set: ({name: {n_features, metric summaries}}, {name: prediction frame})."""
     metrics, params, n_jobs = list(cfg.dataset.metrics), lightgbm_params(cfg), validation_jobs(cfg)
     n_folds = len(set(labels.folds))
-    entries, frames = {}, []
+    entries, frames = {}, {}
     with tqdm(total=len(sets) * n_folds, desc=desc, unit="fold", disable=not cfg.progress) as bar:
         for name, features in sets.items():
             bar.set_postfix_str(name)
             entry, predictions = cross_validate_predict(name, features, labels, metrics, params, n_jobs,
                                                         sources[name], on_fold=bar.update)
             entries[name] = {"n_features": int(features.shape[1]), **entry}
-            frames.append(predictions_frame(name, labels, predictions))
+            frames[name] = predictions_frame(name, labels, predictions)
             log_entry(name, entry, metrics[0])
     return entries, frames
