@@ -227,7 +227,8 @@ HOW_TO_READ = """\
   (0 %: no better than random, 100 %: as good as knowing the hidden factors).
 - *test (mean ± std over seeds)*: every seed trains its own LM (and CoLES), the fold models of each seed are
   scored on the fixed test clients, and the seed's score is their mean; the table shows the mean and the
-  sample std of those per-seed scores. Two rows differ meaningfully when their gap is larger than these stds.
+  sample std of those per-seed scores. This std says nothing about the sampling of the few test clients:
+  whether two rows differ is the gap table's verdict, not a comparison of these stds.
 - *fold std*: the spread over the fold models within one seed (averaged over seeds): the noise of the
   downstream classifier alone, with the LM fixed.
 - *val (out-of-fold)*: the metric on the out-of-fold predictions of all cross-validated (non-test) clients,
