@@ -127,7 +127,8 @@ def read_baselines(cfg: DictConfig, needed: set[str]) -> tuple[dict, dict, pd.Da
     features, entries = {}, {}
     for name in names:
         if name not in results["feature_sets"]:
-            raise DataError(results_path, f"no feature set {name!r}; rebuild with python -m llm4trx.baselines force=true")
+            raise DataError(results_path, f"no feature set {name!r}; rebuild with "
+                            "python -m llm4trx.baselines force=true")
         path = folder / BASELINE_FEATURES.format(name=name)
         features[name] = (read_embeddings(path, cfg.dataset.id_column, name), path)
         entries[name] = results["feature_sets"][name]
