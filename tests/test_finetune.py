@@ -42,6 +42,7 @@ def inputs(tmp_path_factory):
 def finetuned(inputs):
     """The stage, then validate and the report, as `bash scripts/run_multi_seed.sh experiment=smoke_finetune`
     runs them (tiny sizes; one seed; validate without CoLES and embeddings to keep it short)."""
+    from llm4trx.baselines import run as baselines
     from llm4trx.finetune import run as finetune
     from llm4trx.report import run as report
     from llm4trx.validate import run as validate
@@ -60,6 +61,7 @@ def finetuned(inputs):
         ft.make_trainer = original
     vcfg = OmegaConf.merge(inputs, {"validate": {"feature_sets": ["aggregates", "random"], "concatenations": [],
                                                  "random_dim": 8}, "seeds": [int(inputs.seed)]})
+    baselines(vcfg)  # aggregates, validated once per dataset (validate.lightgbm_seed=fixed)
     validation = validate(vcfg)
     return {"cfg": inputs, "folder": folder, "validation": validation, "report": report(vcfg),
             "recorded": recorded}

@@ -33,21 +33,34 @@ def test_every_stage_has_an_entry_point_module():
 
 def test_pipeline_order_and_optional_stages():
     cfg = compose([])
-    assert registry.pipeline(cfg) == ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed",
-                                      "coles", "validate"]
+    assert registry.pipeline(cfg) == ["prepare", "text", "tokenizer", "shards", "baselines", "pretrain", "export",
+                                      "embed", "coles", "validate"]
     assert "augment" in registry.pipeline(compose(CONFIGS["augment"]))
-    no_coles = compose(["validate.feature_sets=[llm,aggregates,random]"])
+    no_coles = compose(["validate.feature_sets=[llm,aggregates,random]", "validate.concatenations=[llm+aggregates]"])
     assert "coles" not in registry.pipeline(no_coles)
-    assert registry.inputs_of(no_coles, "validate") == ["prepare", "embed"]
+    assert registry.inputs_of(no_coles, "validate") == ["prepare", "baselines", "embed"]
     assert registry.inputs_of(compose(CONFIGS["pretrained_tokenizer"]), "tokenizer") == []
     finetune = compose(CONFIGS["finetune"])
-    assert registry.pipeline(finetune) == ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed",
-                                           "finetune", "coles", "validate"]
+    assert registry.pipeline(finetune) == ["prepare", "text", "tokenizer", "shards", "baselines", "pretrain",
+                                           "export", "embed", "finetune", "coles", "validate"]
     assert registry.inputs_of(finetune, "validate")[-1] == "finetune"
     assert registry.inputs_of(finetune, "finetune") == ["prepare", "text", "export"]
     assert registry.inputs_of(compose(["finetune=default", "finetune.model=/models/lm"]), "finetune") == [
         "prepare", "text"]
     assert "finetune" not in registry.pipeline(compose(["finetune=default", "finetune.enabled=false"]))
+
+
+def test_baselines_are_shared_only_when_seed_independent_and_used():
+    cfg = compose([])
+    assert registry.get("baselines").scope == registry.SHARED and registry.inputs_of(cfg, "baselines") == ["prepare"]
+    per_seed = compose(["validate.lightgbm_seed=run"])  # LightGBM's seed follows the run: validate builds them
+    assert "baselines" not in registry.pipeline(per_seed) and "baselines" not in registry.inputs_of(per_seed, "validate")
+    only_llm = compose(["validate.feature_sets=[llm,random]", "validate.concatenations=[]"])
+    assert "baselines" not in registry.pipeline(only_llm)
+    in_a_concatenation = compose(["validate.feature_sets=[llm]", "validate.concatenations=[llm+aggregates]"])
+    assert "baselines" in registry.pipeline(in_a_concatenation)
+    oracle_elsewhere = compose(["dataset=rosbank", "validate.feature_sets=[llm,oracle]", "validate.concatenations=[]"])
+    assert "baselines" not in registry.pipeline(oracle_elsewhere)  # no hidden factors outside synthetic data
 
 
 def test_download_runs_first_only_for_a_real_dataset_with_files_missing(tmp_path):

@@ -245,7 +245,7 @@ def summary(stage: str, folder: Path) -> str:
         loss = f", last epoch's loss {c['final_loss']:.4f}" if c.get("final_loss") is not None else ""
         return (f"trained on {c['train_clients']:,} clients ({c.get('too_short', 0):,} shorter than "
                 f"min_seq_len left out){loss}, embedded {c['clients']:,}")
-    if stage == "validate":
+    if stage in ("validate", "baselines"):  # the same results.json shape
         results = json.loads((folder / "results.json").read_text())
         metric = results["metrics"][0]
         scores = ", ".join(f"{name} {entry[metric]['test_mean']:.4f}" for name, entry in results["feature_sets"].items())

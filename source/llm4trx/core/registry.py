@@ -119,6 +119,14 @@ def feature_sets_used(cfg: DictConfig) -> set[str]:
     return used
 
 
+def shared_baselines(cfg: DictConfig) -> bool:
+    """The seed-independent feature sets (aggregates; oracle on generated data) are built and validated once per
+    dataset by the `baselines` stage: LightGBM's seed is fixed (validate.lightgbm_seed=fixed) and one is used."""
+    used = feature_sets_used(cfg)
+    oracle = "oracle" in used and cfg.dataset.get("generator") == "synthetic"
+    return cfg.validate.get("lightgbm_seed", "fixed") == "fixed" and ("aggregates" in used or oracle)
+
+
 def validates(name: str) -> Callable[[DictConfig], bool]:
     return lambda cfg: name in feature_sets_used(cfg)
 
@@ -153,6 +161,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("shards", "mds", SHARED, inputs=(Input("text"), Input("tokenizer")), sections=("max_seq_len", "shards"),
           operational=("shards.workers",), when=own_model,
           summary="texts -> pre-tokenized MDS shards"),
+    # aggregates and oracle under the protocol, once for every seed (with validate.lightgbm_seed=run they depend
+    # on the seed and validate builds them itself). Its folder holds their features, results and predictions.
+    Stage("baselines", "baselines", SHARED, inputs=(Input("prepare"),),
+          sections=("validate.aggregates", "validate.lightgbm", "validate.lightgbm_seed", "splits.n_folds",
+                    "dataset.task", "dataset.n_classes", "dataset.metrics", "dataset.id_column",
+                    "dataset.categorical"),
+          when=shared_baselines, summary="the seed-independent feature sets (aggregates, oracle), validated once"),
     Stage("pretrain", "checkpoints", SEED, inputs=(Input("tokenizer"), Input("shards")),
           sections=("model", "max_seq_len", "seed", "trainer"),
           operational=("trainer.device_train_microbatch_size", "trainer.device_eval_batch_size",
@@ -178,8 +193,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           operational=("coles.num_workers", "coles.inference_batch_size"),
           when=validates("coles"), summary="the CoLES baseline (ptls)"),
     Stage("validate", "validation", SEED,
-          inputs=(Input("prepare"), Input("embed", validates("llm")), Input("coles", validates("coles")),
-                  Input("finetune", finetune_configured)),
+          inputs=(Input("prepare"), Input("baselines", shared_baselines), Input("embed", validates("llm")),
+                  Input("coles", validates("coles")), Input("finetune", finetune_configured)),
           sections=("validate", "seed", "splits.n_folds", "dataset.task", "dataset.n_classes",
                     "dataset.metrics", "dataset.id_column", "dataset.categorical"),
           operational=("validate.n_jobs",), summary="feature sets under the ptls protocol"),
