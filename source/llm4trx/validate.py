@@ -116,7 +116,8 @@ def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path,
         events = pd.read_parquet(data / "events.parquet")
         pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]
         sets["aggregates"] = aggregate_features(events, categorical_columns(cfg.validate.aggregates.categorical, cfg.dataset.categorical),
-                                                list(cfg.validate.aggregates.numeric), pretrain_ids)
+                                                list(cfg.validate.aggregates.numeric), pretrain_ids,
+                                                sizes=cfg.validate.aggregates.get("sizes"))
         sources["aggregates"] = data / "events.parquet"
     if "random" in needed:
         dim = cfg.validate.random_dim or sets["llm"].shape[1]
