@@ -23,13 +23,19 @@ import sys
 import time
 from pathlib import Path
 
-TIME = "coles.time_features=[day_gap,hour,weekday,day_index]"
+TIME = "coles.time_features=[day_gap,hour,weekday,day_index]"       # categorical (binned, frequency codes)
+TNUM = "coles.time_numeric=[day_gap,hour,day_index]"                 # numeric (order kept)
 REFERENCE = ["coles.hidden_size=64", "coles.max_epochs=10", "coles.batch_size=64", "coles.cnt_min=15",
-             "coles.cnt_max=60", "coles.time_features=[]", "coles.trx_dropout=0.0", "coles.encoder_type=gru",
+             "coles.cnt_max=60", "coles.time_features=[]", "coles.time_numeric=[]", "coles.trx_dropout=0.0", "coles.encoder_type=gru",
              "coles.lr=0.002", "coles.lr_step_size=10", "coles.lr_step_gamma=0.9025"]
 CONFIGS = {
     "ref": [],
     "time": [TIME],
+    "h128": ["coles.hidden_size=128"],
+    "tnum": [TNUM],
+    "tnum_h128": [TNUM, "coles.hidden_size=128"],
+    "tnum_h128_drop": [TNUM, "coles.hidden_size=128", "coles.trx_dropout=0.01"],
+    "tnum_h128_e15": [TNUM, "coles.hidden_size=128", "coles.max_epochs=15", "coles.cnt_max=100"],
     "time_drop": [TIME, "coles.trx_dropout=0.01"],
     "time_h128": [TIME, "coles.hidden_size=128"],
     "time_h256": [TIME, "coles.hidden_size=256"],

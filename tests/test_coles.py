@@ -84,7 +84,7 @@ def test_datamodule_applies_dropout_and_slices():
 
 
 def test_time_features_from_event_time():
-    from llm4trx.data.sequences import time_feature_columns
+    from llm4trx.data.sequences import numeric_time_columns, time_feature_columns
 
     events = pd.DataFrame({
         "client_id": ["a", "a", "a", "a", "b", "b"],
@@ -101,11 +101,17 @@ def test_time_features_from_event_time():
     assert time_feature_columns(events, ["day_index"])["day_index"].tolist() == [0, 0, 3, 50, 1, 8]  # data's first day
     with pytest.raises(ConfigError, match=r"coles.time_features: unknown feature\(s\) \['month'\]"):
         time_feature_columns(events, ["month"])
+    numeric = numeric_time_columns(events, ["day_gap", "hour", "day_index"], "2018-12-31")
+    assert numeric["day_gap"].round(4).tolist() == [0.0, 0.5208, 2.4375, 46.625, 0.0, 7.0]
+    assert numeric["hour"].tolist() == [10.0, 22.5, 9.0, 0.0, 13.0, 13.0]
+    assert numeric["day_index"].round(4).tolist() == [1.4167, 1.9375, 4.375, 51.0, 2.5417, 9.5417]
+    with pytest.raises(ConfigError, match=r"coles.time_numeric: unknown feature\(s\) \['month'\]"):
+        numeric_time_columns(events, ["month"])
 
 
 def test_time_features_reach_the_records_as_categories():
     from llm4trx.data.sequences import ptls_records
-    from llm4trx.evaluation.coles_model import embedding_specs
+    from llm4trx.evaluation.coles_model import embedding_specs, numeric_inputs
 
     events = pd.DataFrame({
         "client_id": ["a"] * 3 + ["b"] * 2,
@@ -124,6 +130,10 @@ def test_time_features_reach_the_records_as_categories():
     with pytest.raises(ConfigError, match=r"coles.embeddings: \['weekday'\] not among the CoLES columns"):
         embedding_specs(OmegaConf.create({"embeddings": {"weekday": {"in": 8, "out": 4}},
                                           "category_embedding_dim": 16}), sizes)
+    records, _ = ptls_records(events, ["mcc"], ["amount"], ["a", "b"], time_numeric=["day_index"])
+    assert records[0]["day_index"].tolist() == pytest.approx([10 / 24, 1 + 10 / 24, 2 + 11 / 24])
+    c = OmegaConf.create({"numeric": {"amount": "log"}, "time_numeric": ["day_gap", "day_index"]})
+    assert numeric_inputs(c) == {"amount": "log", "day_gap": "log", "day_index": "identity"}
     with pytest.raises(ConfigError, match="coles.time_features: \\['mcc'\\] is also a data column"):
         ptls_records(events.assign(hour=1), ["mcc"], ["amount"], ["a"], time_features=["mcc"])
 

@@ -74,7 +74,7 @@ def read_records(cfg: DictConfig) -> tuple[list[dict], dict, list[dict], int]:
     categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
     numeric = list(numeric_transforms(cfg.coles.numeric))
     records, sizes = ptls_records(events, categorical, numeric, pretrain_ids, time_features=cfg.coles.time_features,
-                                  time_origin=cfg.dataset.get("time_origin"))
+                                  time_origin=cfg.dataset.get("time_origin"), time_numeric=cfg.coles.time_numeric)
     train_records, too_short = qualifying([r for r in records if r["client_id"] in pretrain_ids],
                                           int(cfg.coles.min_seq_len))
     return records, sizes, train_records, too_short

@@ -9,6 +9,8 @@ age_pred's `trans_date`, a day index, with its categorical encoder):
 - hour: the hour of day (0-23); weekday: the day of week (0 = Monday);
 - day_index: whole days since `time_origin` (dataset.time_origin when set, else the data's first day): the
   counterpart of age_pred's and gender's anonymized day index.
+`coles.time_numeric` names the same features as numeric inputs instead (no binning, order kept): day_gap and
+day_index in fractional days, hour as hour + minutes/60, weekday 0-6.
 """
 
 from __future__ import annotations
@@ -50,21 +52,49 @@ def time_feature_columns(events: pd.DataFrame, features, time_origin=None) -> pd
     return out[[f for f in features]]
 
 
+def numeric_time_columns(events: pd.DataFrame, features, time_origin=None) -> pd.DataFrame:
+    """The time features named in `features` as float columns (see the module docstring)."""
+    unknown = [f for f in features if f not in TIME_FEATURES]
+    if unknown:
+        raise ConfigError(f"coles.time_numeric: unknown feature(s) {unknown}; choose from {list(TIME_FEATURES)}")
+    time = pd.to_datetime(events["event_time"])
+    out = pd.DataFrame(index=events.index)
+    if "day_gap" in features:
+        gap = time.diff().dt.total_seconds().to_numpy() / 86400.0
+        first = (events["client_id"] != events["client_id"].shift()).to_numpy()
+        out["day_gap"] = np.where(first, 0.0, np.nan_to_num(gap, nan=0.0))
+    if "hour" in features:
+        out["hour"] = time.dt.hour.to_numpy(np.float64) + time.dt.minute.to_numpy(np.float64) / 60
+    if "weekday" in features:
+        out["weekday"] = time.dt.weekday.to_numpy(np.float64)
+    if "day_index" in features:
+        origin = pd.Timestamp(time_origin) if time_origin else time.min().normalize()
+        out["day_index"] = (time - origin).dt.total_seconds().to_numpy() / 86400.0
+    return out[[f for f in features]]
+
+
 def ptls_records(events: pd.DataFrame, categorical: list[str], numeric: list[str], fit_ids,
-                 time_features=(), time_origin=None) -> tuple[list[dict], dict]:
+                 time_features=(), time_origin=None, time_numeric=()) -> tuple[list[dict], dict]:
     """Records sorted by client id, and the dictionary size of each categorical column. Category codes are
     fitted (frequency encoding, 0 = padding) on the clients `fit_ids` only; other values share one code.
-    `time_features` (TIME_FEATURES) are added as categorical columns of the same name."""
+    `time_features` (TIME_FEATURES) are added as categorical columns of the same name, `time_numeric` as
+    numeric ones."""
     from ptls.preprocessing import PandasDataPreprocessor
 
-    time_features = list(time_features)
-    clash = [f for f in time_features if f in categorical or f in numeric]
+    time_features, time_numeric = list(time_features), list(time_numeric)
+    clash = [f for f in time_features if f in categorical or f in numeric or f in time_numeric]
     if clash:
-        raise ConfigError(f"coles.time_features: {clash} is also a data column of the baseline")
+        raise ConfigError(f"coles.time_features: {clash} is also a data column of the baseline or in coles.time_numeric")
+    clash = [f for f in time_numeric if f in categorical or f in numeric]
+    if clash:
+        raise ConfigError(f"coles.time_numeric: {clash} is also a data column of the baseline")
     frame = events[["client_id", "event_time", *categorical, *numeric]]
     if time_features:
         frame = pd.concat([frame, time_feature_columns(events, time_features, time_origin)], axis=1)
+    if time_numeric:
+        frame = pd.concat([frame, numeric_time_columns(events, time_numeric, time_origin)], axis=1)
     categorical = [*categorical, *time_features]
+    numeric = [*numeric, *time_numeric]
     preprocessor = PandasDataPreprocessor(
         col_id="client_id",
         col_event_time="event_time",

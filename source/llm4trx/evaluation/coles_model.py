@@ -62,6 +62,16 @@ def numeric_transforms(numeric) -> dict[str, str]:
     return {str(n): "log" for n in numeric}
 
 
+# coles.time_numeric's transform per feature: gaps are heavy-tailed (log), the others bounded (identity); the
+# TrxEncoder's batch norm of numeric inputs (use_batch_norm, ptls default) scales them.
+TIME_NUMERIC_TRANSFORMS = {"day_gap": "log", "hour": "identity", "weekday": "identity", "day_index": "identity"}
+
+
+def numeric_inputs(c) -> dict[str, str]:
+    """Every numeric input of the TrxEncoder: coles.numeric, then coles.time_numeric."""
+    return {**numeric_transforms(c.numeric), **{f: TIME_NUMERIC_TRANSFORMS[f] for f in (c.get("time_numeric") or [])}}
+
+
 def embedding_specs(c, sizes: dict[str, int]) -> dict[str, dict]:
     """{column: {"in", "out"}} for TrxEncoder: coles.embeddings.<column> where given (published fixed sizes:
     codes beyond `in` are clipped to the last, ptls's out_of_index="clip"), else the fitted dictionary size and
@@ -89,7 +99,7 @@ def build_seq_encoder(c, sizes: dict[str, int]):
         raise ConfigError(f"coles.encoder_type: gru or lstm, got {encoder_type!r}")
     trx_encoder = TrxEncoder(
         embeddings=embedding_specs(c, sizes),
-        numeric_values=numeric_transforms(c.numeric),
+        numeric_values=numeric_inputs(c),
         embeddings_noise=float(c.embeddings_noise),
         norm_embeddings=bool(c.norm_embeddings),
         use_batch_norm_with_lens=bool(c.use_batch_norm_with_lens),
