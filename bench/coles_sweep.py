@@ -33,6 +33,7 @@ CONFIGS = {
     "time": [TIME],
     "h128": ["coles.hidden_size=128"],
     "tnum": [TNUM],
+    "tnum_drop": [TNUM, "coles.trx_dropout=0.01"],
     "tnum_h128": [TNUM, "coles.hidden_size=128"],
     "tnum_h128_drop": [TNUM, "coles.hidden_size=128", "coles.trx_dropout=0.01"],
     "tnum_h128_e15": [TNUM, "coles.hidden_size=128", "coles.max_epochs=15", "coles.cnt_max=100"],
