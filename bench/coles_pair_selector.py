@@ -2,7 +2,7 @@
 HardNegativePairSelector (outer_pairwise_distance), in a whole training step and alone.
 
 A step is the coles stage's own: a batch of `--clients` clients x 5 SampleSlices of `--len` transactions on the
-rosbank schema through the configured encoder (TrxEncoder + GRU), the normalised head, ContrastiveLoss and
+rosbank schema through the smoke preset's encoder (TrxEncoder with its time inputs + GRU), the normalised head, ContrastiveLoss and
 its backward pass. Both selectors see the same batches; the pairs and the loss are checked equal first. Prints
 ms per step and per selection for each, and the ratio ptls / fast (the figure), measured in the same run.
 
@@ -39,7 +39,8 @@ def main() -> None:
     module = build_module(c, build_seq_encoder(c, sizes))
     n = args.clients * 5
     batch = collate_feature_dict([{**{k: torch.randint(1, s, (args.len,)) for k, s in sizes.items()},
-                                   "amount": torch.rand(args.len) * 1000, "event_time": torch.arange(args.len)}
+                                   "amount": torch.rand(args.len) * 1000, "event_time": torch.arange(args.len),
+                                   **{f: torch.rand(args.len) * 30 for f in c.time_numeric}}
                                   for _ in range(n)])
     labels = torch.arange(args.clients).repeat_interleave(5)
     selectors = {"ptls": HardNegativePairSelector(neg_count=5), "fast": FastHardNegativePairSelector(neg_count=5)}
