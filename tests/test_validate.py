@@ -130,7 +130,9 @@ def test_same_seed_twice_gives_identical_metrics(validated):
 
 def test_coles_same_seed_twice_gives_identical_embeddings(data_only):
     base = [f"paths.output_root={data_only.paths.output_root}", *FAST,
-            "coles.hidden_size=16", "coles.max_epochs=1"]
+            "coles.hidden_size=16", "coles.max_epochs=1",
+            # every input and augmentation on: DropoutTrx's draws are seeded too
+            "coles.trx_dropout=0.05", "coles.time_numeric=[day_gap,day_index]", "coles.time_features=[hour,weekday]"]
 
     def embeddings(overrides):
         return pd.read_parquet(coles.run(compose(overrides)) / "embeddings.parquet")

@@ -189,7 +189,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                        "finetune.training.num_workers", "finetune.training.gradient_checkpointing"),
           when=finetune_configured, summary="supervised fine-tuning on the target, per fold (optional)"),
     Stage("coles", "coles", SEED, inputs=(Input("prepare"),),
-          sections=("coles", "seed", "dataset.id_column", "dataset.categorical"),
+          sections=("coles", "seed", "dataset.id_column", "dataset.categorical", "dataset.time_origin"),
           operational=("coles.num_workers", "coles.inference_batch_size"),
           when=validates("coles"), summary="the CoLES baseline (ptls)"),
     Stage("validate", "validation", SEED,

@@ -67,7 +67,8 @@ def aggregates(cfg: DictConfig, events: pd.DataFrame, splits: pd.DataFrame) -> p
     """The aggregates feature set; category vocabularies fitted on the pretraining clients (train + val)."""
     pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]
     return aggregate_features(events, categorical_columns(cfg.validate.aggregates.categorical, cfg.dataset.categorical),
-                              list(cfg.validate.aggregates.numeric), pretrain_ids)
+                              list(cfg.validate.aggregates.numeric), pretrain_ids,
+                              sizes=cfg.validate.aggregates.get("sizes"))
 
 
 def oracle(cfg: DictConfig) -> pd.DataFrame:
