@@ -55,7 +55,7 @@ def applying(tmp_path, hf, *overrides):
 def test_applied_model_skips_the_lm_stages_and_validates_as_its_own_row(model_run, tmp_path):
     cfg_a, hf = model_run
     cfg = applying(tmp_path, hf)
-    assert registry.pipeline(cfg) == ["prepare", "text", "embed", "coles", "validate"]
+    assert registry.pipeline(cfg) == ["prepare", "text", "baselines", "embed", "coles", "validate"]
     assert registry.inputs_of(cfg, "embed") == ["text"]
     # Fine-tuning from this run's own export still needs the LM stages.
     with_finetune = compose([f"embed.model={hf}", "finetune=default"])

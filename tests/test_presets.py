@@ -105,5 +105,5 @@ def test_a_model_trained_in_one_run_embeds_new_data_in_another(root, smoke):
     proc = run_script("scripts/run.sh", *TINY, f"paths.output_root={root}", "seed=1", "experiment_name=smoke_next",
                       "dataset.seed=1", f"embed.model={hf}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert ran(proc.stdout) == ["prepare", "text", "embed", "coles", "validate"]
+    assert ran(proc.stdout) == ["prepare", "text", "baselines", "embed", "coles", "validate"]
     assert "llm:smoke-synthetic-seed_1" in results(root, "smoke_next")["feature_sets"]
