@@ -177,7 +177,7 @@ def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(
     env = {**cluster, "SPARK_MASTER_HOST": "127.0.0.1", "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_MASTER_PORT": str(port),
            "SPARK_WORKER_MEMORY": "1g", "SPARK_DAEMON_MEMORY": "256m", "SPARK_WORKER_DIR": str(tmp_path / "spark")}
     proc = submit(env, "scripts/slurm/spark_stages.sbatch", "--nodes=1", "--cpus-per-task=2", "--",
-                  f"paths.output_root={tmp_path / 'spark_out'}", *small, "engine.spark.partitions=2",
+                  f"paths.output_root={tmp_path / 'spark_out'}", *small, "engine=spark", "engine.spark.partitions=2",
                   "+engine.spark.conf.spark.executor.memory=512m", timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = job_log(cluster, proc)

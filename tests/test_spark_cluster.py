@@ -169,17 +169,19 @@ def test_spark_submit_runs_prepare_on_the_cluster(cluster, embedded, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert_same_prepare(emb, compose(overrides))
     logs = stage_dir(compose(overrides), "prepare").parent.parent / "logs"
-    assert any(f"master {cluster.url}" in p.read_text() for p in logs.rglob("*.log"))  # the session the stage used is spark-submit's
+    # the session the stage used is the one spark-submit configured
+    assert any(f"master {cluster.url}" in p.read_text() for p in logs.rglob("*.log"))
     wrong = subprocess.run(["bash", "scripts/spark_submit.sh", "--", "pretrain"], cwd=ROOT, env=cluster.env,
                            capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "STAGE must be prepare or text" in wrong.stderr
 
 
-def test_master_nobody_answers_is_one_line_within_seconds(tmp_path):
+def test_master_nobody_answers_is_one_line_within_seconds(embedded, tmp_path):
+    raw, _ = embedded
     closed = free_port()  # bound then released: nothing listens there
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", "llm4trx.prepare", f"paths.output_root={tmp_path}",
-                           f"dataset.raw_dir={tmp_path}/raw", *SMALL, "engine=spark",
+                           f"dataset.raw_dir={raw}", *SMALL, "engine=spark",
                            f"engine.spark.master=spark://127.0.0.1:{closed}"],
                           cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     elapsed = time.time() - started

@@ -178,6 +178,11 @@ def latest_composer_step(folder: Path) -> int:
     return int(match.group(1)) if match and latest.exists() else 0
 
 
+def several_nodes() -> bool:
+    """A job of more than one node (the launcher's WORLD_SIZE beyond this node's LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 @contextlib.contextmanager
 def node_local_cwd():
     """On a job of several nodes, run in a folder of this node only (restored after).
@@ -187,8 +192,7 @@ def node_local_cwd():
     working directory (the repository on a cluster's shared filesystem, or two launchers on one machine) the
     local rank 0 of each node writes and removes the same file, and one of them fails (FileNotFoundError).
     """
-    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if world <= local:
+    if not several_nodes():
         yield
         return
     here = os.getcwd()
@@ -218,6 +222,14 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
     # Absolute paths: on several nodes training runs in a node-local working directory (node_local_cwd).
     train_cfg = foundry_config.train_config(cfg, inputs["tok"], Path(inputs["tokenizer_dir"]).resolve(),
                                             Path(inputs["mds_dir"]).resolve(), folder.resolve())
+    if several_nodes():
+        # Composer's autoresume syncs each node through a signal file in the save folder, named alike on every
+        # node: on a shared save folder both nodes' local rank 0 write and remove the same file and one fails
+        # (FileNotFoundError, seen with two nodes). The same checkpoint given as load_path is read through a
+        # node-local temporary folder instead.
+        train_cfg["autoresume"] = False
+        if resumed_from:
+            train_cfg["load_path"] = str((folder / "latest-rank0.pt").resolve())
     with node_local_cwd():
         trainer = train(OmegaConf.create(train_cfg))
     timestamp = trainer.state.timestamp
