@@ -48,9 +48,11 @@ def global_rank() -> int:
 def end_with_launcher() -> None:
     """A rank started by Composer's launcher gets SIGTERM when the launcher dies.
 
-    Composer's launcher forwards nothing when it is itself killed (SIGTERM or SIGKILL to its pid: it installs no
-    handler), so its ranks would train on as orphans; with the parent-death signal they stop the way a SIGTERM
-    stops any stage (checkpoints kept, exit 143), and a rerun resumes. Linux only (prctl); a no-op elsewhere.
+    SIGTERM to the launcher is forwarded by the launcher itself (30 s, then SIGKILL), but a launcher killed with
+    SIGKILL (kill -9, the OOM killer) cannot clean up: nothing signals its ranks, which would train on as
+    orphans. With the parent-death signal they stop the way a SIGTERM stops any stage (checkpoints kept,
+    exit 143), and a rerun resumes.
+    Linux only (prctl); a no-op elsewhere.
     """
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
