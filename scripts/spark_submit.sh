@@ -16,7 +16,8 @@ if [[ " $* " == *" -- "* ]]; then
 fi
 stage=${1:-}
 [[ $stage == prepare || $stage == text ]] || {
-  echo "spark_submit.sh: STAGE must be prepare or text (the stages with engine=spark), not '${stage}'; usage: bash scripts/spark_submit.sh [spark-submit options...] -- STAGE [overrides...]" >&2
+  echo "spark_submit.sh: STAGE must be prepare or text (the stages with engine=spark), not '${stage}';" \
+    "usage: bash scripts/spark_submit.sh [spark-submit options...] -- STAGE [overrides...]" >&2
   exit 2
 }
 shift

@@ -187,7 +187,8 @@ def test_two_ranks_train_like_one_at_the_same_global_batch(runs):
 
 def test_killed_launcher_takes_its_ranks_down_and_the_rerun_resumes(runs):
     killed = runs["killed"]
-    assert killed["returncode"] == -signal.SIGKILL and killed["success"] is None  # stopped unfinished (ranks gone: the fixture)
+    # stopped unfinished; that its ranks ended too is waited for in the fixture (wait_gone)
+    assert killed["returncode"] == -signal.SIGKILL and killed["success"] is None
     assert 4 <= killed["step"] < 12
     assert read_success(runs["two"][1])["counts"]["resumed_from_step"] == killed["step"]
 

@@ -198,8 +198,9 @@ def node_local_cwd():
         yield
         return
     here = os.getcwd()
-    node_dir = Path(tempfile.gettempdir()) / (f"llm4trx-{os.environ.get('MASTER_ADDR', 'local')}-"
-                                             f"{os.environ.get('MASTER_PORT', '0')}-node{os.environ.get('NODE_RANK', '0')}")
+    env = os.environ
+    node_dir = Path(tempfile.gettempdir()) / (f"llm4trx-{env.get('MASTER_ADDR', 'local')}-{env.get('MASTER_PORT', '0')}"
+                                             f"-node{env.get('NODE_RANK', '0')}")
     node_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(node_dir)
     try:
