@@ -156,3 +156,36 @@ def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, tmp_path):
     assert done["steps"] == 40 and done["resumed_from_step"] >= 10, done
     assert re.search(r"pretrain: done in [\d.]+ s: 40 steps, .*resumed from step \d+", log)
     assert not list(checkpoints.parent.glob(".*.tmp-*")) and (root / "smoke" / "synthetic" / "seed_1" / "validation").is_dir()
+
+
+def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(cluster, tmp_path):
+    """scripts/slurm/spark_stages.sbatch: a master and one worker per node (here one) inside the job, prepare and
+    text with engine=spark on it, byte-equal to the embedded engine; the cluster is gone when the job ends."""
+    import filecmp
+
+    from llm4trx.core.config import compose
+    from llm4trx.core.stage import stage_dir
+    from llm4trx.prepare import run as prepare
+    from llm4trx.text import run as text
+
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no Java on this machine (scripts/setup.sh installs a headless JRE)")
+    small = [f"dataset.raw_dir={tmp_path / 'raw'}", "dataset.n_clients=80", "dataset.max_events=30"]
+    embedded = compose([f"paths.output_root={tmp_path / 'embedded'}", *small])
+    prepare(embedded), text(embedded)
+    port = free_port()
+    env = {**cluster, "SPARK_MASTER_HOST": "127.0.0.1", "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_MASTER_PORT": str(port),
+           "SPARK_WORKER_MEMORY": "1g", "SPARK_DAEMON_MEMORY": "256m", "SPARK_WORKER_DIR": str(tmp_path / "spark")}
+    proc = submit(env, "scripts/slurm/spark_stages.sbatch", "--nodes=1", "--cpus-per-task=2", "--",
+                  f"paths.output_root={tmp_path / 'spark_out'}", *small, "engine=spark", "engine.spark.partitions=2",
+                  "+engine.spark.conf.spark.executor.memory=512m", timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = job_log(cluster, proc)
+    assert f"1 worker(s) ALIVE at spark://127.0.0.1:{port}" in log, log[-3000:]
+    assert "run.sh [seed" in log and "cluster at" in log and "stopped" in log
+    on_cluster = compose([f"paths.output_root={tmp_path / 'spark_out'}", *small])
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json"):
+        assert filecmp.cmp(stage_dir(embedded, "text") / name, stage_dir(on_cluster, "text") / name, shallow=False)
+    assert list((tmp_path / "spark").glob("*/app-*")), "no executor ran on the job's worker"
+    with socket.socket() as sock:  # the master went with the job
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
