@@ -29,6 +29,6 @@ export PYTHONPATH=$PWD/source${PYTHONPATH:+:$PYTHONPATH}
 # pyspark's wheel is a whole Spark distribution (bin/spark-submit, jars/); a SPARK_HOME of the cluster wins.
 export SPARK_HOME=${SPARK_HOME:-$("$py" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')}
 # Validate the overrides before anything is submitted (one line, exit 2).
-"$py" -m llm4trx.check "${engine[@]}" "$@" >/dev/null
+"$py" -m llm4trx.core.check "${engine[@]}" "$@" >/dev/null
 exec "$SPARK_HOME/bin/spark-submit" --deploy-mode client --name "llm4trx-$stage" \
   --conf "spark.executorEnv.PYTHONPATH=$PYTHONPATH" "${options[@]}" scripts/spark_entry.py "$stage" "${engine[@]}" "$@"

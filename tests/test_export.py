@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from fixtures_lm import build_lm_inputs, smoke_cfg, smoke_pretrained  # noqa: F401
+from fixtures_lm import build_lm_inputs, smoke_cfg
 
 from llm4trx.core.errors import DataError, StageInputMissing
 from llm4trx.export import max_logit_difference, run, val_batch

@@ -1,5 +1,5 @@
 """Every shipped preset of conf/experiment/ runs: the CPU ones end to end through scripts/run.sh at a tiny size,
-the GPU ones composed and checked by llm4trx.check (as run.sh does before anything runs); and the documented
+the GPU ones composed and checked by llm4trx.core.check (as run.sh does before anything runs); and the documented
 flow of applying a trained model to new data (embed.model=<another run's hf/>).
 
 smoke runs on the session's shared output root (tests/test_pipeline.py runs the same command: whichever comes
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from fixtures_lm import PUBLISHED_CONFIGS, write_model_config
-from llm4trx import check
+from llm4trx.core import check
 from llm4trx.core.config import CONF_DIR, compose
 from llm4trx.core.registry import pipeline
-from pipeline_helpers import TINY, run_script, smoke_root
+from pipeline_helpers import TINY, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +39,14 @@ def results(root: Path, experiment: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return smoke_root(tmp_path_factory)
+def root(smoke_run) -> Path:
+    return smoke_run.root
 
 
 @pytest.fixture(scope="module")
-def smoke(root):
-    proc = run_script("scripts/run.sh", *TINY, f"paths.output_root={root}", "seed=1")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def smoke(smoke_run):
+    """The smoke preset at the tiny size: the suite's one shared smoke run (seeds 1 and 2, tests/conftest.py)."""
+    return smoke_run
 
 
 def test_the_cpu_presets_are_those_on_the_cpu_trainer():

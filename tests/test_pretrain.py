@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_lm import (PUBLISHED_CONFIGS, SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg, smoke_pretrained,  # noqa: F401
-                         write_model_config)
+from fixtures_lm import PUBLISHED_CONFIGS, SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg, write_model_config
 
 from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
 from llm4trx.pretrain import run
