@@ -20,7 +20,7 @@ export PYTHONPATH=$PWD/source${PYTHONPATH:+:$PYTHONPATH}
 py=.venv/bin/python
 
 # Validates the arguments (one line and exit 2 on error); sets RUN_DIR SEED NPROC STAGES UP_TO_DATE ...
-settings=$($py -m llm4trx.check --shell "$@")
+settings=$($py -m llm4trx.core.check --shell "$@")
 eval "$settings"
 
 run_stage() {  # run_stage STAGE OVERRIDES...: one stage, with NPROC processes where the stage can use them

@@ -23,7 +23,7 @@ fi
 export PYTHONPATH=$PWD/source${PYTHONPATH:+:$PYTHONPATH}
 py=.venv/bin/python
 
-settings=$($py -m llm4trx.check --shell "$@")
+settings=$($py -m llm4trx.core.check --shell "$@")
 eval "$settings"
 
 started=$SECONDS

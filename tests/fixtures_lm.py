@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from llm4trx.core.stage import stage_dir, write_success
 
@@ -148,12 +147,13 @@ def smoke_cfg(out_root: Path, *overrides: str):
     return compose(["experiment=smoke", f"paths.output_root={out_root}", *CPU_TEST, *overrides])
 
 
-@pytest.fixture(scope="session")
-def smoke_pretrained(tmp_path_factory):
-    """`python -m llm4trx.pretrain experiment=smoke` (in-process) on the fixture inputs: (cfg, checkpoints)."""
-    from llm4trx.pretrain import run
+def clean_stale_streaming_memory() -> None:
+    """streaming's clean_stale_shared_memory() under the machine-wide lock that pretraining takes to register its
+    datasets: tests in the other xdist worker (stage processes) may be registering theirs at that moment."""
+    from filelock import FileLock
+    from streaming.base.util import clean_stale_shared_memory
 
-    # Test-sized schedule (the smoke preset itself trains 150 batches of 16): 60 batches of 8, eval every 20.
-    cfg = smoke_cfg(tmp_path_factory.mktemp("smoke") / "outputs", *SMOKE_TEST_SCHEDULE)
-    build_lm_inputs(cfg)
-    return cfg, run(cfg)
+    from llm4trx.lm.foundry_plugins import STREAMING_SHM_LOCK
+
+    with FileLock(str(STREAMING_SHM_LOCK)):
+        clean_stale_shared_memory()

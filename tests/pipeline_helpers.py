@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,9 +24,42 @@ TINY = [
 ]
 
 
+# The shared smoke run (conftest's `smoke_run` fixture): these seeds, side by side, into smoke_root().
+SMOKE_SEEDS = (1, 2)
+SMOKE_RUN = [*TINY, "parallel_seeds=2"]
+
+
+def shared_tmp(tmp_path_factory) -> Path:
+    """This test run's temporary folder shared by every xdist worker (each worker's own is a folder in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def smoke_root(tmp_path_factory) -> Path:
-    """One output root per test session: modules reuse each other's finished stages (scripts skip them)."""
-    return tmp_path_factory.getbasetemp() / "smoke_outputs"
+    """One output root per test run: the smoke run's, which modules reuse (scripts skip finished stages)."""
+    return shared_tmp(tmp_path_factory) / "smoke_outputs"
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    root: Path
+    stdout: str
+
+
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """run_multi_seed.sh over SMOKE_SEEDS into smoke_root(), once per test run: the first worker to ask builds
+    it under a file lock and records its output; the others (and later asks) read the record."""
+    root = smoke_root(tmp_path_factory)
+    record = root.with_name(root.name + ".json")
+    with FileLock(f"{record}.lock"):
+        if not record.exists():
+            proc = run_script("scripts/run_multi_seed.sh", *SMOKE_RUN, f"paths.output_root={root}",
+                              env={"SEEDS": " ".join(map(str, SMOKE_SEEDS))}, timeout=1800)
+            record.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout,
+                                          "stderr": proc.stderr}))
+        done = json.loads(record.read_text())
+    assert done["returncode"] == 0, done["stdout"][-3000:] + done["stderr"][-3000:]
+    return SmokeRun(root, done["stdout"])
 
 
 # Exported into os.environ by libraries run in-process by other tests (Composer, accelerate under the HF

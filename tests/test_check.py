@@ -1,4 +1,4 @@
-"""Validation of the arguments before any stage runs (llm4trx.check) and the scripts' one-line errors."""
+"""Validation of the arguments before any stage runs (llm4trx.core.check) and the scripts' one-line errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from pipeline_helpers import child_env
 
-from llm4trx import check
+from llm4trx.core import check
 from llm4trx.core.config import compose
 from llm4trx.core.stage import is_up_to_date, run_stage
 

@@ -180,9 +180,9 @@ def texts_and_tokenizer(tmp_path_factory):
 
 def read_back(folder: Path):
     from streaming import StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
+    from fixtures_lm import clean_stale_streaming_memory
 
-    clean_stale_shared_memory()
+    clean_stale_streaming_memory()
     data = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
     return [(data[i]["client_id"], data[i]["tokens"].tolist()) for i in range(len(data))]
 

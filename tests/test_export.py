@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from fixtures_lm import build_lm_inputs, smoke_cfg, smoke_pretrained  # noqa: F401
+from fixtures_lm import build_lm_inputs, smoke_cfg
 
 from llm4trx.core.errors import DataError, StageInputMissing
 from llm4trx.export import max_logit_difference, run, val_batch
@@ -39,6 +39,13 @@ def test_export_writes_an_hf_dir_that_plain_transformers_loads(exported):
     counts = read_success(hf_dir)["counts"]
     assert counts["backend"] == "foundry" and counts["checkpoint"] == "ep2-ba60-rank0.pt"
     assert counts["max_abs_logit_diff"] <= counts["verify_atol"] == 1e-4
+    # hf/llm4trx.json: what the model was trained on, checked by runs that apply it (embed.model=<this hf/>).
+    record = json.loads((hf_dir / "llm4trx.json").read_text())
+    assert record["text"]["format"] == cfg.text.format and record["tokenizer"]["config"]["kind"] == cfg.tokenizer.kind
+    assert record["run"] == {"experiment": cfg.experiment_name, "dataset": cfg.dataset.name, "seed": cfg.seed}
+    from llm4trx.data.model_record import _file_digest
+
+    assert record["tokenizer"]["tokenizer_json"] == _file_digest(stage_dir(cfg, "tokenizer") / "tokenizer.json")
 
 
 @pytest.mark.slow

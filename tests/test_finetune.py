@@ -42,6 +42,7 @@ def inputs(tmp_path_factory):
 def finetuned(inputs):
     """The stage, then validate and the report, as `bash scripts/run_multi_seed.sh experiment=smoke_finetune`
     runs them (tiny sizes; one seed; validate without CoLES and embeddings to keep it short)."""
+    from llm4trx.baselines import run as baselines
     from llm4trx.finetune import run as finetune
     from llm4trx.report import run as report
     from llm4trx.validate import run as validate
@@ -60,6 +61,7 @@ def finetuned(inputs):
         ft.make_trainer = original
     vcfg = OmegaConf.merge(inputs, {"validate": {"feature_sets": ["aggregates", "random"], "concatenations": [],
                                                  "random_dim": 8}, "seeds": [int(inputs.seed)]})
+    baselines(vcfg)  # aggregates, validated once per dataset (validate.lightgbm_seed=fixed)
     validation = validate(vcfg)
     return {"cfg": inputs, "folder": folder, "validation": validation, "report": report(vcfg),
             "recorded": recorded}
@@ -219,6 +221,24 @@ def test_label_words_that_collide_or_are_empty(inputs, tmp_path):
     assert_fails_before_writing(empty, ConfigError, "is empty for the tokenizer")
     count = cfg_with(inputs, tmp_path / "c", finetune={"verbalizer": {"label_words": ["no", "yes", "maybe"]}})
     assert_fails_before_writing(count, ConfigError, "one word per class")
+
+
+def test_label_words_unknown_to_the_field_tokenizer_are_scored_by_spare_vocabulary_tokens():
+    """tokenizer=fields (smoke's) has one id per transaction word and no "no"/"yes": each unknown label word gets
+    a distinct token of the vocabulary, the last ids (its rarest words), never unk or another special token."""
+    from llm4trx.tokenizer import train_fields
+
+    texts = ["d0@14 m5411 a12 d1@09 m6011 a20", "d0@14 m5411 a13 d2@20 m5812 a12", "d0@09 m5411 a12"]
+    tok = train_fields(iter(texts), 100, 1, "<|bos|>", "<|endoftext|>", "<|pad|>", "<|unk|>")
+    assert tok("yes", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+    ids = ft.label_token_ids(tok, ["no", "yes"], " ")
+    last = sorted(tok.get_vocab().values(), reverse=True)
+    assert ids == last[:2] and not set(ids) & set(tok.all_special_ids)
+    # A word the vocabulary has keeps its own token; the unknown one takes the last id not already taken.
+    known = tok.convert_tokens_to_ids(tok.convert_ids_to_tokens(last[0]))
+    assert ft.label_token_ids(tok, [tok.convert_ids_to_tokens(last[0]), "no"], "") == [known, last[1]]
+    with pytest.raises(ConfigError, match=r"\['no', 'yes'\] are not in the tokenizer's vocabulary"):
+        ft.label_token_ids(tok, ["no", "yes"], " ", unknown="error")
 
 
 def test_lora_target_modules_the_model_lacks(inputs, tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 from llm4trx.core.config import compose
 from llm4trx.core import registry
 from llm4trx.core.registry import pipeline
-from pipeline_helpers import ROOT, TINY, child_env, run_script, smoke_root
+from pipeline_helpers import ROOT, SMOKE_RUN, SMOKE_SEEDS, TINY, child_env, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -24,43 +24,52 @@ STAGES = pipeline(compose(TINY))  # the registry's pipeline for this config (col
 FEATURE_SETS = {"llm", "aggregates", "coles", "random"}
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return smoke_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def first_seed(root):
-    proc = run_script("scripts/run.sh", *TINY, f"paths.output_root={root}", "seed=1")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 def stage_lines(output: str, seed: int, word: str) -> list[str]:
     return re.findall(rf"run\.sh \[seed {seed}\] \d+/\d+ (\w+): {word}", output)
 
 
-def test_run_sh_runs_every_stage_of_one_seed(root, first_seed):
-    ran = stage_lines(first_seed.stdout, 1, "started")
-    skipped = stage_lines(first_seed.stdout, 1, "up to date")
-    assert ran + skipped == STAGES and "pretrain" in ran
-    run_dir = root / "smoke" / "synthetic" / "seed_1"
-    results = json.loads((run_dir / "validation" / "results.json").read_text())
-    assert FEATURE_SETS <= set(results["feature_sets"])
-    embeddings = pd.read_parquet(run_dir / "embeddings" / "embeddings.parquet")
-    assert embeddings.columns[0] == "cl_id" and len(embeddings) > 0
+SHARED = [s for s in STAGES if registry.get(s).scope == "shared"]
+PER_SEED = [s for s in STAGES if registry.get(s).scope == "seed"]
+
+# One run of the pipeline serves the tests below (conftest's smoke_run): run_multi_seed.sh, seeds 1 and 2 side
+# by side (parallel_seeds=2) on a fresh output root; each run.sh of it walks the registry's pipeline.
 
 
-def test_multi_seed_reuses_shared_stages_then_reports(root, first_seed):
-    proc = run_script("scripts/run_multi_seed.sh", *TINY, f"paths.output_root={root}", env={"SEEDS": "1 2"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert stage_lines(proc.stdout, 1, "up to date") == STAGES  # seed 1 finished before
-    assert stage_lines(proc.stdout, 2, "up to date") == ["prepare", "text", "tokenizer", "shards"]
-    assert stage_lines(proc.stdout, 2, "started") == [s for s in STAGES if registry.get(s).scope == "seed"]
-    report = root / "smoke" / "synthetic" / "report"
-    assert proc.stdout.strip().splitlines()[-1].startswith(f"report: {report}/report.md")
+def test_run_sh_runs_every_stage_of_one_seed(smoke_run):
+    first, second = SMOKE_SEEDS
+    walked = {seed: stage_lines(smoke_run.stdout, seed, "(?:started|up to date)") for seed in SMOKE_SEEDS}
+    # The first seed's label: the shared pass (run.sh STAGES=<the shared stages>), then its own run.sh.
+    assert walked[first] == SHARED + STAGES and walked[second] == STAGES
+    assert "pretrain" in stage_lines(smoke_run.stdout, second, "started")
+    for seed in SMOKE_SEEDS:
+        run_dir = smoke_run.root / "smoke" / "synthetic" / f"seed_{seed}"
+        results = json.loads((run_dir / "validation" / "results.json").read_text())
+        assert FEATURE_SETS <= set(results["feature_sets"])
+        embeddings = pd.read_parquet(run_dir / "embeddings" / "embeddings.parquet")
+        assert embeddings.columns[0] == "cl_id" and len(embeddings) > 0
+
+
+def test_parallel_seeds_build_the_shared_stages_once_then_run_seeds_side_by_side(smoke_run):
+    """run_multi_seed.sh parallel_seeds=2: the seed-independent stages once, then both seeds at once, each
+    pretraining opening the same MDS shards at about the same moment (streaming's shared-memory registration
+    is serialized by the llm4trx_text loader's lock), then one report over both."""
+    first, second = SMOKE_SEEDS
+    out = smoke_run.stdout
+    assert stage_lines(out, first, "started")[: len(SHARED)] == SHARED  # the shared pass, the first seed's label
+    assert stage_lines(out, second, "started") == PER_SEED  # the second seed found them built
+    assert stage_lines(out, second, "up to date") == SHARED
+    assert sorted(stage_lines(out, first, "started")[len(SHARED):]) == sorted(PER_SEED)
+    for seed in (first, second):
+        assert stage_lines(out, seed, "done").count("pretrain") == 1
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert out.count(f"({threads} CPU threads)") == 2  # the cores shared out between the two seeds
+
+
+def test_multi_seed_reports_over_the_seeds(smoke_run):
+    report = smoke_run.root / "smoke" / "synthetic" / "report"
+    assert smoke_run.stdout.strip().splitlines()[-1].startswith(f"report: {report}/report.md")
     summary = json.loads((report / "report.json").read_text())["datasets"]["synthetic"]
-    assert summary["seeds"] == [1, 2] and FEATURE_SETS <= set(summary["feature_sets"])
+    assert summary["seeds"] == list(SMOKE_SEEDS) and FEATURE_SETS <= set(summary["feature_sets"])
     table = (report / "report.md").read_text()
     for name in FEATURE_SETS:
         assert re.search(rf"\| \**{re.escape(name)}\** \| \d\.\d{{4}} ± \d\.\d{{4}} \|", table), name
@@ -69,13 +78,13 @@ def test_multi_seed_reuses_shared_stages_then_reports(root, first_seed):
             assert image.size[0] > 600
 
 
-def test_rerun_skips_every_stage_in_seconds(root, first_seed):
-    run_script("scripts/run_multi_seed.sh", *TINY, f"paths.output_root={root}", env={"SEEDS": "1 2"})
+def test_rerun_skips_every_stage_in_seconds(smoke_run):
     started = time.monotonic()
-    proc = run_script("scripts/run_multi_seed.sh", *TINY, f"paths.output_root={root}", env={"SEEDS": "1 2"})
+    proc = run_script("scripts/run_multi_seed.sh", *SMOKE_RUN, f"paths.output_root={smoke_run.root}",
+                      env={"SEEDS": " ".join(map(str, SMOKE_SEEDS))})
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for seed in (1, 2):
+    for seed in SMOKE_SEEDS:
         assert stage_lines(proc.stdout, seed, "up to date") == STAGES
         assert stage_lines(proc.stdout, seed, "started") == []
     # No stage process starts: config checks and the report only (seconds; generous for a loaded machine).
@@ -101,25 +110,3 @@ def test_two_seeds_started_together_build_each_shared_stage_once(tmp_path):
     for stage in shared:
         assert len(re.findall(rf"\b{stage}: built ", logs)) == 1, (stage, logs[-3000:])
         assert (root / "smoke" / "synthetic" / "shared" / registry.get(stage).folder / "_SUCCESS.json").is_file()
-
-
-def test_parallel_seeds_build_the_shared_stages_once_then_run_seeds_side_by_side(tmp_path):
-    """run_multi_seed.sh parallel_seeds=2: the seed-independent stages once, then both seeds at once, each
-    pretraining opening the same MDS shards at about the same moment (streaming's shared-memory registration
-    is serialized by the llm4trx_text loader's lock), then one report over both."""
-    root = tmp_path / "outputs"
-    proc = run_script("scripts/run_multi_seed.sh", *TINY, f"paths.output_root={root}", "parallel_seeds=2",
-                      env={"SEEDS": "5 6"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    shared = [s for s in STAGES if registry.get(s).scope == "shared"]
-    per_seed = [s for s in STAGES if registry.get(s).scope == "seed"]
-    assert stage_lines(proc.stdout, 5, "started")[: len(shared)] == shared  # the shared pass, seed 5's label
-    assert stage_lines(proc.stdout, 6, "started") == per_seed  # seed 6 found them built
-    assert sorted(stage_lines(proc.stdout, 5, "started")[len(shared):]) == sorted(per_seed)
-    for seed in (5, 6):
-        assert stage_lines(proc.stdout, seed, "done").count("pretrain") == 1
-        assert (root / "smoke" / "synthetic" / f"seed_{seed}" / "validation" / "_SUCCESS.json").is_file()
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // 2))
-    assert proc.stdout.count(f"({threads} CPU threads)") == 2  # the cores shared out between the two seeds
-    summary = json.loads((root / "smoke" / "synthetic" / "report" / "report.json").read_text())
-    assert summary["datasets"]["synthetic"]["seeds"] == [5, 6]

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_lm import (PUBLISHED_CONFIGS, SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg, smoke_pretrained,  # noqa: F401
-                         write_model_config)
+from fixtures_lm import PUBLISHED_CONFIGS, SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg, write_model_config
 
 from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
 from llm4trx.pretrain import run
@@ -35,6 +34,11 @@ def test_smoke_trains_tiny_model_and_eval_loss_falls(smoke_pretrained):
     done = read_success(folder)
     assert done["counts"]["backend"] == "foundry"
     assert done["counts"]["steps"] == 60 and done["counts"]["resumed_from_step"] == 0
+    # Length-bucketed batches (the CPU default): little padding; token counts are the clients' real tokens.
+    counts = done["counts"]
+    assert counts["length_bucketing"] is True and 0 <= counts["padded_share"] < 0.15
+    assert 0 < counts["tokens_seen"] <= counts["samples_seen"] * cfg.max_seq_len
+    assert counts["real_tokens_per_s"] == pytest.approx(counts["tokens_seen"] / counts["train_seconds"], rel=0.01)
     assert sorted(p.name for p in folder.glob("ep*-ba*-rank0.pt"))  # Composer checkpoints
     assert (folder / "latest-rank0.pt").exists()
     rows = read_metrics(folder)

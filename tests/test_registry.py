@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -33,21 +34,34 @@ def test_every_stage_has_an_entry_point_module():
 
 def test_pipeline_order_and_optional_stages():
     cfg = compose([])
-    assert registry.pipeline(cfg) == ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed",
-                                      "coles", "validate"]
+    assert registry.pipeline(cfg) == ["prepare", "text", "tokenizer", "shards", "baselines", "pretrain", "export",
+                                      "embed", "coles", "validate"]
     assert "augment" in registry.pipeline(compose(CONFIGS["augment"]))
-    no_coles = compose(["validate.feature_sets=[llm,aggregates,random]"])
+    no_coles = compose(["validate.feature_sets=[llm,aggregates,random]", "validate.concatenations=[llm+aggregates]"])
     assert "coles" not in registry.pipeline(no_coles)
-    assert registry.inputs_of(no_coles, "validate") == ["prepare", "embed"]
+    assert registry.inputs_of(no_coles, "validate") == ["prepare", "baselines", "embed"]
     assert registry.inputs_of(compose(CONFIGS["pretrained_tokenizer"]), "tokenizer") == []
     finetune = compose(CONFIGS["finetune"])
-    assert registry.pipeline(finetune) == ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed",
-                                           "finetune", "coles", "validate"]
+    assert registry.pipeline(finetune) == ["prepare", "text", "tokenizer", "shards", "baselines", "pretrain",
+                                           "export", "embed", "finetune", "coles", "validate"]
     assert registry.inputs_of(finetune, "validate")[-1] == "finetune"
     assert registry.inputs_of(finetune, "finetune") == ["prepare", "text", "export"]
     assert registry.inputs_of(compose(["finetune=default", "finetune.model=/models/lm"]), "finetune") == [
         "prepare", "text"]
     assert "finetune" not in registry.pipeline(compose(["finetune=default", "finetune.enabled=false"]))
+
+
+def test_baselines_are_shared_only_when_seed_independent_and_used():
+    cfg = compose([])
+    assert registry.get("baselines").scope == registry.SHARED and registry.inputs_of(cfg, "baselines") == ["prepare"]
+    per_seed = compose(["validate.lightgbm_seed=run"])  # LightGBM's seed follows the run: validate builds them
+    assert "baselines" not in registry.pipeline(per_seed) and "baselines" not in registry.inputs_of(per_seed, "validate")
+    only_llm = compose(["validate.feature_sets=[llm,random]", "validate.concatenations=[]"])
+    assert "baselines" not in registry.pipeline(only_llm)
+    in_a_concatenation = compose(["validate.feature_sets=[llm]", "validate.concatenations=[llm+aggregates]"])
+    assert "baselines" in registry.pipeline(in_a_concatenation)
+    oracle_elsewhere = compose(["dataset=rosbank", "validate.feature_sets=[llm,oracle]", "validate.concatenations=[]"])
+    assert "baselines" not in registry.pipeline(oracle_elsewhere)  # no hidden factors outside synthetic data
 
 
 def test_download_runs_first_only_for_a_real_dataset_with_files_missing(tmp_path):
@@ -100,23 +114,28 @@ def changed(value):
 @pytest.mark.parametrize("variant", sorted(CONFIGS))
 def test_hash_changes_with_every_leaf_key_unless_operational(variant):
     base = compose(CONFIGS[variant])
+    # Resolved once into a config without interpolations (what hash_payload sees anyway); each leaf is changed
+    # in place and put back, so one leaf costs a hash, not a copy of the whole config (10x cheaper).
+    cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
     tried = 0
     for stage in registry.STAGES.values():
         if not stage.when(base):
             continue
         before = hash_payload(base, stage.name)
+        assert hash_payload(cfg, stage.name) == before, stage.name
         for section in registry.hashed_sections(base, stage.name):
-            node = OmegaConf.select(base, section)
-            value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            node = OmegaConf.select(cfg, section)
+            value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
             for key, leaf in leaves(value, section):
-                cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
-                OmegaConf.update(cfg, key, changed(leaf), force_add=True)
+                OmegaConf.update(cfg, key, changed(leaf), merge=False, force_add=True)
                 after = hash_payload(cfg, stage.name)
+                OmegaConf.update(cfg, key, leaf, merge=False, force_add=True)
                 if any(key == op or key.startswith(op + ".") for op in stage.operational):
                     assert after == before, f"{stage.name}: operational key {key} changed the hash"
                 else:
                     assert after != before, f"{stage.name}: {key} does not change the hash"
                 tried += 1
+        assert hash_payload(cfg, stage.name) == before, f"{stage.name}: a changed leaf was not put back"
     assert tried > 100
 
 
@@ -136,14 +155,41 @@ def test_coles_and_aggregates_hash_separately():
     assert hash_payload(base, "validate") == hash_payload(coles, "validate")
 
 
+# One process for all stages (a process per stage cost 11 interpreter and torch starts): before each stage,
+# every llm4trx module is dropped from sys.modules, so importing the stage runs its whole llm4trx import graph
+# again, as a fresh process would (third-party modules stay loaded: they cannot import a stage).
+IMPORTS = """
+import json, sys
+names = json.loads(sys.argv[1])
+found = {}
+for name in names:
+    for module in [m for m in sys.modules if m == "llm4trx" or m.startswith("llm4trx.")]:
+        del sys.modules[module]
+    __import__("llm4trx." + name)
+    found[name] = [m for m in names if m != name and "llm4trx." + m in sys.modules]
+print(json.dumps(found))
+"""
+
+
 def test_stages_do_not_import_each_other():
     """A stage module imports libraries only: importing one stage loads no other stage module."""
     names = list(registry.STAGES)
-    for name in names:
-        code = textwrap.dedent(f"""
-            import sys, llm4trx.{name}
-            others = [m for m in {names!r} if m != {name!r} and "llm4trx." + m in sys.modules]
-            print(",".join(others))
-        """)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == "", f"llm4trx.{name} imports stage(s) {out.stdout.strip()}"
+    out = subprocess.run([sys.executable, "-c", IMPORTS, json.dumps(names)], capture_output=True, text=True,
+                         check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(found) == set(names)
+    for name, others in found.items():
+        assert others == [], f"llm4trx.{name} imports stage(s) {','.join(others)}"
+
+
+def test_the_stage_import_check_sees_an_import(tmp_path):
+    """The check above can fail: a stage that imports another one is reported."""
+    package = tmp_path / "llm4trx"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "lib.py").write_text("from llm4trx import b\n")  # through a library, as a stage would
+    (package / "a.py").write_text("import llm4trx.lib\n")
+    (package / "b.py").write_text("")
+    out = subprocess.run([sys.executable, "-c", IMPORTS, json.dumps(["a", "b"])], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"a": ["b"], "b": []}

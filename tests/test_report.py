@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
+from statistics import NormalDist
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import DataError, StageInputMissing
+from llm4trx.data.predictions import prediction_rows, write_predictions
 from llm4trx.report import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,8 +24,28 @@ ROOT = Path(__file__).resolve().parents[1]
 LEVELS = {"llm": 0.80, "aggregates": 0.78, "coles": 0.75, "random": 0.50, "llm+aggregates": 0.82}
 
 
-def write_fake_seed(experiment_dir: Path, seed: int, sets=LEVELS) -> dict:
-    """validation/results.json and checkpoints/metrics.jsonl of one seed, as validate and pretrain write them."""
+N_VAL, N_TEST = 400, 150
+
+
+def fake_predictions(seed: int, sets) -> list:
+    """Per-client probabilities whose AUROC is about each set's level: scores y * d + N(0, 1), where
+    AUROC = Phi(d / sqrt 2). The same clients and targets in every seed; the noise is the seed's."""
+    y = np.random.default_rng(0).integers(0, 2, N_VAL + N_TEST)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for name, level in sets.items():
+        d = 2 ** 0.5 * NormalDist().inv_cdf(level)
+        p = 1 / (1 + np.exp(-(y * d + rng.standard_normal(len(y)))))
+        proba = np.stack([1 - p, p], axis=1)
+        frames.append(prediction_rows(name, [0, 1], [f"c{i:04d}" for i in range(N_VAL)], y[:N_VAL],
+                                      np.arange(N_VAL) % 5, proba[:N_VAL],
+                                      [f"t{i:04d}" for i in range(N_TEST)], y[N_VAL:], proba[N_VAL:]))
+    return frames
+
+
+def write_fake_seed(experiment_dir: Path, seed: int, sets=LEVELS, predictions: bool = True) -> dict:
+    """validation/results.json (+ predictions.parquet) and checkpoints/metrics.jsonl of one seed, as validate
+    and pretrain write them."""
     rng = random.Random(seed)
     feature_sets = {}
     for name, level in sets.items():
@@ -30,7 +54,8 @@ def write_fake_seed(experiment_dir: Path, seed: int, sets=LEVELS) -> dict:
         mean = sum(folds) / 5
         std = (sum((f - mean) ** 2 for f in folds) / 4) ** 0.5
         feature_sets[name] = {
-            "auroc": {"val_mean": mean + 0.01, "val_std": std, "test_mean": mean, "test_std": std, "folds": folds},
+            "auroc": {"val_mean": mean + 0.01, "val_std": std, "val_oof": mean + 0.005, "test_mean": mean,
+                      "test_std": std, "folds": folds},
             "accuracy": {"val_mean": mean - 0.1, "val_std": std, "test_mean": mean - 0.1, "test_std": std,
                          "folds": [f - 0.1 for f in folds]},
         }
@@ -38,6 +63,8 @@ def write_fake_seed(experiment_dir: Path, seed: int, sets=LEVELS) -> dict:
     run_dir = experiment_dir / f"seed_{seed}"
     (run_dir / "validation").mkdir(parents=True)
     (run_dir / "validation" / "results.json").write_text(json.dumps(results))
+    if predictions:
+        write_predictions(fake_predictions(seed, sets), run_dir / "validation" / "predictions.parquet")
     (run_dir / "checkpoints").mkdir()
     lines = [{"step": s, "split": "train", "loss": 6.0 / (1 + s / 10) + rng.uniform(0, 0.2)} for s in range(1, 61)]
     lines += [{"step": s, "split": "eval", "loss": 6.2 / (1 + s / 10)} for s in range(10, 61, 10)]
@@ -132,3 +159,61 @@ def test_feature_sets_are_placed_between_random_and_oracle():
     table = "\n".join(markdown_table(summary))
     assert "random → oracle" in table and "| 50 % |" in table and "| 100 % |" in table
     assert "random → oracle" not in "\n".join(markdown_table(summarize({1: result({"llm": 0.7, "random": 0.5})})))
+
+
+def test_report_states_every_gap_with_a_paired_bootstrap_interval_and_verdict(out_root):
+    from sklearn.metrics import roc_auc_score
+
+    cfg = compose([f"paths.output_root={out_root}", "seeds=[1,2,3]", "report.bootstrap.n=300"])
+    experiment_dir = Path(cfg.paths.experiment_dir)
+    sets = {"llm": 0.80, "aggregates": 0.78, "coles": 0.70, "random": 0.50, "llm+aggregates": 0.82,
+            "llm+coles": 0.80}
+    for seed in (1, 2):
+        write_fake_seed(experiment_dir, seed, sets)
+    write_fake_seed(experiment_dir, 3, sets, predictions=False)  # validated before predictions existed
+    report = run(cfg)
+    summary = json.loads((report / "report.json").read_text())["datasets"]["synthetic"]
+    assert summary["gap_seeds"] == [1, 2] and summary["seeds_without_predictions"] == [3]
+    gaps = {(g["a"], g["b"], g["split"], g["metric"]): g for g in summary["gaps"]}
+    pairs = [("llm", "aggregates"), ("llm", "coles"), ("llm", "random"), ("llm+aggregates", "aggregates"),
+             ("llm+coles", "coles"), ("llm+coles", "llm")]
+    assert sorted(gaps) == sorted((a, b, s, m) for a, b in pairs for s in ("test", "val") for m in ("auroc", "accuracy"))
+    # The gap is the seeds' mean of the AUROC difference on all clients of the split (sklearn's AUROC)
+    frames = {s: pd.read_parquet(experiment_dir / f"seed_{s}" / "validation" / "predictions.parquet") for s in (1, 2)}
+
+    def auroc(seed, name, split):
+        rows = frames[seed].query("feature_set == @name and split == @split")
+        return roc_auc_score(rows["target"], rows["p_1"])
+
+    for split, n in (("test", N_TEST), ("val", N_VAL)):
+        g = gaps[("llm", "random", split, "auroc")]
+        assert g["gap"] == pytest.approx(np.mean([auroc(s, "llm", split) - auroc(s, "random", split) for s in (1, 2)]))
+        assert g["n_clients"] == n and g["n_seeds"] == 2
+        assert g["low"] < g["gap"] < g["high"] and g["verdict"] == "better"  # 0.80 vs 0.50: far apart
+    for g in summary["gaps"]:  # the verdict is read off the interval
+        assert g["verdict"] == ("better" if g["low"] > 0 else "worse" if g["high"] < 0 else "not distinguishable")
+    # more clients resolve more: the val interval (400 clients) is narrower than the test one (150)
+    width = {s: gaps[("llm", "aggregates", s, "auroc")]["high"] - gaps[("llm", "aggregates", s, "auroc")]["low"]
+             for s in ("test", "val")}
+    assert width["val"] < width["test"], width
+    md = (report / "report.md").read_text()
+    assert "### Gaps" in md and "Seeds without predictions.parquet" in md and "](gaps_synthetic.png)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| llm − random |"))
+    assert row.count("**better**") == 2
+    llm = summary["feature_sets"]["llm"]["auroc"]
+    assert llm["val_oof_mean"] is not None and f"{llm['val_oof_mean']:.4f} ± {llm['val_oof_std']:.4f}" in md
+    with Image.open(report / "gaps_synthetic.png") as image:
+        assert image.size[0] > 550 and image.size[1] > 250
+
+
+def test_predictions_of_other_clients_in_another_seed_are_refused(out_root):
+    cfg = compose([f"paths.output_root={out_root}", "seeds=[1,2]", "report.bootstrap.n=50"])
+    experiment_dir = Path(cfg.paths.experiment_dir)
+    write_fake_seed(experiment_dir, 1)
+    write_fake_seed(experiment_dir, 2)
+    path = experiment_dir / "seed_2" / "validation" / "predictions.parquet"
+    frame = pd.read_parquet(path)
+    write_predictions([frame[frame["client_id"] != "t0003"]], path)
+    with pytest.raises(DataError, match=r"seed 2: feature set 'llm' has 149 test clients, the other seeds 150"):
+        run(cfg)
+    assert not (experiment_dir / "report").exists()

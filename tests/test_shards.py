@@ -44,10 +44,10 @@ def expected_samples(cfg, split):
 def test_llmfoundry_reads_back_the_tokens_written(shard_run):
     from llmfoundry.data.text_data import StreamingTextDataset
     from streaming import StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
+    from fixtures_lm import clean_stale_streaming_memory
 
     cfg, out = shard_run
-    clean_stale_shared_memory()
+    clean_stale_streaming_memory()
     for split in ("train", "val"):
         ids, samples, tok = expected_samples(cfg, split)
         dataset = StreamingTextDataset(tokenizer=tok, max_seq_len=MAX_SEQ_LEN, token_encoding_type="int32",

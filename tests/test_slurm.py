@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import TINY, child_env, smoke_root
+from pipeline_helpers import SMOKE_SEEDS, TINY, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slurm
+# One cluster for the module (daemons on this machine), and the pipeline job reads the shared smoke run's root:
+# one xdist worker runs these and the tests of that root (tests/conftest.py).
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("smoke_root")]
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -71,30 +73,31 @@ def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_p
     assert "submit.sh: job" in proc.stderr and "failed (exit" in proc.stderr
 
 
-def test_pipeline_job_runs_the_seeds_and_the_report(cluster, tmp_path_factory):
-    # Same output root and seeds as test_pipeline's multi-seed run: after it, the job finds every stage done
-    # and writes the report; run alone, it builds everything.
-    root = smoke_root(tmp_path_factory)
+def test_pipeline_job_runs_the_seeds_and_the_report(cluster, smoke_run):
+    # The shared smoke run's root and seeds: the job finds every stage done and writes the report.
+    root = smoke_run.root
     proc = submit(
         cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=2", "--",
-        *TINY, f"paths.output_root={root}", "seeds=[1,2]", f"report.dir={root / 'slurm_report'}",
+        *TINY, f"paths.output_root={root}", f"seeds=[{','.join(map(str, SMOKE_SEEDS))}]",
+        f"report.dir={root / 'slurm_report'}",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = job_log(cluster, proc)
     assert "pipeline.sbatch: job" in log
-    assert "run.sh [seed 1]: finished" in log and "run.sh [seed 2]: finished" in log
+    assert all(f"run.sh [seed {seed}]: finished" in log for seed in SMOKE_SEEDS)
     assert f"report: {root / 'slurm_report'}/report.md" in log
     summary = json.loads((root / "slurm_report" / "report.json").read_text())["datasets"]["synthetic"]
-    assert summary["seeds"] == [1, 2] and {"llm", "aggregates", "coles", "random"} <= set(summary["feature_sets"])
+    assert summary["seeds"] == list(SMOKE_SEEDS) and {"llm", "aggregates", "coles", "random"} <= set(
+        summary["feature_sets"])
 
 
 @pytest.mark.skipif(
     not os.environ.get("LLM4TRX_TEST_MULTINODE"),
     reason="pretrains one more seed (minutes on 2 cores); set LLM4TRX_TEST_MULTINODE=1 to run it",
 )
-def test_multinode_script_pretrains_through_srun_and_composer(cluster, tmp_path_factory):
+def test_multinode_script_pretrains_through_srun_and_composer(cluster, smoke_run):
     """The multi-node script on this one-node cluster: srun starts one Composer launcher per node (here one)."""
-    root = smoke_root(tmp_path_factory)
+    root = smoke_run.root
     proc = submit(
         cluster, "scripts/slurm/pretrain_multinode.sbatch", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
         "--", *TINY, f"paths.output_root={root}", "seed=4",
@@ -123,20 +126,21 @@ def test_hydra_submitit_launcher_submits_one_job_per_sweep_point(cluster, tmp_pa
     assert len(job_dirs) == 2  # one array task per sweep point
 
 
-def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, tmp_path):
+def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, smoke_run, tmp_path):
     """SIGUSR1 to the batch shell (what `#SBATCH --signal=B:USR1@600` sends before the time limit) during
-    pretraining: the stage stops, the job is requeued, and the requeued run resumes from the last checkpoint."""
+    pretraining: the stage stops, the job is requeued, and the requeued run resumes from the last checkpoint.
+    A seed of its own in the shared smoke run's root: its seed-independent stages are reused."""
     import time
 
-    root = tmp_path / "outputs"
-    overrides = [*TINY, f"paths.output_root={root}", "seeds=[1]", "trainer.max_duration=40ba",
+    root = smoke_run.root
+    overrides = [*TINY, f"paths.output_root={root}", "seeds=[7]", "trainer.max_duration=40ba",
                  "trainer.save_interval=10ba", "trainer.eval_interval=20ba", f"report.dir={tmp_path / 'report'}"]
     proc = subprocess.Popen(
         ["bash", "scripts/slurm/submit.sh", "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0",
          "--cpus-per-task=2", "--", *overrides],
         cwd=ROOT, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    checkpoints = root / "smoke" / "synthetic" / "seed_1" / "checkpoints"
+    checkpoints = root / "smoke" / "synthetic" / "seed_7" / "checkpoints"
     try:
         first = proc.stdout.readline()
         job_id = re.search(r"submit\.sh: job (\d+) queued", first).group(1)
@@ -155,4 +159,37 @@ def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, tmp_path):
     done = json.loads((checkpoints / "_SUCCESS.json").read_text())["counts"]
     assert done["steps"] == 40 and done["resumed_from_step"] >= 10, done
     assert re.search(r"pretrain: done in [\d.]+ s: 40 steps, .*resumed from step \d+", log)
-    assert not list(checkpoints.parent.glob(".*.tmp-*")) and (root / "smoke" / "synthetic" / "seed_1" / "validation").is_dir()
+    assert not list(checkpoints.parent.glob(".*.tmp-*")) and (root / "smoke" / "synthetic" / "seed_7" / "validation").is_dir()
+
+
+def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(cluster, tmp_path):
+    """scripts/slurm/spark_stages.sbatch: a master and one worker per node (here one) inside the job, prepare and
+    text with engine=spark on it, byte-equal to the embedded engine; the cluster is gone when the job ends."""
+    import filecmp
+
+    from llm4trx.core.config import compose
+    from llm4trx.core.stage import stage_dir
+    from llm4trx.prepare import run as prepare
+    from llm4trx.text import run as text
+
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no Java on this machine (scripts/setup.sh installs a headless JRE)")
+    small = [f"dataset.raw_dir={tmp_path / 'raw'}", "dataset.n_clients=80", "dataset.max_events=30"]
+    embedded = compose([f"paths.output_root={tmp_path / 'embedded'}", *small])
+    prepare(embedded), text(embedded)
+    port = free_port()
+    env = {**cluster, "SPARK_MASTER_HOST": "127.0.0.1", "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_MASTER_PORT": str(port),
+           "SPARK_WORKER_MEMORY": "1g", "SPARK_DAEMON_MEMORY": "256m", "SPARK_WORKER_DIR": str(tmp_path / "spark")}
+    proc = submit(env, "scripts/slurm/spark_stages.sbatch", "--nodes=1", "--cpus-per-task=2", "--",
+                  f"paths.output_root={tmp_path / 'spark_out'}", *small, "engine=spark", "engine.spark.partitions=2",
+                  "+engine.spark.conf.spark.executor.memory=512m", timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = job_log(cluster, proc)
+    assert f"1 worker(s) ALIVE at spark://127.0.0.1:{port}" in log, log[-3000:]
+    assert "run.sh [seed" in log and "cluster at" in log and "stopped" in log
+    on_cluster = compose([f"paths.output_root={tmp_path / 'spark_out'}", *small])
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json"):
+        assert filecmp.cmp(stage_dir(embedded, "text") / name, stage_dir(on_cluster, "text") / name, shallow=False)
+    assert list((tmp_path / "spark").glob("*/app-*")), "no executor ran on the job's worker"
+    with socket.socket() as sock:  # the master went with the job
+        assert sock.connect_ex(("127.0.0.1", port)) != 0

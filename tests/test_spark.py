@@ -192,7 +192,7 @@ def test_conflicting_row_target_fails_like_embedded(spark, tmp_path, rosbank_raw
 
 
 def test_engine_config_composes_and_passes_spark_keys_through():
-    from llm4trx.check import compose_checked
+    from llm4trx.core.check import compose_checked
     from llm4trx.core.errors import ConfigError
     from llm4trx.core.spark import engine_of, flat_conf
     from omegaconf import OmegaConf

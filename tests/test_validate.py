@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from embed_fixtures import mark_done, write_data, write_hf
-from llm4trx import coles, embed, prepare, text, validate
+from llm4trx import baselines, coles, embed, prepare, text, validate
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.data.embeddings import read_embeddings
+from llm4trx.data.predictions import read_predictions
 from llm4trx.evaluation.protocol import feature_matrix, load_labels
 from llm4trx.core.stage import stage_dir
 
@@ -32,6 +33,7 @@ def validated(tmp_path_factory):
     write_hf(cfg)  # ... and a tiny random Llama with a BPE trained on text/ in place of pretrain + export
     embed.run(cfg)
     coles.run(cfg)
+    baselines.run(cfg)  # aggregates and oracle, once for every seed (validate.lightgbm_seed=fixed)
     folder = validate.run(cfg)
     return root, cfg, json.loads((folder / "results.json").read_text()), (folder / "results.md").read_text()
 
@@ -39,7 +41,8 @@ def validated(tmp_path_factory):
 def test_one_table_with_every_feature_set_and_random_worst(validated):
     _, cfg, results, table = validated
     sets = results["feature_sets"]
-    assert list(sets) == ["llm", "aggregates", "coles", "random", "oracle", "llm+aggregates"]
+    assert list(sets) == ["llm", "aggregates", "coles", "random", "oracle", "llm+aggregates", "llm+coles"]
+    assert results["from_baselines"] == ["aggregates", "oracle"] and "val OOF" in table
     assert sets["oracle"]["n_features"] == 4  # the generator's hidden factors
     assert results["metrics"] == ["auroc", "accuracy"] and results["n_folds"] == 5
     assert sets["random"]["n_features"] == sets["llm"]["n_features"] == 64
@@ -56,6 +59,55 @@ def test_one_table_with_every_feature_set_and_random_worst(validated):
     # The synthetic targets follow the sequences (category mix, amounts, trend, order): aggregates see it.
     assert headline["aggregates"] > headline["random"] + 0.15, headline
     assert headline["oracle"] == max(headline.values()), headline  # the ceiling (label_noise=0 here)
+
+
+def test_predictions_are_out_of_fold_on_val_and_the_fold_mean_on_test(validated):
+    from sklearn.metrics import roc_auc_score
+
+    _, cfg, results, _ = validated
+    frame = read_predictions(stage_dir(cfg, "validate") / "predictions.parquet")
+    splits = pd.read_parquet(stage_dir(cfg, "prepare") / "splits.parquet").set_index("client_id")
+    assert list(frame["feature_set"].unique()) == list(results["feature_sets"])
+    for name, entry in results["feature_sets"].items():
+        rows = frame[frame["feature_set"] == name]
+        val, test = rows[rows["split"] == "val"], rows[rows["split"] == "test"]
+        assert len(val) == results["n_train"] and len(test) == results["n_test"]
+        assert (val["fold"].to_numpy() == splits.loc[val["client_id"], "fold"].to_numpy()).all()
+        assert (splits.loc[test["client_id"], "split"] == "test").all() and (test["fold"] == -1).all()
+        np.testing.assert_allclose(rows[["p_0", "p_1"]].sum(axis=1), 1.0, atol=1e-9)
+        # val OOF is the metric on these out-of-fold predictions, all cross-validated clients at once
+        assert entry["auroc"]["val_oof"] == pytest.approx(roc_auc_score(val["target"], val["p_1"]))
+        # the per-fold val scores are the same predictions fold by fold
+        fold0 = val[val["fold"] == 0]
+        assert entry["auroc"]["folds"][0]["val"] == pytest.approx(roc_auc_score(fold0["target"], fold0["p_1"]))
+
+
+def test_baselines_once_give_what_each_seed_would_compute_itself(validated, tmp_path):
+    """aggregates and oracle from the baselines stage equal validate's own per-seed computation with the same
+    LightGBM random_state (lightgbm_seed=run with seed 42 = the fixed 42): reusing them changes no number."""
+    root, cfg, results, _ = validated
+    own = compose([f"paths.output_root={root}", "dataset.n_clients=500", "dataset.max_events=60",
+                   "dataset.label_noise=0.0", *FAST, "validate.lightgbm_seed=run", "seed=42",
+                   "validate.feature_sets=[aggregates,oracle]", "validate.concatenations=[]",
+                   f"paths.run_dir={tmp_path / 'own'}"])
+    folder = validate.run(own)
+    mine = json.loads((folder / "results.json").read_text())
+    assert mine["from_baselines"] == [] and mine["lightgbm_seed"] == {"mode": "run", "random_state": 42}
+    for name in ("aggregates", "oracle"):
+        assert mine["feature_sets"][name] == results["feature_sets"][name], name
+    shared = read_predictions(stage_dir(cfg, "baselines") / "predictions.parquet")
+    pd.testing.assert_frame_equal(read_predictions(folder / "predictions.parquet").reset_index(drop=True),
+                                  shared.reset_index(drop=True))
+
+
+def test_predictions_file_with_a_nan_names_column_and_row(tmp_path):
+    from llm4trx.data.predictions import prediction_rows, write_predictions
+
+    frame = prediction_rows("llm", [0, 1], ["a", "b"], [0, 1], [0, 1], np.array([[0.4, 0.6], [np.nan, 0.5]]),
+                            ["c"], [1], np.array([[0.1, 0.9]]))
+    write_predictions([frame], tmp_path / "predictions.parquet")
+    with pytest.raises(DataError, match=r"predictions.parquet, column 'p_0', row 3: probability is NaN"):
+        read_predictions(tmp_path / "predictions.parquet")
 
 
 def test_oracle_is_skipped_without_a_generator_and_refused_in_concatenations(data_only):
@@ -78,7 +130,9 @@ def test_same_seed_twice_gives_identical_metrics(validated):
 
 def test_coles_same_seed_twice_gives_identical_embeddings(data_only):
     base = [f"paths.output_root={data_only.paths.output_root}", *FAST,
-            "coles.hidden_size=16", "coles.max_epochs=1"]
+            "coles.hidden_size=16", "coles.max_epochs=1",
+            # every input and augmentation on: DropoutTrx's draws are seeded too
+            "coles.trx_dropout=0.05", "coles.time_numeric=[day_gap,day_index]", "coles.time_features=[hour,weekday]"]
 
     def embeddings(overrides):
         return pd.read_parquet(coles.run(compose(overrides)) / "embeddings.parquet")

@@ -20,7 +20,7 @@ command -v sbatch >/dev/null || {
   exit 2
 }
 bash scripts/setup.sh
-PYTHONPATH=$PWD/source${PYTHONPATH:+:$PYTHONPATH} .venv/bin/python -m llm4trx.check "$@" >/dev/null
+PYTHONPATH=$PWD/source${PYTHONPATH:+:$PYTHONPATH} .venv/bin/python -m llm4trx.core.check "$@" >/dev/null
 
 logs=${LLM4TRX_SLURM_LOGS:-outputs/slurm}
 mkdir -p "$logs"

@@ -1,6 +1,6 @@
 """Stage `coles`: the CoLES baseline (pytorch-lifestream `ptls.frames.coles`).
 
-A GRU sequence encoder is trained contrastively on the pretraining clients (train + val splits of
+A GRU or LSTM sequence encoder (the model: evaluation/coles_model.py, every key of conf/coles/) is trained contrastively on the pretraining clients (train + val splits of
 data/splits.parquet, never test), then embeds every client: coles/embeddings.parquet
 (<dataset.id_column> string, emb_0000.. float32, the contract of embeddings/) and coles/losses.jsonl (the mean
 training loss of every epoch, {"epoch", "loss"}: the report draws it). Depends on data/ and the
@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
 from llm4trx.core.cli import stage_main
 from llm4trx.data.embeddings import embeddings_frame
 from llm4trx.data.sequences import categorical_columns, ptls_records
+from llm4trx.evaluation.coles_model import infer, numeric_transforms, train_encoder
 from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
@@ -66,57 +64,6 @@ def qualifying(records: list[dict], min_seq_len: int) -> tuple[list[dict], int]:
     return kept, len(records) - len(kept)
 
 
-def train_encoder(records: list[dict], sizes: dict, numeric: list[str], c: DictConfig, seed: int, progress: bool,
-                  callbacks: list | None = None):
-    import pytorch_lightning as pl
-    from ptls.data_load.datasets import MemoryMapDataset
-    from ptls.frames import PtlsDataModule
-    from ptls.frames.coles import CoLESModule, ColesDataset
-    from ptls.frames.coles.split_strategy import SampleSlices
-    from ptls.nn import RnnSeqEncoder, TrxEncoder
-
-    pl.seed_everything(seed, workers=True, verbose=False)
-    trx_encoder = TrxEncoder(
-        embeddings={col: {"in": size, "out": min(int(c.category_embedding_dim), size)} for col, size in sizes.items()},
-        numeric_values={n: "log" for n in numeric},
-        embeddings_noise=0.003,
-    )
-    seq_encoder = RnnSeqEncoder(trx_encoder=trx_encoder, hidden_size=int(c.hidden_size), type="gru")
-    module = CoLESModule(
-        seq_encoder=seq_encoder,
-        optimizer_partial=partial(torch.optim.Adam, lr=float(c.lr)),
-        lr_scheduler_partial=partial(torch.optim.lr_scheduler.StepLR, step_size=10, gamma=0.9025),
-    )
-    data = PtlsDataModule(
-        train_data=ColesDataset(
-            MemoryMapDataset(data=records),  # already filtered by `qualifying`
-            splitter=SampleSlices(split_count=int(c.split_count), cnt_min=int(c.cnt_min), cnt_max=int(c.cnt_max)),
-        ),
-        train_batch_size=int(c.batch_size),
-        train_num_workers=int(c.num_workers),
-    )
-    trainer = pl.Trainer(
-        max_epochs=int(c.max_epochs), accelerator="auto", devices=1, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-        callbacks=callbacks or [],
-    )
-    trainer.fit(module, data)
-    return seq_encoder
-
-
-@torch.no_grad()
-def infer(seq_encoder, records: list[dict], batch_size: int) -> np.ndarray:
-    from ptls.data_load.utils import collate_feature_dict
-
-    seq_encoder.eval()
-    device = next(seq_encoder.parameters()).device
-    # A plain loop rather than ptls's InferenceModule + Trainer.predict: same encoder call, without a
-    # DataFrame per row, and the rows stay aligned with `records`.
-    chunks = [seq_encoder(collate_feature_dict(records[i : i + batch_size]).to(device)).float().cpu().numpy()
-              for i in range(0, len(records), batch_size)]
-    return np.concatenate(chunks).astype(np.float32)
-
-
 def read_records(cfg: DictConfig) -> tuple[list[dict], dict, list[dict], int]:
     """(every client's ptls record, category sizes, the pretraining clients' records long enough to train on,
     how many pretraining clients were too short), from data/ as the stage reads it."""
@@ -125,7 +72,9 @@ def read_records(cfg: DictConfig) -> tuple[list[dict], dict, list[dict], int]:
     splits = pd.read_parquet(data / "splits.parquet")
     pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
     categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
-    records, sizes = ptls_records(events, categorical, list(cfg.coles.numeric), pretrain_ids)
+    numeric = list(numeric_transforms(cfg.coles.numeric))
+    records, sizes = ptls_records(events, categorical, numeric, pretrain_ids, time_features=cfg.coles.time_features,
+                                  time_origin=cfg.dataset.get("time_origin"), time_numeric=cfg.coles.time_numeric)
     train_records, too_short = qualifying([r for r in records if r["client_id"] in pretrain_ids],
                                           int(cfg.coles.min_seq_len))
     return records, sizes, train_records, too_short
@@ -134,7 +83,6 @@ def read_records(cfg: DictConfig) -> tuple[list[dict], dict, list[dict], int]:
 def run(cfg: DictConfig) -> Path:
     def build(tmp: Path) -> dict:
         records, sizes, train_records, too_short = read_records(cfg)
-        numeric = list(cfg.coles.numeric)
         min_len = int(cfg.coles.min_seq_len)
         if too_short and len(train_records) >= MIN_TRAIN_CLIENTS:
             log.warning("coles: %d of %d pretraining clients have fewer than coles.min_seq_len=%d transactions; "
@@ -148,9 +96,8 @@ def run(cfg: DictConfig) -> Path:
             return {"skipped": reason, "clients": len(records), "train_clients": len(train_records),
                     "too_short": too_short}
         losses = epoch_loss_recorder()
-        encoder = train_encoder(train_records, sizes, numeric, cfg.coles, int(cfg.seed), bool(cfg.progress),
-                                callbacks=[losses])
-        matrix = infer(encoder, records, int(cfg.coles.inference_batch_size))
+        encoder = train_encoder(train_records, sizes, cfg.coles, int(cfg.seed), bool(cfg.progress), callbacks=[losses])
+        matrix = infer(encoder, records, int(cfg.coles.inference_batch_size), cfg.coles.inference_max_len)
         frame = embeddings_frame(cfg.dataset.id_column, [r["client_id"] for r in records], matrix)
         frame.to_parquet(tmp / "embeddings.parquet", index=False)
         (tmp / LOSSES_FILE).write_text("".join(json.dumps(e) + "\n" for e in losses.epochs))

@@ -2,10 +2,11 @@
 
     python -m llm4trx.download dataset=rosbank                     # into ${LLM4TRX_DATA_DIR:-data}/rosbank
     python -m llm4trx.download dataset=age_pred dataset.raw_dir=/data/age_pred
-    python -m llm4trx.download dataset=gender dataset.download.base_url=http://mirror.local/gender
+    HF_ENDPOINT=http://mirror.local python -m llm4trx.download dataset=gender   # a hub mirror
 
-Where the files come from and what they must be (size, sha256) is `dataset.download` in
-conf/dataset/<name>.yaml; how they are fetched (resumable, atomic, verified) is llm4trx.data.fetch.
+Where the files come from (a Hugging Face dataset repo and revision) and what they must be (size, sha256) is
+`dataset.download` in conf/dataset/<name>.yaml; how they are fetched (huggingface_hub: resumable, atomic;
+verified and unpacked by us) is llm4trx.data.fetch.
 Files already in raw_dir are skipped. Unlike the other stages this one writes no stage folder of the run
 directory: its output is raw_dir itself, shared by every experiment, with `_DOWNLOAD.json` (what was fetched,
 sizes and checksums) in place of `_SUCCESS.json`; it counts as done when every expected file is there.

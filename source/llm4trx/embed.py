@@ -1,5 +1,12 @@
 """Stage `embed`: one vector per client from the exported LM (hf/) and the texts of every split.
 
+`embed.model=DIR` applies another model instead: another run's hf/ or a local HF causal-LM checkpoint with
+its tokenizer (the run then needs no tokenizer/shards/pretrain/export of its own; see core/registry.py). A
+model exported by llm4trx carries hf/llm4trx.json (llm4trx.data.model_record): this run's text format and
+schema are checked against it before anything runs. Incremental: a rebuild reuses the previous vectors of the
+clients whose text digest (embeddings/text_hashes.parquet) is unchanged when the model and the pooling
+settings are the same (`vector_key` in _SUCCESS.json), and computes only the others (`embed.incremental`).
+
 Runs as one process or as several (`torchrun --nproc_per_node N -m llm4trx.embed ...`,
 `accelerate launch --multi_gpu --num_processes N -m llm4trx.embed ...`): clients are split between the
 processes with accelerate, each process runs length-sorted, dynamically padded batches, the results are
@@ -9,6 +16,8 @@ gathered, checked for lost or duplicate clients, and only the main process write
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,20 +26,23 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
-from llm4trx.data.embeddings import embeddings_frame
+from llm4trx.data.embeddings import (embeddings_frame, read_embeddings, read_text_hashes, text_digests,
+                                     write_text_hashes)
+from llm4trx.data.model_record import applied_model, check_applicable, fingerprint, row_name
 from llm4trx.data.texts import read_texts
 from llm4trx.lm.dtypes import DTYPES
 from llm4trx.lm.pooling import POOLINGS, pool, position_ids_for
-from llm4trx.core.stage import is_complete, require, run_stage, stage_dir, stage_hash
+from llm4trx.core.stage import is_complete, read_success, require, run_stage, stage_dir, stage_hash
 
 log = logging.getLogger(__name__)
 
-
+# embed keys that do not change a client's vector (the row's name, the reuse switch, batch composition).
+NOT_IN_VECTOR_KEY = ("name", "incremental", "batch_size", "model")
 
 def check_config(cfg: DictConfig) -> None:
     e = cfg.embed
@@ -44,6 +56,39 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"embed.layer_slice={list(e.layer_slice)}; want [start, stop] (null for open ends)")
     if int(e.batch_size) < 1:
         raise ConfigError(f"embed.batch_size={e.batch_size}; want >= 1")
+    model = applied_model(cfg)
+    if model is not None and not (model / "config.json").is_file():
+        raise ConfigError(f"embed.model={str(model)!r} is not a Hugging Face model directory (no config.json); give "
+                          "a run's hf/ folder or a local HF causal-LM checkpoint with its tokenizer")
+
+
+def model_dir_of(cfg: DictConfig) -> Path:
+    """The model to embed with: embed.model, else this run's export."""
+    return applied_model(cfg) or require(cfg, "export")
+
+
+def vector_key(cfg: DictConfig, model_dir: Path) -> str:
+    """What a client's vector depends on besides its text: the model's identity and the pooling settings."""
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.embed, resolve=True).items() if k not in NOT_IN_VECTOR_KEY}
+    blob = json.dumps({"model": fingerprint(model_dir), "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def previous_vectors(cfg: DictConfig, key: str) -> dict[str, tuple[str, np.ndarray]]:
+    """{client_id: (text digest, vector)} of this run's previous embed when its vectors came from the same model
+    and settings (and embed.incremental is on, force is off); {} otherwise."""
+    if not cfg.embed.get("incremental", True) or cfg.get("force", False):
+        return {}
+    folder = stage_dir(cfg, "embed")
+    done = read_success(folder)
+    if done is None or done.get("counts", {}).get("vector_key") != key:
+        return {}
+    digests = read_text_hashes(folder)
+    if not digests:
+        return {}
+    frame = read_embeddings(folder / "embeddings.parquet", cfg.dataset.id_column, "llm")
+    matrix = frame.to_numpy(dtype=np.float32)
+    return {cid: (digests[cid], matrix[i]) for i, cid in enumerate(frame.index) if cid in digests}
 
 
 def load_model(hf_dir: Path, dtype: torch.dtype, device: torch.device):
@@ -99,43 +144,60 @@ def embed_sequences(model, pad_id: int, sequences: list[list[int]], batches: lis
 
 
 def compute(cfg: DictConfig, state: PartialState) -> dict:
-    """Every process embeds its share; every process returns the gathered, checked result."""
+    """Every process embeds its share of the clients to (re)compute; every process returns the gathered,
+    checked result, with the reused vectors filled in."""
     texts = read_texts(require(cfg, "text"))
-    hf_dir = require(cfg, "export")
+    hf_dir = model_dir_of(cfg)
     tokenizer, model = load_model(hf_dir, DTYPES[cfg.embed.dtype], state.device)
     max_tokens = cfg.embed.max_tokens or model.config.max_position_embeddings
+    ids = texts["client_id"].tolist()
+    digests = text_digests(texts["text"])
+    key = vector_key(cfg, hf_dir)
+    previous = previous_vectors(cfg, key)
+    reused = [i for i, (cid, digest) in enumerate(zip(ids, digests))
+              if cid in previous and previous[cid][0] == digest and len(previous[cid][1]) == model.config.hidden_size]
+    todo = sorted(set(range(len(texts))) - set(reused))
 
-    all_indices = list(range(len(texts)))
-    with state.split_between_processes(all_indices) as mine:
+    with state.split_between_processes(todo) as mine:
         mine = list(mine)
     sequences, n_truncated = tokenize(tokenizer, texts["text"].iloc[mine].tolist(), int(max_tokens),
-                                      str(cfg.embed.get("prefix") or ""))
+                                      str(cfg.embed.get("prefix") or "")) if mine else ([], 0)
     batches = length_sorted_batches([len(s) for s in sequences], int(cfg.embed.batch_size))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     vectors = embed_sequences(model, pad_id, sequences, batches, cfg.embed.pooling,
                               list(cfg.embed.layer_slice), cfg.embed.padding_side, state.device,
                               progress=bool(cfg.progress) and state.is_main_process)
-    n_tokens = sum(len(s) for s in sequences)
+    n_tokens = sum(len(s) for s in sequences)  # real tokens; positions: what the padded batches computed
+    positions = sum(len(b) * max(len(sequences[i]) for i in b) for b in batches)
 
-    parts = gather_object([(state.process_index, mine, vectors, n_truncated, n_tokens)])
+    parts = gather_object([(state.process_index, mine, vectors, n_truncated, n_tokens, positions)])
     parts.sort(key=lambda p: p[0])
     indices = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
-    if len(indices) != len(texts) or len(np.unique(indices)) != len(texts):
-        lost = len(texts) - len(np.unique(indices))
-        raise RuntimeError(f"gathered {len(indices)} rows for {len(texts)} clients ({lost} lost, "
+    if len(indices) != len(todo) or len(np.unique(indices)) != len(todo):
+        lost = len(todo) - len(np.unique(indices))
+        raise RuntimeError(f"gathered {len(indices)} rows for {len(todo)} clients ({lost} lost, "
                            f"{len(indices) - len(np.unique(indices))} duplicated)")
     matrix = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
-    matrix[indices] = np.concatenate([p[2] for p in parts])
+    if len(indices):
+        matrix[indices] = np.concatenate([p[2] for p in parts])
+    for i in reused:
+        matrix[i] = previous[ids[i]][1]
     return {
         "client_id": texts["client_id"].to_numpy(),
         "matrix": matrix,
+        "digests": digests,
         "counts": {
             "clients": len(texts),
             "dim": int(matrix.shape[1]),
             "world_size": state.num_processes,
             "rows_per_rank": [len(p[1]) for p in parts],
+            "recomputed": len(todo),
+            "reused": len(reused),
+            "vector_key": key,
+            "model": str(hf_dir),
             "truncated": int(sum(p[3] for p in parts)),
             "tokens": int(sum(p[4] for p in parts)),
+            "padded_share": round(1 - sum(p[4] for p in parts) / max(1, sum(p[5] for p in parts)), 4),
             "max_tokens": int(max_tokens),
             "device": str(state.device),
         },
@@ -150,13 +212,23 @@ def run(cfg: DictConfig) -> Path:
     if not cfg.get("force", False) and is_complete(final, stage_hash(cfg, "embed")):
         log.info("embed: up to date (%s), skipped", final)
         return final
+    model = applied_model(cfg)
+    # Before any work: an applied model whose texts were rendered otherwise is one line (every process alike).
+    record = check_applicable(cfg, model) if model is not None else None
     started = time.time()
     result = compute(cfg, state)
     if state.is_main_process:
         def build(tmp: Path) -> dict:
             frame = embeddings_frame(cfg.dataset.id_column, result["client_id"], result["matrix"])
             frame.to_parquet(tmp / "embeddings.parquet", index=False)
-            return {**result["counts"], "embed_seconds": round(time.time() - started, 3)}
+            write_text_hashes(tmp, result["client_id"], result["digests"])
+            seconds = time.time() - started
+            counts = result["counts"]
+            log.info("embed: %d clients, %d real tokens (%.1f%% of the batches' positions padding) in %.1f s "
+                     "(%.0f real tokens/s incl. model load)", counts["clients"], counts["tokens"],
+                     100 * counts["padded_share"], seconds, counts["tokens"] / max(seconds, 1e-9))
+            return {**counts, "row_name": row_name(cfg, record), "embed_seconds": round(seconds, 3),
+                    "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9), 1)}
 
         run_stage(cfg, "embed", build)
     state.wait_for_everyone()

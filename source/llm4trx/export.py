@@ -6,7 +6,9 @@ loads the checkpoint into the model the run was trained with and calls its `hf_c
 are re-saved as safetensors. Either way the written directory is reloaded with plain transformers
 (`AutoModelForCausalLM`, no trust_remote_code for Llama/Qwen) and its logits on a val batch must equal the
 trained model's: max |difference| <= export.verify_atol (1e-4 in fp32 on CPU; a bfloat16 export is compared
-with the trained weights rounded to bfloat16). Otherwise the stage fails and writes nothing.
+with the trained weights rounded to bfloat16). Otherwise the stage fails and writes nothing. Beside the HF files,
+hf/llm4trx.json records the text format, schema and tokenizer the model was trained on (data/model_record.py),
+checked by embed when another run applies this model (embed.model=<this hf/>).
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError, Llm4trxError
-from llm4trx.lm.dtypes import DTYPES
+from llm4trx.data.model_record import make_record, write_record
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.core.stage import read_success, require, run_stage
+
+if TYPE_CHECKING:  # torch is imported where it is used: an up-to-date export skips without it (seconds)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ def hf_checkpoint(folder: Path) -> Path:
 
 def val_batch(cfg: DictConfig, pad_id: int, n: int) -> dict[str, torch.Tensor]:
     """The first `n` val clients, truncated to max_seq_len and right-padded to the longest."""
+    import numpy as np
+    import torch
     from streaming import StreamingDataset
 
     dataset = StreamingDataset(local=str(require(cfg, "shards") / "val"), shuffle=False, batch_size=1)
@@ -77,6 +82,7 @@ def val_batch(cfg: DictConfig, pad_id: int, n: int) -> dict[str, torch.Tensor]:
 
 def max_logit_difference(reference: torch.nn.Module, export_dir: Path, batch: dict[str, torch.Tensor],
                          trust_remote_code: bool) -> float:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     AutoTokenizer.from_pretrained(str(export_dir))  # the tokenizer files must load too
@@ -102,6 +108,10 @@ def max_logit_difference(reference: torch.nn.Module, export_dir: Path, batch: di
 
 
 def rounded_like_export(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    import torch
+
+    from llm4trx.lm.dtypes import DTYPES
+
     if precision == "float32":
         return model
     return copy.deepcopy(model).to(DTYPES[precision]).to(torch.float32)
@@ -122,6 +132,8 @@ def export_foundry(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch
     train_cfg["model"].update(init_device="cpu", pretrained=False)  # every weight comes from the checkpoint
     train_cfg.update(
         load_path=str(checkpoint), load_weights_only=True, autoresume=False, save_folder=None,
+        # llm-foundry builds a train loader even here, never iterated: a one-sample placeholder, not the shards
+        train_loader={"name": "llm4trx_placeholder"},
         only_hf_checkpoint=True, fsdp_config=None, precision="fp32", eval_loader=None, loggers={},
         progress_bar=False, algorithms={},
         callbacks={"hf_checkpointer": {"save_folder": str(work), "save_interval": "1ba",
@@ -139,7 +151,10 @@ def export_foundry(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch
 
 
 def export_hf(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    import torch
     from transformers import AutoModelForCausalLM
+
+    from llm4trx.lm.dtypes import DTYPES
 
     source = hf_checkpoint(checkpoints)
     model = AutoModelForCausalLM.from_pretrained(str(source), torch_dtype=torch.float32)
@@ -166,6 +181,8 @@ def build(cfg: DictConfig, out: Path) -> dict[str, Any]:
         raise ExportMismatch(f"exported model's logits differ from the trained model's by {diff:.3g} "
                              f"(> export.verify_atol={atol}) on {batch['input_ids'].shape[0]} val clients")
     log.info("export: logits match the trained model (max |diff| %.2e <= %.0e)", diff, atol)
+    # What the model was trained on, for runs that apply it to other data (embed.model=<this hf/>).
+    write_record(out, make_record(cfg, require(cfg, "tokenizer")))
     return {**counts, "backend": backend, "max_abs_logit_diff": diff, "verify_atol": atol,
             "verify_clients": int(batch["input_ids"].shape[0]), "precision": cfg.export.precision}
 

@@ -13,11 +13,15 @@ Multi-GPU: `composer -n 8 -m llm4trx.pretrain trainer=fsdp_8xa100 ...` (one proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,31 @@ RUN_FILE = "_RUN.json"  # config hash of the run that owns the checkpoints in th
 
 def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def end_with_launcher() -> None:
+    """A rank started by Composer's launcher gets SIGTERM when the launcher dies.
+
+    SIGTERM to the launcher is forwarded by the launcher itself (30 s, then SIGKILL), but a launcher killed with
+    SIGKILL (kill -9, the OOM killer) cannot clean up: nothing signals its ranks, which would train on as
+    orphans. With the parent-death signal they stop the way a SIGTERM stops any stage (checkpoints kept,
+    exit 143), and a rerun resumes.
+    Linux only (prctl); a no-op elsewhere.
+    """
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:  # only under Composer's launcher (torchrun forwards signals itself; in-process Composer sets LOCAL_RANK)
+        if b"composer" not in Path(f"/proc/{parent}/cmdline").read_bytes():
+            return
+    except OSError:
+        return
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the launcher died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 # ---------------------------------------------------------------- checks (before anything is written)
@@ -151,6 +180,35 @@ def latest_composer_step(folder: Path) -> int:
     return int(match.group(1)) if match and latest.exists() else 0
 
 
+def several_nodes() -> bool:
+    """A job of more than one node (the launcher's WORLD_SIZE beyond this node's LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def node_local_cwd():
+    """On a job of several nodes, run in a folder of this node only (restored after).
+
+    Composer and llm-foundry synchronise the ranks of a node through signal files in the current directory
+    whose names are broadcast from global rank 0, so every node uses the same name: when the nodes share the
+    working directory (the repository on a cluster's shared filesystem, or two launchers on one machine) the
+    local rank 0 of each node writes and removes the same file, and one of them fails (FileNotFoundError).
+    """
+    if not several_nodes():
+        yield
+        return
+    here = os.getcwd()
+    env = os.environ
+    node_dir = Path(tempfile.gettempdir()) / (f"llm4trx-{env.get('MASTER_ADDR', 'local')}-{env.get('MASTER_PORT', '0')}"
+                                             f"-node{env.get('NODE_RANK', '0')}")
+    node_dir.mkdir(parents=True, exist_ok=True)
+    os.chdir(node_dir)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict[str, Any]:
     from llmfoundry.command_utils import train
 
@@ -164,16 +222,35 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
     # only after train's first distributed barrier, which rank 0 reaches after writing.
     if not cfg.model.pretrained and cfg.model.hf_config is not None and global_rank() == 0:
         foundry_config.write_init_config(cfg, inputs["tok"], folder / foundry_config.INIT_CONFIG_DIR)
-    train_cfg = foundry_config.train_config(cfg, inputs["tok"], inputs["tokenizer_dir"], inputs["mds_dir"], folder)
-    trainer = train(OmegaConf.create(train_cfg))
+    # Absolute paths: on several nodes training runs in a node-local working directory (node_local_cwd).
+    train_cfg = foundry_config.train_config(cfg, inputs["tok"], Path(inputs["tokenizer_dir"]).resolve(),
+                                            Path(inputs["mds_dir"]).resolve(), folder.resolve())
+    if several_nodes():
+        # Composer's autoresume syncs each node through a signal file in the save folder, named alike on every
+        # node: on a shared save folder both nodes' local rank 0 write and remove the same file and one fails
+        # (FileNotFoundError, seen with two nodes). The same checkpoint given as load_path is read through a
+        # node-local temporary folder instead.
+        train_cfg["autoresume"] = False
+        if resumed_from:
+            train_cfg["load_path"] = str((folder / "latest-rank0.pt").resolve())
+    with node_local_cwd():
+        trainer = train(OmegaConf.create(train_cfg))
     timestamp = trainer.state.timestamp
+    padding = next(c for c in trainer.state.callbacks if isinstance(c, foundry_plugins.PaddingMonitor))
+    # tokens_seen: the clients' real tokens (padding apart; lm/foundry_plugins.RealTokensCollator), over the
+    # whole run including before a resume; padded_share: of the positions this process trained.
     counts = {"backend": "foundry", "steps": int(timestamp.batch), "samples_seen": int(timestamp.sample),
-              "tokens_seen": int(timestamp.token), "resumed_from_step": resumed_from}
+              "tokens_seen": int(timestamp.token), "padded_share": padding.padded_share,
+              # Composer's training wall-clock (checkpointed, so it spans a resume; evaluation apart)
+              "train_seconds": round(timestamp.total_wct.total_seconds(), 3),
+              "real_tokens_per_s": round(int(timestamp.token) / max(timestamp.total_wct.total_seconds(), 1e-9), 1),
+              "length_bucketing": foundry_config.bucket_window(cfg) > 0, "resumed_from_step": resumed_from}
     trainer.close()
     return counts
 
 
 def run(cfg: DictConfig) -> Path:
+    end_with_launcher()
     folder = stage_dir(cfg, STAGE)
     want = stage_hash(cfg, STAGE)
     if not cfg.get("force", False) and is_complete(folder, want):
@@ -198,7 +275,10 @@ def run(cfg: DictConfig) -> Path:
         write_success(folder, want, started, {**counts, "train_samples": inputs["samples"]["train"],
                                               "val_samples": inputs["samples"]["val"],
                                               "vocab_size": inputs["tok"]["vocab_size"]}, cfg, STAGE)
-    log.info("pretrain: %s steps in %.1f s -> %s", counts["steps"], time.time() - started, folder)
+    share = counts.get("padded_share")
+    log.info("pretrain: %s steps, %s real tokens seen (padding apart%s) in %.1f s -> %s", counts["steps"],
+             counts.get("tokens_seen"), "" if share is None else f"; {share:.1%} of positions were padding",
+             time.time() - started, folder)
     return folder
 
 

@@ -3,10 +3,15 @@
 Reads every seed's `validation/results.json` and `checkpoints/metrics.jsonl` under each of
 `report.experiment_dirs` (one per dataset; default the current one) for the seeds in `seeds`, and writes to
 `report.dir`:
-  report.md    one table per dataset: every feature set's test metrics, mean ± std across seeds, and the
-               within-seed std over the fold models (averaged over seeds); plots linked below the table
+  report.md    one table per dataset: every feature set's test and val (out-of-fold) metrics, mean ± std
+               across seeds, and the within-seed std over the fold models (averaged over seeds); then the
+               gap table: every gap the report states (evaluation.bootstrap.GAPS) with its paired bootstrap
+               95 % interval over clients (seeds pooled) and its verdict, on test and on val; plots below
   report.json  the same numbers, plus every seed's value
-  loss_<dataset>.png, metrics_<dataset>.png   loss curves per seed; metric bars with error bars
+  loss_<dataset>.png, metrics_<dataset>.png, gaps_<dataset>.png   loss curves per seed; metric bars with
+               error bars; the gaps with their intervals
+The gaps come from each seed's validation/predictions.parquet (report.bootstrap: n resamples, seed, level);
+seeds without that file (results of an older validate) are left out of the gap table, which says so.
 Std across seeds is the sample std (ddof=1; 0 for a single seed). Seeds without results are listed as
 missing; no seed with results at all is an error.
 """
@@ -23,12 +28,15 @@ from omegaconf import DictConfig
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError, StageInputMissing
-from llm4trx.evaluation.tables import summary_table
+from llm4trx.data.predictions import read_predictions
+from llm4trx.evaluation.bootstrap import report_gaps
+from llm4trx.evaluation.tables import gap_table, summary_table
 from llm4trx.core.stage import atomic_dir, seed_stage_dir, stage_dir
 
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"  # in the validate stage's folder
+PREDICTIONS = "predictions.parquet"  # in the validate stage's folder
 LOSSES = "metrics.jsonl"  # in the pretrain stage's folder (written by the llm4trx_metrics_jsonl logger)
 COLES_LOSSES = "losses.jsonl"  # in the coles stage's folder (mean training loss per epoch)
 CURVES = "curves.json"  # in the finetune stage's folder (optional stage)
@@ -126,6 +134,7 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             }
             test = [run["test_mean"] for run in runs.values()]
             val = [run["val_mean"] for run in runs.values() if run.get("val_mean") is not None]
+            oof = [run["val_oof"] for run in runs.values() if run.get("val_oof") is not None]
             fold = [run["test_std"] for run in runs.values() if run.get("test_std") is not None]
             feature_sets[name][metric] = {
                 "test_mean": mean(test),
@@ -133,6 +142,8 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 "fold_std": mean(fold) if fold else None,
                 "val_mean": mean(val) if val else None,
                 "val_std": spread(val) if val else None,
+                "val_oof_mean": mean(oof) if oof else None,  # out-of-fold over all cross-validated clients
+                "val_oof_std": spread(oof) if oof else None,
                 "n_seeds": len(test),
                 "per_seed": {str(seed): run["test_mean"] for seed, run in runs.items()},
             }
@@ -154,12 +165,25 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def gaps_of(cfg: DictConfig, predictions: dict[int, Any], metrics: list[str], where: Path) -> list[dict[str, Any]]:
+    boot = cfg.report.bootstrap
+    try:
+        return report_gaps(predictions, metrics, int(boot.n), int(boot.seed), float(boot.level))
+    except ValueError as err:  # the seeds' predictions do not cover the same clients
+        raise DataError(where, f"{PREDICTIONS} of the seeds: {err}") from None
+
+
 def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str, Any]:
     results, losses, curves, coles_losses, missing = {}, {}, {}, {}, []
+    predictions, no_predictions = {}, []
     for seed in seeds:
         validation = seed_stage_dir(cfg, "validate", seed, experiment_dir)
         if (validation / RESULTS).is_file():
             results[seed] = load_results(validation / RESULTS)
+            if (validation / PREDICTIONS).is_file():
+                predictions[seed] = read_predictions(validation / PREDICTIONS)
+            else:
+                no_predictions.append(seed)
             losses[seed] = load_losses(seed_stage_dir(cfg, "pretrain", seed, experiment_dir) / LOSSES)
             epochs = load_coles_losses(seed_stage_dir(cfg, "coles", seed, experiment_dir) / COLES_LOSSES)
             if epochs:
@@ -177,6 +201,10 @@ def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str
         )
     summary = summarize(results)
     summary.update(
+        gaps=gaps_of(cfg, predictions, summary["metrics"], experiment_dir) if predictions else [],
+        gap_seeds=sorted(predictions),
+        seeds_without_predictions=no_predictions,
+        bootstrap={k: cfg.report.bootstrap[k] for k in ("n", "seed", "level")},
         experiment_dir=str(experiment_dir),
         seeds=sorted(results),
         missing_seeds=missing,
@@ -199,10 +227,20 @@ HOW_TO_READ = """\
   (0 %: no better than random, 100 %: as good as knowing the hidden factors).
 - *test (mean ± std over seeds)*: every seed trains its own LM (and CoLES), the fold models of each seed are
   scored on the fixed test clients, and the seed's score is their mean; the table shows the mean and the
-  sample std of those per-seed scores. Two rows differ meaningfully when their gap is larger than these stds.
+  sample std of those per-seed scores. This std says nothing about the sampling of the few test clients:
+  whether two rows differ is the gap table's verdict, not a comparison of these stds.
 - *fold std*: the spread over the fold models within one seed (averaged over seeds): the noise of the
   downstream classifier alone, with the LM fixed.
-- *val*: the mean out-of-fold score on the non-test clients; a large gap to test hints at overfitting.
+- *val (out-of-fold)*: the metric on the out-of-fold predictions of all cross-validated (non-test) clients,
+  each predicted by the fold model that did not train on it; mean ± std over seeds. A large gap to test hints
+  at overfitting (or at the small test split's sampling error: see the gap table).
+- Gap table: `a − b` is the headline metric of `a` minus that of `b`, averaged over the seeds, on the fixed test
+  clients (the mean of the fold models' probabilities) and on val (out-of-fold). The interval is a paired
+  bootstrap over clients (report.bootstrap.n resamples): each resample draws the clients with replacement, the
+  same draw for both sets and every seed, and takes the seed-averaged gap; 2.5 / 97.5 percentiles. *better* /
+  *worse*: the whole interval is above / below 0; *not distinguishable*: 0 is inside. The interval covers the
+  sampling of clients and the seeds run, not the sampling of new seeds. A gap read off the table's means may
+  differ slightly: those average the fold models' scores, the gap table scores their averaged probabilities.
 - Loss plots: training loss (left) and eval loss on the held-out pretraining clients (right), one line per
   seed. Eval loss should fall and flatten; seeds should agree. The CoLES plot: its mean contrastive training
   loss per epoch, one line per seed; a curve still falling steeply at the end means CoLES is undertrained.
@@ -213,8 +251,22 @@ HOW_TO_READ = """\
 """
 
 
+def gap_section(summary: dict[str, Any]) -> list[str]:
+    boot = summary["bootstrap"]
+    lines = [f"### Gaps ({100 * boot['level']:.0f} % paired bootstrap over clients, {boot['n']} resamples, seeds "
+             f"pooled: {', '.join(map(str, summary['gap_seeds'])) or 'none'})", ""]
+    if summary["seeds_without_predictions"]:
+        lines += [f"Seeds without {PREDICTIONS} (validated before it existed; rerun validate): "
+                  f"{', '.join(map(str, summary['seeds_without_predictions']))}.", ""]
+    if not summary["gaps"]:
+        return lines + ["No gap to state: no seed has predictions of both sides of a gap.", ""]
+    for metric in summary["metrics"]:
+        lines += gap_table(summary["gaps"], metric) + [""]
+    return lines
+
+
 def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: str) -> None:
-    from llm4trx.evaluation.plots import plot_coles_losses, plot_learning_curves, plot_losses, plot_metrics
+    from llm4trx.evaluation.plots import plot_coles_losses, plot_gaps, plot_learning_curves, plot_losses, plot_metrics
 
     lines = [f"# Report: experiment `{experiment}`", ""]
     for label, summary in summaries.items():
@@ -226,6 +278,10 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
         lines += [""] + summary_table(summary) + [""]
         lines += [f"![metrics](metrics_{label}.png)", ""]
         plot_metrics(summary, out / f"metrics_{label}.png")
+        lines += gap_section(summary)
+        if summary["gaps"]:
+            plot_gaps(summary, out / f"gaps_{label}.png")
+            lines += [f"![gaps](gaps_{label}.png)", ""]
         if any(summary["losses"].values()):
             plot_losses(summary["losses"], summary["dataset"], out / f"loss_{label}.png")
             lines += [f"![loss curves](loss_{label}.png)", ""]

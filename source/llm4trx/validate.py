@@ -2,7 +2,12 @@
 
 Reads data/ (targets, splits, events), embeddings/ (when `llm` is used) and coles/ (when `coles` is used;
 run `python -m llm4trx.coles` first; scripts/run.sh does) and finetune/ (when a finetune config is chosen: its
-predictions become rows `finetune:<run>`, scored with the same metrics). Writes validation/results.json and validation/results.md.
+predictions become rows `finetune:<run>`, scored with the same metrics). Writes validation/results.json,
+validation/results.md and validation/predictions.parquet (every feature set's out-of-fold val and fold-mean test
+probabilities per client; the report's bootstrap intervals are computed from it).
+With validate.lightgbm_seed=fixed (the default) the seed-independent sets (aggregates, oracle) come from the
+`baselines` stage, built and validated once per dataset: their rows, predictions and (for concatenations) features
+are copied from baselines/; with lightgbm_seed=run they depend on the seed and are validated here.
 A feature set whose stage finished without features (CoLES when too few clients are long enough, see
 llm4trx.coles) is left out, with the concatenations using it; `skipped` in results.json and a line under the
 table in results.md give the reason.
@@ -12,55 +17,31 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from omegaconf import DictConfig
 
+from llm4trx.core import registry
 from llm4trx.core.cli import stage_main
-from llm4trx.core.errors import ConfigError
-from llm4trx.data.embeddings import read_embeddings
-from llm4trx.data.sequences import categorical_columns
-from llm4trx.evaluation.features import aggregate_features, concatenate, oracle_features, parts_of, random_features
-from llm4trx.evaluation.protocol import cross_validate, load_labels
-from llm4trx.evaluation.tables import results_table
+from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.registry import finetune_configured
 from llm4trx.core.stage import read_success, require, run_stage
+from llm4trx.data.embeddings import read_embeddings
+from llm4trx.data.predictions import read_predictions, write_predictions
+from llm4trx.evaluation.features import concatenate, parts_of, random_features
 from llm4trx.evaluation.finetuned import score_predictions
+from llm4trx.evaluation.protocol import load_labels
+from llm4trx.evaluation.tables import results_table
+from llm4trx.evaluation.validation import (SEED_MODES, aggregates, has_oracle, lightgbm_params,  # noqa: F401
+                                           lightgbm_seed_mode, log_entry, oracle, predictions_frame,
+                                           seed_independent_sets, validate_sets, validation_jobs)
 
 log = logging.getLogger(__name__)
 
 BASE_SETS = ("llm", "aggregates", "coles", "random", "oracle")
-SEED_MODES = ("fixed", "run")
-
-
-def lightgbm_seed_mode(cfg: DictConfig) -> str:
-    mode = cfg.validate.get("lightgbm_seed", "fixed")
-    if mode not in SEED_MODES:
-        raise ConfigError(f"validate.lightgbm_seed={mode!r} unknown; choose from {SEED_MODES} "
-                          "(fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed)")
-    return mode
-
-
-def lightgbm_params(cfg: DictConfig) -> dict:
-    v = cfg.validate
-    task = cfg.dataset.task
-    if task not in v.lightgbm:
-        raise ConfigError(f"validate.lightgbm has no parameters for dataset.task={task!r}")
-    params = {**OmegaConf.to_container(v.lightgbm[task], resolve=True),
-              **OmegaConf.to_container(v.lightgbm.get("common", {}), resolve=True)}
-    if lightgbm_seed_mode(cfg) == "run":
-        params["random_state"] = int(cfg.seed)
-    if task == "multiclass":
-        params["num_class"] = int(cfg.dataset.n_classes)
-    return params
-
-
-def has_oracle(cfg: DictConfig) -> bool:
-    """The `oracle` feature set exists for generated data only (the generator's hidden factors)."""
-    return cfg.dataset.get("generator") == "synthetic"
+RESULTS, TABLE, PREDICTIONS = "results.json", "results.md", "predictions.parquet"
+BASELINE_FEATURES = "{name}.parquet"  # in baselines/: the features of each seed-independent set
 
 
 def check_config(cfg: DictConfig) -> set[str]:
@@ -98,12 +79,16 @@ def skipped_sets(cfg: DictConfig, needed: set[str]) -> dict[str, str]:
     return skipped
 
 
-def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path,
-                       skipped: dict[str, str] | None = None) -> tuple[dict, dict]:
-    """{name: frame indexed by client id} and {name: source path for error messages}."""
+def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path, skipped: dict[str, str] | None = None,
+                       prebuilt: dict[str, tuple[pd.DataFrame, Path]] | None = None) -> tuple[dict, dict]:
+    """{name: frame indexed by client id} and {name: source path for error messages}. `prebuilt`: {name:
+    (features, source)} of sets built elsewhere (the baselines stage)."""
     sets, sources = {}, {}
     skipped = skipped or {}
-    needed = needed - set(skipped)
+    for name, (features, source) in (prebuilt or {}).items():
+        if name in needed:
+            sets[name], sources[name] = features, source
+    needed = needed - set(skipped) - set(sets)
     id_column = cfg.dataset.id_column
     if "llm" in needed:
         path = require(cfg, "embed") / "embeddings.parquet"
@@ -113,20 +98,14 @@ def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path,
         sets["coles"], sources["coles"] = read_embeddings(path, id_column, "coles"), path
     splits = pd.read_parquet(data / "splits.parquet")
     if "aggregates" in needed:
-        events = pd.read_parquet(data / "events.parquet")
-        pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]
-        sets["aggregates"] = aggregate_features(events, categorical_columns(cfg.validate.aggregates.categorical, cfg.dataset.categorical),
-                                                list(cfg.validate.aggregates.numeric), pretrain_ids)
+        sets["aggregates"] = aggregates(cfg, pd.read_parquet(data / "events.parquet"), splits)
         sources["aggregates"] = data / "events.parquet"
     if "random" in needed:
         dim = cfg.validate.random_dim or sets["llm"].shape[1]
         sets["random"] = random_features(splits["client_id"], int(dim), int(cfg.seed))
         sources["random"] = "random features"
     if "oracle" in needed:
-        from llm4trx.data.synthetic import ensure_raw
-
-        ensure_raw(cfg.dataset)  # adds the factors file to raw files generated before it existed
-        sets["oracle"] = oracle_features(cfg.dataset.raw_dir, cfg.dataset.id_column)
+        sets["oracle"] = oracle(cfg)
         sources["oracle"] = f"{cfg.dataset.raw_dir} (hidden factors)"
     for name in cfg.validate.concatenations or []:
         if name in skipped:
@@ -138,13 +117,23 @@ def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path,
     return {n: sets[n] for n in order}, sources
 
 
-def validation_jobs(cfg: DictConfig) -> int:
-    """validate.n_jobs, or (null) the threads this process was given: OMP_NUM_THREADS, else 2. Seeds run side
-    by side each get a share of the cores; more LightGBM threads than that oversubscribe them (5x slower seen)."""
-    if cfg.validate.get("n_jobs") is not None:
-        return int(cfg.validate.n_jobs)
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    return int(threads) if threads.isdigit() and int(threads) > 0 else 2
+def read_baselines(cfg: DictConfig, needed: set[str]) -> tuple[dict, dict, pd.DataFrame]:
+    """From baselines/: {name: (features, source)}, {name: results entry} and the prediction rows of the
+    seed-independent sets this run needs."""
+    folder = require(cfg, "baselines")
+    results_path = folder / RESULTS
+    results = json.loads(results_path.read_text())
+    names = [n for n in seed_independent_sets(cfg) if n in needed]
+    features, entries = {}, {}
+    for name in names:
+        if name not in results["feature_sets"]:
+            raise DataError(results_path, f"no feature set {name!r}; rebuild with "
+                            "python -m llm4trx.baselines force=true")
+        path = folder / BASELINE_FEATURES.format(name=name)
+        features[name] = (read_embeddings(path, cfg.dataset.id_column, name), path)
+        entries[name] = results["feature_sets"][name]
+    predictions = read_predictions(folder / PREDICTIONS)
+    return features, entries, predictions[predictions["feature_set"].isin(names)]
 
 
 def run(cfg: DictConfig) -> Path:
@@ -154,37 +143,44 @@ def run(cfg: DictConfig) -> Path:
         data = require(cfg, "prepare")
         labels = load_labels(data, int(cfg.splits.n_folds))
         skipped = skipped_sets(cfg, needed)
-        sets, sources = build_feature_sets(cfg, needed, data, skipped)
+        prebuilt, reused, reused_rows = {}, {}, None
+        if registry.shared_baselines(cfg):
+            prebuilt, reused, reused_rows = read_baselines(cfg, needed)
+        sets, sources = build_feature_sets(cfg, needed, data, skipped, prebuilt)
         metrics = list(cfg.dataset.metrics)
         params = lightgbm_params(cfg)
         n_folds = len(set(labels.folds))
         results = {"dataset": cfg.dataset.name, "task": cfg.dataset.task, "metrics": metrics, "seed": int(cfg.seed),
                    "lightgbm_seed": {"mode": lightgbm_seed_mode(cfg), "random_state": params.get("random_state")},
                    "n_folds": n_folds, "n_train": len(labels.train_ids), "n_test": len(labels.test_ids),
-                   "feature_sets": {}, "skipped": skipped}
-        with tqdm(total=len(sets) * n_folds, desc="validate", unit="fold", disable=not cfg.progress) as bar:
-            for name, features in sets.items():
-                bar.set_postfix_str(name)
-                entry = cross_validate(name, features, labels, metrics, params, validation_jobs(cfg),
-                                       sources[name], on_fold=bar.update)
-                results["feature_sets"][name] = {"n_features": int(features.shape[1]), **entry}
-                head = entry[metrics[0]]
-                log.info("%s: %s val %.4f ± %.4f, test %.4f ± %.4f", name, metrics[0], head["val_mean"],
-                         head["val_std"], head["test_mean"], head["test_std"])
+                   "feature_sets": {}, "skipped": skipped, "from_baselines": [n for n in sets if n in reused]}
+        entries, frames = validate_sets(cfg, {n: f for n, f in sets.items() if n not in reused}, sources, labels)
+        for name in reused:
+            if name in sets:
+                log_entry(f"{name} (from baselines/)", reused[name], metrics[0])
+                frames[name] = reused_rows[reused_rows["feature_set"] == name]
+        # An applied model's row is llm:<name> (embed.model; see data/model_record.row_name), in concatenations too.
+        llm = (read_success(require(cfg, "embed")) or {}).get("counts", {}).get("row_name", "llm") \
+            if "llm" in needed else "llm"
+        rows = {name: "+".join(llm if part == "llm" else part for part in name.split("+")) for name in sets}
+        results["feature_sets"] = {rows[name]: entries.get(name) or reused[name] for name in sets}
+        frames = {rows.get(name, name): frame.assign(feature_set=rows.get(name, name))
+                  for name, frame in frames.items()}
         if finetune_configured(cfg):  # rows finetune:<run>: fine-tuned models' predictions, the same metrics
             predictions = require(cfg, "finetune") / "predictions.parquet"
             for run in cfg.finetune.runs:
-                entry = score_predictions(predictions, str(run), labels, metrics, int(cfg.dataset.n_classes))
+                entry, scored = score_predictions(predictions, str(run), labels, metrics, int(cfg.dataset.n_classes))
                 results["feature_sets"][f"finetune:{run}"] = {"n_features": int(cfg.dataset.n_classes), **entry}
-                head = entry[metrics[0]]
-                log.info("finetune:%s: %s val %.4f ± %.4f, test %.4f ± %.4f", run, metrics[0], head["val_mean"],
-                         head["val_std"], head["test_mean"], head["test_std"])
-        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                frames[f"finetune:{run}"] = predictions_frame(f"finetune:{run}", labels, scored)
+                log_entry(f"finetune:{run}", entry, metrics[0])
+        (tmp / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         table = results_table(results)
         if skipped:
             table += "\n" + "".join(f"Skipped: {name}: {reason}.\n" for name, reason in skipped.items())
-        (tmp / "results.md").write_text(table)
-        return {"feature_sets": list(sets), "skipped": list(skipped), "n_train": results["n_train"],
+        (tmp / TABLE).write_text(table)
+        write_predictions([frames[name] for name in results["feature_sets"]], tmp / PREDICTIONS)
+        return {"feature_sets": list(results["feature_sets"]), "skipped": list(skipped),
+                "from_baselines": results["from_baselines"], "n_train": results["n_train"],
                 "n_test": results["n_test"]}
 
     return run_stage(cfg, "validate", build)

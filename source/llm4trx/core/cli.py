@@ -9,7 +9,7 @@ What a stage prints on the console (everything else goes to the stage's log file
 - an interruption (SIGINT, SIGTERM) as one line, exit status 128 + signal number, after the stage's temporary
   folder is removed (`atomic_dir`'s cleanup runs: the signal is raised as an exception).
 
-The overrides are validated before Hydra starts (`llm4trx.check.compose_checked`), so a single stage and
+The overrides are validated before Hydra starts (`llm4trx.core.check.compose_checked`), so a single stage and
 scripts/run.sh report a bad argument with the same line. Arguments starting with `-` (`-m`, `--cfg job`,
 `--help`) go to Hydra unchanged. Library output (Composer, Lightning, PyTorch, transformers, warnings, C-level
 writes to stdout/stderr) is sent to the log file by pointing file descriptors 1 and 2 at it.
@@ -67,12 +67,13 @@ def install_signal_handlers() -> None:
         signal.signal(signum, _raise_interrupted)
 
 
-def user_message(err: BaseException) -> str | None:
-    """The one line for a condition the user can fix, or None for an unexpected error."""
+def user_message(err: BaseException, folder: Path | None = None) -> str | None:
+    """The one line for a condition the user can fix, or None for an unexpected error. `folder`: the stage's
+    output folder, named when the error carries no file name (pyarrow's write errors, for one)."""
     if isinstance(err, Llm4trxError):
         return str(err)
     if isinstance(err, OSError) and err.errno in USER_OS_ERRORS:
-        where = err.filename if err.filename is not None else ""
+        where = err.filename if err.filename is not None else (f"writing {folder}" if folder is not None else "")
         if getattr(err, "filename2", None):
             where = f"{where} -> {err.filename2}"
         return f"{where}: {err.strerror or os.strerror(err.errno)}: {USER_OS_ERRORS[err.errno]}".lstrip(": ")
@@ -177,6 +178,15 @@ def _log_file() -> Path | None:
         return None
 
 
+def _output_folder(cfg: DictConfig, stage: str) -> Path | None:
+    try:
+        from llm4trx.core.stage import stage_dir
+
+        return stage_dir(cfg, stage)
+    except Exception:  # an unknown stage name or an unresolvable path: the message goes without it
+        return None
+
+
 def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
 
@@ -227,14 +237,15 @@ def summary(stage: str, folder: Path) -> str:
         return ", ".join(parts)
     if stage == "embed":
         rate = f", {_fmt(c['tokens'] / c['embed_seconds'])} tokens/s" if c.get("embed_seconds") else ""
-        return f"{c['clients']:,} clients x {c['dim']}{rate}"
+        reused = f" ({c['recomputed']:,} recomputed, {c['reused']:,} reused)" if c.get("reused") else ""
+        return f"{c['clients']:,} clients x {c['dim']}{reused}{rate}"
     if stage == "coles":
         if c.get("skipped"):
             return f"skipped: {c['skipped']}"
         loss = f", last epoch's loss {c['final_loss']:.4f}" if c.get("final_loss") is not None else ""
         return (f"trained on {c['train_clients']:,} clients ({c.get('too_short', 0):,} shorter than "
                 f"min_seq_len left out){loss}, embedded {c['clients']:,}")
-    if stage == "validate":
+    if stage in ("validate", "baselines"):  # the same results.json shape
         results = json.loads((folder / "results.json").read_text())
         metric = results["metrics"][0]
         scores = ", ".join(f"{name} {entry[metric]['test_mean']:.4f}" for name, entry in results["feature_sets"].items())
@@ -259,7 +270,7 @@ def check_arguments(args: list[str]) -> None:
     ConfigError (or a user OSError) with the same one line. Arguments with flags go to Hydra unchanged."""
     if any(arg.startswith("-") for arg in args):
         return
-    from llm4trx.check import compose_checked
+    from llm4trx.core.check import compose_checked
 
     cfg = compose_checked([a for a in args if not a.startswith("hydra.")], check_launcher_overrides=False)
     root = Path(cfg.paths.experiment_dir)
@@ -299,7 +310,7 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
                           f"removed, finished stages kept: rerun the same command to continue")
             sys.exit(128 + err.signum)
         except Exception as err:
-            message = user_message(err)
+            message = user_message(err, _output_folder(cfg, stage))
             if message is not None:
                 log.error("%s", message, exc_info=not isinstance(err, Llm4trxError), extra={"file_only": True})
                 console.error(f"error: {message}")

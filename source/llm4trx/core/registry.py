@@ -5,7 +5,7 @@ that folder lives (`shared` by every seed of an experiment, per `seed`, or per `
 outputs it reads, and the config sections its hash covers. A hash covers each listed section *whole*, minus
 the few operational keys named in `operational` (threads, workers, micro-batches, trackers, console): a new
 key that changes results can therefore never reuse stale outputs. `stage_dir`, the pipeline scripts
-(`llm4trx.check`), the report and the tests all read this table.
+(`llm4trx.core.check`), the report and the tests all read this table.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class Stage:
     summary: str = ""
     # How "finished" is judged when the stage writes no _SUCCESS.json (RAW scope): a cheap predicate.
     done: Callable[[DictConfig], bool] | None = None
+    # Identities of inputs outside the run directory (a model dir given by path), hashed with the sections.
+    external: Callable[[DictConfig], dict] = field(default=lambda cfg: {})
 
 
 # ------------------------------------------------------------------------------------------ conditions
@@ -81,6 +83,29 @@ def finetune_from_export(cfg: DictConfig) -> bool:
     return finetune_configured(cfg) and not cfg.finetune.get("model")
 
 
+def applies_model(cfg: DictConfig) -> bool:
+    """embed.model is set: embed applies that model (another run's hf/, a local HF checkpoint), not this run's."""
+    return bool(cfg.embed.get("model"))
+
+
+def own_model(cfg: DictConfig) -> bool:
+    """This run trains and exports its own LM: embed uses it, or fine-tuning starts from it."""
+    return not applies_model(cfg) or finetune_from_export(cfg)
+
+
+def applied_model_identity(cfg: DictConfig) -> dict:
+    """The applied model's identity (its export's hash, else its files' sizes and times): a model retrained in
+    place under the same path rebuilds embed."""
+    if not applies_model(cfg):
+        return {}
+    from pathlib import Path
+
+    from llm4trx.data.model_record import fingerprint
+
+    model = Path(str(cfg.embed.model))
+    return {"model": fingerprint(model) if model.is_dir() else "missing"}
+
+
 def domain_tokenizer(cfg: DictConfig) -> bool:
     return cfg.tokenizer.kind in ("domain_bpe", "fields")
 
@@ -92,6 +117,14 @@ def feature_sets_used(cfg: DictConfig) -> set[str]:
     for name in v.get("concatenations") or []:
         used.update(name.split("+"))
     return used
+
+
+def shared_baselines(cfg: DictConfig) -> bool:
+    """The seed-independent feature sets (aggregates; oracle on generated data) are built and validated once per
+    dataset by the `baselines` stage: LightGBM's seed is fixed (validate.lightgbm_seed=fixed) and one is used."""
+    used = feature_sets_used(cfg)
+    oracle = "oracle" in used and cfg.dataset.get("generator") == "synthetic"
+    return cfg.validate.get("lightgbm_seed", "fixed") == "fixed" and ("aggregates" in used or oracle)
 
 
 def validates(name: str) -> Callable[[DictConfig], bool]:
@@ -121,23 +154,34 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           operational=("text.chunk_events",),
           extra_sections=lambda cfg: ["augment.mix"] if mixing(cfg) else [],
           summary="events -> one text per client"),
+    # tokenizer .. export run only for a run that uses its own LM (embed.model unset, or fine-tuning from hf/).
     Stage("tokenizer", "tokenizer", SHARED, inputs=(Input("text", domain_tokenizer),), sections=("tokenizer",),
-          summary="domain BPE trained on train texts, or a local pretrained tokenizer"),
+          when=own_model, summary="domain BPE trained on train texts, or a local pretrained tokenizer"),
     # shards.workers: processes encoding the parts; the parts (shards.samples_per_part) fix the layout.
     Stage("shards", "mds", SHARED, inputs=(Input("text"), Input("tokenizer")), sections=("max_seq_len", "shards"),
-          operational=("shards.workers",),
+          operational=("shards.workers",), when=own_model,
           summary="texts -> pre-tokenized MDS shards"),
+    # aggregates and oracle under the protocol, once for every seed (with validate.lightgbm_seed=run they depend
+    # on the seed and validate builds them itself). Its folder holds their features, results and predictions.
+    Stage("baselines", "baselines", SHARED, inputs=(Input("prepare"),),
+          sections=("validate.aggregates", "validate.lightgbm", "validate.lightgbm_seed", "splits.n_folds",
+                    "dataset.task", "dataset.n_classes", "dataset.metrics", "dataset.id_column",
+                    "dataset.categorical"),
+          when=shared_baselines, summary="the seed-independent feature sets (aggregates, oracle), validated once"),
     Stage("pretrain", "checkpoints", SEED, inputs=(Input("tokenizer"), Input("shards")),
           sections=("model", "max_seq_len", "seed", "trainer"),
           operational=("trainer.device_train_microbatch_size", "trainer.device_eval_batch_size",
                        "trainer.num_workers", "trainer.cpu_threads", "trainer.console_log_interval",
                        "trainer.dist_timeout", "trainer.loggers", "trainer.logger_settings",
                        "trainer.save_num_checkpoints_to_keep"),
-          summary="next-token pretraining (llm-foundry + Composer)"),
+          when=own_model, summary="next-token pretraining (llm-foundry + Composer)"),
     Stage("export", "hf", SEED, inputs=(Input("pretrain"),), sections=("export",),
-          operational=("export.verify_batch_size",), summary="Composer checkpoint -> HF directory"),
-    Stage("embed", "embeddings", SEED, inputs=(Input("text"), Input("export")),
-          sections=("embed", "dataset.id_column"), summary="one pooled vector per client"),
+          operational=("export.verify_batch_size",), when=own_model, summary="Composer checkpoint -> HF directory"),
+    # embed.model=DIR applies another model (no export input); embed.incremental only decides whether rows of
+    # the previous embeddings are reused (they are equal to recomputed ones up to float summation order).
+    Stage("embed", "embeddings", SEED, inputs=(Input("text"), Input("export", lambda cfg: not applies_model(cfg))),
+          sections=("embed", "dataset.id_column"), operational=("embed.incremental",),
+          external=applied_model_identity, summary="one pooled vector per client"),
     Stage("finetune", "finetune", SEED,
           inputs=(Input("prepare"), Input("text"), Input("export", finetune_from_export)),
           sections=("finetune", "seed", "max_seq_len", "splits.n_folds", "dataset.n_classes", "dataset.metrics"),
@@ -145,12 +189,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                        "finetune.training.num_workers", "finetune.training.gradient_checkpointing"),
           when=finetune_configured, summary="supervised fine-tuning on the target, per fold (optional)"),
     Stage("coles", "coles", SEED, inputs=(Input("prepare"),),
-          sections=("coles", "seed", "dataset.id_column", "dataset.categorical"),
+          sections=("coles", "seed", "dataset.id_column", "dataset.categorical", "dataset.time_origin"),
           operational=("coles.num_workers", "coles.inference_batch_size"),
           when=validates("coles"), summary="the CoLES baseline (ptls)"),
     Stage("validate", "validation", SEED,
-          inputs=(Input("prepare"), Input("embed", validates("llm")), Input("coles", validates("coles")),
-                  Input("finetune", finetune_configured)),
+          inputs=(Input("prepare"), Input("baselines", shared_baselines), Input("embed", validates("llm")),
+                  Input("coles", validates("coles")), Input("finetune", finetune_configured)),
           sections=("validate", "seed", "splits.n_folds", "dataset.task", "dataset.n_classes",
                     "dataset.metrics", "dataset.id_column", "dataset.categorical"),
           operational=("validate.n_jobs",), summary="feature sets under the ptls protocol"),

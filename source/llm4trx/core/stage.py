@@ -110,6 +110,9 @@ def hash_payload(cfg: DictConfig, stage: str) -> dict[str, Any]:
 def stage_hash(cfg: DictConfig, stage: str) -> str:
     """Hash of the stage's config sections and of its finished input stages' hashes."""
     payload = hash_payload(cfg, stage)
+    external = registry.get(stage).external(cfg)
+    if external:
+        payload["external"] = external
     for name in registry.inputs_of(cfg, stage):
         payload[f"input:{name}"] = read_success(require(cfg, name))["config_hash"]
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,28 @@ def read_embeddings(path: Path, id_column: str, prefix: str) -> pd.DataFrame:
     values.columns = [f"{prefix}_{c}" for c in values.columns]
     values.index = pd.Index(ids.astype(str).to_numpy(), name="client_id")
     return values.astype(np.float32)
+
+
+# embeddings/text_hashes.parquet, beside embeddings.parquet: the digest of the text each client's vector was
+# computed from, so that a later embed recomputes only the clients whose texts changed (llm4trx.embed).
+TEXT_HASHES = "text_hashes.parquet"
+
+
+def text_digests(texts) -> list[str]:
+    return [hashlib.sha256(t.encode("utf-8")).hexdigest()[:24] for t in texts]
+
+
+def write_text_hashes(folder: Path, client_ids, digests: list[str]) -> None:
+    frame = pd.DataFrame({"client_id": pd.array(client_ids, dtype="string"), "text_sha256": digests})
+    frame.to_parquet(Path(folder) / TEXT_HASHES, index=False)
+
+
+def read_text_hashes(folder: Path) -> dict[str, str]:
+    """{client_id: digest} of a finished embed folder; {} where there is none (embeddings from before it)."""
+    path = Path(folder) / TEXT_HASHES
+    if not path.is_file():
+        return {}
+    frame = pd.read_parquet(path)
+    if list(frame.columns) != ["client_id", "text_sha256"]:
+        raise DataError(path, f"columns {list(frame.columns)}, expected ['client_id', 'text_sha256']")
+    return dict(zip(frame["client_id"].astype(str), frame["text_sha256"].astype(str)))

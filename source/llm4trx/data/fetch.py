@@ -1,28 +1,37 @@
 """Fetching a real dataset's public files into `dataset.raw_dir` (used by the `download` stage).
 
-What `dataset.download` in conf/dataset/<name>.yaml describes, per file: where it lives (`base_url` + `url`),
-what it is (`size` in bytes and `sha256` of the object as served, null where no public source states them),
-and the file name the loader expects in raw_dir (`file`). `.gz` objects are decompressed; `.zip` and
-`.tar[.gz]`/`.tgz` objects need `member` (the path inside the archive).
+All three public sources are Hugging Face dataset repos, so the transfer is huggingface_hub's `hf_hub_download`
+(resume from its `.incomplete` file, atomic move, HF_ENDPOINT mirrors, HF_HUB_OFFLINE, tokens from the
+environment). What is ours: the checks, the unpacking and the manifest.
+
+What `dataset.download` in conf/dataset/<name>.yaml describes: the dataset repo (`repo`), the `revision` (a
+commit id pins it; a branch name is followed and the commit it resolved to is recorded), the hub (`endpoint`:
+null means $HF_ENDPOINT or https://huggingface.co), and per file its path in the repo (`path`), what it is
+(`size` in bytes and `sha256` of the object as served, null where no public source states them) and the file
+name the loader expects in raw_dir (`file`). `.gz` objects are decompressed; `.zip` and `.tar[.gz]`/`.tgz`
+objects need `member` (the path inside the archive).
 
 How a file gets into raw_dir, so that a file there is always complete:
 
 1. present already (downloaded before, or placed by hand): skipped;
-2. fetched to `raw_dir/.download/<object>.part`, resuming after an interruption with an HTTP Range request
-   (a server that ignores Range sends everything again; the part is restarted), with urllib3's `Retry`
-   for transient failures (connection errors, 429/5xx, with backoff);
-3. checked: size and sha256 against the config (a mismatch deletes the part: the next run starts over), and
-   that it is what the name says (gzip/zip/tar magic bytes: an HTML page served with status 200 is caught);
-4. unpacked into a hidden temporary file in raw_dir and renamed to its final name (atomic on one filesystem);
-   the archive is then removed unless `keep_archives`;
-5. recorded in `raw_dir/_DOWNLOAD.json`: url, size and sha256 of the object and of the unpacked file
-   (for objects without a published checksum, this is the checksum recorded at the first download; put it
-   into the dataset config to pin it).
+2. asked for its metadata (one HEAD: size, commit, ETag), checked against the config and the free disk space;
+3. fetched by `hf_hub_download(repo_type="dataset", local_dir=raw_dir/.download)`, which resumes an interrupted
+   transfer from its `.incomplete` file with an HTTP Range request; transient failures (connection errors,
+   429/5xx, a cut transfer) are retried `retries` times with exponential backoff, each retry resuming;
+4. checked: size and sha256 (the config's; else the hub's own LFS sha256, which is the ETag of an LFS file;
+   else unchecked, said in the log) and that it is what the name says (gzip/zip magic bytes); a mismatch
+   deletes the object, the next run starts over;
+5. unpacked into a hidden temporary file in raw_dir and renamed to its final name (atomic on one filesystem);
+   `.download` is then removed unless `keep_archives`;
+6. recorded in `raw_dir/_DOWNLOAD.json`: repo, commit, size and sha256 of the object and of the unpacked file
+   (for objects without a published checksum, the one recorded at the first download; put it into the
+   dataset config to pin it).
 
 Bad input, one line each (DownloadError, exit 2 from the stage), nothing half-written under a loader's name:
-HTTP errors (404: check base_url), an HTML page instead of the file, an interrupted transfer (the part stays,
-the rerun resumes), a size or checksum mismatch, no room on the disk (checked before the transfer and
-caught as ENOSPC during it), no network (connection refused / name resolution).
+no network, offline mode, a repo / revision / file the hub does not have, another HTTP error, an endpoint that
+does not answer as a hub, an interrupted transfer (the part stays, the rerun resumes), a size or checksum
+mismatch, an HTML page instead of the file, no room on the disk (checked before the transfer and before
+unpacking, and ENOSPC during either).
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import time
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +59,12 @@ from llm4trx.core.errors import Llm4trxError
 log = logging.getLogger(__name__)
 
 MANIFEST = "_DOWNLOAD.json"
-PART_DIR = ".download"
+PART_DIR = ".download"  # hf_hub_download's local_dir: objects, and its .cache/huggingface/ (metadata, .incomplete)
 CHUNK = 1 << 20
 MAGIC = {"gzip": b"\x1f\x8b", "zip": b"PK\x03\x04"}
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
 class DownloadError(Llm4trxError):
@@ -60,14 +74,34 @@ class DownloadError(Llm4trxError):
         super().__init__(f"download {name}: {message}")
 
 
+class _Transient(Exception):
+    """A failure worth retrying (the rerun resumes); carries the one-line DownloadError to raise at the end."""
+
+    def __init__(self, error: DownloadError):
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True)
 class Remote:
-    url: str  # full URL
-    object_name: str  # name of the object as served (train.csv.gz)
+    repo: str  # dataset repo id (dllllb/rosbank-churn)
+    revision: str  # commit id (pinned) or branch
+    endpoint: str  # the hub's base URL
+    path: str  # path of the object in the repo (train.csv.gz)
     file: str  # name in raw_dir (train.csv)
     size: int | None
     sha256: str | None
     member: str | None  # path inside a zip/tar archive
+
+    @property
+    def object_name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def url(self) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo, self.path, repo_type="dataset", revision=self.revision, endpoint=self.endpoint)
 
     @property
     def kind(self) -> str:
@@ -81,24 +115,18 @@ class Remote:
         return "plain"
 
 
+def endpoint_of(spec: DictConfig) -> str:
+    # Read at call time (huggingface_hub reads HF_ENDPOINT once, at import).
+    return str(spec.get("endpoint") or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
 def remotes(ds: DictConfig) -> list[Remote]:
     spec = ds.get("download")
     if not spec:
         return []
-    base = str(spec.base_url).rstrip("/")
-    out = []
-    for item in spec.files:
-        url = str(item.url)
-        full = url if "://" in url else f"{base}/{url}"
-        name = url.rsplit("/", 1)[-1].split("?", 1)[0]
-        out.append(Remote(full, name, str(item.file), item.get("size"), item.get("sha256"), item.get("member")))
-    return out
-
-
-def files_present(ds: DictConfig) -> bool:
-    """Whether every file the download would produce is in raw_dir (cheap: names only)."""
-    raw = Path(ds.raw_dir)
-    return all((raw / r.file).is_file() for r in remotes(ds))
+    endpoint, repo, revision = endpoint_of(spec), str(spec.repo), str(spec.get("revision") or "main")
+    return [Remote(repo, revision, endpoint, str(item.path), str(item.file), item.get("size"), item.get("sha256"),
+                   item.get("member")) for item in spec.files]
 
 
 def human(n: int | float) -> str:
@@ -111,22 +139,6 @@ def human(n: int | float) -> str:
 
 def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
-
-
-def session(retries: int, backoff: float):
-    import requests
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
-
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET", "HEAD"}),
-                  raise_on_status=False, respect_retry_after_header=True)
-    s = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry)
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    s.headers["User-Agent"] = "llm4trx-download"
-    return s
 
 
 def ensure(ds: DictConfig) -> dict[str, Any]:
@@ -148,28 +160,42 @@ def ensure(ds: DictConfig) -> dict[str, Any]:
             counts["present"] += 1
     if not todo:
         return counts
-    s = session(int(spec.get("retries", 5)), float(spec.get("backoff", 1.0)))
+    retries, backoff = int(spec.get("retries", 5)), float(spec.get("backoff", 1.0))
     timeout = float(spec.get("timeout", 60))
     for r in todo:
         started = time.time()
-        archive = fetch(s, r, raw / PART_DIR, timeout)
-        record = unpack(r, archive, raw)
-        if not spec.get("keep_archives", False):
-            archive.unlink()
+        archive, meta = with_retries(partial(fetch, r, raw / PART_DIR, timeout), retries, backoff)
+        record = unpack(r, archive, raw, meta)
         manifest[r.file] = record
         write_manifest(raw, manifest)
         counts["downloaded"] += 1
         counts["bytes"] += record["object_size"]
-        log.info("%s: %s from %s in %.1f s (sha256 %s)", raw / r.file, human(record["object_size"]), r.url,
-                 time.time() - started, record["object_sha256"])
+        log.info("%s: %s from %s@%s in %.1f s (sha256 %s, %s)", raw / r.file, human(record["object_size"]), r.repo,
+                 record["commit"][:12], time.time() - started, record["object_sha256"], record["checked_against"])
         if r.sha256 is None:
             log.warning("%s has no published sha256 in the dataset config; recorded %s (size %d) in %s: put "
                         "`sha256: %s` and `size: %d` into conf/dataset/%s.yaml to pin it", r.object_name,
                         record["object_sha256"], record["object_size"], raw / MANIFEST, record["object_sha256"],
                         record["object_size"], ds.name)
-    if (raw / PART_DIR).is_dir() and not any((raw / PART_DIR).iterdir()):
-        (raw / PART_DIR).rmdir()
+    if not COMMIT.match(todo[0].revision):
+        log.warning("dataset.download.revision %r is a branch, not a commit: the files came from commit %s (recorded "
+                    "in %s); put `revision: %s` into conf/dataset/%s.yaml to pin it", todo[0].revision,
+                    record["commit"], raw / MANIFEST, record["commit"], ds.name)
+    if not spec.get("keep_archives", False):
+        shutil.rmtree(raw / PART_DIR, ignore_errors=True)  # every object is unpacked: nothing left to resume
     return counts
+
+
+def with_retries(call, retries: int, backoff: float):
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except _Transient as err:
+            if attempt == retries:
+                raise err.error from None
+            wait = backoff * 2 ** attempt
+            log.warning("%s; retry %d of %d in %.0f s", err, attempt + 1, retries, wait)
+            time.sleep(wait)
 
 
 def read_manifest(raw: Path) -> dict[str, Any]:
@@ -183,88 +209,106 @@ def write_manifest(raw: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, raw / MANIFEST)
 
 
-def fetch(s, r: Remote, parts: Path, timeout: float) -> Path:
-    """The complete, verified object under `parts/` (resumed from `<object>.part` when one exists)."""
-    import requests
-    import urllib3
-
-    parts.mkdir(parents=True, exist_ok=True)
-    final = parts / r.object_name
-    if final.is_file() and verify(r, final, raise_=False):
-        return final  # fetched and verified before, unpacking was interrupted
-    part = parts / (r.object_name + ".part")
-    have = part.stat().st_size if part.is_file() else 0
-    if r.size is not None and have > r.size:
-        part.unlink()
-        have = 0
-    if r.size is not None and have == r.size:
-        return finish(r, part, final)
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    try:
-        resp = s.get(r.url, stream=True, timeout=timeout, headers=headers)
-    except requests.exceptions.ConnectionError as err:
-        raise DownloadError(r.object_name, f"cannot connect to {r.url} ({short(err)}); check the network "
-                            "(or set dataset.download.base_url to a reachable mirror)") from None
-    except requests.exceptions.RequestException as err:
-        raise DownloadError(r.object_name, f"request to {r.url} failed: {short(err)}") from None
-    with resp:
-        if resp.status_code == 416 and have:  # range beyond the end: the part is already the whole file
-            return finish(r, part, final)
-        if resp.status_code >= 400:
-            raise DownloadError(r.object_name, f"HTTP {resp.status_code} {resp.reason} for {r.url}; "
-                                "check dataset.download.base_url and the file name")
-        ctype = resp.headers.get("Content-Type", "").lower()
-        if "text/html" in ctype:  # none of the datasets' files is a web page
-            raise DownloadError(r.object_name, f"{r.url} answered with an HTML page ({ctype}), not the file; "
-                                "check dataset.download.base_url (a login or error page?)")
-        resume = have and resp.status_code == 206
-        if have and not resume:
-            log.info("%s: the server ignored the Range request; downloading from the start", r.object_name)
-            have = 0
-        length = resp.headers.get("Content-Length")
-        expected = r.size if r.size is not None else (int(length) + have if length and length.isdigit() else None)
-        if expected is not None:
-            need = expected - have
-            free = free_bytes(parts)
-            if need > free:
-                raise DownloadError(r.object_name, f"no room on the disk for {raw_name(parts, r)}: needs {human(need)}, "
-                                    f"{human(free)} free; free space or set dataset.raw_dir elsewhere")
-        done = have
-        try:
-            with open(part, "ab" if resume else "wb") as out:
-                # The bytes as served (decode_content=False): a .gz sent with Content-Encoding stays a .gz.
-                for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                    out.write(chunk)
-                    done += len(chunk)
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as err:
-            total = f" of {human(expected)}" if expected else ""
-            raise DownloadError(r.object_name, f"transfer interrupted after {human(done)}{total} ({short(err)}); "
-                                f"the part is kept in {part}: rerun to resume") from None
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                part.unlink(missing_ok=True)
-                raise DownloadError(r.object_name, f"no room left on the disk while writing {part} (after "
-                                    f"{human(done)}); the part was removed: free space and rerun") from None
-            raise
-    if expected is not None and done < expected:
-        raise DownloadError(r.object_name, f"transfer ended after {human(done)} of {human(expected)}; the part is "
-                            f"kept in {part}: rerun to resume")
-    return finish(r, part, final)
-
-
-def raw_name(parts: Path, r: Remote) -> str:
-    return str(parts.parent / r.file)
-
-
-def short(err: Exception) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+def short(err: BaseException) -> str:
+    # requests and huggingface_hub wrap the cause (and a request id) in args: report the innermost message.
+    while err.args and isinstance(err.args[0], BaseException):
+        err = err.args[0]
+    text = next((a for a in err.args if isinstance(a, str)), None) or str(err) or type(err).__name__
+    text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return text if len(text) < 200 else text[:200] + "..."
 
 
-def finish(r: Remote, part: Path, final: Path) -> Path:
-    verify(r, part)
-    os.replace(part, final)
-    return final
+def incomplete_parts(parts: Path) -> list[Path]:
+    return sorted((parts / ".cache" / "huggingface" / "download").glob("*.incomplete"))
+
+
+def http_error(r: Remote, err: Exception) -> DownloadError | _Transient:
+    """One line for an HTTP error of the hub; 429 and 5xx are transient."""
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    resp = getattr(err, "response", None)
+    status = getattr(resp, "status_code", None)
+    reason = getattr(resp, "reason", "") or ""
+    if isinstance(err, EntryNotFoundError):
+        return DownloadError(r.object_name, f"no file {r.path!r} in dataset repo {r.repo} at revision {r.revision} "
+                             f"(HTTP {status} for {r.url}); check dataset.download.files")
+    if isinstance(err, RevisionNotFoundError):
+        return DownloadError(r.object_name, f"no revision {r.revision!r} in dataset repo {r.repo} (HTTP {status} for "
+                             f"{r.url}); check dataset.download.revision")
+    if isinstance(err, RepositoryNotFoundError):
+        return DownloadError(r.object_name, f"no dataset repo {r.repo} on {r.endpoint} (HTTP {status}; a private or "
+                             "gated repo needs HF_TOKEN); check dataset.download.repo and the endpoint")
+    error = DownloadError(r.object_name, f"HTTP {status} {reason} for {r.url}; check dataset.download.endpoint "
+                          "(or HF_ENDPOINT) and the file name")
+    return _Transient(error) if status is not None and (status == 429 or status >= 500) else error
+
+
+def metadata(r: Remote, timeout: float):
+    """The hub's HEAD answer for the object: size, commit, ETag (the LFS sha256 for large files)."""
+    import requests
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        meta = get_hf_file_metadata(r.url, timeout=timeout)
+    except OfflineModeIsEnabled:
+        raise DownloadError(r.object_name, "HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it, or put "
+                            "the files into dataset.raw_dir by hand") from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+        raise _Transient(DownloadError(r.object_name, f"cannot connect to {r.endpoint} ({short(err)}); check the "
+                                       "network (or set HF_ENDPOINT / dataset.download.endpoint to a reachable "
+                                       "mirror)")) from None
+    except HfHubHTTPError as err:
+        raise http_error(r, err) from None
+    if meta.commit_hash is None or meta.etag is None:
+        raise DownloadError(r.object_name, f"{r.url} does not answer as a Hugging Face hub (no X-Repo-Commit or ETag "
+                            "header: a proxy, login or error page?); check dataset.download.endpoint (or HF_ENDPOINT)")
+    if meta.size is None:
+        raise DownloadError(r.object_name, f"{r.url} did not say the file's size; check dataset.download.endpoint")
+    if r.size is not None and meta.size != r.size:
+        raise DownloadError(r.object_name, f"the hub serves {meta.size} bytes at revision {r.revision}, the config "
+                            f"expects {r.size}; check dataset.download.revision (or the size in the dataset config)")
+    return meta
+
+
+def fetch(r: Remote, parts: Path, timeout: float) -> tuple[Path, Any]:
+    """The complete, verified object under `parts/` (resumed from hf_hub_download's .incomplete file)."""
+    import requests
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    meta = metadata(r, timeout)
+    parts.mkdir(parents=True, exist_ok=True)
+    have = sum(p.stat().st_size for p in incomplete_parts(parts))
+    need, free = meta.size - have, free_bytes(parts)
+    if not (parts / r.path).is_file() and need > free:
+        raise DownloadError(r.object_name, f"no room on the disk for {parts.parent / r.file}: needs {human(need)}, "
+                            f"{human(free)} free; free space or set dataset.raw_dir elsewhere")
+    try:
+        path = Path(hf_hub_download(r.repo, r.path, repo_type="dataset", revision=r.revision, endpoint=r.endpoint,
+                                    local_dir=parts, etag_timeout=timeout))
+    except LocalEntryNotFoundError as err:  # its own metadata request failed (the network went away since ours)
+        raise _Transient(DownloadError(r.object_name, f"cannot reach {r.endpoint} ({short(err)}); check the "
+                                       "network and rerun")) from None
+    except HfHubHTTPError as err:
+        raise http_error(r, err) from None
+    except requests.exceptions.RequestException as err:  # cut or timed out mid-transfer: the .incomplete stays
+        kept = incomplete_parts(parts)
+        size = sum(p.stat().st_size for p in kept)
+        where = f"the part ({human(size)} of {human(meta.size)}) is kept in {kept[0]}" if kept else "nothing was kept"
+        raise _Transient(DownloadError(r.object_name, f"transfer interrupted ({short(err)}); {where}: rerun to "
+                                       "resume")) from None
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            for p in incomplete_parts(parts):
+                p.unlink(missing_ok=True)
+            raise DownloadError(r.object_name, "no room left on the disk while downloading into "
+                                f"{parts}; the part was removed: free space and rerun") from None
+        if "Consistency check failed" in str(err):  # the body ended short of the announced size
+            raise _Transient(DownloadError(r.object_name, f"transfer ended short ({short(err)}); rerun to resume"))
+        raise
+    verify(r, path, meta, parts)
+    return path, meta
 
 
 def sha256_of(path: Path) -> str:
@@ -275,30 +319,48 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify(r: Remote, path: Path, raise_: bool = True) -> bool:
-    """Size, sha256 and magic bytes of a complete object; on failure the file is removed."""
+def expected_sha256(r: Remote, meta) -> tuple[str | None, str]:
+    """The sha256 to check and where it comes from: the config, else the hub's LFS oid (an LFS file's ETag)."""
+    if r.sha256 is not None:
+        return r.sha256.lower(), "dataset config"
+    etag = (meta.etag or "").lower()
+    if SHA256.match(etag):
+        return etag, "the hub's LFS sha256"
+    return None, "unchecked"
+
+
+def forget(r: Remote, parts: Path) -> None:
+    """Remove a bad object and hf_hub_download's record of it, so that the next run fetches it again."""
+    (parts / r.path).unlink(missing_ok=True)
+    (parts / ".cache" / "huggingface" / "download" / f"{r.path}.metadata").unlink(missing_ok=True)
+
+
+def verify(r: Remote, path: Path, meta, parts: Path) -> None:
+    """Size, magic bytes and sha256 of a complete object; on failure the object is removed."""
     size = path.stat().st_size
     problem = None
     with open(path, "rb") as f:
         head = f.read(512)
+    want, source = expected_sha256(r, meta)
     if r.size is not None and size != r.size:
         problem = f"size {size} bytes, expected {r.size}"
     elif r.kind in MAGIC and not head.startswith(MAGIC[r.kind]):
         looks = "an HTML page" if head.lstrip().lower().startswith((b"<!doctype html", b"<html")) else "something else"
-        problem = f"not a {r.kind} file (it is {looks}); check dataset.download.base_url"
-    elif r.sha256 is not None:
+        problem = f"not a {r.kind} file (it is {looks}); check dataset.download.endpoint"
+    elif want is not None:
         got = sha256_of(path)
-        if got != r.sha256.lower():
-            problem = f"sha256 {got}, expected {r.sha256} (corrupted transfer or a changed upstream file)"
+        if got != want:
+            problem = f"sha256 {got}, expected {want} ({source}; a corrupted transfer or a changed upstream file)"
     if problem is None:
-        return True
-    path.unlink(missing_ok=True)
-    if raise_:
-        raise DownloadError(r.object_name, f"{problem}; the file was removed, rerun to download it again")
-    return False
+        if want is None:
+            log.warning("%s: sha256 unchecked (no sha256 in the dataset config and the hub gave none); only its "
+                        "size and its gzip CRC are checked", r.object_name)
+        return
+    forget(r, parts)
+    raise DownloadError(r.object_name, f"{problem}; the file was removed, rerun to download it again")
 
 
-def unpack(r: Remote, archive: Path, raw: Path) -> dict[str, Any]:
+def unpack(r: Remote, archive: Path, raw: Path, meta) -> dict[str, Any]:
     """Write the object's content to raw/<file> atomically; returns the manifest record."""
     target = raw / r.file
     tmp = raw / f".{r.file}.tmp-{os.getpid()}"
@@ -325,16 +387,17 @@ def unpack(r: Remote, archive: Path, raw: Path) -> dict[str, Any]:
                                 "and rerun (the downloaded archive is kept)") from None
         if not isinstance(err, gzip.BadGzipFile):
             raise
-        archive.unlink(missing_ok=True)
+        forget(r, raw / PART_DIR)
         raise DownloadError(r.object_name, f"corrupt archive ({short(err)}); it was removed, rerun") from None
     except (EOFError, zipfile.BadZipFile, tarfile.TarError) as err:
         tmp.unlink(missing_ok=True)
-        archive.unlink(missing_ok=True)
+        forget(r, raw / PART_DIR)
         raise DownloadError(r.object_name, f"corrupt archive ({short(err)}); it was removed, rerun") from None
-    return {"url": r.url, "object": r.object_name, "object_size": archive.stat().st_size,
-            "object_sha256": r.sha256 or sha256_of(archive), "checksum_published": r.sha256 is not None,
-            "member": r.member, "size": size, "sha256": h.hexdigest(),
-            "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    want, source = expected_sha256(r, meta)
+    return {"repo": r.repo, "revision": r.revision, "commit": meta.commit_hash, "path": r.path, "url": r.url,
+            "object": r.object_name, "object_size": archive.stat().st_size, "object_sha256": want or sha256_of(archive),
+            "checksum_published": r.sha256 is not None, "checked_against": source, "member": r.member, "size": size,
+            "sha256": h.hexdigest(), "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def open_member(r: Remote, archive: Path):
@@ -378,4 +441,3 @@ class _Closing:
     def __exit__(self, *exc):
         self.stream.close()
         self.owner.close()
-

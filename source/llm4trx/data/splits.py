@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import random
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 from omegaconf import DictConfig
-from sklearn.model_selection import StratifiedKFold
 
 from llm4trx.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPLITS = ("train", "val", "test")  # every client is in exactly one (test: labeled, never in pretraining)
 PRETRAIN_SPLITS = ("train", "val")  # the pretraining corpus: shards and the eval loss
@@ -43,11 +46,15 @@ def ptls_test_ids(labeled_ids, test_fraction: float, random_state: int) -> list[
     return clients[-n_test:] if n_test > 0 else []
 
 
-def make_splits(client_ids, targets: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
+def make_splits(client_ids, targets: "pd.DataFrame", cfg: DictConfig) -> "pd.DataFrame":
     """client_id, split, fold (int8), labeled (bool) for every client in `client_ids` (natural order).
 
     `targets` holds client_id, target of the labeled clients (all of them must be in `client_ids`).
     """
+    # Imported here: every stage imports this module for SPLITS, and sklearn + pandas cost seconds at start.
+    import pandas as pd
+    from sklearn.model_selection import StratifiedKFold
+
     if not 0 <= cfg.test_fraction < 1 or not 0 <= cfg.val_fraction < 1:
         raise ConfigError("splits.test_fraction and splits.val_fraction must be in [0, 1)")
     clients = natural_sorted(client_ids)

@@ -18,15 +18,21 @@ from llm4trx.data.sequences import ptls_records
 
 
 def aggregate_features(events: pd.DataFrame, categorical: list[str], numeric: list[str], fit_ids,
-                       batch_size: int = 1024) -> pd.DataFrame:
+                       batch_size: int = 1024, sizes: dict | None = None) -> pd.DataFrame:
     """Count, sum/mean/std of each numeric column, and per category value its count, mean and std (the
-    agg_features baseline of ptls-experiments), computed by ptls on the raw amounts."""
+    agg_features baseline of ptls-experiments), computed by ptls on the raw amounts. `sizes`
+    (validate.aggregates.sizes): a fixed `in` per categorical column, as published (codes are frequency ranks, so
+    the rarer values beyond it share the last slot); a column not there keeps its fitted dictionary size."""
     from ptls.data_load.utils import collate_feature_dict
     from ptls.nn.seq_encoder.agg_feature_seq_encoder import AggFeatureSeqEncoder
 
-    records, sizes = ptls_records(events, categorical, numeric, fit_ids)
+    records, fitted = ptls_records(events, categorical, numeric, fit_ids)
+    sizes = dict(sizes or {})
+    unknown = sorted(set(sizes) - set(categorical))
+    if unknown:
+        raise ConfigError(f"validate.aggregates.sizes: {unknown} not among the aggregate columns {categorical}")
     encoder = AggFeatureSeqEncoder(
-        embeddings={c: {"in": sizes[c]} for c in categorical},
+        embeddings={c: {"in": int(sizes.get(c, fitted[c]))} for c in categorical},
         numeric_values={n: "identity" for n in numeric},
         was_logified=False,
     ).eval()

@@ -126,3 +126,37 @@ def plot_learning_curves(curves: dict[str, dict[str, Any]], dataset: str, path: 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_gaps(summary: dict[str, Any], path: Path) -> None:
+    """One panel per metric: each gap a − b (rows) on test and on val (out-of-fold), dot = gap averaged over
+    seeds, bar = its paired bootstrap interval; the dashed line is 0 (no difference)."""
+    metrics = summary["metrics"]
+    pairs = list(dict.fromkeys((g["a"], g["b"]) for g in summary["gaps"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 0.55 * len(pairs) + 1.8), squeeze=False)
+    styles = {"test": ("tab:blue", -0.12), "val": ("tab:orange", 0.12)}
+    for ax, metric in zip(axes[0], metrics):
+        for split, (colour, offset) in styles.items():
+            rows = [(pairs.index((g["a"], g["b"])), g) for g in summary["gaps"]
+                    if g["metric"] == metric and g["split"] == split]
+            if not rows:
+                continue
+            y = [i + offset for i, _ in rows]
+            gap = [g["gap"] for _, g in rows]
+            err = [[g["gap"] - g["low"] for _, g in rows], [g["high"] - g["gap"] for _, g in rows]]
+            label = f"{split} ({rows[0][1]['n_clients']} clients)" if split == "test" else \
+                f"val out-of-fold ({rows[0][1]['n_clients']} clients)"
+            ax.errorbar(gap, y, xerr=err, fmt="o", color=colour, capsize=4, label=label)
+        ax.axvline(0, color="black", linestyle="--", linewidth=0.8)
+        ax.set_yticks(range(len(pairs)))
+        ax.set_yticklabels([f"{a} − {b}" for a, b in pairs])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{metric} gap")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    boot = summary["bootstrap"]
+    fig.suptitle(f"{summary['dataset']}: gaps with {100 * boot['level']:.0f} % paired bootstrap intervals over "
+                 f"clients ({boot['n']} resamples, {len(summary['gap_seeds'])} seeds pooled)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -90,6 +90,18 @@ def load_labels(data_dir: Path, n_folds: int) -> Labels:
                         column="fold")
     if len(test) == 0:
         raise DataError(splits_path, "no labeled test clients", column="split")
+    y, folds = train["target"].to_numpy(), train["fold"].to_numpy()
+    fix = (f"the metrics need two classes in every part: label more clients (at least {n_folds} of each class "
+           f"among the non-test ones) or use fewer folds (splits.n_folds), then rerun prepare")
+    for fold in found:
+        for part, rows in (("validation", folds == fold), ("training", folds != fold)):
+            classes = np.unique(y[rows])
+            if len(classes) < 2:
+                raise DataError(targets_path, f"fold {fold}: its {part} part ({int(rows.sum())} clients) has one "
+                                f"class only ({classes[0].item()!r}); {fix}", column="target")
+    if test["target"].nunique() < 2:
+        raise DataError(targets_path, f"the {len(test)} test clients have one class only "
+                        f"({test['target'].to_numpy()[0].item()!r}); {fix}", column="target")
     return Labels(train["client_id"].to_numpy(), train["target"].to_numpy(), train["fold"].to_numpy(),
                   test["client_id"].to_numpy(), test["target"].to_numpy())
 
@@ -123,9 +135,28 @@ def fold_threads(n_jobs: int, n_folds: int) -> tuple[int, int]:
     return parallel, max(1, n_jobs // parallel)
 
 
+@dataclass
+class Predictions:
+    """Per-client class probabilities of one feature set: out-of-fold for the cross-validated clients (each from
+    the fold model that did not train on it) and, for the test clients, the mean over the fold models."""
+
+    classes: np.ndarray
+    val: np.ndarray  # (len(labels.train_ids), len(classes)), rows in labels.train_ids order
+    test: np.ndarray  # (len(labels.test_ids), len(classes))
+
+
 def cross_validate(name: str, features: pd.DataFrame, labels: Labels, metrics: list[str], lightgbm_params: dict,
                    n_jobs: int, source: str | Path, on_fold: Callable[[], None] | None = None) -> dict:
-    """{metric: {val_mean, val_std, test_mean, test_std, folds: [{fold, val, test}]}} for one feature set.
+    """{metric: {val_mean, val_std, val_oof, test_mean, test_std, folds: [{fold, val, test}]}} for one feature
+    set (see cross_validate_predict)."""
+    return cross_validate_predict(name, features, labels, metrics, lightgbm_params, n_jobs, source, on_fold)[0]
+
+
+def cross_validate_predict(name: str, features: pd.DataFrame, labels: Labels, metrics: list[str],
+                           lightgbm_params: dict, n_jobs: int, source: str | Path,
+                           on_fold: Callable[[], None] | None = None) -> tuple[dict, Predictions]:
+    """The protocol on one feature set: its summary (summarize_folds, plus `val_oof`: the metric on the
+    out-of-fold predictions of all cross-validated clients at once) and its per-client predictions.
     A failing fold fails the whole call, naming the feature set and the fold."""
     from joblib import Parallel, delayed
 
@@ -137,27 +168,40 @@ def cross_validate(name: str, features: pd.DataFrame, labels: Labels, metrics: l
     folds = sorted(int(f) for f in np.unique(labels.folds))
     parallel, threads = fold_threads(n_jobs, len(folds))
 
-    def fit_fold(fold: int) -> dict[str, dict]:
+    def fit_fold(fold: int):
         fit_rows, val_rows = labels.folds != fold, labels.folds == fold
         try:
             model = make_model(lightgbm_params, threads).fit(x_train[fit_rows], labels.train_y[fit_rows])
             classes = model.classes_
             val_proba, test_proba = model.predict_proba(x_train[val_rows]), model.predict_proba(x_test)
-            return {m: {"fold": fold,
-                        "val": float(METRICS[m](labels.train_y[val_rows], val_proba, classes)),
-                        "test": float(METRICS[m](labels.test_y, test_proba, classes))} for m in metrics}
+            scores = {m: {"fold": fold,
+                          "val": float(METRICS[m](labels.train_y[val_rows], val_proba, classes)),
+                          "test": float(METRICS[m](labels.test_y, test_proba, classes))} for m in metrics}
+            return fold, scores, classes, val_proba, test_proba
         except Exception as err:
             raise RuntimeError(f"feature set {name!r}, fold {fold}: {type(err).__name__}: {err}") from err
 
     # Threads suffice: LightGBM releases the GIL while it trains and predicts.
     per_fold: dict[str, list[dict]] = {m: [] for m in metrics}
+    classes = np.unique(labels.train_y)
+    oof = np.full((len(labels.train_ids), len(classes)), np.nan)
+    test_sum = np.zeros((len(labels.test_ids), len(classes)))
     runner = Parallel(n_jobs=parallel, backend="threading", return_as="generator")
-    for scores in runner(delayed(fit_fold)(fold) for fold in folds):
+    for fold, scores, fold_classes, val_proba, test_proba in runner(delayed(fit_fold)(fold) for fold in folds):
+        if not np.array_equal(fold_classes, classes):
+            raise RuntimeError(f"feature set {name!r}, fold {fold}: trained on classes {list(fold_classes)}, "
+                               f"the labeled clients have {list(classes)} (a class missing from the other folds)")
+        oof[labels.folds == fold] = val_proba
+        test_sum += test_proba
         for m in metrics:
             per_fold[m].append(scores[m])
         if on_fold is not None:
             on_fold()
-    return summarize_folds(per_fold)
+    predictions = Predictions(classes, oof, test_sum / len(folds))
+    summary = summarize_folds(per_fold)
+    for m in metrics:
+        summary[m]["val_oof"] = float(METRICS[m](labels.train_y, oof, classes))
+    return summary, predictions
 
 
 def summarize_folds(per_fold: dict[str, list[dict]]) -> dict[str, dict]:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 KINDS = ("head", "verbalizer")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+UNKNOWN_WORDS = ("vocabulary", "error")  # finetune.verbalizer.unknown_words (see label_token_ids)
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 TEXT_MARK = "\x00LLM4TRX_TEXT\x00"  # placeholder for the client's text inside the chat template
 
@@ -75,6 +76,9 @@ def check_config(cfg: DictConfig) -> None:
         if words is None:
             raise ConfigError(f"finetune.verbalizer.label_words is not set for dataset loader "
                               f"{cfg.dataset.loader!r}; set one word per class, e.g. finetune.verbalizer.label_words=[no,yes]")
+        if f.verbalizer.get("unknown_words", "vocabulary") not in UNKNOWN_WORDS:
+            raise ConfigError(f"finetune.verbalizer.unknown_words={f.verbalizer.unknown_words!r}; choose one of "
+                              f"{UNKNOWN_WORDS}")
         if len(words) != int(cfg.dataset.n_classes):
             raise ConfigError(f"finetune.verbalizer.label_words has {len(words)} words for dataset.n_classes="
                               f"{cfg.dataset.n_classes}; give one word per class, class 0 first")
@@ -188,15 +192,35 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def label_token_ids(tokenizer, words: list[str], prefix: str) -> list[int]:
-    """First token of each label word (tokenized as `prefix + word`); empty or colliding first tokens fail."""
-    ids = []
+def label_token_ids(tokenizer, words: list[str], prefix: str, unknown: str = "vocabulary") -> list[int]:
+    """First token of each label word (tokenized as `prefix + word`); empty or colliding first tokens fail.
+
+    A word the tokenizer does not know (its first token is unk: the field tokenizer's vocabulary holds only
+    the words of transaction texts, no "yes"/"no") fails with unknown="error"; with unknown="vocabulary" it is
+    scored by a distinct token of the vocabulary instead: the last ids that are neither special nor another
+    label word's (for the field tokenizer, whose ids follow frequency, the rarest words of train texts). The
+    verbalizer then learns what those tokens mean for the target, as it does for real words of a model
+    pretrained from scratch, which never saw English either."""
+    unk = tokenizer.unk_token_id
+    ids: list[int | None] = []
     for word in words:
         tokens = tokenizer(prefix + str(word), add_special_tokens=False)["input_ids"]
         if not str(word) or not tokens:
             raise ConfigError(f"finetune.verbalizer.label_words: {word!r} is empty for the tokenizer; "
                               "choose a non-empty word")
-        ids.append(int(tokens[0]))
+        ids.append(None if unk is not None and int(tokens[0]) == unk else int(tokens[0]))
+    unknown_words = [str(w) for w, token in zip(words, ids) if token is None]
+    if unknown_words:
+        if unknown != "vocabulary":
+            raise ConfigError(f"finetune.verbalizer.label_words {unknown_words} are not in the tokenizer's "
+                              f"vocabulary (they tokenize to {tokenizer.unk_token!r}); choose words it knows, or "
+                              "finetune.verbalizer.unknown_words=vocabulary to score them by spare vocabulary tokens")
+        taken = {t for t in ids if t is not None} | set(tokenizer.all_special_ids)
+        spare = iter(sorted((i for i in tokenizer.get_vocab().values() if i not in taken), reverse=True))
+        ids = [next(spare) if t is None else t for t in ids]
+        chosen = {w: tokenizer.convert_ids_to_tokens(t) for w, t in zip(words, ids) if str(w) in unknown_words}
+        log.warning("finetune: label words %s are not in the tokenizer's vocabulary; scored by the vocabulary "
+                    "tokens %s instead (finetune.verbalizer.unknown_words=vocabulary)", unknown_words, chosen)
     seen: dict[int, str] = {}
     for word, token in zip(words, ids):
         if token in seen:
@@ -497,7 +521,8 @@ def prepare(cfg: DictConfig, model_dir: Path, data_dir: Path, text_dir: Path) ->
         check_lora_targets(model_dir, list(f.lora.target_modules))
     tokenizer = load_tokenizer(model_dir)
     kinds = {f.methods[r].kind for r in runs}
-    label_ids = (label_token_ids(tokenizer, list(f.verbalizer.label_words), str(f.verbalizer.word_prefix))
+    label_ids = (label_token_ids(tokenizer, list(f.verbalizer.label_words), str(f.verbalizer.word_prefix),
+                                 str(f.verbalizer.get("unknown_words", "vocabulary")))
                  if "verbalizer" in kinds else None)
     protocol = load_protocol(data_dir, int(cfg.splits.n_folds), int(cfg.dataset.n_classes))
     ids = np.concatenate([protocol.train_ids, protocol.test_ids])
@@ -592,7 +617,9 @@ def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict
     meta = {"metric": str(cfg.dataset.metrics[0]), "n_classes": prep.protocol.n_classes,
             "model": str(prep.model_dir), "max_tokens": prep.max_tokens,
             "label_words": list(f.verbalizer.label_words) if prep.label_ids else None,
-            "label_token_ids": prep.label_ids, "runs": curves}
+            "label_token_ids": prep.label_ids,
+            "label_tokens": prep.tokenizer.convert_ids_to_tokens(prep.label_ids) if prep.label_ids else None,
+            "runs": curves}
     (out / "curves.json").write_text(json.dumps(meta, indent=2) + "\n")
     import shutil
 

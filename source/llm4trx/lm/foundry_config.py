@@ -104,11 +104,12 @@ def model_section(cfg: DictConfig, tok: dict[str, Any], checkpoints: Path) -> di
 def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, Any]:
     """llm-foundry's `text` loader over one of our MDS splits (pre-tokenized `tokens`, one client per sample).
 
-    Padding-free: no `eos_token_id`/packing here, so llm-foundry's text collator
-    (transformers DataCollatorForLanguageModeling, mlm=False) pads each batch only to its longest client
-    sequence and masks the pads out of the loss (labels -100); right padding cannot leak into a causal
-    model's real positions. We do not pack several clients into one row: `sequence_id` masking exists only
-    for llm-foundry's MPT, and a Llama/Qwen row would attend across clients.
+    No `eos_token_id`/packing here, so llm-foundry's text collator (transformers
+    DataCollatorForLanguageModeling, mlm=False) pads each batch only to its longest client sequence and masks
+    the pads out of the loss (labels -100); right padding cannot leak into a causal model's real positions.
+    We do not pack several clients into one row: `sequence_id` masking exists only for llm-foundry's MPT, and a
+    Llama/Qwen row would attend across clients. With `trainer.length_bucketing`, batches hold clients of
+    similar length (sorted within windows of `trainer.bucket_window` batches), so little is padded.
     """
     workers = int(cfg.trainer.num_workers)
     # Optional `+trainer.data_remote=s3://bucket/prefix` (or gs://, oci://, hf://...): the shards are streamed
@@ -125,12 +126,25 @@ def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, A
             "max_seq_len": int(cfg.max_seq_len),
         },
         "drop_last": train,
+        "bucket_window": bucket_window(cfg),
         "num_workers": workers,
         # torch refuses a prefetch_factor without worker processes.
         "prefetch_factor": 2 if workers > 0 else None,
         "persistent_workers": workers > 0,
         "pin_memory": cfg.trainer.device == "gpu",
     }
+
+
+def bucket_window(cfg: DictConfig) -> int:
+    """Batches sorted by length together (0: no bucketing, batches of random clients)."""
+    t = cfg.trainer
+    if not t.get("length_bucketing"):
+        return 0
+    window = t.get("bucket_window")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ConfigError(f"trainer.bucket_window={window!r}: the number of batches sorted by length together, "
+                          "an integer >= 1 (or trainer.length_bucketing=false)")
+    return window
 
 
 def loggers_section(cfg: DictConfig, checkpoints: Path) -> dict[str, Any]:
@@ -186,6 +200,7 @@ def train_config(cfg: DictConfig, tok: dict[str, Any], tokenizer_dir: Path, mds_
             "lr_monitor": {},
             # tokens/s, and MFU where Composer knows the GPU's peak FLOP/s (A100, H100, ...).
             "speed_monitor": {"window_size": 10},
+            "llm4trx_padding": {},  # padded share of the trained positions (lm/foundry_plugins.py)
         },
         "loggers": loggers_section(cfg, checkpoints),
         "progress_bar": bool(cfg.progress),

@@ -4,8 +4,12 @@
   {"step", "split": "train"|"eval", "loss"}; the report draws loss curves from it.
 - `llm4trx_hf_causal_lm` (models): llm-foundry's `hf_causal_lm` plus `flops_per_batch`, which llm-foundry's
   HF wrapper lacks, so that Composer's SpeedMonitor reports FLOP/s and, on GPU, MFU for Llama/Qwen too.
-- `llm4trx_text` (dataloaders): llm-foundry's `text` loader, its streaming datasets built under a machine-wide
-  file lock (see `build_text_dataloader_locked`).
+- `llm4trx_text` (dataloaders): llm-foundry's `text` loader (StreamingTextDataset over our MDS shards, its text
+  collator), built under a machine-wide file lock (see `build_text_dataloader_locked`), optionally in
+  length-bucketed batches (`bucket_window`, lm/length_buckets.py), counting real tokens: Composer's token
+  count (timestamp, tokens/s) is the clients' tokens, padding apart.
+- `llm4trx_placeholder` (dataloaders): one sample, for export's Trainer that never trains.
+- `llm4trx_padding` (callbacks): the padded share of the positions of the batches this process trained.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Mapping, Optional
 import tempfile
 
 import torch
-from composer.core import State
+from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 from llmfoundry import registry
@@ -113,14 +117,59 @@ class HFCausalLMWithFlops(ComposerHFCausalLM):
 STREAMING_SHM_LOCK = Path(tempfile.gettempdir()) / "llm4trx-streaming-shm.lock"
 
 
+class RealTokensCollator:
+    """llm-foundry's text collator plus the per-row token counts Composer reads (llm-foundry's own wrapper
+    counts a row's padded width): `total_tokens` is each row's real length, `loss_generating_tokens` the
+    row's next-token targets (labels past the first position that are not -100), as llm-foundry counts them."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, examples: list[torch.Tensor]) -> dict[str, Any]:
+        batch = self.base(examples)
+        batch["total_tokens"] = [int(len(example)) for example in examples]
+        batch["loss_generating_tokens"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
+        return batch
+
+
+def build_text_dataloader(tokenizer, device_batch_size, dataset: dict[str, Any], drop_last: bool, num_workers: int,
+                          pin_memory: bool = True, prefetch_factor: Optional[int] = 2,
+                          persistent_workers: bool = True, timeout: int = 0, bucket_window: int = 0):
+    """llm-foundry's `text` loader (its dataset, collator and data spec) with our dataset class and counts:
+    `bucket_window` > 0 yields length-bucketed batches sorted within windows of that many batches."""
+    import transformers
+    from llmfoundry.data.text_data import StreamingTextDataset
+    from llmfoundry.data.utils import get_data_spec
+    from llmfoundry.utils.registry_utils import construct_from_registry
+    from torch.utils.data import DataLoader
+
+    from llm4trx.lm.length_buckets import BucketedLoader, BucketedTextDataset
+
+    dataset = dict(dataset)
+    dataset["replication"], batch_size = construct_from_registry(
+        name="dataset_replication_validator", registry=registry.dataset_replication_validators,
+        partial_function=False, kwargs={"dataset_cfg": dataset, "tokenizer": tokenizer,
+                                        "device_batch_size": device_batch_size})
+    if bucket_window:
+        text_dataset = BucketedTextDataset(tokenizer=tokenizer, batch_size=batch_size, bucket_window=bucket_window,
+                                           **dataset)
+    else:
+        text_dataset = StreamingTextDataset(tokenizer=tokenizer, batch_size=batch_size, **dataset)
+    collate = RealTokensCollator(transformers.DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False))
+    loader = (BucketedLoader if bucket_window else DataLoader)(
+        text_dataset, collate_fn=collate, batch_size=batch_size, drop_last=drop_last, num_workers=num_workers,
+        pin_memory=pin_memory, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+        timeout=timeout)
+    return get_data_spec(loader, dataset)
+
+
 def build_text_dataloader_locked(**kwargs: Any):
-    """llm-foundry's `text` loader, built while holding STREAMING_SHM_LOCK, so jobs register one at a time.
+    """`build_text_dataloader`, built while holding STREAMING_SHM_LOCK, so jobs register one at a time.
 
     Only the local leader (LOCAL_RANK 0) takes the lock: it alone creates the shared memory, and the other
     ranks of its job meet it at streaming's barrier inside the construction (a lock per rank would deadlock).
     """
     from filelock import FileLock
-    from llmfoundry.data.text_data import build_text_dataloader
 
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return build_text_dataloader(**kwargs)
@@ -128,8 +177,45 @@ def build_text_dataloader_locked(**kwargs: Any):
         return build_text_dataloader(**kwargs)
 
 
+def build_placeholder_dataloader(tokenizer, device_batch_size, **_: Any):
+    """A one-sample loader for a Trainer that never trains (export: llm-foundry's `only_hf_checkpoint`, which
+    builds a train loader it never iterates): no shards read, no streaming shared memory or machine-wide lock."""
+    import transformers
+    from llmfoundry.data.utils import get_data_spec
+    from torch.utils.data import DataLoader
+
+    sample = [torch.tensor([tokenizer.eos_token_id], dtype=torch.int64)]
+    collate = RealTokensCollator(transformers.DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False))
+    return get_data_spec(DataLoader(sample, batch_size=1, collate_fn=collate), {})
+
+
+class PaddingMonitor(Callback):
+    """Real tokens and positions (rows x padded width) of the train batches of this process, over all ranks;
+    `padded_share` is set at fit end (None before). A resumed run counts the batches it trained itself."""
+
+    def __init__(self):
+        self.real, self.positions = 0, 0
+        self.padded_share: Optional[float] = None
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        batch = state.batch
+        self.positions += int(batch["input_ids"].numel())
+        self.real += int(sum(batch["total_tokens"]))
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        # On the run's device: NCCL reduces CUDA tensors only.
+        counts = state.device.tensor_to_device(torch.tensor([self.real, self.positions], dtype=torch.float64))
+        dist.all_reduce(counts)
+        real, positions = counts.tolist()
+        self.padded_share = 1 - real / positions if positions else None
+        if self.padded_share is not None:
+            logger.log_metrics({"data/padded_share": self.padded_share})
+
+
 def register() -> None:
     """Idempotent: registering the same object again is a no-op for llm-foundry's registries."""
     registry.loggers.register("llm4trx_metrics_jsonl", func=MetricsJsonlLogger)
     registry.models.register("llm4trx_hf_causal_lm", func=HFCausalLMWithFlops)
     registry.dataloaders.register("llm4trx_text", func=build_text_dataloader_locked)
+    registry.dataloaders.register("llm4trx_placeholder", func=build_placeholder_dataloader)
+    registry.callbacks.register("llm4trx_padding", func=PaddingMonitor)

@@ -1,7 +1,7 @@
 """Compose and validate the config once, before any stage runs; print what the pipeline scripts need.
 
-    python -m llm4trx.check [overrides...]            # validates; prints the run directory
-    python -m llm4trx.check --shell [overrides...]    # validates; prints shell assignments for scripts/run.sh
+    python -m llm4trx.core.check [overrides...]            # validates; prints the run directory
+    python -m llm4trx.core.check --shell [overrides...]    # validates; prints shell assignments for scripts/run.sh
 
 A bad argument (unknown experiment or config group option, unknown key, unparsable override, non-integer seed,
 SLURM asked for where there is none) is reported as one line on stderr with how to fix it, exit status 2.

@@ -1,0 +1,65 @@
+"""Padding in CPU pretraining through the real path (llm-foundry + Composer, `python -m llm4trx.pretrain`):
+batches of random clients (trainer.length_bucketing=false, the path before bucketing) against length-bucketed
+batches (true, windows of trainer.bucket_window batches), measured in one run on the same shards.
+
+Builds the smoke preset's shared stages (prepare, text, tokenizer, shards) for `--clients` synthetic clients
+(the default generator: 20..200 transactions per client, text=fields), then trains the smoke model for
+`--steps` optimizer steps per variant and prints, from each run's _SUCCESS.json: real (non-padding) tokens per
+second of Composer's training wall-clock, the padded share of the trained positions, and the ratio of each
+variant's real tokens/s to the reference's. Variants run one after the other, alternating, `--repeats` times
+(the best of each kept: this machine is shared).
+
+    PYTHONPATH=source .venv/bin/python bench/pretrain_padding.py [--clients 1500 --steps 60 --windows 4,16,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from llm4trx import prepare, pretrain, shards, text, tokenizer
+from llm4trx.core.config import compose
+from llm4trx.core.stage import read_success
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--windows", default="16", help="bucket_window values to measure (comma-separated)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="llm4trx-padding-"))
+    base = ["experiment=smoke", f"paths.output_root={out}", "progress=false", f"dataset.n_clients={args.clients}",
+            f"trainer.cpu_threads={args.threads}", f"trainer.max_duration={args.steps}ba",
+            f"trainer.eval_interval={args.steps}ba", "trainer.eval_first=false",
+            f"trainer.save_interval={args.steps}ba", "trainer.eval_subset_num_batches=1"]
+    cfg = compose(base)
+    for stage in (prepare, text, tokenizer, shards):
+        stage.run(cfg)
+    print(f"{args.clients} synthetic clients, smoke model, {args.steps} steps of "
+          f"{cfg.trainer.global_train_batch_size} clients, max_seq_len {cfg.max_seq_len}, {args.threads} thread(s), "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    variants = {"reference: random batches": ["trainer.length_bucketing=false"]}
+    for w in args.windows.split(","):
+        variants[f"bucketed, window {w} batches"] = ["trainer.length_bucketing=true", f"trainer.bucket_window={w}"]
+    best: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for name, extra in variants.items():
+            done = read_success(pretrain.run(compose([*base, *extra, "force=true"])))["counts"]
+            if name not in best or done["real_tokens_per_s"] > best[name]["real_tokens_per_s"]:
+                best[name] = done
+    ref = best["reference: random batches"]["real_tokens_per_s"]
+    print(f"\n{'variant':34s} {'real tokens/s':>14s} {'padded share':>13s} {'real tokens':>12s} {'ratio':>7s}")
+    for name, done in best.items():
+        print(f"{name:34s} {done['real_tokens_per_s']:14,.0f} {done['padded_share']:13.1%} "
+              f"{done['tokens_seen']:12,d} {done['real_tokens_per_s'] / ref:6.2f}x")
+    print(f"(best of {args.repeats}; ratio: real tokens/s against the reference, same run; goal: padded share <= 10 %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""What starting a stage costs: each `python -m llm4trx.<stage>` process before it does its first work.
+
+For every stage, in one run on this machine:
+- import: `python -c "import llm4trx.<stage>"` (the stage module and everything it imports at module level);
+- skip: `python -m llm4trx.<stage> experiment=smoke paths.output_root=ROOT ...` on an up-to-date run folder
+  (the stage finds its _SUCCESS.json and exits: the whole start, Hydra composition included), with --root;
+each the best of --repeats, as a ratio to `python -c "import torch"` measured in the same run (and to an empty
+interpreter, `python -c pass`).
+
+    PYTHONPATH=source .venv/bin/python bench/stage_start.py                       # imports only
+    PYTHONPATH=source .venv/bin/python bench/stage_start.py --root /tmp/out --seed 12   # + the skip path
+    (ROOT: a paths.output_root where `bash scripts/run.sh experiment=smoke paths.output_root=ROOT seed=12`
+    has finished; `--build` makes one first, a small one: --clients clients, 4 pretraining steps)
+    PYTHONPATH=source .venv/bin/python bench/stage_start.py --importtime export   # top imports of one stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGES = ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed", "coles", "validate", "report"]
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "source"),
+       "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+def wall(argv: list[str], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        proc = subprocess.run(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def top_imports(stage: str, n: int = 15) -> None:
+    """The slowest imports (cumulative microseconds) of `import llm4trx.<stage>`, from -X importtime."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import llm4trx.{stage}"], env=ENV,
+                          capture_output=True, text=True)
+    rows = []
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+            _, cumulative, name = line.split("|")
+            rows.append((int(cumulative), name.rstrip()))
+    for us, name in sorted(rows, reverse=True)[:n]:
+        print(f"  {us / 1e6:6.2f} s  {name}")
+
+
+def build(root: Path, clients: int, seed: int) -> list[str]:
+    overrides = ["experiment=smoke", f"paths.output_root={root}", f"seed={seed}", "progress=false",
+                 f"dataset.n_clients={clients}", "trainer.max_duration=4ba", "trainer.eval_interval=4ba",
+                 "trainer.save_interval=4ba", "coles.max_epochs=1"]
+    for stage in STAGES:
+        subprocess.run([sys.executable, "-m", f"llm4trx.{stage}", *overrides], env=ENV, check=True,
+                       stdout=subprocess.DEVNULL)
+    return overrides
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=None, help="paths.output_root of a finished smoke run (skip path)")
+    ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--overrides", default="", help="extra overrides of the finished run (space-separated)")
+    ap.add_argument("--build", action="store_true", help="build a small finished run into --root first")
+    ap.add_argument("--clients", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--importtime", default=None, help="print the slowest imports of this stage and exit")
+    ap.add_argument("--source", default=None, help="the llm4trx source folder to measure (default: this "
+                    "checkout's; e.g. `git archive <commit> source | tar -x -C /tmp/before` for a before/after)")
+    args = ap.parse_args()
+    if args.source:
+        ENV["PYTHONPATH"] = str(Path(args.source).resolve())
+    if args.importtime:
+        top_imports(args.importtime)
+        return
+    py = sys.executable
+    overrides = ["experiment=smoke", f"paths.output_root={args.root}", f"seed={args.seed}", "progress=false",
+                 *args.overrides.split()]
+    if args.root and args.build:
+        overrides = build(Path(args.root), args.clients, args.seed) or overrides
+    empty = wall([py, "-c", "pass"], args.repeats)
+    torch_s = wall([py, "-c", "import torch"], args.repeats)
+    print(f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.2f}; best of {args.repeats}: "
+          f"python -c pass {empty:.2f} s, python -c 'import torch' {torch_s:.2f} s (the reference)")
+    print(f"{'stage':10s} {'import s':>9s} {'/ torch':>8s}" + (f" {'skip s':>8s} {'/ torch':>8s}" if args.root else ""))
+    for stage in args.stages.split(","):
+        imported = wall([py, "-c", f"import llm4trx.{stage}"], args.repeats)
+        line = f"{stage:10s} {imported:9.2f} {imported / torch_s:7.2f}x"
+        if args.root:
+            skipped = wall([py, "-m", f"llm4trx.{stage}", *overrides], args.repeats)
+            line += f" {skipped:8.2f} {skipped / torch_s:7.2f}x"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

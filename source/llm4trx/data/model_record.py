@@ -1,0 +1,152 @@
+"""hf/llm4trx.json: what a model was trained on, so that it can be applied to other data (`embed.model=DIR`).
+
+The export stage writes it beside the HF files: the text config the model's texts were rendered with (format and
+its keys), the tokenizer (its config and a digest of tokenizer.json), the dataset's schema and the run
+(experiment, dataset, seed). The embed stage reads it when `embed.model` points at a model dir and compares it
+with this run's config: texts rendered another way, or by another schema, than the model learned are one
+line naming both. A plain HF checkpoint (a local Llama/Qwen dir) has no such file: it is applied with a warning
+that the formats cannot be checked.
+
+Also here: the model's identity for hashes and for the reuse of embeddings (`fingerprint`), and the name of
+its row in validation and the report (`row_name`). Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from llm4trx.core.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+RECORD = "llm4trx.json"
+VERSION = 1
+# Text keys that do not change how one transaction is rendered: memory (chunk_events) and the budget
+# (max_tokens, count_tokenizer only truncate older transactions; embed truncates to the model's length anyway).
+TEXT_KEYS_NOT_COMPARED = ("chunk_events", "max_tokens", "count_tokenizer")
+SCHEMA_KEYS = ("loader", "id_column", "categorical", "mcc_names")
+# Files whose sizes and times identify a model directory that no stage of ours wrote.
+MODEL_FILES = ("config.json", "*.safetensors", "pytorch_model*.bin", "*.index.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", RECORD)
+
+
+def _plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _file_digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def schema_of(cfg: DictConfig) -> dict[str, Any]:
+    return {key: _plain(cfg.dataset.get(key)) for key in SCHEMA_KEYS}
+
+
+def text_format_of(cfg: DictConfig) -> dict[str, Any]:
+    text = _plain(cfg.text)
+    return {k: v for k, v in text.items() if k not in TEXT_KEYS_NOT_COMPARED}
+
+
+def make_record(cfg: DictConfig, tokenizer_dir: Path) -> dict[str, Any]:
+    """The record of the model this run exports (written by the export stage)."""
+    return {
+        "llm4trx_record": VERSION,
+        "run": {"experiment": str(cfg.experiment_name), "dataset": str(cfg.dataset.name), "seed": int(cfg.seed)},
+        "text": _plain(cfg.text),
+        "schema": schema_of(cfg),
+        "tokenizer": {"config": _plain(cfg.tokenizer), "tokenizer_json": _file_digest(Path(tokenizer_dir) / "tokenizer.json")},
+        "max_seq_len": int(cfg.max_seq_len),
+    }
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    (Path(folder) / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_record(model_dir: Path) -> dict[str, Any] | None:
+    """The model's record, or None for a plain HF checkpoint without one."""
+    path = Path(model_dir) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None
+    for key in ("run", "text", "schema", "tokenizer"):
+        if key not in record:
+            raise DataError(path, f"missing key {key!r} (written by python -m llm4trx.export)")
+    return record
+
+
+def _differences(want: dict, have: dict, prefix: str) -> list[str]:
+    keys = sorted(set(want) | set(have))
+    return [f"{prefix}.{k}={have.get(k)!r} (model: {want.get(k)!r})" for k in keys if want.get(k) != have.get(k)]
+
+
+def check_applicable(cfg: DictConfig, model_dir: Path) -> dict[str, Any] | None:
+    """Raise ConfigError when this run's texts are not what the model in `model_dir` was trained on; warn when
+    the model has no record (a plain HF checkpoint). Returns the record."""
+    record = read_record(model_dir)
+    if record is None:
+        log.warning("embed.model=%s has no %s (not exported by llm4trx): the text format and tokenizer it was "
+                    "trained with cannot be checked against this run's (text.format=%s)", model_dir, RECORD,
+                    cfg.text.format)
+        return None
+    model_text = {k: v for k, v in record["text"].items() if k not in TEXT_KEYS_NOT_COMPARED}
+    diffs = _differences(model_text, text_format_of(cfg), "text") + \
+        _differences(record["schema"], schema_of(cfg), "dataset")
+    model_tok = record["tokenizer"]["config"]
+    if model_tok.get("kind") != cfg.tokenizer.get("kind"):
+        diffs.append(f"tokenizer.kind={cfg.tokenizer.get('kind')!r} (model: {model_tok.get('kind')!r})")
+    if diffs:
+        run = record["run"]
+        raise ConfigError(
+            f"embed.model={model_dir} was trained on texts of experiment {run['experiment']!r} (dataset "
+            f"{run['dataset']!r}) rendered otherwise than this run's: {'; '.join(diffs)}; use the model's "
+            f"settings (e.g. the same experiment= preset) or a model trained on this format")
+    return record
+
+
+def fingerprint(model_dir: Path) -> str:
+    """Identity of a model directory: its export's config hash where a stage of ours wrote it, else a digest of
+    the names, sizes and modification times of its model and tokenizer files (never their bytes: a 1B model's
+    weights would take seconds to hash on every config check)."""
+    model_dir = Path(model_dir)
+    success = model_dir / "_SUCCESS.json"
+    if success.is_file():
+        try:
+            return "export:" + str(json.loads(success.read_text())["config_hash"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    entries = []
+    for pattern in MODEL_FILES:
+        for path in sorted(model_dir.glob(pattern)):
+            stat = path.stat()
+            entries.append([path.name, stat.st_size, stat.st_mtime_ns])
+    return "files:" + hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def applied_model(cfg: DictConfig) -> Path | None:
+    """`embed.model` as a path, or None when embed uses this run's own export."""
+    model = cfg.embed.get("model")
+    return Path(str(model)) if model else None
+
+
+def row_name(cfg: DictConfig, record: dict[str, Any] | None) -> str:
+    """`llm` for this run's own model; `llm:<name>` for an applied one: embed.name, else the model's run
+    (<experiment>-<dataset>-seed_<seed>) from its record, else the directory's name."""
+    model = applied_model(cfg)
+    if model is None:
+        return "llm"
+    if cfg.embed.get("name"):
+        return f"llm:{cfg.embed.name}"
+    if record is not None:
+        run = record["run"]
+        return f"llm:{run['experiment']}-{run['dataset']}-seed_{run['seed']}"
+    return f"llm:{model.resolve().name}"
