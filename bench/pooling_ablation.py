@@ -30,7 +30,7 @@ def main():
     args, overrides = ap.parse_known_args()
     from llm4trx.core.config import compose
     from llm4trx.core.stage import require
-    from llm4trx.embed import embed_sequences, length_sorted_batches, load_model, read_texts, tokenize
+    from llm4trx.embed import length_sorted_batches, load_model, read_texts, tokenize
     from llm4trx.evaluation.protocol import cross_validate, load_labels
     from llm4trx.lm.pooling import pool
     from llm4trx.validate import lightgbm_params, validation_jobs

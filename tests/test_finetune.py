@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -82,9 +81,8 @@ def test_end_to_end_rows_curves_and_report(finetuned):
             assert [p["step"] for p in curve["eval"]] == [0, 2, 4] or curve["steps"] < 4
             assert curve["best_step"] in [p["step"] for p in curve["eval"]]
             assert len(curve["train"]) == curve["steps"]
-    # The predictions come from the best evaluation's weights, in the clients' order: scoring them again gives
-    # the held-out metric recorded at the best step.
-    predictions = pd.read_parquet(folder / "predictions.parquet")
+    # The predictions come from the best evaluation's weights: validate, scoring them, gives each fold the
+    # held-out metric recorded at the best step.
     for run, meta in curves["runs"].items():
         for fold, curve in meta["folds"].items():
             val = results["feature_sets"][f"finetune:{run}"][curves["metric"]]["folds"][int(fold)]["val"]

@@ -179,7 +179,7 @@ def test_conflicting_row_target_fails_like_embedded(spark, tmp_path, rosbank_raw
     header = [h.strip(b'"') for h in lines[0].split(b",")]
     at = header.index(b"target_flag")
     client = lines[-3].split(b",")[0]  # a client's LAST row gets the other target
-    last = max(i for i, l in enumerate(lines) if l.split(b",")[0] == client)
+    last = max(i for i, line in enumerate(lines) if line.split(b",")[0] == client)
     fields = lines[last].split(b",")
     fields[at] = b"1" if fields[at] == b"0" else b"0"
     lines[last] = b",".join(fields)

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from canonical_data import canonical_events, canonical_run, write_canonical
+from canonical_data import canonical_events, canonical_run
 
 from llm4trx import text as text_stage
 from llm4trx.core.config import compose
