@@ -14,7 +14,6 @@ import sys
 import time
 
 
-
 def main(overrides):
     import pytorch_lightning as pl
 
@@ -27,9 +26,12 @@ def main(overrides):
 
         def on_train_epoch_end(self, trainer, module):
             loss = trainer.callback_metrics.get("loss")
-            self.rows.append((trainer.current_epoch, float(loss) if loss is not None else float("nan"),
-                              time.time() - self.started))
-            print(f"epoch {trainer.current_epoch:3d}  loss {self.rows[-1][1]:.4f}  {self.rows[-1][2]:.0f} s", flush=True)
+            self.rows.append(
+                (trainer.current_epoch, float(loss) if loss is not None else float("nan"), time.time() - self.started)
+            )
+            print(
+                f"epoch {trainer.current_epoch:3d}  loss {self.rows[-1][1]:.4f}  {self.rows[-1][2]:.0f} s", flush=True
+            )
 
     record = EpochLoss()
     init = pl.Trainer.__init__

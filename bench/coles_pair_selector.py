@@ -38,10 +38,17 @@ def main() -> None:
     sizes = {"mcc": 60, "channel_type": 7, "currency": 4, "trx_category": 4}
     module = build_module(c, build_seq_encoder(c, sizes))
     n = args.clients * 5
-    batch = collate_feature_dict([{**{k: torch.randint(1, s, (args.len,)) for k, s in sizes.items()},
-                                   "amount": torch.rand(args.len) * 1000, "event_time": torch.arange(args.len),
-                                   **{f: torch.rand(args.len) * 30 for f in c.time_numeric}}
-                                  for _ in range(n)])
+    batch = collate_feature_dict(
+        [
+            {
+                **{k: torch.randint(1, s, (args.len,)) for k, s in sizes.items()},
+                "amount": torch.rand(args.len) * 1000,
+                "event_time": torch.arange(args.len),
+                **{f: torch.rand(args.len) * 30 for f in c.time_numeric},
+            }
+            for _ in range(n)
+        ]
+    )
     labels = torch.arange(args.clients).repeat_interleave(5)
     selectors = {"ptls": HardNegativePairSelector(neg_count=5), "fast": FastHardNegativePairSelector(neg_count=5)}
     losses = {k: ContrastiveLoss(margin=0.5, sampling_strategy=s) for k, s in selectors.items()}
@@ -72,14 +79,18 @@ def main() -> None:
         for k in selectors:
             step_ms[k] += timed(lambda: step(losses[k]), args.steps // rounds) / rounds
             sel_ms[k] += timed(lambda: selectors[k].get_pairs(emb, labels), 5 * args.steps // rounds) / rounds
-    print(f"batch {args.clients} clients x 5 slices x {args.len} trx, GRU {args.hidden}, threads "
-          f"{torch.get_num_threads()}; pairs and loss equal")
+    print(
+        f"batch {args.clients} clients x 5 slices x {args.len} trx, GRU {args.hidden}, threads "
+        f"{torch.get_num_threads()}; pairs and loss equal"
+    )
     print("| selector | ms per training step | ms per pair selection |")
     print("|---|---|---|")
     for k in selectors:
         print(f"| {k} | {step_ms[k]:.1f} | {sel_ms[k]:.2f} |")
-    print(f"ratio ptls / fast: step {step_ms['ptls'] / step_ms['fast']:.2f}x, "
-          f"selection {sel_ms['ptls'] / sel_ms['fast']:.1f}x")
+    print(
+        f"ratio ptls / fast: step {step_ms['ptls'] / step_ms['fast']:.2f}x, "
+        f"selection {sel_ms['ptls'] / sel_ms['fast']:.1f}x"
+    )
     print(OmegaConf.to_yaml({"selector_share_of_ptls_step": round(sel_ms["ptls"] / step_ms["ptls"], 3)}).strip())
 
 

@@ -23,11 +23,22 @@ import sys
 import time
 from pathlib import Path
 
-TIME = "coles.time_features=[day_gap,hour,weekday,day_index]"       # categorical (binned, frequency codes)
-TNUM = "coles.time_numeric=[day_gap,hour,day_index]"                 # numeric (order kept)
-REFERENCE = ["coles.hidden_size=64", "coles.max_epochs=10", "coles.batch_size=64", "coles.cnt_min=15",
-             "coles.cnt_max=60", "coles.time_features=[]", "coles.time_numeric=[]", "coles.trx_dropout=0.0", "coles.encoder_type=gru",
-             "coles.lr=0.002", "coles.lr_step_size=10", "coles.lr_step_gamma=0.9025"]
+TIME = "coles.time_features=[day_gap,hour,weekday,day_index]"  # categorical (binned, frequency codes)
+TNUM = "coles.time_numeric=[day_gap,hour,day_index]"  # numeric (order kept)
+REFERENCE = [
+    "coles.hidden_size=64",
+    "coles.max_epochs=10",
+    "coles.batch_size=64",
+    "coles.cnt_min=15",
+    "coles.cnt_max=60",
+    "coles.time_features=[]",
+    "coles.time_numeric=[]",
+    "coles.trx_dropout=0.0",
+    "coles.encoder_type=gru",
+    "coles.lr=0.002",
+    "coles.lr_step_size=10",
+    "coles.lr_step_gamma=0.9025",
+]
 CONFIGS = {
     "ref": [],
     "time": [TIME],
@@ -43,8 +54,13 @@ CONFIGS = {
     "time_h128_lstm": [TIME, "coles.hidden_size=128", "coles.encoder_type=lstm"],
     "time_h128_e20": [TIME, "coles.hidden_size=128", "coles.max_epochs=20", "coles.lr_step_size=5"],
     "time_h128_cnt150": [TIME, "coles.hidden_size=128", "coles.cnt_max=150"],
-    "time_h128_lr4": [TIME, "coles.hidden_size=128", "coles.lr=0.004", "coles.lr_step_size=3",
-                      "coles.lr_step_gamma=0.8"],
+    "time_h128_lr4": [
+        TIME,
+        "coles.hidden_size=128",
+        "coles.lr=0.004",
+        "coles.lr_step_size=3",
+        "coles.lr_step_gamma=0.8",
+    ],
     "time_h128_b128": [TIME, "coles.hidden_size=128", "coles.batch_size=128", "coles.max_epochs=15"],
 }
 
@@ -61,19 +77,32 @@ def run_stage(stage: str, overrides: list[str]) -> float:
 
 
 def measure(name: str, extra: list[str], seed: int, root: Path) -> dict:
-    base = ["experiment=smoke", f"paths.output_root={root}", f"experiment_name=sweep_{name}", f"seed={seed}",
-            "progress=false"]
+    base = [
+        "experiment=smoke",
+        f"paths.output_root={root}",
+        f"experiment_name=sweep_{name}",
+        f"seed={seed}",
+        "progress=false",
+    ]
     run_stage("prepare", base)  # reads the shared raw files: seconds
     started = time.time()
     cpu = run_stage("coles", [*base, *REFERENCE, *extra])
     wall = time.time() - started
     run_stage("validate", [*base, *REFERENCE, *extra, "validate.feature_sets=[coles]", "validate.concatenations=[]"])
-    results = json.loads((root / f"sweep_{name}" / "synthetic" / f"seed_{seed}" / "validation" / "results.json")
-                         .read_text())
+    results = json.loads(
+        (root / f"sweep_{name}" / "synthetic" / f"seed_{seed}" / "validation" / "results.json").read_text()
+    )
     metric = results["metrics"][0]
     row = results["feature_sets"]["coles"][metric]
-    return {"name": name, "overrides": extra, "metric": metric, "val_mean": row["val_mean"], "val_std": row["val_std"],
-            "coles_cpu_s": cpu, "coles_wall_s": wall}
+    return {
+        "name": name,
+        "overrides": extra,
+        "metric": metric,
+        "val_mean": row["val_mean"],
+        "val_std": row["val_std"],
+        "coles_cpu_s": cpu,
+        "coles_wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -100,17 +129,20 @@ def main() -> None:
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             done[name] = row
-            print(f"{name}: val {row['val_mean']:.4f} ± {row['val_std']:.4f}, {row['coles_cpu_s']:.0f} CPU-s",
-                  flush=True)
+            print(
+                f"{name}: val {row['val_mean']:.4f} ± {row['val_std']:.4f}, {row['coles_cpu_s']:.0f} CPU-s", flush=True
+            )
     ref = done["ref"]
     print(f"\nseed {args.seed}, val {ref['metric']} (mean ± std over 5 folds), CoLES CPU-s per seed at 1 thread")
     print("| config | overrides over the reference | val | Δ val vs ref | CoLES CPU-s | CPU ratio vs ref |")
     print("|---|---|---|---|---|---|")
     for name in names:
         r = done[name]
-        print(f"| {name} | {' '.join(r['overrides']) or '(reference)'} | {r['val_mean']:.4f} ± {r['val_std']:.4f} "
-              f"| {r['val_mean'] - ref['val_mean']:+.4f} | {r['coles_cpu_s']:.0f} "
-              f"| {r['coles_cpu_s'] / ref['coles_cpu_s']:.2f} |")
+        print(
+            f"| {name} | {' '.join(r['overrides']) or '(reference)'} | {r['val_mean']:.4f} ± {r['val_std']:.4f} "
+            f"| {r['val_mean'] - ref['val_mean']:+.4f} | {r['coles_cpu_s']:.0f} "
+            f"| {r['coles_cpu_s'] / ref['coles_cpu_s']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

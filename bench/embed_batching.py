@@ -25,8 +25,15 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=args.max_tokens)
+    config = LlamaConfig(
+        vocab_size=4096,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=args.max_tokens,
+    )
     model = LlamaModel(config).eval()
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(4.5, 0.9, args.clients), 8, args.max_tokens).astype(int)
@@ -36,8 +43,18 @@ def main() -> None:
 
     def measure(batches, pad_to=None) -> float:
         started = time.perf_counter()
-        embed_sequences(model, 0, sequences, batches, "mean", [-1, None], "right", torch.device("cpu"),
-                        progress=False, pad_to=pad_to)
+        embed_sequences(
+            model,
+            0,
+            sequences,
+            batches,
+            "mean",
+            [-1, None],
+            "right",
+            torch.device("cpu"),
+            progress=False,
+            pad_to=pad_to,
+        )
         return time.perf_counter() - started
 
     in_order = [list(range(i, min(i + args.batch_size, args.clients))) for i in range(0, args.clients, args.batch_size)]
@@ -48,10 +65,14 @@ def main() -> None:
     # Padded share of the positions computed (what embed's _SUCCESS.json reports as padded_share).
     share_sorted = 1 - n_tokens / sum(len(b) * int(lengths[b].max()) for b in sorted_batches)
     share_padded = 1 - n_tokens / (args.clients * int(lengths.max()))
-    for name, seconds, share in (("length-sorted, dynamic padding", t_sorted, share_sorted),
-                                 ("unsorted, padded to the longest", t_padded, share_padded)):
-        print(f"{name:34s} {seconds:7.2f} s  {args.clients / seconds:8.1f} clients/s  {n_tokens / seconds:9.0f} "
-              f"real tokens/s  padded share {share:.1%}")
+    for name, seconds, share in (
+        ("length-sorted, dynamic padding", t_sorted, share_sorted),
+        ("unsorted, padded to the longest", t_padded, share_padded),
+    ):
+        print(
+            f"{name:34s} {seconds:7.2f} s  {args.clients / seconds:8.1f} clients/s  {n_tokens / seconds:9.0f} "
+            f"real tokens/s  padded share {share:.1%}"
+        )
     print(f"speed-up (sorted+dynamic vs unsorted+padded): {t_padded / t_sorted:.2f}x  (goal >= 2x)")
 
 

@@ -34,9 +34,18 @@ def write_model(folder: Path, hidden: int, layers: int, vocab: int, max_len: int
     tok = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
-                         max_position_embeddings=max_len, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 64),
+        max_position_embeddings=max_len,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)
@@ -56,11 +65,20 @@ def child(args) -> None:
     from llm4trx.core.config import compose
     from llm4trx.lm import finetune as ft
 
-    cfg = compose(["finetune=default", "progress=false", f"finetune.training.max_steps={args.steps}",
-                   f"finetune.training.batch_size={args.batch}", f"finetune.training.micro_batch_size={args.batch}",
-                   f"finetune.training.eval_interval={args.steps + 1}", f"finetune.training.device={args.device}",
-                   f"finetune.training.precision={args.precision}", "finetune.training.warmup_steps=1",
-                   "finetune.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"])
+    cfg = compose(
+        [
+            "finetune=default",
+            "progress=false",
+            f"finetune.training.max_steps={args.steps}",
+            f"finetune.training.batch_size={args.batch}",
+            f"finetune.training.micro_batch_size={args.batch}",
+            f"finetune.training.eval_interval={args.steps + 1}",
+            f"finetune.training.device={args.device}",
+            f"finetune.training.precision={args.precision}",
+            "finetune.training.warmup_steps=1",
+            "finetune.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+        ]
+    )
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     lengths = rng.integers(args.max_len // 4, args.max_len, args.clients)
@@ -81,11 +99,24 @@ def child(args) -> None:
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     tokens = int(sum(lengths)) / args.clients * args.steps * args.batch
-    print(json.dumps({"variant": args.variant, "seconds": seconds, "samples_per_s": args.steps * args.batch / seconds,
-                      "tokens_per_s": tokens / seconds, "peak_mb": peak, "growth_mb": None if cuda else peak - before,
-                      "trainable": counts["trainable"], "total": counts["total"]}))
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "seconds": seconds,
+                "samples_per_s": args.steps * args.batch / seconds,
+                "tokens_per_s": tokens / seconds,
+                "peak_mb": peak,
+                "growth_mb": None if cuda else peak - before,
+                "trainable": counts["trainable"],
+                "total": counts["total"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -111,23 +142,38 @@ def main() -> None:
         results = {}
         for variant in ("head_full", "head"):  # head = LoRA adapters + head; head_full = every weight
             cmd = [sys.executable, __file__, "--variant", variant, "--model", model] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("variant", "model") and v is not None]
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                f"--{k.replace('_', '-')}={v}"
+                for k, v in vars(args).items()
+                if k not in ("variant", "model") and v is not None
+            ]
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            )
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     full, lora = results["head_full"], results["head"]
-    print(f"model: {full['total'] / 1e6:.2f}M parameters; {args.steps} steps x {args.batch} clients, lengths "
-          f"{args.max_len // 4}-{args.max_len} tokens, {args.device} {args.precision}, {args.threads} thread(s)")
+    print(
+        f"model: {full['total'] / 1e6:.2f}M parameters; {args.steps} steps x {args.batch} clients, lengths "
+        f"{args.max_len // 4}-{args.max_len} tokens, {args.device} {args.precision}, {args.threads} thread(s)"
+    )
     print(f"{'variant':<22}{'trainable':>12}{'samples/s':>11}{'tokens/s':>10}{'peak MB':>10}{'growth MB':>11}")
     for name, r in (("full fine-tuning", full), ("LoRA (r=8, all linear)", lora)):
         growth = "–" if r["growth_mb"] is None else f"{r['growth_mb']:.0f}"
-        print(f"{name:<22}{r['trainable']:>12,}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.0f}"
-              f"{r['peak_mb']:>10.0f}{growth:>11}")
-    print(f"LoRA / full: speed {lora['samples_per_s'] / full['samples_per_s']:.2f}x, peak memory "
-          f"{lora['peak_mb'] / full['peak_mb']:.2f}x" + ("" if full["growth_mb"] is None else
-          f", memory growth during training {lora['growth_mb'] / max(full['growth_mb'], 1e-9):.2f}x") +
-          f", trainable parameters {lora['trainable'] / full['trainable']:.4f}x")
+        print(
+            f"{name:<22}{r['trainable']:>12,}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.0f}"
+            f"{r['peak_mb']:>10.0f}{growth:>11}"
+        )
+    print(
+        f"LoRA / full: speed {lora['samples_per_s'] / full['samples_per_s']:.2f}x, peak memory "
+        f"{lora['peak_mb'] / full['peak_mb']:.2f}x"
+        + (
+            ""
+            if full["growth_mb"] is None
+            else f", memory growth during training {lora['growth_mb'] / max(full['growth_mb'], 1e-9):.2f}x"
+        )
+        + f", trainable parameters {lora['trainable'] / full['trainable']:.4f}x"
+    )
 
 
 if __name__ == "__main__":

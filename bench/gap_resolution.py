@@ -51,19 +51,22 @@ def main() -> None:
     if not frames:
         raise SystemExit(f"no predictions.parquet under {cfg.paths.experiment_dir}; run the experiment first")
     n_clients = int(cfg.dataset.n_clients)
-    print(f"{cfg.paths.experiment_dir}: seeds {sorted(frames)}, dataset.n_clients {n_clients}, "
-          f"{args.resamples} resamples, metric {args.metric}")
+    print(
+        f"{cfg.paths.experiment_dir}: seeds {sorted(frames)}, dataset.n_clients {n_clients}, "
+        f"{args.resamples} resamples, metric {args.metric}"
+    )
     rng = np.random.default_rng(0)
     for pair in args.pairs:
         a, b = pair.split(":")
         ids, y, side_a = aligned(frames, a, "test", None)
         _, _, side_b = aligned(frames, b, "test", ids)
         seeds = [s for s in side_a if s in side_b]
-        gap, width = width_of(args.metric, y, [side_a[s] for s in seeds], [side_b[s] for s in seeds],
-                              args.resamples, 0)
+        gap, width = width_of(args.metric, y, [side_a[s] for s in seeds], [side_b[s] for s in seeds], args.resamples, 0)
         n_test = len(y)
-        print(f"\n{a} − {b}: test gap {gap.gap:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] {gap.verdict}; "
-              f"width {width:.4f} on {n_test} test clients")
+        print(
+            f"\n{a} − {b}: test gap {gap.gap:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] {gap.verdict}; "
+            f"width {width:.4f} on {n_test} test clients"
+        )
         vids, vy, val_a = aligned(frames, a, "val", None)
         _, _, val_b = aligned(frames, b, "val", vids)
         widths = {}
@@ -74,18 +77,30 @@ def main() -> None:
             samples = []
             for _ in range(5):
                 rows = rng.choice(len(vy), m, replace=False)
-                samples.append(width_of(args.metric, vy[rows], [val_a[s][rows] for s in seeds],
-                                        [val_b[s][rows] for s in seeds], args.resamples, 1)[1])
+                samples.append(
+                    width_of(
+                        args.metric,
+                        vy[rows],
+                        [val_a[s][rows] for s in seeds],
+                        [val_b[s][rows] for s in seeds],
+                        args.resamples,
+                        1,
+                    )[1]
+                )
             widths[factor] = float(np.mean(samples))
             print(f"  val out-of-fold subsampled to {m} clients ({factor}x test): width {widths[factor]:.4f}")
         if 4 in widths:
             print(f"  measured width(4x) / width(1x) = {widths[4] / widths[1]:.3f} (1/sqrt(n) predicts 0.500)")
         full = width_of(args.metric, vy, [val_a[s] for s in seeds], [val_b[s] for s in seeds], args.resamples, 1)
-        print(f"  val out-of-fold, all {len(vy)} clients: gap {full[0].gap:+.4f} [{full[0].low:+.4f}, "
-              f"{full[0].high:+.4f}] {full[0].verdict}; width {full[1]:.4f}")
-        print(f"  projection (width ∝ 1/sqrt(test clients), test = a fixed share of n_clients): half the width "
-              f"({width / 2:.4f}) at dataset.n_clients ≈ {4 * n_clients}; width {args.target_width} at "
-              f"≈ {int(np.ceil(n_clients * (width / args.target_width) ** 2))}")
+        print(
+            f"  val out-of-fold, all {len(vy)} clients: gap {full[0].gap:+.4f} [{full[0].low:+.4f}, "
+            f"{full[0].high:+.4f}] {full[0].verdict}; width {full[1]:.4f}"
+        )
+        print(
+            f"  projection (width ∝ 1/sqrt(test clients), test = a fixed share of n_clients): half the width "
+            f"({width / 2:.4f}) at dataset.n_clients ≈ {4 * n_clients}; width {args.target_width} at "
+            f"≈ {int(np.ceil(n_clients * (width / args.target_width) ** 2))}"
+        )
 
     # cost: the vectorised bootstrap of one gap against sklearn on the same resamples
     ids, y, side_a = aligned(frames, "llm", "test", None)
@@ -97,12 +112,16 @@ def main() -> None:
     vectorised = time.perf_counter() - started
     started = time.perf_counter()
     picks = [np.repeat(np.arange(len(y)), row.astype(int)) for row in counts]
-    loop = [np.mean([roc_auc_score(y[p], side_a[s][p, 1]) - roc_auc_score(y[p], side_b[s][p, 1]) for s in seeds])
-            for p in picks]
+    loop = [
+        np.mean([roc_auc_score(y[p], side_a[s][p, 1]) - roc_auc_score(y[p], side_b[s][p, 1]) for s in seeds])
+        for p in picks
+    ]
     reference = time.perf_counter() - started
     assert np.isfinite(loop).all()
-    print(f"\nbootstrap cost, llm − coles on test, {len(seeds)} seeds x {args.resamples} resamples: vectorised "
-          f"{vectorised:.3f} s, sklearn loop {reference:.3f} s (reference): {reference / vectorised:.1f}x faster")
+    print(
+        f"\nbootstrap cost, llm − coles on test, {len(seeds)} seeds x {args.resamples} resamples: vectorised "
+        f"{vectorised:.3f} s, sklearn loop {reference:.3f} s (reference): {reference / vectorised:.1f}x faster"
+    )
 
 
 if __name__ == "__main__":

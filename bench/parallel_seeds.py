@@ -25,8 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def stage(name: str, overrides: list[str], threads: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "source")}
-    return subprocess.Popen([sys.executable, "-m", f"llm4trx.{name}", *overrides], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", f"llm4trx.{name}", *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(procs: list[subprocess.Popen]) -> None:
@@ -49,9 +55,14 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        common = [f"paths.output_root={root}", "progress=false", f"trainer.max_duration={args.batches}ba",
-                  f"trainer.eval_interval={args.batches}ba", f"trainer.save_interval={args.batches}ba",
-                  "trainer.eval_first=false"]
+        common = [
+            f"paths.output_root={root}",
+            "progress=false",
+            f"trainer.max_duration={args.batches}ba",
+            f"trainer.eval_interval={args.batches}ba",
+            f"trainer.save_interval={args.batches}ba",
+            "trainer.eval_first=false",
+        ]
         for name in ("prepare", "text", "tokenizer", "shards"):
             finish([stage(name, common, cores)])
 

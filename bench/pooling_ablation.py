@@ -24,8 +24,11 @@ import torch
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prefix", default="transactions of one client :",
-                    help="task-neutral prefix (words a domain tokenizer does not know become unk)")
+    ap.add_argument(
+        "--prefix",
+        default="transactions of one client :",
+        help="task-neutral prefix (words a domain tokenizer does not know become unk)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     args, overrides = ap.parse_known_args()
     from llm4trx.core.config import compose
@@ -48,8 +51,9 @@ def main():
     started = time.time()
     pooled = {}
     for prefix in sorted({v[3] for v in variants}):
-        seqs, _ = tokenize(tokenizer, texts["text"].tolist(), model.config.max_position_embeddings + len(prefix.split()),
-                           prefix)
+        seqs, _ = tokenize(
+            tokenizer, texts["text"].tolist(), model.config.max_position_embeddings + len(prefix.split()), prefix
+        )
         batches = length_sorted_batches([len(s) for s in seqs], 32)
         out = {v[0]: np.zeros((len(seqs), model.config.hidden_size), np.float32) for v in variants if v[3] == prefix}
         with torch.no_grad():
@@ -58,7 +62,7 @@ def main():
                 ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
                 mask = torch.zeros_like(ids)
                 for r, i in enumerate(batch):
-                    ids[r, :len(seqs[i])], mask[r, :len(seqs[i])] = torch.tensor(seqs[i]), 1
+                    ids[r, : len(seqs[i])], mask[r, : len(seqs[i])] = torch.tensor(seqs[i]), 1
                 hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
                 for name, p, sl, pre in variants:
                     if pre == prefix:
@@ -74,11 +78,15 @@ def main():
         r = cross_validate(name, frame, labels, list(cfg.dataset.metrics), params, validation_jobs(cfg), "ablation")
         head = r[cfg.dataset.metrics[0]]
         rows.append((name, head["val_mean"], head["val_std"], head["test_mean"]))
-        print(f"{name:45s} val {head['val_mean']:.4f} ± {head['val_std']:.4f}   test {head['test_mean']:.4f}", flush=True)
+        print(
+            f"{name:45s} val {head['val_mean']:.4f} ± {head['val_std']:.4f}   test {head['test_mean']:.4f}", flush=True
+        )
     ref = dict((r[0], r[1]) for r in rows)["mean pooling, " + f"layer {n_layers}"]
     best = max(rows, key=lambda r: r[1])
-    print(f"\nseed {cfg.seed}, load {os.getloadavg()[0]:.2f}, forward {forward_s:.0f} s; "
-          f"metric {cfg.dataset.metrics[0]}; reference (mean, last layer) val {ref:.4f}")
+    print(
+        f"\nseed {cfg.seed}, load {os.getloadavg()[0]:.2f}, forward {forward_s:.0f} s; "
+        f"metric {cfg.dataset.metrics[0]}; reference (mean, last layer) val {ref:.4f}"
+    )
     print("| variant | val (mean ± fold std) | val − reference | test (information only) |\n|---|---|---|---|")
     for name, v, vs, t in rows:
         print(f"| {'**' + name + '**' if name == best[0] else name} | {v:.4f} ± {vs:.4f} | {v - ref:+.4f} | {t:.4f} |")

@@ -59,8 +59,10 @@ def per_row_flat(events: pd.DataFrame, ctx: RenderContext) -> dict[str, str]:
         dates.setdefault(row.client_id, []).append(row.event_time.strftime("%Y-%m-%d"))
     texts = {}
     for client, body in lines.items():
-        head = (f"transactions: {len(body)} | from: {dates[client][0]} | to: {dates[client][-1]} | "
-                f"fields: {', '.join(fields)}")
+        head = (
+            f"transactions: {len(body)} | from: {dates[client][0]} | to: {dates[client][-1]} | "
+            f"fields: {', '.join(fields)}"
+        )
         texts[client] = head + "\n" + "\n".join(body)
     return texts
 
@@ -101,8 +103,19 @@ def in_child(stage: str, overrides: list[str]) -> tuple[float, float, float, flo
     with the stage process)."""
     with tempfile.NamedTemporaryFile(suffix=".hwm") as peak:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", PEAK_WRAPPER, peak.name, f"llm4trx.{stage}", *overrides,
-                                 "hydra/job_logging=disabled"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PEAK_WRAPPER,
+                peak.name,
+                f"llm4trx.{stage}",
+                *overrides,
+                "hydra/job_logging=disabled",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         err = proc.stderr.read().decode(errors="replace")
@@ -122,30 +135,46 @@ def main() -> None:
     parser.add_argument("--reference-events", type=int, default=100_000, help="events rendered per row")
     parser.add_argument("--sample-clients", type=int, default=600, help="clients for the tokens/transaction table")
     parser.add_argument("--out", default=None, help="output root (default: a temporary folder)")
-    parser.add_argument("--schema", default="rosbank", help="raw schema of the synthetic data: rosbank, age_pred, gender")
+    parser.add_argument(
+        "--schema", default="rosbank", help="raw schema of the synthetic data: rosbank, age_pred, gender"
+    )
     parser.add_argument("--min-events", type=int, default=None, help="dataset.min_events (default: the config's)")
     parser.add_argument("--max-events", type=int, default=None, help="dataset.max_events (default: the config's)")
     parser.add_argument("--memory", action="store_true", help="run each stage in a child; print its peak memory")
     parser.add_argument("--stages", default="prepare,text,tokenizer,shards", help="stages to run (in this order)")
-    parser.add_argument("--tables", default="all", choices=["all", "none"],
-                        help="none: skip the rendering reference and the tokens-per-transaction table")
+    parser.add_argument(
+        "--tables",
+        default="all",
+        choices=["all", "none"],
+        help="none: skip the rendering reference and the tokens-per-transaction table",
+    )
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="llm4trx-bench-"))
-    overrides = [f"paths.output_root={out}", "experiment_name=bench", "dataset=synthetic", "progress=false",
-                 f"dataset.schema={args.schema}", f"dataset.n_clients={args.clients}", f"text={args.format}",
-                 "force=true"]
+    overrides = [
+        f"paths.output_root={out}",
+        "experiment_name=bench",
+        "dataset=synthetic",
+        "progress=false",
+        f"dataset.schema={args.schema}",
+        f"dataset.n_clients={args.clients}",
+        f"text={args.format}",
+        "force=true",
+    ]
     overrides += [f"dataset.min_events={args.min_events}"] * (args.min_events is not None)
     overrides += [f"dataset.max_events={args.max_events}"] * (args.max_events is not None)
     cfg = compose(overrides)
     wanted = args.stages.split(",")
-    console.print(f"cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()}; "
-                  f"output root {out}")
+    console.print(f"cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()}; output root {out}")
 
     import streaming  # noqa: F401  (import once before the clock: ~10 s of module loading, not per-transaction work)
     import transformers  # noqa: F401
 
-    label = {"prepare": "prepare: CSV -> canonical", "text": "text: render + count + truncate",
-             "tokenizer": "tokenizer: train BPE (one-off)", "shards": "shards: tokenize + MDS"}
+    label = {
+        "prepare": "prepare: CSV -> canonical",
+        "text": "text: render + count + truncate",
+        "tokenizer": "tokenizer: train BPE (one-off)",
+        "shards": "shards: tokenize + MDS",
+    }
     modules = {"prepare": prepare, "text": text, "tokenizer": tokenizer, "shards": shards}
     steps = {}  # name -> (wall, CPU[, peak GB])
     steps["raw CSV generation (not counted)"] = timed(ensure_raw, cfg.dataset)[1:]
@@ -158,22 +187,29 @@ def main() -> None:
     if "tokenizer" in wanted:
         steps["... + tokenizer training"] = tuple(total[i] + steps[label["tokenizer"]][i] for i in (0, 1))
     where = "each stage in a child process" if args.memory else "in this process"
-    table = Table(title=f"end to end, {n_events:,} synthetic {args.schema}-schema transactions (format "
-                        f"{args.format}; {where})")
-    for col in ["step", "wall s", "transactions/s", "CPU s", "transactions/CPU-s"] + \
-            ["peak RSS GB", "worker peak GB"] * args.memory:
+    table = Table(
+        title=f"end to end, {n_events:,} synthetic {args.schema}-schema transactions (format {args.format}; {where})"
+    )
+    for col in ["step", "wall s", "transactions/s", "CPU s", "transactions/CPU-s"] + [
+        "peak RSS GB",
+        "worker peak GB",
+    ] * args.memory:
         table.add_column(col, justify="right")
     for name, figures in steps.items():
         wall, cpu = figures[:2]
-        peak = ([f"{figures[2]:.2f}", f"{figures[3]:.2f}" if figures[3] else ""] if len(figures) > 2
-                else ["", ""]) if args.memory else []
+        peak = (
+            ([f"{figures[2]:.2f}", f"{figures[3]:.2f}" if figures[3] else ""] if len(figures) > 2 else ["", ""])
+            if args.memory
+            else []
+        )
         table.add_row(name, f"{wall:.2f}", f"{n_events / wall:,.0f}", f"{cpu:.2f}", f"{n_events / cpu:,.0f}", *peak)
     console.print(table)
     peaks = [f[2] for k, f in steps.items() if len(f) > 2 and k in label.values()]
-    console.print(f"end to end ({' + '.join(s for s in wanted if s != 'tokenizer')}): {n_events / total[0]:,.0f} "
-                  f"transactions/s wall, {n_events / total[1]:,.0f} per CPU-s (goal >= 200,000); load average "
-                  f"{os.getloadavg()[0]:.1f}" + (f"; largest stage peak RSS {max(peaks):.2f} GB (goal <= 4)"
-                                                 if peaks else ""))
+    console.print(
+        f"end to end ({' + '.join(s for s in wanted if s != 'tokenizer')}): {n_events / total[0]:,.0f} "
+        f"transactions/s wall, {n_events / total[1]:,.0f} per CPU-s (goal >= 200,000); load average "
+        f"{os.getloadavg()[0]:.1f}" + (f"; largest stage peak RSS {max(peaks):.2f} GB (goal <= 4)" if peaks else "")
+    )
     if args.tables == "none" or not {"prepare", "text", "tokenizer"} <= set(wanted):
         return
 
@@ -190,21 +226,27 @@ def main() -> None:
     assert not mismatched, f"per-row and vectorised texts differ, e.g. client {mismatched[0]}"
     rate_vec, rate_ref = len(events) / t_vec, len(subset) / t_ref
     cpu_vec, cpu_ref = len(events) / c_vec, len(subset) / c_ref
-    console.print(f"render flat, vectorised: {rate_vec:,.0f} transactions/s wall, {cpu_vec:,.0f} per CPU-s "
-                  f"({len(events):,} in {t_vec:.2f} s, {c_vec:.2f} CPU-s); per-row Python: {rate_ref:,.0f} wall, "
-                  f"{cpu_ref:,.0f} per CPU-s ({len(subset):,} in {t_ref:.2f} s, {c_ref:.2f} CPU-s); ratio "
-                  f"{rate_vec / rate_ref:.1f}x wall, {cpu_vec / cpu_ref:.1f}x CPU (same text on {len(sample)} "
-                  f"sampled clients; goal >= 20x)")
-    console.print(f"end to end (prepare + text + shards) vs per-row rendering alone: "
-                  f"{n_events / total[0] / rate_ref:.2f}x wall, {n_events / total[1] / cpu_ref:.2f}x CPU")
+    console.print(
+        f"render flat, vectorised: {rate_vec:,.0f} transactions/s wall, {cpu_vec:,.0f} per CPU-s "
+        f"({len(events):,} in {t_vec:.2f} s, {c_vec:.2f} CPU-s); per-row Python: {rate_ref:,.0f} wall, "
+        f"{cpu_ref:,.0f} per CPU-s ({len(subset):,} in {t_ref:.2f} s, {c_ref:.2f} CPU-s); ratio "
+        f"{rate_vec / rate_ref:.1f}x wall, {cpu_vec / cpu_ref:.1f}x CPU (same text on {len(sample)} "
+        f"sampled clients; goal >= 20x)"
+    )
+    console.print(
+        f"end to end (prepare + text + shards) vs per-row rendering alone: "
+        f"{n_events / total[0] / rate_ref:.2f}x wall, {n_events / total[1] / cpu_ref:.2f}x CPU"
+    )
 
     # tokens per transaction of every format
     clients = events["client_id"].drop_duplicates()
     keep = clients.iloc[:: max(1, len(clients) // args.sample_clients)]
     sample_events = events[events["client_id"].isin(set(keep))]
     counters = {"qwen": get_counter("qwen"), "domain": get_counter(str(stage_dir(cfg, "tokenizer")))}
-    table = Table(title=f"tokens per transaction, {sample_events.shape[0]:,} transactions of {len(keep)} clients, "
-                        f"untruncated (domain BPE trained on {args.format} texts)")
+    table = Table(
+        title=f"tokens per transaction, {sample_events.shape[0]:,} transactions of {len(keep)} clients, "
+        f"untruncated (domain BPE trained on {args.format} texts)"
+    )
     for col in ["format", "qwen tok/trx", "qwen lines only", "vs flat", "domain tok/trx", "domain lines only"]:
         table.add_column(col, justify="right")
     per_format = {}

@@ -112,9 +112,16 @@ def main() -> None:
         cfg = compose([*overrides, f"paths.output_root={tmp / 'outputs'}"])
         build_lm_inputs(cfg, n_train=320, n_val=16)
     never = f"{10 * args.steps}ba"
-    cfg = compose([*overrides, f"paths.output_root={cfg.paths.output_root}",
-                   f"trainer.max_duration={args.steps}ba", f"trainer.eval_interval={never}",
-                   f"trainer.save_interval={never}", "trainer.eval_first=false"])
+    cfg = compose(
+        [
+            *overrides,
+            f"paths.output_root={cfg.paths.output_root}",
+            f"trainer.max_duration={args.steps}ba",
+            f"trainer.eval_interval={never}",
+            f"trainer.save_interval={never}",
+            "trainer.eval_first=false",
+        ]
+    )
     threads = args.threads or cfg.trainer.get("cpu_threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -129,10 +136,14 @@ def main() -> None:
     for name, label in (("foundry", "llm-foundry + Composer"), ("hf", "transformers Trainer")):
         rate, tokens, seconds = clocks[name].rate(args.warmup)
         rates[name] = rate
-        print(f"{label:24s}: {rate:9.0f} tokens/s  ({tokens} real tokens in steps {args.warmup + 1}..{args.steps}, "
-              f"{seconds:.2f} s)")
-    print(f"model={cfg.model.name} batch={cfg.trainer.global_train_batch_size} max_seq_len={cfg.max_seq_len} "
-          f"threads={torch.get_num_threads()}")
+        print(
+            f"{label:24s}: {rate:9.0f} tokens/s  ({tokens} real tokens in steps {args.warmup + 1}..{args.steps}, "
+            f"{seconds:.2f} s)"
+        )
+    print(
+        f"model={cfg.model.name} batch={cfg.trainer.global_train_batch_size} max_seq_len={cfg.max_seq_len} "
+        f"threads={torch.get_num_threads()}"
+    )
     print(f"ratio llm-foundry / HF Trainer: {rates['foundry'] / rates['hf']:.2f} (goal >= 1.0)")
     shutil.rmtree(tmp, ignore_errors=True)
 

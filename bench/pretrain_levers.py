@@ -29,9 +29,17 @@ def lengths_like_default(n: int, rng) -> np.ndarray:
 def make_model(hidden: int, layers: int, vocab: int = 300):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                      attn_implementation="sdpa", tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg)
 
@@ -41,7 +49,7 @@ def batches(lengths: np.ndarray, batch: int, bucketed: bool, rng) -> list[np.nda
     if bucketed:  # sort within windows of 8 batches by length, then shuffle the batches (llm-foundry-free)
         window = 8 * batch
         order = np.concatenate([w[np.argsort(lengths[w])] for w in np.array_split(order, max(1, len(order) // window))])
-    groups = [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
+    groups = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
     return [groups[i] for i in rng.permutation(len(groups))]
 
 
@@ -68,7 +76,10 @@ def run_variant(name, model, lengths, batch, steps, bucketed, bf16, threads, rng
             elapsed += time.perf_counter() - start
             real += int(mask.sum())
     tps = real / elapsed
-    print(f"{name:38s} {tps:10.0f} real tokens/s  (padding {1 - real / sum(len(idx) * lengths[idx].max() for idx in groups[1:steps + 1]):.0%})", flush=True)
+    print(
+        f"{name:38s} {tps:10.0f} real tokens/s  (padding {1 - real / sum(len(idx) * lengths[idx].max() for idx in groups[1 : steps + 1]):.0%})",
+        flush=True,
+    )
     return tps
 
 
@@ -83,22 +94,36 @@ def main():
     rng = np.random.default_rng(0)
     lengths = lengths_like_default(4000, rng)
     cores = len(os.sched_getaffinity(0))
-    print(f"tiny Llama {args.hidden}x{args.layers}, batch {args.batch}, {args.steps} timed steps, {cores} cores, "
-          f"load {os.getloadavg()[0]:.2f}")
-    variants = [("reference: fp32, random batches", False, False, cores),
-                ("bucketed batches", True, False, cores),
-                ("bf16 autocast", False, True, cores),
-                ("bucketed + bf16 autocast", True, True, cores),
-                ("bucketed, 1 thread", True, False, 1)]
+    print(
+        f"tiny Llama {args.hidden}x{args.layers}, batch {args.batch}, {args.steps} timed steps, {cores} cores, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+    variants = [
+        ("reference: fp32, random batches", False, False, cores),
+        ("bucketed batches", True, False, cores),
+        ("bf16 autocast", False, True, cores),
+        ("bucketed + bf16 autocast", True, True, cores),
+        ("bucketed, 1 thread", True, False, 1),
+    ]
     results = {}
     for name, bucketed, bf16, threads in variants:
         model = make_model(args.hidden, args.layers)
-        results[name] = run_variant(name, model, lengths, args.batch, args.steps, bucketed, bf16, threads,
-                                    np.random.default_rng(1))
+        results[name] = run_variant(
+            name, model, lengths, args.batch, args.steps, bucketed, bf16, threads, np.random.default_rng(1)
+        )
     if args.compile:
         model = torch.compile(make_model(args.hidden, args.layers))
-        results["bucketed + torch.compile"] = run_variant("bucketed + torch.compile", model, lengths, args.batch,
-                                                          args.steps, True, False, cores, np.random.default_rng(1))
+        results["bucketed + torch.compile"] = run_variant(
+            "bucketed + torch.compile",
+            model,
+            lengths,
+            args.batch,
+            args.steps,
+            True,
+            False,
+            cores,
+            np.random.default_rng(1),
+        )
     ref = results[variants[0][0]]
     print("\nratio to the reference (same run):")
     for name, tps in results.items():

@@ -34,16 +34,27 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="llm4trx-padding-"))
-    base = ["experiment=smoke", f"paths.output_root={out}", "progress=false", f"dataset.n_clients={args.clients}",
-            f"trainer.cpu_threads={args.threads}", f"trainer.max_duration={args.steps}ba",
-            f"trainer.eval_interval={args.steps}ba", "trainer.eval_first=false",
-            f"trainer.save_interval={args.steps}ba", "trainer.eval_subset_num_batches=1"]
+    base = [
+        "experiment=smoke",
+        f"paths.output_root={out}",
+        "progress=false",
+        f"dataset.n_clients={args.clients}",
+        f"trainer.cpu_threads={args.threads}",
+        f"trainer.max_duration={args.steps}ba",
+        f"trainer.eval_interval={args.steps}ba",
+        "trainer.eval_first=false",
+        f"trainer.save_interval={args.steps}ba",
+        "trainer.eval_subset_num_batches=1",
+    ]
     cfg = compose(base)
     for stage in (prepare, text, tokenizer, shards):
         stage.run(cfg)
-    print(f"{args.clients} synthetic clients, smoke model, {args.steps} steps of "
-          f"{cfg.trainer.global_train_batch_size} clients, max_seq_len {cfg.max_seq_len}, {args.threads} thread(s), "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"{args.clients} synthetic clients, smoke model, {args.steps} steps of "
+        f"{cfg.trainer.global_train_batch_size} clients, max_seq_len {cfg.max_seq_len}, {args.threads} thread(s), "
+        f"load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     variants = {"reference: random batches": ["trainer.length_bucketing=false"]}
     for w in args.windows.split(","):
         variants[f"bucketed, window {w} batches"] = ["trainer.length_bucketing=true", f"trainer.bucket_window={w}"]
@@ -56,8 +67,10 @@ def main() -> None:
     ref = best["reference: random batches"]["real_tokens_per_s"]
     print(f"\n{'variant':34s} {'real tokens/s':>14s} {'padded share':>13s} {'real tokens':>12s} {'ratio':>7s}")
     for name, done in best.items():
-        print(f"{name:34s} {done['real_tokens_per_s']:14,.0f} {done['padded_share']:13.1%} "
-              f"{done['tokens_seen']:12,d} {done['real_tokens_per_s'] / ref:6.2f}x")
+        print(
+            f"{name:34s} {done['real_tokens_per_s']:14,.0f} {done['padded_share']:13.1%} "
+            f"{done['tokens_seen']:12,d} {done['real_tokens_per_s'] / ref:6.2f}x"
+        )
     print(f"(best of {args.repeats}; ratio: real tokens/s against the reference, same run; goal: padded share <= 10 %)")
 
 

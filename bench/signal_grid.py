@@ -75,20 +75,34 @@ def val_of(entry: dict, metric: str) -> float | None:
     return m.get("val_oof", m.get("val_mean"))
 
 
-def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: list[str],
-             label: str = "preset") -> dict:
+def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: list[str], label: str = "preset") -> dict:
     root = out / mode / f"{schema}_{kind}"
-    overrides = ["experiment=smoke", f"seed={seed}", f"dataset.schema={schema}", f"paths.output_root={root}",
-                 "progress=false", *signal_overrides(kind, mode), *extra]
+    overrides = [
+        "experiment=smoke",
+        f"seed={seed}",
+        f"dataset.schema={schema}",
+        f"paths.output_root={root}",
+        "progress=false",
+        *signal_overrides(kind, mode),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     root.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(root / "run.log", "w") as log:  # streamed, so a running cell can be followed
-        proc = subprocess.run(["bash", "scripts/run.sh", *overrides], cwd=ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            ["bash", "scripts/run.sh", *overrides], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
     wall = time.time() - start
-    row = {"schema": schema, "kind": kind, "mode": mode, "label": label, "seed": seed, "overrides": overrides,
-           "wall_s": round(wall)}
+    row = {
+        "schema": schema,
+        "kind": kind,
+        "mode": mode,
+        "label": label,
+        "seed": seed,
+        "overrides": overrides,
+        "wall_s": round(wall),
+    }
     if proc.returncode:
         tail = (root / "run.log").read_text().strip().splitlines()[-1:] or [""]
         return {**row, "error": f"run.sh exit {proc.returncode}: {tail[0]} (log {root / 'run.log'})"}
@@ -111,8 +125,11 @@ def line(row: dict) -> str:
     place = None
     if None not in (row["llm"], row["oracle"], row["random"]) and row["oracle"] != row["random"]:
         place = (row["llm"] - row["random"]) / (row["oracle"] - row["random"])
-    return (f"{head} {row['metric']:8s} " + " ".join(f"{fmt(row[c]):>10s}" for c in COLUMNS)
-            + f" {fmt(place):>9s} {row['wall_s']:6d}")
+    return (
+        f"{head} {row['metric']:8s} "
+        + " ".join(f"{fmt(row[c]):>10s}" for c in COLUMNS)
+        + f" {fmt(place):>9s} {row['wall_s']:6d}"
+    )
 
 
 def main():
@@ -125,10 +142,17 @@ def main():
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every stage (after --)")
     args = ap.parse_args()
     cells = parse_cells(args.cells)
-    print(f"signal grid: {len(cells)} cells, mode {args.mode}, seed {args.seed}, overrides {args.overrides or 'none'}; "
-          "val: results.json val_oof, else the fold mean", flush=True)
-    print(f"{'schema':8s} {'kind':8s} {'metric':8s} " + " ".join(f"{c:>10s}" for c in COLUMNS)
-          + f" {'llm place':>9s} {'wall_s':>6s}", flush=True)
+    print(
+        f"signal grid: {len(cells)} cells, mode {args.mode}, seed {args.seed}, overrides {args.overrides or 'none'}; "
+        "val: results.json val_oof, else the fold mean",
+        flush=True,
+    )
+    print(
+        f"{'schema':8s} {'kind':8s} {'metric':8s} "
+        + " ".join(f"{c:>10s}" for c in COLUMNS)
+        + f" {'llm place':>9s} {'wall_s':>6s}",
+        flush=True,
+    )
     rows = []  # a variant (--label, overrides) reuses a cell's finished stages it does not change (prepare, coles)
     for schema, kind in cells:
         row = run_cell(schema, kind, args.mode, args.seed, args.out, args.overrides, args.label)

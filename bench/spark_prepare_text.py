@@ -53,15 +53,25 @@ def main() -> None:
     logging.getLogger("llm4trx.data.spark_prepare").setLevel(logging.INFO)
 
     root = Path(args.root or tempfile.mkdtemp(prefix="bench_spark_"))
-    common = [f"dataset.schema={args.schema}", f"dataset.n_clients={args.clients}",
-              f"dataset.min_events={args.min_events}", f"dataset.max_events={args.max_events}",
-              f"dataset.raw_dir={root}/raw", "progress=false"]
-    spark_keys = ["engine=spark", f"engine.spark.master='{args.master}'",
-                  f"engine.spark.block_bytes={args.block_mb << 20}"]
+    common = [
+        f"dataset.schema={args.schema}",
+        f"dataset.n_clients={args.clients}",
+        f"dataset.min_events={args.min_events}",
+        f"dataset.max_events={args.max_events}",
+        f"dataset.raw_dir={root}/raw",
+        "progress=false",
+    ]
+    spark_keys = [
+        "engine=spark",
+        f"engine.spark.master='{args.master}'",
+        f"engine.spark.block_bytes={args.block_mb << 20}",
+    ]
     if args.partitions:
         spark_keys.append(f"engine.spark.partitions={args.partitions}")
-    cfgs = {"embedded": compose([f"paths.output_root={root}/embedded", *common]),
-            "spark": compose([f"paths.output_root={root}/spark", *common, *spark_keys])}
+    cfgs = {
+        "embedded": compose([f"paths.output_root={root}/embedded", *common]),
+        "spark": compose([f"paths.output_root={root}/spark", *common, *spark_keys]),
+    }
     started = time.perf_counter()
     ensure_raw(cfgs["embedded"].dataset)
     raw_mb = sum(p.stat().st_size for p in (root / "raw").glob("*.csv")) / 1e6
@@ -71,8 +81,10 @@ def main() -> None:
     spark = session(cfgs["spark"])
     spark.range(4).mapInArrow(lambda batches: batches, "id long").count()  # Python workers up too
     spark_start = time.perf_counter() - started
-    print(f"spark {spark.version} session ({spark.sparkContext.master}, parallelism "
-          f"{spark.sparkContext.defaultParallelism}) started in {spark_start:.1f} s (not in the rates)")
+    print(
+        f"spark {spark.version} session ({spark.sparkContext.master}, parallelism "
+        f"{spark.sparkContext.defaultParallelism}) started in {spark_start:.1f} s (not in the rates)"
+    )
 
     results = {}
     for name in ("embedded", "spark"):
@@ -83,10 +95,16 @@ def main() -> None:
         texts = text.run(cfg)
         t2 = time.perf_counter()
         n = read_success(data)["counts"]["events"]
-        results[name] = {"events": n, "prepare": t1 - t0, "text": t2 - t1,
-                         "sha": {f: sha(texts / f) for f in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json")}}
-        print(f"{name:>8}: {n:,} transactions; prepare {t1 - t0:6.1f} s ({n / (t1 - t0):,.0f}/s), text "
-              f"{t2 - t1:6.1f} s ({n / (t2 - t1):,.0f}/s), prepare + text {n / (t2 - t0):,.0f} transactions/s")
+        results[name] = {
+            "events": n,
+            "prepare": t1 - t0,
+            "text": t2 - t1,
+            "sha": {f: sha(texts / f) for f in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json")},
+        }
+        print(
+            f"{name:>8}: {n:,} transactions; prepare {t1 - t0:6.1f} s ({n / (t1 - t0):,.0f}/s), text "
+            f"{t2 - t1:6.1f} s ({n / (t2 - t1):,.0f}/s), prepare + text {n / (t2 - t0):,.0f} transactions/s"
+        )
     e, s = results["embedded"], results["spark"]
     assert e["events"] == s["events"], "the engines wrote different event counts"
     assert e["sha"] == s["sha"], "the engines wrote different texts"
@@ -94,7 +112,9 @@ def main() -> None:
     for stage in ("prepare", "text"):
         print(f"spark / embedded, {stage}: {e[stage] / s[stage]:.2f}x the rate")
     total = (e["prepare"] + e["text"]) / (s["prepare"] + s["text"])
-    print(f"spark / embedded, prepare + text: {total:.2f}x the rate (cores: {os.cpu_count()}, load {os.getloadavg()[0]:.1f})")
+    print(
+        f"spark / embedded, prepare + text: {total:.2f}x the rate (cores: {os.cpu_count()}, load {os.getloadavg()[0]:.1f})"
+    )
 
 
 if __name__ == "__main__":

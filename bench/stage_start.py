@@ -24,8 +24,11 @@ import time
 from pathlib import Path
 
 STAGES = ["prepare", "text", "tokenizer", "shards", "pretrain", "export", "embed", "coles", "validate", "report"]
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "source"),
-       "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "source"),
+    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+}
 
 
 def wall(argv: list[str], repeats: int) -> float:
@@ -41,8 +44,9 @@ def wall(argv: list[str], repeats: int) -> float:
 
 def top_imports(stage: str, n: int = 15) -> None:
     """The slowest imports (cumulative microseconds) of `import llm4trx.<stage>`, from -X importtime."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import llm4trx.{stage}"], env=ENV,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import llm4trx.{stage}"], env=ENV, capture_output=True, text=True
+    )
     rows = []
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and "|" in line and "cumulative" not in line:
@@ -53,12 +57,21 @@ def top_imports(stage: str, n: int = 15) -> None:
 
 
 def build(root: Path, clients: int, seed: int) -> list[str]:
-    overrides = ["experiment=smoke", f"paths.output_root={root}", f"seed={seed}", "progress=false",
-                 f"dataset.n_clients={clients}", "trainer.max_duration=4ba", "trainer.eval_interval=4ba",
-                 "trainer.save_interval=4ba", "coles.max_epochs=1"]
+    overrides = [
+        "experiment=smoke",
+        f"paths.output_root={root}",
+        f"seed={seed}",
+        "progress=false",
+        f"dataset.n_clients={clients}",
+        "trainer.max_duration=4ba",
+        "trainer.eval_interval=4ba",
+        "trainer.save_interval=4ba",
+        "coles.max_epochs=1",
+    ]
     for stage in STAGES:
-        subprocess.run([sys.executable, "-m", f"llm4trx.{stage}", *overrides], env=ENV, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", f"llm4trx.{stage}", *overrides], env=ENV, check=True, stdout=subprocess.DEVNULL
+        )
     return overrides
 
 
@@ -72,8 +85,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--importtime", default=None, help="print the slowest imports of this stage and exit")
-    ap.add_argument("--source", default=None, help="the llm4trx source folder to measure (default: this "
-                    "checkout's; e.g. `git archive <commit> source | tar -x -C /tmp/before` for a before/after)")
+    ap.add_argument(
+        "--source",
+        default=None,
+        help="the llm4trx source folder to measure (default: this "
+        "checkout's; e.g. `git archive <commit> source | tar -x -C /tmp/before` for a before/after)",
+    )
     args = ap.parse_args()
     if args.source:
         ENV["PYTHONPATH"] = str(Path(args.source).resolve())
@@ -81,14 +98,21 @@ def main() -> None:
         top_imports(args.importtime)
         return
     py = sys.executable
-    overrides = ["experiment=smoke", f"paths.output_root={args.root}", f"seed={args.seed}", "progress=false",
-                 *args.overrides.split()]
+    overrides = [
+        "experiment=smoke",
+        f"paths.output_root={args.root}",
+        f"seed={args.seed}",
+        "progress=false",
+        *args.overrides.split(),
+    ]
     if args.root and args.build:
         overrides = build(Path(args.root), args.clients, args.seed) or overrides
     empty = wall([py, "-c", "pass"], args.repeats)
     torch_s = wall([py, "-c", "import torch"], args.repeats)
-    print(f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.2f}; best of {args.repeats}: "
-          f"python -c pass {empty:.2f} s, python -c 'import torch' {torch_s:.2f} s (the reference)")
+    print(
+        f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.2f}; best of {args.repeats}: "
+        f"python -c pass {empty:.2f} s, python -c 'import torch' {torch_s:.2f} s (the reference)"
+    )
     print(f"{'stage':10s} {'import s':>9s} {'/ torch':>8s}" + (f" {'skip s':>8s} {'/ torch':>8s}" if args.root else ""))
     for stage in args.stages.split(","):
         imported = wall([py, "-c", f"import llm4trx.{stage}"], args.repeats)

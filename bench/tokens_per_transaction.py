@@ -31,8 +31,14 @@ def main():
     from llm4trx.tokenizer import train_domain_bpe, train_fields
 
     out = tempfile.mkdtemp(prefix="llm4trx-tpt-")
-    cfg = compose([f"paths.output_root={out}", "progress=false", f"dataset.n_clients={args.clients}",
-                   f"dataset.schema={args.schema}"])
+    cfg = compose(
+        [
+            f"paths.output_root={out}",
+            "progress=false",
+            f"dataset.n_clients={args.clients}",
+            f"dataset.schema={args.schema}",
+        ]
+    )
     prepare.run(cfg)
     events = pd.read_parquet(stage_dir(cfg, "prepare") / "events.parquet")
     events["client_id"] = events["client_id"].astype(str)
@@ -47,9 +53,13 @@ def main():
     def count(tok, t):
         return sum(len(e.ids) for e in tok.backend_tokenizer.encode_batch(t, add_special_tokens=False))
 
-    print(f"{args.schema} schema, {n:,} transactions of {args.clients} clients, untruncated; load "
-          f"{os.getloadavg()[0]:.2f}")
-    print("| format | Qwen2 BPE tok/trx | vs flat (Qwen) | domain BPE (4096, on flat) | fields WordLevel |\n|---|---|---|---|---|")
+    print(
+        f"{args.schema} schema, {n:,} transactions of {args.clients} clients, untruncated; load "
+        f"{os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "| format | Qwen2 BPE tok/trx | vs flat (Qwen) | domain BPE (4096, on flat) | fields WordLevel |\n|---|---|---|---|---|"
+    )
     flat = qwen.count(texts["flat"]).sum() / n
     for name, t in texts.items():
         q = qwen.count(t).sum() / n

@@ -48,7 +48,9 @@ def main() -> None:
 
     auroc = result["auroc"]
     print(f"{args.clients} clients x {args.dim} dims, {params['n_estimators']} trees, n_jobs={args.n_jobs}")
-    print(f"auroc val {auroc['val_mean']:.4f} ± {auroc['val_std']:.4f}, test {auroc['test_mean']:.4f} ± {auroc['test_std']:.4f}")
+    print(
+        f"auroc val {auroc['val_mean']:.4f} ± {auroc['val_std']:.4f}, test {auroc['test_mean']:.4f} ± {auroc['test_std']:.4f}"
+    )
     print(f"reference: one LightGBM fit ({fold_threads(args.n_jobs, 5)[1]} thread)  {t_single:6.2f} s")
     print(f"full protocol (5 folds, val + test)  {t_protocol:6.2f} s  (goal <= 60 s)")
     print(f"ratio protocol / single fit: {t_protocol / t_single:.2f}x")

@@ -15,8 +15,9 @@ SCHEMAS = {schema: [f"dataset.schema={schema}"] for schema in ("rosbank", "age_p
 MCCS = np.array([5411, 5812, 5912, 6011, 4829, 5541, 5999, 7995, 4111, 5691])
 
 
-def canonical_events(schema: str, n_clients: int = 40, seed: int = 0, min_events: int = 5,
-                     max_events: int = 120) -> pd.DataFrame:
+def canonical_events(
+    schema: str, n_clients: int = 40, seed: int = 0, min_events: int = 5, max_events: int = 120
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     sizes = rng.integers(min_events, max_events + 1, n_clients)
     n = int(sizes.sum())
@@ -29,8 +30,9 @@ def canonical_events(schema: str, n_clients: int = 40, seed: int = 0, min_events
     if schema == "gender":
         amount = np.where(rng.random(n) < 0.8, -amount, amount)
     mcc = MCCS[rng.integers(0, len(MCCS), n)] if schema != "age_pred" else rng.integers(0, 200, n)
-    events = pd.DataFrame({"client_id": client, "event_time": event_time, "amount": amount,
-                           "mcc": mcc.astype(np.int32)})
+    events = pd.DataFrame(
+        {"client_id": client, "event_time": event_time, "amount": amount, "mcc": mcc.astype(np.int32)}
+    )
     if schema == "rosbank":
         events["channel_type"] = pd.Series(rng.choice(["type1", "type2", None], n, p=[0.7, 0.2, 0.1]), dtype="string")
         events["currency"] = pd.Series(rng.choice(["810", "978", "840"], n, p=[0.9, 0.05, 0.05]), dtype="string")
@@ -40,8 +42,9 @@ def canonical_events(schema: str, n_clients: int = 40, seed: int = 0, min_events
     return events.sort_values(["client_id", "event_time"], kind="stable").reset_index(drop=True)
 
 
-def write_canonical(cfg, events: pd.DataFrame, test_fraction: float = 0.2, val_fraction: float = 0.1,
-                    seed: int = 0) -> None:
+def write_canonical(
+    cfg, events: pd.DataFrame, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0
+) -> None:
     """data/{events,targets,splits}.parquet and _SUCCESS.json for the run described by cfg."""
     folder = stage_dir(cfg, "prepare")
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,7 +55,8 @@ def write_canonical(cfg, events: pd.DataFrame, test_fraction: float = 0.2, val_f
     splits = pd.DataFrame({"client_id": clients, "split": split, "fold": np.int8(-1), "labeled": True})
     events.to_parquet(folder / "events.parquet", index=False)
     pd.DataFrame({"client_id": clients, "target": rng.integers(0, 2, len(clients))}).to_parquet(
-        folder / "targets.parquet", index=False)
+        folder / "targets.parquet", index=False
+    )
     splits.to_parquet(folder / "splits.parquet", index=False)
     write_success(folder, f"fixture-{seed}-{len(events)}", time.time(), {"events": len(events)})
 

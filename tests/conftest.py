@@ -132,8 +132,9 @@ def heavy(items) -> int:
 
 
 def explicit_groups(item) -> list[str]:
-    return sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                   for m in item.iter_markers("xdist_group")})
+    return sorted(
+        {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    )
 
 
 def shared_fixtures(item) -> list[str]:
@@ -147,8 +148,12 @@ def shared_fixtures(item) -> list[str]:
         code = getattr(defs[-1].func, "__code__", None)
         if code is None or TESTS_DIR not in Path(code.co_filename).parents:
             continue  # pytest's or a plugin's own (tmp_path_factory, ...)
-        where = {"session": Path(code.co_filename).stem, "package": item.path.parent.name,
-                 "module": item.path.stem, "class": f"{item.path.stem}.{getattr(item.cls, '__name__', '')}"}
+        where = {
+            "session": Path(code.co_filename).stem,
+            "package": item.path.parent.name,
+            "module": item.path.stem,
+            "class": f"{item.path.stem}.{getattr(item.cls, '__name__', '')}",
+        }
         keys.append(f"fixture:{where[defs[-1].scope]}.{name}")
     return keys
 
@@ -208,5 +213,7 @@ def pytest_terminal_summary(terminalreporter):
     outcomes = fuzz_outcomes() + FUZZ_OUTCOMES
     if outcomes:
         tried = sum(v for k, v in outcomes.items() if k.endswith(": tried"))
-        terminalreporter.write_line(f"fuzz: prepare tried on {tried} malformed inputs: "
-                                    + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+        terminalreporter.write_line(
+            f"fuzz: prepare tried on {tried} malformed inputs: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+        )

@@ -15,10 +15,16 @@ import pandas as pd
 
 from llm4trx.core.stage import stage_dir, write_success
 
+
 def render(events: pd.DataFrame) -> pd.Series:
     """One line per transaction, newest last (the shape of the real formats, not their content)."""
-    lines = events["event_time"].dt.strftime("%m-%d") + " " + events["mcc"].astype(str) + " " + \
-        events["amount"].round(0).astype(int).astype(str)
+    lines = (
+        events["event_time"].dt.strftime("%m-%d")
+        + " "
+        + events["mcc"].astype(str)
+        + " "
+        + events["amount"].round(0).astype(int).astype(str)
+    )
     return lines.groupby(events["client_id"]).agg("\n".join)
 
 
@@ -44,8 +50,18 @@ def write_text(cfg) -> Path:
     for split in ("train", "val", "test"):
         with open(folder / f"{split}.jsonl", "w") as f:
             for cid in splits.index[splits["split"] == split]:
-                f.write(json.dumps({"client_id": cid, "text": texts[cid], "n_events": int(n_events[cid]),
-                                    "n_events_kept": int(n_events[cid]), "n_tokens": 0}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "client_id": cid,
+                            "text": texts[cid],
+                            "n_events": int(n_events[cid]),
+                            "n_events_kept": int(n_events[cid]),
+                            "n_tokens": 0,
+                        }
+                    )
+                    + "\n"
+                )
     mark_done(folder)
     return folder
 
@@ -59,14 +75,23 @@ def write_tiny_llama(folder: Path, corpus, hidden: int = 64, layers: int = 2, se
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     bpe.train_from_iterator(list(corpus), trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -17,8 +17,18 @@ import numpy as np
 from llm4trx.core.stage import stage_dir, write_success
 
 MERCHANTS = [
-    "grocery stores", "fast food", "gas stations", "pharmacies", "taxi", "book stores",
-    "airlines", "hotels", "clothing", "electronics", "cinemas", "restaurants",
+    "grocery stores",
+    "fast food",
+    "gas stations",
+    "pharmacies",
+    "taxi",
+    "book stores",
+    "airlines",
+    "hotels",
+    "clothing",
+    "electronics",
+    "cinemas",
+    "restaurants",
 ]
 CHANNELS = ["POS", "ONLINE", "ATM"]
 
@@ -52,7 +62,9 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 400, pad:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer)
@@ -75,8 +87,16 @@ def write_mds(out_dir: Path, samples: list[tuple[str, np.ndarray]]) -> None:
             writer.write({"tokens": tokens.astype(np.int32), "client_id": client_id})
 
 
-def build_lm_inputs(cfg, n_train: int = 160, n_val: int = 24, seed: int = 0, vocab_size: int = 400,
-                    pad: bool = True, eos: bool = True, empty_val: bool = False) -> dict[str, Path]:
+def build_lm_inputs(
+    cfg,
+    n_train: int = 160,
+    n_val: int = 24,
+    seed: int = 0,
+    vocab_size: int = 400,
+    pad: bool = True,
+    eos: bool = True,
+    empty_val: bool = False,
+) -> dict[str, Path]:
     """Write tokenizer/ and mds/{train,val}/ for the run of `cfg`; returns their folders."""
     tok_dir, mds_dir = stage_dir(cfg, "tokenizer"), stage_dir(cfg, "shards")
     started = time.time()
@@ -91,8 +111,7 @@ def build_lm_inputs(cfg, n_train: int = 160, n_val: int = 24, seed: int = 0, voc
     counts = {}
     for split, idx in splits.items():
         samples = [
-            (f"c{i:05d}", np.array([bos] + fast(texts[i], add_special_tokens=False)["input_ids"] + [end]))
-            for i in idx
+            (f"c{i:05d}", np.array([bos] + fast(texts[i], add_special_tokens=False)["input_ids"] + [end])) for i in idx
         ]
         write_mds(mds_dir / split, samples)
         counts[split] = len(samples)
@@ -104,23 +123,54 @@ def build_lm_inputs(cfg, n_train: int = 160, n_val: int = 24, seed: int = 0, voc
 # continued pretraining can be validated without the weights.
 PUBLISHED_CONFIGS = {
     "llama_3_2_1b": {
-        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-        "max_position_embeddings": 131072, "tie_word_embeddings": True, "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192},
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": True,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
     },
     "llama_3_2_3b": {
-        "model_type": "llama", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
-        "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 128256,
-        "max_position_embeddings": 131072, "tie_word_embeddings": True, "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192},
+        "model_type": "llama",
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": True,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
     },
     "qwen2_5_1_5b": {
-        "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
-        "max_position_embeddings": 32768, "tie_word_embeddings": True, "rope_theta": 1000000.0,
+        "model_type": "qwen2",
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": True,
+        "rope_theta": 1000000.0,
     },
 }
 
@@ -137,8 +187,13 @@ def write_model_config(folder: Path, values: dict) -> Path:
 # Overrides of every CPU test run: one torch thread (the test machine's cores are shared; more threads than
 # free cores made training 5x slower) and no progress bars.
 CPU_TEST = ["progress=false", "trainer.cpu_threads=1"]
-SMOKE_TEST_SCHEDULE = ["trainer.max_duration=60ba", "trainer.eval_interval=20ba", "trainer.save_interval=20ba",
-                       "trainer.global_train_batch_size=8", "trainer.device_train_microbatch_size=8"]
+SMOKE_TEST_SCHEDULE = [
+    "trainer.max_duration=60ba",
+    "trainer.eval_interval=20ba",
+    "trainer.save_interval=20ba",
+    "trainer.global_train_batch_size=8",
+    "trainer.device_train_microbatch_size=8",
+]
 
 
 def smoke_cfg(out_root: Path, *overrides: str):

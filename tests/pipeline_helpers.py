@@ -53,10 +53,14 @@ def smoke_run(tmp_path_factory) -> SmokeRun:
     record = root.with_name(root.name + ".json")
     with FileLock(f"{record}.lock"):
         if not record.exists():
-            proc = run_script("scripts/run_multi_seed.sh", *SMOKE_RUN, f"paths.output_root={root}",
-                              env={"SEEDS": " ".join(map(str, SMOKE_SEEDS))}, timeout=1800)
-            record.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout,
-                                          "stderr": proc.stderr}))
+            proc = run_script(
+                "scripts/run_multi_seed.sh",
+                *SMOKE_RUN,
+                f"paths.output_root={root}",
+                env={"SEEDS": " ".join(map(str, SMOKE_SEEDS))},
+                timeout=1800,
+            )
+            record.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
         done = json.loads(record.read_text())
     assert done["returncode"] == 0, done["stdout"][-3000:] + done["stderr"][-3000:]
     return SmokeRun(root, done["stdout"])
@@ -65,8 +69,15 @@ def smoke_run(tmp_path_factory) -> SmokeRun:
 # Exported into os.environ by libraries run in-process by other tests (Composer, accelerate under the HF
 # Trainer), and still needed there while torch.distributed stays initialised in the test process. A child
 # process (run.sh, sbatch) that inherited them would take itself for one rank of a distributed job.
-DISTRIBUTED_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR",
-                         "MASTER_PORT"}
+DISTRIBUTED_VARIABLES = {
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+}
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -77,5 +88,6 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_script(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=child_env(**(env or {})))
+    return subprocess.run(
+        ["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(**(env or {}))
+    )

@@ -27,8 +27,7 @@ from llm4trx.core.stage import read_success, stage_dir, stage_hash, write_succes
 from llm4trx.data.model_record import RECORD, make_record, write_record
 from pipeline_helpers import ROOT, child_env
 
-SMALL = ["progress=false", "embed.batch_size=8", "dataset.n_clients=120", "dataset.max_events=40",
-         "validate.n_jobs=1"]
+SMALL = ["progress=false", "embed.batch_size=8", "dataset.n_clients=120", "dataset.max_events=40", "validate.n_jobs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +44,16 @@ def model_run(tmp_path_factory):
 
 def applying(tmp_path, hf, *overrides):
     """Run B: another experiment on new clients of the same schema, with A's model."""
-    cfg = compose([f"paths.output_root={tmp_path / 'outputs'}", *SMALL, "experiment_name=next_month",
-                   "dataset.seed=1", f"embed.model={hf}", *overrides])
+    cfg = compose(
+        [
+            f"paths.output_root={tmp_path / 'outputs'}",
+            *SMALL,
+            "experiment_name=next_month",
+            "dataset.seed=1",
+            f"embed.model={hf}",
+            *overrides,
+        ]
+    )
     write_data(cfg)
     write_text(cfg)
     return cfg
@@ -70,8 +77,11 @@ def test_applied_model_skips_the_lm_stages_and_validates_as_its_own_row(model_ru
     assert set(new["text"]).isdisjoint(old["text"])  # new clients' histories
     vcfg = OmegaConf.merge(cfg, {"validate": {"feature_sets": ["llm", "random"], "concatenations": ["llm+random"]}})
     results = json.loads((validate.run(vcfg) / "results.json").read_text())
-    assert list(results["feature_sets"]) == ["llm:smoke-synthetic-seed_42", "random",
-                                             "llm:smoke-synthetic-seed_42+random"]
+    assert list(results["feature_sets"]) == [
+        "llm:smoke-synthetic-seed_42",
+        "random",
+        "llm:smoke-synthetic-seed_42+random",
+    ]
     named = OmegaConf.merge(vcfg, {"embed": {"name": "a_model"}})
     embed.run(named)
     results = json.loads((validate.run(named) / "results.json").read_text())
@@ -98,15 +108,30 @@ def test_the_applied_model_is_part_of_embeds_hash(model_run, tmp_path):
 def test_texts_rendered_otherwise_than_the_model_learned_are_one_line(model_run, tmp_path):
     _, hf = model_run
     cfg = applying(tmp_path, hf, "text=compact")
-    with pytest.raises(ConfigError, match=r"embed.model=.*hf was trained on texts of experiment 'smoke'.*"
-                                          r"text.format='compact' \(model: 'fields'\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"embed.model=.*hf was trained on texts of experiment 'smoke'.*"
+        r"text.format='compact' \(model: 'fields'\)",
+    ):
         embed.run(cfg)
     assert not stage_dir(cfg, "embed").exists()
     # Through the entry point: one line on stderr, exit status 2, nothing written.
-    args = [f"paths.output_root={tmp_path / 'outputs'}", *SMALL, "experiment_name=next_month", "dataset.seed=1",
-            f"embed.model={hf}", "text=compact"]
-    done = subprocess.run([sys.executable, "-m", "llm4trx.embed", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=child_env(), timeout=300)
+    args = [
+        f"paths.output_root={tmp_path / 'outputs'}",
+        *SMALL,
+        "experiment_name=next_month",
+        "dataset.seed=1",
+        f"embed.model={hf}",
+        "text=compact",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "llm4trx.embed", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: embed.model=") and "(model: 'fields')" in errors[0]

@@ -18,8 +18,10 @@ from llm4trx.core.stage import read_success, run_stage, stage_dir, stage_hash
 
 TRAIN = [f"c{i:02d}" for i in range(8)]
 VAL, TEST = ["c08"], ["c09", "c10", "c11"]
-CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def save_tiny_generator(folder: Path, eos_only: bool = False, context: int = 512) -> Path:
@@ -37,18 +39,36 @@ def save_tiny_generator(folder: Path, eos_only: bool = False, context: int = 512
     tok.decoder = decoders.ByteLevel()
     specials = ["<|eos|>", "<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"]
     prompts = compose(["augment=hf"]).augment
-    corpus = [prompts.system, prompts.user_template, *prompts.formats.values(), *prompts.analysis.values(),
-              "2021-03-04 12:00,123.45,5411,POS,810,WD_ATM"] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   pad_token="<|pad|>", chat_template=CHAT)
+    corpus = [
+        prompts.system,
+        prompts.user_template,
+        *prompts.formats.values(),
+        *prompts.analysis.values(),
+        "2021-03-04 12:00,123.45,5411,POS,810,WD_ATM",
+    ] * 20
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=1000, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>", chat_template=CHAT
+    )
     assert fast.eos_token_id == 0
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=context,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     if eos_only:
         with torch.no_grad():
@@ -88,27 +108,46 @@ def write_data(cfg) -> Path:
         n = int(rng.integers(5, 40))
         times = pd.Timestamp("2021-01-01") + pd.to_timedelta(np.sort(rng.integers(0, 10**7, n)), unit="s")
         for t in times:
-            rows.append({"client_id": cid, "event_time": t, "amount": round(float(rng.normal(100, 30)), 2),
-                         "mcc": np.int32(rng.choice([5411, 5812, 6011])), "channel_type": "POS",
-                         "currency": "810", "trx_category": str(rng.choice(["POS", "WD_ATM"]))})
+            rows.append(
+                {
+                    "client_id": cid,
+                    "event_time": t,
+                    "amount": round(float(rng.normal(100, 30)), 2),
+                    "mcc": np.int32(rng.choice([5411, 5812, 6011])),
+                    "channel_type": "POS",
+                    "currency": "810",
+                    "trx_category": str(rng.choice(["POS", "WD_ATM"])),
+                }
+            )
     events = pd.DataFrame(rows).astype({"mcc": "int32"})
     split = ["train"] * len(TRAIN) + ["val"] * len(VAL) + ["test"] * len(TEST)
-    splits = pd.DataFrame({"client_id": clients, "split": split,
-                           "fold": np.int8([i % 5 for i in range(8)] + [-1] * 4), "labeled": True})
+    splits = pd.DataFrame(
+        {"client_id": clients, "split": split, "fold": np.int8([i % 5 for i in range(8)] + [-1] * 4), "labeled": True}
+    )
 
     def build(tmp):
         events.to_parquet(tmp / "events.parquet")
         splits.to_parquet(tmp / "splits.parquet")
         pd.DataFrame({"client_id": clients, "target": np.int64(rng.integers(0, 2, len(clients)))}).to_parquet(
-            tmp / "targets.parquet")
+            tmp / "targets.parquet"
+        )
         return {"clients": len(clients)}
 
     return run_stage(cfg, "prepare", build)
 
 
 def cfg_for(out_root, generator, *overrides):
-    return compose([f"paths.output_root={out_root}", "progress=false", "augment=hf", "augment.cpu_threads=1",
-                    f"augment.generator={generator}", "augment.sampling.max_tokens=8", *overrides])
+    return compose(
+        [
+            f"paths.output_root={out_root}",
+            "progress=false",
+            "augment=hf",
+            "augment.cpu_threads=1",
+            f"augment.generator={generator}",
+            "augment.sampling.max_tokens=8",
+            *overrides,
+        ]
+    )
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -116,19 +155,28 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def test_hf_generates_for_train_clients_only(out_root, generator, capsys):
-    cfg = cfg_for(out_root, generator, "augment.clients.n=4", "augment.use=[html_little,json_large]",
-                  "augment.sampling.n=2", "augment.batch_size=3", "augment.drop_empty=false")
+    cfg = cfg_for(
+        out_root,
+        generator,
+        "augment.clients.n=4",
+        "augment.use=[html_little,json_large]",
+        "augment.sampling.n=2",
+        "augment.batch_size=3",
+        "augment.drop_empty=false",
+    )
     write_data(cfg)
     folder = augment.run(cfg)
     lines = read_lines(folder / "hf.jsonl")
     assert len(lines) == 4 * 2 * 2
     assert {tuple(sorted(line)) for line in lines} == {
-        ("client_id", "finish_reason", "generator", "n_tokens", "prompt_id", "sample", "text")}
+        ("client_id", "finish_reason", "generator", "n_tokens", "prompt_id", "sample", "text")
+    }
     clients = {line["client_id"] for line in lines}
     assert len(clients) == 4 and clients <= set(TRAIN)
     assert clients == set(augment.select_clients(cfg, stage_dir(cfg, "prepare") / "splits.parquet"))
     assert {(line["prompt_id"], line["sample"]) for line in lines} == {
-        (p, s) for p in ("html_little", "json_large") for s in (0, 1)}
+        (p, s) for p in ("html_little", "json_large") for s in (0, 1)
+    }
     assert all(line["finish_reason"] in ("stop", "length") and line["generator"] == str(generator) for line in lines)
     done = read_success(folder)
     counts = done["outputs"]["hf"]["counts"]
@@ -154,15 +202,28 @@ def test_client_choice_is_deterministic_fraction_and_never_test(out_root, genera
     chosen = augment.select_clients(cfg, data / "splits.parquet")
     assert len(chosen) == 4 and set(chosen) <= set(TRAIN)
     assert chosen == augment.select_clients(cfg, data / "splits.parquet")
-    others = {tuple(augment.select_clients(cfg_for(out_root, generator, "augment.clients.fraction=0.5",
-                                                   f"augment.clients.seed={s}"), data / "splits.parquet"))
-              for s in range(1, 6)}
+    others = {
+        tuple(
+            augment.select_clients(
+                cfg_for(out_root, generator, "augment.clients.fraction=0.5", f"augment.clients.seed={s}"),
+                data / "splits.parquet",
+            )
+        )
+        for s in range(1, 6)
+    }
     assert len(others | {tuple(chosen)}) > 1
 
 
 def test_resume_after_kill_generates_only_what_is_missing(out_root, generator, monkeypatch):
-    cfg = cfg_for(out_root, generator, "augment.clients.n=5", "augment.use=[html_little]",
-                  "augment.batch_size=2", "augment.drop_empty=false", "augment.sampling.temperature=0")
+    cfg = cfg_for(
+        out_root,
+        generator,
+        "augment.clients.n=5",
+        "augment.use=[html_little]",
+        "augment.batch_size=2",
+        "augment.drop_empty=false",
+        "augment.sampling.temperature=0",
+    )
     write_data(cfg)
     seen: list[int] = []
     orig = HFBackend.generate
@@ -190,7 +251,8 @@ def test_resume_after_kill_generates_only_what_is_missing(out_root, generator, m
     assert sum(seen) == 1  # 5 requests, 4 were done
     lines = read_lines(folder / "hf.jsonl")
     assert sorted((x["client_id"], x["prompt_id"]) for x in lines) == sorted(
-        (c, "html_little") for c in augment.select_clients(cfg, stage_dir(cfg, "prepare") / "splits.parquet"))
+        (c, "html_little") for c in augment.select_clients(cfg, stage_dir(cfg, "prepare") / "splits.parquet")
+    )
     counts = read_success(folder)["outputs"]["hf"]["counts"]
     assert counts["samples"] == 5 and counts["resumed_from"] == 4
 
@@ -201,22 +263,35 @@ def test_changed_config_under_same_name_is_refused_unless_forced(out_root, gener
     augment.run(cfg)
     with pytest.raises(ConfigError, match="another config"):
         augment.run(cfg_for(out_root, generator, "augment.clients.n=2", "augment.use=[html_little]"))
-    folder = augment.run(cfg_for(out_root, generator, "augment.clients.n=2", "augment.use=[html_little]",
-                                 "force=true"))
+    folder = augment.run(cfg_for(out_root, generator, "augment.clients.n=2", "augment.use=[html_little]", "force=true"))
     assert read_success(folder)["outputs"]["hf"]["counts"]["requests"] == 2
 
 
 def test_empty_and_truncated_outputs_are_counted_and_dropped(out_root, generator, eos_generator):
-    cfg = cfg_for(out_root, eos_generator, "augment.clients.n=3", "augment.use=[html_little]",
-                  "augment.sampling.temperature=0", "augment.drop_empty=true")
+    cfg = cfg_for(
+        out_root,
+        eos_generator,
+        "augment.clients.n=3",
+        "augment.use=[html_little]",
+        "augment.sampling.temperature=0",
+        "augment.drop_empty=true",
+    )
     write_data(cfg)
     folder = augment.run(cfg)
     c = read_success(folder)["outputs"]["hf"]["counts"]
     assert (c["samples"], c["empty"], c["dropped"], c["written"], c["truncated"]) == (3, 3, 3, 0, 0)
     assert (folder / "hf.jsonl").read_text() == ""
 
-    cfg = cfg_for(out_root, generator, "augment.name=cut", "augment.clients.n=3", "augment.use=[html_little]",
-                  "augment.sampling.max_tokens=4", "augment.sampling.temperature=0", "augment.drop_truncated=true")
+    cfg = cfg_for(
+        out_root,
+        generator,
+        "augment.name=cut",
+        "augment.clients.n=3",
+        "augment.use=[html_little]",
+        "augment.sampling.max_tokens=4",
+        "augment.sampling.temperature=0",
+        "augment.drop_truncated=true",
+    )
     folder = augment.run(cfg)
     c = read_success(folder)["outputs"]["cut"]["counts"]
     assert c["truncated"] > 0 and c["dropped"] >= c["truncated"]
@@ -225,21 +300,36 @@ def test_empty_and_truncated_outputs_are_counted_and_dropped(out_root, generator
 
 
 def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
-    cfg = cfg_for(out_root, generator, "augment.clients.n=4", "augment.use=[html_little,yaml_large]",
-                  "augment.drop_empty=false")
+    cfg = cfg_for(
+        out_root, generator, "augment.clients.n=4", "augment.use=[html_little,yaml_large]", "augment.drop_empty=false"
+    )
     data = write_data(cfg)
     augment.run(cfg)
     augmented = set(augment.select_clients(cfg, data / "splits.parquet"))
     # an output that also names a test client (e.g. produced on other data) must not leak it into train
     folder = stage_dir(cfg, "augment")
     with open(folder / "hf.jsonl", "a") as f:
-        f.write(json.dumps({"client_id": TEST[0], "prompt_id": "html_little", "text": "leak",
-                            "generator": "x", "finish_reason": "stop"}) + "\n")
-    train = pd.DataFrame({"client_id": TRAIN, "text": [f"base {c}" for c in TRAIN], "n_events": 3,
-                          "n_events_kept": 3, "n_tokens": 2})
+        f.write(
+            json.dumps(
+                {
+                    "client_id": TEST[0],
+                    "prompt_id": "html_little",
+                    "text": "leak",
+                    "generator": "x",
+                    "finish_reason": "stop",
+                }
+            )
+            + "\n"
+        )
+    train = pd.DataFrame(
+        {"client_id": TRAIN, "text": [f"base {c}" for c in TRAIN], "n_events": 3, "n_events_kept": 3, "n_tokens": 2}
+    )
     mix = ["augment.mix.sources=[hf]", "augment.mix.prompts=[yaml_large]", "augment.mix.fraction=0.5"]
-    rows, stats = mix_into_train(cfg_for(out_root, generator, "augment.clients.n=4", *mix), train,
-                                 count_tokens=lambda texts: [len(t) for t in texts])
+    rows, stats = mix_into_train(
+        cfg_for(out_root, generator, "augment.clients.n=4", *mix),
+        train,
+        count_tokens=lambda texts: [len(t) for t in texts],
+    )
     added = rows[rows["source"] != "base"]
     pd.testing.assert_frame_equal(rows[rows["source"] == "base"].drop(columns="source"), train)
     assert stats["clients_with_augmented"] == 4 and stats["clients_mixed"] == 2
@@ -248,8 +338,9 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     assert set(added["client_id"]) <= augmented and stats["skipped_not_train"] == 0
     assert (added["n_tokens"] == added["text"].str.len()).all() and (added["n_events"] == 3).all()
 
-    rows, stats = mix_into_train(cfg_for(out_root, generator, "augment.mix.sources=[hf]",
-                                         "augment.mix.with_base=false"), train)
+    rows, stats = mix_into_train(
+        cfg_for(out_root, generator, "augment.mix.sources=[hf]", "augment.mix.with_base=false"), train
+    )
     assert stats["skipped_not_train"] == 1 and "leak" not in set(rows["text"])
     assert set(rows.loc[~rows["pretrain"], "client_id"]) == augmented
     assert (rows.loc[~rows["pretrain"], "source"] == "base").all()
@@ -284,13 +375,19 @@ def test_text_stage_mixes_by_config_and_records_it(out_root, generator):
     assert {split: (folder / f"{split}.jsonl").read_text() for split in unmixed} == unmixed  # untouched
 
 
-@pytest.mark.parametrize("override, message", [
-    ("augment.generator={tmp}/no_such_model", "does not exist"),
-    ("augment.user_template='{transactions} {colour}'", r"unknown field\(s\) \{colour\}; known fields: \{transactions\}"),
-    ("augment.sampling.max_tokens=2048", "max_tokens=2048 leaves no room"),
-    ("augment.use=[no_such_prompt]", "not in augment.prompts"),
-    ("augment.system='Be {mood}'", r"augment.system uses unknown field"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("augment.generator={tmp}/no_such_model", "does not exist"),
+        (
+            "augment.user_template='{transactions} {colour}'",
+            r"unknown field\(s\) \{colour\}; known fields: \{transactions\}",
+        ),
+        ("augment.sampling.max_tokens=2048", "max_tokens=2048 leaves no room"),
+        ("augment.use=[no_such_prompt]", "not in augment.prompts"),
+        ("augment.system='Be {mood}'", r"augment.system uses unknown field"),
+    ],
+)
 def test_bad_input_is_refused_before_anything_is_written(out_root, generator, tmp_path, override, message):
     cfg = cfg_for(out_root, generator, override.replace("{tmp}", str(tmp_path)))
     write_data(cfg)
@@ -319,7 +416,8 @@ def test_vllm_config_composes_and_needs_a_gpu(out_root, generator):
     v = cfg.augment
     assert v.backend == "vllm" and v.name == "vllm" and v.vllm.tensor_parallel_size == 1
     assert 0 < v.vllm.gpu_memory_utilization <= 1 and {"temperature", "top_p", "max_tokens", "n", "seed"} <= set(
-        v.sampling)
+        v.sampling
+    )
     assert [p.prompt_id for p in augment.build_prompts(v)] == list(v.use)
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the no-GPU error cannot be shown")
@@ -340,9 +438,18 @@ def test_smoke_augment_preset_uses_the_smoke_export_and_mixes(out_root):
 @pytest.mark.gpu
 def test_vllm_generates_on_gpu(out_root, generator):
     pytest.importorskip("vllm")
-    cfg = cfg_for(out_root, generator, "augment=vllm", "augment.clients.n=3", "augment.use=[html_little]",
-                  "augment.sampling.n=2", "augment.drop_empty=false", "augment.vllm.gpu_memory_utilization=0.3",
-                  "augment.vllm.enforce_eager=true", "augment.dtype=float32")
+    cfg = cfg_for(
+        out_root,
+        generator,
+        "augment=vllm",
+        "augment.clients.n=3",
+        "augment.use=[html_little]",
+        "augment.sampling.n=2",
+        "augment.drop_empty=false",
+        "augment.vllm.gpu_memory_utilization=0.3",
+        "augment.vllm.enforce_eager=true",
+        "augment.dtype=float32",
+    )
     write_data(cfg)
     check_environment(cfg.augment)
     folder = augment.run(cfg)

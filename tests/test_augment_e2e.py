@@ -13,9 +13,18 @@ from llm4trx import augment, embed, export, prepare, pretrain, shards, text, tok
 from llm4trx.core.config import compose
 from llm4trx.core.stage import read_success, stage_dir
 
-SMALL = ["experiment=smoke", "progress=false", "dataset.n_clients=80", "dataset.max_events=40",
-         "trainer.max_duration=4ba", "trainer.eval_interval=4ba", "trainer.save_interval=4ba",
-         "trainer.eval_first=false", "trainer.cpu_threads=1", "tokenizer.vocab_size=512"]
+SMALL = [
+    "experiment=smoke",
+    "progress=false",
+    "dataset.n_clients=80",
+    "dataset.max_events=40",
+    "trainer.max_duration=4ba",
+    "trainer.eval_interval=4ba",
+    "trainer.save_interval=4ba",
+    "trainer.eval_first=false",
+    "trainer.cpu_threads=1",
+    "tokenizer.vocab_size=512",
+]
 
 
 @pytest.mark.slow
@@ -26,13 +35,25 @@ def test_exported_model_augments_and_the_mixed_corpus_pretrains(tmp_path):
         stage.run(base)
     generator = stage_dir(base, "export")
 
-    mixed = compose([*SMALL, f"paths.output_root={out}", "experiment_name=smoke_mixed", "augment=hf",
-                     "augment.cpu_threads=1", f"augment.generator={generator}", "augment.clients.n=6",
-                     "augment.sampling.max_tokens=24",
-                     "augment.use=[html_little,json_large]", "augment.drop_empty=false",
-                     # the smoke model's domain tokenizer spends ~270 of its 256 tokens on the English prompt
-                     "augment.system=null", "augment.user_template='{transactions} {format}'",
-                     "augment.mix.sources=[hf]", "augment.mix.fraction=0.5"])
+    mixed = compose(
+        [
+            *SMALL,
+            f"paths.output_root={out}",
+            "experiment_name=smoke_mixed",
+            "augment=hf",
+            "augment.cpu_threads=1",
+            f"augment.generator={generator}",
+            "augment.clients.n=6",
+            "augment.sampling.max_tokens=24",
+            "augment.use=[html_little,json_large]",
+            "augment.drop_empty=false",
+            # the smoke model's domain tokenizer spends ~270 of its 256 tokens on the English prompt
+            "augment.system=null",
+            "augment.user_template='{transactions} {format}'",
+            "augment.mix.sources=[hf]",
+            "augment.mix.fraction=0.5",
+        ]
+    )
     prepare.run(mixed)
     augment.run(mixed)
     generated = [json.loads(line) for line in (stage_dir(mixed, "augment") / "hf.jsonl").read_text().splitlines()]

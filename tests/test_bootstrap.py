@@ -31,8 +31,10 @@ def test_weighted_metrics_equal_sklearn_on_the_repeated_rows():
     proba = rng.dirichlet(np.ones(3), 80)
     counts = resample_counts(80, 3, seed=2)
     for row, value in zip(counts.astype(int), weighted_metric("auroc", y3, proba, counts)):
-        assert value == pytest.approx(roc_auc_score(np.repeat(y3, row), np.repeat(proba, row, axis=0),
-                                                    multi_class="ovr", labels=[0, 1, 2]), abs=1e-12)
+        assert value == pytest.approx(
+            roc_auc_score(np.repeat(y3, row), np.repeat(proba, row, axis=0), multi_class="ovr", labels=[0, 1, 2]),
+            abs=1e-12,
+        )
 
 
 def test_a_known_difference_is_better_and_the_reverse_worse():
@@ -54,8 +56,13 @@ def test_identical_predictions_give_an_interval_around_zero():
     gap = paired_gap("auroc", y, same, same, resample_counts(200, 200, seed=0))
     assert gap.low <= 0 <= gap.high and gap.gap == 0 and gap.verdict == "not distinguishable"
     # two noise predictors that differ only by chance: not distinguishable either
-    noise = paired_gap("accuracy", y, [binary_proba(rng.random(200))], [binary_proba(rng.random(200))],
-                       resample_counts(200, 500, seed=0))
+    noise = paired_gap(
+        "accuracy",
+        y,
+        [binary_proba(rng.random(200))],
+        [binary_proba(rng.random(200))],
+        resample_counts(200, 500, seed=0),
+    )
     assert noise.verdict == "not distinguishable", noise
 
 

@@ -42,8 +42,12 @@ def test_bad_arguments_are_one_clear_line(capsys, argv, says):
 
 def test_unknown_experiment_names_the_choices(capsys):
     err = one_error_line(capsys, ["experiment=no_such_experiment"])
-    assert err.startswith("error: unknown experiment 'no_such_experiment': no such config in conf/experiment/; "
-                          "choose one of: ") and "smoke" in err
+    assert (
+        err.startswith(
+            "error: unknown experiment 'no_such_experiment': no such config in conf/experiment/; choose one of: "
+        )
+        and "smoke" in err
+    )
 
 
 def test_slurm_launcher_without_sbatch_is_one_line(capsys, monkeypatch):
@@ -122,9 +126,20 @@ def test_slurm_launcher_without_sbatch_exits_with_one_line(tmp_path):
     env = child_env(PATH=str(Path(sys.executable).parent))
     env.pop("SLURM_CONF", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "llm4trx.report", "-m", "hydra/launcher=slurm", "seed=1,2",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "llm4trx.report",
+            "-m",
+            "hydra/launcher=slurm",
+            "seed=1,2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -37,7 +37,9 @@ def digest(folder: Path, names=OUTPUTS) -> dict[str, str]:
 def whole_table(cfg, out: Path) -> None:
     """The unchunked text path (the stage before chunking): the whole table read, one build_texts call."""
     data = stage_dir(cfg, "prepare")
-    events = pq.read_table(data / "events.parquet").to_pandas(types_mapper={pa.string(): pd.ArrowDtype(pa.string())}.get)
+    events = pq.read_table(data / "events.parquet").to_pandas(
+        types_mapper={pa.string(): pd.ArrowDtype(pa.string())}.get
+    )
     events["client_id"] = events["client_id"].astype(str)
     splits = pd.read_parquet(data / "splits.parquet", columns=["client_id", "split"])
     splits["client_id"] = splits["client_id"].astype(str)
@@ -46,10 +48,19 @@ def whole_table(cfg, out: Path) -> None:
     counter = get_counter(str(cfg.text.count_tokenizer))
     frame = build_texts(events, fmt, ctx, counter, int(cfg.text.max_tokens) - SPECIAL_TOKENS)
     frame = frame.merge(splits, on="client_id", how="left")
-    stats = {"format": fmt.name, "max_tokens": cfg.text.max_tokens, "count_tokenizer": str(cfg.text.count_tokenizer),
-             "render_context": {"categorical": ctx.categorical, "mcc_names": ctx.mcc_names,
-                                "time_of_day": ctx.time_of_day, "usual": ctx.usual},
-             "splits": {}, "augmented": {"enabled": False}}
+    stats = {
+        "format": fmt.name,
+        "max_tokens": cfg.text.max_tokens,
+        "count_tokenizer": str(cfg.text.count_tokenizer),
+        "render_context": {
+            "categorical": ctx.categorical,
+            "mcc_names": ctx.mcc_names,
+            "time_of_day": ctx.time_of_day,
+            "usual": ctx.usual,
+        },
+        "splits": {},
+        "augmented": {"enabled": False},
+    }
     out.mkdir(parents=True)
     for split in ("train", "val", "test"):
         part = frame[frame["split"] == split]
@@ -58,11 +69,20 @@ def whole_table(cfg, out: Path) -> None:
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
 
 
-@pytest.mark.parametrize("schema,fmt", [("rosbank", "fields"), ("rosbank", "flat"), ("age_pred", "fields"),
-                                        ("age_pred", "compact"), ("gender", "grouped_mcc")])
+@pytest.mark.parametrize(
+    "schema,fmt",
+    [
+        ("rosbank", "fields"),
+        ("rosbank", "flat"),
+        ("age_pred", "fields"),
+        ("age_pred", "compact"),
+        ("gender", "grouped_mcc"),
+    ],
+)
 def test_chunked_text_is_byte_identical_to_the_whole_table(tmp_path, schema, fmt):
-    cfg = canonical_run(tmp_path, schema, [f"text={fmt}", "text.max_tokens=300", "text.chunk_events=37"],
-                        n_clients=50, max_events=160)
+    cfg = canonical_run(
+        tmp_path, schema, [f"text={fmt}", "text.max_tokens=300", "text.chunk_events=37"], n_clients=50, max_events=160
+    )
     out = text_stage.run(cfg)
     whole_table(cfg, tmp_path / "reference")
     assert digest(out) == digest(tmp_path / "reference")
@@ -74,8 +94,13 @@ def test_chunked_text_is_byte_identical_to_the_whole_table(tmp_path, schema, fmt
 
 
 def test_events_as_a_directory_of_parts_in_name_order(tmp_path):
-    cfg = canonical_run(tmp_path, "rosbank", ["text=compact", "text.max_tokens=200", "text.chunk_events=50"],
-                        n_clients=30, max_events=90)
+    cfg = canonical_run(
+        tmp_path,
+        "rosbank",
+        ["text=compact", "text.max_tokens=200", "text.chunk_events=50"],
+        n_clients=30,
+        max_events=90,
+    )
     single = text_stage.run(cfg)
     expected = digest(single)
     data = stage_dir(cfg, "prepare")
@@ -98,21 +123,26 @@ def test_events_as_a_directory_of_parts_in_name_order(tmp_path):
 
 def test_context_accumulated_over_batches_equals_the_whole_table():
     events = canonical_events("rosbank", 40, seed=3)
-    events["channel_type"] = pd.Series(["a", "b", None, "b", "a", None] * (len(events) // 6) +
-                                       ["a"] * (len(events) % 6), dtype="string")  # ties between a, b and NA
+    events["channel_type"] = pd.Series(
+        ["a", "b", None, "b", "a", None] * (len(events) // 6) + ["a"] * (len(events) % 6), dtype="string"
+    )  # ties between a, b and NA
     events["currency"] = pd.Series(["x"] * len(events), dtype="string")
     dataset = OmegaConf.create({"categorical": ["channel_type", "currency", "trx_category"], "mcc_names": "iso18245"})
     text_cfg = OmegaConf.create({})
     for size in (1, 7, len(events)):
         acc = ContextAccumulator(dataset, text_cfg)
         for i in range(0, len(events), size):
-            acc.update(events.iloc[i:i + size])
+            acc.update(events.iloc[i : i + size])
         assert acc.result() == RenderContext.from_events(events, dataset, text_cfg)
-    with_seconds = events.assign(event_time=events["event_time"] + pd.to_timedelta((np.arange(len(events)) == 5).astype(int), "s"))
+    with_seconds = events.assign(
+        event_time=events["event_time"] + pd.to_timedelta((np.arange(len(events)) == 5).astype(int), "s")
+    )
     acc = ContextAccumulator(dataset, text_cfg)
     for i in range(0, len(events), 100):
-        acc.update(with_seconds.iloc[i:i + 100])
-    assert acc.result().time_of_day == "%H:%M:%S" == RenderContext.from_events(with_seconds, dataset, text_cfg).time_of_day
+        acc.update(with_seconds.iloc[i : i + 100])
+    assert (
+        acc.result().time_of_day == "%H:%M:%S" == RenderContext.from_events(with_seconds, dataset, text_cfg).time_of_day
+    )
 
 
 PEAK = """
@@ -132,9 +162,24 @@ def text_peak_kb(tmp_path: Path, n_clients: int, chunk_events: int) -> tuple[int
     n_events = pq.ParquetFile(stage_dir(cfg, "prepare") / "events.parquet").metadata.num_rows
     peak = root / "peak"
     env = {**os.environ, "PYTHONPATH": str(Path(text_stage.__file__).parents[1])}
-    subprocess.run([sys.executable, "-c", PEAK, str(peak), f"paths.output_root={root}", "progress=false",
-                    "dataset.schema=rosbank", "text=fields", "text.max_tokens=128", f"text.chunk_events={chunk_events}",
-                    "hydra/job_logging=disabled"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEAK,
+            str(peak),
+            f"paths.output_root={root}",
+            "progress=false",
+            "dataset.schema=rosbank",
+            "text=fields",
+            "text.max_tokens=128",
+            f"text.chunk_events={chunk_events}",
+            "hydra/job_logging=disabled",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return n_events, int(peak.read_text())
 
 
@@ -170,9 +215,19 @@ def test_line_ranges(tmp_path):
 
 @pytest.fixture(scope="module")
 def texts_and_tokenizer(tmp_path_factory):
-    cfg = canonical_run(tmp_path_factory.mktemp("par"), "rosbank",
-                        ["text=compact", "tokenizer.vocab_size=400", "max_seq_len=64", "text.max_tokens=null",
-                         "shards.samples_per_part=7"], n_clients=60, max_events=40)
+    cfg = canonical_run(
+        tmp_path_factory.mktemp("par"),
+        "rosbank",
+        [
+            "text=compact",
+            "tokenizer.vocab_size=400",
+            "max_seq_len=64",
+            "text.max_tokens=null",
+            "shards.samples_per_part=7",
+        ],
+        n_clients=60,
+        max_events=40,
+    )
     text_stage.run(cfg)
     tokenizer_stage.run(cfg)
     return cfg
@@ -197,8 +252,9 @@ def test_parallel_parts_merged_read_back_as_one_writer(texts_and_tokenizer, tmp_
     tok = load_tokenizer(tok_dir, need=("bos_token", "eos_token"))
     for split in ("train", "val"):
         single = shards_stage.write_split(text_dir / f"{split}.jsonl", tmp_path / "single" / split, tok, 64, False)
-        par = shards_stage.write_split_parallel(text_dir / f"{split}.jsonl", tmp_path / "par" / split, tok_dir, 64,
-                                                7, 2, tok)
+        par = shards_stage.write_split_parallel(
+            text_dir / f"{split}.jsonl", tmp_path / "par" / split, tok_dir, 64, 7, 2, tok
+        )
         n_lines = len((text_dir / f"{split}.jsonl").read_text().splitlines())
         assert par["parts"] == -(-n_lines // 7) and {k: par[k] for k in single} == single
         expected = read_back(tmp_path / "single" / split)
@@ -206,8 +262,14 @@ def test_parallel_parts_merged_read_back_as_one_writer(texts_and_tokenizer, tmp_
         assert split == "val" or (par["parts"] > 4 and single["truncated"] > 0)
         index = json.loads((tmp_path / "par" / split / "index.json").read_text())
         assert index["shards"][0]["raw_data"]["basename"].startswith("part-00000/")
-        foundry = StreamingTextDataset(tokenizer=tok, max_seq_len=64, token_encoding_type="int32",
-                                       local=str(tmp_path / "par" / split), shuffle=False, batch_size=1)
+        foundry = StreamingTextDataset(
+            tokenizer=tok,
+            max_seq_len=64,
+            token_encoding_type="int32",
+            local=str(tmp_path / "par" / split),
+            shuffle=False,
+            batch_size=1,
+        )
         assert [foundry[i].tolist() for i in range(len(foundry))] == [t for _, t in expected]
 
 
@@ -216,8 +278,11 @@ def test_shards_layout_does_not_depend_on_workers(texts_and_tokenizer):
     files = {}
     for workers in (1, 2):
         out = shards_stage.run(OmegaConf.merge(cfg, {"force": True, "shards": {"workers": workers}}))
-        files[workers] = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-                          for p in sorted(out.rglob("*")) if p.is_file() and p.name != "_SUCCESS.json"}
+        files[workers] = {
+            str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "_SUCCESS.json"
+        }
     assert files[1] == files[2]
     assert sum(name.endswith("index.json") and "part-" in name for name in files[1]) > 4
 
@@ -232,8 +297,12 @@ def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema, monkeypat
 
     events = canonical_events(schema, 30, seed=5, min_events=1, max_events=120)
     events["client_id"] = events["client_id"].astype(str)
-    dataset = OmegaConf.create({"categorical": [c for c in ("channel_type", "currency", "trx_category", "tr_type")
-                                                if c in events.columns], "mcc_names": "iso18245"})
+    dataset = OmegaConf.create(
+        {
+            "categorical": [c for c in ("channel_type", "currency", "trx_category", "tr_type") if c in events.columns],
+            "mcc_names": "iso18245",
+        }
+    )
     ctx = RenderContext.from_events(events, dataset, OmegaConf.create({}))
     for name, fmt in FORMATS.items():
         counter = get_counter("fields" if name == "fields" else "qwen")

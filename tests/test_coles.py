@@ -52,7 +52,11 @@ def test_published_rosbank_model_is_built_as_configured():
     encoder = build_seq_encoder(c, sizes)
     trx = encoder.trx_encoder
     assert {k: (e.num_embeddings, e.embedding_dim) for k, e in trx.embeddings.items()} == {
-        "mcc": (100, 24), "channel_type": (4, 4), "currency": (4, 4), "trx_category": (10, 4)}
+        "mcc": (100, 24),
+        "channel_type": (4, 4),
+        "currency": (4, 4),
+        "trx_category": (10, 4),
+    }
     assert {k: type(v).__name__ for k, v in trx.custom_embeddings.items()} == {"amount": "LogScaler"}
     assert type(trx.custom_embedding_batch_norm).__name__ == "RBatchNormWithLens"  # use_batch_norm_with_lens
     assert trx.embeddings["mcc"].scale == pytest.approx(0.0003) and trx.embeddings["mcc"].max_norm is None
@@ -61,7 +65,10 @@ def test_published_rosbank_model_is_built_as_configured():
     module = build_module(c, encoder)
     assert [type(m).__name__ for m in module._head.model] == ["L2NormEncoder"]  # use_norm_encoder, nothing else
     assert isinstance(module._loss, ContrastiveLoss) and module._loss.margin == 0.5
-    assert isinstance(module._loss.pair_selector, FastHardNegativePairSelector) and module._loss.pair_selector.neg_count == 5
+    assert (
+        isinstance(module._loss.pair_selector, FastHardNegativePairSelector)
+        and module._loss.pair_selector.neg_count == 5
+    )
     [optimizer], [scheduler] = module.configure_optimizers()
     assert type(optimizer).__name__ == "Adam" and optimizer.defaults["lr"] == 0.004
     assert optimizer.defaults["weight_decay"] == 0.0
@@ -73,8 +80,9 @@ def test_datamodule_applies_dropout_and_slices():
 
     from llm4trx.evaluation.coles_model import build_datamodule
 
-    records = [{"client_id": str(i), "event_time": torch.arange(100), "mcc": torch.arange(100) % 7 + 1}
-               for i in range(4)]
+    records = [
+        {"client_id": str(i), "event_time": torch.arange(100), "mcc": torch.arange(100) % 7 + 1} for i in range(4)
+    ]
     c = compose(["coles=ptls_gender", "dataset=gender", "coles.trx_dropout=0.5"]).coles
     data = build_datamodule(c, records)
     dataset = data.train_dataloader().dataset
@@ -86,11 +94,21 @@ def test_datamodule_applies_dropout_and_slices():
 def test_time_features_from_event_time():
     from llm4trx.data.sequences import numeric_time_columns, time_feature_columns
 
-    events = pd.DataFrame({
-        "client_id": ["a", "a", "a", "a", "b", "b"],
-        "event_time": pd.to_datetime(["2019-01-01 10:00", "2019-01-01 22:30", "2019-01-04 09:00",
-                                      "2019-02-20 00:00", "2019-01-02 13:00", "2019-01-09 13:00"]),
-    })
+    events = pd.DataFrame(
+        {
+            "client_id": ["a", "a", "a", "a", "b", "b"],
+            "event_time": pd.to_datetime(
+                [
+                    "2019-01-01 10:00",
+                    "2019-01-01 22:30",
+                    "2019-01-04 09:00",
+                    "2019-02-20 00:00",
+                    "2019-01-02 13:00",
+                    "2019-01-09 13:00",
+                ]
+            ),
+        }
+    )
     out = time_feature_columns(events, ["day_gap", "hour", "weekday", "day_index"], "2018-12-31")
     assert list(out.columns) == ["day_gap", "hour", "weekday", "day_index"]
     # gaps: first event 0; 0.52 d -> bin 1 (<1 d); 2.44 d -> bin 3 ([2, 3)); 47 d -> bin 8 (33+); b: 7 d -> [5, 9)
@@ -113,12 +131,16 @@ def test_time_features_reach_the_records_as_categories():
     from llm4trx.data.sequences import ptls_records
     from llm4trx.evaluation.coles_model import embedding_specs, numeric_inputs
 
-    events = pd.DataFrame({
-        "client_id": ["a"] * 3 + ["b"] * 2,
-        "event_time": pd.to_datetime(["2019-01-01 10:00", "2019-01-02 10:00", "2019-01-03 11:00",
-                                      "2019-01-01 10:00", "2019-01-01 12:00"]),
-        "mcc": [5411, 5411, 6011, 5411, 4829], "amount": [1.0, 2.0, 3.0, 4.0, 5.0],
-    })
+    events = pd.DataFrame(
+        {
+            "client_id": ["a"] * 3 + ["b"] * 2,
+            "event_time": pd.to_datetime(
+                ["2019-01-01 10:00", "2019-01-02 10:00", "2019-01-03 11:00", "2019-01-01 10:00", "2019-01-01 12:00"]
+            ),
+            "mcc": [5411, 5411, 6011, 5411, 4829],
+            "amount": [1.0, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
     records, sizes = ptls_records(events, ["mcc"], ["amount"], ["a", "b"], time_features=["hour", "day_index"])
     assert set(sizes) == {"mcc", "hour", "day_index"}
     assert set(records[0]) >= {"hour", "day_index", "mcc", "amount", "event_time"}
@@ -128,8 +150,9 @@ def test_time_features_reach_the_records_as_categories():
     assert embedding_specs(c, sizes)["hour"] == {"in": 30, "out": 4}
     assert embedding_specs(c, sizes)["mcc"] == {"in": sizes["mcc"], "out": sizes["mcc"]}
     with pytest.raises(ConfigError, match=r"coles.embeddings: \['weekday'\] not among the CoLES columns"):
-        embedding_specs(OmegaConf.create({"embeddings": {"weekday": {"in": 8, "out": 4}},
-                                          "category_embedding_dim": 16}), sizes)
+        embedding_specs(
+            OmegaConf.create({"embeddings": {"weekday": {"in": 8, "out": 4}}, "category_embedding_dim": 16}), sizes
+        )
     records, _ = ptls_records(events, ["mcc"], ["amount"], ["a", "b"], time_numeric=["day_index"])
     assert records[0]["day_index"].tolist() == pytest.approx([10 / 24, 1 + 10 / 24, 2 + 11 / 24])
     c = OmegaConf.create({"numeric": {"amount": "log"}, "time_numeric": ["day_gap", "day_index"]})

@@ -19,15 +19,23 @@ CONF = Path(CONF_DIR)
 BASES = {"common"}
 # Keys a user must set for these options (local paths, a custom schema): anything else missing is a defect.
 MANDATORY = {
-    ("dataset", "custom"): {"dataset.raw_dir", "dataset.id_column", "dataset.columns.time",
-                            "dataset.columns.amount", "dataset.columns.mcc", "dataset.targets.file",
-                            "dataset.targets.column"},
+    ("dataset", "custom"): {
+        "dataset.raw_dir",
+        "dataset.id_column",
+        "dataset.columns.time",
+        "dataset.columns.amount",
+        "dataset.columns.mcc",
+        "dataset.targets.file",
+        "dataset.targets.column",
+    },
     ("model", "llama_3_2_1b"): {"model.pretrained_model_name_or_path"},
     ("model", "llama_3_2_3b"): {"model.pretrained_model_name_or_path"},
     ("model", "qwen2_5_1_5b"): {"model.pretrained_model_name_or_path"},
     ("tokenizer", "pretrained"): {"tokenizer.path"},
-    **{("experiment", name): {"model.pretrained_model_name_or_path"}  # real-data presets: a local checkpoint
-       for name in ("llama_8xa100", "llama_rosbank", "llama_age_pred", "llama_gender")},
+    **{
+        ("experiment", name): {"model.pretrained_model_name_or_path"}  # real-data presets: a local checkpoint
+        for name in ("llama_8xa100", "llama_rosbank", "llama_age_pred", "llama_gender")
+    },
 }
 
 
@@ -46,12 +54,35 @@ OPTIONS = list(group_options())
 
 def test_every_group_of_the_design_is_there():
     groups = {g for g, _ in OPTIONS}
-    assert {"dataset", "text", "tokenizer", "model", "trainer", "embed", "validate", "augment",
-            "experiment", "finetune"} <= groups
+    assert {
+        "dataset",
+        "text",
+        "tokenizer",
+        "model",
+        "trainer",
+        "embed",
+        "validate",
+        "augment",
+        "experiment",
+        "finetune",
+    } <= groups
     assert {o for g, o in OPTIONS if g == "text"} == {
-        "flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown", "fields"}
+        "flat",
+        "compact",
+        "grouped_mcc",
+        "json",
+        "yaml",
+        "html",
+        "markdown",
+        "fields",
+    }
     assert {o for g, o in OPTIONS if g == "dataset"} >= {
-        "synthetic", "rosbank", "age_pred", "gender", "age_pred_sample"}
+        "synthetic",
+        "rosbank",
+        "age_pred",
+        "gender",
+        "age_pred_sample",
+    }
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -76,7 +107,21 @@ def test_presets_leave_the_dataset_a_free_choice(tmp_path, experiment, dataset):
 
 
 def test_command_line_overrides_reach_every_section(tmp_path):
-    cfg = compose([f"paths.output_root={tmp_path}", "experiment=smoke", "seed=7", "trainer.max_duration=50ba",
-                   "text=compact", "text.max_tokens=300", "dataset.n_clients=123"])
+    cfg = compose(
+        [
+            f"paths.output_root={tmp_path}",
+            "experiment=smoke",
+            "seed=7",
+            "trainer.max_duration=50ba",
+            "text=compact",
+            "text.max_tokens=300",
+            "dataset.n_clients=123",
+        ]
+    )
     assert (cfg.seed, cfg.trainer.max_duration, cfg.text.format, cfg.text.max_tokens, cfg.dataset.n_clients) == (
-        7, "50ba", "compact", 300, 123)
+        7,
+        "50ba",
+        "compact",
+        300,
+        123,
+    )

@@ -30,8 +30,9 @@ def test_default_experiment_runs_end_to_end(name, tmp_path):
     root = tmp_path / "outputs"
     overrides = SMALL + DATASETS[name]
     report = tmp_path / "report"
-    proc = run_script("scripts/run_multi_seed.sh", *overrides, f"paths.output_root={root}", f"report.dir={report}",
-                      timeout=600)
+    proc = run_script(
+        "scripts/run_multi_seed.sh", *overrides, f"paths.output_root={root}", f"report.dir={report}", timeout=600
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "Traceback" not in output

@@ -31,12 +31,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 # 80 training clients in batches of 8: 10 steps per epoch, so 12 steps cross one epoch boundary. Every
 # checkpoint is kept: their names (ep<E>-ba<B>) show where each run's epochs ended.
 N_TRAIN = 80
-SCHEDULE = ["trainer.max_duration=12ba", "trainer.eval_interval=4ba", "trainer.save_interval=4ba",
-            "trainer.eval_first=true", "trainer.global_train_batch_size=8", "trainer.device_train_microbatch_size=4",
-            "trainer.save_num_checkpoints_to_keep=-1", "trainer.console_log_interval=4ba",
-            # Length bucketing sorts each rank's own partition, so its batches (not its samples per epoch) depend
-            # on the world size; the world-size-invariant trajectory is the unbucketed path's.
-            "trainer.length_bucketing=false"]
+SCHEDULE = [
+    "trainer.max_duration=12ba",
+    "trainer.eval_interval=4ba",
+    "trainer.save_interval=4ba",
+    "trainer.eval_first=true",
+    "trainer.global_train_batch_size=8",
+    "trainer.device_train_microbatch_size=4",
+    "trainer.save_num_checkpoints_to_keep=-1",
+    "trainer.console_log_interval=4ba",
+    # Length bucketing sorts each rank's own partition, so its batches (not its samples per epoch) depend
+    # on the world size; the world-size-invariant trajectory is the unbucketed path's.
+    "trainer.length_bucketing=false",
+]
 # Two ranks add their gradients in another order than one rank's single sum (and gloo's all-reduce sums in
 # float32): the losses agree to this relative tolerance, not bit for bit (seen: equal to 5 decimals).
 RTOL = 1e-4
@@ -76,8 +83,14 @@ def launch(root: Path, *launcher: str, node: int | None = None) -> subprocess.Po
         env["TMPDIR"] = str(root / f"node{node}-tmp")
         os.makedirs(env["TMPDIR"], exist_ok=True)
     log = open(root / f"launcher-{len(list(root.glob('launcher-*')))}.log", "w")
-    return subprocess.Popen([*head, "llm4trx.pretrain", *overrides(root)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [*head, "llm4trx.pretrain", *overrides(root)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def finish(root: Path, *procs: subprocess.Popen, timeout: int = 400) -> None:
@@ -157,18 +170,43 @@ def runs(tmp_path_factory):
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
-    killed = {"returncode": launcher.returncode, "success": read_success(folder),
-              "step": int(re.search(r"-ba(\d+)-", os.readlink(folder / "latest-rank0.pt")).group(1))}
+    killed = {
+        "returncode": launcher.returncode,
+        "success": read_success(folder),
+        "step": int(re.search(r"-ba(\d+)-", os.readlink(folder / "latest-rank0.pt")).group(1)),
+    }
 
     port = str(free_port())
     started = time.time()
     if CAN_FAKE_NODES:
-        finish(root, *[launch(root, "--world_size", "2", "--node_rank", str(rank), "--master_addr", "127.0.0.1",
-                              "--master_port", port, "-n", "1", node=rank) for rank in (0, 1)])
+        finish(
+            root,
+            *[
+                launch(
+                    root,
+                    "--world_size",
+                    "2",
+                    "--node_rank",
+                    str(rank),
+                    "--master_addr",
+                    "127.0.0.1",
+                    "--master_port",
+                    port,
+                    "-n",
+                    "1",
+                    node=rank,
+                )
+                for rank in (0, 1)
+            ],
+        )
     else:  # without root: resumed by `composer -n 2` again, and the two-node test skips
         finish(root, launch(root, "-n", "2", "--master_port", port))
-    return {"one": (one, stage_dir(one, "pretrain"), one_seconds), "two": (two, folder, time.time() - started),
-            "killed": killed, "nodes": 2 if CAN_FAKE_NODES else 1}
+    return {
+        "one": (one, stage_dir(one, "pretrain"), one_seconds),
+        "two": (two, folder, time.time() - started),
+        "killed": killed,
+        "nodes": 2 if CAN_FAKE_NODES else 1,
+    }
 
 
 def test_two_ranks_train_like_one_at_the_same_global_batch(runs):

@@ -88,9 +88,13 @@ def test_the_checker_catches_a_dead_link_and_a_dead_anchor(tmp_path, monkeypatch
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.md").write_text("# A page\n\n## Spark engine (`engine=spark`)\n\n## Notes\n## Notes\n")
     page = tmp_path / "README.md"
-    page.write_text("[ok](docs/a.md#spark-engine-enginespark) [ok](docs/a.md#notes-1) [ok](#top) [web](https://x.y)\n"
-                    "# Top\n"
-                    "[gone](docs/b.md) [bad anchor](docs/a.md#nope) `[in code](docs/c.md)`\n"
-                    "```\n[in a block](docs/d.md)\n```\n")
-    assert broken_links(page) == ["README.md:3: docs/b.md (no such file)",
-                                  "README.md:3: docs/a.md#nope (no heading #nope in docs/a.md)"]
+    page.write_text(
+        "[ok](docs/a.md#spark-engine-enginespark) [ok](docs/a.md#notes-1) [ok](#top) [web](https://x.y)\n"
+        "# Top\n"
+        "[gone](docs/b.md) [bad anchor](docs/a.md#nope) `[in code](docs/c.md)`\n"
+        "```\n[in a block](docs/d.md)\n```\n"
+    )
+    assert broken_links(page) == [
+        "README.md:3: docs/b.md (no such file)",
+        "README.md:3: docs/a.md#nope (no heading #nope in docs/a.md)",
+    ]

@@ -78,11 +78,11 @@ class Hub:
                 path = self.path.split("?", 1)[0]
                 hub.requests.append((self.command, path, self.headers.get("Range")))
                 if path.startswith("/storage/"):
-                    return self.storage(path[len("/storage/"):], body)
+                    return self.storage(path[len("/storage/") :], body)
                 prefix = f"/datasets/{REPO}/resolve/"
                 if not path.startswith(prefix):
                     return self.reply(404, {"X-Error-Code": "RepoNotFound"}, b"Repository not found", body)
-                revision, _, name = path[len(prefix):].partition("/")
+                revision, _, name = path[len(prefix) :].partition("/")
                 if revision not in (COMMIT, "main"):
                     return self.reply(404, {"X-Error-Code": "RevisionNotFound"}, b"Invalid rev id", body)
                 fault = (hub.faults.get(name) or [None])[0]
@@ -100,17 +100,31 @@ class Hub:
                         page = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>"
                         return self.reply(200, {"Content-Type": "text/html; charset=utf-8"}, page, body)
                 if name not in hub.files:
-                    return self.reply(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT},
-                                      b"Entry not found", body)
+                    return self.reply(
+                        404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}, b"Entry not found", body
+                    )
                 data = hub.files[name]
                 sha = hashlib.sha256(data).hexdigest()
                 if name.endswith((".gz", ".zip")):  # LFS: the hub redirects to its storage
-                    return self.reply(302, {"Location": f"{hub.url}/storage/{name}?sha={sha}",
-                                            "X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{sha}"',
-                                            "X-Linked-Size": str(len(data)), "ETag": '"a-git-blob-id"'}, b"", body)
+                    return self.reply(
+                        302,
+                        {
+                            "Location": f"{hub.url}/storage/{name}?sha={sha}",
+                            "X-Repo-Commit": COMMIT,
+                            "X-Linked-Etag": f'"{sha}"',
+                            "X-Linked-Size": str(len(data)),
+                            "ETag": '"a-git-blob-id"',
+                        },
+                        b"",
+                        body,
+                    )
                 etag = hashlib.sha1(data).hexdigest()  # a regular file's ETag is its git blob id, not a sha256
-                return self.reply(200, {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"',
-                                        "Content-Type": "application/octet-stream"}, data, body)
+                return self.reply(
+                    200,
+                    {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"},
+                    data,
+                    body,
+                )
 
             def storage(self, name: str, body: bool):
                 data, start = hub.corrupt.get(name, hub.files[name]), 0
@@ -173,10 +187,19 @@ def rosbank_cfg(hub: Hub, raw_src: Path, raw_dir: Path, *extra: str):
     for name in ("train.csv", "test.csv"):
         body = gzip.compress((raw_src / name).read_bytes(), mtime=0)
         hub.files[f"{name}.gz"] = body
-        files.append({"path": f"{name}.gz", "file": name, "size": len(body),
-                      "sha256": hashlib.sha256(body).hexdigest()})
-    cfg = compose(["dataset=rosbank", f"dataset.raw_dir={raw_dir}", f"dataset.download.revision={COMMIT}",
-                   "dataset.download.retries=0", f"paths.output_root={raw_dir.parent / 'outputs'}", *extra])
+        files.append(
+            {"path": f"{name}.gz", "file": name, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        )
+    cfg = compose(
+        [
+            "dataset=rosbank",
+            f"dataset.raw_dir={raw_dir}",
+            f"dataset.download.revision={COMMIT}",
+            "dataset.download.retries=0",
+            f"paths.output_root={raw_dir.parent / 'outputs'}",
+            *extra,
+        ]
+    )
     cfg.dataset.download.files = OmegaConf.create(files)
     return cfg
 
@@ -202,7 +225,9 @@ def test_downloaded_files_are_exactly_what_prepare_reads(hub, rosbank_raw, tmp_p
     assert hub.gets("train.csv.gz") == [None]  # one transfer, through the hub's redirect to its storage
 
     downloaded = pq.read_table(prepare(cfg) / "events.parquet")
-    direct_cfg = compose(["dataset=rosbank", f"dataset.raw_dir={rosbank_raw}", f"paths.output_root={tmp_path / 'direct'}"])
+    direct_cfg = compose(
+        ["dataset=rosbank", f"dataset.raw_dir={rosbank_raw}", f"paths.output_root={tmp_path / 'direct'}"]
+    )
     direct = pq.read_table(prepare(direct_cfg) / "events.parquet")
     assert downloaded.equals(direct)
 
@@ -215,8 +240,11 @@ def test_an_interrupted_transfer_resumes_with_a_range_request(hub, rosbank_raw, 
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     hub.faults["train.csv.gz"] = ["cut"]
-    with pytest.raises(DownloadError, match=r"^download train.csv.gz: transfer (interrupted|ended short).*rerun to "
-                       "resume") as err:
+    with pytest.raises(
+        DownloadError,
+        match=r"^download train.csv.gz: transfer (interrupted|ended short).*rerun to "
+        "resume",
+    ) as err:
         fetch.ensure(cfg.dataset)
     assert "\n" not in str(err.value)
     assert not (raw / "train.csv").exists()  # never a half file under the loader's name
@@ -254,8 +282,11 @@ def test_a_checksum_mismatch_removes_the_file(hub, rosbank_raw, tmp_path):
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     cfg.dataset.download.files[0].sha256 = "0" * 64
-    with pytest.raises(DownloadError, match=r"^download train.csv.gz: sha256 [0-9a-f]{64}, expected 0{64} \(dataset "
-                       r"config.*removed"):
+    with pytest.raises(
+        DownloadError,
+        match=r"^download train.csv.gz: sha256 [0-9a-f]{64}, expected 0{64} \(dataset "
+        r"config.*removed",
+    ):
         fetch.ensure(cfg.dataset)
     assert not (raw / "train.csv").exists() and not (raw / fetch.PART_DIR / "train.csv.gz").exists()
     cfg.dataset.download.files[0].sha256 = hashlib.sha256(hub.files["train.csv.gz"]).hexdigest()
@@ -287,8 +318,18 @@ def test_without_a_published_checksum_the_hubs_lfs_sha256_is_checked(hub, rosban
 def test_a_branch_revision_records_the_commit_and_a_plain_file_is_unchecked(hub, tmp_path, caplog):
     data = b"client_id,bins\n1,0\n"
     hub.files["train_target.csv"] = data  # a regular (not LFS) file: its ETag is no sha256
-    ds = OmegaConf.create({"name": "age_pred", "raw_dir": str(tmp_path / "raw"), "download": {
-        "repo": REPO, "revision": "main", "retries": 0, "files": [{"path": "train_target.csv", "file": "t.csv"}]}})
+    ds = OmegaConf.create(
+        {
+            "name": "age_pred",
+            "raw_dir": str(tmp_path / "raw"),
+            "download": {
+                "repo": REPO,
+                "revision": "main",
+                "retries": 0,
+                "files": [{"path": "train_target.csv", "file": "t.csv"}],
+            },
+        }
+    )
     fetch.ensure(ds)
     assert (tmp_path / "raw/t.csv").read_bytes() == data
     record = fetch.read_manifest(tmp_path / "raw")["t.csv"]
@@ -297,12 +338,18 @@ def test_a_branch_revision_records_the_commit_and_a_plain_file_is_unchecked(hub,
     assert f"put `revision: {COMMIT}` into conf/dataset/age_pred.yaml" in caplog.text
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("404", r"HTTP 404 Not Found for http://127\.0\.0\.1:\d+/datasets/dllllb/rosbank-churn/resolve/0123456789abcdef"
-            r"0123456789abcdef01234567/train\.csv\.gz; check dataset\.download\.endpoint"),
-    ("html", r"http://127\.0\.0\.1:\d+/datasets/.*/train\.csv\.gz does not answer as a Hugging Face hub"),
-    ("503", r"HTTP 503 Service Unavailable for http://127\.0\.0\.1"),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        (
+            "404",
+            r"HTTP 404 Not Found for http://127\.0\.0\.1:\d+/datasets/dllllb/rosbank-churn/resolve/0123456789abcdef"
+            r"0123456789abcdef01234567/train\.csv\.gz; check dataset\.download\.endpoint",
+        ),
+        ("html", r"http://127\.0\.0\.1:\d+/datasets/.*/train\.csv\.gz does not answer as a Hugging Face hub"),
+        ("503", r"HTTP 503 Service Unavailable for http://127\.0\.0\.1"),
+    ],
+)
 def test_server_errors_are_one_clear_line(hub, rosbank_raw, tmp_path, fault, message):
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
@@ -313,13 +360,21 @@ def test_server_errors_are_one_clear_line(hub, rosbank_raw, tmp_path, fault, mes
     assert not (raw / "train.csv").exists() and not list((raw / fetch.PART_DIR).glob("train*"))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("dataset.download.revision=fedcba9876543210fedcba9876543210fedcba98",
-     r"no revision 'fedcba9876543210fedcba9876543210fedcba98' in dataset repo dllllb/rosbank-churn .*HTTP 404"
-     r".*check dataset\.download\.revision"),
-    ("dataset.download.repo=dllllb/no-such-repo", r"no dataset repo dllllb/no-such-repo on http://127\.0\.0\.1:\d+ "
-     r"\(HTTP 404; a private or gated repo needs HF_TOKEN\)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "dataset.download.revision=fedcba9876543210fedcba9876543210fedcba98",
+            r"no revision 'fedcba9876543210fedcba9876543210fedcba98' in dataset repo dllllb/rosbank-churn .*HTTP 404"
+            r".*check dataset\.download\.revision",
+        ),
+        (
+            "dataset.download.repo=dllllb/no-such-repo",
+            r"no dataset repo dllllb/no-such-repo on http://127\.0\.0\.1:\d+ "
+            r"\(HTTP 404; a private or gated repo needs HF_TOKEN\)",
+        ),
+    ],
+)
 def test_a_repo_or_revision_the_hub_does_not_have(hub, rosbank_raw, tmp_path, override, message):
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw, override)
@@ -332,8 +387,11 @@ def test_a_file_the_repo_does_not_have(hub, rosbank_raw, tmp_path):
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     cfg.dataset.download.files[0].path = "data/train.csv.gz"
-    with pytest.raises(DownloadError, match=r"no file 'data/train\.csv\.gz' in dataset repo dllllb/rosbank-churn at "
-                       rf"revision {COMMIT} \(HTTP 404 .*check dataset\.download\.files"):
+    with pytest.raises(
+        DownloadError,
+        match=r"no file 'data/train\.csv\.gz' in dataset repo dllllb/rosbank-churn at "
+        rf"revision {COMMIT} \(HTTP 404 .*check dataset\.download\.files",
+    ):
         fetch.ensure(cfg.dataset)
 
 
@@ -376,8 +434,11 @@ def test_the_disk_filling_up_during_the_transfer(hub, rosbank_raw, tmp_path, mon
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     monkeypatch.setattr(hf, "http_get", full)
-    with pytest.raises(DownloadError, match=r"^download train.csv.gz: no room left on the disk while downloading into "
-                       r".*the part was removed: free space and rerun$"):
+    with pytest.raises(
+        DownloadError,
+        match=r"^download train.csv.gz: no room left on the disk while downloading into "
+        r".*the part was removed: free space and rerun$",
+    ):
         fetch.ensure(cfg.dataset)
     assert fetch.incomplete_parts(raw / fetch.PART_DIR) == [] and not (raw / "train.csv").exists()
 
@@ -392,10 +453,21 @@ def test_zip_and_tar_members(hub, tmp_path):
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))
     hub.files["a.zip"], hub.files["b.tar.gz"] = zbuf.getvalue(), tbuf.getvalue()
-    ds = OmegaConf.create({"name": "x", "raw_dir": str(tmp_path / "raw"), "download": {
-        "repo": REPO, "revision": COMMIT, "retries": 0, "files": [
-            {"path": "a.zip", "file": "one.csv", "member": "data/train_target.csv"},
-            {"path": "b.tar.gz", "file": "two.csv", "member": "data/train_target.csv"}]}})
+    ds = OmegaConf.create(
+        {
+            "name": "x",
+            "raw_dir": str(tmp_path / "raw"),
+            "download": {
+                "repo": REPO,
+                "revision": COMMIT,
+                "retries": 0,
+                "files": [
+                    {"path": "a.zip", "file": "one.csv", "member": "data/train_target.csv"},
+                    {"path": "b.tar.gz", "file": "two.csv", "member": "data/train_target.csv"},
+                ],
+            },
+        }
+    )
     fetch.ensure(ds)
     assert (tmp_path / "raw/one.csv").read_bytes() == data == (tmp_path / "raw/two.csv").read_bytes()
     ds.download.files[0].member = "nope.csv"
@@ -407,10 +479,21 @@ def test_zip_and_tar_members(hub, tmp_path):
 
 def run_stage(tmp_path, *env: tuple[str, str]):
     return subprocess.run(
-        [sys.executable, "-m", "llm4trx.download", "dataset=rosbank", f"dataset.raw_dir={tmp_path / 'raw'}",
-         "dataset.download.retries=0", f"paths.output_root={tmp_path / 'out'}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-        env={"PYTHONPATH": str(ROOT / "source"), "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf"), **dict(env)})
+        [
+            sys.executable,
+            "-m",
+            "llm4trx.download",
+            "dataset=rosbank",
+            f"dataset.raw_dir={tmp_path / 'raw'}",
+            "dataset.download.retries=0",
+            f"paths.output_root={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT / "source"), "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf"), **dict(env)},
+    )
 
 
 def one_error(proc) -> str:
@@ -432,8 +515,11 @@ def test_offline_mode_says_so(hub, rosbank_raw, tmp_path, monkeypatch):
     cfg = rosbank_cfg(hub, rosbank_raw, tmp_path / "raw")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1, read at import
     reset_sessions()  # the offline adapter is mounted when a session is made
-    with pytest.raises(DownloadError, match=r"^download train.csv.gz: HF_HUB_OFFLINE is set, so nothing can be "
-                       "downloaded; unset it"):
+    with pytest.raises(
+        DownloadError,
+        match=r"^download train.csv.gz: HF_HUB_OFFLINE is set, so nothing can be "
+        "downloaded; unset it",
+    ):
         fetch.ensure(cfg.dataset)
     assert hub.requests == []
 

@@ -36,8 +36,17 @@ def test_batched_pooling_equals_unpadded_per_sequence(tiny, padding_side, poolin
     tokenizer, model = tiny
     rng = np.random.default_rng(0)
     sequences = [rng.integers(3, len(tokenizer), n).tolist() for n in (3, 17, 9, 30, 1)]
-    batched = embed.embed_sequences(model, tokenizer.pad_token_id, sequences, [[0, 1, 2, 3, 4]], pooling, layer_slice,
-                                    padding_side, torch.device("cpu"), progress=False)
+    batched = embed.embed_sequences(
+        model,
+        tokenizer.pad_token_id,
+        sequences,
+        [[0, 1, 2, 3, 4]],
+        pooling,
+        layer_slice,
+        padding_side,
+        torch.device("cpu"),
+        progress=False,
+    )
     with torch.no_grad():
         for i, seq in enumerate(sequences):
             ids = torch.tensor([seq])
@@ -66,8 +75,13 @@ def test_length_sorted_batches_cover_every_index_once():
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed") / "outputs"
-    overrides = [f"paths.output_root={root}", "progress=false", "embed.batch_size=8", "dataset.n_clients=60",
-                 "dataset.max_events=60"]
+    overrides = [
+        f"paths.output_root={root}",
+        "progress=false",
+        "embed.batch_size=8",
+        "dataset.n_clients=60",
+        "dataset.max_events=60",
+    ]
     cfg = compose(overrides)
     write_all(cfg)
     return overrides, cfg
@@ -77,8 +91,12 @@ def test_embed_single_process_writes_every_client(small_run):
     overrides, cfg = small_run
     folder = embed.run(cfg)
     frame = pd.read_parquet(folder / "embeddings.parquet")
-    text_ids = pd.concat([pd.read_json(stage_dir(cfg, "text") / f"{s}.jsonl", lines=True, dtype={"client_id": str})
-                          for s in ("train", "val", "test")])["client_id"]
+    text_ids = pd.concat(
+        [
+            pd.read_json(stage_dir(cfg, "text") / f"{s}.jsonl", lines=True, dtype={"client_id": str})
+            for s in ("train", "val", "test")
+        ]
+    )["client_id"]
     assert list(frame.columns[:3]) == [cfg.dataset.id_column, "emb_0000", "emb_0001"]
     assert frame.shape == (len(text_ids), 1 + 64)
     assert pd.api.types.is_string_dtype(frame[cfg.dataset.id_column])
@@ -93,8 +111,18 @@ def test_embed_two_processes_match_single_process(small_run):
     folder = embed.run(cfg)
     single = pd.read_parquet(folder / "embeddings.parquet")
     env = {**os.environ, "PYTHONPATH": str(Path(llm4trx.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "llm4trx.embed", *overrides, "force=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llm4trx.embed",
+        *overrides,
+        "force=true",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     counts = read_success(folder)["counts"]

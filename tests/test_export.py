@@ -95,9 +95,16 @@ def test_mpt_trains_and_exports_through_the_same_path(tmp_path):
     """model=mpt_125m shrunk to CPU size: llm-foundry's native MPT, exported with its own (remote) code."""
     from llm4trx.pretrain import run as pretrain
 
-    cfg = smoke_cfg(tmp_path, "model=mpt_125m", "model.foundry.d_model=64", "model.foundry.n_heads=4",
-                    "model.foundry.n_layers=2", "trainer.max_duration=10ba", "trainer.eval_interval=5ba",
-                    "trainer.save_interval=5ba")
+    cfg = smoke_cfg(
+        tmp_path,
+        "model=mpt_125m",
+        "model.foundry.d_model=64",
+        "model.foundry.n_heads=4",
+        "model.foundry.n_layers=2",
+        "trainer.max_duration=10ba",
+        "trainer.eval_interval=5ba",
+        "trainer.save_interval=5ba",
+    )
     build_lm_inputs(cfg, n_train=48, n_val=8)
     assert read_success(pretrain(cfg))["counts"]["steps"] == 10
     hf_dir = run(cfg)

@@ -37,11 +37,11 @@ def test_calendar_words_follow_the_when_word_with_the_right_values(schema):
             # the four calendar words, then the plain line's rest
             when = next(j for j, w in enumerate(plain_words) if re.match(r"d\d", w))
             assert words[when] == plain_words[when]
-            assert words[when + 1:when + 4] == [f"w{t.dayofweek + 1}", f"D{t.day}", f"M{t.month}"]
+            assert words[when + 1 : when + 4] == [f"w{t.dayofweek + 1}", f"D{t.day}", f"M{t.month}"]
             to_end, end = (last - t.normalize()).days, words[when + 4]  # `e<lo>-<hi>`, `e<d>` or `e181+`
             lo, _, hi = end[1:].rstrip("+").partition("-")
             assert end[0] == "e" and int(lo) <= to_end and (end.endswith("+") or to_end <= int(hi or lo)), (end, to_end)
-            assert words[:when + 1] + words[when + 5:] == plain_words  # nothing else changes
+            assert words[: when + 1] + words[when + 5 :] == plain_words  # nothing else changes
 
 
 def test_an_unknown_calendar_word_or_another_format_is_one_clear_error():

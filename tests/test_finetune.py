@@ -19,10 +19,20 @@ from llm4trx.lm import finetune as ft
 
 N_CLIENTS = 150
 # Tiny sizes: 3 runs x 5 folds of 4 steps each.
-TINY = ["experiment=smoke_finetune", "progress=false", "max_seq_len=96", "finetune.training.max_steps=4",
-        "finetune.training.eval_interval=2", "finetune.training.batch_size=8", "finetune.training.micro_batch_size=4",
-        "finetune.training.warmup_steps=1", "finetune.training.cpu_threads=1", "validate.n_jobs=1",
-        f"dataset.n_clients={N_CLIENTS}", "dataset.max_events=60"]
+TINY = [
+    "experiment=smoke_finetune",
+    "progress=false",
+    "max_seq_len=96",
+    "finetune.training.max_steps=4",
+    "finetune.training.eval_interval=2",
+    "finetune.training.batch_size=8",
+    "finetune.training.micro_batch_size=4",
+    "finetune.training.warmup_steps=1",
+    "finetune.training.cpu_threads=1",
+    "validate.n_jobs=1",
+    f"dataset.n_clients={N_CLIENTS}",
+    "dataset.max_events=60",
+]
 
 
 def tiny_cfg(out_root, *overrides):
@@ -58,12 +68,16 @@ def finetuned(inputs):
         folder = finetune(inputs)
     finally:
         ft.make_trainer = original
-    vcfg = OmegaConf.merge(inputs, {"validate": {"feature_sets": ["aggregates", "random"], "concatenations": [],
-                                                 "random_dim": 8}, "seeds": [int(inputs.seed)]})
+    vcfg = OmegaConf.merge(
+        inputs,
+        {
+            "validate": {"feature_sets": ["aggregates", "random"], "concatenations": [], "random_dim": 8},
+            "seeds": [int(inputs.seed)],
+        },
+    )
     baselines(vcfg)  # aggregates, validated once per dataset (validate.lightgbm_seed=fixed)
     validation = validate(vcfg)
-    return {"cfg": inputs, "folder": folder, "validation": validation, "report": report(vcfg),
-            "recorded": recorded}
+    return {"cfg": inputs, "folder": folder, "validation": validation, "report": report(vcfg), "recorded": recorded}
 
 
 @pytest.mark.slow
@@ -87,8 +101,10 @@ def test_end_to_end_rows_curves_and_report(finetuned):
         for fold, curve in meta["folds"].items():
             val = results["feature_sets"][f"finetune:{run}"][curves["metric"]]["folds"][int(fold)]["val"]
             assert val == pytest.approx(curve["best_metric"], abs=1e-6), (run, fold)
-    assert curves["runs"]["head"]["folds"]["0"]["parameters"]["trainable"] < \
-        curves["runs"]["head_full"]["folds"]["0"]["parameters"]["trainable"]
+    assert (
+        curves["runs"]["head"]["folds"]["0"]["parameters"]["trainable"]
+        < curves["runs"]["head_full"]["folds"]["0"]["parameters"]["trainable"]
+    )
     report = finetuned["report"]
     text = (report / "report.md").read_text()
     assert "finetune:verbalizer" in text and "finetune_synthetic.png" in text
@@ -149,9 +165,9 @@ def test_verbalizer_scores_equal_a_manual_next_token_computation(inputs):
             torch.testing.assert_close(scores[row], manual, atol=1e-4, rtol=1e-4)
     # The prompt ends with the instruction's tokens; the text keeps its most recent tokens when cut.
     answer = tok("\nAnswer:", add_special_tokens=False)["input_ids"]
-    assert all(seq[-len(answer):] == answer for seq in sequences)
+    assert all(seq[-len(answer) :] == answer for seq in sequences)
     short = ft.verbalizer_sequences(tok, [texts[2]], "\nAnswer:", 12)[0]
-    assert len(short) == 12 and short[-len(answer):] == answer
+    assert len(short) == 12 and short[-len(answer) :] == answer
 
 
 def test_chat_template_wraps_the_prompt(inputs):
@@ -170,8 +186,9 @@ def test_lora_leaves_base_weights_unchanged(inputs, tmp_path):
         torch.manual_seed(0)
         model = ft.build_model(cfg, run, prep.model_dir, None)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        trainer = ft.make_trainer(cfg, model, prep.tokenizer, samples, samples, tmp_path / run, [],
-                                  lambda pred: {"auroc": 0.5})
+        trainer = ft.make_trainer(
+            cfg, model, prep.tokenizer, samples, samples, tmp_path / run, [], lambda pred: {"auroc": 0.5}
+        )
         trainer.train()
         changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
         base = {n for n in before if "lora_" not in n and not n.startswith("head.")}
@@ -185,6 +202,7 @@ def test_lora_leaves_base_weights_unchanged(inputs, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ bad input
+
 
 def assert_fails_before_writing(cfg, error, match):
     from llm4trx.finetune import run
@@ -249,10 +267,12 @@ def test_model_dir_without_weights(inputs, tmp_path):
     shutil.copytree(stage_dir(inputs, "export"), bare)
     for weights in bare.glob("*.safetensors"):
         weights.unlink()
-    assert_fails_before_writing(cfg_with(inputs, tmp_path / "a", finetune={"model": str(bare)}), DataError,
-                                "without weights")
-    assert_fails_before_writing(cfg_with(inputs, tmp_path / "b", finetune={"model": str(tmp_path / "nope")}), ConfigError,
-                                "not a directory")
+    assert_fails_before_writing(
+        cfg_with(inputs, tmp_path / "a", finetune={"model": str(bare)}), DataError, "without weights"
+    )
+    assert_fails_before_writing(
+        cfg_with(inputs, tmp_path / "b", finetune={"model": str(tmp_path / "nope")}), ConfigError, "not a directory"
+    )
 
 
 def test_target_with_more_classes_than_n_classes(inputs, tmp_path):
@@ -269,10 +289,13 @@ def test_fold_with_one_class_only(inputs, tmp_path):
         targets.loc[targets["client_id"].isin(fold0), "target"] = 1
         return targets
 
-    assert_fails_before_writing(fresh_copy(inputs, tmp_path, edit), DataError, "fold 0: its held-out clients have one class")
+    assert_fails_before_writing(
+        fresh_copy(inputs, tmp_path, edit), DataError, "fold 0: its held-out clients have one class"
+    )
 
 
 # ------------------------------------------------------------------------------------------ GPU configs
+
 
 @pytest.mark.parametrize("option", ["llama_3_2_1b_lora", "llama_3_2_3b_lora"])
 def test_gpu_configs_validate_against_the_published_architecture(tmp_path, monkeypatch, option):
@@ -294,9 +317,13 @@ def test_gpu_configs_validate_against_the_published_architecture(tmp_path, monke
 
 @pytest.mark.gpu
 def test_gpu_bf16_lora_fine_tuning_runs(inputs, tmp_path):
-    cfg = OmegaConf.merge(inputs, {"paths": {"output_root": str(tmp_path / "o")},
-                                   "finetune": {"runs": ["head", "verbalizer"],
-                                                "training": {"precision": "bf16", "device": "cuda"}}})
+    cfg = OmegaConf.merge(
+        inputs,
+        {
+            "paths": {"output_root": str(tmp_path / "o")},
+            "finetune": {"runs": ["head", "verbalizer"], "training": {"precision": "bf16", "device": "cuda"}},
+        },
+    )
     for stage in ("prepare", "text", "export"):
         shutil.copytree(stage_dir(inputs, stage), stage_dir(cfg, stage))
     from llm4trx.finetune import run

@@ -14,8 +14,17 @@ from canonical_data import SCHEMAS, canonical_events
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
-from llm4trx.render.formats import (FORMATS, RenderContext, amount_2dp, amount_bin, amount_short, amount_words,
-                                    get_format, render, render_client)
+from llm4trx.render.formats import (
+    FORMATS,
+    RenderContext,
+    amount_2dp,
+    amount_bin,
+    amount_short,
+    amount_words,
+    get_format,
+    render,
+    render_client,
+)
 
 ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown", "fields"]
 
@@ -55,7 +64,9 @@ def test_registry_has_every_format_and_a_config_each():
 
 
 def test_unknown_format_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="known formats: compact, fields, flat, grouped_mcc, html, json, markdown, yaml"):
+    with pytest.raises(
+        ConfigError, match="known formats: compact, fields, flat, grouped_mcc, html, json, markdown, yaml"
+    ):
         get_format("csv")
 
 
@@ -129,8 +140,7 @@ def test_time_of_day_only_where_the_data_has_it():
 
 def test_amounts_keep_sensible_precision():
     values = np.array([1234.5, 0.07, -56.789, 2_000_000.0, 999.99, 12.0, 123456.0])
-    assert amount_2dp(values).to_pylist() == ["1234.50", "0.07", "-56.79", "2000000.00", "999.99", "12.00",
-                                              "123456.00"]
+    assert amount_2dp(values).to_pylist() == ["1234.50", "0.07", "-56.79", "2000000.00", "999.99", "12.00", "123456.00"]
     assert amount_short(values).to_pylist() == ["1.23k", "0.07", "-56.8", "2M", "1k", "12", "123k"]
 
 
@@ -149,8 +159,8 @@ def check_fields_text(text, ev, ctx):
     lines = text.split("\n")
     constant = {c: ev[c].fillna("NA").nunique() == 1 for c in ctx.categorical}
     head_words = [f"{c}={ev[c].fillna('NA').iloc[0]}" for c in ctx.categorical if constant[c]]
-    assert lines[0].split()[:len(head_words)] == head_words  # client-constant values once, in the header
-    lines[0] = " ".join(lines[0].split()[len(head_words):])
+    assert lines[0].split()[: len(head_words)] == head_words  # client-constant values once, in the header
+    lines[0] = " ".join(lines[0].split()[len(head_words) :])
     assert len(lines) == len(ev)
     gaps = ev["event_time"].dt.normalize().diff().dt.days.fillna(0).astype(int).to_numpy()
     for line, gap, row in zip(lines, gaps, ev.itertuples()):
@@ -164,9 +174,16 @@ def check_fields_text(text, ev, ctx):
         else:
             assert "@" not in when
         assert mcc == f"m{row.mcc}"
-        assert amount == ("a0z" if row.amount == 0 else f"a{'-' if row.amount < 0 else ''}{amount_bin(np.array([row.amount]))[0]}")
-        expected = [f"{c}={v}" for c in ctx.categorical if not constant[c]
-                    for v in [("NA" if pd.isna(getattr(row, c)) else getattr(row, c))] if v != ctx.usual[c]]
+        assert amount == (
+            "a0z" if row.amount == 0 else f"a{'-' if row.amount < 0 else ''}{amount_bin(np.array([row.amount]))[0]}"
+        )
+        expected = [
+            f"{c}={v}"
+            for c in ctx.categorical
+            if not constant[c]
+            for v in [("NA" if pd.isna(getattr(row, c)) else getattr(row, c))]
+            if v != ctx.usual[c]
+        ]
         assert rest == expected
 
 

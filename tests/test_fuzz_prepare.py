@@ -32,8 +32,15 @@ from llm4trx.core.stage import read_success, stage_dir
 from llm4trx.data import synthetic
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
-settings.register_profile("fuzz", max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
-                          print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "fuzz",
+    max_examples=EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # schema -> (files of the schema, the id column, the amount column)
 SCHEMAS = {
@@ -50,8 +57,17 @@ def valid_raw(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz_raw")
     out = {}
     for schema in SCHEMAS:
-        cfg = compose([f"paths.output_root={base}", f"dataset.schema={schema}", "dataset.n_clients=40",
-                       "dataset.min_events=3", "dataset.max_events=8", "splits.n_folds=2", "progress=false"])
+        cfg = compose(
+            [
+                f"paths.output_root={base}",
+                f"dataset.schema={schema}",
+                "dataset.n_clients=40",
+                "dataset.min_events=3",
+                "dataset.max_events=8",
+                "splits.n_folds=2",
+                "progress=false",
+            ]
+        )
         raw = synthetic.ensure_raw(cfg.dataset)
         # Resolved once: per example only paths change (re-resolving interpolations was most of the time).
         out[schema] = (OmegaConf.to_container(cfg, resolve=True), raw)
@@ -59,6 +75,7 @@ def valid_raw(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ mutations
+
 
 def split_lines(data: bytes) -> list[bytes]:
     return data.split(b"\n")
@@ -91,15 +108,33 @@ def thousands(value: bytes, quoted: bool) -> bytes:
     return b'"' + text + b'"' if quoted else text
 
 
-KINDS = ["bom", "crlf", "leading_zero_ids", "leading_zero_ids_all", "thousands", "thousands_quoted", "extra_column",
-         "missing_field", "blank_line", "truncate", "corrupt", "insert_bytes", "combined"]
+KINDS = [
+    "bom",
+    "crlf",
+    "leading_zero_ids",
+    "leading_zero_ids_all",
+    "thousands",
+    "thousands_quoted",
+    "extra_column",
+    "missing_field",
+    "blank_line",
+    "truncate",
+    "corrupt",
+    "insert_bytes",
+    "combined",
+]
 BYTES = [b",", b"\n", b'"', b"\x00", b"\xff", b"\xc3", b"-", b"x", b"9", b" ", b"\r", b"."]
 
 # A recipe: (kind, row, fraction, [(fraction, byte), ...]); small, so a failing example prints in a line.
 recipes = st.tuples(
-    st.sampled_from(KINDS), st.integers(0, 10_000), st.floats(0, 1),
-    st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.sampled_from(BYTES) | st.binary(min_size=1, max_size=1)),
-             min_size=1, max_size=4),
+    st.sampled_from(KINDS),
+    st.integers(0, 10_000),
+    st.floats(0, 1),
+    st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.sampled_from(BYTES) | st.binary(min_size=1, max_size=1)),
+        min_size=1,
+        max_size=4,
+    ),
 )
 
 
@@ -133,7 +168,7 @@ def mutate(data: bytes, recipe, id_column: str, amount_column: str) -> bytes:
     if kind in ("corrupt", "insert_bytes"):
         for at, byte in edits:
             i = int(at * len(data))
-            data = data[:i] + byte + data[i + (1 if kind == "corrupt" else 0):]
+            data = data[:i] + byte + data[i + (1 if kind == "corrupt" else 0) :]
         return data
     # combined: a real warehouse export mixes them
     data = b"\xef\xbb\xbf" + data.replace(b"\n", b"\r\n")
@@ -142,14 +177,22 @@ def mutate(data: bytes, recipe, id_column: str, amount_column: str) -> bytes:
 
 # ------------------------------------------------------------------------------------------ the property
 
+
 def check_prepare(cfg, raw: Path, schema: str, name: str, kind: str, mutated: bytes) -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         shutil.copytree(raw, work / "raw")
         (work / "raw" / name).write_bytes(mutated)
-        plain = {**cfg, "paths": {"output_root": str(work / "out"), "experiment_dir": str(work / "out"),
-                                  "shared_dir": str(work / "out" / "shared"), "run_dir": str(work / "out" / "seed")},
-                 "dataset": {**cfg["dataset"], "generator": None, "raw_dir": str(work / "raw")}}
+        plain = {
+            **cfg,
+            "paths": {
+                "output_root": str(work / "out"),
+                "experiment_dir": str(work / "out"),
+                "shared_dir": str(work / "out" / "shared"),
+                "run_dir": str(work / "out" / "seed"),
+            },
+            "dataset": {**cfg["dataset"], "generator": None, "raw_dir": str(work / "raw")},
+        }
         run_cfg = OmegaConf.create(plain)
         final = stage_dir(run_cfg, "prepare")
         try:
@@ -193,14 +236,18 @@ def test_prepare_on_malformed_files_succeeds_or_fails_with_one_line(valid_raw, s
 
 # ------------------------------------------------------------------------------------------ the decisions, one each
 
-@pytest.mark.parametrize("data, says", [
-    (b"id,amount\n1,2.5\n2,3.5,extra\n3,1\n", "row 3: 3 fields where the header has 2"),
-    (b"id,amount\n1,2.5\n2,1,234.50\n", "row 3: 3 fields where the header has 2"),  # unquoted thousands separator
-    (b'id,amount\n1,2.5\n2,"1,234.50"\n', "column 'amount', row 3: value '1,234.50' is not a number"),
-    (b"id,amount\n1,2.5\n2\n", "row 3: 1 fields where the header has 2"),  # truncated last line
-    (b"id,amount\n1,2.5\n\n2,1\n", "column 'id', row 3: missing value"),  # blank line inside
-    (b'id,amount\n"1,2.5\n2,1\n', "row 2: 1 fields where the header has 2"),  # unterminated quote
-])
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        (b"id,amount\n1,2.5\n2,3.5,extra\n3,1\n", "row 3: 3 fields where the header has 2"),
+        (b"id,amount\n1,2.5\n2,1,234.50\n", "row 3: 3 fields where the header has 2"),  # unquoted thousands separator
+        (b'id,amount\n1,2.5\n2,"1,234.50"\n', "column 'amount', row 3: value '1,234.50' is not a number"),
+        (b"id,amount\n1,2.5\n2\n", "row 3: 1 fields where the header has 2"),  # truncated last line
+        (b"id,amount\n1,2.5\n\n2,1\n", "column 'id', row 3: missing value"),  # blank line inside
+        (b'id,amount\n"1,2.5\n2,1\n', "row 2: 1 fields where the header has 2"),  # unterminated quote
+    ],
+)
 def test_malformed_lines_are_errors_at_their_line(tmp_path, data, says):
     import pyarrow as pa
 

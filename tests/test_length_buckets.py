@@ -40,14 +40,22 @@ def split_copy(data, name: str) -> str:
 
 
 def loader(data, name: str, window: int, shuffle: bool = True, seed: int = 7, workers: int = 0):
-    cfg = compose([f"paths.output_root={data['root']}", "max_seq_len=64", f"seed={seed}",
-                   f"trainer.length_bucketing={window > 0}", f"trainer.bucket_window={max(window, 1)}",
-                   f"trainer.num_workers={workers}"])
+    cfg = compose(
+        [
+            f"paths.output_root={data['root']}",
+            "max_seq_len=64",
+            f"seed={seed}",
+            f"trainer.length_bucketing={window > 0}",
+            f"trainer.bucket_window={max(window, 1)}",
+            f"trainer.num_workers={workers}",
+        ]
+    )
     section = foundry_config.loader_section(cfg, data["root"] / name, train=shuffle)
     section["dataset"]["local"] = split_copy(data, name)
     assert section.pop("name") == "llm4trx_text" and section["bucket_window"] == window
-    return foundry_plugins.build_text_dataloader_locked(**section, tokenizer=data["tokenizer"],
-                                                        device_batch_size=BATCH).dataloader
+    return foundry_plugins.build_text_dataloader_locked(
+        **section, tokenizer=data["tokenizer"], device_batch_size=BATCH
+    ).dataloader
 
 
 def ids(batch) -> list[int]:

@@ -53,7 +53,9 @@ def test_age_pred_schema_counts_days_from_the_origin(tmp_path):
     ds, data = load(tmp_path, "dataset.schema=age_pred", "dataset.n_clients=200", "dataset.max_events=40")
     check_canonical(ds, data)
     raw = pd.read_csv(f"{ds.raw_dir}/transactions_train.csv")
-    assert data.events["event_time"].min() == pd.Timestamp(ds.time_origin) + pd.Timedelta(days=int(raw["trans_date"].min()))
+    assert data.events["event_time"].min() == pd.Timestamp(ds.time_origin) + pd.Timedelta(
+        days=int(raw["trans_date"].min())
+    )
     assert (data.events["event_time"] == data.events["event_time"].dt.normalize()).all()
     assert set(data.targets["target"]) == {0, 1, 2, 3} and ds.mcc_names is None
 
@@ -65,7 +67,9 @@ def test_gender_schema_parses_day_and_time(tmp_path):
     day, clock = raw["tr_datetime"].split(" ")
     expected = pd.Timestamp(ds.time_origin) + pd.Timedelta(days=int(day)) + pd.Timedelta(clock)
     match = data.events[(data.events["client_id"] == raw["customer_id"]) & (data.events["event_time"] == expected)]
-    assert len(match) == 1 and match.iloc[0]["amount"] == raw["amount"] and match.iloc[0]["tr_type"] == str(raw["tr_type"])
+    assert (
+        len(match) == 1 and match.iloc[0]["amount"] == raw["amount"] and match.iloc[0]["tr_type"] == str(raw["tr_type"])
+    )
 
 
 def test_real_age_pred_sample(tmp_path):
@@ -95,10 +99,18 @@ def write_custom(folder, time_values, target_in_file=False):
 def test_generic_loader_reads_own_data_by_column_mapping(tmp_path):
     times = [f"2021-03-{1 + i % 28:02d} 10:{i % 60:02d}:00" for i in range(60)]
     write_custom(tmp_path / "raw", times)
-    overrides = ["dataset=custom", f"dataset.raw_dir={tmp_path / 'raw'}", "dataset.transactions=[tx.csv]",
-                 "dataset.id_column=user", "dataset.columns.time=ts", "dataset.columns.amount=value",
-                 "dataset.columns.mcc=category", "dataset.categorical=[shop]", "dataset.targets.file=labels.csv",
-                 "dataset.targets.column=label"]
+    overrides = [
+        "dataset=custom",
+        f"dataset.raw_dir={tmp_path / 'raw'}",
+        "dataset.transactions=[tx.csv]",
+        "dataset.id_column=user",
+        "dataset.columns.time=ts",
+        "dataset.columns.amount=value",
+        "dataset.columns.mcc=category",
+        "dataset.categorical=[shop]",
+        "dataset.targets.file=labels.csv",
+        "dataset.targets.column=label",
+    ]
     ds, data = load(tmp_path / "out", *overrides)
     check_canonical(ds, data)
     assert len(data.events) == 60 and len(data.targets) == 10
@@ -107,8 +119,13 @@ def test_generic_loader_reads_own_data_by_column_mapping(tmp_path):
 
     # The target as a column of the transactions file, and unix-seconds times.
     write_custom(tmp_path / "raw2", [1_600_000_000 + 3600 * i for i in range(60)], target_in_file=True)
-    ds, data = load(tmp_path / "out", *overrides, f"dataset.raw_dir={tmp_path / 'raw2'}", "dataset.targets.file=null",
-                    "dataset.time_format=unix")
+    ds, data = load(
+        tmp_path / "out",
+        *overrides,
+        f"dataset.raw_dir={tmp_path / 'raw2'}",
+        "dataset.targets.file=null",
+        "dataset.time_format=unix",
+    )
     check_canonical(ds, data)
     assert data.events["event_time"].min() == pd.Timestamp(1_600_000_000, unit="s")
     assert dict(zip(data.targets["client_id"], data.targets["target"])) == {f"u{u:02d}": u % 2 for u in range(10)}

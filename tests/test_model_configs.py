@@ -95,8 +95,9 @@ def test_every_model_config_builds_without_weights(lm_inputs, model):
     if model == "mpt_125m":
         from llmfoundry.models.mpt import MPTConfig
 
-        section = train_config(cfg, tok, stage_dir(cfg, "tokenizer"), stage_dir(cfg, "shards"),
-                               stage_dir(cfg, "pretrain"))["model"]
+        section = train_config(
+            cfg, tok, stage_dir(cfg, "tokenizer"), stage_dir(cfg, "shards"), stage_dir(cfg, "pretrain")
+        )["model"]
         config = MPTConfig(**{k: v for k, v in section.items() if k != "name"})
         assert (config.d_model, config.n_layers) == (768, 12)
     elif model == "tiny":
@@ -108,8 +109,12 @@ def test_every_model_config_builds_without_weights(lm_inputs, model):
         net = AutoModelForCausalLM.from_config(config) if model != "mpt_125m" else None
     if net is not None:
         n_params = sum(p.numel() for p in net.parameters())
-        expected = {"tiny": (5e4, 5e5), "llama_3_2_1b": (1.1e9, 1.4e9), "llama_3_2_3b": (3.0e9, 3.4e9),
-                    "qwen2_5_1_5b": (1.4e9, 1.7e9)}[model]
+        expected = {
+            "tiny": (5e4, 5e5),
+            "llama_3_2_1b": (1.1e9, 1.4e9),
+            "llama_3_2_3b": (3.0e9, 3.4e9),
+            "qwen2_5_1_5b": (1.4e9, 1.7e9),
+        }[model]
         assert expected[0] < n_params < expected[1]
 
 
@@ -121,14 +126,22 @@ def test_real_data_presets_give_a_valid_llm_foundry_config(lm_inputs, experiment
     """The 8xA100 presets (Llama-3.2-1B from a local checkpoint, 8192 tokens, FSDP) pass llm-foundry's checks."""
     root, local, tok = lm_inputs
     fixture = compose([f"paths.output_root={root / 'outputs'}"])  # where lm_inputs wrote tokenizer/ and mds/
-    cfg = compose([f"paths.output_root={root / 'outputs'}", f"experiment={experiment}", *CPU_TEST,
-                   f"model.pretrained_model_name_or_path={local['llama_3_2_1b']}"])
+    cfg = compose(
+        [
+            f"paths.output_root={root / 'outputs'}",
+            f"experiment={experiment}",
+            *CPU_TEST,
+            f"model.pretrained_model_name_or_path={local['llama_3_2_1b']}",
+        ]
+    )
     assert cfg.tokenizer.kind == "pretrained" and cfg.tokenizer.path == str(local["llama_3_2_1b"])
     assert cfg.text.count_tokenizer == cfg.tokenizer.path  # budgets counted in the model's own tokens
     if experiment != "llama_8xa100":
         assert cfg.dataset.name == experiment.removeprefix("llama_") and cfg.dataset.download.files
     check_model(cfg, tok)
-    raw = train_config(cfg, tok, stage_dir(fixture, "tokenizer"), stage_dir(fixture, "shards"), stage_dir(cfg, "pretrain"))
+    raw = train_config(
+        cfg, tok, stage_dir(fixture, "tokenizer"), stage_dir(fixture, "shards"), stage_dir(cfg, "pretrain")
+    )
     checked = validate_train_config(raw)
     assert checked.max_seq_len == 8192
     assert checked.precision == "amp_bf16"
@@ -137,4 +150,6 @@ def test_real_data_presets_give_a_valid_llm_foundry_config(lm_inputs, experiment
     assert checked.model["pretrained_model_name_or_path"] == str(local["llama_3_2_1b"])
     # 8 ranks: the global batch splits into whole microbatches on every GPU.
     per_rank = cfg.trainer.global_train_batch_size // 8
-    assert per_rank * 8 == cfg.trainer.global_train_batch_size and per_rank % cfg.trainer.device_train_microbatch_size == 0
+    assert (
+        per_rank * 8 == cfg.trainer.global_train_batch_size and per_rank % cfg.trainer.device_train_microbatch_size == 0
+    )

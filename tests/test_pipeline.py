@@ -57,7 +57,7 @@ def test_parallel_seeds_build_the_shared_stages_once_then_run_seeds_side_by_side
     assert stage_lines(out, first, "started")[: len(SHARED)] == SHARED  # the shared pass, the first seed's label
     assert stage_lines(out, second, "started") == PER_SEED  # the second seed found them built
     assert stage_lines(out, second, "up to date") == SHARED
-    assert sorted(stage_lines(out, first, "started")[len(SHARED):]) == sorted(PER_SEED)
+    assert sorted(stage_lines(out, first, "started")[len(SHARED) :]) == sorted(PER_SEED)
     for seed in (first, second):
         assert stage_lines(out, seed, "done").count("pretrain") == 1
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // 2))
@@ -79,8 +79,12 @@ def test_multi_seed_reports_over_the_seeds(smoke_run):
 
 def test_rerun_skips_every_stage_in_seconds(smoke_run):
     started = time.monotonic()
-    proc = run_script("scripts/run_multi_seed.sh", *SMOKE_RUN, f"paths.output_root={smoke_run.root}",
-                      env={"SEEDS": " ".join(map(str, SMOKE_SEEDS))})
+    proc = run_script(
+        "scripts/run_multi_seed.sh",
+        *SMOKE_RUN,
+        f"paths.output_root={smoke_run.root}",
+        env={"SEEDS": " ".join(map(str, SMOKE_SEEDS))},
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     for seed in SMOKE_SEEDS:
@@ -100,8 +104,12 @@ def test_two_seeds_started_together_build_each_shared_stage_once(tmp_path):
     shared = [s for s in STAGES if registry.get(s).scope == "shared"]
     args = ["bash", "scripts/run.sh", *TINY, f"paths.output_root={root}"]
     env = child_env(STAGES=f"..{shared[-1]}")
-    procs = [subprocess.Popen([*args, f"seed={seed}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for seed in (3, 4)]
+    procs = [
+        subprocess.Popen(
+            [*args, f"seed={seed}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for seed in (3, 4)
+    ]
     outputs = [proc.communicate(timeout=900)[0] for proc in procs]
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0, output[-3000:]

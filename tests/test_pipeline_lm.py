@@ -13,9 +13,15 @@ from llm4trx.core.stage import read_success
 
 @pytest.mark.slow
 def test_smoke_pipeline_from_raw_files_to_an_exported_model(tmp_path):
-    cfg = smoke_cfg(tmp_path / "outputs", "dataset.n_clients=200", "dataset.max_events=30",
-                    "tokenizer.vocab_size=500", "trainer.max_duration=30ba", "trainer.eval_interval=15ba",
-                    "trainer.save_interval=15ba")
+    cfg = smoke_cfg(
+        tmp_path / "outputs",
+        "dataset.n_clients=200",
+        "dataset.max_events=30",
+        "tokenizer.vocab_size=500",
+        "trainer.max_duration=30ba",
+        "trainer.eval_interval=15ba",
+        "trainer.save_interval=15ba",
+    )
     for stage in (prepare, text, tokenizer, shards):
         stage.run(cfg)
     checkpoints = pretrain.run(cfg)

@@ -25,10 +25,18 @@ def test_synthetic_default_writes_the_contract_files_and_skips_reruns(out_root):
     assert folder == stage_dir(cfg, "prepare")
     events = pq.read_table(folder / "events.parquet")
     assert [(f.name, str(f.type)) for f in events.schema] == [
-        ("client_id", "string"), ("event_time", "timestamp[ns]"), ("amount", "double"), ("mcc", "int32"),
-        ("channel_type", "string"), ("currency", "string"), ("trx_category", "string")]
+        ("client_id", "string"),
+        ("event_time", "timestamp[ns]"),
+        ("amount", "double"),
+        ("mcc", "int32"),
+        ("channel_type", "string"),
+        ("currency", "string"),
+        ("trx_category", "string"),
+    ]
     targets, splits = pd.read_parquet(folder / "targets.parquet"), pd.read_parquet(folder / "splits.parquet")
-    assert str(pq.read_schema(folder / "splits.parquet")) .startswith("client_id: string\nsplit: string\nfold: int8\nlabeled: bool")
+    assert str(pq.read_schema(folder / "splits.parquet")).startswith(
+        "client_id: string\nsplit: string\nfold: int8\nlabeled: bool"
+    )
     assert targets["target"].dtype == "int64"
     assert set(splits["client_id"]) == set(events.column("client_id").to_pylist())
     assert set(targets["client_id"]) == set(splits.loc[splits["labeled"], "client_id"])
@@ -59,7 +67,9 @@ def prepare_rosbank(tmp_path, lines, *overrides, raw: bytes | None = None):
     raw_dir = tmp_path / "rosbank"
     raw_dir.mkdir(exist_ok=True)
     (raw_dir / "train.csv").write_bytes(raw if raw is not None else ("\n".join(lines) + "\n").encode())
-    cfg = compose([f"paths.output_root={tmp_path / 'out'}", "dataset=rosbank", f"dataset.raw_dir={raw_dir}", *overrides])
+    cfg = compose(
+        [f"paths.output_root={tmp_path / 'out'}", "dataset=rosbank", f"dataset.raw_dir={raw_dir}", *overrides]
+    )
     return cfg, raw_dir / "train.csv"
 
 
@@ -138,11 +148,14 @@ def test_unknown_mcc_and_missing_categories_are_counted_repairs(tmp_path):
 def age_pred_files(tmp_path, target_lines):
     raw = tmp_path / "age"
     raw.mkdir(exist_ok=True)
-    tx = ["client_id,trans_date,small_group,amount_rur"] + [f"{c},{d},{c % 7},{10 + d}.5" for c in range(20) for d in range(3)]
+    tx = ["client_id,trans_date,small_group,amount_rur"] + [
+        f"{c},{d},{c % 7},{10 + d}.5" for c in range(20) for d in range(3)
+    ]
     (raw / "transactions_train.csv").write_text("\n".join(tx) + "\n")
     (raw / "train_target.csv").write_text("\n".join(["client_id,bins"] + target_lines) + "\n")
-    return compose([f"paths.output_root={tmp_path / 'out'}", "dataset=age_pred", f"dataset.raw_dir={raw}",
-                    "splits.n_folds=2"]), raw / "train_target.csv"
+    return compose(
+        [f"paths.output_root={tmp_path / 'out'}", "dataset=age_pred", f"dataset.raw_dir={raw}", "splits.n_folds=2"]
+    ), raw / "train_target.csv"
 
 
 def test_target_ids_without_transactions_and_duplicate_targets_are_repairs(tmp_path):
@@ -155,11 +168,14 @@ def test_target_ids_without_transactions_and_duplicate_targets_are_repairs(tmp_p
     assert "999" not in set(pd.read_parquet(folder / "splits.parquet")["client_id"])
 
 
-@pytest.mark.parametrize("bad, row, message", [
-    (["5,3"], 22, "different targets"),
-    (["7,x"], 22, "not an integer"),
-    (["7,"], 22, "missing value"),
-])
+@pytest.mark.parametrize(
+    "bad, row, message",
+    [
+        (["5,3"], 22, "different targets"),
+        (["7,x"], 22, "not an integer"),
+        (["7,"], 22, "missing value"),
+    ],
+)
 def test_bad_target_rows_are_errors(tmp_path, bad, row, message):
     cfg, path = age_pred_files(tmp_path, [f"{c},{c % 4}" for c in range(20)] + bad)
     with pytest.raises(DataError, match=message) as err:
@@ -176,7 +192,11 @@ def test_target_outside_the_classes_is_an_error(tmp_path):
 def test_gender_time_that_is_not_day_and_clock_is_an_error(tmp_path):
     raw = tmp_path / "gender"
     raw.mkdir()
-    tx = ["customer_id,tr_datetime,mcc_code,tr_type,amount,term_id", "1,0 10:23:26,5411,1010,-5.0,", "1,3 25:61,5411,1010,-5.0,"]
+    tx = [
+        "customer_id,tr_datetime,mcc_code,tr_type,amount,term_id",
+        "1,0 10:23:26,5411,1010,-5.0,",
+        "1,3 25:61,5411,1010,-5.0,",
+    ]
     (raw / "transactions.csv").write_text("\n".join(tx) + "\n")
     (raw / "gender_train.csv").write_text("customer_id,gender\n1,0\n")
     with pytest.raises(DataError, match="DAY HH:MM:SS") as err:

@@ -55,18 +55,28 @@ def write_rosbank(folder: Path, rows: list[str]) -> Path:
 
 
 def good_rows(n: int) -> list[str]:
-    return [f"{i % 37},{1 + i % 28:02d}OCT17:{i % 24:02d}:00:00,{10 + i % 50}.5,5411,POS,810,POS,{(i % 37) % 2},0"
-            for i in range(n)]
+    return [
+        f"{i % 37},{1 + i % 28:02d}OCT17:{i % 24:02d}:00:00,{10 + i % 50}.5,5411,POS,810,POS,{(i % 37) % 2},0"
+        for i in range(n)
+    ]
 
 
-@pytest.mark.parametrize("line, bad, column, message", [
-    (1500, "7,01OCT17:00:00:00,abc,5411,POS,810,POS,1,0", "amount", "value 'abc' is not a number"),
-    (1500, "7,01OCT17:00:00:00,,5411,POS,810,POS,1,0", "amount", "missing or NaN"),
-    (1500, "7,31FEB17:00:00:00,1.0,5411,POS,810,POS,1,0", "TRDATETIME", "cannot parse date"),
-    (1500, "7,01OCT17:00:00:00,1.0,-4,POS,810,POS,1,0", "MCC", "out of range"),
-    (1500, " ,01OCT17:00:00:00,1.0,5411,POS,810,POS,1,0", "cl_id", "missing value"),
-    (1500, "7,01OCT17:00:00:00,1.0,5411,POS,810,POS,0,0", "target_flag", "different target than in its first row (line 9)"),
-])
+@pytest.mark.parametrize(
+    "line, bad, column, message",
+    [
+        (1500, "7,01OCT17:00:00:00,abc,5411,POS,810,POS,1,0", "amount", "value 'abc' is not a number"),
+        (1500, "7,01OCT17:00:00:00,,5411,POS,810,POS,1,0", "amount", "missing or NaN"),
+        (1500, "7,31FEB17:00:00:00,1.0,5411,POS,810,POS,1,0", "TRDATETIME", "cannot parse date"),
+        (1500, "7,01OCT17:00:00:00,1.0,-4,POS,810,POS,1,0", "MCC", "out of range"),
+        (1500, " ,01OCT17:00:00:00,1.0,5411,POS,810,POS,1,0", "cl_id", "missing value"),
+        (
+            1500,
+            "7,01OCT17:00:00:00,1.0,5411,POS,810,POS,0,0",
+            "target_flag",
+            "different target than in its first row (line 9)",
+        ),
+    ],
+)
 def test_an_error_in_a_later_block_names_the_same_file_column_and_line(tmp_path, line, bad, column, message):
     rows = good_rows(2000)
     rows[line - 2] = bad  # line 1 is the header
@@ -104,8 +114,12 @@ def test_duplicates_found_in_slices_equal_the_whole_comparison(tmp_path):
     for client in range(6):
         for hour in range(5):
             base = f"{client},05OCT17:{hour:02d}:00:00"
-            rows += [f"{base},1.0,5411,POS,810,POS,0,0", f"{base},2.0,5411,POS,810,POS,0,0",
-                     f"{base},1.0,5411,POS,810,POS,0,0", f"{base},1.0,5812,POS,810,POS,0,0"][: 1 + (client + hour) % 4]
+            rows += [
+                f"{base},1.0,5411,POS,810,POS,0,0",
+                f"{base},2.0,5411,POS,810,POS,0,0",
+                f"{base},1.0,5411,POS,810,POS,0,0",
+                f"{base},1.0,5812,POS,810,POS,0,0",
+            ][: 1 + (client + hour) % 4]
     raw = write_rosbank(tmp_path / "raw", rows)
     ds = compose(["dataset=rosbank", f"dataset.raw_dir={raw}"]).dataset
     loaded = loaders.load(ds)
@@ -129,18 +143,33 @@ def test_sorting_in_slices_equals_pandas_stable_sort(tmp_path):
 def peak_rss_of_prepare(out_root: Path, n_clients: int) -> tuple[int, float]:
     """(transactions, peak resident bytes) of `python -m llm4trx.prepare` in a child process. The peak is the
     child's own VmHWM (the rusage of a child also counts the pages of this pytest process at fork)."""
-    overrides = [f"paths.output_root={out_root}", "dataset.schema=age_pred", f"dataset.n_clients={n_clients}",
-                 "dataset.min_events=700", "dataset.max_events=1150", "progress=false", "+dataset.block_bytes=1048576"]
+    overrides = [
+        f"paths.output_root={out_root}",
+        "dataset.schema=age_pred",
+        f"dataset.n_clients={n_clients}",
+        "dataset.min_events=700",
+        "dataset.max_events=1150",
+        "progress=false",
+        "+dataset.block_bytes=1048576",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "source")}
-    gen = [sys.executable, "-c", "import sys; from llm4trx.core.config import compose; from llm4trx.data import "
-           "synthetic; synthetic.ensure_raw(compose(sys.argv[1:]).dataset)", *overrides]
+    gen = [
+        sys.executable,
+        "-c",
+        "import sys; from llm4trx.core.config import compose; from llm4trx.data import "
+        "synthetic; synthetic.ensure_raw(compose(sys.argv[1:]).dataset)",
+        *overrides,
+    ]
     subprocess.run(gen, check=True, env=env, cwd=ROOT, capture_output=True)  # generated outside the measurement
     hwm = out_root / "peak.kb"
-    wrapper = ("import runpy, sys\nout = sys.argv.pop(1)\nsys.argv[0] = 'llm4trx.prepare'\ntry:\n"
-               "    runpy.run_module('llm4trx.prepare', run_name='__main__', alter_sys=True)\nfinally:\n"
-               "    open(out, 'w').write([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])\n")
-    subprocess.run([sys.executable, "-c", wrapper, str(hwm), *overrides], check=True, env=env, cwd=ROOT,
-                   capture_output=True)
+    wrapper = (
+        "import runpy, sys\nout = sys.argv.pop(1)\nsys.argv[0] = 'llm4trx.prepare'\ntry:\n"
+        "    runpy.run_module('llm4trx.prepare', run_name='__main__', alter_sys=True)\nfinally:\n"
+        "    open(out, 'w').write([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", wrapper, str(hwm), *overrides], check=True, env=env, cwd=ROOT, capture_output=True
+    )
     folder = out_root / "smoke" / "synthetic" / "shared" / "data"
     return read_success(folder)["counts"]["events"], int(hwm.read_text()) * 1024.0
 

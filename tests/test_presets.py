@@ -26,8 +26,12 @@ PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 CPU_PRESETS = ["quality_cpu", "smoke", "smoke_augment", "smoke_finetune"]
 GPU_PRESETS = [p for p in PRESETS if p not in CPU_PRESETS]
 SIZE = TINY[1:]  # the tiny sizes of tests/pipeline_helpers.py without its experiment=smoke
-FINETUNE_SIZE = ["finetune.training.max_steps=2", "finetune.training.eval_interval=2",
-                 "finetune.training.warmup_steps=1", "finetune.training.eval_batch_size=64"]
+FINETUNE_SIZE = [
+    "finetune.training.max_steps=2",
+    "finetune.training.eval_interval=2",
+    "finetune.training.warmup_steps=1",
+    "finetune.training.eval_batch_size=64",
+]
 
 
 def ran(output: str) -> list[str]:
@@ -67,8 +71,9 @@ def test_smoke_augment(root, smoke):
 
 def test_smoke_finetune(tmp_path):
     """The preset's field tokenizer knows no "no"/"yes": the verbalizer scores spare vocabulary tokens."""
-    proc = run_script("scripts/run.sh", "experiment=smoke_finetune", *SIZE, *FINETUNE_SIZE,
-                      f"paths.output_root={tmp_path}", "seed=1")
+    proc = run_script(
+        "scripts/run.sh", "experiment=smoke_finetune", *SIZE, *FINETUNE_SIZE, f"paths.output_root={tmp_path}", "seed=1"
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "finetune" in ran(proc.stdout)
     found = results(tmp_path, "smoke_finetune")["feature_sets"]
@@ -87,8 +92,14 @@ def test_quality_cpu(tmp_path):
 @pytest.mark.parametrize("preset", GPU_PRESETS)
 def test_gpu_preset_is_composed_and_checked(tmp_path, capsys, preset):
     model = write_model_config(tmp_path / "model", PUBLISHED_CONFIGS["llama_3_2_1b"])
-    rc = check.main(["--shell", f"experiment={preset}", f"model.pretrained_model_name_or_path={model}",
-                     f"paths.output_root={tmp_path / 'outputs'}"])
+    rc = check.main(
+        [
+            "--shell",
+            f"experiment={preset}",
+            f"model.pretrained_model_name_or_path={model}",
+            f"paths.output_root={tmp_path / 'outputs'}",
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     stages = re.search(r"^STAGES='?([^'\n]*)'?$", out.out, re.M).group(1).split()
@@ -101,8 +112,15 @@ def test_a_model_trained_in_one_run_embeds_new_data_in_another(root, smoke):
     generator seed) with that model, in a run of its own that trains no LM."""
     hf = root / "smoke" / "synthetic" / "seed_1" / "hf"
     assert (hf / "llm4trx.json").is_file()
-    proc = run_script("scripts/run.sh", *TINY, f"paths.output_root={root}", "seed=1", "experiment_name=smoke_next",
-                      "dataset.seed=1", f"embed.model={hf}")
+    proc = run_script(
+        "scripts/run.sh",
+        *TINY,
+        f"paths.output_root={root}",
+        "seed=1",
+        "experiment_name=smoke_next",
+        "dataset.seed=1",
+        f"embed.model={hf}",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert ran(proc.stdout) == ["prepare", "text", "baselines", "embed", "coles", "validate"]
     assert "llm:smoke-synthetic-seed_1" in results(root, "smoke_next")["feature_sets"]

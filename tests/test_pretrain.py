@@ -61,8 +61,9 @@ def test_rerun_of_a_finished_run_is_skipped(smoke_pretrained):
     assert time.time() - started < 5
     assert (folder / "_SUCCESS.json").read_text() == before
     # Operational settings (threads, trackers, intervals of console output) are not part of the run's identity.
-    relaunched = smoke_cfg(Path(cfg.paths.output_root), *SMOKE_TEST_SCHEDULE, "trainer.cpu_threads=2",
-                           "trainer.console_log_interval=1ba")
+    relaunched = smoke_cfg(
+        Path(cfg.paths.output_root), *SMOKE_TEST_SCHEDULE, "trainer.cpu_threads=2", "trainer.console_log_interval=1ba"
+    )
     assert run(relaunched) == folder
     assert (folder / "_SUCCESS.json").read_text() == before
 
@@ -74,8 +75,16 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     cfg = smoke_cfg(out_root, *overrides)
     build_lm_inputs(cfg)
     folder = stage_dir(cfg, "pretrain")
-    command = [sys.executable, "-m", "llm4trx.pretrain", "experiment=smoke", f"paths.output_root={out_root}",
-               "progress=false", "trainer.cpu_threads=1", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "llm4trx.pretrain",
+        "experiment=smoke",
+        f"paths.output_root={out_root}",
+        "progress=false",
+        "trainer.cpu_threads=1",
+        *overrides,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "source")}
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -98,8 +107,11 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
 
     appended = []
     original = foundry_plugins.append_loss
-    monkeypatch.setattr(foundry_plugins, "append_loss",
-                        lambda path, step, split, loss: (appended.append((step, split)), original(path, step, split, loss)))
+    monkeypatch.setattr(
+        foundry_plugins,
+        "append_loss",
+        lambda path, step, split, loss: (appended.append((step, split)), original(path, step, split, loss)),
+    )
     run(cfg)
     done = read_success(folder)["counts"]
     assert done["steps"] == 60
@@ -115,8 +127,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_hf_backend_trains_on_the_same_data_and_writes_the_same_metrics(tmp_path):
-    cfg = smoke_cfg(tmp_path / "outputs", "trainer.backend=hf", "trainer.max_duration=30ba",
-                    "trainer.eval_interval=15ba", "trainer.save_interval=15ba")
+    cfg = smoke_cfg(
+        tmp_path / "outputs",
+        "trainer.backend=hf",
+        "trainer.max_duration=30ba",
+        "trainer.eval_interval=15ba",
+        "trainer.save_interval=15ba",
+    )
     build_lm_inputs(cfg)
     folder = run(cfg)
     done = read_success(folder)["counts"]
@@ -136,6 +153,7 @@ def test_hf_backend_trains_on_the_same_data_and_writes_the_same_metrics(tmp_path
 
 
 # ------------------------------------------------------------------------------------------ bad input
+
 
 def assert_nothing_written(cfg):
     assert not stage_dir(cfg, "pretrain").exists()
@@ -166,7 +184,9 @@ def test_tokenizer_without_pad_or_eos_is_rejected(tmp_path, missing):
 
 
 def test_max_seq_len_beyond_the_model_is_rejected(tmp_path):
-    local = write_model_config(tmp_path / "llama", {**PUBLISHED_CONFIGS["llama_3_2_1b"], "max_position_embeddings": 128})
+    local = write_model_config(
+        tmp_path / "llama", {**PUBLISHED_CONFIGS["llama_3_2_1b"], "max_position_embeddings": 128}
+    )
     cfg = smoke_cfg(tmp_path, "model=llama_3_2_1b", f"model.pretrained_model_name_or_path={local}", "max_seq_len=256")
     build_lm_inputs(cfg)
     with pytest.raises(ConfigError, match=r"max_seq_len=256 is larger than model llama_3_2_1b supports \(128"):

@@ -37,8 +37,9 @@ def feature_set(name: str):
 
 
 def run_protocol(task: str, name: str, labels: Labels) -> dict:
-    return cross_validate(name, feature_set(name), labels, META["metrics"][task], META["lightgbm"][task],
-                          n_jobs=2, source=name)  # n_jobs=2: the default, folds fitted side by side
+    return cross_validate(
+        name, feature_set(name), labels, META["metrics"][task], META["lightgbm"][task], n_jobs=2, source=name
+    )  # n_jobs=2: the default, folds fitted side by side
 
 
 def differences(task: str, name: str, result: dict) -> list[float]:
@@ -62,8 +63,11 @@ def test_folds_test_clients_and_row_order_are_the_references(task):
 
 
 # Multiclass: 1000 rounds x 4 classes per fold model, ~5-8 s per feature set on a busy 2-core machine.
-CASES = [pytest.param(t, n, marks=[pytest.mark.slow] if t == "multiclass" else [])
-         for t in ("binary", "multiclass") for n in META["feature_sets"]]
+CASES = [
+    pytest.param(t, n, marks=[pytest.mark.slow] if t == "multiclass" else [])
+    for t in ("binary", "multiclass")
+    for n in META["feature_sets"]
+]
 
 
 @pytest.mark.parametrize("task,name", CASES)
@@ -80,8 +84,9 @@ def test_string_id_order_would_not_reproduce_the_reference():
     """The check can fail: the same clients trained in string-id order (the old order) give other models."""
     labels = load_labels(HERE / "binary", N_FOLDS)
     order = np.argsort(labels.train_ids.astype(str), kind="stable")
-    shuffled = Labels(labels.train_ids[order], labels.train_y[order], labels.folds[order],
-                      labels.test_ids, labels.test_y)
+    shuffled = Labels(
+        labels.train_ids[order], labels.train_y[order], labels.folds[order], labels.test_ids, labels.test_y
+    )
     assert max(differences("binary", "emb", run_protocol("binary", "emb", shuffled))) > 1e-4
 
 
@@ -90,7 +95,8 @@ def test_stored_reference_used_our_default_lightgbm_parameters(task):
     cfg = compose(["dataset=synthetic", f"dataset.schema={SCHEMA[task]}"])
     assert lightgbm_params(cfg) == META["lightgbm"][task], (
         "the default LightGBM parameters changed: rerun tests/data/ptls_validation/make_reference.py "
-        "(see the README there) so that the stored reference uses them")
+        "(see the README there) so that the stored reference uses them"
+    )
 
 
 def test_lightgbm_seed_fixed_by_default_and_run_on_request():
@@ -103,11 +109,27 @@ def test_lightgbm_seed_fixed_by_default_and_run_on_request():
 
 def test_results_and_report_say_which_lightgbm_seed_was_used():
     entry = {"n_features": 1, "auroc": {"val_mean": 0.7, "val_std": 0.0, "test_mean": 0.7, "test_std": 0.0}}
-    results = {"dataset": "d", "task": "binary", "metrics": ["auroc"], "n_folds": 5, "n_train": 10, "n_test": 2,
-               "feature_sets": {"llm": entry}, "lightgbm_seed": {"mode": "fixed", "random_state": 42}}
-    assert "LightGBM random_state 42 (validate.lightgbm_seed=fixed: fixed, as ptls-experiments)" in results_table(results)
+    results = {
+        "dataset": "d",
+        "task": "binary",
+        "metrics": ["auroc"],
+        "n_folds": 5,
+        "n_train": 10,
+        "n_test": 2,
+        "feature_sets": {"llm": entry},
+        "lightgbm_seed": {"mode": "fixed", "random_state": 42},
+    }
+    assert "LightGBM random_state 42 (validate.lightgbm_seed=fixed: fixed, as ptls-experiments)" in results_table(
+        results
+    )
     fixed = {"mode": "fixed", "random_state": 42}
-    assert lightgbm_seeds({1: {"lightgbm_seed": fixed}, 2: {"lightgbm_seed": fixed}}).startswith("fixed at 42 in every seed")
-    assert lightgbm_seeds({1: {"lightgbm_seed": {"mode": "run", "random_state": 1}},
-                           2: {"lightgbm_seed": {"mode": "run", "random_state": 2}}}).startswith("each seed's own seed")
+    assert lightgbm_seeds({1: {"lightgbm_seed": fixed}, 2: {"lightgbm_seed": fixed}}).startswith(
+        "fixed at 42 in every seed"
+    )
+    assert lightgbm_seeds(
+        {
+            1: {"lightgbm_seed": {"mode": "run", "random_state": 1}},
+            2: {"lightgbm_seed": {"mode": "run", "random_state": 2}},
+        }
+    ).startswith("each seed's own seed")
     assert lightgbm_seeds({1: {"lightgbm_seed": fixed}, 2: {}}).startswith("not recorded for seeds 2")

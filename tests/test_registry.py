@@ -34,20 +34,43 @@ def test_every_stage_has_an_entry_point_module():
 
 def test_pipeline_order_and_optional_stages():
     cfg = compose([])
-    assert registry.pipeline(cfg) == ["prepare", "text", "tokenizer", "shards", "baselines", "pretrain", "export",
-                                      "embed", "coles", "validate"]
+    assert registry.pipeline(cfg) == [
+        "prepare",
+        "text",
+        "tokenizer",
+        "shards",
+        "baselines",
+        "pretrain",
+        "export",
+        "embed",
+        "coles",
+        "validate",
+    ]
     assert "augment" in registry.pipeline(compose(CONFIGS["augment"]))
     no_coles = compose(["validate.feature_sets=[llm,aggregates,random]", "validate.concatenations=[llm+aggregates]"])
     assert "coles" not in registry.pipeline(no_coles)
     assert registry.inputs_of(no_coles, "validate") == ["prepare", "baselines", "embed"]
     assert registry.inputs_of(compose(CONFIGS["pretrained_tokenizer"]), "tokenizer") == []
     finetune = compose(CONFIGS["finetune"])
-    assert registry.pipeline(finetune) == ["prepare", "text", "tokenizer", "shards", "baselines", "pretrain",
-                                           "export", "embed", "finetune", "coles", "validate"]
+    assert registry.pipeline(finetune) == [
+        "prepare",
+        "text",
+        "tokenizer",
+        "shards",
+        "baselines",
+        "pretrain",
+        "export",
+        "embed",
+        "finetune",
+        "coles",
+        "validate",
+    ]
     assert registry.inputs_of(finetune, "validate")[-1] == "finetune"
     assert registry.inputs_of(finetune, "finetune") == ["prepare", "text", "export"]
     assert registry.inputs_of(compose(["finetune=default", "finetune.model=/models/lm"]), "finetune") == [
-        "prepare", "text"]
+        "prepare",
+        "text",
+    ]
     assert "finetune" not in registry.pipeline(compose(["finetune=default", "finetune.enabled=false"]))
 
 
@@ -55,7 +78,9 @@ def test_baselines_are_shared_only_when_seed_independent_and_used():
     cfg = compose([])
     assert registry.get("baselines").scope == registry.SHARED and registry.inputs_of(cfg, "baselines") == ["prepare"]
     per_seed = compose(["validate.lightgbm_seed=run"])  # LightGBM's seed follows the run: validate builds them
-    assert "baselines" not in registry.pipeline(per_seed) and "baselines" not in registry.inputs_of(per_seed, "validate")
+    assert "baselines" not in registry.pipeline(per_seed) and "baselines" not in registry.inputs_of(
+        per_seed, "validate"
+    )
     only_llm = compose(["validate.feature_sets=[llm,random]", "validate.concatenations=[]"])
     assert "baselines" not in registry.pipeline(only_llm)
     in_a_concatenation = compose(["validate.feature_sets=[llm]", "validate.concatenations=[llm+aggregates]"])
@@ -86,8 +111,9 @@ def test_stage_dirs_follow_the_scopes(out_root):
         if stage.scope == registry.RAW:  # download writes the dataset's raw_dir itself
             assert stage_dir(cfg, stage.name) == Path(cfg.dataset.raw_dir)
             continue
-        base = {"shared": cfg.paths.shared_dir, "seed": cfg.paths.run_dir,
-                "experiment": cfg.paths.experiment_dir}[stage.scope]
+        base = {"shared": cfg.paths.shared_dir, "seed": cfg.paths.run_dir, "experiment": cfg.paths.experiment_dir}[
+            stage.scope
+        ]
         assert str(stage_dir(cfg, stage.name)) == f"{base}/{stage.folder}"
 
 
@@ -174,8 +200,7 @@ print(json.dumps(found))
 def test_stages_do_not_import_each_other():
     """A stage module imports libraries only: importing one stage loads no other stage module."""
     names = list(registry.STAGES)
-    out = subprocess.run([sys.executable, "-c", IMPORTS, json.dumps(names)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", IMPORTS, json.dumps(names)], capture_output=True, text=True, check=True)
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(found) == set(names)
     for name, others in found.items():
@@ -190,6 +215,12 @@ def test_the_stage_import_check_sees_an_import(tmp_path):
     (package / "lib.py").write_text("from llm4trx import b\n")  # through a library, as a stage would
     (package / "a.py").write_text("import llm4trx.lib\n")
     (package / "b.py").write_text("")
-    out = subprocess.run([sys.executable, "-c", IMPORTS, json.dumps(["a", "b"])], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTS, json.dumps(["a", "b"])],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"a": ["b"], "b": []}

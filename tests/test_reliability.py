@@ -21,8 +21,9 @@ from pipeline_helpers import ROOT, child_env, run_script
 
 def stage(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
     env = child_env(PYTHONPATH=str(ROOT / "source"))
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def one_line(proc: subprocess.CompletedProcess) -> str:
@@ -46,17 +47,21 @@ def test_output_root_that_cannot_be_created_is_one_line():
 
 
 def test_missing_raw_folder_is_one_line_after_the_start_line(out_root, tmp_path):
-    proc = stage("llm4trx.prepare", f"paths.output_root={out_root}", "dataset=rosbank",
-                 f"dataset.raw_dir={tmp_path / 'nowhere'}")
+    proc = stage(
+        "llm4trx.prepare", f"paths.output_root={out_root}", "dataset=rosbank", f"dataset.raw_dir={tmp_path / 'nowhere'}"
+    )
     assert "dataset.raw_dir is not a folder" in one_line(proc)
     assert proc.stdout.startswith("prepare: started") and "(log: " in proc.stdout
 
 
-@pytest.mark.parametrize("code, says", [
-    (errno.ENOSPC, "no space left"),
-    (errno.EACCES, "permission denied"),
-    (errno.EROFS, "read-only file system"),
-])
+@pytest.mark.parametrize(
+    "code, says",
+    [
+        (errno.ENOSPC, "no space left"),
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "read-only file system"),
+    ],
+)
 def test_filesystem_conditions_name_the_file_and_the_fix(code, says):
     line = cli.user_message(OSError(code, os.strerror(code), "/data/out/events.parquet"))
     assert line.startswith("/data/out/events.parquet: ") and says in line and "paths.output_root" in line
@@ -64,15 +69,30 @@ def test_filesystem_conditions_name_the_file_and_the_fix(code, says):
 
 def test_an_unexpected_error_is_one_line_pointing_at_the_traceback_in_the_log(out_root, monkeypatch):
     # A bug (here: a TypeError raised inside the build) keeps its traceback, in the stage's log file only.
-    script = ("import sys, llm4trx.data.loaders as l\n"
-              "def broken(ds): raise TypeError('boom')\n"
-              "l.load = broken\n"
-              "from llm4trx import prepare\n"
-              "sys.argv[0] = 'prepare'\n"
-              "prepare.main()\n")
+    script = (
+        "import sys, llm4trx.data.loaders as l\n"
+        "def broken(ds): raise TypeError('boom')\n"
+        "l.load = broken\n"
+        "from llm4trx import prepare\n"
+        "sys.argv[0] = 'prepare'\n"
+        "prepare.main()\n"
+    )
     env = child_env(PYTHONPATH=str(ROOT / "source"))
-    proc = subprocess.run([sys.executable, "-c", script, f"paths.output_root={out_root}", "dataset.n_clients=50",
-                           "hydra.job.name=prepare"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            f"paths.output_root={out_root}",
+            "dataset.n_clients=50",
+            "hydra.job.name=prepare",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "TypeError: boom" in lines[0] and "Traceback" not in proc.stderr
@@ -95,8 +115,14 @@ def test_sigterm_removes_the_temporary_folder_and_the_rerun_finishes(out_root):
     cfg = compose([f"paths.output_root={out_root}", "dataset.n_clients=3000"])
     final = stage_dir(cfg, "prepare")
     command = [sys.executable, "-m", "llm4trx.prepare", f"paths.output_root={out_root}", "dataset.n_clients=3000"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=child_env(PYTHONPATH=str(ROOT / "source")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=child_env(PYTHONPATH=str(ROOT / "source")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     tmp = final.parent / f".{final.name}{TMP_MARK}{proc.pid}"
     try:
         deadline = time.time() + 120
@@ -149,6 +175,7 @@ def test_summary_lines_give_the_figure_of_each_stage(tmp_path):
     folder.mkdir()
     (folder / "_SUCCESS.json").write_text(json.dumps({"seconds": 2, "counts": {"skipped": "0 of 90 clients ..."}}))
     assert cli.summary("coles", folder) == "skipped: 0 of 90 clients ..."
-    (folder / "_SUCCESS.json").write_text(json.dumps({"seconds": 2, "counts": {
-        "clients": 100, "train_clients": 80, "too_short": 10, "dim": 8}}))
+    (folder / "_SUCCESS.json").write_text(
+        json.dumps({"seconds": 2, "counts": {"clients": 100, "train_clients": 80, "too_short": 10, "dim": 8}})
+    )
     assert cli.summary("coles", folder) == "trained on 80 clients (10 shorter than min_seq_len left out), embedded 100"

@@ -32,8 +32,9 @@ MARGIN = 96 * 1024  # free bytes left on the full disk: room for the stage's log
 def tmpfs(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         reason = f"cannot mount a tmpfs here ({(done.stderr or done.stdout).strip()}): needs root with CAP_SYS_ADMIN"
         if os.environ.get("CI"):
@@ -57,16 +58,26 @@ def fill(mount: Path, leave: int) -> Path:
 def test_a_full_disk_is_one_line_nothing_partial_and_the_rerun_finishes(tmpfs, tmp_path):
     from llm4trx.data.synthetic import ensure_raw
 
-    args = [f"paths.output_root={tmpfs / 'outputs'}", f"dataset.n_clients={N_CLIENTS}",
-            f"dataset.raw_dir={tmp_path / 'raw'}", "progress=false"]
+    args = [
+        f"paths.output_root={tmpfs / 'outputs'}",
+        f"dataset.n_clients={N_CLIENTS}",
+        f"dataset.raw_dir={tmp_path / 'raw'}",
+        "progress=false",
+    ]
     cfg = compose(args)
     ensure_raw(cfg.dataset)  # the raw files on another disk: only the stage's outputs go to the full one
     final = stage_dir(cfg, "prepare")
     filler = fill(tmpfs, MARGIN)
 
     def prepare():
-        return subprocess.run([sys.executable, "-m", "llm4trx.prepare", *args], cwd=ROOT, capture_output=True,
-                              text=True, env=child_env(), timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "llm4trx.prepare", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        )
 
     full = prepare()
     assert full.returncode == 2, full.stderr
@@ -85,15 +96,28 @@ def test_a_full_disk_is_one_line_nothing_partial_and_the_rerun_finishes(tmpfs, t
 
 
 def test_a_fold_whose_validation_part_has_one_class_is_one_line(out_root):
-    args = [f"paths.output_root={out_root}", "dataset.n_clients=150", "dataset.max_events=40", "progress=false",
-            "validate.feature_sets=[aggregates]", "validate.concatenations=[]", "validate.n_jobs=1"]
+    args = [
+        f"paths.output_root={out_root}",
+        "dataset.n_clients=150",
+        "dataset.max_events=40",
+        "progress=false",
+        "validate.feature_sets=[aggregates]",
+        "validate.concatenations=[]",
+        "validate.n_jobs=1",
+    ]
     data = write_data(compose(args))
     splits, targets = pd.read_parquet(data / "splits.parquet"), pd.read_parquet(data / "targets.parquet")
     fold2 = splits.loc[(splits["fold"] == 2) & (splits["split"] != "test"), "client_id"]
     targets.loc[targets["client_id"].isin(fold2), "target"] = 1
     targets.to_parquet(data / "targets.parquet", index=False)
-    done = subprocess.run([sys.executable, "-m", "llm4trx.validate", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=child_env(), timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "llm4trx.validate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and len(done.stderr.splitlines()) <= 2, done.stderr  # (and the loader's warning)

@@ -34,12 +34,22 @@ def fake_predictions(seed: int, sets) -> list:
     rng = np.random.default_rng(seed)
     frames = []
     for name, level in sets.items():
-        d = 2 ** 0.5 * NormalDist().inv_cdf(level)
+        d = 2**0.5 * NormalDist().inv_cdf(level)
         p = 1 / (1 + np.exp(-(y * d + rng.standard_normal(len(y)))))
         proba = np.stack([1 - p, p], axis=1)
-        frames.append(prediction_rows(name, [0, 1], [f"c{i:04d}" for i in range(N_VAL)], y[:N_VAL],
-                                      np.arange(N_VAL) % 5, proba[:N_VAL],
-                                      [f"t{i:04d}" for i in range(N_TEST)], y[N_VAL:], proba[N_VAL:]))
+        frames.append(
+            prediction_rows(
+                name,
+                [0, 1],
+                [f"c{i:04d}" for i in range(N_VAL)],
+                y[:N_VAL],
+                np.arange(N_VAL) % 5,
+                proba[:N_VAL],
+                [f"t{i:04d}" for i in range(N_TEST)],
+                y[N_VAL:],
+                proba[N_VAL:],
+            )
+        )
     return frames
 
 
@@ -54,10 +64,21 @@ def write_fake_seed(experiment_dir: Path, seed: int, sets=LEVELS, predictions: b
         mean = sum(folds) / 5
         std = (sum((f - mean) ** 2 for f in folds) / 4) ** 0.5
         feature_sets[name] = {
-            "auroc": {"val_mean": mean + 0.01, "val_std": std, "val_oof": mean + 0.005, "test_mean": mean,
-                      "test_std": std, "folds": folds},
-            "accuracy": {"val_mean": mean - 0.1, "val_std": std, "test_mean": mean - 0.1, "test_std": std,
-                         "folds": [f - 0.1 for f in folds]},
+            "auroc": {
+                "val_mean": mean + 0.01,
+                "val_std": std,
+                "val_oof": mean + 0.005,
+                "test_mean": mean,
+                "test_std": std,
+                "folds": folds,
+            },
+            "accuracy": {
+                "val_mean": mean - 0.1,
+                "val_std": std,
+                "test_mean": mean - 0.1,
+                "test_std": std,
+                "folds": [f - 0.1 for f in folds],
+            },
         }
     results = {"dataset": "synthetic", "task": "binary", "metrics": ["auroc", "accuracy"], "feature_sets": feature_sets}
     run_dir = experiment_dir / f"seed_{seed}"
@@ -136,8 +157,16 @@ def test_malformed_loss_line_names_file_and_row(out_root):
 
 def test_report_entry_point_prints_one_error_line(out_root, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "llm4trx.report", f"paths.output_root={out_root}", "hydra.run.dir=" + str(tmp_path / "h")],
-        cwd=ROOT, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "llm4trx.report",
+            f"paths.output_root={out_root}",
+            "hydra.run.dir=" + str(tmp_path / "h"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()  # stdout holds the stage's start line
@@ -150,11 +179,17 @@ def test_feature_sets_are_placed_between_random_and_oracle():
     from llm4trx.report import summarize
 
     def result(scores):
-        return {"dataset": "synthetic", "metrics": ["auroc"], "feature_sets": {
-            name: {"auroc": {"test_mean": v, "test_std": 0.01, "val_mean": v}} for name, v in scores.items()}}
+        return {
+            "dataset": "synthetic",
+            "metrics": ["auroc"],
+            "feature_sets": {
+                name: {"auroc": {"test_mean": v, "test_std": 0.01, "val_mean": v}} for name, v in scores.items()
+            },
+        }
 
-    summary = summarize({1: result({"llm": 0.7, "random": 0.5, "oracle": 0.9}),
-                         2: result({"llm": 0.7, "random": 0.5, "oracle": 0.9})})
+    summary = summarize(
+        {1: result({"llm": 0.7, "random": 0.5, "oracle": 0.9}), 2: result({"llm": 0.7, "random": 0.5, "oracle": 0.9})}
+    )
     assert summary["feature_sets"]["llm"]["auroc"]["random_to_oracle"] == pytest.approx(0.5)
     table = "\n".join(markdown_table(summary))
     assert "random → oracle" in table and "| 50 % |" in table and "| 100 % |" in table
@@ -166,8 +201,7 @@ def test_report_states_every_gap_with_a_paired_bootstrap_interval_and_verdict(ou
 
     cfg = compose([f"paths.output_root={out_root}", "seeds=[1,2,3]", "report.bootstrap.n=300"])
     experiment_dir = Path(cfg.paths.experiment_dir)
-    sets = {"llm": 0.80, "aggregates": 0.78, "coles": 0.70, "random": 0.50, "llm+aggregates": 0.82,
-            "llm+coles": 0.80}
+    sets = {"llm": 0.80, "aggregates": 0.78, "coles": 0.70, "random": 0.50, "llm+aggregates": 0.82, "llm+coles": 0.80}
     for seed in (1, 2):
         write_fake_seed(experiment_dir, seed, sets)
     write_fake_seed(experiment_dir, 3, sets, predictions=False)  # validated before predictions existed
@@ -175,9 +209,17 @@ def test_report_states_every_gap_with_a_paired_bootstrap_interval_and_verdict(ou
     summary = json.loads((report / "report.json").read_text())["datasets"]["synthetic"]
     assert summary["gap_seeds"] == [1, 2] and summary["seeds_without_predictions"] == [3]
     gaps = {(g["a"], g["b"], g["split"], g["metric"]): g for g in summary["gaps"]}
-    pairs = [("llm", "aggregates"), ("llm", "coles"), ("llm", "random"), ("llm+aggregates", "aggregates"),
-             ("llm+coles", "coles"), ("llm+coles", "llm")]
-    assert sorted(gaps) == sorted((a, b, s, m) for a, b in pairs for s in ("test", "val") for m in ("auroc", "accuracy"))
+    pairs = [
+        ("llm", "aggregates"),
+        ("llm", "coles"),
+        ("llm", "random"),
+        ("llm+aggregates", "aggregates"),
+        ("llm+coles", "coles"),
+        ("llm+coles", "llm"),
+    ]
+    assert sorted(gaps) == sorted(
+        (a, b, s, m) for a, b in pairs for s in ("test", "val") for m in ("auroc", "accuracy")
+    )
     # The gap is the seeds' mean of the AUROC difference on all clients of the split (sklearn's AUROC)
     frames = {s: pd.read_parquet(experiment_dir / f"seed_{s}" / "validation" / "predictions.parquet") for s in (1, 2)}
 
@@ -193,8 +235,10 @@ def test_report_states_every_gap_with_a_paired_bootstrap_interval_and_verdict(ou
     for g in summary["gaps"]:  # the verdict is read off the interval
         assert g["verdict"] == ("better" if g["low"] > 0 else "worse" if g["high"] < 0 else "not distinguishable")
     # more clients resolve more: the val interval (400 clients) is narrower than the test one (150)
-    width = {s: gaps[("llm", "aggregates", s, "auroc")]["high"] - gaps[("llm", "aggregates", s, "auroc")]["low"]
-             for s in ("test", "val")}
+    width = {
+        s: gaps[("llm", "aggregates", s, "auroc")]["high"] - gaps[("llm", "aggregates", s, "auroc")]["low"]
+        for s in ("test", "val")
+    }
     assert width["val"] < width["test"], width
     md = (report / "report.md").read_text()
     assert "### Gaps" in md and "Seeds without predictions.parquet" in md and "](gaps_synthetic.png)" in md

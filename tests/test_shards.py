@@ -22,10 +22,18 @@ MAX_SEQ_LEN = 96
 
 @pytest.fixture(scope="module")
 def shard_run(tmp_path_factory):
-    cfg = canonical_run(tmp_path_factory.mktemp("mds"), "rosbank",
-                        ["text=compact", "tokenizer.vocab_size=400", f"max_seq_len={MAX_SEQ_LEN}",
-                         "text.max_tokens=null"],  # untruncated texts, so shards must cut some
-                        n_clients=30, max_events=40)
+    cfg = canonical_run(
+        tmp_path_factory.mktemp("mds"),
+        "rosbank",
+        [
+            "text=compact",
+            "tokenizer.vocab_size=400",
+            f"max_seq_len={MAX_SEQ_LEN}",
+            "text.max_tokens=null",
+        ],  # untruncated texts, so shards must cut some
+        n_clients=30,
+        max_events=40,
+    )
     text_stage.run(cfg)
     tokenizer_stage.run(cfg)
     return cfg, shards_stage.run(cfg)
@@ -36,7 +44,7 @@ def expected_samples(cfg, split):
     frame = pd.read_json(stage_dir(cfg, "text") / f"{split}.jsonl", lines=True, dtype={"client_id": str})
     samples = []
     for text in frame["text"]:
-        ids = tok(text, add_special_tokens=False)["input_ids"][-(MAX_SEQ_LEN - 2):]  # keeps the END
+        ids = tok(text, add_special_tokens=False)["input_ids"][-(MAX_SEQ_LEN - 2) :]  # keeps the END
         samples.append([tok.bos_token_id, *ids, tok.eos_token_id])
     return frame["client_id"].tolist(), samples, tok
 
@@ -50,8 +58,14 @@ def test_llmfoundry_reads_back_the_tokens_written(shard_run):
     clean_stale_streaming_memory()
     for split in ("train", "val"):
         ids, samples, tok = expected_samples(cfg, split)
-        dataset = StreamingTextDataset(tokenizer=tok, max_seq_len=MAX_SEQ_LEN, token_encoding_type="int32",
-                                       local=str(out / split), shuffle=False, batch_size=1)
+        dataset = StreamingTextDataset(
+            tokenizer=tok,
+            max_seq_len=MAX_SEQ_LEN,
+            token_encoding_type="int32",
+            local=str(out / split),
+            shuffle=False,
+            batch_size=1,
+        )
         assert len(dataset) == len(samples) > 0
         assert [dataset[i].tolist() for i in range(len(dataset))] == samples
         raw = StreamingDataset(local=str(out / split), shuffle=False, batch_size=1)
@@ -64,11 +78,15 @@ def test_truncation_counted_and_test_clients_absent(shard_run):
     stats = json.loads((out / "stats.json").read_text())
     for split in ("train", "val"):
         _, samples, tok = expected_samples(cfg, split)
-        long = sum(len(tok(t, add_special_tokens=False)["input_ids"]) > MAX_SEQ_LEN - 2 for t in
-                   pd.read_json(stage_dir(cfg, "text") / f"{split}.jsonl", lines=True)["text"])
+        long = sum(
+            len(tok(t, add_special_tokens=False)["input_ids"]) > MAX_SEQ_LEN - 2
+            for t in pd.read_json(stage_dir(cfg, "text") / f"{split}.jsonl", lines=True)["text"]
+        )
         assert stats[split]["truncated"] == long and stats[split]["samples"] == len(samples)
     assert stats["train"]["truncated"] > 0
-    test_ids = set(pd.read_json(stage_dir(cfg, "text") / "test.jsonl", lines=True, dtype={"client_id": str})["client_id"])
+    test_ids = set(
+        pd.read_json(stage_dir(cfg, "text") / "test.jsonl", lines=True, dtype={"client_id": str})["client_id"]
+    )
     assert test_ids
     from streaming import StreamingDataset
 
@@ -114,8 +132,15 @@ def test_real_prepare_to_shards(tmp_path, dataset, fmt):
 
     from llm4trx import prepare
 
-    overrides = [f"paths.output_root={tmp_path}", f"dataset={dataset}", f"text={fmt}", "progress=false",
-                 "text.max_tokens=300", "tokenizer.vocab_size=400", "max_seq_len=128"]
+    overrides = [
+        f"paths.output_root={tmp_path}",
+        f"dataset={dataset}",
+        f"text={fmt}",
+        "progress=false",
+        "text.max_tokens=300",
+        "tokenizer.vocab_size=400",
+        "max_seq_len=128",
+    ]
     if dataset == "synthetic":
         overrides += ["dataset.n_clients=40", "dataset.max_events=40"]
     cfg = compose(overrides)
@@ -124,8 +149,14 @@ def test_real_prepare_to_shards(tmp_path, dataset, fmt):
     texts = pd.read_json(stage_dir(cfg, "text") / "train.jsonl", lines=True, dtype={"client_id": str})
     assert (texts["n_tokens"] <= 300).all() and (texts["n_events_kept"] <= texts["n_events"]).all()
     tok = AutoTokenizer.from_pretrained(str(stage_dir(cfg, "tokenizer")))
-    dataset_ = StreamingTextDataset(tokenizer=tok, max_seq_len=128, token_encoding_type="int32",
-                                    local=str(stage_dir(cfg, "shards") / "train"), shuffle=False, batch_size=1)
+    dataset_ = StreamingTextDataset(
+        tokenizer=tok,
+        max_seq_len=128,
+        token_encoding_type="int32",
+        local=str(stage_dir(cfg, "shards") / "train"),
+        shuffle=False,
+        batch_size=1,
+    )
     first = tok(texts["text"].iloc[0], add_special_tokens=False)["input_ids"][-126:]
     assert dataset_[0].tolist() == [tok.bos_token_id, *first, tok.eos_token_id]
     assert len(dataset_) == len(texts)

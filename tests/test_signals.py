@@ -99,6 +99,7 @@ def hand_feature(kind: str, events: pd.DataFrame, schema: str) -> pd.Series:
 
         def mean_position(mcc):
             return position[events["mcc"] == code(mcc)].groupby(events["client_id"], observed=True).mean()
+
         return mean_position(synthetic.REGIME_SECOND) - mean_position(synthetic.REGIME_FIRST)
     if kind == "burst":  # events in the last 14 days of the data
         return (events["day"] > events["day"].max() - 14).groupby(events["client_id"], observed=True).sum()
@@ -110,13 +111,18 @@ def hand_feature(kind: str, events: pd.DataFrame, schema: str) -> pd.Series:
 def aggregates_auroc(events: pd.DataFrame, y: pd.Series) -> float:
     """Per-category shares and counts, amount mean/std, total count: what the aggregates baseline sees."""
     events = events.assign(log_amount=np.log(events["amount"].abs()))
-    x = pd.concat([pd.crosstab(events["client_id"], events["mcc"], normalize="index").add_prefix("share_"),
-                   pd.crosstab(events["client_id"], events["mcc"]).add_prefix("count_"),
-                   events.groupby("client_id", observed=True)["log_amount"].agg(["mean", "std", "count"])],
-                  axis=1).loc[y.index]
+    x = pd.concat(
+        [
+            pd.crosstab(events["client_id"], events["mcc"], normalize="index").add_prefix("share_"),
+            pd.crosstab(events["client_id"], events["mcc"]).add_prefix("count_"),
+            events.groupby("client_id", observed=True)["log_amount"].agg(["mean", "std", "count"]),
+        ],
+        axis=1,
+    ).loc[y.index]
     x = (x - x.mean()) / (x.std() + 1e-9)
-    proba = cross_val_predict(LogisticRegression(max_iter=2000, C=0.1), x.to_numpy(), y.to_numpy(), cv=5,
-                              method="predict_proba")[:, 1]
+    proba = cross_val_predict(
+        LogisticRegression(max_iter=2000, C=0.1), x.to_numpy(), y.to_numpy(), cv=5, method="predict_proba"
+    )[:, 1]
     return roc_auc_score(y, proba)
 
 
@@ -124,8 +130,15 @@ def aggregates_auroc(events: pd.DataFrame, y: pd.Series) -> float:
 @pytest.mark.parametrize("kind", synthetic.EXTRA_SIGNALS)
 def test_each_signal_is_planted_in_every_schema_and_invisible_to_aggregates(tmp_path, schema, kind):
     weights = "{" + ", ".join(f"{k}: {float(k == kind)}" for k in synthetic.SIGNALS + synthetic.EXTRA_SIGNALS) + "}"
-    ds = dataset_cfg(tmp_path, f"dataset.schema={schema}", "dataset.n_clients=1000", "dataset.max_events=60",
-                     "dataset.unlabeled_fraction=0", "dataset.label_noise=0", f"dataset.signals={weights}")
+    ds = dataset_cfg(
+        tmp_path,
+        f"dataset.schema={schema}",
+        "dataset.n_clients=1000",
+        "dataset.max_events=60",
+        "dataset.unlabeled_fraction=0",
+        "dataset.label_noise=0",
+        f"dataset.signals={weights}",
+    )
     raw = synthetic.ensure_raw(ds)
     data = loaders.load(ds)
     events = data.events.astype({"client_id": str})

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # one xdist worker runs these and the tests of that root (tests/conftest.py).
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("smoke_root")]
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -32,7 +33,9 @@ def free_port() -> int:
 def cluster(tmp_path_factory):
     missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"SLURM not installed ({', '.join(missing)} missing): apt-get install -y slurm-wlm munge (.ci/run does)")
+        pytest.skip(
+            f"SLURM not installed ({', '.join(missing)} missing): apt-get install -y slurm-wlm munge (.ci/run does)"
+        )
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster runs its daemons as root; run the tests as root")
     state = tmp_path_factory.mktemp("slurm")
@@ -56,16 +59,27 @@ def job_log(cluster, proc) -> str:
 
 def submit(env, job, *args, timeout=600):
     return subprocess.run(
-        ["bash", "scripts/slurm/submit.sh", job, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        ["bash", "scripts/slurm/submit.sh", job, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
 
 def test_failing_pipeline_job_is_a_nonzero_exit_of_the_submission(cluster, tmp_path):
     proc = submit(
-        cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=1", "--",
-        f"paths.output_root={tmp_path}", "seeds=[1]", "dataset=rosbank",
-        f"dataset.raw_dir={tmp_path / 'no_such_dir'}", "dataset.download=null",  # no fetch: the stage's own error
+        cluster,
+        "scripts/slurm/pipeline.sbatch",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        "--",
+        f"paths.output_root={tmp_path}",
+        "seeds=[1]",
+        "dataset=rosbank",
+        f"dataset.raw_dir={tmp_path / 'no_such_dir'}",
+        "dataset.download=null",  # no fetch: the stage's own error
     )
     assert proc.returncode != 0, proc.stdout + proc.stderr
     # The stage's own one-line error reaches the submitting terminal, then the job's state.
@@ -77,8 +91,14 @@ def test_pipeline_job_runs_the_seeds_and_the_report(cluster, smoke_run):
     # The shared smoke run's root and seeds: the job finds every stage done and writes the report.
     root = smoke_run.root
     proc = submit(
-        cluster, "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0", "--cpus-per-task=2", "--",
-        *TINY, f"paths.output_root={root}", f"seeds=[{','.join(map(str, SMOKE_SEEDS))}]",
+        cluster,
+        "scripts/slurm/pipeline.sbatch",
+        "--gpus-per-node=0",
+        "--cpus-per-task=2",
+        "--",
+        *TINY,
+        f"paths.output_root={root}",
+        f"seeds=[{','.join(map(str, SMOKE_SEEDS))}]",
         f"report.dir={root / 'slurm_report'}",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -88,7 +108,8 @@ def test_pipeline_job_runs_the_seeds_and_the_report(cluster, smoke_run):
     assert f"report: {root / 'slurm_report'}/report.md" in log
     summary = json.loads((root / "slurm_report" / "report.json").read_text())["datasets"]["synthetic"]
     assert summary["seeds"] == list(SMOKE_SEEDS) and {"llm", "aggregates", "coles", "random"} <= set(
-        summary["feature_sets"])
+        summary["feature_sets"]
+    )
 
 
 @pytest.mark.skipif(
@@ -99,8 +120,15 @@ def test_multinode_script_pretrains_through_srun_and_composer(cluster, smoke_run
     """The multi-node script on this one-node cluster: srun starts one Composer launcher per node (here one)."""
     root = smoke_run.root
     proc = submit(
-        cluster, "scripts/slurm/pretrain_multinode.sbatch", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
-        "--", *TINY, f"paths.output_root={root}", "seed=4",
+        cluster,
+        "scripts/slurm/pretrain_multinode.sbatch",
+        "--nodes=1",
+        "--gpus-per-node=0",
+        "--cpus-per-task=2",
+        "--",
+        *TINY,
+        f"paths.output_root={root}",
+        "seed=4",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = job_log(cluster, proc)
@@ -113,10 +141,24 @@ def test_multinode_script_pretrains_through_srun_and_composer(cluster, smoke_run
 def test_hydra_submitit_launcher_submits_one_job_per_sweep_point(cluster, tmp_path):
     """`python -m llm4trx.<stage> -m hydra/launcher=slurm ...`: one SLURM job per point (a cheap stage here)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "llm4trx.prepare", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0",
-         "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.output_root={tmp_path}",
-         "dataset.n_clients=100", "experiment_name=sweep_a,sweep_b"],
-        cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "llm4trx.prepare",
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.gpus_per_node=0",
+            "hydra.launcher.cpus_per_task=1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"paths.output_root={tmp_path}",
+            "dataset.n_clients=100",
+            "experiment_name=sweep_a,sweep_b",
+        ],
+        cwd=ROOT,
+        env=cluster,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("sweep_a", "sweep_b"):
@@ -133,12 +175,30 @@ def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, smoke_run,
     import time
 
     root = smoke_run.root
-    overrides = [*TINY, f"paths.output_root={root}", "seeds=[7]", "trainer.max_duration=40ba",
-                 "trainer.save_interval=10ba", "trainer.eval_interval=20ba", f"report.dir={tmp_path / 'report'}"]
+    overrides = [
+        *TINY,
+        f"paths.output_root={root}",
+        "seeds=[7]",
+        "trainer.max_duration=40ba",
+        "trainer.save_interval=10ba",
+        "trainer.eval_interval=20ba",
+        f"report.dir={tmp_path / 'report'}",
+    ]
     proc = subprocess.Popen(
-        ["bash", "scripts/slurm/submit.sh", "scripts/slurm/pipeline.sbatch", "--gpus-per-node=0",
-         "--cpus-per-task=2", "--", *overrides],
-        cwd=ROOT, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            "bash",
+            "scripts/slurm/submit.sh",
+            "scripts/slurm/pipeline.sbatch",
+            "--gpus-per-node=0",
+            "--cpus-per-task=2",
+            "--",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=cluster,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     checkpoints = root / "smoke" / "synthetic" / "seed_7" / "checkpoints"
     try:
@@ -159,7 +219,10 @@ def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, smoke_run,
     done = json.loads((checkpoints / "_SUCCESS.json").read_text())["counts"]
     assert done["steps"] == 40 and done["resumed_from_step"] >= 10, done
     assert re.search(r"pretrain: done in [\d.]+ s: 40 steps, .*resumed from step \d+", log)
-    assert not list(checkpoints.parent.glob(".*.tmp-*")) and (root / "smoke" / "synthetic" / "seed_7" / "validation").is_dir()
+    assert (
+        not list(checkpoints.parent.glob(".*.tmp-*"))
+        and (root / "smoke" / "synthetic" / "seed_7" / "validation").is_dir()
+    )
 
 
 def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(cluster, tmp_path):
@@ -178,11 +241,28 @@ def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(
     embedded = compose([f"paths.output_root={tmp_path / 'embedded'}", *small])
     prepare(embedded), text(embedded)
     port = free_port()
-    env = {**cluster, "SPARK_MASTER_HOST": "127.0.0.1", "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_MASTER_PORT": str(port),
-           "SPARK_WORKER_MEMORY": "1g", "SPARK_DAEMON_MEMORY": "256m", "SPARK_WORKER_DIR": str(tmp_path / "spark")}
-    proc = submit(env, "scripts/slurm/spark_stages.sbatch", "--nodes=1", "--cpus-per-task=2", "--",
-                  f"paths.output_root={tmp_path / 'spark_out'}", *small, "engine=spark", "engine.spark.partitions=2",
-                  "+engine.spark.conf.spark.executor.memory=512m", timeout=400)
+    env = {
+        **cluster,
+        "SPARK_MASTER_HOST": "127.0.0.1",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_MASTER_PORT": str(port),
+        "SPARK_WORKER_MEMORY": "1g",
+        "SPARK_DAEMON_MEMORY": "256m",
+        "SPARK_WORKER_DIR": str(tmp_path / "spark"),
+    }
+    proc = submit(
+        env,
+        "scripts/slurm/spark_stages.sbatch",
+        "--nodes=1",
+        "--cpus-per-task=2",
+        "--",
+        f"paths.output_root={tmp_path / 'spark_out'}",
+        *small,
+        "engine=spark",
+        "engine.spark.partitions=2",
+        "+engine.spark.conf.spark.executor.memory=512m",
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = job_log(cluster, proc)
     assert f"1 worker(s) ALIVE at spark://127.0.0.1:{port}" in log, log[-3000:]

@@ -36,9 +36,16 @@ def spark():
     """The product's own session builder (llm4trx.core.spark.session), local[2]; stages reuse the active one."""
     from llm4trx.core.spark import session as build
 
-    session = build(compose(["engine=spark", "engine.spark.master='local[2]'",
-                             "+engine.spark.conf.spark.sql.shuffle.partitions=4",
-                             "+engine.spark.conf.spark.default.parallelism=2"]))
+    session = build(
+        compose(
+            [
+                "engine=spark",
+                "engine.spark.master='local[2]'",
+                "+engine.spark.conf.spark.sql.shuffle.partitions=4",
+                "+engine.spark.conf.spark.default.parallelism=2",
+            ]
+        )
+    )
     assert session.conf.get("spark.sql.shuffle.partitions") == "4"
     session.sparkContext.setLogLevel("ERROR")
     yield session
@@ -48,8 +55,10 @@ def spark():
 def configs(root, *extra):
     """(embedded, spark) configs over the same raw files, in two output roots."""
     raw = f"dataset.raw_dir={root}/raw"
-    return (compose([f"paths.output_root={root}/embedded", raw, *SMALL, *extra]),
-            compose([f"paths.output_root={root}/spark", raw, *SMALL, *SPARK, *extra]))
+    return (
+        compose([f"paths.output_root={root}/embedded", raw, *SMALL, *extra]),
+        compose([f"paths.output_root={root}/spark", raw, *SMALL, *SPARK, *extra]),
+    )
 
 
 def assert_same_prepare(a, b):
@@ -86,8 +95,11 @@ def test_prepare_on_spark_equals_embedded_rosbank(rosbank):
     check_parts(b)
 
 
-@pytest.mark.parametrize("extra", [["dataset.schema=age_pred"], ["dataset.schema=gender", "dataset.drop_duplicates=true"]],
-                         ids=["age_pred", "gender_dedup"])
+@pytest.mark.parametrize(
+    "extra",
+    [["dataset.schema=age_pred"], ["dataset.schema=gender", "dataset.drop_duplicates=true"]],
+    ids=["age_pred", "gender_dedup"],
+)
 def test_prepare_on_spark_equals_embedded(spark, tmp_path, extra):
     emb, spk = configs(tmp_path, *extra)
     a, b = prepare(emb), prepare(spk)
@@ -100,14 +112,31 @@ def test_text_on_spark_equals_embedded_and_skips(rosbank):
     a, b = text(emb), text(spk)
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json"):
         assert filecmp.cmp(a / name, b / name, shallow=False), name
-    assert read_success(b)["counts"] and json.loads((b / "stats.json").read_text())["splits"]["train"]["n_truncated_clients"] > 0
-    assert sorted(p.name for p in b.iterdir()) == ["_SUCCESS.json", "stats.json", "test.jsonl", "train.jsonl", "val.jsonl"]
+    assert (
+        read_success(b)["counts"]
+        and json.loads((b / "stats.json").read_text())["splits"]["train"]["n_truncated_clients"] > 0
+    )
+    assert sorted(p.name for p in b.iterdir()) == [
+        "_SUCCESS.json",
+        "stats.json",
+        "test.jsonl",
+        "train.jsonl",
+        "val.jsonl",
+    ]
     assert read_success(a)["config_hash"] == read_success(b)["config_hash"]
     # reruns skip, whichever engine asks (the same hash): nothing is rewritten
     stamps = {p: p.stat().st_mtime_ns for p in (stage_dir(spk, "prepare") / "events.parquet").iterdir()}
     stamps[b / "train.jsonl"] = (b / "train.jsonl").stat().st_mtime_ns
-    embedded_on_spark_root = compose([f"paths.output_root={root}/spark", f"dataset.raw_dir={root}/raw", *SMALL,
-                                      "dataset.schema=rosbank", "text.chunk_events=300", "text.max_tokens=60"])
+    embedded_on_spark_root = compose(
+        [
+            f"paths.output_root={root}/spark",
+            f"dataset.raw_dir={root}/raw",
+            *SMALL,
+            "dataset.schema=rosbank",
+            "text.chunk_events=300",
+            "text.max_tokens=60",
+        ]
+    )
     for cfg in (spk, embedded_on_spark_root):
         prepare(cfg), text(cfg)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
@@ -122,9 +151,11 @@ def test_readers_of_events_accept_the_directory(rosbank):
     some = sorted(whole["client_id"].unique())[::7]
     pd.testing.assert_frame_equal(  # augment reads its clients with a filter
         pd.read_parquet(b, filters=[("client_id", "in", some)]).reset_index(drop=True),
-        pd.read_parquet(a, filters=[("client_id", "in", some)]).reset_index(drop=True))
-    pd.testing.assert_frame_equal(pd.read_parquet(b, columns=["event_time", "currency"]),
-                                  whole[["event_time", "currency"]])  # generation/render.py
+        pd.read_parquet(a, filters=[("client_id", "in", some)]).reset_index(drop=True),
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(b, columns=["event_time", "currency"]), whole[["event_time", "currency"]]
+    )  # generation/render.py
     assert pads.dataset(b).count_rows() == len(whole)
 
 
@@ -149,13 +180,16 @@ def corrupt(raw, name, line, column, value):
     path.write_bytes(b"\n".join(lines))
 
 
-@pytest.mark.parametrize("name,column,value", [
-    ("train.csv", "amount", None),                 # missing column (rosbank schema)
-    ("train.csv", "amount", b"abc"),               # not a number
-    ("train.csv", "TRDATETIME", b"32XYZ17:00:00:00"),  # unparsable time
-    ("train.csv", "channel_type", b"type\xff1"),   # not UTF-8
-    ("test.csv", "MCC", b"-5"),                    # a later file
-])
+@pytest.mark.parametrize(
+    "name,column,value",
+    [
+        ("train.csv", "amount", None),  # missing column (rosbank schema)
+        ("train.csv", "amount", b"abc"),  # not a number
+        ("train.csv", "TRDATETIME", b"32XYZ17:00:00:00"),  # unparsable time
+        ("train.csv", "channel_type", b"type\xff1"),  # not UTF-8
+        ("test.csv", "MCC", b"-5"),  # a later file
+    ],
+)
 def test_bad_raw_file_fails_like_embedded_and_leaves_nothing(spark, tmp_path, rosbank_raw, name, column, value):
     emb, spk = configs(tmp_path, "dataset.schema=rosbank")
     shutil.copytree(rosbank_raw, tmp_path / "raw")
@@ -198,8 +232,13 @@ def test_engine_config_composes_and_passes_spark_keys_through():
     from omegaconf import OmegaConf
 
     assert engine_of(compose([])) == "embedded"
-    cfg = compose_checked(["engine=spark", "+engine.spark.conf.spark.executor.memory=2g",
-                           "+engine.spark.conf.spark.sql.shuffle.partitions=3"])
+    cfg = compose_checked(
+        [
+            "engine=spark",
+            "+engine.spark.conf.spark.executor.memory=2g",
+            "+engine.spark.conf.spark.sql.shuffle.partitions=3",
+        ]
+    )
     assert engine_of(cfg) == "spark"
     conf = flat_conf(OmegaConf.to_container(cfg.engine.spark.conf))
     assert conf["spark.executor.memory"] == "2g" and conf["spark.sql.shuffle.partitions"] == "3"  # the override wins
@@ -222,7 +261,7 @@ def test_duplicates_counted_and_dropped_like_embedded(spark, tmp_path, rosbank_r
     k = len(lines) // 2
     b = lines[k].split(b",")
     b[header.index(b"amount")] = b"1.25"
-    lines[k + 1: k + 1] = [b",".join(b), lines[k]]
+    lines[k + 1 : k + 1] = [b",".join(b), lines[k]]
     lines.append(lines[3])
     path.write_bytes(b"\n".join(lines) + b"\n")
     a, b = prepare(emb), prepare(spk)

@@ -36,12 +36,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).parent
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("spark_cluster")]
 
-SMALL = ["dataset.n_clients=120", "dataset.min_events=5", "dataset.max_events=40", "dataset.schema=rosbank",
-         "progress=false"]
+SMALL = [
+    "dataset.n_clients=120",
+    "dataset.min_events=5",
+    "dataset.max_events=40",
+    "dataset.schema=rosbank",
+    "progress=false",
+]
 # Small executors (one core, 512 MiB each) and several tasks per stage, so both workers get work.
-ON_CLUSTER = ["engine=spark", "engine.spark.partitions=4", "engine.spark.block_bytes=20000",
-              "+engine.spark.conf.spark.executor.memory=512m", "+engine.spark.conf.spark.executor.cores=1",
-              "+engine.spark.conf.spark.cores.max=2", "+engine.spark.conf.spark.sql.shuffle.partitions=4"]
+ON_CLUSTER = [
+    "engine=spark",
+    "engine.spark.partitions=4",
+    "engine.spark.block_bytes=20000",
+    "+engine.spark.conf.spark.executor.memory=512m",
+    "+engine.spark.conf.spark.executor.cores=1",
+    "+engine.spark.conf.spark.cores.max=2",
+    "+engine.spark.conf.spark.sql.shuffle.partitions=4",
+]
 
 
 def free_port() -> int:
@@ -58,21 +69,51 @@ class Cluster:
         self.port, self.ui = free_port(), free_port()
         self.url = f"spark://127.0.0.1:{self.port}"
         # SPARK_LOCAL_IP: every daemon and the driver bind the loopback, never the machine's external interface.
-        self.env = child_env(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", SPARK_DAEMON_MEMORY="256m",
-                             SPARK_LOG_DIR=str(state / "logs"), PYSPARK_PYTHON=sys.executable)
-        self.master = self.start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                 "--port", str(self.port), "--webui-port", str(self.ui))
+        self.env = child_env(
+            SPARK_HOME=str(SPARK_HOME),
+            SPARK_LOCAL_IP="127.0.0.1",
+            SPARK_DAEMON_MEMORY="256m",
+            SPARK_LOG_DIR=str(state / "logs"),
+            PYSPARK_PYTHON=sys.executable,
+        )
+        self.master = self.start(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui),
+        )
         self.workers: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.state / f"{name}.log", "ab")
-        return subprocess.Popen([str(SPARK_HOME / "bin" / "spark-class"), *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [str(SPARK_HOME / "bin" / "spark-class"), *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def add_worker(self, name: str) -> None:
         self.workers[name] = self.start(
-            name, "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1", "--cores", "1",
-            "--memory", "1g", "--webui-port", "0", "--work-dir", str(self.state / name))
+            name,
+            "org.apache.spark.deploy.worker.Worker",
+            self.url,
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            "1",
+            "--memory",
+            "1g",
+            "--webui-port",
+            "0",
+            "--work-dir",
+            str(self.state / name),
+        )
 
     def alive_workers(self) -> int:
         try:
@@ -114,8 +155,14 @@ def cluster(tmp_path_factory):
 
 
 def stage_cli(cluster, stage: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"llm4trx.{stage}", *overrides], cwd=ROOT, env=cluster.env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", f"llm4trx.{stage}", *overrides],
+        cwd=ROOT,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_same_prepare(a_cfg, b_cfg) -> None:
@@ -146,8 +193,13 @@ def embedded(tmp_path_factory):
 
 def test_prepare_and_text_on_the_cluster_equal_embedded(cluster, embedded, tmp_path):
     raw, emb = embedded
-    overrides = [f"paths.output_root={tmp_path}", f"dataset.raw_dir={raw}", *SMALL, *ON_CLUSTER,
-                 f"engine.spark.master={cluster.url}"]
+    overrides = [
+        f"paths.output_root={tmp_path}",
+        f"dataset.raw_dir={raw}",
+        *SMALL,
+        *ON_CLUSTER,
+        f"engine.spark.master={cluster.url}",
+    ]
     for stage in ("prepare", "text"):
         proc = stage_cli(cluster, stage, *overrides)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -161,18 +213,45 @@ def test_prepare_and_text_on_the_cluster_equal_embedded(cluster, embedded, tmp_p
 def test_spark_submit_runs_prepare_on_the_cluster(cluster, embedded, tmp_path):
     """scripts/spark_submit.sh: spark-submit's --master and --conf reach the stage (engine.spark.master null)."""
     raw, emb = embedded
-    overrides = [f"paths.output_root={tmp_path}", f"dataset.raw_dir={raw}", *SMALL,
-                 *[o for o in ON_CLUSTER if not o.startswith("+engine.spark.conf")]]
-    proc = subprocess.run(["bash", "scripts/spark_submit.sh", "--master", cluster.url, "--executor-memory", "512m",
-                           "--conf", "spark.cores.max=2", "--", "prepare", *overrides],
-                          cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=300)
+    overrides = [
+        f"paths.output_root={tmp_path}",
+        f"dataset.raw_dir={raw}",
+        *SMALL,
+        *[o for o in ON_CLUSTER if not o.startswith("+engine.spark.conf")],
+    ]
+    proc = subprocess.run(
+        [
+            "bash",
+            "scripts/spark_submit.sh",
+            "--master",
+            cluster.url,
+            "--executor-memory",
+            "512m",
+            "--conf",
+            "spark.cores.max=2",
+            "--",
+            "prepare",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert_same_prepare(emb, compose(overrides))
     logs = stage_dir(compose(overrides), "prepare").parent.parent / "logs"
     # the session the stage used is the one spark-submit configured
     assert any(f"master {cluster.url}" in p.read_text() for p in logs.rglob("*.log"))
-    wrong = subprocess.run(["bash", "scripts/spark_submit.sh", "--", "pretrain"], cwd=ROOT, env=cluster.env,
-                           capture_output=True, text=True, timeout=60)
+    wrong = subprocess.run(
+        ["bash", "scripts/spark_submit.sh", "--", "pretrain"],
+        cwd=ROOT,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert wrong.returncode == 2 and "STAGE must be prepare or text" in wrong.stderr
 
 
@@ -180,10 +259,23 @@ def test_master_nobody_answers_is_one_line_within_seconds(embedded, tmp_path):
     raw, _ = embedded
     closed = free_port()  # bound then released: nothing listens there
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "llm4trx.prepare", f"paths.output_root={tmp_path}",
-                           f"dataset.raw_dir={raw}", *SMALL, "engine=spark",
-                           f"engine.spark.master=spark://127.0.0.1:{closed}"],
-                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm4trx.prepare",
+            f"paths.output_root={tmp_path}",
+            f"dataset.raw_dir={raw}",
+            *SMALL,
+            "engine=spark",
+            f"engine.spark.master=spark://127.0.0.1:{closed}",
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.time() - started
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -197,17 +289,31 @@ def test_killed_worker_mid_job_changes_nothing(cluster, embedded, tmp_path):
     """SIGKILL to one worker (and its executor) while its executor runs prepare's tasks: Spark reruns the lost
     tasks on the other worker; the outputs are still the embedded engine's. Run last: it restarts the worker."""
     raw, emb = embedded
-    overrides = [f"paths.output_root={tmp_path}", f"dataset.raw_dir={raw}", *SMALL, *ON_CLUSTER,
-                 f"engine.spark.master={cluster.url}"]
+    overrides = [
+        f"paths.output_root={tmp_path}",
+        f"dataset.raw_dir={raw}",
+        *SMALL,
+        *ON_CLUSTER,
+        f"engine.spark.master={cluster.url}",
+    ]
     victim = cluster.state / "worker2"
     before = set(victim.glob("app-*"))
-    proc = subprocess.Popen([sys.executable, "-m", "llm4trx.prepare", *overrides], cwd=ROOT, env=cluster.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm4trx.prepare", *overrides],
+        cwd=ROOT,
+        env=cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         # Killed once its executor runs a task of the job (the executor logs each task it starts).
-        while not any("Running task" in p.read_text(errors="replace") for d in set(victim.glob("app-*")) - before
-                      for p in d.glob("*/stderr")):
+        while not any(
+            "Running task" in p.read_text(errors="replace")
+            for d in set(victim.glob("app-*")) - before
+            for p in d.glob("*/stderr")
+        ):
             assert proc.poll() is None, "prepare ended before worker2 ran a task"
             assert time.time() < deadline
             time.sleep(0.1)

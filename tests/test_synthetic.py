@@ -15,7 +15,9 @@ from llm4trx.core.errors import ConfigError
 
 
 def dataset_cfg(out_root, *overrides):
-    return compose([f"paths.output_root={out_root}", "dataset.n_clients=300", "dataset.max_events=60", *overrides]).dataset
+    return compose(
+        [f"paths.output_root={out_root}", "dataset.n_clients=300", "dataset.max_events=60", *overrides]
+    ).dataset
 
 
 @pytest.mark.parametrize("schema", ["rosbank", "age_pred", "gender"])
@@ -64,14 +66,23 @@ def test_sizes_unlabeled_clients_and_classes(tmp_path):
 def features(events: pd.DataFrame) -> pd.DataFrame:
     """Per-category aggregates (shares, amount stats) and two sequence features the aggregates lack."""
     events = events.assign(log_amount=np.log(events["amount"].abs()))
-    aggregates = pd.concat([pd.crosstab(events["client_id"], events["mcc"], normalize="index").add_prefix("share_"),
-                            events.groupby("client_id", observed=True)["log_amount"].agg(["mean", "std"])], axis=1)
+    aggregates = pd.concat(
+        [
+            pd.crosstab(events["client_id"], events["mcc"], normalize="index").add_prefix("share_"),
+            events.groupby("client_id", observed=True)["log_amount"].agg(["mean", "std"]),
+        ],
+        axis=1,
+    )
     end = events["event_time"].max()
     following = events.groupby("client_id", observed=True)["mcc"].shift(-1)
-    sequence = events.assign(
-        recent=events["event_time"] > end - pd.Timedelta(days=30),
-        cash_then_transfer=(events["mcc"] == synthetic.CASH) & (following == synthetic.TRANSFER),
-    ).groupby("client_id", observed=True)[["recent", "cash_then_transfer"]].mean()
+    sequence = (
+        events.assign(
+            recent=events["event_time"] > end - pd.Timedelta(days=30),
+            cash_then_transfer=(events["mcc"] == synthetic.CASH) & (following == synthetic.TRANSFER),
+        )
+        .groupby("client_id", observed=True)[["recent", "cash_then_transfer"]]
+        .mean()
+    )
     return aggregates.join(sequence)
 
 
@@ -94,8 +105,13 @@ def test_signals_are_learnable_and_order_and_trend_are_invisible_to_aggregates(t
     assert auroc(x[["recent"]], y) > 0.6 and auroc(x[["cash_then_transfer"]], y) > 0.6
 
     # With only the order signal switched on, per-category aggregates are at chance; the bigram is not.
-    only_order = dataset_cfg(tmp_path / "o", "dataset.n_clients=1200", "dataset.unlabeled_fraction=0",
-                             "dataset.label_noise=0", "dataset.signals={mcc_mix: 0, amount: 0, trend: 0, order: 1}")
+    only_order = dataset_cfg(
+        tmp_path / "o",
+        "dataset.n_clients=1200",
+        "dataset.unlabeled_fraction=0",
+        "dataset.label_noise=0",
+        "dataset.signals={mcc_mix: 0, amount: 0, trend: 0, order: 1}",
+    )
     synthetic.ensure_raw(only_order)
     data = loaders.load(only_order)
     x = features(data.events.astype({"client_id": str})).loc[data.targets["client_id"]]

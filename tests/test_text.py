@@ -22,8 +22,9 @@ def read_split(folder, split):
 
 @pytest.fixture(scope="module")
 def flat_run(tmp_path_factory):
-    cfg = canonical_run(tmp_path_factory.mktemp("flat"), "rosbank", ["text=flat", "text.max_tokens=400"],
-                        n_clients=30, max_events=80)
+    cfg = canonical_run(
+        tmp_path_factory.mktemp("flat"), "rosbank", ["text=flat", "text.max_tokens=400"], n_clients=30, max_events=80
+    )
     return cfg, text_stage.run(cfg)
 
 
@@ -54,9 +55,11 @@ def test_truncation_keeps_the_most_recent_events_within_budget(flat_run):
         lines = full[row.client_id].split("\n")
         kept = row.text.split("\n")
         assert kept[0] == lines[0]  # header of the whole history
-        assert kept[1:] == lines[len(lines) - row.n_events_kept:]  # the newest events, in order
-        one_more = "\n".join([lines[0], *lines[len(lines) - row.n_events_kept - 1:]])
-        assert counter.count([one_more])[0] > 400 - text_stage.SPECIAL_TOKENS  # no older event fits (bos + eos in the budget)
+        assert kept[1:] == lines[len(lines) - row.n_events_kept :]  # the newest events, in order
+        one_more = "\n".join([lines[0], *lines[len(lines) - row.n_events_kept - 1 :]])
+        assert (
+            counter.count([one_more])[0] > 400 - text_stage.SPECIAL_TOKENS
+        )  # no older event fits (bos + eos in the budget)
     untouched = frame[frame["n_events_kept"] == frame["n_events"]]
     assert all(untouched["text"].to_numpy() == full[untouched["client_id"]].to_numpy())
 
@@ -117,8 +120,9 @@ def test_missing_column_and_budget_below_header(tmp_path):
 
 
 def test_fields_budget_is_exact_in_words_and_counts_bos_eos(tmp_path):
-    cfg = canonical_run(tmp_path, "rosbank", ["text=fields", "tokenizer=fields", "text.max_tokens=120"],
-                        n_clients=12, max_events=60)
+    cfg = canonical_run(
+        tmp_path, "rosbank", ["text=fields", "tokenizer=fields", "text.max_tokens=120"], n_clients=12, max_events=60
+    )
     out = text_stage.run(cfg)
     frame = pd.concat([read_split(out, s) for s in ("train", "val", "test")])
     words = frame["text"].map(lambda t: len(t.split())).to_numpy()

@@ -60,8 +60,13 @@ def test_domain_bpe_never_sees_test_texts(domain_run):
 
 def test_domain_tokenizer_as_count_tokenizer(domain_run, tmp_path):
     _, tok_dir = domain_run
-    cfg = canonical_run(tmp_path, "age_pred", ["text=flat", f"text.count_tokenizer={tok_dir}", "text.max_tokens=150"],
-                        n_clients=8, max_events=60)
+    cfg = canonical_run(
+        tmp_path,
+        "age_pred",
+        ["text=flat", f"text.count_tokenizer={tok_dir}", "text.max_tokens=150"],
+        n_clients=8,
+        max_events=60,
+    )
     out = text_stage.run(cfg)
     frame = pd.read_json(out / "train.jsonl", lines=True)
     assert (frame["n_tokens"] <= 150).all()
@@ -101,12 +106,21 @@ def test_pretrained_bad_inputs(domain_run, tmp_path):
 def test_fields_tokenizer_gives_one_id_per_word_and_unk_for_unseen(tmp_path):
     from llm4trx import shards as shards_stage
 
-    cfg = canonical_run(tmp_path, "rosbank", ["text=fields", "tokenizer=fields", "tokenizer.min_frequency=1",
-                                              "max_seq_len=2000"], n_clients=20, max_events=40)
+    cfg = canonical_run(
+        tmp_path,
+        "rosbank",
+        ["text=fields", "tokenizer=fields", "tokenizer.min_frequency=1", "max_seq_len=2000"],
+        n_clients=20,
+        max_events=40,
+    )
     text_stage.run(cfg)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_stage.run(cfg)))
     assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
-        "<|bos|>", "<|endoftext|>", "<|pad|>", "<|unk|>")
+        "<|bos|>",
+        "<|endoftext|>",
+        "<|pad|>",
+        "<|unk|>",
+    )
     frame = pd.read_json(stage_dir(cfg, "text") / "val.jsonl", lines=True)
     for text, n in zip(frame["text"], frame["n_tokens"]):
         ids = tok(text, add_special_tokens=False)["input_ids"]

@@ -18,16 +18,30 @@ from llm4trx.evaluation.protocol import feature_matrix, load_labels
 from llm4trx.core.stage import stage_dir
 
 # Small but real: fewer trees and a small CoLES so the module stays within its time budget.
-FAST = ["progress=false", "validate.lightgbm.binary.n_estimators=150", "validate.n_jobs=2",
-        "coles.hidden_size=64", "coles.max_epochs=4", "coles.cnt_max=40",
-        "coles.batch_size=128", "embed.batch_size=32"]
+FAST = [
+    "progress=false",
+    "validate.lightgbm.binary.n_estimators=150",
+    "validate.n_jobs=2",
+    "coles.hidden_size=64",
+    "coles.max_epochs=4",
+    "coles.cnt_max=40",
+    "coles.batch_size=128",
+    "embed.batch_size=32",
+]
 
 
 @pytest.fixture(scope="module")
 def validated(tmp_path_factory):
     root = tmp_path_factory.mktemp("validate") / "outputs"
-    cfg = compose([f"paths.output_root={root}", "dataset.n_clients=500", "dataset.max_events=60",
-                   "dataset.label_noise=0.0", *FAST])
+    cfg = compose(
+        [
+            f"paths.output_root={root}",
+            "dataset.n_clients=500",
+            "dataset.max_events=60",
+            "dataset.label_noise=0.0",
+            *FAST,
+        ]
+    )
     prepare.run(cfg)  # the real stages on the synthetic generator (rosbank schema) ...
     text.run(cfg)
     write_hf(cfg)  # ... and a tiny random Llama with a BPE trained on text/ in place of pretrain + export
@@ -86,25 +100,45 @@ def test_baselines_once_give_what_each_seed_would_compute_itself(validated, tmp_
     """aggregates and oracle from the baselines stage equal validate's own per-seed computation with the same
     LightGBM random_state (lightgbm_seed=run with seed 42 = the fixed 42): reusing them changes no number."""
     root, cfg, results, _ = validated
-    own = compose([f"paths.output_root={root}", "dataset.n_clients=500", "dataset.max_events=60",
-                   "dataset.label_noise=0.0", *FAST, "validate.lightgbm_seed=run", "seed=42",
-                   "validate.feature_sets=[aggregates,oracle]", "validate.concatenations=[]",
-                   f"paths.run_dir={tmp_path / 'own'}"])
+    own = compose(
+        [
+            f"paths.output_root={root}",
+            "dataset.n_clients=500",
+            "dataset.max_events=60",
+            "dataset.label_noise=0.0",
+            *FAST,
+            "validate.lightgbm_seed=run",
+            "seed=42",
+            "validate.feature_sets=[aggregates,oracle]",
+            "validate.concatenations=[]",
+            f"paths.run_dir={tmp_path / 'own'}",
+        ]
+    )
     folder = validate.run(own)
     mine = json.loads((folder / "results.json").read_text())
     assert mine["from_baselines"] == [] and mine["lightgbm_seed"] == {"mode": "run", "random_state": 42}
     for name in ("aggregates", "oracle"):
         assert mine["feature_sets"][name] == results["feature_sets"][name], name
     shared = read_predictions(stage_dir(cfg, "baselines") / "predictions.parquet")
-    pd.testing.assert_frame_equal(read_predictions(folder / "predictions.parquet").reset_index(drop=True),
-                                  shared.reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        read_predictions(folder / "predictions.parquet").reset_index(drop=True), shared.reset_index(drop=True)
+    )
 
 
 def test_predictions_file_with_a_nan_names_column_and_row(tmp_path):
     from llm4trx.data.predictions import prediction_rows, write_predictions
 
-    frame = prediction_rows("llm", [0, 1], ["a", "b"], [0, 1], [0, 1], np.array([[0.4, 0.6], [np.nan, 0.5]]),
-                            ["c"], [1], np.array([[0.1, 0.9]]))
+    frame = prediction_rows(
+        "llm",
+        [0, 1],
+        ["a", "b"],
+        [0, 1],
+        [0, 1],
+        np.array([[0.4, 0.6], [np.nan, 0.5]]),
+        ["c"],
+        [1],
+        np.array([[0.1, 0.9]]),
+    )
     write_predictions([frame], tmp_path / "predictions.parquet")
     with pytest.raises(DataError, match=r"predictions.parquet, column 'p_0', row 3: probability is NaN"):
         read_predictions(tmp_path / "predictions.parquet")
@@ -121,18 +155,34 @@ def test_oracle_is_skipped_without_a_generator_and_refused_in_concatenations(dat
 def test_same_seed_twice_gives_identical_metrics(validated):
     root, cfg, results, _ = validated
     coles_stamp = (stage_dir(cfg, "coles") / "embeddings.parquet").stat().st_mtime_ns
-    again = validate.run(compose([f"paths.output_root={root}", "dataset.n_clients=500", "dataset.max_events=60",
-                                  "dataset.label_noise=0.0", *FAST, "force=true"]))
+    again = validate.run(
+        compose(
+            [
+                f"paths.output_root={root}",
+                "dataset.n_clients=500",
+                "dataset.max_events=60",
+                "dataset.label_noise=0.0",
+                *FAST,
+                "force=true",
+            ]
+        )
+    )
     assert json.loads((again / "results.json").read_text())["feature_sets"] == results["feature_sets"]
     # force rebuilds validation only; the CoLES input stage stays (its own determinism: the next test).
     assert (stage_dir(cfg, "coles") / "embeddings.parquet").stat().st_mtime_ns == coles_stamp
 
 
 def test_coles_same_seed_twice_gives_identical_embeddings(data_only):
-    base = [f"paths.output_root={data_only.paths.output_root}", *FAST,
-            "coles.hidden_size=16", "coles.max_epochs=1",
-            # every input and augmentation on: DropoutTrx's draws are seeded too
-            "coles.trx_dropout=0.05", "coles.time_numeric=[day_gap,day_index]", "coles.time_features=[hour,weekday]"]
+    base = [
+        f"paths.output_root={data_only.paths.output_root}",
+        *FAST,
+        "coles.hidden_size=16",
+        "coles.max_epochs=1",
+        # every input and augmentation on: DropoutTrx's draws are seeded too
+        "coles.trx_dropout=0.05",
+        "coles.time_numeric=[day_gap,day_index]",
+        "coles.time_features=[hour,weekday]",
+    ]
 
     def embeddings(overrides):
         return pd.read_parquet(coles.run(compose(overrides)) / "embeddings.parquet")
@@ -153,8 +203,16 @@ def test_coles_same_seed_twice_gives_identical_embeddings(data_only):
 @pytest.fixture(scope="module")
 def data_only(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad") / "outputs"
-    cfg = compose([f"paths.output_root={root}", *FAST, "validate.feature_sets=[llm]", "validate.concatenations=[]",
-                   "dataset.n_clients=120", "dataset.max_events=60"])
+    cfg = compose(
+        [
+            f"paths.output_root={root}",
+            *FAST,
+            "validate.feature_sets=[llm]",
+            "validate.concatenations=[]",
+            "dataset.n_clients=120",
+            "dataset.max_events=60",
+        ]
+    )
     write_data(cfg)
     return cfg
 
@@ -169,8 +227,9 @@ def write_embeddings(cfg, frame: pd.DataFrame) -> None:
 def good_embeddings(cfg) -> pd.DataFrame:
     ids = pd.read_parquet(stage_dir(cfg, "prepare") / "splits.parquet")["client_id"]
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame(rng.standard_normal((len(ids), 4)).astype(np.float32),
-                         columns=[f"emb_{j:04d}" for j in range(4)])
+    frame = pd.DataFrame(
+        rng.standard_normal((len(ids), 4)).astype(np.float32), columns=[f"emb_{j:04d}" for j in range(4)]
+    )
     frame.insert(0, cfg.dataset.id_column, ids.astype("string").to_numpy())
     return frame
 

@@ -82,8 +82,10 @@ def validate(cfg: DictConfig):
         raise ConfigError(f"augment.batch_size must be >= 1, not {acfg.batch_size}")
     context = context_length(acfg, path)
     if int(s.max_tokens) >= context:
-        raise ConfigError(f"augment.sampling.max_tokens={s.max_tokens} leaves no room for a prompt in the "
-                          f"generator's context of {context} tokens ({path})")
+        raise ConfigError(
+            f"augment.sampling.max_tokens={s.max_tokens} leaves no room for a prompt in the "
+            f"generator's context of {context} tokens ({path})"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_format(cfg)
     prompter = ClientPrompter(tokenizer, acfg, context)
@@ -94,6 +96,7 @@ def validate(cfg: DictConfig):
 
 
 # ---- the durable output: append + fsync, ledger, resume ------------------------------------------------
+
 
 def _append_durably(path: Path, lines: list[str]) -> int:
     with open(path, "ab") as f:
@@ -135,9 +138,15 @@ def _update_success(cfg: DictConfig, folder: Path, name: str, record: dict[str, 
     with FileLock(str(folder / ".lock")):
         done = read_success(folder) or {}
         outputs = {**done.get("outputs", {}), name: record}
-        body = {"stage": "augment", "config_hash": record["config_hash"],
-                "sections": registry.hashed_sections(cfg, "augment"), "inputs": registry.inputs_of(cfg, "augment"),
-                "finished_at": record["finished_at"], "counts": record["counts"], "outputs": outputs}
+        body = {
+            "stage": "augment",
+            "config_hash": record["config_hash"],
+            "sections": registry.hashed_sections(cfg, "augment"),
+            "inputs": registry.inputs_of(cfg, "augment"),
+            "finished_at": record["finished_at"],
+            "counts": record["counts"],
+            "outputs": outputs,
+        }
         tmp = folder / (SUCCESS_FILE + ".tmp")
         tmp.write_text(json.dumps(body, indent=2) + "\n")
         os.replace(tmp, folder / SUCCESS_FILE)
@@ -145,11 +154,20 @@ def _update_success(cfg: DictConfig, folder: Path, name: str, record: dict[str, 
 
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
-COUNT_KEYS = ("requests", "samples", "empty", "truncated", "dropped", "written", "prompt_tokens",
-              "generated_tokens", "generate_seconds")
+COUNT_KEYS = (
+    "requests",
+    "samples",
+    "empty",
+    "truncated",
+    "dropped",
+    "written",
+    "prompt_tokens",
+    "generated_tokens",
+    "generate_seconds",
+)
 
 
 def _keep(sample: Sample, acfg: DictConfig) -> tuple[bool, bool, bool]:
@@ -179,8 +197,10 @@ def run(cfg: DictConfig) -> Path:
         return folder
     stale = have_hash if have_hash is not None else (finished or {}).get("config_hash")
     if stale is not None and stale != want:
-        raise ConfigError(f"{out} was generated with another config (hash {stale}, now {want}); "
-                          "choose another augment.name, or force=true to regenerate it")
+        raise ConfigError(
+            f"{out} was generated with another config (hash {stale}, now {want}); "
+            "choose another augment.name, or force=true to regenerate it"
+        )
 
     prompter.render = transaction_renderer(cfg, data)
     clients = select_clients(cfg, data / "splits.parquet")
@@ -198,8 +218,14 @@ def run(cfg: DictConfig) -> Path:
             f.truncate(size)
     done = {tuple(k) for b in batches for k in b["done"]}
     requests = [(c, p) for c in clients for p in prompts if (c, p.prompt_id) not in done]
-    log.info("augment %s: %d clients x %d prompts, %d already done, %d to generate",
-             name, len(clients), len(prompts), len(done), len(requests))
+    log.info(
+        "augment %s: %d clients x %d prompts, %d already done, %d to generate",
+        name,
+        len(clients),
+        len(prompts),
+        len(done),
+        len(requests),
+    )
 
     this_run = dict.fromkeys(COUNT_KEYS, 0)
     if requests:
@@ -229,11 +255,24 @@ def run(cfg: DictConfig) -> Path:
     out.touch()
     total = {k: sum(b[k] for b in batches) for k in COUNT_KEYS}
     total["generate_seconds"] = round(total["generate_seconds"], 3)
-    total.update(clients=len(clients), prompts=[p.prompt_id for p in prompts],
-                 tokens_per_s=_rate(this_run) if requests else _rate(total),
-                 resumed_from=len(done))
-    _update_success(cfg, folder, name, {"config_hash": want, "file": out.name, "generator": str(path),
-                                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": total})
+    total.update(
+        clients=len(clients),
+        prompts=[p.prompt_id for p in prompts],
+        tokens_per_s=_rate(this_run) if requests else _rate(total),
+        resumed_from=len(done),
+    )
+    _update_success(
+        cfg,
+        folder,
+        name,
+        {
+            "config_hash": want,
+            "file": out.name,
+            "generator": str(path),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "counts": total,
+        },
+    )
     _report(name, total, run_counts=this_run if requests else None)
     return folder
 
@@ -254,10 +293,21 @@ def _lines_and_counts(batch, ids, results, acfg: DictConfig, generator: str) -> 
             counts["dropped"] += not keep
             if keep:
                 counts["written"] += 1
-                lines.append(json.dumps({
-                    "client_id": cid, "prompt_id": prompt.prompt_id, "text": sample.text, "generator": generator,
-                    "finish_reason": sample.finish_reason, "sample": i, "n_tokens": sample.n_tokens},
-                    ensure_ascii=False) + "\n")
+                lines.append(
+                    json.dumps(
+                        {
+                            "client_id": cid,
+                            "prompt_id": prompt.prompt_id,
+                            "text": sample.text,
+                            "generator": generator,
+                            "finish_reason": sample.finish_reason,
+                            "sample": i,
+                            "n_tokens": sample.n_tokens,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
     return lines, counts
 
 
@@ -268,9 +318,11 @@ def _rate(counts: dict[str, Any]) -> float:
 def _report(name: str, total: dict[str, Any], run_counts: dict[str, Any] | None = None, skipped: bool = False):
     shown = run_counts or total
     what = "up to date (nothing generated); recorded figure:" if skipped or run_counts is None else "this run:"
-    print(f"augment {name}: {what} {shown['generated_tokens']} tokens in {shown['generate_seconds']:.1f} s "
-          f"= {_rate(shown):.1f} tokens/s; total {total['samples']} samples, {total['written']} written, "
-          f"{total['empty']} empty, {total['truncated']} cut by max_tokens, {total['dropped']} dropped")
+    print(
+        f"augment {name}: {what} {shown['generated_tokens']} tokens in {shown['generate_seconds']:.1f} s "
+        f"= {_rate(shown):.1f} tokens/s; total {total['samples']} samples, {total['written']} written, "
+        f"{total['empty']} empty, {total['truncated']} cut by max_tokens, {total['dropped']} dropped"
+    )
 
 
 main = stage_main(run)

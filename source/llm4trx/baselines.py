@@ -30,8 +30,14 @@ from llm4trx.data.embeddings import embeddings_frame
 from llm4trx.data.predictions import write_predictions
 from llm4trx.evaluation.protocol import load_labels
 from llm4trx.evaluation.tables import results_table
-from llm4trx.evaluation.validation import (aggregates, lightgbm_params, lightgbm_seed_mode, oracle,
-                                           seed_independent_sets, validate_sets)
+from llm4trx.evaluation.validation import (
+    aggregates,
+    lightgbm_params,
+    lightgbm_seed_mode,
+    oracle,
+    seed_independent_sets,
+    validate_sets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,10 @@ RESULTS, PREDICTIONS, FEATURES = "results.json", "predictions.parquet", "{name}.
 
 def run(cfg: DictConfig) -> Path:
     if lightgbm_seed_mode(cfg) != "fixed":
-        raise ConfigError("the baselines stage needs validate.lightgbm_seed=fixed; with lightgbm_seed=run the "
-                          "aggregates and oracle depend on the seed and validate builds them per seed")
+        raise ConfigError(
+            "the baselines stage needs validate.lightgbm_seed=fixed; with lightgbm_seed=run the "
+            "aggregates and oracle depend on the seed and validate builds them per seed"
+        )
     if not shared_baselines(cfg):
         log.info("baselines: no seed-independent feature set in validate.feature_sets or concatenations")
 
@@ -62,10 +70,16 @@ def run(cfg: DictConfig) -> Path:
             frame = embeddings_frame(cfg.dataset.id_column, features.index.to_numpy(), features.to_numpy())
             frame.to_parquet(tmp / FEATURES.format(name=name), index=False)
         params = lightgbm_params(cfg)
-        results = {"dataset": cfg.dataset.name, "task": cfg.dataset.task, "metrics": list(cfg.dataset.metrics),
-                   "lightgbm_seed": {"mode": "fixed", "random_state": params.get("random_state")},
-                   "n_folds": len(set(labels.folds)), "n_train": len(labels.train_ids),
-                   "n_test": len(labels.test_ids), "feature_sets": entries}
+        results = {
+            "dataset": cfg.dataset.name,
+            "task": cfg.dataset.task,
+            "metrics": list(cfg.dataset.metrics),
+            "lightgbm_seed": {"mode": "fixed", "random_state": params.get("random_state")},
+            "n_folds": len(set(labels.folds)),
+            "n_train": len(labels.train_ids),
+            "n_test": len(labels.test_ids),
+            "feature_sets": entries,
+        }
         (tmp / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "results.md").write_text(results_table(results))
         write_predictions(list(frames.values()), tmp / PREDICTIONS)

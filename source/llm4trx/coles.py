@@ -73,10 +73,18 @@ def read_records(cfg: DictConfig) -> tuple[list[dict], dict, list[dict], int]:
     pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
     categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
     numeric = list(numeric_transforms(cfg.coles.numeric))
-    records, sizes = ptls_records(events, categorical, numeric, pretrain_ids, time_features=cfg.coles.time_features,
-                                  time_origin=cfg.dataset.get("time_origin"), time_numeric=cfg.coles.time_numeric)
-    train_records, too_short = qualifying([r for r in records if r["client_id"] in pretrain_ids],
-                                          int(cfg.coles.min_seq_len))
+    records, sizes = ptls_records(
+        events,
+        categorical,
+        numeric,
+        pretrain_ids,
+        time_features=cfg.coles.time_features,
+        time_origin=cfg.dataset.get("time_origin"),
+        time_numeric=cfg.coles.time_numeric,
+    )
+    train_records, too_short = qualifying(
+        [r for r in records if r["client_id"] in pretrain_ids], int(cfg.coles.min_seq_len)
+    )
     return records, sizes, train_records, too_short
 
 
@@ -85,24 +93,40 @@ def run(cfg: DictConfig) -> Path:
         records, sizes, train_records, too_short = read_records(cfg)
         min_len = int(cfg.coles.min_seq_len)
         if too_short and len(train_records) >= MIN_TRAIN_CLIENTS:
-            log.warning("coles: %d of %d pretraining clients have fewer than coles.min_seq_len=%d transactions; "
-                        "trained on the other %d, every client is embedded", too_short,
-                        too_short + len(train_records), min_len, len(train_records))
+            log.warning(
+                "coles: %d of %d pretraining clients have fewer than coles.min_seq_len=%d transactions; "
+                "trained on the other %d, every client is embedded",
+                too_short,
+                too_short + len(train_records),
+                min_len,
+                len(train_records),
+            )
         if len(train_records) < MIN_TRAIN_CLIENTS:
-            reason = (f"{len(train_records)} of {too_short + len(train_records)} pretraining clients have at least "
-                      f"coles.min_seq_len={min_len} transactions, fewer than the {MIN_TRAIN_CLIENTS} CoLES needs; "
-                      f"lower coles.min_seq_len to train on them")
+            reason = (
+                f"{len(train_records)} of {too_short + len(train_records)} pretraining clients have at least "
+                f"coles.min_seq_len={min_len} transactions, fewer than the {MIN_TRAIN_CLIENTS} CoLES needs; "
+                f"lower coles.min_seq_len to train on them"
+            )
             log.info("coles: skipped: %s", reason)  # the console's end line says it
-            return {"skipped": reason, "clients": len(records), "train_clients": len(train_records),
-                    "too_short": too_short}
+            return {
+                "skipped": reason,
+                "clients": len(records),
+                "train_clients": len(train_records),
+                "too_short": too_short,
+            }
         losses = epoch_loss_recorder()
         encoder = train_encoder(train_records, sizes, cfg.coles, int(cfg.seed), bool(cfg.progress), callbacks=[losses])
         matrix = infer(encoder, records, int(cfg.coles.inference_batch_size), cfg.coles.inference_max_len)
         frame = embeddings_frame(cfg.dataset.id_column, [r["client_id"] for r in records], matrix)
         frame.to_parquet(tmp / "embeddings.parquet", index=False)
         (tmp / LOSSES_FILE).write_text("".join(json.dumps(e) + "\n" for e in losses.epochs))
-        return {"clients": len(records), "train_clients": len(train_records), "too_short": too_short,
-                "dim": int(matrix.shape[1]), "final_loss": losses.epochs[-1]["loss"] if losses.epochs else None}
+        return {
+            "clients": len(records),
+            "train_clients": len(train_records),
+            "too_short": too_short,
+            "dim": int(matrix.shape[1]),
+            "final_loss": losses.epochs[-1]["loss"] if losses.epochs else None,
+        }
 
     return run_stage(cfg, "coles", build)
 

@@ -29,8 +29,14 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> Path:
     counts = fetch.ensure(cfg.dataset)
     raw = Path(cfg.dataset.raw_dir)
-    log.info("download %s: %d downloaded (%s), %d already present, in %s", cfg.dataset.name, counts["downloaded"],
-             fetch.human(counts["bytes"]), counts["present"], raw)
+    log.info(
+        "download %s: %d downloaded (%s), %d already present, in %s",
+        cfg.dataset.name,
+        counts["downloaded"],
+        fetch.human(counts["bytes"]),
+        counts["present"],
+        raw,
+    )
     return raw
 
 

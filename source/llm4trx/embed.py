@@ -31,8 +31,7 @@ from tqdm.auto import tqdm
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
-from llm4trx.data.embeddings import (embeddings_frame, read_embeddings, read_text_hashes, text_digests,
-                                     write_text_hashes)
+from llm4trx.data.embeddings import embeddings_frame, read_embeddings, read_text_hashes, text_digests, write_text_hashes
 from llm4trx.data.model_record import applied_model, check_applicable, fingerprint, row_name
 from llm4trx.data.texts import read_texts
 from llm4trx.lm.dtypes import DTYPES
@@ -43,6 +42,7 @@ log = logging.getLogger(__name__)
 
 # embed keys that do not change a client's vector (the row's name, the reuse switch, batch composition).
 NOT_IN_VECTOR_KEY = ("name", "incremental", "batch_size", "model")
+
 
 def check_config(cfg: DictConfig) -> None:
     e = cfg.embed
@@ -58,8 +58,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"embed.batch_size={e.batch_size}; want >= 1")
     model = applied_model(cfg)
     if model is not None and not (model / "config.json").is_file():
-        raise ConfigError(f"embed.model={str(model)!r} is not a Hugging Face model directory (no config.json); give "
-                          "a run's hf/ folder or a local HF causal-LM checkpoint with its tokenizer")
+        raise ConfigError(
+            f"embed.model={str(model)!r} is not a Hugging Face model directory (no config.json); give "
+            "a run's hf/ folder or a local HF causal-LM checkpoint with its tokenizer"
+        )
 
 
 def model_dir_of(cfg: DictConfig) -> Path:
@@ -123,8 +125,18 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 @torch.no_grad()
-def embed_sequences(model, pad_id: int, sequences: list[list[int]], batches: list[list[int]], pooling: str,
-                    layer_slice, padding_side: str, device, progress: bool, pad_to: int | None = None) -> np.ndarray:
+def embed_sequences(
+    model,
+    pad_id: int,
+    sequences: list[list[int]],
+    batches: list[list[int]],
+    pooling: str,
+    layer_slice,
+    padding_side: str,
+    device,
+    progress: bool,
+    pad_to: int | None = None,
+) -> np.ndarray:
     """Pooled float32 vectors of `sequences`, in the order of `sequences`. Each batch is padded to its
     longest sequence (`pad_to` pads every batch to that length instead: the benchmark's baseline)."""
     out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
@@ -137,8 +149,13 @@ def embed_sequences(model, pad_id: int, sequences: list[list[int]], batches: lis
             span = slice(0, len(seq)) if padding_side == "right" else slice(longest - len(seq), longest)
             ids[row, span], mask[row, span] = seq, 1
         ids, mask = ids.to(device), mask.to(device)
-        result = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask),
-                       output_hidden_states=True, use_cache=False)
+        result = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_for(mask),
+            output_hidden_states=True,
+            use_cache=False,
+        )
         out[batch] = pool(result.hidden_states, mask, pooling, layer_slice).cpu().numpy()
     return out
 
@@ -154,19 +171,33 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
     digests = text_digests(texts["text"])
     key = vector_key(cfg, hf_dir)
     previous = previous_vectors(cfg, key)
-    reused = [i for i, (cid, digest) in enumerate(zip(ids, digests))
-              if cid in previous and previous[cid][0] == digest and len(previous[cid][1]) == model.config.hidden_size]
+    reused = [
+        i
+        for i, (cid, digest) in enumerate(zip(ids, digests))
+        if cid in previous and previous[cid][0] == digest and len(previous[cid][1]) == model.config.hidden_size
+    ]
     todo = sorted(set(range(len(texts))) - set(reused))
 
     with state.split_between_processes(todo) as mine:
         mine = list(mine)
-    sequences, n_truncated = tokenize(tokenizer, texts["text"].iloc[mine].tolist(), int(max_tokens),
-                                      str(cfg.embed.get("prefix") or "")) if mine else ([], 0)
+    sequences, n_truncated = (
+        tokenize(tokenizer, texts["text"].iloc[mine].tolist(), int(max_tokens), str(cfg.embed.get("prefix") or ""))
+        if mine
+        else ([], 0)
+    )
     batches = length_sorted_batches([len(s) for s in sequences], int(cfg.embed.batch_size))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    vectors = embed_sequences(model, pad_id, sequences, batches, cfg.embed.pooling,
-                              list(cfg.embed.layer_slice), cfg.embed.padding_side, state.device,
-                              progress=bool(cfg.progress) and state.is_main_process)
+    vectors = embed_sequences(
+        model,
+        pad_id,
+        sequences,
+        batches,
+        cfg.embed.pooling,
+        list(cfg.embed.layer_slice),
+        cfg.embed.padding_side,
+        state.device,
+        progress=bool(cfg.progress) and state.is_main_process,
+    )
     n_tokens = sum(len(s) for s in sequences)  # real tokens; positions: what the padded batches computed
     positions = sum(len(b) * max(len(sequences[i]) for i in b) for b in batches)
 
@@ -175,8 +206,10 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
     indices = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
     if len(indices) != len(todo) or len(np.unique(indices)) != len(todo):
         lost = len(todo) - len(np.unique(indices))
-        raise RuntimeError(f"gathered {len(indices)} rows for {len(todo)} clients ({lost} lost, "
-                           f"{len(indices) - len(np.unique(indices))} duplicated)")
+        raise RuntimeError(
+            f"gathered {len(indices)} rows for {len(todo)} clients ({lost} lost, "
+            f"{len(indices) - len(np.unique(indices))} duplicated)"
+        )
     matrix = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
     if len(indices):
         matrix[indices] = np.concatenate([p[2] for p in parts])
@@ -218,17 +251,28 @@ def run(cfg: DictConfig) -> Path:
     started = time.time()
     result = compute(cfg, state)
     if state.is_main_process:
+
         def build(tmp: Path) -> dict:
             frame = embeddings_frame(cfg.dataset.id_column, result["client_id"], result["matrix"])
             frame.to_parquet(tmp / "embeddings.parquet", index=False)
             write_text_hashes(tmp, result["client_id"], result["digests"])
             seconds = time.time() - started
             counts = result["counts"]
-            log.info("embed: %d clients, %d real tokens (%.1f%% of the batches' positions padding) in %.1f s "
-                     "(%.0f real tokens/s incl. model load)", counts["clients"], counts["tokens"],
-                     100 * counts["padded_share"], seconds, counts["tokens"] / max(seconds, 1e-9))
-            return {**counts, "row_name": row_name(cfg, record), "embed_seconds": round(seconds, 3),
-                    "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9), 1)}
+            log.info(
+                "embed: %d clients, %d real tokens (%.1f%% of the batches' positions padding) in %.1f s "
+                "(%.0f real tokens/s incl. model load)",
+                counts["clients"],
+                counts["tokens"],
+                100 * counts["padded_share"],
+                seconds,
+                counts["tokens"] / max(seconds, 1e-9),
+            )
+            return {
+                **counts,
+                "row_name": row_name(cfg, record),
+                "embed_seconds": round(seconds, 3),
+                "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9), 1),
+            }
 
         run_stage(cfg, "embed", build)
     state.wait_for_everyone()

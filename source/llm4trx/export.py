@@ -47,8 +47,11 @@ def composer_checkpoint(folder: Path) -> Path:
         return latest.resolve()
     found = sorted(folder.glob("ep*-ba*-rank0.pt"), key=lambda p: int(re.search(r"-ba(\d+)-", p.name).group(1)))
     if not found:
-        raise DataError(folder, "no Composer checkpoint (latest-rank0.pt or ep*-ba*-rank0.pt) in the pretrain "
-                                "folder; rerun `python -m llm4trx.pretrain` with force=true")
+        raise DataError(
+            folder,
+            "no Composer checkpoint (latest-rank0.pt or ep*-ba*-rank0.pt) in the pretrain "
+            "folder; rerun `python -m llm4trx.pretrain` with force=true",
+        )
     return found[-1]
 
 
@@ -57,8 +60,11 @@ def hf_checkpoint(folder: Path) -> Path:
         return folder / "final"
     found = sorted(folder.glob("checkpoint-*/config.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     if not found:
-        raise DataError(folder, "no Hugging Face checkpoint (final/ or checkpoint-N/) in the pretrain folder; "
-                                "rerun `python -m llm4trx.pretrain` with force=true")
+        raise DataError(
+            folder,
+            "no Hugging Face checkpoint (final/ or checkpoint-N/) in the pretrain folder; "
+            "rerun `python -m llm4trx.pretrain` with force=true",
+        )
     return found[-1].parent
 
 
@@ -69,8 +75,10 @@ def val_batch(cfg: DictConfig, pad_id: int, n: int) -> dict[str, torch.Tensor]:
     from streaming import StreamingDataset
 
     dataset = StreamingDataset(local=str(require(cfg, "shards") / "val"), shuffle=False, batch_size=1)
-    rows = [np.asarray(dataset[i]["tokens"][: int(cfg.max_seq_len)], dtype=np.int64)
-            for i in range(min(n, dataset.num_samples))]
+    rows = [
+        np.asarray(dataset[i]["tokens"][: int(cfg.max_seq_len)], dtype=np.int64)
+        for i in range(min(n, dataset.num_samples))
+    ]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -80,8 +88,9 @@ def val_batch(cfg: DictConfig, pad_id: int, n: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def max_logit_difference(reference: torch.nn.Module, export_dir: Path, batch: dict[str, torch.Tensor],
-                         trust_remote_code: bool) -> float:
+def max_logit_difference(
+    reference: torch.nn.Module, export_dir: Path, batch: dict[str, torch.Tensor], trust_remote_code: bool
+) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,8 +101,9 @@ def max_logit_difference(reference: torch.nn.Module, export_dir: Path, batch: di
         copy_dir = Path(tempfile.mkdtemp(prefix="llm4trx_export_")) / "model"
         shutil.copytree(export_dir, copy_dir)
         export_dir = copy_dir
-    exported = AutoModelForCausalLM.from_pretrained(str(export_dir), torch_dtype=torch.float32,
-                                                    trust_remote_code=trust_remote_code)
+    exported = AutoModelForCausalLM.from_pretrained(
+        str(export_dir), torch_dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     if trust_remote_code:
         shutil.rmtree(export_dir.parent)
     reference.eval()
@@ -131,13 +141,27 @@ def export_foundry(cfg: DictConfig, checkpoints: Path, out: Path) -> tuple[torch
     work = out / "_hf_checkpointer"
     train_cfg["model"].update(init_device="cpu", pretrained=False)  # every weight comes from the checkpoint
     train_cfg.update(
-        load_path=str(checkpoint), load_weights_only=True, autoresume=False, save_folder=None,
+        load_path=str(checkpoint),
+        load_weights_only=True,
+        autoresume=False,
+        save_folder=None,
         # llm-foundry builds a train loader even here, never iterated: a one-sample placeholder, not the shards
         train_loader={"name": "llm4trx_placeholder"},
-        only_hf_checkpoint=True, fsdp_config=None, precision="fp32", eval_loader=None, loggers={},
-        progress_bar=False, algorithms={},
-        callbacks={"hf_checkpointer": {"save_folder": str(work), "save_interval": "1ba",
-                                       "precision": cfg.export.precision, "huggingface_folder_name": "model"}},
+        only_hf_checkpoint=True,
+        fsdp_config=None,
+        precision="fp32",
+        eval_loader=None,
+        loggers={},
+        progress_bar=False,
+        algorithms={},
+        callbacks={
+            "hf_checkpointer": {
+                "save_folder": str(work),
+                "save_interval": "1ba",
+                "precision": cfg.export.precision,
+                "huggingface_folder_name": "model",
+            }
+        },
     )
     trainer = train(OmegaConf.create(train_cfg))
     written = work / "huggingface" / "model"
@@ -174,17 +198,29 @@ def build(cfg: DictConfig, out: Path) -> dict[str, Any]:
         raise ExportMismatch(f"{out}: the conversion wrote no config.json/*.safetensors")
     pad_id = load_tokenizer(require(cfg, "tokenizer"), need=("eos_token", "pad_token")).pad_token_id
     batch = val_batch(cfg, pad_id, int(cfg.export.verify_batch_size))
-    diff = max_logit_difference(rounded_like_export(reference, cfg.export.precision), out, batch,
-                                trust_remote_code=reference.config.model_type == "mpt")
+    diff = max_logit_difference(
+        rounded_like_export(reference, cfg.export.precision),
+        out,
+        batch,
+        trust_remote_code=reference.config.model_type == "mpt",
+    )
     atol = float(cfg.export.verify_atol)
     if not diff <= atol:  # also catches NaN
-        raise ExportMismatch(f"exported model's logits differ from the trained model's by {diff:.3g} "
-                             f"(> export.verify_atol={atol}) on {batch['input_ids'].shape[0]} val clients")
+        raise ExportMismatch(
+            f"exported model's logits differ from the trained model's by {diff:.3g} "
+            f"(> export.verify_atol={atol}) on {batch['input_ids'].shape[0]} val clients"
+        )
     log.info("export: logits match the trained model (max |diff| %.2e <= %.0e)", diff, atol)
     # What the model was trained on, for runs that apply it to other data (embed.model=<this hf/>).
     write_record(out, make_record(cfg, require(cfg, "tokenizer")))
-    return {**counts, "backend": backend, "max_abs_logit_diff": diff, "verify_atol": atol,
-            "verify_clients": int(batch["input_ids"].shape[0]), "precision": cfg.export.precision}
+    return {
+        **counts,
+        "backend": backend,
+        "max_abs_logit_diff": diff,
+        "verify_atol": atol,
+        "verify_clients": int(batch["input_ids"].shape[0]),
+        "precision": cfg.export.precision,
+    }
 
 
 def run(cfg: DictConfig) -> Path:

@@ -62,9 +62,15 @@ def build(cfg: DictConfig, out: Path) -> dict:
 
     # Written one row group at a time from compact columns: memory does not hold a sorted copy of the table.
     events.write_parquet(out / "events.parquet", events_schema(ds.categorical))
-    pq.write_table(pa.Table.from_pandas(targets, schema=pa.schema([("client_id", pa.string()), ("target", pa.int64())]),
-                                        preserve_index=False), out / "targets.parquet")
-    splits_schema = pa.schema([("client_id", pa.string()), ("split", pa.string()), ("fold", pa.int8()), ("labeled", pa.bool_())])
+    pq.write_table(
+        pa.Table.from_pandas(
+            targets, schema=pa.schema([("client_id", pa.string()), ("target", pa.int64())]), preserve_index=False
+        ),
+        out / "targets.parquet",
+    )
+    splits_schema = pa.schema(
+        [("client_id", pa.string()), ("split", pa.string()), ("fold", pa.int8()), ("labeled", pa.bool_())]
+    )
     pq.write_table(pa.Table.from_pandas(splits, schema=splits_schema, preserve_index=False), out / "splits.parquet")
 
     counts = {
@@ -76,8 +82,15 @@ def build(cfg: DictConfig, out: Path) -> dict:
         "repairs": dict(loaded.repairs),
         "load_seconds": round(seconds_load, 3),
     }
-    log.info("prepare %s: %d events, %d clients (%d labeled), splits %s, repairs %s",
-             ds.name, counts["events"], counts["clients"], counts["labeled"], counts["splits"], counts["repairs"])
+    log.info(
+        "prepare %s: %d events, %d clients (%d labeled), splits %s, repairs %s",
+        ds.name,
+        counts["events"],
+        counts["clients"],
+        counts["labeled"],
+        counts["splits"],
+        counts["repairs"],
+    )
     return counts
 
 

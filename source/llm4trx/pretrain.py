@@ -72,6 +72,7 @@ def end_with_launcher() -> None:
 
 # ---------------------------------------------------------------- checks (before anything is written)
 
+
 def count_samples(split_dir: Path) -> int:
     index = split_dir / "index.json"
     if not index.is_file():
@@ -80,8 +81,11 @@ def count_samples(split_dir: Path) -> int:
     for shard in shards:
         columns = dict(zip(shard.get("column_names", []), shard.get("column_encodings", [])))
         if not str(columns.get("tokens", "")).startswith("ndarray:"):
-            raise DataError(split_dir / shard["raw_data"]["basename"], "shard has no ndarray column with "
-                            "the pre-tokenized sample", column="tokens")
+            raise DataError(
+                split_dir / shard["raw_data"]["basename"],
+                "shard has no ndarray column with the pre-tokenized sample",
+                column="tokens",
+            )
     n = sum(int(shard["samples"]) for shard in shards)
     if n == 0:
         raise DataError(index, "the MDS split is empty (0 samples)")
@@ -93,9 +97,11 @@ def check_runtime(cfg: DictConfig) -> None:
 
     t = cfg.trainer
     if t.fsdp is not None and (t.device != "gpu" or not torch.cuda.is_available()):
-        raise ConfigError(f"trainer.fsdp is set with trainer.device={t.device} (CUDA available: "
-                          f"{torch.cuda.is_available()}): FSDP runs on GPUs only; use trainer=cpu on a CPU "
-                          "machine, trainer=fsdp_8xa100 on a GPU node")
+        raise ConfigError(
+            f"trainer.fsdp is set with trainer.device={t.device} (CUDA available: "
+            f"{torch.cuda.is_available()}): FSDP runs on GPUs only; use trainer=cpu on a CPU "
+            "machine, trainer=fsdp_8xa100 on a GPU node"
+        )
     if t.device == "gpu" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=gpu but CUDA is not available; use trainer=cpu")
     if t.device == "cpu" and t.precision != "fp32":
@@ -118,22 +124,30 @@ def check_model(cfg: DictConfig, tok: dict[str, Any]) -> None:
     try:
         path = Path(cfg.model.pretrained_model_name_or_path)
     except MissingMandatoryValue as err:
-        raise ConfigError(f"model={cfg.model.name} continues pretraining from a local Hugging Face checkpoint: "
-                          "set model.pretrained_model_name_or_path=/path/to/dir") from err
+        raise ConfigError(
+            f"model={cfg.model.name} continues pretraining from a local Hugging Face checkpoint: "
+            "set model.pretrained_model_name_or_path=/path/to/dir"
+        ) from err
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ConfigError(f"model.pretrained_model_name_or_path={path}: no config.json there (a local Hugging "
-                          "Face checkpoint directory is needed; nothing is downloaded)")
+        raise ConfigError(
+            f"model.pretrained_model_name_or_path={path}: no config.json there (a local Hugging "
+            "Face checkpoint directory is needed; nothing is downloaded)"
+        )
     config = json.loads(config_file.read_text())
     config = config.get("text_config", config)
     positions = model_positions(config)
     if positions is not None and int(cfg.max_seq_len) > positions:
-        raise ConfigError(f"max_seq_len={cfg.max_seq_len} is larger than model {cfg.model.name} supports "
-                          f"({positions} positions in {config_file}); lower max_seq_len")
+        raise ConfigError(
+            f"max_seq_len={cfg.max_seq_len} is larger than model {cfg.model.name} supports "
+            f"({positions} positions in {config_file}); lower max_seq_len"
+        )
     if config.get("vocab_size") and tok["vocab_size"] > int(config["vocab_size"]):
-        raise ConfigError(f"the tokenizer has {tok['vocab_size']} tokens but {config_file} has vocab_size "
-                          f"{config['vocab_size']}: continue pretraining with the model's own tokenizer "
-                          "(tokenizer=pretrained)")
+        raise ConfigError(
+            f"the tokenizer has {tok['vocab_size']} tokens but {config_file} has vocab_size "
+            f"{config['vocab_size']}: continue pretraining with the model's own tokenizer "
+            "(tokenizer=pretrained)"
+        )
 
 
 def check_inputs(cfg: DictConfig) -> dict[str, Any]:
@@ -145,8 +159,10 @@ def check_inputs(cfg: DictConfig) -> dict[str, Any]:
     tok = tokenizer_info(load_tokenizer(tokenizer_dir, need=("eos_token", "pad_token")))
     counts = {split: count_samples(mds_dir / split) for split in PRETRAIN_SPLITS}
     if counts["train"] < int(cfg.trainer.global_train_batch_size):
-        raise ConfigError(f"mds/train has {counts['train']} samples, fewer than one batch "
-                          f"(trainer.global_train_batch_size={cfg.trainer.global_train_batch_size})")
+        raise ConfigError(
+            f"mds/train has {counts['train']} samples, fewer than one batch "
+            f"(trainer.global_train_batch_size={cfg.trainer.global_train_batch_size})"
+        )
     check_model(cfg, tok)
     if cfg.trainer.backend == "hf" and not is_hf_model(cfg):
         raise ConfigError(f"trainer.backend=hf needs a Hugging Face model (model={cfg.model.name} is native MPT)")
@@ -154,6 +170,7 @@ def check_inputs(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the stage folder
+
 
 def claim_folder(folder: Path, want: str, force: bool) -> None:
     """Keep checkpoints of an unfinished run of this config (to resume); clear those of any other run."""
@@ -163,8 +180,11 @@ def claim_folder(folder: Path, want: str, force: bool) -> None:
     if (folder / RUN_FILE).is_file():
         previous = json.loads((folder / RUN_FILE).read_text()).get("config_hash")
     if folder.exists() and (force or previous != want):
-        log.warning("pretrain: %s holds a run of another config%s; starting from step 0",
-                    folder, " (force=true)" if force else "")
+        log.warning(
+            "pretrain: %s holds a run of another config%s; starting from step 0",
+            folder,
+            " (force=true)" if force else "",
+        )
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RUN_FILE).write_text(json.dumps({"config_hash": want}) + "\n")
@@ -172,6 +192,7 @@ def claim_folder(folder: Path, want: str, force: bool) -> None:
 
 
 # ---------------------------------------------------------------- backends
+
 
 def latest_composer_step(folder: Path) -> int:
     """Batch of the checkpoint Composer's autoresume will load (0: none, training starts at step 0)."""
@@ -199,8 +220,9 @@ def node_local_cwd():
         return
     here = os.getcwd()
     env = os.environ
-    node_dir = Path(tempfile.gettempdir()) / (f"llm4trx-{env.get('MASTER_ADDR', 'local')}-{env.get('MASTER_PORT', '0')}"
-                                             f"-node{env.get('NODE_RANK', '0')}")
+    node_dir = Path(tempfile.gettempdir()) / (
+        f"llm4trx-{env.get('MASTER_ADDR', 'local')}-{env.get('MASTER_PORT', '0')}-node{env.get('NODE_RANK', '0')}"
+    )
     node_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(node_dir)
     try:
@@ -223,8 +245,9 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
     if not cfg.model.pretrained and cfg.model.hf_config is not None and global_rank() == 0:
         foundry_config.write_init_config(cfg, inputs["tok"], folder / foundry_config.INIT_CONFIG_DIR)
     # Absolute paths: on several nodes training runs in a node-local working directory (node_local_cwd).
-    train_cfg = foundry_config.train_config(cfg, inputs["tok"], Path(inputs["tokenizer_dir"]).resolve(),
-                                            Path(inputs["mds_dir"]).resolve(), folder.resolve())
+    train_cfg = foundry_config.train_config(
+        cfg, inputs["tok"], Path(inputs["tokenizer_dir"]).resolve(), Path(inputs["mds_dir"]).resolve(), folder.resolve()
+    )
     if several_nodes():
         # Composer's autoresume syncs each node through a signal file in the save folder, named alike on every
         # node: on a shared save folder both nodes' local rank 0 write and remove the same file and one fails
@@ -239,12 +262,18 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
     padding = next(c for c in trainer.state.callbacks if isinstance(c, foundry_plugins.PaddingMonitor))
     # tokens_seen: the clients' real tokens (padding apart; lm/foundry_plugins.RealTokensCollator), over the
     # whole run including before a resume; padded_share: of the positions this process trained.
-    counts = {"backend": "foundry", "steps": int(timestamp.batch), "samples_seen": int(timestamp.sample),
-              "tokens_seen": int(timestamp.token), "padded_share": padding.padded_share,
-              # Composer's training wall-clock (checkpointed, so it spans a resume; evaluation apart)
-              "train_seconds": round(timestamp.total_wct.total_seconds(), 3),
-              "real_tokens_per_s": round(int(timestamp.token) / max(timestamp.total_wct.total_seconds(), 1e-9), 1),
-              "length_bucketing": foundry_config.bucket_window(cfg) > 0, "resumed_from_step": resumed_from}
+    counts = {
+        "backend": "foundry",
+        "steps": int(timestamp.batch),
+        "samples_seen": int(timestamp.sample),
+        "tokens_seen": int(timestamp.token),
+        "padded_share": padding.padded_share,
+        # Composer's training wall-clock (checkpointed, so it spans a resume; evaluation apart)
+        "train_seconds": round(timestamp.total_wct.total_seconds(), 3),
+        "real_tokens_per_s": round(int(timestamp.token) / max(timestamp.total_wct.total_seconds(), 1e-9), 1),
+        "length_bucketing": foundry_config.bucket_window(cfg) > 0,
+        "resumed_from_step": resumed_from,
+    }
     trainer.close()
     return counts
 
@@ -272,13 +301,28 @@ def run(cfg: DictConfig) -> Path:
     else:
         counts = train_foundry(cfg, inputs, folder)
     if global_rank() == 0:
-        write_success(folder, want, started, {**counts, "train_samples": inputs["samples"]["train"],
-                                              "val_samples": inputs["samples"]["val"],
-                                              "vocab_size": inputs["tok"]["vocab_size"]}, cfg, STAGE)
+        write_success(
+            folder,
+            want,
+            started,
+            {
+                **counts,
+                "train_samples": inputs["samples"]["train"],
+                "val_samples": inputs["samples"]["val"],
+                "vocab_size": inputs["tok"]["vocab_size"],
+            },
+            cfg,
+            STAGE,
+        )
     share = counts.get("padded_share")
-    log.info("pretrain: %s steps, %s real tokens seen (padding apart%s) in %.1f s -> %s", counts["steps"],
-             counts.get("tokens_seen"), "" if share is None else f"; {share:.1%} of positions were padding",
-             time.time() - started, folder)
+    log.info(
+        "pretrain: %s steps, %s real tokens seen (padding apart%s) in %.1f s -> %s",
+        counts["steps"],
+        counts.get("tokens_seen"),
+        "" if share is None else f"; {share:.1%} of positions were padding",
+        time.time() - started,
+        folder,
+    )
     return folder
 
 

@@ -81,8 +81,9 @@ def load_coles_losses(path: Path) -> list[dict[str, Any]]:
 
 def load_losses(path: Path) -> list[dict[str, Any]]:
     """Lines {"step", "split", "loss"} of the pretraining log; [] when there is none."""
-    return load_jsonl_records(path, {"step": int, "split": str, "loss": float},
-                              '{"step": int, "split": "train"|"eval", "loss": float}')
+    return load_jsonl_records(
+        path, {"step": int, "split": str, "loss": float}, '{"step": int, "split": "train"|"eval", "loss": float}'
+    )
 
 
 def load_curves(path: Path) -> dict[str, Any] | None:
@@ -154,7 +155,8 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         for name in feature_sets:
             gap = ceiling - floor
             feature_sets[name][headline]["random_to_oracle"] = (
-                (feature_sets[name][headline]["test_mean"] - floor) / gap if gap else None)
+                (feature_sets[name][headline]["test_mean"] - floor) / gap if gap else None
+            )
     return {
         "dataset": first["dataset"],
         "task": first.get("task"),
@@ -211,8 +213,12 @@ def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str
         losses={str(seed): records for seed, records in losses.items()},
         coles_losses=coles_losses,
         finetune_curves=curves,
-        finetune_best_steps={seed: {run: {fold: c["best_step"] for fold, c in entry["folds"].items()}
-                                    for run, entry in meta["runs"].items()} for seed, meta in curves.items()},
+        finetune_best_steps={
+            seed: {
+                run: {fold: c["best_step"] for fold, c in entry["folds"].items()} for run, entry in meta["runs"].items()
+            }
+            for seed, meta in curves.items()
+        },
     )
     return summary
 
@@ -253,11 +259,17 @@ HOW_TO_READ = """\
 
 def gap_section(summary: dict[str, Any]) -> list[str]:
     boot = summary["bootstrap"]
-    lines = [f"### Gaps ({100 * boot['level']:.0f} % paired bootstrap over clients, {boot['n']} resamples, seeds "
-             f"pooled: {', '.join(map(str, summary['gap_seeds'])) or 'none'})", ""]
+    lines = [
+        f"### Gaps ({100 * boot['level']:.0f} % paired bootstrap over clients, {boot['n']} resamples, seeds "
+        f"pooled: {', '.join(map(str, summary['gap_seeds'])) or 'none'})",
+        "",
+    ]
     if summary["seeds_without_predictions"]:
-        lines += [f"Seeds without {PREDICTIONS} (validated before it existed; rerun validate): "
-                  f"{', '.join(map(str, summary['seeds_without_predictions']))}.", ""]
+        lines += [
+            f"Seeds without {PREDICTIONS} (validated before it existed; rerun validate): "
+            f"{', '.join(map(str, summary['seeds_without_predictions']))}.",
+            "",
+        ]
     if not summary["gaps"]:
         return lines + ["No gap to state: no seed has predictions of both sides of a gap.", ""]
     for metric in summary["metrics"]:
@@ -292,17 +304,25 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
             lines += [f"![CoLES loss curves](coles_loss_{label}.png)", ""]
         if summary.get("finetune_curves"):
             plot_learning_curves(summary["finetune_curves"], summary["dataset"], out / f"finetune_{label}.png")
-            lines += ["Fine-tuning (rows `finetune:<run>`): best step per fold (early stopping on the held-out fold's "
-                      f"{summary['headline']}):", ""]
+            lines += [
+                "Fine-tuning (rows `finetune:<run>`): best step per fold (early stopping on the held-out fold's "
+                f"{summary['headline']}):",
+                "",
+            ]
             for seed, by_run in summary["finetune_best_steps"].items():
-                lines += [f"- seed {seed}: " + "; ".join(
-                    f"{run} " + ", ".join(f"{fold}:{step}" for fold, step in folds.items())
-                    for run, folds in by_run.items())]
+                lines += [
+                    f"- seed {seed}: "
+                    + "; ".join(
+                        f"{run} " + ", ".join(f"{fold}:{step}" for fold, step in folds.items())
+                        for run, folds in by_run.items()
+                    )
+                ]
             lines += ["", f"![fine-tuning curves](finetune_{label}.png)", ""]
     lines += [HOW_TO_READ]
     (out / "report.md").write_text("\n".join(lines))
-    tables = {label: {k: v for k, v in s.items() if k not in ("losses", "finetune_curves")}
-              for label, s in summaries.items()}
+    tables = {
+        label: {k: v for k, v in s.items() if k not in ("losses", "finetune_curves")} for label, s in summaries.items()
+    }
     (out / "report.json").write_text(json.dumps({"experiment": experiment, "datasets": tables}, indent=2) + "\n")
 
 

@@ -113,7 +113,7 @@ def encode_samples(tokenizer, texts: list[str], max_seq_len: int) -> tuple[list[
     for enc in encodings:
         ids = enc.ids
         if len(ids) > body:
-            ids, cut = ids[len(ids) - body:], cut + 1
+            ids, cut = ids[len(ids) - body :], cut + 1
         sample = np.empty(len(ids) + 2, np.int32)
         sample[0], sample[1:-1], sample[-1] = bos, ids, eos
         samples.append(sample)
@@ -182,8 +182,16 @@ def merge_parts(dst: Path, n_parts: int) -> None:
         logging.disable(previous)
 
 
-def write_split_parallel(src: Path, dst: Path, tok_dir: Path, max_seq_len: int, samples_per_part: int,
-                         workers: int, tokenizer=None, progress: bool = False) -> dict:
+def write_split_parallel(
+    src: Path,
+    dst: Path,
+    tok_dir: Path,
+    max_seq_len: int,
+    samples_per_part: int,
+    workers: int,
+    tokenizer=None,
+    progress: bool = False,
+) -> dict:
     """`src` -> dst/part-NNNNN/ (samples_per_part lines each, encoded by `workers` processes) + the merged
     dst/index.json. With workers <= 1 the parts are written in this process (with `tokenizer` if given)."""
     ranges = line_ranges(src, samples_per_part)
@@ -192,8 +200,10 @@ def write_split_parallel(src: Path, dst: Path, tok_dir: Path, max_seq_len: int, 
     workers = min(workers, len(jobs))
     if workers <= 1:
         tok = tokenizer if tokenizer is not None else tok_dir
-        results = [write_part(*job, tok, max_seq_len)
-                   for job in tqdm(jobs, desc=f"shards[{src.stem}]", disable=not progress, leave=False)]
+        results = [
+            write_part(*job, tok, max_seq_len)
+            for job in tqdm(jobs, desc=f"shards[{src.stem}]", disable=not progress, leave=False)
+        ]
     else:
         # fork: the workers inherit the loaded tokenizer and the imported streaming (~8 CPU-s of imports per
         # spawned process); each encodes single-threaded (TOKENIZERS_PARALLELISM=false: the tokenizers
@@ -204,8 +214,7 @@ def write_split_parallel(src: Path, dst: Path, tok_dir: Path, max_seq_len: int, 
 
         with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_single_threaded) as pool:
             futures = [pool.submit(_write_part_in_worker, *job, str(tok_dir), max_seq_len) for job in jobs]
-            results = [f.result() for f in tqdm(futures, desc=f"shards[{src.stem}]", disable=not progress,
-                                                leave=False)]
+            results = [f.result() for f in tqdm(futures, desc=f"shards[{src.stem}]", disable=not progress, leave=False)]
         for result in results:  # the first part (in file order) with bad input reports, as in one process
             if "error" in result:
                 raise DataError(*result["error"])
@@ -230,19 +239,33 @@ def run(cfg: DictConfig) -> Path:
     sc = cfg.get("shards") or {}
     samples_per_part = int(sc.get("samples_per_part") or 0)
     if samples_per_part < 1:
-        raise ConfigError(f"shards.samples_per_part must be a positive number of samples, got "
-                          f"{sc.get('samples_per_part')}")
+        raise ConfigError(
+            f"shards.samples_per_part must be a positive number of samples, got {sc.get('samples_per_part')}"
+        )
     workers = n_workers(sc.get("workers"))
 
     def build(out: Path) -> dict:
         tokenizer = load_tokenizer(tok_dir, need=("bos_token", "eos_token"))  # validated before any part
         stats = {}
         for split in PRETRAIN_SPLITS:
-            stats[split] = write_split_parallel(text_dir / f"{split}.jsonl", out / split, tok_dir, max_seq_len,
-                                                samples_per_part, workers, tokenizer, bool(cfg.get("progress")))
+            stats[split] = write_split_parallel(
+                text_dir / f"{split}.jsonl",
+                out / split,
+                tok_dir,
+                max_seq_len,
+                samples_per_part,
+                workers,
+                tokenizer,
+                bool(cfg.get("progress")),
+            )
             if stats[split]["truncated"]:
-                log.warning("shards[%s]: %d of %d samples longer than max_seq_len=%d, cut at the start",
-                            split, stats[split]["truncated"], stats[split]["samples"], max_seq_len)
+                log.warning(
+                    "shards[%s]: %d of %d samples longer than max_seq_len=%d, cut at the start",
+                    split,
+                    stats[split]["truncated"],
+                    stats[split]["samples"],
+                    max_seq_len,
+                )
         if stats["train"]["samples"] == 0:
             raise DataError(text_dir / "train.jsonl", "no training texts")
         (out / "stats.json").write_text(json.dumps({"max_seq_len": max_seq_len, **stats}, indent=2) + "\n")

@@ -38,8 +38,17 @@ from llm4trx.data.chunks import BATCH_ROWS, check_columns, event_files, iter_bat
 from llm4trx.data.splits import SPLITS
 from llm4trx.generation.mix import mix_into_train
 from llm4trx.render.formats import ContextAccumulator, RenderContext, get_format
-from llm4trx.render.texts import (PERCENTILES, SPECIAL_TOKENS, TEXT_COLUMNS, TextStats, build_texts,  # noqa: F401
-                                  estimate_line_cap, estimate_ratio, render_chunk, token_stats)
+from llm4trx.render.texts import (
+    PERCENTILES,
+    SPECIAL_TOKENS,
+    TEXT_COLUMNS,
+    TextStats,
+    build_texts,  # noqa: F401
+    estimate_line_cap,
+    estimate_ratio,
+    render_chunk,
+    token_stats,  # noqa: F401 (re-exported)
+)
 from llm4trx.render.tokencount import get_counter
 
 log = logging.getLogger(__name__)
@@ -49,15 +58,22 @@ def print_table(stats: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"text: format {stats['format']}, tokens of {stats['count_tokenizer']} "
-                        f"(max_tokens {stats['max_tokens']})")
+    table = Table(
+        title=f"text: format {stats['format']}, tokens of {stats['count_tokenizer']} (max_tokens {stats['max_tokens']})"
+    )
     for col in ["split", "clients", "truncated", *[f"p{p}" for p in PERCENTILES], "max", "tok/trx", "line tok/trx"]:
         table.add_column(col, justify="right")
     for split, s in stats["splits"].items():
         t = s["tokens"]
-        table.add_row(split, str(s["n_clients"]), str(s["n_truncated_clients"]),
-                      *[f"{t[f'p{p}']:.0f}" for p in PERCENTILES], str(t["max"]),
-                      f"{s['tokens_per_transaction']:.2f}", f"{s['line_tokens_per_transaction']:.2f}")
+        table.add_row(
+            split,
+            str(s["n_clients"]),
+            str(s["n_truncated_clients"]),
+            *[f"{t[f'p{p}']:.0f}" for p in PERCENTILES],
+            str(t["max"]),
+            f"{s['tokens_per_transaction']:.2f}",
+            f"{s['line_tokens_per_transaction']:.2f}",
+        )
     Console(width=max(100, Console().width)).print(table)
 
 
@@ -71,8 +87,9 @@ def read_splits(splits_path: Path) -> pd.DataFrame:
     return splits
 
 
-def scan_events(events_path: Path, splits_path: Path, splits: pd.DataFrame, dataset_cfg, text_cfg,
-                batch_rows: int = BATCH_ROWS) -> tuple[list[Path], RenderContext]:
+def scan_events(
+    events_path: Path, splits_path: Path, splits: pd.DataFrame, dataset_cfg, text_cfg, batch_rows: int = BATCH_ROWS
+) -> tuple[list[Path], RenderContext]:
     """Pass 1 over events.parquet in batches: the contract checks of the whole-table reader (same errors, in
     the same order) and the dataset's RenderContext. Returns (parquet files in order, context)."""
     categorical = list(dataset_cfg.get("categorical") or [])
@@ -96,15 +113,19 @@ def scan_events(events_path: Path, splits_path: Path, splits: pd.DataFrame, data
             later, earlier = client.slice(1), client.slice(0, len(client) - 1)
             same = pc.equal(later, earlier).to_numpy(zero_copy_only=False)
             if pc.any(pc.less(later, earlier)).as_py() or (np.diff(times)[same] < 0).any():
-                raise DataError(events_path, "not sorted by client_id, event_time (the prepare contract)",
-                                column="client_id")
+                raise DataError(
+                    events_path, "not sorted by client_id, event_time (the prepare contract)", column="client_id"
+                )
         if unknown is None:
             missing = np.flatnonzero(~pc.is_in(client, value_set=known).to_numpy(zero_copy_only=False))
             if len(missing):
                 unknown = client[int(missing[0])].as_py()
         prev_client, prev_time = client[-1].as_py(), times[-1]
-        acc.update(table.select(["event_time", *categorical]).to_pandas(
-            types_mapper={pa.string(): pd.ArrowDtype(pa.string())}.get))
+        acc.update(
+            table.select(["event_time", *categorical]).to_pandas(
+                types_mapper={pa.string(): pd.ArrowDtype(pa.string())}.get
+            )
+        )
     if unknown is not None:
         raise DataError(splits_path, f"client {unknown!r} of events.parquet has no split", column="client_id")
     bad = ~splits["split"].isin(SPLITS)
@@ -124,7 +145,9 @@ def run(cfg: DictConfig) -> Path:
         raise ConfigError(f"text.chunk_events must be a positive number of events, got {chunk_events}")
     spark = engine_of(cfg) == "spark"
     if spark and mixing(cfg):
-        raise ConfigError("engine=spark does not mix augmented texts (augment.mix); use engine=embedded for this text stage")
+        raise ConfigError(
+            "engine=spark does not mix augmented texts (augment.mix); use engine=embedded for this text stage"
+        )
     data_dir = require(cfg, "prepare")
 
     def build(out: Path) -> dict:
@@ -153,9 +176,21 @@ def run(cfg: DictConfig) -> Path:
             first = next(chunks, None)
             ratio, line_cap = window(to_frame(first)) if first is not None else (None, None)
             del first
-            per_split = spark_text.render(session(cfg), files, categorical, fmt, ctx, str(cfg.text.count_tokenizer),
-                                          body, lookup, ratio, line_cap, chunk_events, out,
-                                          cfg.engine.spark.get("partitions"))
+            per_split = spark_text.render(
+                session(cfg),
+                files,
+                categorical,
+                fmt,
+                ctx,
+                str(cfg.text.count_tokenizer),
+                body,
+                lookup,
+                ratio,
+                line_cap,
+                chunk_events,
+                out,
+                cfg.engine.spark.get("partitions"),
+            )
         else:
             sized = None
             for table in tqdm(chunks, desc=f"text[{fmt.name}]", disable=not cfg.get("progress", False), leave=False):
@@ -172,10 +207,19 @@ def run(cfg: DictConfig) -> Path:
                         held.append(part[TEXT_COLUMNS])
                     elif len(part):
                         write_rows(part[TEXT_COLUMNS], out / f"{split}.jsonl")
-        stats = {"format": fmt.name, "max_tokens": max_tokens, "count_tokenizer": str(cfg.text.count_tokenizer),
-                 "render_context": {"categorical": ctx.categorical, "mcc_names": ctx.mcc_names,
-                                    "time_of_day": ctx.time_of_day, "usual": ctx.usual},
-                 "splits": {}, "augmented": None}
+        stats = {
+            "format": fmt.name,
+            "max_tokens": max_tokens,
+            "count_tokenizer": str(cfg.text.count_tokenizer),
+            "render_context": {
+                "categorical": ctx.categorical,
+                "mcc_names": ctx.mcc_names,
+                "time_of_day": ctx.time_of_day,
+                "usual": ctx.usual,
+            },
+            "splits": {},
+            "augmented": None,
+        }
         train = pd.concat(held, ignore_index=True) if held else pd.DataFrame(columns=TEXT_COLUMNS)
         rows, stats["augmented"] = mix_into_train(cfg, train, counter.count)
         if held is not None and len(rows):  # augmented texts of train clients, by augment.mix (never val/test)

@@ -37,8 +37,16 @@ def iter_texts(path: Path) -> Iterator[str]:
                 yield json.loads(line)["text"]
 
 
-def train_domain_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int, bos: str, eos: str, pad: str,
-                     progress: bool = False, length: int | None = None):
+def train_domain_bpe(
+    texts: Iterator[str],
+    vocab_size: int,
+    min_frequency: int,
+    bos: str,
+    eos: str,
+    pad: str,
+    progress: bool = False,
+    length: int | None = None,
+):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -46,25 +54,46 @@ def train_domain_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int, 
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[pad, bos, eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress)
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[pad, bos, eos],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=progress,
+    )
     tok.train_from_iterator(texts, trainer=trainer, length=length)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, clean_up_tokenization_spaces=False
+    )
 
 
-def train_fields(texts: Iterator[str], vocab_size: int, min_frequency: int, bos: str, eos: str, pad: str,
-                 unk: str, progress: bool = False, length: int | None = None):
+def train_fields(
+    texts: Iterator[str],
+    vocab_size: int,
+    min_frequency: int,
+    bos: str,
+    eos: str,
+    pad: str,
+    unk: str,
+    progress: bool = False,
+    length: int | None = None,
+):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=[pad, bos, eos, unk], show_progress=progress)
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[pad, bos, eos, unk], show_progress=progress
+    )
     tok.train_from_iterator(texts, trainer=trainer, length=length)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
-                                   unk_token=unk, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def load_pretrained(path: str):
@@ -111,18 +140,42 @@ def run(cfg: DictConfig) -> Path:
             if n == 0:
                 raise ConfigError(f"{train_path} is empty: nothing to train the domain tokenizer on")
             if tc.kind == "fields":
-                tok = train_fields(iter_texts(train_path), int(tc.vocab_size), int(tc.min_frequency), tc.bos_token,
-                                   tc.eos_token, tc.pad_token, tc.unk_token, bool(cfg.get("progress")), n)
+                tok = train_fields(
+                    iter_texts(train_path),
+                    int(tc.vocab_size),
+                    int(tc.min_frequency),
+                    tc.bos_token,
+                    tc.eos_token,
+                    tc.pad_token,
+                    tc.unk_token,
+                    bool(cfg.get("progress")),
+                    n,
+                )
             else:
-                tok = train_domain_bpe(iter_texts(train_path), int(tc.vocab_size), int(tc.min_frequency),
-                                       tc.bos_token, tc.eos_token, tc.pad_token, bool(cfg.get("progress")), n)
+                tok = train_domain_bpe(
+                    iter_texts(train_path),
+                    int(tc.vocab_size),
+                    int(tc.min_frequency),
+                    tc.bos_token,
+                    tc.eos_token,
+                    tc.pad_token,
+                    bool(cfg.get("progress")),
+                    n,
+                )
             repairs, trained_on = [], n
         else:
             tok, repairs = load_pretrained(str(tc.path))
             trained_on = 0
         tok.save_pretrained(str(out))
-        return {"kind": tc.kind, "vocab_size": len(tok), "repairs": repairs, "trained_on_clients": trained_on,
-                "bos": tok.bos_token, "eos": tok.eos_token, "pad": tok.pad_token}
+        return {
+            "kind": tc.kind,
+            "vocab_size": len(tok),
+            "repairs": repairs,
+            "trained_on_clients": trained_on,
+            "bos": tok.bos_token,
+            "eos": tok.eos_token,
+            "pad": tok.pad_token,
+        }
 
     return run_stage(cfg, "tokenizer", build)
 

@@ -33,9 +33,19 @@ from llm4trx.evaluation.features import concatenate, parts_of, random_features
 from llm4trx.evaluation.finetuned import score_predictions
 from llm4trx.evaluation.protocol import load_labels
 from llm4trx.evaluation.tables import results_table
-from llm4trx.evaluation.validation import (SEED_MODES, aggregates, has_oracle, lightgbm_params,  # noqa: F401
-                                           lightgbm_seed_mode, log_entry, oracle, predictions_frame,
-                                           seed_independent_sets, validate_sets, validation_jobs)
+from llm4trx.evaluation.validation import (
+    SEED_MODES,  # noqa: F401 (re-exported)
+    aggregates,
+    has_oracle,
+    lightgbm_params,  # noqa: F401
+    lightgbm_seed_mode,
+    log_entry,
+    oracle,
+    predictions_frame,
+    seed_independent_sets,
+    validate_sets,
+    validation_jobs,  # noqa: F401 (re-exported)
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +69,9 @@ def check_config(cfg: DictConfig) -> set[str]:
     if "oracle" in needed and not has_oracle(cfg):
         if any("oracle" in name.split("+") for name in v.concatenations or []):
             raise ConfigError("validate.concatenations use oracle, which exists for dataset=synthetic only")
-        log.warning("validate: feature set oracle skipped: dataset %s has no hidden factors (synthetic only)",
-                    cfg.dataset.name)
+        log.warning(
+            "validate: feature set oracle skipped: dataset %s has no hidden factors (synthetic only)", cfg.dataset.name
+        )
         needed.discard("oracle")
     return needed
 
@@ -79,8 +90,13 @@ def skipped_sets(cfg: DictConfig, needed: set[str]) -> dict[str, str]:
     return skipped
 
 
-def build_feature_sets(cfg: DictConfig, needed: set[str], data: Path, skipped: dict[str, str] | None = None,
-                       prebuilt: dict[str, tuple[pd.DataFrame, Path]] | None = None) -> tuple[dict, dict]:
+def build_feature_sets(
+    cfg: DictConfig,
+    needed: set[str],
+    data: Path,
+    skipped: dict[str, str] | None = None,
+    prebuilt: dict[str, tuple[pd.DataFrame, Path]] | None = None,
+) -> tuple[dict, dict]:
     """{name: frame indexed by client id} and {name: source path for error messages}. `prebuilt`: {name:
     (features, source)} of sets built elsewhere (the baselines stage)."""
     sets, sources = {}, {}
@@ -127,8 +143,9 @@ def read_baselines(cfg: DictConfig, needed: set[str]) -> tuple[dict, dict, pd.Da
     features, entries = {}, {}
     for name in names:
         if name not in results["feature_sets"]:
-            raise DataError(results_path, f"no feature set {name!r}; rebuild with "
-                            "python -m llm4trx.baselines force=true")
+            raise DataError(
+                results_path, f"no feature set {name!r}; rebuild with python -m llm4trx.baselines force=true"
+            )
         path = folder / BASELINE_FEATURES.format(name=name)
         features[name] = (read_embeddings(path, cfg.dataset.id_column, name), path)
         entries[name] = results["feature_sets"][name]
@@ -150,22 +167,35 @@ def run(cfg: DictConfig) -> Path:
         metrics = list(cfg.dataset.metrics)
         params = lightgbm_params(cfg)
         n_folds = len(set(labels.folds))
-        results = {"dataset": cfg.dataset.name, "task": cfg.dataset.task, "metrics": metrics, "seed": int(cfg.seed),
-                   "lightgbm_seed": {"mode": lightgbm_seed_mode(cfg), "random_state": params.get("random_state")},
-                   "n_folds": n_folds, "n_train": len(labels.train_ids), "n_test": len(labels.test_ids),
-                   "feature_sets": {}, "skipped": skipped, "from_baselines": [n for n in sets if n in reused]}
+        results = {
+            "dataset": cfg.dataset.name,
+            "task": cfg.dataset.task,
+            "metrics": metrics,
+            "seed": int(cfg.seed),
+            "lightgbm_seed": {"mode": lightgbm_seed_mode(cfg), "random_state": params.get("random_state")},
+            "n_folds": n_folds,
+            "n_train": len(labels.train_ids),
+            "n_test": len(labels.test_ids),
+            "feature_sets": {},
+            "skipped": skipped,
+            "from_baselines": [n for n in sets if n in reused],
+        }
         entries, frames = validate_sets(cfg, {n: f for n, f in sets.items() if n not in reused}, sources, labels)
         for name in reused:
             if name in sets:
                 log_entry(f"{name} (from baselines/)", reused[name], metrics[0])
                 frames[name] = reused_rows[reused_rows["feature_set"] == name]
         # An applied model's row is llm:<name> (embed.model; see data/model_record.row_name), in concatenations too.
-        llm = (read_success(require(cfg, "embed")) or {}).get("counts", {}).get("row_name", "llm") \
-            if "llm" in needed else "llm"
+        llm = (
+            (read_success(require(cfg, "embed")) or {}).get("counts", {}).get("row_name", "llm")
+            if "llm" in needed
+            else "llm"
+        )
         rows = {name: "+".join(llm if part == "llm" else part for part in name.split("+")) for name in sets}
         results["feature_sets"] = {rows[name]: entries.get(name) or reused[name] for name in sets}
-        frames = {rows.get(name, name): frame.assign(feature_set=rows.get(name, name))
-                  for name, frame in frames.items()}
+        frames = {
+            rows.get(name, name): frame.assign(feature_set=rows.get(name, name)) for name, frame in frames.items()
+        }
         if finetune_configured(cfg):  # rows finetune:<run>: fine-tuned models' predictions, the same metrics
             predictions = require(cfg, "finetune") / "predictions.parquet"
             for run in cfg.finetune.runs:
@@ -179,9 +209,13 @@ def run(cfg: DictConfig) -> Path:
             table += "\n" + "".join(f"Skipped: {name}: {reason}.\n" for name, reason in skipped.items())
         (tmp / TABLE).write_text(table)
         write_predictions([frames[name] for name in results["feature_sets"]], tmp / PREDICTIONS)
-        return {"feature_sets": list(results["feature_sets"]), "skipped": list(skipped),
-                "from_baselines": results["from_baselines"], "n_train": results["n_train"],
-                "n_test": results["n_test"]}
+        return {
+            "feature_sets": list(results["feature_sets"]),
+            "skipped": list(skipped),
+            "from_baselines": results["from_baselines"],
+            "n_train": results["n_train"],
+            "n_test": results["n_test"],
+        }
 
     return run_stage(cfg, "validate", build)
 

@@ -29,14 +29,20 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
     def launch(self, job_overrides, initial_job_idx):
         if shutil.which("sbatch") is None:
-            fail("SLURM is not available on this machine (no `sbatch` on PATH); drop hydra/launcher=slurm to run "
-                 "here, or submit from a SLURM login node")
+            fail(
+                "SLURM is not available on this machine (no `sbatch` on PATH); drop hydra/launcher=slurm to run "
+                "here, or submit from a SLURM login node"
+            )
         try:
-            subprocess.run(["sinfo", "--noheader", "--format=%P"], check=True, capture_output=True, text=True, timeout=60)
+            subprocess.run(
+                ["sinfo", "--noheader", "--format=%P"], check=True, capture_output=True, text=True, timeout=60
+            )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
             last = (getattr(err, "stderr", None) or str(err)).strip().splitlines()[-1:] or ["no answer"]
-            fail(f"SLURM is installed but its controller does not answer (`sinfo`: {last[0]}); check SLURM_CONF "
-                 f"and that slurmctld runs")
+            fail(
+                f"SLURM is installed but its controller does not answer (`sinfo`: {last[0]}); check SLURM_CONF "
+                f"and that slurmctld runs"
+            )
         return super().launch(job_overrides, initial_job_idx)
 
     def __call__(self, *args: Any, **kwargs: Any):

@@ -27,7 +27,6 @@ from llm4trx.core.registry import pipeline
 from llm4trx.core.stage import SUCCESS_FILE, is_finished, is_up_to_date, stage_dir
 
 
-
 def compose_checked(overrides: Sequence[str], check_launcher_overrides: bool = True) -> DictConfig:
     """`compose(overrides)`, fully resolved once, with Hydra's and OmegaConf's errors turned into ConfigError.
     The single-stage entry points (core/cli.py) call it too, without the pipeline scripts' launcher check."""
@@ -100,7 +99,7 @@ def check_seeds(cfg: DictConfig) -> None:
     bad = [seed for seed in seeds if not is_int(seed)]
     if bad:
         raise ConfigError(
-            f"seeds: {', '.join(map(repr, bad))} not an integer; give integers, e.g. seeds=[12,21,42] or SEEDS=\"12 21 42\""
+            f'seeds: {", ".join(map(repr, bad))} not an integer; give integers, e.g. seeds=[12,21,42] or SEEDS="12 21 42"'
         )
 
 
@@ -148,8 +147,11 @@ def requested_stages(cfg: DictConfig, names: str | None) -> list[str]:
     first = min(order.index(name) for name in wanted)
     for before in order[:first]:
         if not is_finished(cfg, before):
-            missing = (f"files missing in {stage_dir(cfg, before)}" if registry.get(before).done is not None
-                       else f"no {stage_dir(cfg, before) / SUCCESS_FILE}")
+            missing = (
+                f"files missing in {stage_dir(cfg, before)}"
+                if registry.get(before).done is not None
+                else f"no {stage_dir(cfg, before) / SUCCESS_FILE}"
+            )
             raise StageInputMissing(
                 f"stage {order[first]!r} needs {before!r}, which has not finished for this run "
                 f"({missing}); run the stages before it first: "

@@ -82,6 +82,7 @@ def user_message(err: BaseException, folder: Path | None = None) -> str | None:
 
 # ------------------------------------------------------------------------------------------ console
 
+
 class _ToConsole(logging.Filter):
     """Console records: llm4trx's warnings and errors, and errors of any library (tracebacks stay in the file)."""
 
@@ -193,6 +194,7 @@ def _rank() -> int:
 
 # ------------------------------------------------------------------------------------------ the end line
 
+
 def _fmt(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
 
@@ -222,11 +224,16 @@ def summary(stage: str, folder: Path) -> str:
         trained = f", trained on {c['trained_on_clients']:,} clients" if c.get("trained_on_clients") else ""
         return f"vocab {c['vocab_size']:,} ({c.get('kind')}{trained})"
     if stage == "export":
-        return (f"{c.get('checkpoint')} -> Hugging Face ({c.get('precision')}), max |logit diff| vs Composer "
-                f"{c.get('max_abs_logit_diff')} on {c.get('verify_clients')} clients")
+        return (
+            f"{c.get('checkpoint')} -> Hugging Face ({c.get('precision')}), max |logit diff| vs Composer "
+            f"{c.get('max_abs_logit_diff')} on {c.get('verify_clients')} clients"
+        )
     if stage == "shards":
-        return ", ".join(f"{s} {v['samples']:,} samples / {v['tokens']:,} tokens" for s, v in c.items()
-                         if isinstance(v, dict) and "samples" in v)
+        return ", ".join(
+            f"{s} {v['samples']:,} samples / {v['tokens']:,} tokens"
+            for s, v in c.items()
+            if isinstance(v, dict) and "samples" in v
+        )
     if stage == "pretrain":
         losses = _last_losses(folder / "metrics.jsonl")
         parts = [f"{c.get('steps')} steps"] + [f"{s} loss {v:.4f}" for s, v in losses.items()]
@@ -243,20 +250,28 @@ def summary(stage: str, folder: Path) -> str:
         if c.get("skipped"):
             return f"skipped: {c['skipped']}"
         loss = f", last epoch's loss {c['final_loss']:.4f}" if c.get("final_loss") is not None else ""
-        return (f"trained on {c['train_clients']:,} clients ({c.get('too_short', 0):,} shorter than "
-                f"min_seq_len left out){loss}, embedded {c['clients']:,}")
+        return (
+            f"trained on {c['train_clients']:,} clients ({c.get('too_short', 0):,} shorter than "
+            f"min_seq_len left out){loss}, embedded {c['clients']:,}"
+        )
     if stage in ("validate", "baselines"):  # the same results.json shape
         results = json.loads((folder / "results.json").read_text())
         metric = results["metrics"][0]
-        scores = ", ".join(f"{name} {entry[metric]['test_mean']:.4f}" for name, entry in results["feature_sets"].items())
+        scores = ", ".join(
+            f"{name} {entry[metric]['test_mean']:.4f}" for name, entry in results["feature_sets"].items()
+        )
         skipped = "; skipped: " + ", ".join(results["skipped"]) if results.get("skipped") else ""
         return f"test {metric}: {scores}{skipped} ({folder / 'results.md'})"
-    scalars = [f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in c.items()
-               if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    scalars = [
+        f"{k} {_fmt(v) if isinstance(v, float) else v}"
+        for k, v in c.items()
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    ]
     return ", ".join(scalars[:4]) or str(folder)
 
 
 # ------------------------------------------------------------------------------------------ the entry point
+
 
 def _stage_name(run: Callable) -> str:
     module = run.__module__
@@ -277,8 +292,10 @@ def check_arguments(args: list[str]) -> None:
     try:
         (root / "logs").mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"cannot create the output folder {root / 'logs'} ({err.strerror}); set "
-                          f"paths.output_root to a folder you can write") from None
+        raise ConfigError(
+            f"cannot create the output folder {root / 'logs'} ({err.strerror}); set "
+            f"paths.output_root to a folder you can write"
+        ) from None
 
 
 def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
@@ -306,8 +323,10 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
         except Interrupted as err:
             name = signal.Signals(err.signum).name
             log.error("%s: interrupted by %s", stage, name, extra={"file_only": True})
-            console.error(f"{label}: interrupted by {name} after {time.time() - started:.0f} s; temporary files "
-                          f"removed, finished stages kept: rerun the same command to continue")
+            console.error(
+                f"{label}: interrupted by {name} after {time.time() - started:.0f} s; temporary files "
+                f"removed, finished stages kept: rerun the same command to continue"
+            )
             sys.exit(128 + err.signum)
         except Exception as err:
             message = user_message(err, _output_folder(cfg, stage))
@@ -317,8 +336,9 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
                 sys.exit(2)
             log.error("%s failed", stage, exc_info=True, extra={"file_only": True})
             first = (str(err).splitlines() or [""])[0][:300]
-            console.error(f"error: {stage} failed: {type(err).__name__}: {first} (unexpected: the traceback is "
-                          f"in {log_file})")
+            console.error(
+                f"error: {stage} failed: {type(err).__name__}: {first} (unexpected: the traceback is in {log_file})"
+            )
             sys.exit(1)
         if not quiet:
             try:

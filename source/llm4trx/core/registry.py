@@ -50,6 +50,7 @@ class Stage:
 
 # ------------------------------------------------------------------------------------------ conditions
 
+
 def augment_configured(cfg: DictConfig) -> bool:
     augment = cfg.get("augment")
     return OmegaConf.is_dict(augment) and bool(augment) and augment.get("enabled", True) is not False
@@ -133,73 +134,188 @@ def validates(name: str) -> Callable[[DictConfig], bool]:
 
 # ------------------------------------------------------------------------------------------ the stages
 
-STAGES: dict[str, Stage] = {s.name: s for s in (
-    # Writes raw_dir, not a run-directory folder: no hash, no _SUCCESS.json; done when the files are there
-    # (they are verified against dataset.download's sizes and checksums when fetched; see llm4trx.data.fetch).
-    Stage("download", "", RAW, when=downloadable, done=raw_files_present,
-          summary="a real dataset's public files -> dataset.raw_dir (only when missing)"),
-    # The `engine` section (embedded | spark, conf/engine/) is in no hash: both engines write the same
-    # prepare and text outputs (tests/test_spark.py), so switching engines reuses finished stages. Only the
-    # layout of data/events.parquet differs (a file, or a directory of sorted parts), and every reader takes both.
-    Stage("prepare", "data", SHARED, sections=("dataset", "splits"),
-          summary="raw files -> canonical events, targets, splits"),
-    # augment.mix is read by the text stage, not by augment: changing the mix must not regenerate.
-    Stage("augment", "augment", SHARED, inputs=(Input("prepare"),), sections=("augment", "dataset", "text"),
-          operational=("augment.mix", "augment.cpu_threads", "text.chunk_events"), when=augment_configured,
-          summary="a generator LM rewrites clients' histories (optional)"),
-    Stage("text", "text", SHARED, inputs=(Input("prepare"), Input("augment", mixing)),
-          sections=("text", "dataset"),
-          # chunk_events: how many events are rendered at once (memory); every client is whole in one chunk and
-          # its text depends only on its events and the dataset-level context, so the outputs do not depend on it.
-          operational=("text.chunk_events",),
-          extra_sections=lambda cfg: ["augment.mix"] if mixing(cfg) else [],
-          summary="events -> one text per client"),
-    # tokenizer .. export run only for a run that uses its own LM (embed.model unset, or fine-tuning from hf/).
-    Stage("tokenizer", "tokenizer", SHARED, inputs=(Input("text", domain_tokenizer),), sections=("tokenizer",),
-          when=own_model, summary="domain BPE trained on train texts, or a local pretrained tokenizer"),
-    # shards.workers: processes encoding the parts; the parts (shards.samples_per_part) fix the layout.
-    Stage("shards", "mds", SHARED, inputs=(Input("text"), Input("tokenizer")), sections=("max_seq_len", "shards"),
-          operational=("shards.workers",), when=own_model,
-          summary="texts -> pre-tokenized MDS shards"),
-    # aggregates and oracle under the protocol, once for every seed (with validate.lightgbm_seed=run they depend
-    # on the seed and validate builds them itself). Its folder holds their features, results and predictions.
-    Stage("baselines", "baselines", SHARED, inputs=(Input("prepare"),),
-          sections=("validate.aggregates", "validate.lightgbm", "validate.lightgbm_seed", "splits.n_folds",
-                    "dataset.task", "dataset.n_classes", "dataset.metrics", "dataset.id_column",
-                    "dataset.categorical"),
-          when=shared_baselines, summary="the seed-independent feature sets (aggregates, oracle), validated once"),
-    Stage("pretrain", "checkpoints", SEED, inputs=(Input("tokenizer"), Input("shards")),
-          sections=("model", "max_seq_len", "seed", "trainer"),
-          operational=("trainer.device_train_microbatch_size", "trainer.device_eval_batch_size",
-                       "trainer.num_workers", "trainer.cpu_threads", "trainer.console_log_interval",
-                       "trainer.dist_timeout", "trainer.loggers", "trainer.logger_settings",
-                       "trainer.save_num_checkpoints_to_keep"),
-          when=own_model, summary="next-token pretraining (llm-foundry + Composer)"),
-    Stage("export", "hf", SEED, inputs=(Input("pretrain"),), sections=("export",),
-          operational=("export.verify_batch_size",), when=own_model, summary="Composer checkpoint -> HF directory"),
-    # embed.model=DIR applies another model (no export input); embed.incremental only decides whether rows of
-    # the previous embeddings are reused (they are equal to recomputed ones up to float summation order).
-    Stage("embed", "embeddings", SEED, inputs=(Input("text"), Input("export", lambda cfg: not applies_model(cfg))),
-          sections=("embed", "dataset.id_column"), operational=("embed.incremental",),
-          external=applied_model_identity, summary="one pooled vector per client"),
-    Stage("finetune", "finetune", SEED,
-          inputs=(Input("prepare"), Input("text"), Input("export", finetune_from_export)),
-          sections=("finetune", "seed", "max_seq_len", "splits.n_folds", "dataset.n_classes", "dataset.metrics"),
-          operational=("finetune.training.eval_batch_size", "finetune.training.cpu_threads",
-                       "finetune.training.num_workers", "finetune.training.gradient_checkpointing"),
-          when=finetune_configured, summary="supervised fine-tuning on the target, per fold (optional)"),
-    Stage("coles", "coles", SEED, inputs=(Input("prepare"),),
-          sections=("coles", "seed", "dataset.id_column", "dataset.categorical", "dataset.time_origin"),
-          operational=("coles.num_workers", "coles.inference_batch_size"),
-          when=validates("coles"), summary="the CoLES baseline (ptls)"),
-    Stage("validate", "validation", SEED,
-          inputs=(Input("prepare"), Input("baselines", shared_baselines), Input("embed", validates("llm")),
-                  Input("coles", validates("coles")), Input("finetune", finetune_configured)),
-          sections=("validate", "seed", "splits.n_folds", "dataset.task", "dataset.n_classes",
-                    "dataset.metrics", "dataset.id_column", "dataset.categorical"),
-          operational=("validate.n_jobs",), summary="feature sets under the ptls protocol"),
-    Stage("report", "report", EXPERIMENT, in_pipeline=False, summary="tables and plots over seeds"),
-)}
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        # Writes raw_dir, not a run-directory folder: no hash, no _SUCCESS.json; done when the files are there
+        # (they are verified against dataset.download's sizes and checksums when fetched; see llm4trx.data.fetch).
+        Stage(
+            "download",
+            "",
+            RAW,
+            when=downloadable,
+            done=raw_files_present,
+            summary="a real dataset's public files -> dataset.raw_dir (only when missing)",
+        ),
+        # The `engine` section (embedded | spark, conf/engine/) is in no hash: both engines write the same
+        # prepare and text outputs (tests/test_spark.py), so switching engines reuses finished stages. Only the
+        # layout of data/events.parquet differs (a file, or a directory of sorted parts), and every reader takes both.
+        Stage(
+            "prepare",
+            "data",
+            SHARED,
+            sections=("dataset", "splits"),
+            summary="raw files -> canonical events, targets, splits",
+        ),
+        # augment.mix is read by the text stage, not by augment: changing the mix must not regenerate.
+        Stage(
+            "augment",
+            "augment",
+            SHARED,
+            inputs=(Input("prepare"),),
+            sections=("augment", "dataset", "text"),
+            operational=("augment.mix", "augment.cpu_threads", "text.chunk_events"),
+            when=augment_configured,
+            summary="a generator LM rewrites clients' histories (optional)",
+        ),
+        Stage(
+            "text",
+            "text",
+            SHARED,
+            inputs=(Input("prepare"), Input("augment", mixing)),
+            sections=("text", "dataset"),
+            # chunk_events: how many events are rendered at once (memory); every client is whole in one chunk and
+            # its text depends only on its events and the dataset-level context, so the outputs do not depend on it.
+            operational=("text.chunk_events",),
+            extra_sections=lambda cfg: ["augment.mix"] if mixing(cfg) else [],
+            summary="events -> one text per client",
+        ),
+        # tokenizer .. export run only for a run that uses its own LM (embed.model unset, or fine-tuning from hf/).
+        Stage(
+            "tokenizer",
+            "tokenizer",
+            SHARED,
+            inputs=(Input("text", domain_tokenizer),),
+            sections=("tokenizer",),
+            when=own_model,
+            summary="domain BPE trained on train texts, or a local pretrained tokenizer",
+        ),
+        # shards.workers: processes encoding the parts; the parts (shards.samples_per_part) fix the layout.
+        Stage(
+            "shards",
+            "mds",
+            SHARED,
+            inputs=(Input("text"), Input("tokenizer")),
+            sections=("max_seq_len", "shards"),
+            operational=("shards.workers",),
+            when=own_model,
+            summary="texts -> pre-tokenized MDS shards",
+        ),
+        # aggregates and oracle under the protocol, once for every seed (with validate.lightgbm_seed=run they depend
+        # on the seed and validate builds them itself). Its folder holds their features, results and predictions.
+        Stage(
+            "baselines",
+            "baselines",
+            SHARED,
+            inputs=(Input("prepare"),),
+            sections=(
+                "validate.aggregates",
+                "validate.lightgbm",
+                "validate.lightgbm_seed",
+                "splits.n_folds",
+                "dataset.task",
+                "dataset.n_classes",
+                "dataset.metrics",
+                "dataset.id_column",
+                "dataset.categorical",
+            ),
+            when=shared_baselines,
+            summary="the seed-independent feature sets (aggregates, oracle), validated once",
+        ),
+        Stage(
+            "pretrain",
+            "checkpoints",
+            SEED,
+            inputs=(Input("tokenizer"), Input("shards")),
+            sections=("model", "max_seq_len", "seed", "trainer"),
+            operational=(
+                "trainer.device_train_microbatch_size",
+                "trainer.device_eval_batch_size",
+                "trainer.num_workers",
+                "trainer.cpu_threads",
+                "trainer.console_log_interval",
+                "trainer.dist_timeout",
+                "trainer.loggers",
+                "trainer.logger_settings",
+                "trainer.save_num_checkpoints_to_keep",
+            ),
+            when=own_model,
+            summary="next-token pretraining (llm-foundry + Composer)",
+        ),
+        Stage(
+            "export",
+            "hf",
+            SEED,
+            inputs=(Input("pretrain"),),
+            sections=("export",),
+            operational=("export.verify_batch_size",),
+            when=own_model,
+            summary="Composer checkpoint -> HF directory",
+        ),
+        # embed.model=DIR applies another model (no export input); embed.incremental only decides whether rows of
+        # the previous embeddings are reused (they are equal to recomputed ones up to float summation order).
+        Stage(
+            "embed",
+            "embeddings",
+            SEED,
+            inputs=(Input("text"), Input("export", lambda cfg: not applies_model(cfg))),
+            sections=("embed", "dataset.id_column"),
+            operational=("embed.incremental",),
+            external=applied_model_identity,
+            summary="one pooled vector per client",
+        ),
+        Stage(
+            "finetune",
+            "finetune",
+            SEED,
+            inputs=(Input("prepare"), Input("text"), Input("export", finetune_from_export)),
+            sections=("finetune", "seed", "max_seq_len", "splits.n_folds", "dataset.n_classes", "dataset.metrics"),
+            operational=(
+                "finetune.training.eval_batch_size",
+                "finetune.training.cpu_threads",
+                "finetune.training.num_workers",
+                "finetune.training.gradient_checkpointing",
+            ),
+            when=finetune_configured,
+            summary="supervised fine-tuning on the target, per fold (optional)",
+        ),
+        Stage(
+            "coles",
+            "coles",
+            SEED,
+            inputs=(Input("prepare"),),
+            sections=("coles", "seed", "dataset.id_column", "dataset.categorical", "dataset.time_origin"),
+            operational=("coles.num_workers", "coles.inference_batch_size"),
+            when=validates("coles"),
+            summary="the CoLES baseline (ptls)",
+        ),
+        Stage(
+            "validate",
+            "validation",
+            SEED,
+            inputs=(
+                Input("prepare"),
+                Input("baselines", shared_baselines),
+                Input("embed", validates("llm")),
+                Input("coles", validates("coles")),
+                Input("finetune", finetune_configured),
+            ),
+            sections=(
+                "validate",
+                "seed",
+                "splits.n_folds",
+                "dataset.task",
+                "dataset.n_classes",
+                "dataset.metrics",
+                "dataset.id_column",
+                "dataset.categorical",
+            ),
+            operational=("validate.n_jobs",),
+            summary="feature sets under the ptls protocol",
+        ),
+        Stage("report", "report", EXPERIMENT, in_pipeline=False, summary="tables and plots over seeds"),
+    )
+}
 
 
 def get(name: str) -> Stage:

@@ -34,7 +34,9 @@ ENGINES = ("embedded", "spark")
 def engine_of(cfg: DictConfig) -> str:
     """The configured engine of prepare/text ("embedded" when the config has no engine section)."""
     engine = cfg.get("engine")
-    name = "embedded" if engine is None else str(engine.get("name", "embedded") if OmegaConf.is_dict(engine) else engine)
+    name = (
+        "embedded" if engine is None else str(engine.get("name", "embedded") if OmegaConf.is_dict(engine) else engine)
+    )
     if name not in ENGINES:
         raise ConfigError(f"engine={name!r} is not one of {list(ENGINES)} (conf/engine/)")
     return name
@@ -67,7 +69,7 @@ def standalone_masters(master: str) -> list[tuple[str, int]]:
     if not master.startswith("spark://"):
         return []
     out = []
-    for part in master[len("spark://"):].split(","):
+    for part in master[len("spark://") :].split(","):
         host, sep, port = part.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"engine.spark.master={master}: {part!r} is not host:port (e.g. spark://head:7077)")
@@ -89,9 +91,11 @@ def probe_master(master: str, timeout: float) -> None:
                 return
         except OSError as err:
             reasons.append(f"{host}:{port}: {err.strerror or err or type(err).__name__}")
-    raise ConfigError(f"engine.spark.master={master}: no Spark master answers ({'; '.join(reasons)}; tried for at most "
-                      f"{timeout:g} s): start it ($SPARK_HOME/sbin/start-master.sh, scripts/slurm/spark_stages.sbatch) "
-                      "or fix the URL")
+    raise ConfigError(
+        f"engine.spark.master={master}: no Spark master answers ({'; '.join(reasons)}; tried for at most "
+        f"{timeout:g} s): start it ($SPARK_HOME/sbin/start-master.sh, scripts/slurm/spark_stages.sbatch) "
+        "or fix the URL"
+    )
 
 
 def session(cfg: DictConfig):
@@ -104,8 +108,10 @@ def session(cfg: DictConfig):
     if active is not None:
         return active
     if not java_available():
-        raise ConfigError("engine=spark needs Java 17 (java on PATH or JAVA_HOME): run scripts/setup.sh, or "
-                          "apt-get install openjdk-17-jre-headless")
+        raise ConfigError(
+            "engine=spark needs Java 17 (java on PATH or JAVA_HOME): run scripts/setup.sh, or "
+            "apt-get install openjdk-17-jre-headless"
+        )
     spark_cfg = cfg.engine.spark
     master = str(spark_cfg.get("master") or "")
     timeout = float(spark_cfg.get("connect_timeout") or 10)
@@ -130,6 +136,10 @@ def session(cfg: DictConfig):
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    log.info("spark %s, master %s, default parallelism %d", spark.version, spark.sparkContext.master,
-             spark.sparkContext.defaultParallelism)
+    log.info(
+        "spark %s, master %s, default parallelism %d",
+        spark.version,
+        spark.sparkContext.master,
+        spark.sparkContext.defaultParallelism,
+    )
     return spark

@@ -84,6 +84,7 @@ def require(cfg: DictConfig, stage: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ hashing
 
+
 def _drop(tree: Any, parts: list[str]) -> None:
     if not isinstance(tree, dict) or not parts:
         return
@@ -137,8 +138,14 @@ def is_up_to_date(cfg: DictConfig, stage: str) -> bool:
         return False
 
 
-def write_success(folder: Path, want_hash: str, started: float, counts: dict[str, Any] | None = None,
-                  cfg: DictConfig | None = None, stage: str | None = None) -> None:
+def write_success(
+    folder: Path,
+    want_hash: str,
+    started: float,
+    counts: dict[str, Any] | None = None,
+    cfg: DictConfig | None = None,
+    stage: str | None = None,
+) -> None:
     """`_SUCCESS.json` of a finished folder; with `cfg` and `stage`, also what the hash covers (for people)."""
     record = {
         "stage": stage,
@@ -155,6 +162,7 @@ def write_success(folder: Path, want_hash: str, started: float, counts: dict[str
 
 
 # ------------------------------------------------------------------------------------------ atomic folders
+
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished folder `src` to `dst`, replacing an older `dst` (two renames; no partial state)."""

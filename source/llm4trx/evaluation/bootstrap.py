@@ -64,8 +64,14 @@ class Gap:
     n_seeds: int
 
     def as_dict(self) -> dict:
-        return {"gap": self.gap, "low": self.low, "high": self.high, "verdict": self.verdict,
-                "n_clients": self.n_clients, "n_seeds": self.n_seeds}
+        return {
+            "gap": self.gap,
+            "low": self.low,
+            "high": self.high,
+            "verdict": self.verdict,
+            "n_clients": self.n_clients,
+            "n_seeds": self.n_seeds,
+        }
 
 
 def verdict(low: float, high: float) -> str:
@@ -76,26 +82,47 @@ def verdict(low: float, high: float) -> str:
     return VERDICTS[1]
 
 
-def paired_gap(metric: str, y: np.ndarray, proba_a: list[np.ndarray], proba_b: list[np.ndarray],
-               counts: np.ndarray, level: float = 0.95) -> Gap:
+def paired_gap(
+    metric: str,
+    y: np.ndarray,
+    proba_a: list[np.ndarray],
+    proba_b: list[np.ndarray],
+    counts: np.ndarray,
+    level: float = 0.95,
+) -> Gap:
     """Gap metric(a) - metric(b): its value on all clients and its paired bootstrap interval. `proba_a[i]` and
     `proba_b[i]` are seed i's (clients x classes) probabilities, rows in the order of `y`; `counts` comes from
     resample_counts(len(y), ...)."""
     if len(proba_a) != len(proba_b) or not proba_a:
         raise ValueError(f"need the same seeds for both sides, got {len(proba_a)} and {len(proba_b)}")
     everyone = np.ones((1, len(y)))
-    point = np.mean([weighted_metric(metric, y, a, everyone) - weighted_metric(metric, y, b, everyone)
-                     for a, b in zip(proba_a, proba_b)])
-    resampled = np.mean([weighted_metric(metric, y, a, counts) - weighted_metric(metric, y, b, counts)
-                         for a, b in zip(proba_a, proba_b)], axis=0)
+    point = np.mean(
+        [
+            weighted_metric(metric, y, a, everyone) - weighted_metric(metric, y, b, everyone)
+            for a, b in zip(proba_a, proba_b)
+        ]
+    )
+    resampled = np.mean(
+        [
+            weighted_metric(metric, y, a, counts) - weighted_metric(metric, y, b, counts)
+            for a, b in zip(proba_a, proba_b)
+        ],
+        axis=0,
+    )
     tail = 100 * (1 - level) / 2
     low, high = np.nanpercentile(resampled, [tail, 100 - tail])
     return Gap(float(point), float(low), float(high), verdict(low, high), len(y), len(proba_a))
 
 
 # The gaps the report states: the LM against each baseline, and what the LM adds to a baseline.
-GAPS = (("llm", "aggregates"), ("llm", "coles"), ("llm", "random"), ("llm+aggregates", "aggregates"),
-        ("llm+coles", "coles"), ("llm+coles", "llm"))
+GAPS = (
+    ("llm", "aggregates"),
+    ("llm", "coles"),
+    ("llm", "random"),
+    ("llm+aggregates", "aggregates"),
+    ("llm+coles", "coles"),
+    ("llm+coles", "llm"),
+)
 
 
 def aligned(frames: dict, name: str, split: str, ids: np.ndarray | None):
@@ -110,15 +137,20 @@ def aligned(frames: dict, name: str, split: str, ids: np.ndarray | None):
         if ids is None:
             ids = rows.index.to_numpy()
         if len(rows) != len(ids) or not rows.index.isin(ids).all():
-            raise ValueError(f"seed {seed}: feature set {name!r} has {len(rows)} {split} clients, "
-                             f"the other seeds {len(ids)} (results of different splits?)")
+            raise ValueError(
+                f"seed {seed}: feature set {name!r} has {len(rows)} {split} clients, "
+                f"the other seeds {len(ids)} (results of different splits?)"
+            )
         rows = rows.loc[ids]
         columns = [c for c in rows.columns if c.startswith("p_")]
         by_seed[seed] = rows[columns].to_numpy(dtype=np.float64)
         classes = [c[2:] for c in columns]
         labels = rows["target"].astype(str).to_numpy()
-        targets = np.searchsorted(classes, labels) if classes == sorted(classes) else \
-            np.array([classes.index(v) for v in labels])
+        targets = (
+            np.searchsorted(classes, labels)
+            if classes == sorted(classes)
+            else np.array([classes.index(v) for v in labels])
+        )
     return ids, targets, by_seed
 
 
@@ -128,14 +160,17 @@ def pairs_for(names, pairs=GAPS) -> list[tuple[str, str]]:
     llms = sorted(n for n in names if n == "llm" or (n.startswith("llm:") and "+" not in n)) or ["llm"]
     out = []
     for llm in llms:
+
         def sub(name: str) -> str:
             return "+".join(llm if part == "llm" else part for part in name.split("+"))
+
         out += [p for p in ((sub(a), sub(b)) for a, b in pairs) if p not in out]
     return out
 
 
-def report_gaps(frames: dict, metrics: list[str], n_resamples: int, seed: int, level: float = 0.95,
-                pairs=None) -> list[dict]:
+def report_gaps(
+    frames: dict, metrics: list[str], n_resamples: int, seed: int, level: float = 0.95, pairs=None
+) -> list[dict]:
     """Every pair (a, b) present in the seeds' prediction frames ({seed: frame}): per split (test, val) and
     metric, metric(a) - metric(b) averaged over the seeds that have both, with its paired bootstrap interval.
     The resamples of a split are the same for every pair, metric and seed. pairs: default GAPS for every LM row."""

@@ -27,7 +27,7 @@ def pairwise_distances(x: torch.Tensor, eps: float = PAIRWISE_EPS) -> torch.Tens
     ||a - b||^2 + 2 eps (sum a - sum b) + d eps^2, expanded (no n*n*d tensor)."""
     sq = (x * x).sum(dim=1)
     s = x.sum(dim=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t()) + 2.0 * eps * (s[:, None] - s[None, :]) + x.size(1) * eps ** 2
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t()) + 2.0 * eps * (s[:, None] - s[None, :]) + x.size(1) * eps**2
     return d2.clamp_min(0).sqrt()
 
 
@@ -43,10 +43,12 @@ class FastHardNegativePairSelector(HardNegativePairSelector):
         upper_bound = int((2 * n) ** 0.5) + 1  # as ptls: larger = nearer, 0 on positives
         scores = (upper_bound - distances) * (~same).to(distances.dtype)
         _, indices = scores.topk(k=self.neg_count, dim=0, largest=True)
-        negative_pairs = torch.stack([
-            torch.arange(0, n, dtype=indices.dtype, device=indices.device).repeat(self.neg_count),
-            torch.cat(indices.unbind(dim=0)),
-        ]).t()
+        negative_pairs = torch.stack(
+            [
+                torch.arange(0, n, dtype=indices.dtype, device=indices.device).repeat(self.neg_count),
+                torch.cat(indices.unbind(dim=0)),
+            ]
+        ).t()
         return positive_pairs, negative_pairs
 
 
@@ -79,8 +81,10 @@ def embedding_specs(c, sizes: dict[str, int]) -> dict[str, dict]:
     given = dict(c.get("embeddings") or {})
     unknown = sorted(set(given) - set(sizes))
     if unknown:
-        raise ConfigError(f"coles.embeddings: {unknown} not among the CoLES columns {sorted(sizes)} "
-                          f"(coles.categorical, the dataset's categoricals, coles.time_features)")
+        raise ConfigError(
+            f"coles.embeddings: {unknown} not among the CoLES columns {sorted(sizes)} "
+            f"(coles.categorical, the dataset's categoricals, coles.time_features)"
+        )
     specs = {}
     for col, size in sizes.items():
         if col in given:
@@ -104,8 +108,13 @@ def build_seq_encoder(c, sizes: dict[str, int]):
         norm_embeddings=bool(c.norm_embeddings),
         use_batch_norm_with_lens=bool(c.use_batch_norm_with_lens),
     )
-    return RnnSeqEncoder(trx_encoder=trx_encoder, hidden_size=int(c.hidden_size), type=encoder_type,
-                         bidir=bool(c.bidir), trainable_starter=str(c.trainable_starter))
+    return RnnSeqEncoder(
+        trx_encoder=trx_encoder,
+        hidden_size=int(c.hidden_size),
+        type=encoder_type,
+        bidir=bool(c.bidir),
+        trainable_starter=str(c.trainable_starter),
+    )
 
 
 def build_module(c, seq_encoder):
@@ -116,11 +125,13 @@ def build_module(c, seq_encoder):
     return CoLESModule(
         seq_encoder=seq_encoder,
         head=Head(use_norm_encoder=bool(c.use_norm_encoder)),
-        loss=ContrastiveLoss(margin=float(c.loss.margin),
-                             sampling_strategy=FastHardNegativePairSelector(neg_count=int(c.loss.neg_count))),
+        loss=ContrastiveLoss(
+            margin=float(c.loss.margin), sampling_strategy=FastHardNegativePairSelector(neg_count=int(c.loss.neg_count))
+        ),
         optimizer_partial=partial(torch.optim.Adam, lr=float(c.lr), weight_decay=float(c.weight_decay)),
-        lr_scheduler_partial=partial(torch.optim.lr_scheduler.StepLR, step_size=int(c.lr_step_size),
-                                     gamma=float(c.lr_step_gamma)),
+        lr_scheduler_partial=partial(
+            torch.optim.lr_scheduler.StepLR, step_size=int(c.lr_step_size), gamma=float(c.lr_step_gamma)
+        ),
     )
 
 
@@ -136,8 +147,9 @@ def build_datamodule(c, records: list[dict]):
         # As ptls-experiments' dataset_unsupervised: the dropout applies to the whole history, before slicing.
         data = AugmentationDataset(data, f_augmentations=[DropoutTrx(trx_dropout=float(c.trx_dropout))])
     return PtlsDataModule(
-        train_data=ColesDataset(data, splitter=SampleSlices(split_count=int(c.split_count), cnt_min=int(c.cnt_min),
-                                                            cnt_max=int(c.cnt_max))),
+        train_data=ColesDataset(
+            data, splitter=SampleSlices(split_count=int(c.split_count), cnt_min=int(c.cnt_min), cnt_max=int(c.cnt_max))
+        ),
         train_batch_size=int(c.batch_size),
         train_num_workers=int(c.num_workers),
     )
@@ -151,8 +163,14 @@ def train_encoder(records: list[dict], sizes: dict, c, seed: int, progress: bool
     seq_encoder = build_seq_encoder(c, sizes)
     module = build_module(c, seq_encoder)
     trainer = pl.Trainer(
-        max_epochs=int(c.max_epochs), accelerator="auto", devices=1, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+        max_epochs=int(c.max_epochs),
+        accelerator="auto",
+        devices=1,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
         callbacks=callbacks or [],
     )
     trainer.fit(module, build_datamodule(c, records))
@@ -173,6 +191,8 @@ def infer(seq_encoder, records: list[dict], batch_size: int, max_len: int | None
     device = next(seq_encoder.parameters()).device
     # A plain loop rather than ptls's InferenceModule + Trainer.predict: same encoder call, without a
     # DataFrame per row, and the rows stay aligned with `records`.
-    chunks = [seq_encoder(collate_feature_dict(records[i : i + batch_size]).to(device)).float().cpu().numpy()
-              for i in range(0, len(records), batch_size)]
+    chunks = [
+        seq_encoder(collate_feature_dict(records[i : i + batch_size]).to(device)).float().cpu().numpy()
+        for i in range(0, len(records), batch_size)
+    ]
     return np.concatenate(chunks).astype(np.float32)

@@ -17,8 +17,14 @@ from llm4trx.core.errors import ConfigError
 from llm4trx.data.sequences import ptls_records
 
 
-def aggregate_features(events: pd.DataFrame, categorical: list[str], numeric: list[str], fit_ids,
-                       batch_size: int = 1024, sizes: dict | None = None) -> pd.DataFrame:
+def aggregate_features(
+    events: pd.DataFrame,
+    categorical: list[str],
+    numeric: list[str],
+    fit_ids,
+    batch_size: int = 1024,
+    sizes: dict | None = None,
+) -> pd.DataFrame:
     """Count, sum/mean/std of each numeric column, and per category value its count, mean and std (the
     agg_features baseline of ptls-experiments), computed by ptls on the raw amounts. `sizes`
     (validate.aggregates.sizes): a fixed `in` per categorical column, as published (codes are frequency ranks, so
@@ -44,15 +50,15 @@ def aggregate_features(events: pd.DataFrame, categorical: list[str], numeric: li
             chunks.append(encoder(collate_feature_dict(records[start : start + batch_size])).numpy())
     matrix = np.concatenate(chunks).astype(np.float32)
     ids = [r["client_id"] for r in records]
-    return pd.DataFrame(matrix, index=pd.Index(ids, name="client_id"),
-                        columns=[f"agg_{j:04d}" for j in range(matrix.shape[1])])
+    return pd.DataFrame(
+        matrix, index=pd.Index(ids, name="client_id"), columns=[f"agg_{j:04d}" for j in range(matrix.shape[1])]
+    )
 
 
 def random_features(client_ids, dim: int, seed: int) -> pd.DataFrame:
     ids = sorted(client_ids)
     matrix = np.random.default_rng(seed).standard_normal((len(ids), dim)).astype(np.float32)
-    return pd.DataFrame(matrix, index=pd.Index(ids, name="client_id"),
-                        columns=[f"random_{j:04d}" for j in range(dim)])
+    return pd.DataFrame(matrix, index=pd.Index(ids, name="client_id"), columns=[f"random_{j:04d}" for j in range(dim)])
 
 
 def oracle_features(raw_dir, id_column: str) -> pd.DataFrame:
@@ -64,8 +70,10 @@ def oracle_features(raw_dir, id_column: str) -> pd.DataFrame:
 
     path = Path(raw_dir) / FACTORS
     if not path.is_file():
-        raise ConfigError(f"feature set oracle needs the synthetic generator's {path} (dataset=synthetic); "
-                          "drop oracle from validate.feature_sets for other data")
+        raise ConfigError(
+            f"feature set oracle needs the synthetic generator's {path} (dataset=synthetic); "
+            "drop oracle from validate.feature_sets for other data"
+        )
     frame = pd.read_csv(path, dtype={id_column: str})
     if id_column not in frame.columns:
         raise DataError(path, "client id column missing", column=id_column)
@@ -80,8 +88,9 @@ def concatenate(name: str, available: dict[str, pd.DataFrame]) -> pd.DataFrame:
     parts = name.split("+")
     unknown = [p for p in parts if p not in available]
     if len(parts) < 2 or unknown:
-        raise ConfigError(f"validate.concatenations entry {name!r}: want 'a+b' of feature sets "
-                          f"{sorted(available)}; unknown {unknown}")
+        raise ConfigError(
+            f"validate.concatenations entry {name!r}: want 'a+b' of feature sets {sorted(available)}; unknown {unknown}"
+        )
     return pd.concat([available[p] for p in parts], axis=1, join="inner")
 
 

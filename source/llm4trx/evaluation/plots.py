@@ -21,8 +21,15 @@ def plot_losses(losses: dict[str, list[dict[str, Any]]], dataset: str, path: Pat
             points = sorted((r["step"], r["loss"]) for r in records if r["split"] == split)
             if points:
                 steps, values = zip(*points)
-                ax.plot(steps, values, color=colours(i % 10), label=f"seed {seed}",
-                        marker="o" if split == "eval" else None, markersize=3, linewidth=1.2)
+                ax.plot(
+                    steps,
+                    values,
+                    color=colours(i % 10),
+                    label=f"seed {seed}",
+                    marker="o" if split == "eval" else None,
+                    markersize=3,
+                    linewidth=1.2,
+                )
     for ax, title in zip(axes, ("train loss", "eval loss (held-out pretraining clients)")):
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -71,8 +78,17 @@ def plot_metrics(summary: dict[str, Any], path: Path) -> None:
         bottom = max(0.0, math.floor((min(lows) - 0.05) * 20) / 20)
         top = max(highs) + 0.15 * (max(highs) - bottom) + 1e-3
         x = range(len(names))
-        ax.bar(x, [m - bottom for m in means], bottom=bottom, yerr=stds, capsize=5,
-               color=[colours(i % 10) for i in x], alpha=0.75, edgecolor="black", linewidth=0.6)
+        ax.bar(
+            x,
+            [m - bottom for m in means],
+            bottom=bottom,
+            yerr=stds,
+            capsize=5,
+            color=[colours(i % 10) for i in x],
+            alpha=0.75,
+            edgecolor="black",
+            linewidth=0.6,
+        )
         for i, values in enumerate(seeds):
             offsets = [(j - (len(values) - 1) / 2) * 0.08 for j in range(len(values))]
             ax.scatter([i + o for o in offsets], values, color="black", s=12, zorder=3)
@@ -83,7 +99,9 @@ def plot_metrics(summary: dict[str, Any], path: Path) -> None:
         ax.set_xticklabels(names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
         ax.set_title(f"test {metric}" + (" (headline)" if metric == summary["headline"] else ""))
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{summary['dataset']}: mean over {len(summary['seeds'])} seeds, error bar = std over seeds, dots = seeds")
+    fig.suptitle(
+        f"{summary['dataset']}: mean over {len(summary['seeds'])} seeds, error bar = std over seeds, dots = seeds"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -106,13 +124,35 @@ def plot_learning_curves(curves: dict[str, dict[str, Any]], dataset: str, path: 
                     axes[r][0].plot(steps, losses, color=colour, linestyle=style, linewidth=0.9, alpha=0.8, label=label)
                 points = curve["eval"]
                 steps = [p["step"] for p in points]
-                axes[r][1].plot(steps, [p["loss"] for p in points], color=colour, linestyle=style, marker="o",
-                                markersize=2.5, linewidth=1)
-                axes[r][2].plot(steps, [p[metric] for p in points], color=colour, linestyle=style, marker="o",
-                                markersize=2.5, linewidth=1)
+                axes[r][1].plot(
+                    steps,
+                    [p["loss"] for p in points],
+                    color=colour,
+                    linestyle=style,
+                    marker="o",
+                    markersize=2.5,
+                    linewidth=1,
+                )
+                axes[r][2].plot(
+                    steps,
+                    [p[metric] for p in points],
+                    color=colour,
+                    linestyle=style,
+                    marker="o",
+                    markersize=2.5,
+                    linewidth=1,
+                )
                 if curve["best_step"] is not None:
-                    axes[r][2].scatter([curve["best_step"]], [curve["best_metric"]], marker="*", s=70, color=colour,
-                                       edgecolor="black", linewidth=0.5, zorder=3)
+                    axes[r][2].scatter(
+                        [curve["best_step"]],
+                        [curve["best_metric"]],
+                        marker="*",
+                        s=70,
+                        color=colour,
+                        edgecolor="black",
+                        linewidth=0.5,
+                        zorder=3,
+                    )
     for r, run in enumerate(runs):
         for c, title in enumerate(("train loss", "held-out fold loss", f"held-out fold {metric} (★ best step)")):
             axes[r][c].set_title(f"{run}: {title}", fontsize=9)
@@ -137,15 +177,21 @@ def plot_gaps(summary: dict[str, Any], path: Path) -> None:
     styles = {"test": ("tab:blue", -0.12), "val": ("tab:orange", 0.12)}
     for ax, metric in zip(axes[0], metrics):
         for split, (colour, offset) in styles.items():
-            rows = [(pairs.index((g["a"], g["b"])), g) for g in summary["gaps"]
-                    if g["metric"] == metric and g["split"] == split]
+            rows = [
+                (pairs.index((g["a"], g["b"])), g)
+                for g in summary["gaps"]
+                if g["metric"] == metric and g["split"] == split
+            ]
             if not rows:
                 continue
             y = [i + offset for i, _ in rows]
             gap = [g["gap"] for _, g in rows]
             err = [[g["gap"] - g["low"] for _, g in rows], [g["high"] - g["gap"] for _, g in rows]]
-            label = f"{split} ({rows[0][1]['n_clients']} clients)" if split == "test" else \
-                f"val out-of-fold ({rows[0][1]['n_clients']} clients)"
+            label = (
+                f"{split} ({rows[0][1]['n_clients']} clients)"
+                if split == "test"
+                else f"val out-of-fold ({rows[0][1]['n_clients']} clients)"
+            )
             ax.errorbar(gap, y, xerr=err, fmt="o", color=colour, capsize=4, label=label)
         ax.axvline(0, color="black", linestyle="--", linewidth=0.8)
         ax.set_yticks(range(len(pairs)))
@@ -155,8 +201,10 @@ def plot_gaps(summary: dict[str, Any], path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     boot = summary["bootstrap"]
-    fig.suptitle(f"{summary['dataset']}: gaps with {100 * boot['level']:.0f} % paired bootstrap intervals over "
-                 f"clients ({boot['n']} resamples, {len(summary['gap_seeds'])} seeds pooled)")
+    fig.suptitle(
+        f"{summary['dataset']}: gaps with {100 * boot['level']:.0f} % paired bootstrap intervals over "
+        f"clients ({boot['n']} resamples, {len(summary['gap_seeds'])} seeds pooled)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

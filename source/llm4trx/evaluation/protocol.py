@@ -60,8 +60,10 @@ def load_labels(data_dir: Path, n_folds: int) -> Labels:
     targets_path, splits_path = data_dir / "targets.parquet", data_dir / "splits.parquet"
     targets = pd.read_parquet(targets_path)
     splits = pd.read_parquet(splits_path)
-    for path, frame, columns in ((targets_path, targets, ("client_id", "target")),
-                                 (splits_path, splits, ("client_id", "split", "fold", "labeled"))):
+    for path, frame, columns in (
+        (targets_path, targets, ("client_id", "target")),
+        (splits_path, splits, ("client_id", "split", "fold", "labeled")),
+    ):
         for column in columns:
             if column not in frame.columns:
                 raise DataError(path, "column missing", column=column)
@@ -71,53 +73,77 @@ def load_labels(data_dir: Path, n_folds: int) -> Labels:
     labeled = splits[splits["labeled"]].merge(targets, on="client_id", how="left", validate="one_to_one")
     if labeled["target"].isna().any():
         cid = labeled.loc[labeled["target"].isna(), "client_id"].iloc[0]
-        raise DataError(targets_path, f"client {cid!r} is labeled in {splits_path.name} but has no target",
-                        column="client_id")
+        raise DataError(
+            targets_path, f"client {cid!r} is labeled in {splits_path.name} but has no target", column="client_id"
+        )
     # The protocol's row order: natural id order, as the folds were assigned (see the module docstring).
     position = {cid: i for i, cid in enumerate(natural_sorted(labeled["client_id"]))}
     labeled = labeled.iloc[np.argsort([position[str(cid)] for cid in labeled["client_id"]], kind="stable")]
     test = labeled[labeled["split"] == "test"]
     train = labeled[labeled["split"] != "test"]
     if len(train) < n_folds:
-        raise DataError(splits_path, f"{len(train)} labeled non-test clients, fewer than the {n_folds} folds",
-                        column="fold")
+        raise DataError(
+            splits_path, f"{len(train)} labeled non-test clients, fewer than the {n_folds} folds", column="fold"
+        )
     if train["target"].nunique() < 2:
-        raise DataError(targets_path, f"the labeled non-test clients have one class only "
-                        f"({train['target'].iloc[0]!r}); a classifier needs two", column="target")
+        raise DataError(
+            targets_path,
+            f"the labeled non-test clients have one class only ({train['target'].iloc[0]!r}); a classifier needs two",
+            column="target",
+        )
     found = sorted(int(f) for f in train["fold"].unique())
     if found != list(range(n_folds)):
-        raise DataError(splits_path, f"labeled non-test clients carry folds {found}, expected 0..{n_folds - 1}",
-                        column="fold")
+        raise DataError(
+            splits_path, f"labeled non-test clients carry folds {found}, expected 0..{n_folds - 1}", column="fold"
+        )
     if len(test) == 0:
         raise DataError(splits_path, "no labeled test clients", column="split")
     y, folds = train["target"].to_numpy(), train["fold"].to_numpy()
-    fix = (f"the metrics need two classes in every part: label more clients (at least {n_folds} of each class "
-           f"among the non-test ones) or use fewer folds (splits.n_folds), then rerun prepare")
+    fix = (
+        f"the metrics need two classes in every part: label more clients (at least {n_folds} of each class "
+        f"among the non-test ones) or use fewer folds (splits.n_folds), then rerun prepare"
+    )
     for fold in found:
         for part, rows in (("validation", folds == fold), ("training", folds != fold)):
             classes = np.unique(y[rows])
             if len(classes) < 2:
-                raise DataError(targets_path, f"fold {fold}: its {part} part ({int(rows.sum())} clients) has one "
-                                f"class only ({classes[0].item()!r}); {fix}", column="target")
+                raise DataError(
+                    targets_path,
+                    f"fold {fold}: its {part} part ({int(rows.sum())} clients) has one "
+                    f"class only ({classes[0].item()!r}); {fix}",
+                    column="target",
+                )
     if test["target"].nunique() < 2:
-        raise DataError(targets_path, f"the {len(test)} test clients have one class only "
-                        f"({test['target'].to_numpy()[0].item()!r}); {fix}", column="target")
-    return Labels(train["client_id"].to_numpy(), train["target"].to_numpy(), train["fold"].to_numpy(),
-                  test["client_id"].to_numpy(), test["target"].to_numpy())
+        raise DataError(
+            targets_path,
+            f"the {len(test)} test clients have one class only ({test['target'].to_numpy()[0].item()!r}); {fix}",
+            column="target",
+        )
+    return Labels(
+        train["client_id"].to_numpy(),
+        train["target"].to_numpy(),
+        train["fold"].to_numpy(),
+        test["client_id"].to_numpy(),
+        test["target"].to_numpy(),
+    )
 
 
 def feature_matrix(features: pd.DataFrame, ids: np.ndarray, source: str | Path) -> np.ndarray:
     """Rows of `ids` in that order; every labeled client must be present and every value finite."""
     missing = pd.Index(ids).difference(features.index)
     if len(missing):
-        raise DataError(source, f"{len(missing)} labeled clients have no features, e.g. {list(missing[:3])}",
-                        column="client_id")
+        raise DataError(
+            source, f"{len(missing)} labeled clients have no features, e.g. {list(missing[:3])}", column="client_id"
+        )
     matrix = features.loc[ids].to_numpy(dtype=np.float32)
     bad = ~np.isfinite(matrix)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(source, f"{int(bad.sum())} NaN/inf values (first for client {ids[row]!r})",
-                        column=str(features.columns[col]))
+        raise DataError(
+            source,
+            f"{int(bad.sum())} NaN/inf values (first for client {ids[row]!r})",
+            column=str(features.columns[col]),
+        )
     return matrix
 
 
@@ -145,16 +171,31 @@ class Predictions:
     test: np.ndarray  # (len(labels.test_ids), len(classes))
 
 
-def cross_validate(name: str, features: pd.DataFrame, labels: Labels, metrics: list[str], lightgbm_params: dict,
-                   n_jobs: int, source: str | Path, on_fold: Callable[[], None] | None = None) -> dict:
+def cross_validate(
+    name: str,
+    features: pd.DataFrame,
+    labels: Labels,
+    metrics: list[str],
+    lightgbm_params: dict,
+    n_jobs: int,
+    source: str | Path,
+    on_fold: Callable[[], None] | None = None,
+) -> dict:
     """{metric: {val_mean, val_std, val_oof, test_mean, test_std, folds: [{fold, val, test}]}} for one feature
     set (see cross_validate_predict)."""
     return cross_validate_predict(name, features, labels, metrics, lightgbm_params, n_jobs, source, on_fold)[0]
 
 
-def cross_validate_predict(name: str, features: pd.DataFrame, labels: Labels, metrics: list[str],
-                           lightgbm_params: dict, n_jobs: int, source: str | Path,
-                           on_fold: Callable[[], None] | None = None) -> tuple[dict, Predictions]:
+def cross_validate_predict(
+    name: str,
+    features: pd.DataFrame,
+    labels: Labels,
+    metrics: list[str],
+    lightgbm_params: dict,
+    n_jobs: int,
+    source: str | Path,
+    on_fold: Callable[[], None] | None = None,
+) -> tuple[dict, Predictions]:
     """The protocol on one feature set: its summary (summarize_folds, plus `val_oof`: the metric on the
     out-of-fold predictions of all cross-validated clients at once) and its per-client predictions.
     A failing fold fails the whole call, naming the feature set and the fold."""
@@ -174,9 +215,14 @@ def cross_validate_predict(name: str, features: pd.DataFrame, labels: Labels, me
             model = make_model(lightgbm_params, threads).fit(x_train[fit_rows], labels.train_y[fit_rows])
             classes = model.classes_
             val_proba, test_proba = model.predict_proba(x_train[val_rows]), model.predict_proba(x_test)
-            scores = {m: {"fold": fold,
-                          "val": float(METRICS[m](labels.train_y[val_rows], val_proba, classes)),
-                          "test": float(METRICS[m](labels.test_y, test_proba, classes))} for m in metrics}
+            scores = {
+                m: {
+                    "fold": fold,
+                    "val": float(METRICS[m](labels.train_y[val_rows], val_proba, classes)),
+                    "test": float(METRICS[m](labels.test_y, test_proba, classes)),
+                }
+                for m in metrics
+            }
             return fold, scores, classes, val_proba, test_proba
         except Exception as err:
             raise RuntimeError(f"feature set {name!r}, fold {fold}: {type(err).__name__}: {err}") from err
@@ -189,8 +235,10 @@ def cross_validate_predict(name: str, features: pd.DataFrame, labels: Labels, me
     runner = Parallel(n_jobs=parallel, backend="threading", return_as="generator")
     for fold, scores, fold_classes, val_proba, test_proba in runner(delayed(fit_fold)(fold) for fold in folds):
         if not np.array_equal(fold_classes, classes):
-            raise RuntimeError(f"feature set {name!r}, fold {fold}: trained on classes {list(fold_classes)}, "
-                               f"the labeled clients have {list(classes)} (a class missing from the other folds)")
+            raise RuntimeError(
+                f"feature set {name!r}, fold {fold}: trained on classes {list(fold_classes)}, "
+                f"the labeled clients have {list(classes)} (a class missing from the other folds)"
+            )
         oof[labels.folds == fold] = val_proba
         test_sum += test_proba
         for m in metrics:
@@ -210,6 +258,11 @@ def summarize_folds(per_fold: dict[str, list[dict]]) -> dict[str, dict]:
     for m, rows in per_fold.items():
         val, test = np.array([r["val"] for r in rows]), np.array([r["test"] for r in rows])
         # std over the 5 folds with ddof=1, as pandas reports it (the embeddings_validation tables do the same).
-        result[m] = {"val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)),
-                     "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)), "folds": rows}
+        result[m] = {
+            "val_mean": float(val.mean()),
+            "val_std": float(val.std(ddof=1)),
+            "test_mean": float(test.mean()),
+            "test_std": float(test.std(ddof=1)),
+            "folds": rows,
+        }
     return result

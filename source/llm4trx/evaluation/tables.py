@@ -19,20 +19,33 @@ def results_table(results: dict) -> str:
         cells = [name, str(entry["n_features"])]
         for m in metrics:
             r = entry[m]
-            cells += [f"{r['val_mean']:.4f} ± {r['val_std']:.4f}", fmt(r.get("val_oof")),
-                      f"{r['test_mean']:.4f} ± {r['test_std']:.4f}"]
+            cells += [
+                f"{r['val_mean']:.4f} ± {r['val_std']:.4f}",
+                fmt(r.get("val_oof")),
+                f"{r['test_mean']:.4f} ± {r['test_std']:.4f}",
+            ]
         rows.append(cells)
     lines = [f"# Validation: {results['dataset']} ({results['task']})", "", *markdown_rows(header, rows)]
-    lines += ["", f"val: mean ± std over the {results['n_folds']} folds ({results['n_train']} clients); val OOF: "
-              f"the metric on the out-of-fold predictions of all {results['n_train']} at once; "
-              f"test: mean ± std of the {results['n_folds']} fold models on {results['n_test']} fixed test clients."]
+    lines += [
+        "",
+        f"val: mean ± std over the {results['n_folds']} folds ({results['n_train']} clients); val OOF: "
+        f"the metric on the out-of-fold predictions of all {results['n_train']} at once; "
+        f"test: mean ± std of the {results['n_folds']} fold models on {results['n_test']} fixed test clients.",
+    ]
     if results.get("from_baselines"):
-        lines += ["", f"{', '.join(results['from_baselines'])}: built and validated once per dataset by the "
-                  "baselines stage (seed-independent with validate.lightgbm_seed=fixed)."]
+        lines += [
+            "",
+            f"{', '.join(results['from_baselines'])}: built and validated once per dataset by the "
+            "baselines stage (seed-independent with validate.lightgbm_seed=fixed).",
+        ]
     seed = results.get("lightgbm_seed")
     if seed:
-        lines += ["", f"LightGBM random_state {seed['random_state']} (validate.lightgbm_seed={seed['mode']}: "
-                  + ("fixed, as ptls-experiments" if seed["mode"] == "fixed" else "the run's seed") + ")."]
+        lines += [
+            "",
+            f"LightGBM random_state {seed['random_state']} (validate.lightgbm_seed={seed['mode']}: "
+            + ("fixed, as ptls-experiments" if seed["mode"] == "fixed" else "the run's seed")
+            + ").",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -70,8 +83,14 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
 
 def gap_table(gaps: list[dict], metric: str) -> list[str]:
     """The report's gap table for one metric: a − b on test and on val, each with its interval and verdict."""
-    header = ["gap", f"{metric} test: a − b [95 % CI]", "test verdict", f"{metric} val OOF: a − b [95 % CI]",
-              "val verdict", "clients test / val"]
+    header = [
+        "gap",
+        f"{metric} test: a − b [95 % CI]",
+        "test verdict",
+        f"{metric} val OOF: a − b [95 % CI]",
+        "val verdict",
+        "clients test / val",
+    ]
     by_pair: dict[tuple, dict] = {}
     for g in gaps:
         if g["metric"] == metric:
@@ -81,9 +100,14 @@ def gap_table(gaps: list[dict], metric: str) -> list[str]:
         cells = [f"{a} − {b}"]
         for split in ("test", "val"):
             g = splits.get(split)
-            cells += ["–", "–"] if g is None else [f"{g['gap']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]",
-                                                   f"**{g['verdict']}**" if g["verdict"] != "not distinguishable"
-                                                   else g["verdict"]]
+            cells += (
+                ["–", "–"]
+                if g is None
+                else [
+                    f"{g['gap']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]",
+                    f"**{g['verdict']}**" if g["verdict"] != "not distinguishable" else g["verdict"],
+                ]
+            )
         cells.append(" / ".join(str(splits[s]["n_clients"]) if s in splits else "–" for s in ("test", "val")))
         rows.append(cells)
     return markdown_rows(header, rows)

@@ -25,8 +25,10 @@ SEED_MODES = ("fixed", "run")
 def lightgbm_seed_mode(cfg: DictConfig) -> str:
     mode = cfg.validate.get("lightgbm_seed", "fixed")
     if mode not in SEED_MODES:
-        raise ConfigError(f"validate.lightgbm_seed={mode!r} unknown; choose from {SEED_MODES} "
-                          "(fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed)")
+        raise ConfigError(
+            f"validate.lightgbm_seed={mode!r} unknown; choose from {SEED_MODES} "
+            "(fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed)"
+        )
     return mode
 
 
@@ -35,8 +37,10 @@ def lightgbm_params(cfg: DictConfig) -> dict:
     task = cfg.dataset.task
     if task not in v.lightgbm:
         raise ConfigError(f"validate.lightgbm has no parameters for dataset.task={task!r}")
-    params = {**OmegaConf.to_container(v.lightgbm[task], resolve=True),
-              **OmegaConf.to_container(v.lightgbm.get("common", {}), resolve=True)}
+    params = {
+        **OmegaConf.to_container(v.lightgbm[task], resolve=True),
+        **OmegaConf.to_container(v.lightgbm.get("common", {}), resolve=True),
+    }
     if lightgbm_seed_mode(cfg) == "run":
         params["random_state"] = int(cfg.seed)
     if task == "multiclass":
@@ -66,9 +70,13 @@ def seed_independent_sets(cfg: DictConfig) -> list[str]:
 def aggregates(cfg: DictConfig, events: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     """The aggregates feature set; category vocabularies fitted on the pretraining clients (train + val)."""
     pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]
-    return aggregate_features(events, categorical_columns(cfg.validate.aggregates.categorical, cfg.dataset.categorical),
-                              list(cfg.validate.aggregates.numeric), pretrain_ids,
-                              sizes=cfg.validate.aggregates.get("sizes"))
+    return aggregate_features(
+        events,
+        categorical_columns(cfg.validate.aggregates.categorical, cfg.dataset.categorical),
+        list(cfg.validate.aggregates.numeric),
+        pretrain_ids,
+        sizes=cfg.validate.aggregates.get("sizes"),
+    )
 
 
 def oracle(cfg: DictConfig) -> pd.DataFrame:
@@ -79,18 +87,36 @@ def oracle(cfg: DictConfig) -> pd.DataFrame:
 
 
 def predictions_frame(name: str, labels: Labels, predictions: Predictions) -> pd.DataFrame:
-    return prediction_rows(name, predictions.classes, labels.train_ids, labels.train_y, labels.folds,
-                           predictions.val, labels.test_ids, labels.test_y, predictions.test)
+    return prediction_rows(
+        name,
+        predictions.classes,
+        labels.train_ids,
+        labels.train_y,
+        labels.folds,
+        predictions.val,
+        labels.test_ids,
+        labels.test_y,
+        predictions.test,
+    )
 
 
 def log_entry(name: str, entry: dict, metric: str) -> None:
     head = entry[metric]
-    log.info("%s: %s val %.4f ± %.4f (out-of-fold %.4f), test %.4f ± %.4f", name, metric, head["val_mean"],
-             head["val_std"], head["val_oof"], head["test_mean"], head["test_std"])
+    log.info(
+        "%s: %s val %.4f ± %.4f (out-of-fold %.4f), test %.4f ± %.4f",
+        name,
+        metric,
+        head["val_mean"],
+        head["val_std"],
+        head["val_oof"],
+        head["test_mean"],
+        head["test_std"],
+    )
 
 
-def validate_sets(cfg: DictConfig, sets: dict[str, pd.DataFrame], sources: dict, labels: Labels,
-                  desc: str = "validate") -> tuple[dict, dict]:
+def validate_sets(
+    cfg: DictConfig, sets: dict[str, pd.DataFrame], sources: dict, labels: Labels, desc: str = "validate"
+) -> tuple[dict, dict]:
     """The protocol on every set: ({name: {n_features, metric summaries}}, {name: prediction frame})."""
     metrics, params, n_jobs = list(cfg.dataset.metrics), lightgbm_params(cfg), validation_jobs(cfg)
     n_folds = len(set(labels.folds))
@@ -98,8 +124,9 @@ def validate_sets(cfg: DictConfig, sets: dict[str, pd.DataFrame], sources: dict,
     with tqdm(total=len(sets) * n_folds, desc=desc, unit="fold", disable=not cfg.progress) as bar:
         for name, features in sets.items():
             bar.set_postfix_str(name)
-            entry, predictions = cross_validate_predict(name, features, labels, metrics, params, n_jobs,
-                                                        sources[name], on_fold=bar.update)
+            entry, predictions = cross_validate_predict(
+                name, features, labels, metrics, params, n_jobs, sources[name], on_fold=bar.update
+            )
             entries[name] = {"n_features": int(features.shape[1]), **entry}
             frames[name] = predictions_frame(name, labels, predictions)
             log_entry(name, entry, metrics[0])

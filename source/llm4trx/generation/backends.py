@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Sample:
     text: str
     finish_reason: str  # "stop" (end of sequence) | "length" (cut by max_tokens) | what vLLM reports
-    n_tokens: int       # generated tokens, the end-of-sequence token included
+    n_tokens: int  # generated tokens, the end-of-sequence token included
 
 
 class Backend(Protocol):
@@ -32,14 +32,18 @@ class Backend(Protocol):
 
 def generator_dir(acfg: DictConfig) -> Path:
     if not acfg.generator:
-        raise ConfigError("augment.generator is not set: give a local HF causal-LM directory "
-                          "(e.g. augment.generator=/models/Qwen2.5-7B-Instruct)")
+        raise ConfigError(
+            "augment.generator is not set: give a local HF causal-LM directory "
+            "(e.g. augment.generator=/models/Qwen2.5-7B-Instruct)"
+        )
     path = Path(acfg.generator)
     if not path.is_dir():
         raise ConfigError(f"augment.generator: directory {path} does not exist")
     if not (path / "config.json").is_file():
-        raise ConfigError(f"augment.generator: {path} has no config.json; it must be a HF model directory "
-                          "(save_pretrained, or the export stage's hf/)")
+        raise ConfigError(
+            f"augment.generator: {path} has no config.json; it must be a HF model directory "
+            "(save_pretrained, or the export stage's hf/)"
+        )
     return path
 
 
@@ -48,11 +52,16 @@ def context_length(acfg: DictConfig, path: Path) -> int:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
-    model_ctx = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
-                      if getattr(config, k, None)), None)
+    model_ctx = next(
+        (
+            getattr(config, k)
+            for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+            if getattr(config, k, None)
+        ),
+        None,
+    )
     if model_ctx is None:
-        raise ConfigError(f"augment.generator: {path}/config.json names no context length "
-                          "(max_position_embeddings)")
+        raise ConfigError(f"augment.generator: {path}/config.json names no context length (max_position_embeddings)")
     limit = acfg.get("vllm", {}).get("max_model_len") if acfg.backend == "vllm" else None
     if limit:
         if limit > model_ctx:
@@ -69,13 +78,17 @@ def check_environment(acfg: DictConfig) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("augment.backend=vllm needs a CUDA GPU and none is visible "
-                              "(torch.cuda.is_available() is False); use augment=hf on CPU")
+            raise ConfigError(
+                "augment.backend=vllm needs a CUDA GPU and none is visible "
+                "(torch.cuda.is_available() is False); use augment=hf on CPU"
+            )
         try:
             import vllm  # noqa: F401
         except ImportError as err:
-            raise ConfigError(f"augment.backend=vllm but vLLM does not import ({err}); "
-                              "install it with `pip install -r requirements-vllm.txt`") from err
+            raise ConfigError(
+                f"augment.backend=vllm but vLLM does not import ({err}); "
+                "install it with `pip install -r requirements-vllm.txt`"
+            ) from err
 
 
 def _torch_dtype(name: str, on_gpu: bool):
@@ -115,8 +128,13 @@ class HFBackend:
         s = acfg.sampling
         self.n, self.max_tokens = int(s.n), int(s.max_tokens)
         # use_cache: exported training configs may carry use_cache=false, which would recompute every step.
-        self.kwargs = dict(max_new_tokens=self.max_tokens, num_return_sequences=self.n, use_cache=True,
-                           pad_token_id=self.pad_id, eos_token_id=self.eos_ids)
+        self.kwargs = dict(
+            max_new_tokens=self.max_tokens,
+            num_return_sequences=self.n,
+            use_cache=True,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+        )
         if s.temperature > 0:
             self.kwargs.update(do_sample=True, temperature=float(s.temperature), top_p=float(s.top_p))
         else:
@@ -127,21 +145,24 @@ class HFBackend:
         torch.manual_seed(seed)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = self.pad_id
-        batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt",
-                                   return_attention_mask=True).to(self.device)
+        batch = self.tokenizer.pad(
+            {"input_ids": prompts}, padding=True, return_tensors="pt", return_attention_mask=True
+        ).to(self.device)
         with torch.inference_mode():
             out = self.model.generate(**batch, **self.kwargs)
-        new = out[:, batch["input_ids"].shape[1]:].tolist()
+        new = out[:, batch["input_ids"].shape[1] :].tolist()
         samples = []
         for row in new:
             stop = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             kept = row if stop is None else row[:stop]
-            samples.append(Sample(
-                text=self.tokenizer.decode(kept, skip_special_tokens=True),
-                finish_reason="stop" if stop is not None else "length",
-                n_tokens=len(kept) + (stop is not None),
-            ))
-        return [samples[i * self.n:(i + 1) * self.n] for i in range(len(prompts))]
+            samples.append(
+                Sample(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    finish_reason="stop" if stop is not None else "length",
+                    n_tokens=len(kept) + (stop is not None),
+                )
+            )
+        return [samples[i * self.n : (i + 1) * self.n] for i in range(len(prompts))]
 
 
 class VLLMBackend:
@@ -151,14 +172,20 @@ class VLLMBackend:
         from vllm import LLM, SamplingParams
 
         v = acfg.vllm
-        self.llm = LLM(model=str(path), tokenizer=str(path), dtype=acfg.dtype,
-                       tensor_parallel_size=int(v.tensor_parallel_size),
-                       gpu_memory_utilization=float(v.gpu_memory_utilization),
-                       max_model_len=v.max_model_len, enforce_eager=bool(v.enforce_eager),
-                       seed=int(acfg.sampling.seed))
+        self.llm = LLM(
+            model=str(path),
+            tokenizer=str(path),
+            dtype=acfg.dtype,
+            tensor_parallel_size=int(v.tensor_parallel_size),
+            gpu_memory_utilization=float(v.gpu_memory_utilization),
+            max_model_len=v.max_model_len,
+            enforce_eager=bool(v.enforce_eager),
+            seed=int(acfg.sampling.seed),
+        )
         s = acfg.sampling
-        self.params = dict(n=int(s.n), temperature=float(s.temperature), top_p=float(s.top_p),
-                           max_tokens=int(s.max_tokens))
+        self.params = dict(
+            n=int(s.n), temperature=float(s.temperature), top_p=float(s.top_p), max_tokens=int(s.max_tokens)
+        )
         self.SamplingParams = SamplingParams
 
     def generate(self, prompts: list[list[int]], seed: int) -> list[list[Sample]]:

@@ -27,6 +27,7 @@ from llm4trx.core.registry import mixing
 from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
 from llm4trx.core.stage import read_success, require
 
+
 def mix_into_train(
     cfg: DictConfig,
     train: pd.DataFrame,
@@ -50,12 +51,14 @@ def mix_into_train(
     base_ids = set(base["client_id"]) & train_ids
     wanted = set(m.prompts) if m.prompts else None
 
-    rows: list[tuple[str, str, str]] = []   # (client_id, source, text)
+    rows: list[tuple[str, str, str]] = []  # (client_id, source, text)
     skipped = 0
     for name in m.sources:
         if name not in outputs:
-            raise StageInputMissing(f"augment.mix.sources names {name!r} but {folder}/{name}.jsonl is not complete "
-                                    f"(done: {sorted(outputs)}); run `python -m llm4trx.augment augment.name={name}`")
+            raise StageInputMissing(
+                f"augment.mix.sources names {name!r} but {folder}/{name}.jsonl is not complete "
+                f"(done: {sorted(outputs)}); run `python -m llm4trx.augment augment.name={name}`"
+            )
         path = folder / outputs[name]["file"]
         with open(path, encoding="utf-8") as f:
             for row, line in enumerate(f, start=1):
@@ -79,8 +82,9 @@ def mix_into_train(
     per_client = base.drop_duplicates("client_id").set_index("client_id")
     added["n_events"] = per_client["n_events"].reindex(added["client_id"]).to_numpy()
     added["n_events_kept"] = per_client["n_events_kept"].reindex(added["client_id"]).to_numpy()
-    added["n_tokens"] = (np.asarray(count_tokens(added["text"].tolist()), np.int64)
-                         if count_tokens is not None and len(added) else None)
+    added["n_tokens"] = (
+        np.asarray(count_tokens(added["text"].tolist()), np.int64) if count_tokens is not None and len(added) else None
+    )
     base["source"] = "base"
     if not m.with_base:
         base["pretrain"] = ~base["client_id"].isin(chosen)
@@ -90,9 +94,12 @@ def mix_into_train(
         "enabled": True,
         "sources": {name: outputs[name]["config_hash"] for name in m.sources},
         "prompts": sorted(wanted) if wanted else None,
-        "fraction": float(m.fraction), "with_base": bool(m.with_base), "seed": int(m.seed),
+        "fraction": float(m.fraction),
+        "with_base": bool(m.with_base),
+        "seed": int(m.seed),
         "train_clients": int(base["client_id"].nunique()),
-        "clients_with_augmented": len(candidates), "clients_mixed": len(chosen),
+        "clients_with_augmented": len(candidates),
+        "clients_mixed": len(chosen),
         "texts_added": int(len(added)),
         "texts_per_source": {k: int(v) for k, v in added["source"].value_counts().sort_index().items()},
         "tokens_added": int(added["n_tokens"].sum()) if count_tokens is not None and len(added) else None,

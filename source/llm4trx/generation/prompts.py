@@ -66,8 +66,9 @@ def build_prompts(acfg: DictConfig) -> list[Prompt]:
         spec: dict[str, Any] = library[prompt_id] or {}
         unknown_keys = sorted(set(spec) - {"format", "analysis", "template"})
         if unknown_keys:
-            raise ConfigError(f"augment.prompts.{prompt_id}: unknown key(s) {unknown_keys}; "
-                              "known: format, analysis, template")
+            raise ConfigError(
+                f"augment.prompts.{prompt_id}: unknown key(s) {unknown_keys}; known: format, analysis, template"
+            )
         template = spec.get("template") or acfg.user_template
         _check_fields(f"augment.prompts.{prompt_id} template", template, KNOWN_FIELDS)
         fmt, analysis = spec.get("format", "free"), spec.get("analysis", "none")
@@ -75,10 +76,12 @@ def build_prompts(acfg: DictConfig) -> list[Prompt]:
             raise ConfigError(f"augment.prompts.{prompt_id}: format {fmt!r} not in augment.formats {sorted(formats)}")
         if analysis not in analyses:
             raise ConfigError(
-                f"augment.prompts.{prompt_id}: analysis {analysis!r} not in augment.analysis {sorted(analyses)}")
+                f"augment.prompts.{prompt_id}: analysis {analysis!r} not in augment.analysis {sorted(analyses)}"
+            )
         # Fill the prompt's own fields now; the client fields are re-emitted as themselves.
-        filled = template.format(format=formats[fmt], analysis=analyses[analysis] or "",
-                                 **{f: "{" + f + "}" for f in CLIENT_FIELDS})
+        filled = template.format(
+            format=formats[fmt], analysis=analyses[analysis] or "", **{f: "{" + f + "}" for f in CLIENT_FIELDS}
+        )
         prompts.append(Prompt(prompt_id, filled.rstrip()))
     return prompts
 
@@ -127,7 +130,9 @@ class ClientPrompter:
     def ids(self, prompt: Prompt, events: pd.DataFrame, n_events: int) -> list[int]:
         times = events["event_time"]
         user = prompt.template.format(
-            transactions=self.render(events), n_events=n_events, n_events_kept=len(events),
+            transactions=self.render(events),
+            n_events=n_events,
+            n_events_kept=len(events),
             start_date=f"{times.iloc[0]:%Y-%m-%d}" if len(events) else "-",
             end_date=f"{times.iloc[-1]:%Y-%m-%d}" if len(events) else "-",
         )
@@ -142,7 +147,7 @@ class ClientPrompter:
         lo, hi, best = 0, n_events - 1, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            cand = self.ids(prompt, events.iloc[n_events - mid:], n_events)
+            cand = self.ids(prompt, events.iloc[n_events - mid :], n_events)
             if len(cand) <= self.budget:
                 best, lo = (cand, mid), mid + 1
             else:
@@ -151,5 +156,6 @@ class ClientPrompter:
             raise ConfigError(
                 f"prompt {prompt.prompt_id!r} alone takes {len(self.ids(prompt, events.iloc[:0], n_events))} tokens, more "
                 f"than the {self.budget} left by the context after augment.sampling.max_tokens; "
-                "shorten the prompt or lower max_tokens")
+                "shorten the prompt or lower max_tokens"
+            )
         return best

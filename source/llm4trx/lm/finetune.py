@@ -45,6 +45,7 @@ TEXT_MARK = "\x00LLM4TRX_TEXT\x00"  # placeholder for the client's text inside t
 
 # ------------------------------------------------------------------------------------------ config
 
+
 def check_config(cfg: DictConfig) -> None:
     f = cfg.finetune
     runs = list(f.runs or [])
@@ -69,19 +70,26 @@ def check_config(cfg: DictConfig) -> None:
         if int(t[key]) < 1:
             raise ConfigError(f"finetune.training.{key}={t[key]}; want >= 1")
     if int(t.batch_size) % int(t.micro_batch_size):
-        raise ConfigError(f"finetune.training.batch_size={t.batch_size} is not a multiple of micro_batch_size="
-                          f"{t.micro_batch_size} (gradient accumulation = batch_size / micro_batch_size)")
+        raise ConfigError(
+            f"finetune.training.batch_size={t.batch_size} is not a multiple of micro_batch_size="
+            f"{t.micro_batch_size} (gradient accumulation = batch_size / micro_batch_size)"
+        )
     if any(f.methods[r].kind == "verbalizer" for r in runs):
         words = f.verbalizer.label_words
         if words is None:
-            raise ConfigError(f"finetune.verbalizer.label_words is not set for dataset loader "
-                              f"{cfg.dataset.loader!r}; set one word per class, e.g. finetune.verbalizer.label_words=[no,yes]")
+            raise ConfigError(
+                f"finetune.verbalizer.label_words is not set for dataset loader "
+                f"{cfg.dataset.loader!r}; set one word per class, e.g. finetune.verbalizer.label_words=[no,yes]"
+            )
         if f.verbalizer.get("unknown_words", "vocabulary") not in UNKNOWN_WORDS:
-            raise ConfigError(f"finetune.verbalizer.unknown_words={f.verbalizer.unknown_words!r}; choose one of "
-                              f"{UNKNOWN_WORDS}")
+            raise ConfigError(
+                f"finetune.verbalizer.unknown_words={f.verbalizer.unknown_words!r}; choose one of {UNKNOWN_WORDS}"
+            )
         if len(words) != int(cfg.dataset.n_classes):
-            raise ConfigError(f"finetune.verbalizer.label_words has {len(words)} words for dataset.n_classes="
-                              f"{cfg.dataset.n_classes}; give one word per class, class 0 first")
+            raise ConfigError(
+                f"finetune.verbalizer.label_words has {len(words)} words for dataset.n_classes="
+                f"{cfg.dataset.n_classes}; give one word per class, class 0 first"
+            )
     if t.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("finetune.training.device=cuda but no CUDA device is visible; use device=auto or cpu")
     if t.precision == "bf16" and not use_cuda(cfg):
@@ -96,17 +104,22 @@ def use_cuda(cfg: DictConfig) -> bool:
 def check_model_dir(path: Path) -> Path:
     path = Path(path)
     if not path.is_dir():
-        raise ConfigError(f"finetune.model={str(path)!r} is not a directory (a local HF causal LM: config.json, "
-                          "weights, tokenizer)")
+        raise ConfigError(
+            f"finetune.model={str(path)!r} is not a directory (a local HF causal LM: config.json, weights, tokenizer)"
+        )
     if not (path / "config.json").is_file():
         raise DataError(path, "no config.json: not a Hugging Face model directory")
     if not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
-        raise DataError(path, "model directory without weights (no *.safetensors or pytorch_model*.bin); "
-                        "export the model or point finetune.model at a checkpoint with its weights")
+        raise DataError(
+            path,
+            "model directory without weights (no *.safetensors or pytorch_model*.bin); "
+            "export the model or point finetune.model at a checkpoint with its weights",
+        )
     return path
 
 
 # ------------------------------------------------------------------------------------------ inputs
+
 
 @dataclass
 class Protocol:
@@ -142,26 +155,36 @@ def load_protocol(data_dir: Path, n_folds: int, n_classes: int) -> Protocol:
     cv = cv.merge(targets, on="client_id", how="left", validate="one_to_one").sort_values("client_id")
     if cv["target"].isna().any():
         cid = cv.loc[cv["target"].isna(), "client_id"].iloc[0]
-        raise DataError(targets_path, f"client {cid!r} is labeled in {splits_path.name} but has no target",
-                        column="target")
+        raise DataError(
+            targets_path, f"client {cid!r} is labeled in {splits_path.name} but has no target", column="target"
+        )
     y = cv["target"].to_numpy().astype(np.int64)
     bad = (y < 0) | (y >= n_classes)
     if bad.any():
         found = sorted(int(v) for v in np.unique(y))
-        raise DataError(targets_path, f"targets take values {found}, outside [0, {n_classes}) for dataset.n_classes="
-                        f"{n_classes} (client {cv['client_id'].iloc[int(np.argmax(bad))]!r}); fix the data or "
-                        "dataset.n_classes", column="target")
+        raise DataError(
+            targets_path,
+            f"targets take values {found}, outside [0, {n_classes}) for dataset.n_classes="
+            f"{n_classes} (client {cv['client_id'].iloc[int(np.argmax(bad))]!r}); fix the data or "
+            "dataset.n_classes",
+            column="target",
+        )
     folds = cv["fold"].to_numpy().astype(np.int64)
     found = sorted(int(v) for v in np.unique(folds))
     if found != list(range(n_folds)):
-        raise DataError(splits_path, f"labeled non-test clients carry folds {found}, expected 0..{n_folds - 1}",
-                        column="fold")
+        raise DataError(
+            splits_path, f"labeled non-test clients carry folds {found}, expected 0..{n_folds - 1}", column="fold"
+        )
     for fold in found:
         for part, rows in (("held-out", folds == fold), ("training", folds != fold)):
             classes = np.unique(y[rows])
             if len(classes) < 2:
-                raise DataError(targets_path, f"fold {fold}: its {part} clients have one class only "
-                                f"({int(classes[0])}); fine-tuning and its metrics need two", column="target")
+                raise DataError(
+                    targets_path,
+                    f"fold {fold}: its {part} clients have one class only "
+                    f"({int(classes[0])}); fine-tuning and its metrics need two",
+                    column="target",
+                )
     if len(test_ids) == 0:
         raise DataError(splits_path, "no labeled test clients", column="split")
     return Protocol(cv["client_id"].to_numpy(), y, folds, test_ids, n_classes)
@@ -173,12 +196,14 @@ def texts_of(text_dir: Path, ids: np.ndarray) -> dict[str, str]:
     texts = dict(zip(frame["client_id"], frame["text"]))
     missing = [cid for cid in ids if cid not in texts]
     if missing:
-        raise DataError(text_dir, f"{len(missing)} labeled clients have no text, e.g. {missing[:3]}",
-                        column="client_id")
+        raise DataError(
+            text_dir, f"{len(missing)} labeled clients have no text, e.g. {missing[:3]}", column="client_id"
+        )
     return {cid: texts[cid] for cid in ids}
 
 
 # ------------------------------------------------------------------------------------------ tokenization
+
 
 def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
@@ -206,28 +231,37 @@ def label_token_ids(tokenizer, words: list[str], prefix: str, unknown: str = "vo
     for word in words:
         tokens = tokenizer(prefix + str(word), add_special_tokens=False)["input_ids"]
         if not str(word) or not tokens:
-            raise ConfigError(f"finetune.verbalizer.label_words: {word!r} is empty for the tokenizer; "
-                              "choose a non-empty word")
+            raise ConfigError(
+                f"finetune.verbalizer.label_words: {word!r} is empty for the tokenizer; choose a non-empty word"
+            )
         ids.append(None if unk is not None and int(tokens[0]) == unk else int(tokens[0]))
     unknown_words = [str(w) for w, token in zip(words, ids) if token is None]
     if unknown_words:
         if unknown != "vocabulary":
-            raise ConfigError(f"finetune.verbalizer.label_words {unknown_words} are not in the tokenizer's "
-                              f"vocabulary (they tokenize to {tokenizer.unk_token!r}); choose words it knows, or "
-                              "finetune.verbalizer.unknown_words=vocabulary to score them by spare vocabulary tokens")
+            raise ConfigError(
+                f"finetune.verbalizer.label_words {unknown_words} are not in the tokenizer's "
+                f"vocabulary (they tokenize to {tokenizer.unk_token!r}); choose words it knows, or "
+                "finetune.verbalizer.unknown_words=vocabulary to score them by spare vocabulary tokens"
+            )
         taken = {t for t in ids if t is not None} | set(tokenizer.all_special_ids)
         spare = iter(sorted((i for i in tokenizer.get_vocab().values() if i not in taken), reverse=True))
         ids = [next(spare) if t is None else t for t in ids]
         chosen = {w: tokenizer.convert_ids_to_tokens(t) for w, t in zip(words, ids) if str(w) in unknown_words}
-        log.warning("finetune: label words %s are not in the tokenizer's vocabulary; scored by the vocabulary "
-                    "tokens %s instead (finetune.verbalizer.unknown_words=vocabulary)", unknown_words, chosen)
+        log.warning(
+            "finetune: label words %s are not in the tokenizer's vocabulary; scored by the vocabulary "
+            "tokens %s instead (finetune.verbalizer.unknown_words=vocabulary)",
+            unknown_words,
+            chosen,
+        )
     seen: dict[int, str] = {}
     for word, token in zip(words, ids):
         if token in seen:
             piece = tokenizer.convert_ids_to_tokens(token)
-            raise ConfigError(f"finetune.verbalizer.label_words {seen[token]!r} and {word!r} start with the same "
-                              f"token {piece!r} (id {token}) with word_prefix={prefix!r}; choose words whose first "
-                              "tokens differ (or change finetune.verbalizer.word_prefix)")
+            raise ConfigError(
+                f"finetune.verbalizer.label_words {seen[token]!r} and {word!r} start with the same "
+                f"token {piece!r} (id {token}) with word_prefix={prefix!r}; choose words whose first "
+                "tokens differ (or change finetune.verbalizer.word_prefix)"
+            )
         seen[token] = word
     return ids
 
@@ -247,12 +281,15 @@ def prompt_parts(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
     """Token ids before and after the client's text. With a chat template: the user message is the text plus
     the instruction, followed by the generation prompt (the answer's first token is the label word)."""
     if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": TEXT_MARK + instruction}],
-                                                 tokenize=False, add_generation_prompt=True)
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": TEXT_MARK + instruction}], tokenize=False, add_generation_prompt=True
+        )
         before, after = rendered.split(TEXT_MARK)
         # The template writes bos itself as text; tokenize without adding special tokens again.
-        return (tokenizer(before, add_special_tokens=False)["input_ids"],
-                tokenizer(after, add_special_tokens=False)["input_ids"])
+        return (
+            tokenizer(before, add_special_tokens=False)["input_ids"],
+            tokenizer(after, add_special_tokens=False)["input_ids"],
+        )
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     return bos, tokenizer(instruction, add_special_tokens=False)["input_ids"]
 
@@ -261,13 +298,16 @@ def verbalizer_sequences(tokenizer, texts: list[str], instruction: str, max_toke
     before, after = prompt_parts(tokenizer, instruction)
     room = max_tokens - len(before) - len(after)
     if room < 1:
-        raise ConfigError(f"finetune.max_tokens={max_tokens} leaves no room for text besides the prompt "
-                          f"({len(before) + len(after)} tokens)")
+        raise ConfigError(
+            f"finetune.max_tokens={max_tokens} leaves no room for text besides the prompt "
+            f"({len(before) + len(after)} tokens)"
+        )
     body = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [before + ids[-room:] + after for ids in body]
 
 
 # ------------------------------------------------------------------------------------------ models
+
 
 class HeadClassifier(nn.Module):
     """Decoder + linear head on pooled hidden states (mean or last real token, averaged layers)."""
@@ -278,8 +318,13 @@ class HeadClassifier(nn.Module):
         self.head = nn.Linear(hidden_size, n_classes)
 
     def forward(self, input_ids, attention_mask, labels=None):
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_for(attention_mask), output_hidden_states=True, use_cache=False)
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+            output_hidden_states=True,
+            use_cache=False,
+        )
         pooled = pool(out.hidden_states, attention_mask, self.pooling, self.layer_slice)
         logits = self.head(pooled.to(self.head.weight.dtype)).float()
         result = {"logits": logits}
@@ -299,8 +344,13 @@ class VerbalizerClassifier(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels=None):
         extra = {"logits_to_keep": 1} if self.logits_to_keep else {}
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_for(attention_mask), use_cache=False, **extra)
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+            use_cache=False,
+            **extra,
+        )
         logits = out.logits[:, -1, :].index_select(-1, self.label_ids).float()
         result = {"logits": logits}
         if labels is not None:
@@ -323,16 +373,24 @@ def check_lora_targets(model_dir: Path, targets: list[str]) -> None:
     names = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing:
-        raise ConfigError(f"finetune.lora.target_modules {missing} are not modules of the model in {model_dir} "
-                          f"({config.model_type}); its linear layers: {sorted(linear_module_names(skeleton))}")
+        raise ConfigError(
+            f"finetune.lora.target_modules {missing} are not modules of the model in {model_dir} "
+            f"({config.model_type}); its linear layers: {sorted(linear_module_names(skeleton))}"
+        )
 
 
 def lora_config(cfg: DictConfig, task_type: str | None):
     from peft import LoraConfig
 
     lora = cfg.finetune.lora
-    return LoraConfig(r=int(lora.r), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
-                      target_modules=list(lora.target_modules), task_type=task_type, bias="none")
+    return LoraConfig(
+        r=int(lora.r),
+        lora_alpha=int(lora.alpha),
+        lora_dropout=float(lora.dropout),
+        target_modules=list(lora.target_modules),
+        task_type=task_type,
+        bias="none",
+    )
 
 
 def build_model(cfg: DictConfig, run: str, model_dir: Path, label_ids: list[int] | None) -> nn.Module:
@@ -357,11 +415,14 @@ def build_model(cfg: DictConfig, run: str, model_dir: Path, label_ids: list[int]
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total": sum(p.numel() for p in model.parameters())}
+    return {
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in model.parameters()),
+    }
 
 
 # ------------------------------------------------------------------------------------------ training
+
 
 class Samples(torch.utils.data.Dataset):
     """Token ids (and labels) of the clients `ids`, in that order."""
@@ -420,8 +481,9 @@ def trainer_callback(curves: Curves, max_steps: int):
             curves.eval.append({"step": step, "loss": float(metrics["eval_loss"]), curves.metric: value})
             if value > curves.best_metric:
                 curves.best_metric, curves.best_step, curves.stale = value, step, 0
-                curves.best_state = {n: p.detach().to("cpu", copy=True)
-                                     for n, p in model.named_parameters() if p.requires_grad}
+                curves.best_state = {
+                    n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+                }
             else:
                 curves.stale += 1
                 if curves.stale >= curves.patience:
@@ -430,8 +492,16 @@ def trainer_callback(curves: Curves, max_steps: int):
     return Track()
 
 
-def make_trainer(cfg: DictConfig, model: nn.Module, tokenizer, train: Samples, held: Samples, out_dir: Path,
-                 callbacks, compute_metrics):
+def make_trainer(
+    cfg: DictConfig,
+    model: nn.Module,
+    tokenizer,
+    train: Samples,
+    held: Samples,
+    out_dir: Path,
+    callbacks,
+    compute_metrics,
+):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     t = cfg.finetune.training
@@ -445,10 +515,13 @@ def make_trainer(cfg: DictConfig, model: nn.Module, tokenizer, train: Samples, h
         def create_optimizer(self):
             if self.optimizer is None:
                 named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-                groups = [{"params": [p for n, p in named if not n.startswith("head.")], "lr": float(t.lr)},
-                          {"params": [p for n, p in named if n.startswith("head.")], "lr": float(t.head_lr)}]
-                self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]],
-                                                   weight_decay=float(t.weight_decay))
+                groups = [
+                    {"params": [p for n, p in named if not n.startswith("head.")], "lr": float(t.lr)},
+                    {"params": [p for n, p in named if n.startswith("head.")], "lr": float(t.head_lr)},
+                ]
+                self.optimizer = torch.optim.AdamW(
+                    [g for g in groups if g["params"]], weight_decay=float(t.weight_decay)
+                )
             return self.optimizer
 
     cuda = use_cuda(cfg)
@@ -478,9 +551,15 @@ def make_trainer(cfg: DictConfig, model: nn.Module, tokenizer, train: Samples, h
         disable_tqdm=not cfg.progress,
         label_names=["labels"],
     )
-    trainer = FinetuneTrainer(model=model, args=args, train_dataset=train, eval_dataset=held,
-                              data_collator=DataCollatorWithPadding(tokenizer, padding="longest"),
-                              compute_metrics=compute_metrics, callbacks=callbacks)
+    trainer = FinetuneTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held,
+        data_collator=DataCollatorWithPadding(tokenizer, padding="longest"),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
     if not cfg.progress:  # without progress bars the Trainer prints every log line instead; keep the console quiet
         from transformers.trainer_callback import PrinterCallback
 
@@ -521,9 +600,16 @@ def prepare(cfg: DictConfig, model_dir: Path, data_dir: Path, text_dir: Path) ->
         check_lora_targets(model_dir, list(f.lora.target_modules))
     tokenizer = load_tokenizer(model_dir)
     kinds = {f.methods[r].kind for r in runs}
-    label_ids = (label_token_ids(tokenizer, list(f.verbalizer.label_words), str(f.verbalizer.word_prefix),
-                                 str(f.verbalizer.get("unknown_words", "vocabulary")))
-                 if "verbalizer" in kinds else None)
+    label_ids = (
+        label_token_ids(
+            tokenizer,
+            list(f.verbalizer.label_words),
+            str(f.verbalizer.word_prefix),
+            str(f.verbalizer.get("unknown_words", "vocabulary")),
+        )
+        if "verbalizer" in kinds
+        else None
+    )
     protocol = load_protocol(data_dir, int(cfg.splits.n_folds), int(cfg.dataset.n_classes))
     ids = np.concatenate([protocol.train_ids, protocol.test_ids])
     texts = texts_of(text_dir, ids)
@@ -533,8 +619,9 @@ def prepare(cfg: DictConfig, model_dir: Path, data_dir: Path, text_dir: Path) ->
     if "head" in kinds:
         sequences["head"] = dict(zip(ids, head_sequences(tokenizer, ordered, max_tokens)))
     if "verbalizer" in kinds:
-        sequences["verbalizer"] = dict(zip(ids, verbalizer_sequences(tokenizer, ordered, str(f.verbalizer.instruction),
-                                                                     max_tokens)))
+        sequences["verbalizer"] = dict(
+            zip(ids, verbalizer_sequences(tokenizer, ordered, str(f.verbalizer.instruction), max_tokens))
+        )
     return Prepared(model_dir, tokenizer, protocol, texts, sequences, label_ids, max_tokens)
 
 
@@ -568,8 +655,16 @@ def train_fold(cfg: DictConfig, prep: Prepared, run: str, fold: int, work_dir: P
         proba = probabilities(pred.predictions)
         return {m: float(METRICS[m](pred.label_ids, proba, classes)) for m in cfg.dataset.metrics}
 
-    trainer = make_trainer(cfg, model, prep.tokenizer, train, held_out, work_dir,
-                           [trainer_callback(curves, int(f.training.max_steps))], compute_metrics)
+    trainer = make_trainer(
+        cfg,
+        model,
+        prep.tokenizer,
+        train,
+        held_out,
+        work_dir,
+        [trainer_callback(curves, int(f.training.max_steps))],
+        compute_metrics,
+    )
     started = time.time()
     trainer.train()
     seconds = time.time() - started
@@ -586,15 +681,33 @@ def train_fold(cfg: DictConfig, prep: Prepared, run: str, fold: int, work_dir: P
             frame[f"p_{c}"] = proba[:, c].astype(np.float64)
         frames.append(frame)
     samples_seen = steps * int(f.training.batch_size)
-    log.info("finetune %s fold %d: %d steps, best %s %.4f at step %s, %.1f s", run, fold, steps, metric,
-             curves.best_metric, curves.best_step, seconds)
+    log.info(
+        "finetune %s fold %d: %d steps, best %s %.4f at step %s, %.1f s",
+        run,
+        fold,
+        steps,
+        metric,
+        curves.best_metric,
+        curves.best_step,
+        seconds,
+    )
     del trainer, model
-    return {"predictions": pd.concat(frames, ignore_index=True),
-            "curve": {"train": curves.train, "eval": curves.eval, "best_step": curves.best_step,
-                      "best_metric": curves.best_metric, "steps": steps, "seconds": round(seconds, 3),
-                      "samples_per_second": round(samples_seen / seconds, 3) if seconds > 0 else None,
-                      "n_train": int(fit.sum()), "n_held_out": int(held.sum()), "n_test": len(p.test_ids),
-                      "parameters": counts}}
+    return {
+        "predictions": pd.concat(frames, ignore_index=True),
+        "curve": {
+            "train": curves.train,
+            "eval": curves.eval,
+            "best_step": curves.best_step,
+            "best_metric": curves.best_metric,
+            "steps": steps,
+            "seconds": round(seconds, 3),
+            "samples_per_second": round(samples_seen / seconds, 3) if seconds > 0 else None,
+            "n_train": int(fit.sum()),
+            "n_held_out": int(held.sum()),
+            "n_test": len(p.test_ids),
+            "parameters": counts,
+        },
+    }
 
 
 def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict[str, Any]:
@@ -614,20 +727,29 @@ def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict
                 progress()
     frame = pd.concat(predictions, ignore_index=True)
     frame.to_parquet(out / "predictions.parquet", index=False)
-    meta = {"metric": str(cfg.dataset.metrics[0]), "n_classes": prep.protocol.n_classes,
-            "model": str(prep.model_dir), "max_tokens": prep.max_tokens,
-            "label_words": list(f.verbalizer.label_words) if prep.label_ids else None,
-            "label_token_ids": prep.label_ids,
-            "label_tokens": prep.tokenizer.convert_ids_to_tokens(prep.label_ids) if prep.label_ids else None,
-            "runs": curves}
+    meta = {
+        "metric": str(cfg.dataset.metrics[0]),
+        "n_classes": prep.protocol.n_classes,
+        "model": str(prep.model_dir),
+        "max_tokens": prep.max_tokens,
+        "label_words": list(f.verbalizer.label_words) if prep.label_ids else None,
+        "label_token_ids": prep.label_ids,
+        "label_tokens": prep.tokenizer.convert_ids_to_tokens(prep.label_ids) if prep.label_ids else None,
+        "runs": curves,
+    }
     (out / "curves.json").write_text(json.dumps(meta, indent=2) + "\n")
     import shutil
 
     shutil.rmtree(out / ".work", ignore_errors=True)
-    return {"runs": list(f.runs), "folds": len(folds), "predictions": len(frame),
-            "best_steps": {run: {k: v["best_step"] for k, v in c["folds"].items()} for run, c in curves.items()},
-            "trainable_parameters": {run: next(iter(c["folds"].values()))["parameters"]["trainable"]
-                                     for run, c in curves.items()}}
+    return {
+        "runs": list(f.runs),
+        "folds": len(folds),
+        "predictions": len(frame),
+        "best_steps": {run: {k: v["best_step"] for k, v in c["folds"].items()} for run, c in curves.items()},
+        "trainable_parameters": {
+            run: next(iter(c["folds"].values()))["parameters"]["trainable"] for run, c in curves.items()
+        },
+    }
 
 
 def plain(node) -> Any:

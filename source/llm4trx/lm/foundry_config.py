@@ -97,8 +97,12 @@ def model_section(cfg: DictConfig, tok: dict[str, Any], checkpoints: Path) -> di
         }
     if "name" not in extra:
         raise ConfigError(f"model={cfg.model.name}: set model.hf_config, model.pretrained, or model.foundry.name")
-    return {**extra, "vocab_size": tok["vocab_size"], "max_seq_len": int(cfg.max_seq_len),
-            "init_device": init_device(cfg)}
+    return {
+        **extra,
+        "vocab_size": tok["vocab_size"],
+        "max_seq_len": int(cfg.max_seq_len),
+        "init_device": init_device(cfg),
+    }
 
 
 def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, Any]:
@@ -142,8 +146,10 @@ def bucket_window(cfg: DictConfig) -> int:
         return 0
     window = t.get("bucket_window")
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ConfigError(f"trainer.bucket_window={window!r}: the number of batches sorted by length together, "
-                          "an integer >= 1 (or trainer.length_bucketing=false)")
+        raise ConfigError(
+            f"trainer.bucket_window={window!r}: the number of batches sorted by length together, "
+            "an integer >= 1 (or trainer.length_bucketing=false)"
+        )
     return window
 
 
@@ -162,8 +168,9 @@ def run_name(cfg: DictConfig) -> str:
     return f"{cfg.experiment_name}-{cfg.dataset.name}-seed{cfg.seed}"
 
 
-def train_config(cfg: DictConfig, tok: dict[str, Any], tokenizer_dir: Path, mds_dir: Path,
-                 checkpoints: Path) -> dict[str, Any]:
+def train_config(
+    cfg: DictConfig, tok: dict[str, Any], tokenizer_dir: Path, mds_dir: Path, checkpoints: Path
+) -> dict[str, Any]:
     """The full llm-foundry train config for the run of `cfg` (saves into `checkpoints`, autoresumes)."""
     t = cfg.trainer
     algorithms = {}
@@ -175,8 +182,10 @@ def train_config(cfg: DictConfig, tok: dict[str, Any], tokenizer_dir: Path, mds_
         "max_seq_len": int(cfg.max_seq_len),
         "model": model_section(cfg, tok, checkpoints),
         # Right padding: the text collator sends no attention mask, so pads must come after the real tokens.
-        "tokenizer": {"name": str(tokenizer_dir),
-                      "kwargs": {"model_max_length": int(cfg.max_seq_len), "padding_side": "right"}},
+        "tokenizer": {
+            "name": str(tokenizer_dir),
+            "kwargs": {"model_max_length": int(cfg.max_seq_len), "padding_side": "right"},
+        },
         "train_loader": loader_section(cfg, mds_dir / "train", train=True),
         "eval_loader": loader_section(cfg, mds_dir / "val", train=False),
         "optimizer": plain(t.optimizer),
@@ -222,7 +231,10 @@ def validate_train_config(train_cfg: dict[str, Any]):
     from llmfoundry.utils.config_utils import TRAIN_CONFIG_KEYS, TrainConfig, make_dataclass_and_log_config
 
     _, dataclass_cfg = make_dataclass_and_log_config(
-        OmegaConf.create(json.loads(json.dumps(train_cfg))), TrainConfig, TRAIN_CONFIG_KEYS, transforms="all",
+        OmegaConf.create(json.loads(json.dumps(train_cfg))),
+        TrainConfig,
+        TRAIN_CONFIG_KEYS,
+        transforms="all",
     )
     validate_config(dataclass_cfg)
     return dataclass_cfg

@@ -132,9 +132,18 @@ class RealTokensCollator:
         return batch
 
 
-def build_text_dataloader(tokenizer, device_batch_size, dataset: dict[str, Any], drop_last: bool, num_workers: int,
-                          pin_memory: bool = True, prefetch_factor: Optional[int] = 2,
-                          persistent_workers: bool = True, timeout: int = 0, bucket_window: int = 0):
+def build_text_dataloader(
+    tokenizer,
+    device_batch_size,
+    dataset: dict[str, Any],
+    drop_last: bool,
+    num_workers: int,
+    pin_memory: bool = True,
+    prefetch_factor: Optional[int] = 2,
+    persistent_workers: bool = True,
+    timeout: int = 0,
+    bucket_window: int = 0,
+):
     """llm-foundry's `text` loader (its dataset, collator and data spec) with our dataset class and counts:
     `bucket_window` > 0 yields length-bucketed batches sorted within windows of that many batches."""
     import transformers
@@ -147,19 +156,29 @@ def build_text_dataloader(tokenizer, device_batch_size, dataset: dict[str, Any],
 
     dataset = dict(dataset)
     dataset["replication"], batch_size = construct_from_registry(
-        name="dataset_replication_validator", registry=registry.dataset_replication_validators,
-        partial_function=False, kwargs={"dataset_cfg": dataset, "tokenizer": tokenizer,
-                                        "device_batch_size": device_batch_size})
+        name="dataset_replication_validator",
+        registry=registry.dataset_replication_validators,
+        partial_function=False,
+        kwargs={"dataset_cfg": dataset, "tokenizer": tokenizer, "device_batch_size": device_batch_size},
+    )
     if bucket_window:
-        text_dataset = BucketedTextDataset(tokenizer=tokenizer, batch_size=batch_size, bucket_window=bucket_window,
-                                           **dataset)
+        text_dataset = BucketedTextDataset(
+            tokenizer=tokenizer, batch_size=batch_size, bucket_window=bucket_window, **dataset
+        )
     else:
         text_dataset = StreamingTextDataset(tokenizer=tokenizer, batch_size=batch_size, **dataset)
     collate = RealTokensCollator(transformers.DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False))
     loader = (BucketedLoader if bucket_window else DataLoader)(
-        text_dataset, collate_fn=collate, batch_size=batch_size, drop_last=drop_last, num_workers=num_workers,
-        pin_memory=pin_memory, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
-        timeout=timeout)
+        text_dataset,
+        collate_fn=collate,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor,
+        persistent_workers=persistent_workers,
+        timeout=timeout,
+    )
     return get_data_spec(loader, dataset)
 
 

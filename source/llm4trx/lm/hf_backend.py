@@ -20,7 +20,6 @@ from llm4trx.core.errors import ConfigError
 from llm4trx.lm.foundry_config import INIT_CONFIG_DIR, TRACKERS, METRICS_FILE, model_source, plain, write_init_config
 
 
-
 def batches(value: Any, key: str) -> int:
     """A Composer duration in batches ("60ba" or 60) as a number of optimizer steps."""
     match = re.fullmatch(r"\s*(\d+)\s*(ba)?\s*", str(value))
@@ -60,11 +59,16 @@ def training_arguments(cfg: DictConfig, folder: Path, world_size: int):
     fsdp = plain(t.fsdp)
     fsdp_kwargs = {}
     if fsdp:
-        strategy = {"FULL_SHARD": "full_shard", "HYBRID_SHARD": "hybrid_shard",
-                    "SHARD_GRAD_OP": "shard_grad_op"}[fsdp.get("sharding_strategy", "FULL_SHARD")]
-        fsdp_kwargs = {"fsdp": f"{strategy} auto_wrap",
-                       "fsdp_config": {"activation_checkpointing": bool(fsdp.get("activation_checkpointing")),
-                                       "use_orig_params": bool(fsdp.get("use_orig_params", True))}}
+        strategy = {"FULL_SHARD": "full_shard", "HYBRID_SHARD": "hybrid_shard", "SHARD_GRAD_OP": "shard_grad_op"}[
+            fsdp.get("sharding_strategy", "FULL_SHARD")
+        ]
+        fsdp_kwargs = {
+            "fsdp": f"{strategy} auto_wrap",
+            "fsdp_config": {
+                "activation_checkpointing": bool(fsdp.get("activation_checkpointing")),
+                "use_orig_params": bool(fsdp.get("use_orig_params", True)),
+            },
+        }
     return TrainingArguments(
         output_dir=str(folder),
         seed=int(cfg.seed),
@@ -145,9 +149,15 @@ def build_trainer(cfg: DictConfig, inputs: dict[str, Any], folder: Path, callbac
         # accelerate shards an IterableDataset across ranks itself (IterableDatasetShard); StreamingDataset
         # would shard it by rank too, and each rank would see only 1/world_size of its share. With
         # replication=world_size streaming gives every rank the same stream and accelerate splits it once.
-        return StreamingTextDataset(tokenizer=tokenizer, max_seq_len=int(cfg.max_seq_len), local=str(mds / name),
-                                    shuffle=train, shuffle_seed=int(cfg.seed), batch_size=batch_size,
-                                    replication=world_size if world_size > 1 else None)
+        return StreamingTextDataset(
+            tokenizer=tokenizer,
+            max_seq_len=int(cfg.max_seq_len),
+            local=str(mds / name),
+            shuffle=train,
+            shuffle_seed=int(cfg.seed),
+            batch_size=batch_size,
+            replication=world_size if world_size > 1 else None,
+        )
 
     return Trainer(
         model=build_model(cfg, inputs["tok"], folder),
@@ -168,5 +178,9 @@ def train_hf(cfg: DictConfig, inputs: dict[str, Any], folder: Path, callbacks=()
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(folder / "final"))
     steps = int(trainer.state.global_step)
-    return {"backend": "hf", "steps": steps, "samples_seen": steps * int(cfg.trainer.global_train_batch_size),
-            "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else 0}
+    return {
+        "backend": "hf",
+        "steps": steps,
+        "samples_seen": steps * int(cfg.trainer.global_train_batch_size),
+        "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else 0,
+    }

@@ -35,8 +35,14 @@ def window_order(lengths: Sequence[int], batch: int, rng: Optional[np.random.Gen
     return np.concatenate([groups.ravel(), np.arange(full, len(lengths))]).astype(np.int64)
 
 
-def bucketed(samples: Iterable[Any], batch: int, window: int, skip_batches: int = 0,
-             seed: Optional[Sequence[int]] = None, first_window: int = 0) -> Iterator[Any]:
+def bucketed(
+    samples: Iterable[Any],
+    batch: int,
+    window: int,
+    skip_batches: int = 0,
+    seed: Optional[Sequence[int]] = None,
+    first_window: int = 0,
+) -> Iterator[Any]:
     """`samples` (sized items) reordered window by window (`window` batches of `batch`); the first
     `skip_batches` batches of the result are dropped (a resumed run). seed None: no shuffle of the batches;
     else window i is shuffled by the generator of (*seed, first_window + i)."""
@@ -69,8 +75,10 @@ class BucketedTextDataset(StreamingTextDataset):
     def __init__(self, *args: Any, bucket_window: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not isinstance(self.batch_size, int) or self.batch_size < 1 or bucket_window < 1:
-            raise ValueError(f"length bucketing needs a batch size and a window >= 1 batch "
-                             f"(batch_size={self.batch_size}, bucket_window={bucket_window})")
+            raise ValueError(
+                f"length bucketing needs a batch size and a window >= 1 batch "
+                f"(batch_size={self.batch_size}, bucket_window={bucket_window})"
+            )
         self.bucket_window = int(bucket_window)
         self._windows_done = (0, 0)  # (epoch, windows of each worker before the point the epoch restarts at)
         self._resumed_at: Optional[int] = None  # global sample of the epoch a checkpoint was taken at

@@ -29,8 +29,11 @@ def load_tokenizer(folder: Path, need: Sequence[str] = ("bos_token", "eos_token"
         raise DataError(folder, f"not a Hugging Face tokenizer directory ({err})") from err
     for token in need:
         if getattr(tokenizer, token) is None:
-            raise DataError(folder / "tokenizer_config.json", f"the tokenizer has no {token}: {WHY[token]}; "
-                            "rebuild it with `python -m llm4trx.tokenizer`", column=token)
+            raise DataError(
+                folder / "tokenizer_config.json",
+                f"the tokenizer has no {token}: {WHY[token]}; rebuild it with `python -m llm4trx.tokenizer`",
+                column=token,
+            )
     if "pad_token" in need and tokenizer.pad_token_id == tokenizer.eos_token_id:
         log.warning("pad_token == eos_token: the collator masks pads out of the loss, so eos is never learned")
     return tokenizer

