@@ -66,7 +66,15 @@ def test_applied_model_skips_the_lm_stages_and_validates_as_its_own_row(model_ru
     assert registry.inputs_of(cfg, "embed") == ["text"]
     # Fine-tuning from this run's own export still needs the LM stages.
     with_finetune = compose([f"embed.model={hf}", "finetune=default"])
-    assert registry.pipeline(with_finetune)[:6] == ["prepare", "text", "tokenizer", "shards", "pretrain", "export"]
+    assert registry.pipeline(with_finetune)[:7] == [
+        "prepare",
+        "text",
+        "tokenizer",
+        "shards",
+        "baselines",
+        "pretrain",
+        "export",
+    ]
     folder = embed.run(cfg)
     counts = read_success(folder)["counts"]
     assert counts["model"] == str(hf) and counts["row_name"] == "llm:smoke-synthetic-seed_42"

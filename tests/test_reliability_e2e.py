@@ -104,6 +104,7 @@ def test_a_fold_whose_validation_part_has_one_class_is_one_line(out_root):
         "validate.feature_sets=[aggregates]",
         "validate.concatenations=[]",
         "validate.n_jobs=1",
+        "validate.lightgbm_seed=run",  # aggregates validated by this stage itself, not by the shared baselines
     ]
     data = write_data(compose(args))
     splits, targets = pd.read_parquet(data / "splits.parquet"), pd.read_parquet(data / "targets.parquet")
