@@ -174,7 +174,8 @@ def smoke_pretrained(tmp_path_factory):
     from llm4trx.pretrain import run
 
     # Test-sized schedule (the smoke preset itself trains 300 batches of 8): 60 batches of 8, eval every 20.
-    cfg = smoke_cfg(tmp_path_factory.mktemp("smoke") / "outputs", *SMOKE_TEST_SCHEDULE)
+    # Length-bucketed batches (an opt-in lever): the in-process pretraining tests cover that loader path.
+    cfg = smoke_cfg(tmp_path_factory.mktemp("smoke") / "outputs", *SMOKE_TEST_SCHEDULE, "trainer.length_bucketing=true")
     build_lm_inputs(cfg)
     return cfg, run(cfg)
 

@@ -34,7 +34,7 @@ def test_smoke_trains_tiny_model_and_eval_loss_falls(smoke_pretrained):
     done = read_success(folder)
     assert done["counts"]["backend"] == "foundry"
     assert done["counts"]["steps"] == 60 and done["counts"]["resumed_from_step"] == 0
-    # Length-bucketed batches (the CPU default): little padding; token counts are the clients' real tokens.
+    # Length-bucketed batches (opted into by the fixture): little padding; token counts are real tokens.
     counts = done["counts"]
     assert counts["length_bucketing"] is True and 0 <= counts["padded_share"] < 0.15
     assert 0 < counts["tokens_seen"] <= counts["samples_seen"] * cfg.max_seq_len
