@@ -62,7 +62,11 @@ def test_rerun_of_a_finished_run_is_skipped(smoke_pretrained):
     assert (folder / "_SUCCESS.json").read_text() == before
     # Operational settings (threads, trackers, intervals of console output) are not part of the run's identity.
     relaunched = smoke_cfg(
-        Path(cfg.paths.output_root), *SMOKE_TEST_SCHEDULE, "trainer.cpu_threads=2", "trainer.console_log_interval=1ba"
+        Path(cfg.paths.output_root),
+        *SMOKE_TEST_SCHEDULE,
+        "trainer.length_bucketing=true",  # as the fixture trained it
+        "trainer.cpu_threads=2",
+        "trainer.console_log_interval=1ba",
     )
     assert run(relaunched) == folder
     assert (folder / "_SUCCESS.json").read_text() == before
