@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from llm4trx.core.config import compose
@@ -90,6 +91,23 @@ def test_an_error_in_a_later_block_names_the_same_file_column_and_line(tmp_path,
         assert (err.value.column, err.value.row) == (column, line) and message in err.value.message
         assert err.value.path == str(raw / "train.csv")
     assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("header", ['"client_id","amount"', ',client_id","amount"', ' client_id,amount'])
+def test_a_header_is_read_as_pyarrow_reads_it(tmp_path, header):
+    # The fuzz's find: a quoted header whose first quote became a comma (`,client_id","amount"`) named a column
+    # pyarrow reads as `client_id"`; the check must see the same names, so the error is one DataError line.
+    path = tmp_path / "t.csv"
+    path.write_bytes(f"{header}\n1,2.5\n".encode())
+    types = {"client_id": pa.string(), "amount": pa.float64()}
+    if header.startswith('"'):
+        assert rawcsv.read_csv(path, types).column("client_id").to_pylist() == ["1"]
+        assert [t.num_rows for _, t in rawcsv.CsvBlocks(path, types)] == [1]
+        return
+    for read in (lambda: rawcsv.read_csv(path, types), lambda: list(rawcsv.CsvBlocks(path, types))):
+        with pytest.raises(DataError) as err:
+            read()
+        assert err.value.column == "client_id" and "missing column" in err.value.message
 
 
 def test_utf8_checked_in_chunks_reports_the_same_line_and_offset(tmp_path):

@@ -13,6 +13,7 @@ its line; the streamed `CsvBlocks` (event files) skips blank lines, so a line nu
 from __future__ import annotations
 
 import codecs
+import csv
 import difflib
 import io
 import re
@@ -129,6 +130,8 @@ class CsvBlocks:
                     check_no_line_breaks(self.path, table, first_row)
                     yield first_row, table
                     first_row += batch.num_rows
+        except pa.ArrowKeyError as err:  # a header pyarrow reads differently from `header_of`: still one line
+            raise DataError(self.path, f"cannot read the header: {err}") from None
         except pa.ArrowInvalid as err:
             data = self.path.read_bytes()
             locate_bad_row(self.path, data, len(header_of(self.path, data)))
@@ -140,9 +143,11 @@ class CsvBlocks:
 
 
 def header_of(path: Path, data: bytes) -> list[str]:
+    """The column names of the header line as pyarrow reads them (RFC 4180 quoting, a stray quote kept, spaces
+    kept), so that a column this check finds is one pyarrow finds too."""
     end = data.find(b"\n")
-    first = data[: end if end >= 0 else len(data)].decode("utf-8").strip("\r\ufeff")
-    return [name.strip().strip('"') for name in first.split(",")]
+    first = data[: end if end >= 0 else len(data)].decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r")
+    return next(csv.reader([first]), [])
 
 
 def check_columns(path: Path, header: list[str], required: list[str]) -> None:
@@ -171,6 +176,8 @@ def read_csv(path: Path, types: dict[str, pa.DataType], optional: dict[str, pa.D
     try:
         # Blank lines inside the file are errors (not skipped): skipping them would shift every line number.
         table = pacsv.read_csv(io.BytesIO(data), convert_options=convert, parse_options=PARSE)
+    except pa.ArrowKeyError as err:
+        raise DataError(path, f"cannot read the header: {err}") from None
     except pa.ArrowInvalid as err:
         locate_bad_row(path, data, len(header))
         locate_bad_value(path, data, wanted)
