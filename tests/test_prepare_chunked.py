@@ -93,7 +93,7 @@ def test_an_error_in_a_later_block_names_the_same_file_column_and_line(tmp_path,
     assert errors[0] == errors[1]
 
 
-@pytest.mark.parametrize("header", ['"client_id","amount"', ',client_id","amount"', ' client_id,amount'])
+@pytest.mark.parametrize("header", ['"client_id","amount"', ',client_id","amount"', " client_id,amount"])
 def test_a_header_is_read_as_pyarrow_reads_it(tmp_path, header):
     # The fuzz's find: a quoted header whose first quote became a comma (`,client_id","amount"`) named a column
     # pyarrow reads as `client_id"`; the check must see the same names, so the error is one DataError line.
