@@ -26,7 +26,11 @@ PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 CPU_PRESETS = ["quality_cpu", "smoke", "smoke_augment", "smoke_finetune"]
 GPU_PRESETS = [p for p in PRESETS if p not in CPU_PRESETS]
 SIZE = TINY[1:]  # the tiny sizes of tests/pipeline_helpers.py without its experiment=smoke
+# Every run x fold is a training of its own: 2 folds (not 5) and 128-token clients keep the 3 runs x 2 folds
+# in seconds; the folds' logic is tested in tests/test_finetune.py.
 FINETUNE_SIZE = [
+    "splits.n_folds=2",
+    "max_seq_len=128",
     "finetune.training.max_steps=2",
     "finetune.training.eval_interval=2",
     "finetune.training.warmup_steps=1",

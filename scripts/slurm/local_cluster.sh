@@ -37,13 +37,15 @@ chmod 700 "$dir"
 host=$(hostname -s)
 # The node line as slurmd itself detects this machine (CPUs, sockets, cores, memory), so slurmd accepts it.
 node=$(slurmd -C | head -1)
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s); one machine
+# with one clock needs little margin, so a requeue (tests/test_slurm.py) restarts in seconds, not minutes.
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=llm4trx-local
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge.socket
+AuthInfo=socket=$dir/munge.socket,cred_expire=10
 CredType=cred/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
