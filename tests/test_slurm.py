@@ -4,6 +4,7 @@ installs them); skips, saying so, where they are missing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,9 +19,11 @@ import pytest
 from pipeline_helpers import SMOKE_SEEDS, TINY, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
-# One cluster for the module (daemons on this machine), and the pipeline job reads the shared smoke run's root:
-# one xdist worker runs these and the tests of that root (tests/conftest.py).
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("smoke_root")]
+# One cluster for the module's light tests (daemons on this machine; the pipeline job reads the shared smoke
+# run's root, so one xdist worker runs them with the tests of that root: tests/conftest.py). The two long jobs
+# (requeue, Spark inside a job) start a cluster of their own, so that the other worker can run them meanwhile:
+# two local clusters on other ports and state folders run side by side.
+pytestmark = [pytest.mark.slurm]
 
 
 def free_port() -> int:
@@ -29,8 +32,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+@contextlib.contextmanager
+def local_cluster(state: Path):
+    """scripts/slurm/local_cluster.sh's cluster in `state` on free ports: the environment that submits to it."""
     missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(b) is None]
     if missing:
         pytest.skip(
@@ -38,7 +42,6 @@ def cluster(tmp_path_factory):
         )
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster runs its daemons as root; run the tests as root")
-    state = tmp_path_factory.mktemp("slurm")
     env = child_env(LLM4TRX_SLURMCTLD_PORT=str(free_port()), LLM4TRX_SLURMD_PORT=str(free_port()))
     script = ROOT / "scripts" / "slurm" / "local_cluster.sh"
     started = subprocess.run(["bash", script, "start", state], env=env, capture_output=True, text=True, timeout=120)
@@ -50,6 +53,19 @@ def cluster(tmp_path_factory):
     finally:
         subprocess.run(["bash", script, "stop", state], timeout=60)
     assert not any((state / f"{d}.pid").exists() for d in ("munged", "slurmctld", "slurmd"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with local_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+@pytest.fixture
+def own_cluster(tmp_path_factory):
+    """A cluster for one long test, so that it is not tied to the module's (and to the smoke run's worker)."""
+    with local_cluster(tmp_path_factory.mktemp("slurm_own")) as env:
+        yield env
 
 
 def job_log(cluster, proc) -> str:
@@ -168,13 +184,14 @@ def test_hydra_submitit_launcher_submits_one_job_per_sweep_point(cluster, tmp_pa
     assert len(job_dirs) == 2  # one array task per sweep point
 
 
-def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, smoke_run, tmp_path):
+def test_time_limit_warning_requeues_and_pretraining_resumes(own_cluster, tmp_path):
     """SIGUSR1 to the batch shell (what `#SBATCH --signal=B:USR1@600` sends before the time limit) during
     pretraining: the stage stops, the job is requeued, and the requeued run resumes from the last checkpoint.
-    A seed of its own in the shared smoke run's root: its seed-independent stages are reused."""
+    An output root of its own (not the shared smoke run's), so that it runs beside the smoke run's tests."""
     import time
 
-    root = smoke_run.root
+    cluster = own_cluster
+    root = tmp_path / "outputs"
     overrides = [
         *TINY,
         f"paths.output_root={root}",
@@ -225,7 +242,7 @@ def test_time_limit_warning_requeues_and_pretraining_resumes(cluster, smoke_run,
     )
 
 
-def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(cluster, tmp_path):
+def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(own_cluster, tmp_path):
     """scripts/slurm/spark_stages.sbatch: a master and one worker per node (here one) inside the job, prepare and
     text with engine=spark on it, byte-equal to the embedded engine; the cluster is gone when the job ends."""
     import filecmp
@@ -237,6 +254,7 @@ def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(
 
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("no Java on this machine (scripts/setup.sh installs a headless JRE)")
+    cluster = own_cluster
     small = [f"dataset.raw_dir={tmp_path / 'raw'}", "dataset.n_clients=80", "dataset.max_events=30"]
     embedded = compose([f"paths.output_root={tmp_path / 'embedded'}", *small])
     prepare(embedded), text(embedded)
