@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from llm4trx.core.errors import ConfigError
 from llm4trx.data.sequences import ptls_records
@@ -29,6 +28,7 @@ def aggregate_features(
     agg_features baseline of ptls-experiments), computed by ptls on the raw amounts. `sizes`
     (validate.aggregates.sizes): a fixed `in` per categorical column, as published (codes are frequency ranks, so
     the rarer values beyond it share the last slot); a column not there keeps its fitted dictionary size."""
+    import torch  # here, not at the top: validate imports this module and needs no torch (seconds per start)
     from ptls.data_load.utils import collate_feature_dict
     from ptls.nn.seq_encoder.agg_feature_seq_encoder import AggFeatureSeqEncoder
 
