@@ -4,12 +4,16 @@ schema are those of the code's own tables."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import typing
 
 import pytest
+from pipeline_helpers import child_env
 from omegaconf import OmegaConf
 
 from llm4trx.core import check, schema
+from llm4trx.core.check import compose_checked
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
 
@@ -113,6 +117,15 @@ def test_the_front_door_prints_the_same_one_line(capsys, tmp_path):
     assert capsys.readouterr().err == "error: embed.pooling='max': should be 'mean' or 'last'\n"
 
 
+def test_a_stage_composed_by_hydra_itself_checks_too(tmp_path):
+    """With a Hydra flag (-m: a sweep, possibly on SLURM) the overrides go to Hydra unchecked; the stage's entry
+    point checks the config Hydra composed, before the stage runs."""
+    argv = ["-m", "llm4trx.validate", "-m", f"paths.output_root={tmp_path}", "validate.lightgbm_seed=seed"]
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert "error: validate.lightgbm_seed='seed': should be 'fixed' or 'run'" in done.stderr, done.stderr
+    assert not (tmp_path / "default").exists() or not list((tmp_path / "default").rglob("_SUCCESS.json"))
+
+
 def test_good_values_and_unknown_keys_pass(tmp_path):
     cfg = compose(
         [
@@ -133,6 +146,9 @@ def test_good_values_and_unknown_keys_pass(tmp_path):
     # Missing (???) and unresolvable values are left to core.check (its own line), not reported here.
     custom = compose(["dataset=custom", "tokenizer=pretrained"])
     assert "dataset.raw_dir" in OmegaConf.missing_keys(custom)
+    compose(["text.max_tokens=${nowhere}"])
+    with pytest.raises(ConfigError, match="config value 'text.max_tokens' cannot be resolved"):
+        compose_checked(["text.max_tokens=${nowhere}"])
 
 
 def test_the_schema_spells_the_names_of_the_code():
