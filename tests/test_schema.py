@@ -151,6 +151,10 @@ def test_good_values_and_unknown_keys_pass(tmp_path):
         compose_checked(["text.max_tokens=${nowhere}"])
 
 
+def same(declared, implemented, name: str) -> None:
+    assert set(declared) == set(implemented), f"core/schema.py {name}: make it {sorted(implemented)}"
+
+
 def test_the_schema_spells_the_names_of_the_code():
     from llm4trx.data import sequences, synthetic
     from llm4trx.data.loaders import LOADERS
@@ -159,11 +163,15 @@ def test_the_schema_spells_the_names_of_the_code():
     from llm4trx.render import formats
     from llm4trx.validate import BASE_SETS
 
-    assert set(schema.FORMATS) == set(formats.FORMATS) and schema.CALENDAR == formats.CALENDAR
-    assert set(schema.LOADERS) == set(LOADERS) and set(schema.METRICS) == set(METRICS)
-    assert schema.SCHEMAS == synthetic.SCHEMAS and schema.TIME_FEATURES == sequences.TIME_FEATURES
-    assert set(schema.Signals.model_fields) == set(synthetic.SIGNALS + synthetic.EXTRA_SIGNALS)
-    assert schema.POOLINGS == POOLINGS and schema.FEATURE_SETS == BASE_SETS
+    same(schema.FORMATS, formats.FORMATS, "FORMATS")
+    same(schema.CALENDAR, formats.CALENDAR, "CALENDAR")
+    same(schema.LOADERS, LOADERS, "LOADERS")
+    same(schema.METRICS, METRICS, "METRICS")
+    same(schema.SCHEMAS, synthetic.SCHEMAS, "SCHEMAS")
+    same(schema.TIME_FEATURES, sequences.TIME_FEATURES, "TIME_FEATURES")
+    same(schema.Signals.model_fields, synthetic.SIGNALS + synthetic.EXTRA_SIGNALS, "Signals")
+    same(schema.POOLINGS, POOLINGS, "POOLINGS")
+    same(schema.FEATURE_SETS, BASE_SETS, "FEATURE_SETS")
 
 
 def test_the_schema_spells_the_names_of_the_torch_side():
@@ -171,4 +179,5 @@ def test_the_schema_spells_the_names_of_the_torch_side():
     from llm4trx.generation.backends import BACKENDS
     from llm4trx.lm.dtypes import DTYPES
 
-    assert set(schema.DTYPES) == set(DTYPES) and set(schema.AUGMENT_BACKENDS) == set(BACKENDS)
+    same(schema.DTYPES, DTYPES, "DTYPES")
+    same(schema.AUGMENT_BACKENDS, BACKENDS, "AUGMENT_BACKENDS")
