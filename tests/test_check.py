@@ -83,7 +83,7 @@ def test_shell_assignments_list_the_pipeline_and_what_is_up_to_date(capsys, monk
 @pytest.mark.parametrize("value", ["0", "two", "1.5"])
 def test_parallel_seeds_must_be_a_positive_integer(capsys, out_root, value):
     err = one_error_line(capsys, ["--shell", f"paths.output_root={out_root}", f"parallel_seeds={value}"])
-    assert err.startswith("error: parallel_seeds=") and "want a positive integer (seeds run at once)" in err
+    assert err.startswith("error: parallel_seeds=") and "(seeds run at once)" in err
 
 
 def test_up_to_date_follows_the_config_hash_of_the_stage(out_root):

@@ -61,7 +61,7 @@ def test_signals_off_write_the_files_of_version_1_byte_for_byte(tmp_path, schema
 
 
 def test_a_misspelt_signal_is_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"dataset\.signals\.periodc is not a signal.*periodic"):
+    with pytest.raises(ConfigError, match=r"dataset\.signals\.periodc: unknown key; known: .*periodic"):
         synthetic.ensure_raw(dataset_cfg(tmp_path, "+dataset.signals.periodc=1", "dataset.n_clients=50"))
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
 

@@ -245,8 +245,9 @@ def test_engine_config_composes_and_passes_spark_keys_through():
     assert conf["spark.ui.enabled"] == "false"
     with pytest.raises(ConfigError):
         compose_checked(["engine=bogus"])
-    with pytest.raises(ConfigError):
-        engine_of(OmegaConf.create({"engine": {"name": "dask"}}))
+    with pytest.raises(ConfigError, match="engine.name='dask': should be 'embedded' or 'spark'"):
+        compose_checked(["engine.name=dask"])
+    assert engine_of(OmegaConf.create({})) == "embedded"
 
 
 @pytest.mark.parametrize("drop", ["false", "true"])

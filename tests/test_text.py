@@ -101,7 +101,7 @@ def test_every_format_respects_the_budget_exactly(tmp_path, name):
 def test_missing_data_unknown_format_and_empty_events(tmp_path):
     with pytest.raises(StageInputMissing, match="prepare"):
         text_stage.run(compose([f"paths.output_root={tmp_path}"]))
-    with pytest.raises(ConfigError, match="known formats: compact, fields, flat"):
+    with pytest.raises(ConfigError, match="text.format='csv': should be 'compact', 'fields', 'flat'"):
         text_stage.run(compose([f"paths.output_root={tmp_path}", "text.format=csv"]))
     cfg = canonical_run(tmp_path, "rosbank", events=canonical_events("rosbank", 3).iloc[:0])
     with pytest.raises(DataError, match="events.parquet: no events"):

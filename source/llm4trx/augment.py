@@ -53,9 +53,7 @@ def select_clients(cfg: DictConfig, splits_path: Path) -> list[str]:
     """A deterministic (augment.clients.seed) sample of the pretraining train split, sorted."""
     splits = pd.read_parquet(splits_path, columns=["client_id", "split"])
     train = np.array(sorted(splits.loc[splits["split"] == "train", "client_id"].astype(str)))
-    c = cfg.augment.clients
-    if not 0 < c.fraction <= 1:
-        raise ConfigError(f"augment.clients.fraction must be in (0, 1], not {c.fraction}")
+    c = cfg.augment.clients  # fraction in (0, 1]: core/schema.py
     k = int(round(c.fraction * len(train)))
     if c.n is not None:
         k = min(k, int(c.n))
@@ -73,13 +71,9 @@ def validate(cfg: DictConfig):
     check_environment(acfg)
     path = generator_dir(acfg)
     prompts = build_prompts(acfg)
-    s = acfg.sampling
-    if int(s.n) < 1 or int(s.max_tokens) < 1:
-        raise ConfigError(f"augment.sampling.n and max_tokens must be >= 1 (n={s.n}, max_tokens={s.max_tokens})")
+    s = acfg.sampling  # n, max_tokens and batch_size >= 1: core/schema.py
     if float(s.temperature) == 0 and int(s.n) > 1:
         raise ConfigError("augment.sampling.temperature=0 (greedy) gives n identical samples; set n=1 or temperature>0")
-    if int(acfg.batch_size) < 1:
-        raise ConfigError(f"augment.batch_size must be >= 1, not {acfg.batch_size}")
     context = context_length(acfg, path)
     if int(s.max_tokens) >= context:
         raise ConfigError(

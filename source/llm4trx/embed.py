@@ -35,7 +35,7 @@ from llm4trx.data.embeddings import embeddings_frame, read_embeddings, read_text
 from llm4trx.data.model_record import applied_model, check_applicable, fingerprint, row_name
 from llm4trx.data.texts import read_texts
 from llm4trx.lm.dtypes import DTYPES
-from llm4trx.lm.pooling import POOLINGS, pool, position_ids_for
+from llm4trx.lm.pooling import pool, position_ids_for
 from llm4trx.core.stage import is_complete, read_success, require, run_stage, stage_dir, stage_hash
 
 log = logging.getLogger(__name__)
@@ -45,17 +45,7 @@ NOT_IN_VECTOR_KEY = ("name", "incremental", "batch_size", "model")
 
 
 def check_config(cfg: DictConfig) -> None:
-    e = cfg.embed
-    if e.pooling not in POOLINGS:
-        raise ConfigError(f"embed.pooling={e.pooling!r}; choose one of {POOLINGS}")
-    if e.padding_side not in ("left", "right"):
-        raise ConfigError(f"embed.padding_side={e.padding_side!r}; choose left or right")
-    if e.dtype not in DTYPES:
-        raise ConfigError(f"embed.dtype={e.dtype!r}; choose one of {sorted(DTYPES)}")
-    if len(e.layer_slice) != 2:
-        raise ConfigError(f"embed.layer_slice={list(e.layer_slice)}; want [start, stop] (null for open ends)")
-    if int(e.batch_size) < 1:
-        raise ConfigError(f"embed.batch_size={e.batch_size}; want >= 1")
+    # embed.pooling, padding_side, dtype, layer_slice, batch_size: declared in core/schema.py
     model = applied_model(cfg)
     if model is not None and not (model / "config.json").is_file():
         raise ConfigError(

@@ -106,8 +106,6 @@ def check_runtime(cfg: DictConfig) -> None:
         raise ConfigError("trainer.device=gpu but CUDA is not available; use trainer=cpu")
     if t.device == "cpu" and t.precision != "fp32":
         raise ConfigError(f"trainer.precision={t.precision} on CPU: Composer trains fp32 on CPU")
-    if t.backend not in ("foundry", "hf"):
-        raise ConfigError(f"trainer.backend={t.backend!r}: choose foundry or hf")
 
 
 def model_positions(config: dict[str, Any]) -> int | None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from llm4trx.core.cli import stage_main
-from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.errors import DataError
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.data.splits import PRETRAIN_SPLITS
 from llm4trx.core.stage import require, run_stage
@@ -231,17 +231,11 @@ def n_workers(value) -> int:
 
 
 def run(cfg: DictConfig) -> Path:
-    max_seq_len = int(cfg.max_seq_len)
-    if max_seq_len < 3:
-        raise ConfigError(f"max_seq_len must be at least 3 (bos + a token + eos), got {max_seq_len}")
+    max_seq_len = int(cfg.max_seq_len)  # >= 3 and shards.samples_per_part >= 1: core/schema.py
     text_dir, tok_dir = require(cfg, "text"), require(cfg, "tokenizer")
 
     sc = cfg.get("shards") or {}
-    samples_per_part = int(sc.get("samples_per_part") or 0)
-    if samples_per_part < 1:
-        raise ConfigError(
-            f"shards.samples_per_part must be a positive number of samples, got {sc.get('samples_per_part')}"
-        )
+    samples_per_part = int(sc["samples_per_part"])
     workers = n_workers(sc.get("workers"))
 
     def build(out: Path) -> dict:

@@ -137,12 +137,8 @@ def scan_events(
 
 def run(cfg: DictConfig) -> Path:
     fmt = get_format(cfg.text.format)  # ConfigError (listing known formats) before anything is read
-    max_tokens = cfg.text.get("max_tokens")
-    if max_tokens is not None and int(max_tokens) <= SPECIAL_TOKENS:
-        raise ConfigError(f"text.max_tokens must be above {SPECIAL_TOKENS} (bos + eos) or null, got {max_tokens}")
+    max_tokens = cfg.text.get("max_tokens")  # > SPECIAL_TOKENS or null, and chunk_events >= 1: core/schema.py
     chunk_events = int(cfg.text.get("chunk_events") or CHUNK_EVENTS)
-    if chunk_events < 1:
-        raise ConfigError(f"text.chunk_events must be a positive number of events, got {chunk_events}")
     spark = engine_of(cfg) == "spark"
     if spark and mixing(cfg):
         raise ConfigError(

@@ -27,9 +27,6 @@ from llm4trx.core.stage import require, run_stage
 log = logging.getLogger(__name__)
 
 
-KINDS = ("domain_bpe", "fields", "pretrained")
-
-
 def iter_texts(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -125,8 +122,6 @@ def load_pretrained(path: str):
 
 def run(cfg: DictConfig) -> Path:
     tc = cfg.tokenizer
-    if tc.kind not in KINDS:
-        raise ConfigError(f"tokenizer.kind={tc.kind!r}; known: {', '.join(KINDS)}")
     if tc.kind == "pretrained":
         path = tc.get("path")
         if path is None or str(path) == "???":

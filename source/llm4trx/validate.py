@@ -34,7 +34,6 @@ from llm4trx.evaluation.finetuned import score_predictions
 from llm4trx.evaluation.protocol import load_labels
 from llm4trx.evaluation.tables import results_table
 from llm4trx.evaluation.validation import (
-    SEED_MODES,  # noqa: F401 (re-exported)
     aggregates,
     has_oracle,
     lightgbm_params,  # noqa: F401
@@ -56,9 +55,6 @@ BASELINE_FEATURES = "{name}.parquet"  # in baselines/: the features of each seed
 
 def check_config(cfg: DictConfig) -> set[str]:
     v = cfg.validate
-    unknown = [s for s in v.feature_sets if s not in BASE_SETS]
-    if unknown:
-        raise ConfigError(f"validate.feature_sets {unknown} unknown; choose from {BASE_SETS}")
     needed = parts_of(v)
     unknown = sorted(needed - set(BASE_SETS))
     if unknown:

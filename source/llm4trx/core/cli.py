@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from llm4trx.core.config import CONF_DIR
 from llm4trx.core.errors import ConfigError, Llm4trxError
+from llm4trx.core.schema import validate
 
 log = logging.getLogger("llm4trx")
 
@@ -314,6 +315,7 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
             console.say(f"{label}: started {time.strftime('%H:%M:%S')} (log: {log_file})")
         try:
             try:
+                validate(cfg)  # as compose does; Hydra composed this one (also under -m, --cfg)
                 folder = run(cfg)
             except SystemExit as err:
                 # Composer installs its own SIGTERM/SIGINT handler: sys.exit(128 + signal), which unwinds too.

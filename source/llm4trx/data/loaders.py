@@ -242,8 +242,6 @@ def specs(ds: DictConfig) -> tuple[list[EventFile], TargetFile | None]:
     if missing:
         names = [k if k.startswith("dataset.") else f"dataset.{k}" for k in missing]  # relative to the root or not
         raise ConfigError("set the mandatory dataset keys: " + ", ".join(names))
-    if ds.loader not in LOADERS:
-        raise ConfigError(f"dataset.loader={ds.loader!r} is not one of {sorted(LOADERS)}")
     raw_dir = Path(ds.raw_dir)
     if not raw_dir.is_dir():
         fetch = f", or fetch it: python -m llm4trx.download dataset={ds.name}" if ds.get("download") else ""

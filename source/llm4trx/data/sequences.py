@@ -32,9 +32,6 @@ DAY_GAP_EDGES = np.array([1, 2, 3, 5, 9, 17, 33], dtype=np.float64)
 def time_feature_columns(events: pd.DataFrame, features, time_origin=None) -> pd.DataFrame:
     """The time features named in `features` (see TIME_FEATURES) of `events` (sorted by client, time), one
     integer column each, same index. An unknown name is a ConfigError naming coles.time_features."""
-    unknown = [f for f in features if f not in TIME_FEATURES]
-    if unknown:
-        raise ConfigError(f"coles.time_features: unknown feature(s) {unknown}; choose from {list(TIME_FEATURES)}")
     time = pd.to_datetime(events["event_time"])
     out = pd.DataFrame(index=events.index)
     if "day_gap" in features:
@@ -54,9 +51,6 @@ def time_feature_columns(events: pd.DataFrame, features, time_origin=None) -> pd
 
 def numeric_time_columns(events: pd.DataFrame, features, time_origin=None) -> pd.DataFrame:
     """The time features named in `features` as float columns (see the module docstring)."""
-    unknown = [f for f in features if f not in TIME_FEATURES]
-    if unknown:
-        raise ConfigError(f"coles.time_numeric: unknown feature(s) {unknown}; choose from {list(TIME_FEATURES)}")
     time = pd.to_datetime(events["event_time"])
     out = pd.DataFrame(index=events.index)
     if "day_gap" in features:

@@ -55,8 +55,7 @@ def make_splits(client_ids, targets: "pd.DataFrame", cfg: DictConfig) -> "pd.Dat
     import pandas as pd
     from sklearn.model_selection import StratifiedKFold
 
-    if not 0 <= cfg.test_fraction < 1 or not 0 <= cfg.val_fraction < 1:
-        raise ConfigError("splits.test_fraction and splits.val_fraction must be in [0, 1)")
+    # test_fraction and val_fraction in [0, 1), n_folds >= 2: core/schema.py
     clients = natural_sorted(client_ids)
     target_of = dict(zip(targets["client_id"].astype(str), targets["target"]))
     test = set(ptls_test_ids(target_of, cfg.test_fraction, cfg.random_state))
@@ -66,7 +65,7 @@ def make_splits(client_ids, targets: "pd.DataFrame", cfg: DictConfig) -> "pd.Dat
     if cv_ids:
         y = np.array([target_of[c] for c in cv_ids])
         smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
-        if cfg.n_folds < 2 or smallest < cfg.n_folds:
+        if smallest < cfg.n_folds:
             raise ConfigError(
                 f"splits.n_folds={cfg.n_folds} needs at least that many labeled non-test clients per class "
                 f"(smallest class has {smallest}); use fewer folds or more clients"

@@ -98,9 +98,7 @@ def embedding_specs(c, sizes: dict[str, int]) -> dict[str, dict]:
 def build_seq_encoder(c, sizes: dict[str, int]):
     from ptls.nn import RnnSeqEncoder, TrxEncoder
 
-    encoder_type = str(c.encoder_type)
-    if encoder_type not in ("gru", "lstm"):
-        raise ConfigError(f"coles.encoder_type: gru or lstm, got {encoder_type!r}")
+    encoder_type = str(c.encoder_type)  # gru | lstm: core/schema.py
     trx_encoder = TrxEncoder(
         embeddings=embedding_specs(c, sizes),
         numeric_values=numeric_inputs(c),

@@ -24,7 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from llm4trx.core.registry import mixing
-from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
+from llm4trx.core.errors import DataError, StageInputMissing
 from llm4trx.core.stage import read_success, require
 
 
@@ -40,9 +40,7 @@ def mix_into_train(
     """
     if not mixing(cfg):
         return train, {"enabled": False}
-    m = cfg.augment.mix
-    if not 0 <= m.fraction <= 1:
-        raise ConfigError(f"augment.mix.fraction must be in [0, 1], not {m.fraction}")
+    m = cfg.augment.mix  # fraction in [0, 1]: core/schema.py
     folder = require(cfg, "augment")
     outputs = read_success(folder).get("outputs", {})
     splits = pd.read_parquet(require(cfg, "prepare") / "splits.parquet", columns=["client_id", "split"])

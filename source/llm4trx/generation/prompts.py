@@ -90,8 +90,6 @@ def has_chat_template(tokenizer, acfg: DictConfig) -> bool:
     mode = acfg.use_chat_template
     if mode in (False, "false"):
         return False
-    if mode not in (True, "true", "auto"):
-        raise ConfigError(f"augment.use_chat_template must be auto, true or false, not {mode!r}")
     present = bool(getattr(tokenizer, "chat_template", None))
     if mode in (True, "true") and not present:
         raise ConfigError("augment.use_chat_template=true but the generator's tokenizer has no chat template")

@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from llm4trx.core.errors import ConfigError
-from llm4trx.lm.foundry_config import INIT_CONFIG_DIR, TRACKERS, METRICS_FILE, model_source, plain, write_init_config
+from llm4trx.core.schema import TRACKERS
+from llm4trx.lm.foundry_config import INIT_CONFIG_DIR, METRICS_FILE, model_source, plain, write_init_config
 
 
 def batches(value: Any, key: str) -> int:
