@@ -18,9 +18,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from llm4trx.core import registry
 from llm4trx.core.errors import DataError
 
 BATCH_ROWS = 1 << 16
+
+
+def events_path(data_dir: Path) -> Path:
+    """The prepare stage's data/events.parquet (a file; with engine=spark a directory of sorted parts)."""
+    return Path(data_dir) / registry.file("prepare", "events")
+
+
+def read_events(data_dir: Path, columns: Sequence[str] | None = None, filters=None) -> pd.DataFrame:
+    """The events in file order: only `columns` (a missing one names the part that lacks it; None: all), only
+    the rows `filters` keeps (pyarrow's filter syntax)."""
+    path = events_path(data_dir)
+    if columns is not None:
+        columns = list(dict.fromkeys(columns))
+        check_columns(event_files(path), columns)
+    return pd.read_parquet(path, columns=columns, filters=filters)
 
 
 def event_files(path: Path) -> list[Path]:

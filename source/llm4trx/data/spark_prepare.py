@@ -372,7 +372,7 @@ class SparkEvents:
 
     def __len__(self) -> int:
         if self.n_events is None:
-            raise RuntimeError("the number of events is known once events.parquet is written (duplicates)")
+            raise RuntimeError("the number of events is known once the events are written (duplicates)")
         return self.n_events
 
     def client_ids(self) -> pd.Index:
@@ -408,7 +408,7 @@ class SparkEvents:
         self.repairs.clear()
         for key in [k for k in REPAIRS_ORDER if k in merged] + [k for k in merged if k not in REPAIRS_ORDER]:
             self.repairs[key] = merged[key]
-        log.info("events.parquet: %d parts, %d rows", sum(r["rows"] > 0 for r in written), self.n_events)
+        log.info("events: %d parts, %d rows", sum(r["rows"] > 0 for r in written), self.n_events)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 

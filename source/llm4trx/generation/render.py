@@ -8,6 +8,8 @@ from typing import Callable
 import pandas as pd
 from omegaconf import DictConfig
 
+from llm4trx.data.chunks import read_events
+
 Renderer = Callable[[pd.DataFrame], str]
 
 
@@ -28,7 +30,7 @@ def transaction_renderer(cfg: DictConfig, data_dir: Path) -> Renderer:
 
     fmt = get_format(cfg.augment.transactions_format)
     categorical = list(cfg.dataset.get("categorical") or [])
-    everything = pd.read_parquet(data_dir / "events.parquet", columns=["event_time", *categorical])
+    everything = read_events(data_dir, ["event_time", *categorical])
     ctx = RenderContext.from_events(everything, cfg.dataset, cfg.text)
 
     def render(events: pd.DataFrame) -> str:

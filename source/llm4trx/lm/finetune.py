@@ -15,7 +15,6 @@ any training starts: label words, LoRA target modules, the model directory, the 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,6 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.data.curves import write_curves
+from llm4trx.data.results import write_finetune_predictions
+from llm4trx.data.splits import load_labels
 from llm4trx.data.texts import read_texts
 from llm4trx.lm.pooling import POOLINGS, pool, position_ids_for
 
@@ -139,55 +141,18 @@ class Protocol:
 
 
 def load_protocol(data_dir: Path, n_folds: int, n_classes: int) -> Protocol:
-    splits_path, targets_path = data_dir / "splits.parquet", data_dir / "targets.parquet"
-    splits = pd.read_parquet(splits_path)
-    for column in ("client_id", "split", "fold", "labeled"):
-        if column not in splits.columns:
-            raise DataError(splits_path, "column missing", column=column)
-    labeled = splits[splits["labeled"]]
-    test_ids = np.sort(labeled.loc[labeled["split"] == "test", "client_id"].astype(str).to_numpy())
-    cv = labeled[labeled["split"] != "test"][["client_id", "fold"]].astype({"client_id": str})
-    targets = pd.read_parquet(targets_path).astype({"client_id": str})
-    for column in ("client_id", "target"):
-        if column not in targets.columns:
-            raise DataError(targets_path, "column missing", column=column)
-    # Only the cross-validated clients' targets are joined: the test clients' labels never enter this stage.
-    cv = cv.merge(targets, on="client_id", how="left", validate="one_to_one").sort_values("client_id")
-    if cv["target"].isna().any():
-        cid = cv.loc[cv["target"].isna(), "client_id"].iloc[0]
-        raise DataError(
-            targets_path, f"client {cid!r} is labeled in {splits_path.name} but has no target", column="target"
-        )
-    y = cv["target"].to_numpy().astype(np.int64)
-    bad = (y < 0) | (y >= n_classes)
-    if bad.any():
-        found = sorted(int(v) for v in np.unique(y))
-        raise DataError(
-            targets_path,
-            f"targets take values {found}, outside [0, {n_classes}) for dataset.n_classes="
-            f"{n_classes} (client {cv['client_id'].iloc[int(np.argmax(bad))]!r}); fix the data or "
-            "dataset.n_classes",
-            column="target",
-        )
-    folds = cv["fold"].to_numpy().astype(np.int64)
-    found = sorted(int(v) for v in np.unique(folds))
-    if found != list(range(n_folds)):
-        raise DataError(
-            splits_path, f"labeled non-test clients carry folds {found}, expected 0..{n_folds - 1}", column="fold"
-        )
-    for fold in found:
-        for part, rows in (("held-out", folds == fold), ("training", folds != fold)):
-            classes = np.unique(y[rows])
-            if len(classes) < 2:
-                raise DataError(
-                    targets_path,
-                    f"fold {fold}: its {part} clients have one class only "
-                    f"({int(classes[0])}); fine-tuning and its metrics need two",
-                    column="target",
-                )
-    if len(test_ids) == 0:
-        raise DataError(splits_path, "no labeled test clients", column="split")
-    return Protocol(cv["client_id"].to_numpy(), y, folds, test_ids, n_classes)
+    """The protocol's labeled clients (`llm4trx.data.splits.load_labels`, without the test labels), in id
+    order as strings: the order fine-tuning has trained and scored in since it exists (validate uses the
+    natural order; changing this one would change the fine-tuned models)."""
+    labels = load_labels(
+        data_dir, n_folds, test_labels=False, n_classes=n_classes, fix="fine-tuning and its metrics need two"
+    )
+    ids = pd.Series(labels.train_ids).astype(str).to_numpy()
+    order = np.argsort(ids, kind="stable")
+    test_ids = np.sort(pd.Series(labels.test_ids, dtype=object).astype(str).to_numpy())
+    return Protocol(
+        ids[order], labels.train_y[order].astype(np.int64), labels.folds[order].astype(np.int64), test_ids, n_classes
+    )
 
 
 def texts_of(text_dir: Path, ids: np.ndarray) -> dict[str, str]:
@@ -726,7 +691,7 @@ def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict
             if progress is not None:
                 progress()
     frame = pd.concat(predictions, ignore_index=True)
-    frame.to_parquet(out / "predictions.parquet", index=False)
+    write_finetune_predictions(out, frame)
     meta = {
         "metric": str(cfg.dataset.metrics[0]),
         "n_classes": prep.protocol.n_classes,
@@ -737,7 +702,7 @@ def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict
         "label_tokens": prep.tokenizer.convert_ids_to_tokens(prep.label_ids) if prep.label_ids else None,
         "runs": curves,
     }
-    (out / "curves.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_curves(out, meta)
     import shutil
 
     shutil.rmtree(out / ".work", ignore_errors=True)

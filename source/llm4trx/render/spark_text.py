@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from llm4trx.data.chunks import to_frame
 from llm4trx.data.splits import SPLITS
+from llm4trx.data.texts import text_path
 from llm4trx.render.texts import TEXT_COLUMNS, TextStats, render_chunk
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def render(
     for split in SPLITS:
         parts = sorted((tmp / split).glob("part-*.jsonl"))
         if parts:
-            with open(out / f"{split}.jsonl", "wb") as target:
+            with open(text_path(out, split), "wb") as target:
                 for part in parts:
                     with open(part, "rb") as source:
                         shutil.copyfileobj(source, target, 1 << 24)
