@@ -167,19 +167,28 @@ class Labels:
 
 
 def load_labels(
-    data_dir: Path, n_folds: int, *, test_labels: bool = True, n_classes: int | None = None, fix: str | None = None
+    data_dir: Path,
+    n_folds: int,
+    *,
+    test_labels: bool = True,
+    n_classes: int | None = None,
+    fix: str | None = None,
+    held_out: str = "validation",
 ) -> Labels:
     """The labeled clients of data/ under the protocol, with every check of the files in one place.
 
     `test_labels=False`: the test clients' targets are not read (only their ids); `n_classes`: the targets must
-    lie in [0, n_classes); `fix`: what the user can do when a part of a fold has one class only.
+    lie in [0, n_classes); `fix`: what the user can do when a part of a fold has one class only; `held_out`:
+    what the message calls a fold's held-out part.
     """
     data_dir = Path(data_dir)
     s_path, t_path = splits_path(data_dir), targets_path(data_dir)
     targets, splits = read_targets(data_dir), read_splits(data_dir)
     labeled = splits[splits["labeled"]]
     if not test_labels:  # only the cross-validated clients' targets are joined
-        targets = targets[targets["client_id"].astype(str).isin(set(labeled.loc[labeled["split"] != "test", "client_id"].astype(str)))]
+        targets = targets[
+            targets["client_id"].astype(str).isin(set(labeled.loc[labeled["split"] != "test", "client_id"].astype(str)))
+        ]
     if targets["target"].isna().any():
         row = int(np.argmax(targets["target"].isna().to_numpy()))
         raise DataError(t_path, "missing target", column="target", row=row + 2)
@@ -226,7 +235,7 @@ def load_labels(
         f"among the non-test ones) or use fewer folds (splits.n_folds), then rerun prepare"
     )
     for fold in found:
-        for part, rows in (("validation", folds == fold), ("training", folds != fold)):
+        for part, rows in ((held_out, folds == fold), ("training", folds != fold)):
             classes = np.unique(y[rows])
             if len(classes) < 2:
                 raise DataError(

@@ -145,7 +145,12 @@ def load_protocol(data_dir: Path, n_folds: int, n_classes: int) -> Protocol:
     order as strings: the order fine-tuning has trained and scored in since it exists (validate uses the
     natural order; changing this one would change the fine-tuned models)."""
     labels = load_labels(
-        data_dir, n_folds, test_labels=False, n_classes=n_classes, fix="fine-tuning and its metrics need two"
+        data_dir,
+        n_folds,
+        test_labels=False,
+        n_classes=n_classes,
+        fix="fine-tuning and its metrics need two",
+        held_out="held-out",
     )
     ids = pd.Series(labels.train_ids).astype(str).to_numpy()
     order = np.argsort(ids, kind="stable")
