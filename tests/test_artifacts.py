@@ -108,7 +108,7 @@ def test_validate_and_finetune_read_the_same_labeled_clients(tmp_path):
     """One reader (data.splits.load_labels): finetune sees the same clients, targets and folds as validate (its
     rows in string order, validate's in natural order), and never the test labels."""
     from llm4trx.data.splits import load_labels, make_splits, write_splits, write_targets
-    from llm4trx.lm.finetune import load_protocol
+    from llm4trx.lm.supervised import load_protocol
 
     ids = [str(i) for i in range(1, 61)]  # "10" < "2" as strings: the two orders differ
     targets = pd.DataFrame({"client_id": ids[:50], "target": np.arange(50) % 2})
