@@ -23,7 +23,8 @@ from llm4trx import tokenizer as tokenizer_stage
 from llm4trx.core.errors import DataError
 from llm4trx.core.stage import stage_dir
 from llm4trx.data.chunks import event_files, iter_client_chunks
-from llm4trx.render.formats import ContextAccumulator, RenderContext, get_format
+from llm4trx.render.columns import ContextAccumulator, RenderContext
+from llm4trx.render.formats import get_format
 from llm4trx.render.texts import SPECIAL_TOKENS, TEXT_COLUMNS, build_texts, token_stats
 from llm4trx.render.tokencount import get_counter
 

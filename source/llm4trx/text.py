@@ -46,7 +46,8 @@ from llm4trx.data.chunks import (
 )
 from llm4trx.data.splits import SPLITS
 from llm4trx.generation.mix import mix_into_train
-from llm4trx.render.formats import ContextAccumulator, RenderContext, get_format
+from llm4trx.render.columns import ContextAccumulator, RenderContext
+from llm4trx.render.formats import get_format
 from llm4trx.render.texts import (
     PERCENTILES,
     SPECIAL_TOKENS,

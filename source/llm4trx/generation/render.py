@@ -26,7 +26,8 @@ def transaction_renderer(cfg: DictConfig, data_dir: Path) -> Renderer:
     The render context (MCC names, time resolution, usual categorical values) is computed from ALL events, as
     the text stage does, so that a client's transactions read the same here as in its text/ record.
     """
-    from llm4trx.render.formats import RenderContext, get_format, render_client
+    from llm4trx.render.columns import RenderContext
+    from llm4trx.render.formats import get_format, render_client
 
     fmt = get_format(cfg.augment.transactions_format)
     categorical = list(cfg.dataset.get("categorical") or [])
