@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from llm4trx.generation.backends import Sample, check_environment, context_length, generator_dir, load_backend
 from llm4trx.generation.prompts import ClientPrompter, build_prompts
-from llm4trx.generation.render import check_format, transaction_renderer
+from llm4trx.generation.transactions import check_format, transaction_renderer
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core import registry

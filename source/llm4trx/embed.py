@@ -41,7 +41,7 @@ from llm4trx.data.embeddings import (
     write_text_hashes,
 )
 from llm4trx.data.model_record import applied_model, check_applicable, fingerprint, row_name
-from llm4trx.data.texts import read_texts
+from llm4trx.data.text_files import read_texts
 from llm4trx.lm.dtypes import DTYPES
 from llm4trx.lm.pooling import POOLINGS, pool, position_ids_for
 from llm4trx.core.stage import is_complete, read_success, require, run_stage, stage_dir, stage_hash

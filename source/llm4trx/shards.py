@@ -31,7 +31,7 @@ from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.data.splits import PRETRAIN_SPLITS
-from llm4trx.data.texts import text_path
+from llm4trx.data.text_files import text_path
 from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Each client's history is rendered in the configured format (llm4trx.render.formats) and truncated to
 `text.max_tokens` tokens of the counting tokenizer, keeping the MOST RECENT transactions
-(llm4trx.render.texts.build_texts). Test clients are written to test.jsonl (embedding only; never in
+(llm4trx.render.client_texts.build_texts). Test clients are written to test.jsonl (embedding only; never in
 pretraining files).
 
 Bounded memory: data/events.parquet (a file or a directory of parts) is read twice in record batches,
@@ -34,10 +34,10 @@ from llm4trx.core.registry import mixing
 from llm4trx.core.spark import engine_of, session
 from llm4trx.core.stage import read_success, require, run_stage
 from llm4trx.data.splits import read_splits, splits_path
-from llm4trx.data.texts import text_path, write_stats
+from llm4trx.data.text_files import text_path, write_stats
 from llm4trx.data.chunks import (
     BATCH_ROWS,
-    check_columns,
+    check_event_columns,
     event_files,
     events_path,
     iter_batches,
@@ -48,7 +48,7 @@ from llm4trx.data.splits import SPLITS
 from llm4trx.generation.mix import mix_into_train
 from llm4trx.render.columns import ContextAccumulator, RenderContext
 from llm4trx.render.formats import get_format
-from llm4trx.render.texts import (
+from llm4trx.render.client_texts import (
     PERCENTILES,
     SPECIAL_TOKENS,
     TEXT_COLUMNS,
@@ -104,7 +104,7 @@ def scan_events(
     the same order) and the dataset's RenderContext. Returns (parquet files in order, context)."""
     categorical = list(dataset_cfg.get("categorical") or [])
     files = event_files(events_path)
-    if check_columns(files, [*EVENT_COLUMNS, *categorical]) == 0:
+    if check_event_columns(files, [*EVENT_COLUMNS, *categorical]) == 0:
         raise DataError(events_path, "no events")
     known = pa.array(splits["client_id"].to_numpy(object), pa.string())
     acc = ContextAccumulator(dataset_cfg, text_cfg)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
 from llm4trx.core.stage import require, run_stage
-from llm4trx.data.texts import text_path
+from llm4trx.data.text_files import text_path
 
 log = logging.getLogger(__name__)
 

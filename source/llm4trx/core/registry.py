@@ -206,8 +206,8 @@ STAGES: dict[str, Stage] = {
             extra_sections=lambda cfg: ["augment.mix"] if mixing(cfg) else [],
             summary="events -> one text per client",
             writes=(
-                Artifact("texts", "{split}.jsonl", "jsonl", "llm4trx.data.texts"),
-                Artifact("stats", "stats.json", "json", "llm4trx.data.texts"),
+                Artifact("texts", "{split}.jsonl", "jsonl", "llm4trx.data.text_files"),
+                Artifact("stats", "stats.json", "json", "llm4trx.data.text_files"),
             ),
         ),
         # tokenizer .. export run only for a run that uses its own LM (embed.model unset, or fine-tuning from hf/).

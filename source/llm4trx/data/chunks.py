@@ -35,7 +35,7 @@ def read_events(data_dir: Path, columns: Sequence[str] | None = None, filters=No
     path = events_path(data_dir)
     if columns is not None:
         columns = list(dict.fromkeys(columns))
-        check_columns(event_files(path), columns)
+        check_event_columns(event_files(path), columns)
     return pd.read_parquet(path, columns=columns, filters=filters)
 
 
@@ -53,7 +53,7 @@ def event_files(path: Path) -> list[Path]:
     raise DataError(path, "missing (written by the prepare stage)")
 
 
-def check_columns(files: Sequence[Path], columns: Sequence[str]) -> int:
+def check_event_columns(files: Sequence[Path], columns: Sequence[str]) -> int:
     """Every part has `columns`; returns the total number of rows (from the parquet footers)."""
     rows = 0
     for file in files:

@@ -84,7 +84,7 @@ def open_file(index: int, path: Path, spec: loaders.EventFile, block_bytes: int)
         except UnicodeDecodeError as err:
             raise DataError(path, f"not valid UTF-8 (byte 0x{header[err.start]:02x} at offset {err.start}); "
                             "re-encode the file as UTF-8", row=1) from None
-        rawcsv.check_columns(path, rawcsv.header_of(path, header), list(loaders.column_types(spec)))
+        rawcsv.check_header(path, rawcsv.header_of(path, header), list(loaders.column_types(spec)))
         cuts = [min(len(header), size)]
         pos = cuts[0] + block_bytes
         while pos < size:

@@ -30,7 +30,7 @@ from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.data.curves import write_curves
 from llm4trx.data.results import write_finetune_predictions
 from llm4trx.data.splits import load_labels
-from llm4trx.data.texts import read_texts
+from llm4trx.data.text_files import read_texts
 from llm4trx.lm.classifier_trainer import (
     Curves,
     Samples,

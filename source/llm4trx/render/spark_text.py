@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 from llm4trx.data.chunks import regroup, to_frame
 from llm4trx.data.splits import SPLITS
-from llm4trx.data.texts import text_path
-from llm4trx.render.texts import TEXT_COLUMNS, TextStats, render_chunk
+from llm4trx.data.text_files import text_path
+from llm4trx.render.client_texts import TEXT_COLUMNS, TextStats, render_chunk
 
 log = logging.getLogger(__name__)
 
