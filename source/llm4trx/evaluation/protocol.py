@@ -87,19 +87,10 @@ class Predictions:
     test: np.ndarray  # (len(labels.test_ids), len(classes))
 
 
-def cross_validate(
-    name: str,
-    features: pd.DataFrame,
-    labels: Labels,
-    metrics: list[str],
-    lightgbm_params: dict,
-    n_jobs: int,
-    source: str | Path,
-    on_fold: Callable[[], None] | None = None,
-) -> dict:
+def cross_validate(*args, **kwargs) -> dict:
     """{metric: {val_mean, val_std, val_oof, test_mean, test_std, folds: [{fold, val, test}]}} for one feature
-    set (see cross_validate_predict)."""
-    return cross_validate_predict(name, features, labels, metrics, lightgbm_params, n_jobs, source, on_fold)[0]
+    set: the summary of cross_validate_predict (the same arguments), without the predictions."""
+    return cross_validate_predict(*args, **kwargs)[0]
 
 
 def cross_validate_predict(
