@@ -1,6 +1,6 @@
 """Fine-tuning throughput and peak memory: LoRA vs full fine-tuning, same model, same data, same code.
 
-Both variants run the finetune stage's own training path (lm/finetune.py: build_model + make_trainer, the
+Both variants run the finetune stage's own training path (lm/supervised.py: build_model + make_trainer, the
 transformers Trainer, length-grouped dynamic padding) on the same randomly initialised Llama and the same
 client-length sequences, each in its own child process so that peak memory is its own (CPU: peak RSS of the
 process during training, and its growth over the loaded model; CUDA: torch.cuda.max_memory_allocated).
@@ -63,7 +63,8 @@ def child(args) -> None:
     import torch
 
     from llm4trx.core.config import compose
-    from llm4trx.lm import finetune as ft
+    from llm4trx.lm import classifier_trainer as trn
+    from llm4trx.lm import classifiers as clf
 
     cfg = compose(
         [
@@ -84,18 +85,18 @@ def child(args) -> None:
     lengths = rng.integers(args.max_len // 4, args.max_len, args.clients)
     sequences = [rng.integers(3, args.vocab, n).tolist() for n in lengths]
     labels = rng.integers(0, 2, args.clients)
-    samples = ft.Samples(range(args.clients), sequences, labels)
-    held = ft.Samples(range(8), sequences[:8], labels[:8])
-    tokenizer = ft.load_tokenizer(Path(args.model))
-    model = ft.build_model(cfg, args.variant, Path(args.model), None)
-    counts = ft.parameter_counts(model)
+    samples = trn.Samples(range(args.clients), sequences, labels)
+    held = trn.Samples(range(8), sequences[:8], labels[:8])
+    tokenizer = clf.classifier_tokenizer(Path(args.model))
+    model = clf.build_model(cfg, args.variant, Path(args.model), None)
+    counts = clf.parameter_counts(model)
     cuda = args.device == "cuda"
     if cuda:
         model.cuda()
         torch.cuda.reset_peak_memory_stats()
     before = rss_mb()
     with tempfile.TemporaryDirectory() as work:
-        trainer = ft.make_trainer(cfg, model, tokenizer, samples, held, Path(work), [], lambda p: {"auroc": 0.5})
+        trainer = trn.make_trainer(cfg, model, tokenizer, samples, held, Path(work), [], lambda p: {"auroc": 0.5})
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started

@@ -36,7 +36,8 @@ from rich.table import Table
 
 from llm4trx import prepare, shards, text, tokenizer
 from llm4trx.core.config import compose
-from llm4trx.render.formats import FORMATS, RenderContext, mcc_label_map, render
+from llm4trx.render.columns import RenderContext, mcc_label_map
+from llm4trx.render.formats import FORMATS, render
 from llm4trx.core.stage import stage_dir
 from llm4trx.data.synthetic import ensure_raw
 from llm4trx.render.tokencount import get_counter

@@ -26,7 +26,8 @@ def main():
     from llm4trx import prepare
     from llm4trx.core.config import compose
     from llm4trx.core.stage import stage_dir
-    from llm4trx.render.formats import FORMATS, RenderContext, render
+    from llm4trx.render.columns import RenderContext
+    from llm4trx.render.formats import FORMATS, render
     from llm4trx.render.tokencount import get_counter
     from llm4trx.tokenizer import train_domain_bpe, train_fields
 

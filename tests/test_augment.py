@@ -325,9 +325,14 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
         {"client_id": TRAIN, "text": [f"base {c}" for c in TRAIN], "n_events": 3, "n_events_kept": 3, "n_tokens": 2}
     )
     mix = ["augment.mix.sources=[hf]", "augment.mix.prompts=[yaml_large]", "augment.mix.fraction=0.5"]
+    splits = pd.read_parquet(data / "splits.parquet")
+    train_ids = set(splits.loc[splits["split"] == "train", "client_id"])
+    outputs = (folder, read_success(folder)["outputs"])  # what the text stage passes
     rows, stats = mix_into_train(
         cfg_for(out_root, generator, "augment.clients.n=4", *mix),
         train,
+        train_ids,
+        outputs,
         count_tokens=lambda texts: [len(t) for t in texts],
     )
     added = rows[rows["source"] != "base"]
@@ -339,7 +344,10 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     assert (added["n_tokens"] == added["text"].str.len()).all() and (added["n_events"] == 3).all()
 
     rows, stats = mix_into_train(
-        cfg_for(out_root, generator, "augment.mix.sources=[hf]", "augment.mix.with_base=false"), train
+        cfg_for(out_root, generator, "augment.mix.sources=[hf]", "augment.mix.with_base=false"),
+        train,
+        train_ids,
+        outputs,
     )
     assert stats["skipped_not_train"] == 1 and "leak" not in set(rows["text"])
     assert set(rows.loc[~rows["pretrain"], "client_id"]) == augmented
@@ -347,7 +355,7 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     assert stats["texts_added"] == 2 * len(augmented) == (rows["source"] != "base").sum()
     assert pd.read_parquet(data / "splits.parquet").set_index("client_id").loc[TEST, "split"].eq("test").all()
     for off in (cfg_for(out_root, generator), compose([f"paths.output_root={out_root}"])):  # no sources; no augment
-        untouched, stats = mix_into_train(off, train)
+        untouched, stats = mix_into_train(off, train, train_ids, None)
         assert untouched is train and stats == {"enabled": False}
 
 

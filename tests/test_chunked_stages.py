@@ -23,8 +23,9 @@ from llm4trx import tokenizer as tokenizer_stage
 from llm4trx.core.errors import DataError
 from llm4trx.core.stage import stage_dir
 from llm4trx.data.chunks import event_files, iter_client_chunks
-from llm4trx.render.formats import ContextAccumulator, RenderContext, get_format
-from llm4trx.render.texts import SPECIAL_TOKENS, TEXT_COLUMNS, build_texts, token_stats
+from llm4trx.render.columns import ContextAccumulator, RenderContext
+from llm4trx.render.formats import get_format
+from llm4trx.render.client_texts import SPECIAL_TOKENS, TEXT_COLUMNS, build_texts, token_stats
 from llm4trx.render.tokencount import get_counter
 
 OUTPUTS = ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json")
@@ -292,7 +293,7 @@ def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema, monkeypat
     """Rendering only each client's newest lines (line_cap), with the clients whose counting window reaches
     past them redone whole, and counting a tighter window first (TIGHT_WINDOW, the full one where it falls
     short): the same rows as rendering and counting every line, for every format, cap and tightness."""
-    from llm4trx.render import texts as texts_mod
+    from llm4trx.render import client_texts as texts_mod
     from llm4trx.render.formats import FORMATS
 
     events = canonical_events(schema, 30, seed=5, min_events=1, max_events=120)

@@ -9,7 +9,8 @@ from canonical_data import SCHEMAS, canonical_events
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
-from llm4trx.render.formats import RenderContext, render, render_client
+from llm4trx.render.columns import RenderContext
+from llm4trx.render.formats import render, render_client
 
 
 def context(schema, *overrides):

@@ -1,4 +1,4 @@
-"""The finetune stage (llm4trx.finetune, lm/finetune.py) on a tiny random Llama and the embed fixtures' data."""
+"""The finetune stage (llm4trx.finetune, lm/supervised.py) on a tiny random Llama and the embed fixtures' data."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from fixtures_lm import PUBLISHED_CONFIGS, write_model_config
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.stage import stage_dir
-from llm4trx.lm import finetune as ft
+from llm4trx.lm import classifier_trainer as trn
+from llm4trx.lm import classifiers as clf
+from llm4trx.lm import supervised as ft
 
 N_CLIENTS = 150
 # Tiny sizes: 3 runs x 5 folds of 4 steps each.
@@ -57,7 +59,7 @@ def finetuned(inputs):
     from llm4trx.validate import run as validate
 
     recorded = []
-    original = ft.make_trainer
+    original = ft.make_trainer  # the name supervised.py calls
 
     def recording(cfg, model, tokenizer, train, held, out_dir, callbacks, compute_metrics):
         recorded.append((list(train.ids), list(held.ids)))
@@ -149,13 +151,13 @@ def test_verbalizer_scores_equal_a_manual_next_token_computation(inputs):
     from transformers import AutoModelForCausalLM, DataCollatorWithPadding
 
     hf = stage_dir(inputs, "export")
-    tok = ft.load_tokenizer(hf)
+    tok = clf.classifier_tokenizer(hf)
     words = ["no", "yes"]
-    label_ids = ft.label_token_ids(tok, words, "")
+    label_ids = clf.label_token_ids(tok, words, "")
     texts = ["01-02 5411 12\n01-03 6011 7", "01-05 5812 300", "01-09 4111 5\n01-10 4111 6\n01-11 5999 80"]
-    sequences = ft.verbalizer_sequences(tok, texts, "\nAnswer:", 64)
+    sequences = clf.verbalizer_sequences(tok, texts, "\nAnswer:", 64)
     lm = AutoModelForCausalLM.from_pretrained(hf).eval()
-    model = ft.VerbalizerClassifier(lm, label_ids, logits_to_keep=True).eval()
+    model = clf.VerbalizerClassifier(lm, label_ids, logits_to_keep=True).eval()
     batch = DataCollatorWithPadding(tok)([{"input_ids": s, "attention_mask": [1] * len(s)} for s in sequences])
     assert batch["attention_mask"][:, 0].tolist().count(0) == 2  # left padding: two shorter rows
     with torch.no_grad():
@@ -166,14 +168,14 @@ def test_verbalizer_scores_equal_a_manual_next_token_computation(inputs):
     # The prompt ends with the instruction's tokens; the text keeps its most recent tokens when cut.
     answer = tok("\nAnswer:", add_special_tokens=False)["input_ids"]
     assert all(seq[-len(answer) :] == answer for seq in sequences)
-    short = ft.verbalizer_sequences(tok, [texts[2]], "\nAnswer:", 12)[0]
+    short = clf.verbalizer_sequences(tok, [texts[2]], "\nAnswer:", 12)[0]
     assert len(short) == 12 and short[-len(answer) :] == answer
 
 
 def test_chat_template_wraps_the_prompt(inputs):
-    tok = ft.load_tokenizer(stage_dir(inputs, "export"))
+    tok = clf.classifier_tokenizer(stage_dir(inputs, "export"))
     tok.chat_template = "{% for m in messages %}<s>user: {{ m['content'] }}\n{% endfor %}assistant:"
-    before, after = ft.prompt_parts(tok, " Q?")
+    before, after = clf.prompt_parts(tok, " Q?")
     assert tok.decode(before) == "<s>user: " and tok.decode(after) == " Q?\nassistant:"
 
 
@@ -181,12 +183,12 @@ def test_lora_leaves_base_weights_unchanged(inputs, tmp_path):
     cfg = inputs
     prep = ft.prepare(cfg, stage_dir(cfg, "export"), stage_dir(cfg, "prepare"), stage_dir(cfg, "text"))
     ids = prep.protocol.train_ids[:24]
-    samples = ft.Samples(ids, [prep.sequences["head"][c] for c in ids], prep.protocol.train_y[:24])
+    samples = trn.Samples(ids, [prep.sequences["head"][c] for c in ids], prep.protocol.train_y[:24])
     for run, lora in (("head", True), ("head_full", False)):
         torch.manual_seed(0)
-        model = ft.build_model(cfg, run, prep.model_dir, None)
+        model = clf.build_model(cfg, run, prep.model_dir, None)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        trainer = ft.make_trainer(
+        trainer = trn.make_trainer(
             cfg, model, prep.tokenizer, samples, samples, tmp_path / run, [], lambda pred: {"auroc": 0.5}
         )
         trainer.train()
@@ -247,14 +249,14 @@ def test_label_words_unknown_to_the_field_tokenizer_are_scored_by_spare_vocabula
     texts = ["d0@14 m5411 a12 d1@09 m6011 a20", "d0@14 m5411 a13 d2@20 m5812 a12", "d0@09 m5411 a12"]
     tok = train_fields(iter(texts), 100, 1, "<|bos|>", "<|endoftext|>", "<|pad|>", "<|unk|>")
     assert tok("yes", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
-    ids = ft.label_token_ids(tok, ["no", "yes"], " ")
+    ids = clf.label_token_ids(tok, ["no", "yes"], " ")
     last = sorted(tok.get_vocab().values(), reverse=True)
     assert ids == last[:2] and not set(ids) & set(tok.all_special_ids)
     # A word the vocabulary has keeps its own token; the unknown one takes the last id not already taken.
     known = tok.convert_tokens_to_ids(tok.convert_ids_to_tokens(last[0]))
-    assert ft.label_token_ids(tok, [tok.convert_ids_to_tokens(last[0]), "no"], "") == [known, last[1]]
+    assert clf.label_token_ids(tok, [tok.convert_ids_to_tokens(last[0]), "no"], "") == [known, last[1]]
     with pytest.raises(ConfigError, match=r"\['no', 'yes'\] are not in the tokenizer's vocabulary"):
-        ft.label_token_ids(tok, ["no", "yes"], " ", unknown="error")
+        clf.label_token_ids(tok, ["no", "yes"], " ", unknown="error")
 
 
 def test_lora_target_modules_the_model_lacks(inputs, tmp_path):
@@ -289,9 +291,7 @@ def test_fold_with_one_class_only(inputs, tmp_path):
         targets.loc[targets["client_id"].isin(fold0), "target"] = 1
         return targets
 
-    assert_fails_before_writing(
-        fresh_copy(inputs, tmp_path, edit), DataError, "fold 0: its held-out clients have one class"
-    )
+    assert_fails_before_writing(fresh_copy(inputs, tmp_path, edit), DataError, "fold 0: its held-out part")
 
 
 # ------------------------------------------------------------------------------------------ GPU configs
@@ -310,7 +310,7 @@ def test_gpu_configs_validate_against_the_published_architecture(tmp_path, monke
             ft.check_config(cfg)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     ft.check_config(cfg)
-    ft.check_lora_targets(model_dir, list(cfg.finetune.lora.target_modules))
+    clf.check_lora_targets(model_dir, list(cfg.finetune.lora.target_modules))
     with pytest.raises(DataError, match="without weights"):
         ft.check_model_dir(model_dir)
 

@@ -14,17 +14,8 @@ from canonical_data import SCHEMAS, canonical_events
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
-from llm4trx.render.formats import (
-    FORMATS,
-    RenderContext,
-    amount_2dp,
-    amount_bin,
-    amount_short,
-    amount_words,
-    get_format,
-    render,
-    render_client,
-)
+from llm4trx.render.columns import RenderContext, amount_2dp, amount_short
+from llm4trx.render.formats import FORMATS, amount_bin, amount_words, get_format, render, render_client
 
 ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown", "fields"]
 

@@ -21,7 +21,7 @@ import pytest
 from llm4trx.core.config import compose
 from llm4trx.core.errors import DataError
 from llm4trx.core.stage import read_success
-from llm4trx.data import loaders, rawcsv
+from llm4trx.data import event_store, loaders, rawcsv
 from llm4trx.prepare import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_duplicates_found_in_slices_equal_the_whole_comparison(tmp_path):
     whole = loaded.events.duplicated().to_numpy()  # pandas on the full sorted frame: the definition
     assert whole.sum() > 0 and loaded.repairs["duplicate_events"] == whole.sum()
     for step in (1, 2, 3, 5, 8, 13, 1000):
-        assert np.array_equal(loaders.duplicated_rows(store, step=step), whole), step
+        assert np.array_equal(event_store.duplicated_rows(store, step=step), whole), step
 
 
 def test_sorting_in_slices_equals_pandas_stable_sort(tmp_path):
@@ -155,7 +155,7 @@ def test_sorting_in_slices_equals_pandas_stable_sort(tmp_path):
     file_order = pd.DataFrame({"k": ids.astype(str), "t": store.columns["event_time"]})
     expected = file_order.sort_values(["k", "t"], kind="stable").index.to_numpy()
     for step in (7, 1000, 1 << 22):
-        assert np.array_equal(loaders.sort_order(store, step=step), expected), step
+        assert np.array_equal(event_store.sort_order(store, step=step), expected), step
 
 
 def peak_rss_of_prepare(out_root: Path, n_clients: int) -> tuple[int, float]:

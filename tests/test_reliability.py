@@ -174,8 +174,13 @@ def test_summary_lines_give_the_figure_of_each_stage(tmp_path):
     folder = tmp_path / "coles"
     folder.mkdir()
     (folder / "_SUCCESS.json").write_text(json.dumps({"seconds": 2, "counts": {"skipped": "0 of 90 clients ..."}}))
-    assert cli.summary("coles", folder) == "skipped: 0 of 90 clients ..."
+    from llm4trx.coles import summary_line
+
+    assert cli.summary(folder, summary_line) == "skipped: 0 of 90 clients ..."
     (folder / "_SUCCESS.json").write_text(
         json.dumps({"seconds": 2, "counts": {"clients": 100, "train_clients": 80, "too_short": 10, "dim": 8}})
     )
-    assert cli.summary("coles", folder) == "trained on 80 clients (10 shorter than min_seq_len left out), embedded 100"
+    assert (
+        cli.summary(folder, summary_line)
+        == "trained on 80 clients (10 shorter than min_seq_len left out), embedded 100"
+    )

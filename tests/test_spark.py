@@ -155,7 +155,7 @@ def test_readers_of_events_accept_the_directory(rosbank):
     )
     pd.testing.assert_frame_equal(
         pd.read_parquet(b, columns=["event_time", "currency"]), whole[["event_time", "currency"]]
-    )  # generation/render.py
+    )  # generation/transactions.py
     assert pads.dataset(b).count_rows() == len(whole)
 
 

@@ -11,7 +11,8 @@ from canonical_data import canonical_events, canonical_run
 from llm4trx import text as text_stage
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
-from llm4trx.render.formats import RenderContext, render
+from llm4trx.render.columns import RenderContext
+from llm4trx.render.formats import render
 from llm4trx.core.stage import read_success, stage_dir
 from llm4trx.render.tokencount import get_counter
 

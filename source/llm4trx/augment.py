@@ -35,11 +35,13 @@ from tqdm import tqdm
 
 from llm4trx.generation.backends import Sample, check_environment, context_length, generator_dir, load_backend
 from llm4trx.generation.prompts import ClientPrompter, build_prompts
-from llm4trx.generation.render import check_format, transaction_renderer
+from llm4trx.generation.transactions import check_format, transaction_renderer
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core import registry
 from llm4trx.core.stage import SUCCESS_FILE, read_success, require, stage_dir, stage_hash
+from llm4trx.data.chunks import read_events
+from llm4trx.data.splits import splits_path
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +199,9 @@ def run(cfg: DictConfig) -> Path:
         )
 
     prompter.render = transaction_renderer(cfg, data)
-    clients = select_clients(cfg, data / "splits.parquet")
+    clients = select_clients(cfg, splits_path(data))
     if not clients:
-        raise DataError(data / "splits.parquet", "no client of the train split to augment", column="split")
+        raise DataError(splits_path(data), "no client of the train split to augment", column="split")
     folder.mkdir(parents=True, exist_ok=True)
     if have_hash is None:
         ledger.write_text(json.dumps({"config_hash": want}) + "\n")
@@ -224,7 +226,7 @@ def run(cfg: DictConfig) -> Path:
     this_run = dict.fromkeys(COUNT_KEYS, 0)
     if requests:
         backend = load_backend(acfg, path, tokenizer)
-        events = pd.read_parquet(data / "events.parquet", filters=[("client_id", "in", clients)])
+        events = read_events(data, filters=[("client_id", "in", clients)])
         by_client = {cid: g.reset_index(drop=True) for cid, g in events.groupby("client_id", sort=False)}
         order = {key: i for i, key in enumerate((c, p.prompt_id) for c in clients for p in prompts)}
         bar = tqdm(total=len(requests), desc=f"augment {name}", disable=not cfg.progress, unit="req")

@@ -15,22 +15,22 @@ validate builds the sets itself, per seed.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
 from llm4trx.core.registry import shared_baselines
 from llm4trx.core.stage import require, run_stage
-from llm4trx.data.embeddings import embeddings_frame
-from llm4trx.data.predictions import write_predictions
-from llm4trx.evaluation.protocol import load_labels
+from llm4trx.data.embeddings import embeddings_frame, features_path, write_embeddings
+from llm4trx.data.chunks import events_path, read_events
+from llm4trx.data.results import results_line, write_results
+from llm4trx.data.splits import load_labels, read_splits
 from llm4trx.evaluation.tables import results_table
 from llm4trx.evaluation.validation import (
+    aggregate_columns,
     aggregates,
     lightgbm_params,
     lightgbm_seed_mode,
@@ -40,8 +40,6 @@ from llm4trx.evaluation.validation import (
 )
 
 log = logging.getLogger(__name__)
-
-RESULTS, PREDICTIONS, FEATURES = "results.json", "predictions.parquet", "{name}.parquet"
 
 
 def run(cfg: DictConfig) -> Path:
@@ -59,16 +57,16 @@ def run(cfg: DictConfig) -> Path:
         names = seed_independent_sets(cfg)
         sets, sources = {}, {}
         if "aggregates" in names:
-            splits = pd.read_parquet(data / "splits.parquet")
-            sets["aggregates"] = aggregates(cfg, pd.read_parquet(data / "events.parquet"), splits)
-            sources["aggregates"] = data / "events.parquet"
+            splits = read_splits(data, ("client_id", "split"))
+            sets["aggregates"] = aggregates(cfg, read_events(data, aggregate_columns(cfg)), splits)
+            sources["aggregates"] = events_path(data)
         if "oracle" in names:
             sets["oracle"] = oracle(cfg)
             sources["oracle"] = f"{cfg.dataset.raw_dir} (hidden factors)"
         entries, frames = validate_sets(cfg, sets, sources, labels, desc="baselines")
         for name, features in sets.items():
             frame = embeddings_frame(cfg.dataset.id_column, features.index.to_numpy(), features.to_numpy())
-            frame.to_parquet(tmp / FEATURES.format(name=name), index=False)
+            write_embeddings(features_path(tmp, name), frame)
         params = lightgbm_params(cfg)
         results = {
             "dataset": cfg.dataset.name,
@@ -80,15 +78,13 @@ def run(cfg: DictConfig) -> Path:
             "n_test": len(labels.test_ids),
             "feature_sets": entries,
         }
-        (tmp / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
-        (tmp / "results.md").write_text(results_table(results))
-        write_predictions(list(frames.values()), tmp / PREDICTIONS)
+        write_results(tmp, "baselines", results, results_table(results), list(frames.values()))
         return {"feature_sets": list(entries), "n_train": results["n_train"], "n_test": results["n_test"]}
 
     return run_stage(cfg, "baselines", build)
 
 
-main = stage_main(run)
+main = stage_main(run, results_line("baselines"))
 
 if __name__ == "__main__":
     main()

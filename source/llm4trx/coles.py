@@ -17,15 +17,16 @@ train on such data anyway.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig
 
 from llm4trx.core.cli import stage_main
-from llm4trx.data.embeddings import embeddings_frame
+from llm4trx.data.chunks import read_events
+from llm4trx.data.curves import write_coles_losses
+from llm4trx.data.embeddings import embeddings_frame, embeddings_path, write_embeddings
+from llm4trx.data.splits import read_splits
 from llm4trx.data.sequences import categorical_columns, ptls_records
 from llm4trx.evaluation.coles_model import infer, numeric_transforms, train_encoder
 from llm4trx.core.stage import require, run_stage
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 # A contrastive loss needs other clients as negatives: at least two clients must qualify.
 MIN_TRAIN_CLIENTS = 2
-LOSSES_FILE = "losses.jsonl"
 
 
 def epoch_loss_recorder():
@@ -68,11 +68,11 @@ def read_records(cfg: DictConfig) -> tuple[list[dict], dict, list[dict], int]:
     """(every client's ptls record, category sizes, the pretraining clients' records long enough to train on,
     how many pretraining clients were too short), from data/ as the stage reads it."""
     data = require(cfg, "prepare")
-    events = pd.read_parquet(data / "events.parquet")
-    splits = pd.read_parquet(data / "splits.parquet")
+    splits = read_splits(data, ("client_id", "split"))
     pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
     categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
     numeric = list(numeric_transforms(cfg.coles.numeric))
+    events = read_events(data, ["client_id", "event_time", *categorical, *numeric])  # only what ptls reads
     records, sizes = ptls_records(
         events,
         categorical,
@@ -118,8 +118,8 @@ def run(cfg: DictConfig) -> Path:
         encoder = train_encoder(train_records, sizes, cfg.coles, int(cfg.seed), bool(cfg.progress), callbacks=[losses])
         matrix = infer(encoder, records, int(cfg.coles.inference_batch_size), cfg.coles.inference_max_len)
         frame = embeddings_frame(cfg.dataset.id_column, [r["client_id"] for r in records], matrix)
-        frame.to_parquet(tmp / "embeddings.parquet", index=False)
-        (tmp / LOSSES_FILE).write_text("".join(json.dumps(e) + "\n" for e in losses.epochs))
+        write_embeddings(embeddings_path(tmp, "coles"), frame)
+        write_coles_losses(tmp, losses.epochs)
         return {
             "clients": len(records),
             "train_clients": len(train_records),
@@ -131,7 +131,17 @@ def run(cfg: DictConfig) -> Path:
     return run_stage(cfg, "coles", build)
 
 
-main = stage_main(run)
+def summary_line(c: dict, seconds: float, folder: Path) -> str:
+    if c.get("skipped"):
+        return f"skipped: {c['skipped']}"
+    loss = f", last epoch's loss {c['final_loss']:.4f}" if c.get("final_loss") is not None else ""
+    return (
+        f"trained on {c['train_clients']:,} clients ({c.get('too_short', 0):,} shorter than "
+        f"min_seq_len left out){loss}, embedded {c['clients']:,}"
+    )
+
+
+main = stage_main(run, summary_line)
 
 if __name__ == "__main__":
     main()

@@ -29,11 +29,19 @@ from accelerate.utils import gather_object
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from llm4trx.core.cli import stage_main
+from llm4trx.core.cli import figure, stage_main
 from llm4trx.core.errors import ConfigError
-from llm4trx.data.embeddings import embeddings_frame, read_embeddings, read_text_hashes, text_digests, write_text_hashes
+from llm4trx.data.embeddings import (
+    embeddings_frame,
+    embeddings_path,
+    read_embeddings,
+    read_text_hashes,
+    text_digests,
+    write_embeddings,
+    write_text_hashes,
+)
 from llm4trx.data.model_record import applied_model, check_applicable, fingerprint, row_name
-from llm4trx.data.texts import read_texts
+from llm4trx.data.text_files import read_texts
 from llm4trx.lm.dtypes import DTYPES
 from llm4trx.lm.pooling import pool, position_ids_for
 from llm4trx.core.stage import is_complete, read_success, require, run_stage, stage_dir, stage_hash
@@ -78,7 +86,7 @@ def previous_vectors(cfg: DictConfig, key: str) -> dict[str, tuple[str, np.ndarr
     digests = read_text_hashes(folder)
     if not digests:
         return {}
-    frame = read_embeddings(folder / "embeddings.parquet", cfg.dataset.id_column, "llm")
+    frame = read_embeddings(embeddings_path(folder), cfg.dataset.id_column, "llm")
     matrix = frame.to_numpy(dtype=np.float32)
     return {cid: (digests[cid], matrix[i]) for i, cid in enumerate(frame.index) if cid in digests}
 
@@ -244,7 +252,7 @@ def run(cfg: DictConfig) -> Path:
 
         def build(tmp: Path) -> dict:
             frame = embeddings_frame(cfg.dataset.id_column, result["client_id"], result["matrix"])
-            frame.to_parquet(tmp / "embeddings.parquet", index=False)
+            write_embeddings(embeddings_path(tmp), frame)
             write_text_hashes(tmp, result["client_id"], result["digests"])
             seconds = time.time() - started
             counts = result["counts"]
@@ -269,7 +277,13 @@ def run(cfg: DictConfig) -> Path:
     return final
 
 
-main = stage_main(run)
+def summary_line(c: dict, seconds: float, folder: Path) -> str:
+    rate = f", {figure(c['tokens'] / c['embed_seconds'])} tokens/s" if c.get("embed_seconds") else ""
+    reused = f" ({c['recomputed']:,} recomputed, {c['reused']:,} reused)" if c.get("reused") else ""
+    return f"{c['clients']:,} clients x {c['dim']}{reused}{rate}"
+
+
+main = stage_main(run, summary_line)
 
 if __name__ == "__main__":
     main()

@@ -227,7 +227,14 @@ def run(cfg: DictConfig) -> Path:
     return run_stage(cfg, STAGE, lambda out: build(cfg, out))
 
 
-main = stage_main(run)
+def summary_line(c: dict, seconds: float, folder: Path) -> str:
+    return (
+        f"{c.get('checkpoint')} -> Hugging Face ({c.get('precision')}), max |logit diff| vs Composer "
+        f"{c.get('max_abs_logit_diff')} on {c.get('verify_clients')} clients"
+    )
+
+
+main = stage_main(run, summary_line)
 
 if __name__ == "__main__":
     main()

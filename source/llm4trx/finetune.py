@@ -21,7 +21,7 @@ from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
 from llm4trx.core.registry import finetune_configured
 from llm4trx.core.stage import require, run_stage
-from llm4trx.lm.finetune import check_config, fine_tune, prepare
+from llm4trx.lm.supervised import check_config, fine_tune, prepare
 
 log = logging.getLogger(__name__)
 

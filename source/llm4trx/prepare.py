@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from llm4trx.data import loaders, synthetic
 from llm4trx.core.cli import stage_main
-from llm4trx.data.splits import make_splits
+from llm4trx.data.chunks import events_path
+from llm4trx.data.splits import make_splits, write_splits, write_targets
 from llm4trx.core.spark import engine_of, session
 from llm4trx.core.stage import run_stage
 
@@ -61,17 +61,9 @@ def build(cfg: DictConfig, out: Path) -> dict:
     targets = targets.set_index("client_id").loc[splits.loc[splits["labeled"], "client_id"]].reset_index()
 
     # Written one row group at a time from compact columns: memory does not hold a sorted copy of the table.
-    events.write_parquet(out / "events.parquet", events_schema(ds.categorical))
-    pq.write_table(
-        pa.Table.from_pandas(
-            targets, schema=pa.schema([("client_id", pa.string()), ("target", pa.int64())]), preserve_index=False
-        ),
-        out / "targets.parquet",
-    )
-    splits_schema = pa.schema(
-        [("client_id", pa.string()), ("split", pa.string()), ("fold", pa.int8()), ("labeled", pa.bool_())]
-    )
-    pq.write_table(pa.Table.from_pandas(splits, schema=splits_schema, preserve_index=False), out / "splits.parquet")
+    events.write_parquet(events_path(out), events_schema(ds.categorical))
+    write_targets(out, targets)
+    write_splits(out, splits)
 
     counts = {
         "events": len(events),
@@ -98,7 +90,12 @@ def run(cfg: DictConfig) -> Path:
     return run_stage(cfg, "prepare", lambda out: build(cfg, out))
 
 
-main = stage_main(run)
+def summary_line(c: dict, seconds: float, folder: Path) -> str:
+    repairs = ", ".join(f"{k} {v}" for k, v in (c.get("repairs") or {}).items()) or "none"
+    return f"{c['events']:,} events, {c['clients']:,} clients ({c['labeled']:,} labeled); repairs: {repairs}"
+
+
+main = stage_main(run, summary_line)
 
 if __name__ == "__main__":
     main()

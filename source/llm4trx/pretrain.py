@@ -29,7 +29,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from llm4trx.core.cli import stage_main
+from llm4trx.core import registry
+from llm4trx.core.cli import figure, stage_main
+from llm4trx.data.curves import last_losses
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.data.splits import PRETRAIN_SPLITS
@@ -38,7 +40,7 @@ from llm4trx.core.stage import SUCCESS_FILE, is_complete, require, stage_dir, st
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
-RUN_FILE = "_RUN.json"  # config hash of the run that owns the checkpoints in this folder
+RUN_FILE = registry.file("pretrain", "run")  # config hash of the run that owns the checkpoints in this folder
 
 
 def global_rank() -> int:
@@ -324,7 +326,16 @@ def run(cfg: DictConfig) -> Path:
     return folder
 
 
-main = stage_main(run)
+def summary_line(c: dict, seconds: float, folder: Path) -> str:
+    parts = [f"{c.get('steps')} steps"] + [f"{s} loss {v:.4f}" for s, v in last_losses(folder).items()]
+    if c.get("tokens_seen"):
+        parts.append(f"{figure(c['tokens_seen'] / seconds)} tokens/s")
+    if c.get("resumed_from_step"):
+        parts.append(f"resumed from step {c['resumed_from_step']}")
+    return ", ".join(parts)
+
+
+main = stage_main(run, summary_line)
 
 if __name__ == "__main__":
     main()

@@ -28,75 +28,17 @@ from omegaconf import DictConfig
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError, StageInputMissing
-from llm4trx.data.predictions import read_predictions
+from llm4trx.core import registry
+from llm4trx.data.curves import metrics_path, read_coles_losses, read_curves, read_losses
+from llm4trx.data.results import predictions_path, read_results, read_stage_predictions, results_path
 from llm4trx.evaluation.bootstrap import report_gaps
 from llm4trx.evaluation.tables import gap_table, summary_table
 from llm4trx.core.stage import atomic_dir, seed_stage_dir, stage_dir
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.json"  # in the validate stage's folder
-PREDICTIONS = "predictions.parquet"  # in the validate stage's folder
-LOSSES = "metrics.jsonl"  # in the pretrain stage's folder (written by the llm4trx_metrics_jsonl logger)
-COLES_LOSSES = "losses.jsonl"  # in the coles stage's folder (mean training loss per epoch)
-CURVES = "curves.json"  # in the finetune stage's folder (optional stage)
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None
-    for key in ("dataset", "metrics", "feature_sets"):
-        if key not in results:
-            raise DataError(path, f"missing key {key!r} (written by python -m llm4trx.validate)")
-    for name, by_metric in results["feature_sets"].items():
-        for metric in results["metrics"]:
-            if "test_mean" not in by_metric.get(metric, {}):
-                raise DataError(path, f"feature set {name!r} has no test_mean for metric {metric!r}")
-    return results
-
-
-def load_jsonl_records(path: Path, fields: dict[str, type], shape: str) -> list[dict[str, Any]]:
-    """The lines of a loss log as {field: type(value)}; [] when the file is not there. A line that is not such
-    a JSON object raises DataError naming the file, the row and `shape` (what a line should look like)."""
-    if not path.is_file():
-        return []
-    records = []
-    for row, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            records.append({name: kind(record[name]) for name, kind in fields.items()})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise DataError(path, f"expected a JSON line {shape}", row=row) from None
-    return records
-
-
-def load_coles_losses(path: Path) -> list[dict[str, Any]]:
-    """Lines {"epoch", "loss"} the coles stage wrote; [] when there is none (CoLES not run or skipped)."""
-    return load_jsonl_records(path, {"epoch": int, "loss": float}, '{"epoch": int, "loss": float}')
-
-
-def load_losses(path: Path) -> list[dict[str, Any]]:
-    """Lines {"step", "split", "loss"} of the pretraining log; [] when there is none."""
-    return load_jsonl_records(
-        path, {"step": int, "split": str, "loss": float}, '{"step": int, "split": "train"|"eval", "loss": float}'
-    )
-
-
-def load_curves(path: Path) -> dict[str, Any] | None:
-    """Fine-tuning learning curves of one seed (finetune/curves.json); None when the stage did not run."""
-    if not path.is_file():
-        return None
-    try:
-        curves = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None
-    if "runs" not in curves or "metric" not in curves:
-        raise DataError(path, "missing key 'runs' or 'metric' (written by python -m llm4trx.finetune)")
-    return curves
+# File names for the messages (the files are the validate and pretrain stages'; see core/registry.py).
+RESULTS, PREDICTIONS, LOSSES = results_path(Path()).name, predictions_path(Path()).name, metrics_path(Path()).name
 
 
 def spread(values: list[float]) -> float:
@@ -180,23 +122,23 @@ def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str
     predictions, no_predictions = {}, []
     for seed in seeds:
         validation = seed_stage_dir(cfg, "validate", seed, experiment_dir)
-        if (validation / RESULTS).is_file():
-            results[seed] = load_results(validation / RESULTS)
-            if (validation / PREDICTIONS).is_file():
-                predictions[seed] = read_predictions(validation / PREDICTIONS)
+        if results_path(validation).is_file():
+            results[seed] = read_results(validation)
+            if predictions_path(validation).is_file():
+                predictions[seed] = read_stage_predictions(validation)
             else:
                 no_predictions.append(seed)
-            losses[seed] = load_losses(seed_stage_dir(cfg, "pretrain", seed, experiment_dir) / LOSSES)
-            epochs = load_coles_losses(seed_stage_dir(cfg, "coles", seed, experiment_dir) / COLES_LOSSES)
+            losses[seed] = read_losses(seed_stage_dir(cfg, "pretrain", seed, experiment_dir))
+            epochs = read_coles_losses(seed_stage_dir(cfg, "coles", seed, experiment_dir))
             if epochs:
                 coles_losses[str(seed)] = epochs
-            found = load_curves(seed_stage_dir(cfg, "finetune", seed, experiment_dir) / CURVES)
+            found = read_curves(seed_stage_dir(cfg, "finetune", seed, experiment_dir))
             if found is not None:
                 curves[str(seed)] = found
         else:
             missing.append(seed)
     if not results:
-        where = seed_stage_dir(cfg, "validate", seeds[0], experiment_dir) / RESULTS
+        where = results_path(seed_stage_dir(cfg, "validate", seeds[0], experiment_dir))
         raise StageInputMissing(
             f"no seed has validation results under {experiment_dir} (looked for {where} and the same for seeds "
             f"{', '.join(map(str, seeds))}); run bash scripts/run_multi_seed.sh with the same overrides first"
@@ -319,11 +261,13 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
                 ]
             lines += ["", f"![fine-tuning curves](finetune_{label}.png)", ""]
     lines += [HOW_TO_READ]
-    (out / "report.md").write_text("\n".join(lines))
+    (out / registry.file("report", "report")).write_text("\n".join(lines))
     tables = {
         label: {k: v for k, v in s.items() if k not in ("losses", "finetune_curves")} for label, s in summaries.items()
     }
-    (out / "report.json").write_text(json.dumps({"experiment": experiment, "datasets": tables}, indent=2) + "\n")
+    (out / registry.file("report", "tables")).write_text(
+        json.dumps({"experiment": experiment, "datasets": tables}, indent=2) + "\n"
+    )
 
 
 def run(cfg: DictConfig) -> Path:
@@ -339,7 +283,7 @@ def run(cfg: DictConfig) -> Path:
     for summary in summaries.values():
         print(f"\n{summary['dataset']}: {len(summary['seeds'])} seeds")
         print("\n".join(summary_table(summary)))
-    print(f"\nreport: {final / 'report.md'}")
+    print(f"\nreport: {final / registry.file('report', 'report')}")
     return final
 
 

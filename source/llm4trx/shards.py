@@ -26,10 +26,12 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from llm4trx.core import registry
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.data.splits import PRETRAIN_SPLITS
+from llm4trx.data.text_files import text_path
 from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
@@ -243,7 +245,7 @@ def run(cfg: DictConfig) -> Path:
         stats = {}
         for split in PRETRAIN_SPLITS:
             stats[split] = write_split_parallel(
-                text_dir / f"{split}.jsonl",
+                text_path(text_dir, split),
                 out / split,
                 tok_dir,
                 max_seq_len,
@@ -261,14 +263,24 @@ def run(cfg: DictConfig) -> Path:
                     max_seq_len,
                 )
         if stats["train"]["samples"] == 0:
-            raise DataError(text_dir / "train.jsonl", "no training texts")
-        (out / "stats.json").write_text(json.dumps({"max_seq_len": max_seq_len, **stats}, indent=2) + "\n")
+            raise DataError(text_path(text_dir, "train"), "no training texts")
+        (out / registry.file("shards", "stats")).write_text(
+            json.dumps({"max_seq_len": max_seq_len, **stats}, indent=2) + "\n"
+        )
         return stats
 
     return run_stage(cfg, "shards", build)
 
 
-main = stage_main(run)
+def summary_line(c: dict, seconds: float, folder: Path) -> str:
+    return ", ".join(
+        f"{s} {v['samples']:,} samples / {v['tokens']:,} tokens"
+        for s, v in c.items()
+        if isinstance(v, dict) and "samples" in v
+    )
+
+
+main = stage_main(run, summary_line)
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
 Each client's history is rendered in the configured format (llm4trx.render.formats) and truncated to
 `text.max_tokens` tokens of the counting tokenizer, keeping the MOST RECENT transactions
-(llm4trx.render.texts.build_texts). Test clients are written to test.jsonl (embedding only; never in
+(llm4trx.render.client_texts.build_texts). Test clients are written to test.jsonl (embedding only; never in
 pretraining files).
 
 Bounded memory: data/events.parquet (a file or a directory of parts) is read twice in record batches,
@@ -18,7 +18,6 @@ concatenates their parts into the same single files (llm4trx.render.spark_text);
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -33,12 +32,23 @@ from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.registry import mixing
 from llm4trx.core.spark import engine_of, session
-from llm4trx.core.stage import require, run_stage
-from llm4trx.data.chunks import BATCH_ROWS, check_columns, event_files, iter_batches, iter_client_chunks, to_frame
+from llm4trx.core.stage import read_success, require, run_stage
+from llm4trx.data.splits import read_splits, splits_path
+from llm4trx.data.text_files import text_path, write_stats
+from llm4trx.data.chunks import (
+    BATCH_ROWS,
+    check_event_columns,
+    event_files,
+    events_path,
+    iter_batches,
+    iter_client_chunks,
+    to_frame,
+)
 from llm4trx.data.splits import SPLITS
 from llm4trx.generation.mix import mix_into_train
-from llm4trx.render.formats import ContextAccumulator, RenderContext, get_format
-from llm4trx.render.texts import (
+from llm4trx.render.columns import ContextAccumulator, RenderContext
+from llm4trx.render.formats import get_format
+from llm4trx.render.client_texts import (
     PERCENTILES,
     SPECIAL_TOKENS,
     TEXT_COLUMNS,
@@ -81,10 +91,10 @@ EVENT_COLUMNS = ["client_id", "event_time", "amount", "mcc"]
 CHUNK_EVENTS = 1_000_000  # text.chunk_events when unset
 
 
-def read_splits(splits_path: Path) -> pd.DataFrame:
-    splits = pd.read_parquet(splits_path, columns=["client_id", "split"])
-    splits["client_id"] = splits["client_id"].astype(str)
-    return splits
+def client_splits(data_dir: Path) -> pd.DataFrame:
+    """client_id (as strings) and split of every client."""
+    splits = read_splits(data_dir, ("client_id", "split"))
+    return splits.assign(client_id=splits["client_id"].astype(str))
 
 
 def scan_events(
@@ -94,7 +104,7 @@ def scan_events(
     the same order) and the dataset's RenderContext. Returns (parquet files in order, context)."""
     categorical = list(dataset_cfg.get("categorical") or [])
     files = event_files(events_path)
-    if check_columns(files, [*EVENT_COLUMNS, *categorical]) == 0:
+    if check_event_columns(files, [*EVENT_COLUMNS, *categorical]) == 0:
         raise DataError(events_path, "no events")
     known = pa.array(splits["client_id"].to_numpy(object), pa.string())
     acc = ContextAccumulator(dataset_cfg, text_cfg)
@@ -127,7 +137,7 @@ def scan_events(
             )
         )
     if unknown is not None:
-        raise DataError(splits_path, f"client {unknown!r} of events.parquet has no split", column="client_id")
+        raise DataError(splits_path, f"client {unknown!r} of {events_path.name} has no split", column="client_id")
     bad = ~splits["split"].isin(SPLITS)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
@@ -148,9 +158,8 @@ def run(cfg: DictConfig) -> Path:
 
     def build(out: Path) -> dict:
         categorical = list(cfg.dataset.get("categorical") or [])
-        events_path, splits_path = data_dir / "events.parquet", data_dir / "splits.parquet"
-        splits = read_splits(splits_path)
-        files, ctx = scan_events(events_path, splits_path, splits, cfg.dataset, cfg.text)
+        splits = client_splits(data_dir)
+        files, ctx = scan_events(events_path(data_dir), splits_path(data_dir), splits, cfg.dataset, cfg.text)
         counter = get_counter(str(cfg.text.count_tokenizer))
         # max_tokens is the whole sample's budget: bos + text + eos, as the shards and the model see it
         body = None if max_tokens is None else int(max_tokens) - SPECIAL_TOKENS
@@ -202,7 +211,7 @@ def run(cfg: DictConfig) -> Path:
                     if split == "train" and held is not None:
                         held.append(part[TEXT_COLUMNS])
                     elif len(part):
-                        write_rows(part[TEXT_COLUMNS], out / f"{split}.jsonl")
+                        write_rows(part[TEXT_COLUMNS], text_path(out, split))
         stats = {
             "format": fmt.name,
             "max_tokens": max_tokens,
@@ -217,14 +226,19 @@ def run(cfg: DictConfig) -> Path:
             "augmented": None,
         }
         train = pd.concat(held, ignore_index=True) if held else pd.DataFrame(columns=TEXT_COLUMNS)
-        rows, stats["augmented"] = mix_into_train(cfg, train, counter.count)
+        augmented = None
+        if mixing(cfg):
+            folder = require(cfg, "augment")
+            augmented = (folder, read_success(folder).get("outputs", {}))
+        train_ids = set(splits.loc[splits["split"] == "train", "client_id"])
+        rows, stats["augmented"] = mix_into_train(cfg, train, train_ids, augmented, counter.count)
         if held is not None and len(rows):  # augmented texts of train clients, by augment.mix (never val/test)
-            write_rows(rows, out / "train.jsonl")
+            write_rows(rows, text_path(out, "train"))
         for split in SPLITS:
-            if not (out / f"{split}.jsonl").exists():  # no client in this split: what pandas writes for none
-                write_rows(pd.DataFrame({c: pd.Series(dtype=object) for c in TEXT_COLUMNS}), out / f"{split}.jsonl")
+            if not text_path(out, split).exists():  # no client in this split: what pandas writes for none
+                write_rows(pd.DataFrame({c: pd.Series(dtype=object) for c in TEXT_COLUMNS}), text_path(out, split))
             stats["splits"][split] = per_split[split].result()
-        (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        write_stats(out, stats)
         print_table(stats)
         return {s: v["n_clients"] for s, v in stats["splits"].items()}
 
@@ -236,7 +250,11 @@ def write_rows(rows: pd.DataFrame, path: Path) -> None:
     rows.to_json(path, orient="records", lines=True, force_ascii=False, mode="a")
 
 
-main = stage_main(run)
+def summary_line(c: dict, seconds: float, folder: Path) -> str:
+    return "client texts: " + ", ".join(f"{k} {v:,}" for k, v in c.items() if isinstance(v, int))
+
+
+main = stage_main(run, summary_line)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
 from llm4trx.core.stage import require, run_stage
+from llm4trx.data.text_files import text_path
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def run(cfg: DictConfig) -> Path:
 
     def build(out: Path) -> dict:
         if tc.kind in ("domain_bpe", "fields"):
-            train_path = require(cfg, "text") / "train.jsonl"
+            train_path = text_path(require(cfg, "text"), "train")
             n = sum(1 for _ in open(train_path, encoding="utf-8"))
             if n == 0:
                 raise ConfigError(f"{train_path} is empty: nothing to train the domain tokenizer on")
@@ -175,7 +176,12 @@ def run(cfg: DictConfig) -> Path:
     return run_stage(cfg, "tokenizer", build)
 
 
-main = stage_main(run)
+def summary_line(c: dict, seconds: float, folder: Path) -> str:
+    trained = f", trained on {c['trained_on_clients']:,} clients" if c.get("trained_on_clients") else ""
+    return f"vocab {c['vocab_size']:,} ({c.get('kind')}{trained})"
+
+
+main = stage_main(run, summary_line)
 
 if __name__ == "__main__":
     main()

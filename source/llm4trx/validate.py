@@ -15,7 +15,6 @@ table in results.md give the reason.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -27,13 +26,22 @@ from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.registry import finetune_configured
 from llm4trx.core.stage import read_success, require, run_stage
-from llm4trx.data.embeddings import read_embeddings
-from llm4trx.data.predictions import read_predictions, write_predictions
+from llm4trx.data.chunks import events_path, read_events
+from llm4trx.data.embeddings import embeddings_path, features_path, read_embeddings
+from llm4trx.data.splits import load_labels, read_splits
+from llm4trx.data.results import (
+    results_line,
+    predictions_path,
+    read_results,
+    read_stage_predictions,
+    results_path,
+    write_results,
+)
 from llm4trx.evaluation.features import concatenate, parts_of, random_features
 from llm4trx.evaluation.finetuned import score_predictions
-from llm4trx.evaluation.protocol import load_labels
 from llm4trx.evaluation.tables import results_table
 from llm4trx.evaluation.validation import (
+    aggregate_columns,
     aggregates,
     has_oracle,
     lightgbm_params,  # noqa: F401
@@ -49,8 +57,6 @@ from llm4trx.evaluation.validation import (
 log = logging.getLogger(__name__)
 
 BASE_SETS = ("llm", "aggregates", "coles", "random", "oracle")
-RESULTS, TABLE, PREDICTIONS = "results.json", "results.md", "predictions.parquet"
-BASELINE_FEATURES = "{name}.parquet"  # in baselines/: the features of each seed-independent set
 
 
 def check_config(cfg: DictConfig) -> set[str]:
@@ -103,15 +109,15 @@ def build_feature_sets(
     needed = needed - set(skipped) - set(sets)
     id_column = cfg.dataset.id_column
     if "llm" in needed:
-        path = require(cfg, "embed") / "embeddings.parquet"
+        path = embeddings_path(require(cfg, "embed"), "embed")
         sets["llm"], sources["llm"] = read_embeddings(path, id_column, "llm"), path
     if "coles" in needed:
-        path = require(cfg, "coles") / "embeddings.parquet"
+        path = embeddings_path(require(cfg, "coles"), "coles")
         sets["coles"], sources["coles"] = read_embeddings(path, id_column, "coles"), path
-    splits = pd.read_parquet(data / "splits.parquet")
+    splits = read_splits(data, ("client_id", "split"))
     if "aggregates" in needed:
-        sets["aggregates"] = aggregates(cfg, pd.read_parquet(data / "events.parquet"), splits)
-        sources["aggregates"] = data / "events.parquet"
+        sets["aggregates"] = aggregates(cfg, read_events(data, aggregate_columns(cfg)), splits)
+        sources["aggregates"] = events_path(data)
     if "random" in needed:
         dim = cfg.validate.random_dim or sets["llm"].shape[1]
         sets["random"] = random_features(splits["client_id"], int(dim), int(cfg.seed))
@@ -133,19 +139,19 @@ def read_baselines(cfg: DictConfig, needed: set[str]) -> tuple[dict, dict, pd.Da
     """From baselines/: {name: (features, source)}, {name: results entry} and the prediction rows of the
     seed-independent sets this run needs."""
     folder = require(cfg, "baselines")
-    results_path = folder / RESULTS
-    results = json.loads(results_path.read_text())
+    results = read_results(folder, "baselines")
     names = [n for n in seed_independent_sets(cfg) if n in needed]
     features, entries = {}, {}
     for name in names:
         if name not in results["feature_sets"]:
             raise DataError(
-                results_path, f"no feature set {name!r}; rebuild with python -m llm4trx.baselines force=true"
+                results_path(folder, "baselines"),
+                f"no feature set {name!r}; rebuild with python -m llm4trx.baselines force=true",
             )
-        path = folder / BASELINE_FEATURES.format(name=name)
+        path = features_path(folder, name)
         features[name] = (read_embeddings(path, cfg.dataset.id_column, name), path)
         entries[name] = results["feature_sets"][name]
-    predictions = read_predictions(folder / PREDICTIONS)
+    predictions = read_stage_predictions(folder, "baselines")
     return features, entries, predictions[predictions["feature_set"].isin(names)]
 
 
@@ -193,18 +199,16 @@ def run(cfg: DictConfig) -> Path:
             rows.get(name, name): frame.assign(feature_set=rows.get(name, name)) for name, frame in frames.items()
         }
         if finetune_configured(cfg):  # rows finetune:<run>: fine-tuned models' predictions, the same metrics
-            predictions = require(cfg, "finetune") / "predictions.parquet"
+            predictions = predictions_path(require(cfg, "finetune"), "finetune")
             for run in cfg.finetune.runs:
                 entry, scored = score_predictions(predictions, str(run), labels, metrics, int(cfg.dataset.n_classes))
                 results["feature_sets"][f"finetune:{run}"] = {"n_features": int(cfg.dataset.n_classes), **entry}
                 frames[f"finetune:{run}"] = predictions_frame(f"finetune:{run}", labels, scored)
                 log_entry(f"finetune:{run}", entry, metrics[0])
-        (tmp / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         table = results_table(results)
         if skipped:
             table += "\n" + "".join(f"Skipped: {name}: {reason}.\n" for name, reason in skipped.items())
-        (tmp / TABLE).write_text(table)
-        write_predictions([frames[name] for name in results["feature_sets"]], tmp / PREDICTIONS)
+        write_results(tmp, "validate", results, table, [frames[name] for name in results["feature_sets"]])
         return {
             "feature_sets": list(results["feature_sets"]),
             "skipped": list(skipped),
@@ -216,7 +220,7 @@ def run(cfg: DictConfig) -> Path:
     return run_stage(cfg, "validate", build)
 
 
-main = stage_main(run)
+main = stage_main(run, results_line("validate"))
 
 if __name__ == "__main__":
     main()

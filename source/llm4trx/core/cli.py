@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import logging
 import os
 import signal
@@ -196,75 +195,26 @@ def _rank() -> int:
 # ------------------------------------------------------------------------------------------ the end line
 
 
-def _fmt(value: float) -> str:
+def figure(value: float) -> str:
+    """A number for an end line: thousands separated from 100 on, else 4 significant digits."""
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
 
 
-def _last_losses(metrics: Path) -> dict[str, float]:
-    losses: dict[str, float] = {}
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                losses[row["split"]] = float(row["loss"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return losses
+# A stage's end line: (counts of its _SUCCESS.json, its seconds, its folder) -> the figure that matters.
+SummaryLine = Callable[[dict, float, Path], str]
 
 
-def summary(stage: str, folder: Path) -> str:
-    """The figure that matters for a finished stage, read from its `_SUCCESS.json` (and results)."""
-    done = json.loads((folder / "_SUCCESS.json").read_text())
+def summary(folder: Path, line: SummaryLine | None = None) -> str:
+    """The figure that matters for a finished stage: its own `line` (declared with `stage_main(run, line)`) of
+    the counts in its `_SUCCESS.json`, or (none declared) its first scalar counts."""
+    from llm4trx.core.stage import read_success
+
+    done = read_success(folder)
     c, seconds = done.get("counts", {}), float(done.get("seconds") or 0) or 1e-9
-    if stage == "prepare":
-        repairs = ", ".join(f"{k} {v}" for k, v in (c.get("repairs") or {}).items()) or "none"
-        return f"{c['events']:,} events, {c['clients']:,} clients ({c['labeled']:,} labeled); repairs: {repairs}"
-    if stage == "text":
-        return "client texts: " + ", ".join(f"{k} {v:,}" for k, v in c.items() if isinstance(v, int))
-    if stage == "tokenizer":
-        trained = f", trained on {c['trained_on_clients']:,} clients" if c.get("trained_on_clients") else ""
-        return f"vocab {c['vocab_size']:,} ({c.get('kind')}{trained})"
-    if stage == "export":
-        return (
-            f"{c.get('checkpoint')} -> Hugging Face ({c.get('precision')}), max |logit diff| vs Composer "
-            f"{c.get('max_abs_logit_diff')} on {c.get('verify_clients')} clients"
-        )
-    if stage == "shards":
-        return ", ".join(
-            f"{s} {v['samples']:,} samples / {v['tokens']:,} tokens"
-            for s, v in c.items()
-            if isinstance(v, dict) and "samples" in v
-        )
-    if stage == "pretrain":
-        losses = _last_losses(folder / "metrics.jsonl")
-        parts = [f"{c.get('steps')} steps"] + [f"{s} loss {v:.4f}" for s, v in losses.items()]
-        if c.get("tokens_seen"):
-            parts.append(f"{_fmt(c['tokens_seen'] / seconds)} tokens/s")
-        if c.get("resumed_from_step"):
-            parts.append(f"resumed from step {c['resumed_from_step']}")
-        return ", ".join(parts)
-    if stage == "embed":
-        rate = f", {_fmt(c['tokens'] / c['embed_seconds'])} tokens/s" if c.get("embed_seconds") else ""
-        reused = f" ({c['recomputed']:,} recomputed, {c['reused']:,} reused)" if c.get("reused") else ""
-        return f"{c['clients']:,} clients x {c['dim']}{reused}{rate}"
-    if stage == "coles":
-        if c.get("skipped"):
-            return f"skipped: {c['skipped']}"
-        loss = f", last epoch's loss {c['final_loss']:.4f}" if c.get("final_loss") is not None else ""
-        return (
-            f"trained on {c['train_clients']:,} clients ({c.get('too_short', 0):,} shorter than "
-            f"min_seq_len left out){loss}, embedded {c['clients']:,}"
-        )
-    if stage in ("validate", "baselines"):  # the same results.json shape
-        results = json.loads((folder / "results.json").read_text())
-        metric = results["metrics"][0]
-        scores = ", ".join(
-            f"{name} {entry[metric]['test_mean']:.4f}" for name, entry in results["feature_sets"].items()
-        )
-        skipped = "; skipped: " + ", ".join(results["skipped"]) if results.get("skipped") else ""
-        return f"test {metric}: {scores}{skipped} ({folder / 'results.md'})"
+    if line is not None:
+        return line(c, seconds, Path(folder))
     scalars = [
-        f"{k} {_fmt(v) if isinstance(v, float) else v}"
+        f"{k} {figure(v) if isinstance(v, float) else v}"
         for k, v in c.items()
         if isinstance(v, (int, float, str)) and not isinstance(v, bool)
     ]
@@ -299,8 +249,9 @@ def check_arguments(args: list[str]) -> None:
         ) from None
 
 
-def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
-    """Wrap `run(cfg)` as a Hydra app with the console described in this module's docstring."""
+def stage_main(run: Callable[[DictConfig], Any], summary_line: SummaryLine | None = None) -> Callable[[], None]:
+    """Wrap `run(cfg)` as a Hydra app with the console described in this module's docstring; `summary_line`:
+    the stage's end-of-stage figure (see `summary`)."""
     stage = _stage_name(run)
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -344,12 +295,14 @@ def stage_main(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
             sys.exit(1)
         if not quiet:
             try:
-                figure = summary(stage, Path(folder))
-                built_now = (Path(folder) / "_SUCCESS.json").stat().st_mtime >= started
+                from llm4trx.core.stage import SUCCESS_FILE
+
+                line = summary(Path(folder), summary_line)
+                built_now = (Path(folder) / SUCCESS_FILE).stat().st_mtime >= started
             except Exception:  # a summary must never fail a finished stage
-                figure, built_now = str(folder), True
+                line, built_now = str(folder), True
             state = f"done in {time.time() - started:.1f} s" if built_now else "up to date, skipped"
-            console.say(f"{label}: {state}: {figure}")
+            console.say(f"{label}: {state}: {line}")
 
     def _entry() -> None:
         args = sys.argv[1:]

@@ -6,6 +6,10 @@ outputs it reads, and the config sections its hash covers. A hash covers each li
 the few operational keys named in `operational` (threads, workers, micro-batches, trackers, console): a new
 key that changes results can therefore never reuse stale outputs. `stage_dir`, the pipeline scripts
 (`llm4trx.core.check`), the report and the tests all read this table.
+
+Each stage also lists the files it writes (`writes`: name, path in its folder, format, and the module that owns
+the file: its one reader and one writer, with the contract checks). File names are spelt here only; the owner
+gets its path with `file(stage, name)` and everyone else calls the owner (tests/test_artifacts.py checks both).
 """
 
 from __future__ import annotations
@@ -31,6 +35,21 @@ class Input:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """A file a stage writes. `path` is relative to the stage's folder; a `{field}` in it (text's `{split}`) is
+    filled in by `file(stage, name, field=...)`."""
+
+    name: str
+    path: str
+    format: str  # parquet | jsonl | json | md | csv
+    owner: str  # the module holding its reader and writer (the only caller of `file()` for it)
+
+
+# Written by every stage with a run-directory folder (llm4trx.core.stage.write_success).
+SUCCESS = Artifact("success", "_SUCCESS.json", "json", "llm4trx.core.stage")
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     folder: str
@@ -46,6 +65,7 @@ class Stage:
     done: Callable[[DictConfig], bool] | None = None
     # Identities of inputs outside the run directory (a model dir given by path), hashed with the sections.
     external: Callable[[DictConfig], dict] = field(default=lambda cfg: {})
+    writes: tuple[Artifact, ...] = ()  # its files besides _SUCCESS.json (model files in library formats aside)
 
 
 # ------------------------------------------------------------------------------------------ conditions
@@ -146,6 +166,7 @@ STAGES: dict[str, Stage] = {
             when=downloadable,
             done=raw_files_present,
             summary="a real dataset's public files -> dataset.raw_dir (only when missing)",
+            writes=(Artifact("manifest", "_DOWNLOAD.json", "json", "llm4trx.data.fetch"),),
         ),
         # The `engine` section (embedded | spark, conf/engine/) is in no hash: both engines write the same
         # prepare and text outputs (tests/test_spark.py), so switching engines reuses finished stages. Only the
@@ -156,6 +177,11 @@ STAGES: dict[str, Stage] = {
             SHARED,
             sections=("dataset", "splits"),
             summary="raw files -> canonical events, targets, splits",
+            writes=(
+                Artifact("events", "events.parquet", "parquet", "llm4trx.data.chunks"),
+                Artifact("targets", "targets.parquet", "parquet", "llm4trx.data.splits"),
+                Artifact("splits", "splits.parquet", "parquet", "llm4trx.data.splits"),
+            ),
         ),
         # augment.mix is read by the text stage, not by augment: changing the mix must not regenerate.
         Stage(
@@ -179,6 +205,10 @@ STAGES: dict[str, Stage] = {
             operational=("text.chunk_events",),
             extra_sections=lambda cfg: ["augment.mix"] if mixing(cfg) else [],
             summary="events -> one text per client",
+            writes=(
+                Artifact("texts", "{split}.jsonl", "jsonl", "llm4trx.data.text_files"),
+                Artifact("stats", "stats.json", "json", "llm4trx.data.text_files"),
+            ),
         ),
         # tokenizer .. export run only for a run that uses its own LM (embed.model unset, or fine-tuning from hf/).
         Stage(
@@ -200,6 +230,7 @@ STAGES: dict[str, Stage] = {
             operational=("shards.workers",),
             when=own_model,
             summary="texts -> pre-tokenized MDS shards",
+            writes=(Artifact("stats", "stats.json", "json", "llm4trx.shards"),),
         ),
         # aggregates and oracle under the protocol, once for every seed (with validate.lightgbm_seed=run they depend
         # on the seed and validate builds them itself). Its folder holds their features, results and predictions.
@@ -221,6 +252,12 @@ STAGES: dict[str, Stage] = {
             ),
             when=shared_baselines,
             summary="the seed-independent feature sets (aggregates, oracle), validated once",
+            writes=(
+                Artifact("results", "results.json", "json", "llm4trx.data.results"),
+                Artifact("table", "results.md", "md", "llm4trx.data.results"),
+                Artifact("predictions", "predictions.parquet", "parquet", "llm4trx.data.results"),
+                Artifact("features", "{name}.parquet", "parquet", "llm4trx.data.embeddings"),
+            ),
         ),
         Stage(
             "pretrain",
@@ -241,6 +278,10 @@ STAGES: dict[str, Stage] = {
             ),
             when=own_model,
             summary="next-token pretraining (llm-foundry + Composer)",
+            writes=(
+                Artifact("metrics", "metrics.jsonl", "jsonl", "llm4trx.data.curves"),
+                Artifact("run", "_RUN.json", "json", "llm4trx.pretrain"),
+            ),
         ),
         Stage(
             "export",
@@ -263,6 +304,10 @@ STAGES: dict[str, Stage] = {
             operational=("embed.incremental",),
             external=applied_model_identity,
             summary="one pooled vector per client",
+            writes=(
+                Artifact("embeddings", "embeddings.parquet", "parquet", "llm4trx.data.embeddings"),
+                Artifact("text_hashes", "text_hashes.parquet", "parquet", "llm4trx.data.embeddings"),
+            ),
         ),
         Stage(
             "finetune",
@@ -278,6 +323,10 @@ STAGES: dict[str, Stage] = {
             ),
             when=finetune_configured,
             summary="supervised fine-tuning on the target, per fold (optional)",
+            writes=(
+                Artifact("predictions", "predictions.parquet", "parquet", "llm4trx.data.results"),
+                Artifact("curves", "curves.json", "json", "llm4trx.data.curves"),
+            ),
         ),
         Stage(
             "coles",
@@ -288,6 +337,10 @@ STAGES: dict[str, Stage] = {
             operational=("coles.num_workers", "coles.inference_batch_size"),
             when=validates("coles"),
             summary="the CoLES baseline (ptls)",
+            writes=(
+                Artifact("embeddings", "embeddings.parquet", "parquet", "llm4trx.data.embeddings"),
+                Artifact("losses", "losses.jsonl", "jsonl", "llm4trx.data.curves"),
+            ),
         ),
         Stage(
             "validate",
@@ -312,8 +365,23 @@ STAGES: dict[str, Stage] = {
             ),
             operational=("validate.n_jobs",),
             summary="feature sets under the ptls protocol",
+            writes=(
+                Artifact("results", "results.json", "json", "llm4trx.data.results"),
+                Artifact("table", "results.md", "md", "llm4trx.data.results"),
+                Artifact("predictions", "predictions.parquet", "parquet", "llm4trx.data.results"),
+            ),
         ),
-        Stage("report", "report", EXPERIMENT, in_pipeline=False, summary="tables and plots over seeds"),
+        Stage(
+            "report",
+            "report",
+            EXPERIMENT,
+            in_pipeline=False,
+            summary="tables and plots over seeds",
+            writes=(
+                Artifact("report", "report.md", "md", "llm4trx.report"),
+                Artifact("tables", "report.json", "json", "llm4trx.report"),
+            ),
+        ),
     )
 }
 
@@ -323,6 +391,22 @@ def get(name: str) -> Stage:
         return STAGES[name]
     except KeyError:
         raise KeyError(f"no stage {name!r}; stages: {', '.join(STAGES)}") from None
+
+
+def artifact(stage: str, name: str) -> Artifact:
+    if name == SUCCESS.name:
+        return SUCCESS
+    for a in get(stage).writes:
+        if a.name == name:
+            return a
+    raise KeyError(f"stage {stage!r} writes no {name!r}; it writes: {', '.join(a.name for a in get(stage).writes)}")
+
+
+def file(stage: str, name: str, /, **fields: str) -> str:
+    """The path of `stage`'s artifact `name` inside the stage's folder (for the artifact's owner module); `fields`
+    fill the path's `{field}`s."""
+    path = artifact(stage, name).path
+    return path.format(**fields) if fields else path
 
 
 def pipeline(cfg: DictConfig) -> list[str]:

@@ -27,7 +27,7 @@ from llm4trx.core.errors import StageInputMissing
 
 log = logging.getLogger(__name__)
 
-SUCCESS_FILE = "_SUCCESS.json"
+SUCCESS_FILE = registry.SUCCESS.path
 TMP_MARK = ".tmp-"  # temporary build folders: .<folder>.tmp-<pid>
 LOCK_DIR = ".locks"  # build locks of shared stages: <shared_dir>/.locks/<folder>.lock (empty files that stay)
 

@@ -10,7 +10,7 @@ the next one), so every chunk holds whole clients.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from llm4trx.core import registry
 from llm4trx.core.errors import DataError
 
 BATCH_ROWS = 1 << 16
+
+
+def events_path(data_dir: Path) -> Path:
+    """The prepare stage's data/events.parquet (a file; with engine=spark a directory of sorted parts)."""
+    return Path(data_dir) / registry.file("prepare", "events")
+
+
+def read_events(data_dir: Path, columns: Sequence[str] | None = None, filters=None) -> pd.DataFrame:
+    """The events in file order: only `columns` (a missing one names the part that lacks it; None: all), only
+    the rows `filters` keeps (pyarrow's filter syntax)."""
+    path = events_path(data_dir)
+    if columns is not None:
+        columns = list(dict.fromkeys(columns))
+        check_event_columns(event_files(path), columns)
+    return pd.read_parquet(path, columns=columns, filters=filters)
 
 
 def event_files(path: Path) -> list[Path]:
@@ -37,7 +53,7 @@ def event_files(path: Path) -> list[Path]:
     raise DataError(path, "missing (written by the prepare stage)")
 
 
-def check_columns(files: Sequence[Path], columns: Sequence[str]) -> int:
+def check_event_columns(files: Sequence[Path], columns: Sequence[str]) -> int:
     """Every part has `columns`; returns the total number of rows (from the parquet footers)."""
     rows = 0
     for file in files:
@@ -68,30 +84,49 @@ def iter_batches(files: Sequence[Path], columns: Sequence[str], batch_rows: int 
                 yield _normalised(batch)
 
 
+def last_group_start(table: pa.Table, keys: Sequence[str] = ("client_id",)) -> int:
+    """Index of the first row of the table's last group of equal `keys` (sorted: its rows are contiguous); 0
+    when the whole table is one group."""
+    same = None
+    for key in keys:
+        column = table.column(key)
+        equal = pc.equal(column, column[-1]).to_numpy(zero_copy_only=False)
+        same = equal if same is None else same & equal
+    other = np.flatnonzero(~same)
+    return int(other[-1]) + 1 if len(other) else 0
+
+
+def regroup(tables: Iterable[pa.Table], min_rows: int, keys: Sequence[str] = ("client_id",)) -> Iterator[pa.Table]:
+    """Consecutive tables sorted by `keys`, regrouped into tables of whole groups (clients; (client, time) for
+    the duplicate check) of at least `min_rows` rows but the last: each is cut before its last group, which is
+    carried into the next one; a group larger than min_rows is read whole."""
+    pending: list[pa.Table] = []
+    n = 0
+    for table in tables:
+        if not table.num_rows:
+            continue
+        pending.append(table)
+        n += table.num_rows
+        if n < min_rows:
+            continue
+        whole = pa.concat_tables(pending)
+        cut = last_group_start(whole, keys)
+        if cut == 0:  # one group so far: keep reading
+            pending = [whole]
+            continue
+        yield whole.slice(0, cut)
+        pending, n = [whole.slice(cut)], whole.num_rows - cut
+    if n:
+        yield pa.concat_tables(pending)
+
+
 def iter_client_chunks(files: Sequence[Path], columns: Sequence[str], chunk_rows: int,
                        batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
     """Tables of whole clients, each of at least `chunk_rows` rows (but the last) and at most chunk_rows +
     the rows of one client + a batch; a client larger than chunk_rows makes a chunk of its own."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
-    pending: list[pa.Table] = []
-    n = 0
-    for table in iter_batches(files, columns, min(batch_rows, chunk_rows)):
-        pending.append(table)
-        n += table.num_rows
-        if n < chunk_rows:
-            continue
-        whole = pa.concat_tables(pending)
-        client = whole.column("client_id")
-        other = np.flatnonzero(~pc.equal(client, client[-1]).to_numpy(zero_copy_only=False))
-        if not len(other):  # one client so far: keep reading
-            pending = [whole]
-            continue
-        cut = int(other[-1]) + 1  # the last client starts here (sorted: its rows are contiguous)
-        yield whole.slice(0, cut)
-        pending, n = [whole.slice(cut)], whole.num_rows - cut
-    if n:
-        yield pa.concat_tables(pending)
+    return regroup(iter_batches(files, columns, min(batch_rows, chunk_rows)), chunk_rows)
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:

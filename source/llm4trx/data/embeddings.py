@@ -1,5 +1,5 @@
-"""The embeddings file contract shared by every producer (embed, coles) and reader (validate):
-<dataset.id_column> as strings, sorted, then emb_0000.. float columns, one row per client."""
+"""The embeddings file contract shared by every producer (embed, coles; baselines for its feature sets) and
+reader (validate): <dataset.id_column> as strings, sorted, then emb_0000.. float columns, one row per client."""
 
 from __future__ import annotations
 
@@ -9,7 +9,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llm4trx.core import registry
 from llm4trx.core.errors import DataError
+
+
+def embeddings_path(folder: Path, stage: str = "embed") -> Path:
+    """The embeddings file of the embed or the coles stage's `folder`."""
+    return Path(folder) / registry.file(stage, "embeddings")
+
+
+def features_path(folder: Path, name: str) -> Path:
+    """The features of a seed-independent set (aggregates, oracle) in the baselines stage's folder."""
+    return Path(folder) / registry.file("baselines", "features", name=name)
+
+
+def write_embeddings(path: Path, frame: pd.DataFrame) -> None:
+    """`frame` from `embeddings_frame`."""
+    frame.to_parquet(path, index=False)
 
 
 def embeddings_frame(id_column: str, client_ids, matrix: np.ndarray) -> pd.DataFrame:
@@ -42,7 +58,7 @@ def read_embeddings(path: Path, id_column: str, prefix: str) -> pd.DataFrame:
 
 # embeddings/text_hashes.parquet, beside embeddings.parquet: the digest of the text each client's vector was
 # computed from, so that a later embed recomputes only the clients whose texts changed (llm4trx.embed).
-TEXT_HASHES = "text_hashes.parquet"
+TEXT_HASHES = registry.file("embed", "text_hashes")
 
 
 def text_digests(texts) -> list[str]:

@@ -54,11 +54,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from llm4trx.core import registry
 from llm4trx.core.errors import Llm4trxError
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "_DOWNLOAD.json"
+MANIFEST = registry.file("download", "manifest")
 PART_DIR = ".download"  # hf_hub_download's local_dir: objects, and its .cache/huggingface/ (metadata, .incomplete)
 CHUNK = 1 << 20
 MAGIC = {"gzip": b"\x1f\x8b", "zip": b"PK\x03\x04"}

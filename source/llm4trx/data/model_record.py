@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.stage import SUCCESS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def fingerprint(model_dir: Path) -> str:
     the names, sizes and modification times of its model and tokenizer files (never their bytes: a 1B model's
     weights would take seconds to hash on every config check)."""
     model_dir = Path(model_dir)
-    success = model_dir / "_SUCCESS.json"
+    success = model_dir / SUCCESS_FILE
     if success.is_file():
         try:
             return "export:" + str(json.loads(success.read_text())["config_hash"])

@@ -113,7 +113,7 @@ class CsvBlocks:
                  block_bytes: int = BLOCK_BYTES):
         self.path = Path(path)
         header, self.max_rows = check_text(self.path, step=min(int(block_bytes), 1 << 26))
-        check_columns(self.path, header, list(types))
+        check_header(self.path, header, list(types))
         self.types = dict(types)
         self.types.update({k: v for k, v in (optional or {}).items() if k in header})
         self.block_bytes = int(block_bytes)
@@ -150,7 +150,7 @@ def header_of(path: Path, data: bytes) -> list[str]:
     return next(csv.reader([first]), [])
 
 
-def check_columns(path: Path, header: list[str], required: list[str]) -> None:
+def check_header(path: Path, header: list[str], required: list[str]) -> None:
     """DataError for the first required column missing from `header`, suggesting a close name."""
     for name in required:
         if name not in header:
@@ -167,7 +167,7 @@ def read_csv(path: Path, types: dict[str, pa.DataType], optional: dict[str, pa.D
     path = Path(path)
     data = read_bytes(path)
     header = header_of(path, data)
-    check_columns(path, header, list(types))
+    check_header(path, header, list(types))
     wanted = dict(types)
     wanted.update({k: v for k, v in (optional or {}).items() if k in header})
     convert = pacsv.ConvertOptions(include_columns=list(wanted), column_types=wanted)

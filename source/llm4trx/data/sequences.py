@@ -29,14 +29,21 @@ TIME_FEATURES = ("day_gap", "hour", "weekday", "day_index")
 DAY_GAP_EDGES = np.array([1, 2, 3, 5, 9, 17, 33], dtype=np.float64)
 
 
+def _times(events: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """(event times, days since the client's previous event, whether an event is its client's first) of
+    `events`. The feature names are checked at compose time (core/schema.py)."""
+    time = pd.to_datetime(events["event_time"])
+    gap_days = time.diff().dt.total_seconds().to_numpy() / 86400.0
+    first = (events["client_id"] != events["client_id"].shift()).to_numpy()
+    return time, gap_days, first
+
+
 def time_feature_columns(events: pd.DataFrame, features, time_origin=None) -> pd.DataFrame:
     """The time features named in `features` (see TIME_FEATURES) of `events` (sorted by client, time), one
-    integer column each, same index. An unknown name is a ConfigError naming coles.time_features."""
-    time = pd.to_datetime(events["event_time"])
+    integer column each, same index."""
+    time, gap_days, first = _times(events)
     out = pd.DataFrame(index=events.index)
     if "day_gap" in features:
-        gap_days = time.diff().dt.total_seconds().to_numpy() / 86400.0
-        first = (events["client_id"] != events["client_id"].shift()).to_numpy()
         codes = np.searchsorted(DAY_GAP_EDGES, np.nan_to_num(gap_days, nan=0.0), side="right") + 1
         out["day_gap"] = np.where(first, 0, codes).astype(np.int64)
     if "hour" in features:
@@ -51,12 +58,10 @@ def time_feature_columns(events: pd.DataFrame, features, time_origin=None) -> pd
 
 def numeric_time_columns(events: pd.DataFrame, features, time_origin=None) -> pd.DataFrame:
     """The time features named in `features` as float columns (see the module docstring)."""
-    time = pd.to_datetime(events["event_time"])
+    time, gap_days, first = _times(events)
     out = pd.DataFrame(index=events.index)
     if "day_gap" in features:
-        gap = time.diff().dt.total_seconds().to_numpy() / 86400.0
-        first = (events["client_id"] != events["client_id"].shift()).to_numpy()
-        out["day_gap"] = np.where(first, 0.0, np.nan_to_num(gap, nan=0.0))
+        out["day_gap"] = np.where(first, 0.0, np.nan_to_num(gap_days, nan=0.0))
     if "hour" in features:
         out["hour"] = time.dt.hour.to_numpy(np.float64) + time.dt.minute.to_numpy(np.float64) / 60
     if "weekday" in features:

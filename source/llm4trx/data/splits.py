@@ -11,18 +11,23 @@
 4. Pretraining splits: test clients are never in pretraining. Of the non-test clients (labeled and
    unlabeled), `val_fraction` form `val` (pretraining eval loss), chosen by a seeded permutation of the
    natural-sorted ids; the rest are `train`. Unlabeled clients are train/val only, with fold -1.
+
+This module also owns the prepare stage's data/splits.parquet and data/targets.parquet: their writers, their
+readers and the labeled clients of the protocol (`load_labels`, read by validate, baselines and finetune).
 """
 
 from __future__ import annotations
 
 import random
-
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
 
-from llm4trx.core.errors import ConfigError
+from llm4trx.core import registry
+from llm4trx.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,4 +94,165 @@ def make_splits(client_ids, targets: "pd.DataFrame", cfg: DictConfig) -> "pd.Dat
             "fold": np.array([fold_of.get(c, -1) for c in clients], dtype=np.int8),
             "labeled": np.array([c in target_of for c in clients], dtype=bool),
         }
+    )
+
+
+# ------------------------------------------------------------------------------------------ the files
+
+SPLITS_SCHEMA = (("client_id", "string"), ("split", "string"), ("fold", "int8"), ("labeled", "bool"))
+TARGETS_SCHEMA = (("client_id", "string"), ("target", "int64"))
+
+
+def splits_path(data_dir: Path) -> Path:
+    return Path(data_dir) / registry.file("prepare", "splits")
+
+
+def targets_path(data_dir: Path) -> Path:
+    return Path(data_dir) / registry.file("prepare", "targets")
+
+
+def _write(frame: "pd.DataFrame", schema, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.schema([(name, getattr(pa, kind)() if kind != "bool" else pa.bool_()) for name, kind in schema])
+    pq.write_table(pa.Table.from_pandas(frame, schema=arrow, preserve_index=False), path)
+
+
+def write_splits(data_dir: Path, splits: "pd.DataFrame") -> None:
+    _write(splits, SPLITS_SCHEMA, splits_path(data_dir))
+
+
+def write_targets(data_dir: Path, targets: "pd.DataFrame") -> None:
+    _write(targets, TARGETS_SCHEMA, targets_path(data_dir))
+
+
+def _read(path: Path, columns) -> "pd.DataFrame":
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(path, "missing (written by the prepare stage)")
+    frame = pd.read_parquet(path)
+    for column in columns:
+        if column not in frame.columns:
+            raise DataError(path, "column missing", column=column)
+    return frame
+
+
+def read_splits(data_dir: Path, columns: tuple[str, ...] | None = None) -> "pd.DataFrame":
+    """data/splits.parquet (client_id, split, fold, labeled), or only `columns` of it."""
+    frame = _read(splits_path(data_dir), columns or [name for name, _ in SPLITS_SCHEMA])
+    return frame if columns is None else frame[list(columns)]
+
+
+def read_targets(data_dir: Path) -> "pd.DataFrame":
+    return _read(targets_path(data_dir), [name for name, _ in TARGETS_SCHEMA])
+
+
+# ------------------------------------------------------------------------------------------ labeled clients
+
+
+@dataclass
+class Labels:
+    """Labeled clients of the protocol: the cross-validated part (with folds) and the fixed test part,
+    each in natural id order (the order models are trained and scored in). `test_y` is None when the test
+    labels were not read (fine-tuning never sees them)."""
+
+    train_ids: np.ndarray
+    train_y: np.ndarray
+    folds: np.ndarray
+    test_ids: np.ndarray
+    test_y: np.ndarray | None
+
+
+def load_labels(
+    data_dir: Path,
+    n_folds: int,
+    *,
+    test_labels: bool = True,
+    n_classes: int | None = None,
+    fix: str | None = None,
+    held_out: str = "validation",
+) -> Labels:
+    """The labeled clients of data/ under the protocol, with every check of the files in one place.
+
+    `test_labels=False`: the test clients' targets are not read (only their ids); `n_classes`: the targets must
+    lie in [0, n_classes); `fix`: what the user can do when a part of a fold has one class only; `held_out`:
+    what the message calls a fold's held-out part.
+    """
+    data_dir = Path(data_dir)
+    s_path, t_path = splits_path(data_dir), targets_path(data_dir)
+    targets, splits = read_targets(data_dir), read_splits(data_dir)
+    labeled = splits[splits["labeled"]]
+    if not test_labels:  # only the cross-validated clients' targets are joined
+        targets = targets[
+            targets["client_id"].astype(str).isin(set(labeled.loc[labeled["split"] != "test", "client_id"].astype(str)))
+        ]
+    if targets["target"].isna().any():
+        row = int(np.argmax(targets["target"].isna().to_numpy()))
+        raise DataError(t_path, "missing target", column="target", row=row + 2)
+    labeled = labeled.merge(targets, on="client_id", how="left", validate="one_to_one")
+    missing = labeled["target"].isna() & ((labeled["split"] != "test") | test_labels)
+    if missing.any():
+        cid = labeled.loc[missing, "client_id"].iloc[0]
+        raise DataError(t_path, f"client {cid!r} is labeled in {s_path.name} but has no target", column="client_id")
+    # The protocol's row order: natural id order, as the folds were assigned (see the module docstring).
+    position = {cid: i for i, cid in enumerate(natural_sorted(labeled["client_id"]))}
+    labeled = labeled.iloc[np.argsort([position[str(cid)] for cid in labeled["client_id"]], kind="stable")]
+    test = labeled[labeled["split"] == "test"]
+    train = labeled[labeled["split"] != "test"]
+    if len(train) < n_folds:
+        raise DataError(s_path, f"{len(train)} labeled non-test clients, fewer than the {n_folds} folds", column="fold")
+    if train["target"].nunique() < 2:
+        raise DataError(
+            t_path,
+            f"the labeled non-test clients have one class only ({train['target'].iloc[0]!r}); a classifier needs two",
+            column="target",
+        )
+    if n_classes is not None:
+        y = train["target"].to_numpy().astype(np.int64)
+        bad = (y < 0) | (y >= n_classes)
+        if bad.any():
+            found = sorted(int(v) for v in np.unique(y))
+            raise DataError(
+                t_path,
+                f"targets take values {found}, outside [0, {n_classes}) for dataset.n_classes="
+                f"{n_classes} (client {train['client_id'].iloc[int(np.argmax(bad))]!r}); fix the data or "
+                "dataset.n_classes",
+                column="target",
+            )
+    found = sorted(int(f) for f in train["fold"].unique())
+    if found != list(range(n_folds)):
+        raise DataError(
+            s_path, f"labeled non-test clients carry folds {found}, expected 0..{n_folds - 1}", column="fold"
+        )
+    if len(test) == 0:
+        raise DataError(s_path, "no labeled test clients", column="split")
+    y, folds = train["target"].to_numpy(), train["fold"].to_numpy()
+    fix = fix or (
+        f"the metrics need two classes in every part: label more clients (at least {n_folds} of each class "
+        f"among the non-test ones) or use fewer folds (splits.n_folds), then rerun prepare"
+    )
+    for fold in found:
+        for part, rows in ((held_out, folds == fold), ("training", folds != fold)):
+            classes = np.unique(y[rows])
+            if len(classes) < 2:
+                raise DataError(
+                    t_path,
+                    f"fold {fold}: its {part} part ({int(rows.sum())} clients) has one "
+                    f"class only ({classes[0].item()!r}); {fix}",
+                    column="target",
+                )
+    if test_labels and test["target"].nunique() < 2:
+        raise DataError(
+            t_path,
+            f"the {len(test)} test clients have one class only ({test['target'].to_numpy()[0].item()!r}); {fix}",
+            column="target",
+        )
+    return Labels(
+        train["client_id"].to_numpy(),
+        train["target"].to_numpy(),
+        train["fold"].to_numpy(),
+        test["client_id"].to_numpy(),
+        test["target"].to_numpy() if test_labels else None,
     )

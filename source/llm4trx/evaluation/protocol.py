@@ -1,7 +1,7 @@
 """The pytorch-lifestream validation protocol on frozen features.
 
 The fixed test clients (split == "test") and the folds of the other labeled clients come from
-data/splits.parquet. For fold k a model is trained on the other folds (MaxAbsScaler, then LightGBM),
+the prepare stage's splits (`llm4trx.data.splits.load_labels`). For fold k a model is trained on the other folds (MaxAbsScaler, then LightGBM),
 scored on fold k (validation) and on the test clients; a feature set reports the mean and std over the
 folds of both. The field's tool, ptls-validation (embeddings_validation), does the same but is not
 packaged and its configs fail on scikit-learn >= 1.6, hence this short reimplementation on sklearn +
@@ -28,7 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler
 
 from llm4trx.core.errors import DataError
-from llm4trx.data.splits import natural_sorted
+from llm4trx.data.splits import Labels, load_labels  # noqa: F401 (the protocol's labels, re-exported)
 
 
 def _auroc(y, proba, classes):
@@ -42,90 +42,6 @@ def _accuracy(y, proba, classes):
 
 
 METRICS: dict[str, Callable] = {"auroc": _auroc, "accuracy": _accuracy}
-
-
-@dataclass
-class Labels:
-    """Labeled clients of the protocol: the cross-validated part (with folds) and the fixed test part,
-    each in natural id order (the order models are trained and scored in)."""
-
-    train_ids: np.ndarray
-    train_y: np.ndarray
-    folds: np.ndarray
-    test_ids: np.ndarray
-    test_y: np.ndarray
-
-
-def load_labels(data_dir: Path, n_folds: int) -> Labels:
-    targets_path, splits_path = data_dir / "targets.parquet", data_dir / "splits.parquet"
-    targets = pd.read_parquet(targets_path)
-    splits = pd.read_parquet(splits_path)
-    for path, frame, columns in (
-        (targets_path, targets, ("client_id", "target")),
-        (splits_path, splits, ("client_id", "split", "fold", "labeled")),
-    ):
-        for column in columns:
-            if column not in frame.columns:
-                raise DataError(path, "column missing", column=column)
-    if targets["target"].isna().any():
-        row = int(np.argmax(targets["target"].isna().to_numpy()))
-        raise DataError(targets_path, "missing target", column="target", row=row + 2)
-    labeled = splits[splits["labeled"]].merge(targets, on="client_id", how="left", validate="one_to_one")
-    if labeled["target"].isna().any():
-        cid = labeled.loc[labeled["target"].isna(), "client_id"].iloc[0]
-        raise DataError(
-            targets_path, f"client {cid!r} is labeled in {splits_path.name} but has no target", column="client_id"
-        )
-    # The protocol's row order: natural id order, as the folds were assigned (see the module docstring).
-    position = {cid: i for i, cid in enumerate(natural_sorted(labeled["client_id"]))}
-    labeled = labeled.iloc[np.argsort([position[str(cid)] for cid in labeled["client_id"]], kind="stable")]
-    test = labeled[labeled["split"] == "test"]
-    train = labeled[labeled["split"] != "test"]
-    if len(train) < n_folds:
-        raise DataError(
-            splits_path, f"{len(train)} labeled non-test clients, fewer than the {n_folds} folds", column="fold"
-        )
-    if train["target"].nunique() < 2:
-        raise DataError(
-            targets_path,
-            f"the labeled non-test clients have one class only ({train['target'].iloc[0]!r}); a classifier needs two",
-            column="target",
-        )
-    found = sorted(int(f) for f in train["fold"].unique())
-    if found != list(range(n_folds)):
-        raise DataError(
-            splits_path, f"labeled non-test clients carry folds {found}, expected 0..{n_folds - 1}", column="fold"
-        )
-    if len(test) == 0:
-        raise DataError(splits_path, "no labeled test clients", column="split")
-    y, folds = train["target"].to_numpy(), train["fold"].to_numpy()
-    fix = (
-        f"the metrics need two classes in every part: label more clients (at least {n_folds} of each class "
-        f"among the non-test ones) or use fewer folds (splits.n_folds), then rerun prepare"
-    )
-    for fold in found:
-        for part, rows in (("validation", folds == fold), ("training", folds != fold)):
-            classes = np.unique(y[rows])
-            if len(classes) < 2:
-                raise DataError(
-                    targets_path,
-                    f"fold {fold}: its {part} part ({int(rows.sum())} clients) has one "
-                    f"class only ({classes[0].item()!r}); {fix}",
-                    column="target",
-                )
-    if test["target"].nunique() < 2:
-        raise DataError(
-            targets_path,
-            f"the {len(test)} test clients have one class only ({test['target'].to_numpy()[0].item()!r}); {fix}",
-            column="target",
-        )
-    return Labels(
-        train["client_id"].to_numpy(),
-        train["target"].to_numpy(),
-        train["fold"].to_numpy(),
-        test["client_id"].to_numpy(),
-        test["target"].to_numpy(),
-    )
 
 
 def feature_matrix(features: pd.DataFrame, ids: np.ndarray, source: str | Path) -> np.ndarray:
@@ -171,19 +87,10 @@ class Predictions:
     test: np.ndarray  # (len(labels.test_ids), len(classes))
 
 
-def cross_validate(
-    name: str,
-    features: pd.DataFrame,
-    labels: Labels,
-    metrics: list[str],
-    lightgbm_params: dict,
-    n_jobs: int,
-    source: str | Path,
-    on_fold: Callable[[], None] | None = None,
-) -> dict:
+def cross_validate(*args, **kwargs) -> dict:
     """{metric: {val_mean, val_std, val_oof, test_mean, test_std, folds: [{fold, val, test}]}} for one feature
-    set (see cross_validate_predict)."""
-    return cross_validate_predict(name, features, labels, metrics, lightgbm_params, n_jobs, source, on_fold)[0]
+    set: the summary of cross_validate_predict (the same arguments), without the predictions."""
+    return cross_validate_predict(*args, **kwargs)[0]
 
 
 def cross_validate_predict(

@@ -59,6 +59,12 @@ def seed_independent_sets(cfg: DictConfig) -> list[str]:
     return ["aggregates"] + (["oracle"] if has_oracle(cfg) else [])
 
 
+def aggregate_columns(cfg: DictConfig) -> list[str]:
+    """The events' columns the aggregates feature set reads (the others are not loaded)."""
+    agg = cfg.validate.aggregates
+    return ["client_id", "event_time", *categorical_columns(agg.categorical, cfg.dataset.categorical), *agg.numeric]
+
+
 def aggregates(cfg: DictConfig, events: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     """The aggregates feature set; category vocabularies fitted on the pretraining clients (train + val)."""
     pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]

@@ -2,7 +2,10 @@
 
 The text stage calls, inside its build:
 
-    train, stats["augmented"] = mix_into_train(cfg, train, counter.count)   # recorded in text/stats.json
+    train, stats["augmented"] = mix_into_train(cfg, train, train_ids, augmented, counter.count)  # text/stats.json
+
+with `train_ids` the clients of the train split and `augmented` the augment stage's folder and the outputs its
+_SUCCESS.json records (the stage reads them; this module reads only the files named there).
 
 The stage registry (llm4trx.core.registry) adds `augment.mix` to the text stage's hash and augment/ to its
 inputs while mixing is on, so that changing the mix or regenerating an augment output rebuilds text/. Only clients of the train split get augmented texts (val and
@@ -17,6 +20,7 @@ the shards stage leaves them out of the corpus.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -25,26 +29,27 @@ from omegaconf import DictConfig
 
 from llm4trx.core.registry import mixing
 from llm4trx.core.errors import DataError, StageInputMissing
-from llm4trx.core.stage import read_success, require
 
 
 def mix_into_train(
     cfg: DictConfig,
     train: pd.DataFrame,
+    train_ids: set[str],
+    augmented: tuple[Path, dict[str, Any]] | None,
     count_tokens: Callable[[list[str]], Sequence[int]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """(train texts with the augmented ones added, statistics of the mix for text/stats.json).
 
-    `train`: the text stage's train rows (client_id, text, n_events, n_events_kept, n_tokens);
-    `count_tokens`: the text stage's token counter (a batch of texts -> counts) for the added rows' n_tokens.
+    `train`: the text stage's train rows (client_id, text, n_events, n_events_kept, n_tokens); `train_ids`: the
+    clients of the train split; `augmented`: (the augment stage's folder, the outputs of its _SUCCESS.json),
+    needed only while mixing; `count_tokens`: the text stage's token counter (a batch of texts -> counts) for the
+    added rows' n_tokens.
     """
     if not mixing(cfg):
         return train, {"enabled": False}
     m = cfg.augment.mix  # fraction in [0, 1]: core/schema.py
-    folder = require(cfg, "augment")
-    outputs = read_success(folder).get("outputs", {})
-    splits = pd.read_parquet(require(cfg, "prepare") / "splits.parquet", columns=["client_id", "split"])
-    train_ids = set(splits.loc[splits["split"] == "train", "client_id"].astype(str))
+    folder, outputs = augmented
+    train_ids = {str(c) for c in train_ids}
     base = train.assign(client_id=train["client_id"].astype(str))
     base_ids = set(base["client_id"]) & train_ids
     wanted = set(m.prompts) if m.prompts else None

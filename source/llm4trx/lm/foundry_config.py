@@ -15,9 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.data.curves import METRICS_FILE  # checkpoints/metrics.jsonl: {"step", "split", "loss"} per line
 
 HF_MODEL = "llm4trx_hf_causal_lm"
-METRICS_FILE = "metrics.jsonl"  # checkpoints/metrics.jsonl: {"step", "split", "loss"} per line
 INIT_CONFIG_DIR = "init_config"  # under checkpoints/: config.json of a model trained from scratch
 # Experiment trackers llm-foundry builds by name (llmfoundry/loggers); anything else is a config error.
 

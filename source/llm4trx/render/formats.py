@@ -15,8 +15,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.render.columns import CALENDAR, Fields, RenderContext, join_strings, mapped, take_unique
 
 FORMATS: dict[str, "Format"] = {}
 
@@ -38,267 +38,6 @@ def get_format(name: str) -> "Format":
     if name not in FORMATS:
         raise ConfigError(f"unknown text format {name!r}; known formats: {', '.join(sorted(FORMATS))}")
     return FORMATS[name]
-
-
-# ----------------------------------------------------------------------------------------------- context
-
-
-def mcc_label_map(codes: np.ndarray, names: bool) -> dict[int, str]:
-    """MCC code -> ISO 18245 description (or the 4-digit code where unknown or names are off)."""
-    if not names:
-        return {int(c): str(int(c)) for c in codes}
-    import iso18245
-
-    out = {}
-    for code in codes:
-        key = f"{int(code):04d}"
-        try:
-            info = iso18245.get_mcc(key)
-            label = info.iso_description or info.usda_description or info.visa_description or info.stripe_description
-        except (iso18245.MCCNotFound, iso18245.InvalidMCC):
-            label = ""
-        out[int(code)] = label.strip() or key
-    return out
-
-
-@dataclass
-class RenderContext:
-    """Dataset-level choices every client's text shares (so one client renders the same alone or in bulk)."""
-
-    categorical: list[str]
-    mcc_names: bool  # MCC rendered as ISO 18245 descriptions (else as codes)
-    time_of_day: str  # "" (dates only), "%H:%M" or "%H:%M:%S": the finest resolution present in the data
-    usual: dict[str, str] = field(default_factory=dict)  # compact omits a categorical value equal to its mode
-    calendar: tuple[str, ...] = ()  # text.calendar: the calendar words of the fields format (CALENDAR)
-
-    @classmethod
-    def from_events(cls, events: pd.DataFrame, dataset_cfg, text_cfg) -> "RenderContext":
-        categorical = list(dataset_cfg.get("categorical") or [])
-        mcc_names = dataset_cfg.get("mcc_names") == "iso18245" and bool(text_cfg.get("mcc_descriptions", True))
-        ns = events["event_time"].to_numpy("datetime64[ns]").astype(np.int64)
-        secs = (ns // 10**9) % 86400
-        time_of_day = "%H:%M:%S" if (secs % 60).any() else "%H:%M" if secs.any() else ""
-        usual = {}
-        for col in categorical:
-            counts = events[col].fillna(MISSING).value_counts()
-            usual[col] = str(counts.index[0]) if len(counts) else MISSING
-        return cls(categorical, mcc_names, time_of_day, usual, calendar_of(text_cfg))
-
-
-MISSING = "NA"
-
-
-def calendar_of(text_cfg) -> tuple[str, ...]:
-    """text.calendar (fields format only): which calendar words follow each transaction's `when` word."""
-    words = tuple(text_cfg.get("calendar") or ())  # each one of CALENDAR: core/schema.py
-    if words and text_cfg.get("format") != "fields":
-        raise ConfigError(
-            f"text.calendar is a fields-format option (text=fields); text.format is {text_cfg.get('format')!r}"
-        )
-    return words
-
-
-class ContextAccumulator:
-    """RenderContext.from_events over the whole table, computed from consecutive batches of its rows.
-
-    `update(batch)` for every batch in order (a DataFrame with event_time and the categorical columns),
-    then `result()`: the same context as from_events on their concatenation (modes by the same pandas
-    value_counts ordering: counts descending, ties in order of first appearance).
-    """
-
-    def __init__(self, dataset_cfg, text_cfg):
-        self.categorical = list(dataset_cfg.get("categorical") or [])
-        self.mcc_names = dataset_cfg.get("mcc_names") == "iso18245" and bool(text_cfg.get("mcc_descriptions", True))
-        self.calendar = calendar_of(text_cfg)
-        self.any_seconds = self.any_time = False
-        self.counts: dict[str, dict] = {col: {} for col in self.categorical}
-
-    def update(self, events: pd.DataFrame) -> None:
-        if not (self.any_seconds and self.any_time):
-            ns = events["event_time"].to_numpy("datetime64[ns]").astype(np.int64)
-            secs = (ns // 10**9) % 86400
-            self.any_seconds = self.any_seconds or bool((secs % 60).any())
-            self.any_time = self.any_time or bool(secs.any())
-        for col in self.categorical:
-            seen = self.counts[col]
-            for value, n in events[col].fillna(MISSING).value_counts(sort=False).items():
-                seen[value] = seen.get(value, 0) + int(n)
-
-    def result(self) -> RenderContext:
-        time_of_day = "%H:%M:%S" if self.any_seconds else "%H:%M" if self.any_time else ""
-        usual = {}
-        for col in self.categorical:
-            seen = self.counts[col]
-            counts = pd.Series(np.array(list(seen.values()), np.int64), index=pd.Index(list(seen), dtype=object))
-            counts = counts.sort_values(ascending=False)
-            usual[col] = str(counts.index[0]) if len(counts) else MISSING
-        return RenderContext(self.categorical, self.mcc_names, time_of_day, usual, self.calendar)
-
-
-def _take_unique(values: np.ndarray, fmt: Callable[[np.ndarray], list[str]]) -> pa.Array:
-    """Format the unique values of a low-cardinality column once, then gather."""
-    ints = values.view(np.int64) if values.dtype.kind in "iM" and values.dtype.itemsize == 8 else values
-    if len(ints) and ints.dtype.kind == "i" and int(ints.max()) - int(ints.min()) < 1 << 20:
-        low = ints.min()  # small integer range: a lookup table instead of sorting
-        code = (ints - low).astype(np.int64)
-        present = np.flatnonzero(np.bincount(code))
-        lookup = np.zeros(int(code.max()) + 1, np.int64)
-        lookup[present] = np.arange(len(present))
-        uniq, inverse = (present + low).astype(ints.dtype).view(values.dtype), lookup[code]
-    else:
-        uniq, inverse = np.unique(values, return_inverse=True)
-    return pa.array(fmt(uniq), pa.string()).take(pa.array(inverse.astype(np.int64)))
-
-
-def _join(*parts, sep: str = "") -> pa.Array:
-    return pc.binary_join_element_wise(*parts, sep)
-
-
-def decimal_string(cents: np.ndarray, decimals: int) -> pa.Array:
-    """Integers scaled by 10**decimals -> fixed-point strings ('-1234.50'), without a per-row loop."""
-    neg = cents < 0
-    mag = np.abs(cents)
-    whole = pc.cast(pa.array(mag // 10**decimals), pa.string())
-    if decimals:
-        frac = pc.utf8_lpad(pc.cast(pa.array(mag % 10**decimals), pa.string()), decimals, "0")
-        whole = _join(whole, frac, sep=".")
-    if not neg.any():  # the usual case: skip building a signed copy of every string
-        return whole
-    return pc.if_else(pa.array(neg), _join("-", whole), whole)
-
-
-def amount_2dp(amount: np.ndarray) -> pa.Array:
-    return decimal_string(np.rint(amount * 100).astype(np.int64), 2)
-
-
-def amount_short(amount: np.ndarray) -> pa.Array:
-    """Three significant digits with k/M suffixes: 1234.5 -> 1.23k, 56.78 -> 56.8, 0.5 -> 0.5, 2e6 -> 2M."""
-    mag = np.abs(amount)
-    with np.errstate(divide="ignore"):  # log10(0)
-        step = 10.0 ** (np.floor(np.log10(np.where(mag > 0, mag, 1.0))) - 2)
-    mag = np.rint(mag / step) * step  # 3 significant digits first, so 999.99 -> 1000 -> 1k
-    scale = np.where(mag >= 1e6, 1e6, np.where(mag >= 1e3, 1e3, 1.0))
-    value = mag / scale
-    decimals = np.where(value >= 100, 0, np.where(value >= 10, 1, 2))
-    scaled = np.rint(value * 10.0**decimals).astype(np.int64)
-    whole = pc.cast(pa.array(scaled // 10**decimals), pa.string())
-    frac = pc.utf8_rtrim(_frac_digits(scaled, decimals), "0")
-    text = pc.if_else(pc.equal(pc.utf8_length(frac), 0), whole, _join(whole, frac, sep="."))
-    suffix = pa.array(np.where(scale == 1e6, "M", np.where(scale == 1e3, "k", "")))
-    text = _join(text, suffix)
-    return pc.if_else(pa.array(amount < 0), _join("-", text), text)
-
-
-def _frac_digits(scaled: np.ndarray, decimals: np.ndarray) -> pa.Array:
-    """The `decimals` fractional digits of `scaled` (0, 1 or 2 of them) as zero-padded strings."""
-    frac = scaled % (10**decimals)
-    two = pc.utf8_lpad(pc.cast(pa.array(frac), pa.string()), 2, "0")
-    one = pc.cast(pa.array(frac), pa.string())
-    return pc.if_else(pa.array(decimals == 2), two, pc.if_else(pa.array(decimals == 1), one, pa.scalar("")))
-
-
-class Fields:
-    """Per-event columns of `events` (sorted by client_id, event_time) formatted as strings, computed lazily."""
-
-    def __init__(self, events: pd.DataFrame, ctx: RenderContext):
-        self.ev, self.ctx = events, ctx
-        client = events["client_id"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, client[1:] != client[:-1]]) if len(client) else np.zeros(0, int)
-        self.offsets = np.r_[starts, len(client)].astype(np.int64)  # client k: events offsets[k]:offsets[k+1]
-        self.client_ids = client[starts]
-        self.n_events = np.diff(self.offsets)
-        self.ns = events["event_time"].to_numpy("datetime64[ns]")
-        self._categorical: dict[str, pa.Array] = {}
-        self._constant: dict[str, np.ndarray] = {}
-        self._parent: tuple[Fields, np.ndarray] | None = None
-
-    def subset(self, rows: np.ndarray) -> "Fields":
-        """The fields of events `rows` (sorted; at least one row of every client) for rendering their LINES:
-        values that depend on a client's whole history (the day gap to the previous event, categoricals
-        constant over the history) come from these fields. Heads are rendered from the whole fields."""
-        sub = Fields(self.ev.iloc[rows], self.ctx)
-        sub.__dict__["day_gap"] = self.day_gap[rows]
-        if self.ctx.calendar:
-            sub.__dict__["days_to_end"] = self.days_to_end[rows]
-        sub._parent = (self, rows)
-        return sub
-
-    @property
-    def days(self) -> np.ndarray:
-        return self.ns.astype("datetime64[D]")
-
-    @cached_property
-    def date(self) -> pa.Array:
-        return _take_unique(self.days, lambda u: list(np.datetime_as_string(u, unit="D")))
-
-    @cached_property
-    def clock(self) -> pa.Array:
-        secs = (self.ns.astype(np.int64) // 10**9) % 86400
-        two_digits = pa.array([f"{i:02d}" for i in range(60)])
-        parts = [two_digits.take(pa.array(secs // 3600)), two_digits.take(pa.array(secs // 60 % 60))]
-        if self.ctx.time_of_day.endswith("%S"):
-            parts.append(two_digits.take(pa.array(secs % 60)))
-        return _join(*parts, sep=":")
-
-    @cached_property
-    def datetime(self) -> pa.Array:
-        return _join(self.date, self.clock, sep=" ") if self.ctx.time_of_day else self.date
-
-    @cached_property
-    def amount(self) -> pa.Array:
-        return amount_2dp(self.ev["amount"].to_numpy(np.float64))
-
-    @cached_property
-    def amount_short(self) -> pa.Array:
-        return amount_short(self.ev["amount"].to_numpy(np.float64))
-
-    @cached_property
-    def mcc_code(self) -> pa.Array:
-        return _take_unique(self.ev["mcc"].to_numpy(np.int64), lambda u: [str(int(c)) for c in u])
-
-    @cached_property
-    def mcc(self) -> pa.Array:
-        """Description or code, as the context says."""
-        if not self.ctx.mcc_names:
-            return self.mcc_code
-        return _take_unique(self.ev["mcc"].to_numpy(np.int64), lambda u: list(mcc_label_map(u, True).values()))
-
-    def categorical(self, col: str) -> pa.Array:
-        if col not in self._categorical:
-            values = pa.array(self.ev[col], from_pandas=True)  # zero-copy when read with Arrow string dtypes
-            values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-            values = values if values.type == pa.string() else pc.cast(values, pa.string())
-            self._categorical[col] = pc.fill_null(values, MISSING)
-        return self._categorical[col]
-
-    @cached_property
-    def day_gap(self) -> np.ndarray:
-        """Days since the client's previous transaction (0 for the first)."""
-        d = self.days.astype(np.int64)
-        gap = np.diff(d, prepend=d[:1] if len(d) else d)
-        gap[self.offsets[:-1][self.n_events > 0]] = 0
-        return gap
-
-    @cached_property
-    def days_to_end(self) -> np.ndarray:
-        """Days from each transaction to the client's last one (0 for the last)."""
-        d = self.days.astype(np.int64)
-        last = np.repeat(d[self.offsets[1:][self.n_events > 0] - 1], self.n_events[self.n_events > 0])
-        return last - d
-
-    def client_first_last(self) -> tuple[pa.Array, pa.Array]:
-        if not len(self.client_ids):
-            return pa.array([], pa.string()), pa.array([], pa.string())
-        as_date = lambda u: list(np.datetime_as_string(u, unit="D"))  # noqa: E731  (as self.date, on 2 rows per client)
-        first = _take_unique(self.days[self.offsets[:-1]], as_date)
-        last = _take_unique(self.days[self.offsets[1:] - 1], as_date)
-        return first, last
-
-
-def mapped(values: pa.Array, fn: Callable[[str], str]) -> pa.Array:
-    """Apply a string escape/quote function to a low-cardinality string column through its unique values."""
-    enc = pc.dictionary_encode(values)
-    return pa.array([fn(v) for v in enc.dictionary.to_pylist()], pa.string()).take(enc.indices)
 
 
 # ----------------------------------------------------------------------------------------------- formats
@@ -323,7 +62,12 @@ def _field_names(ctx: RenderContext) -> list[str]:
 def _summary(f: Fields, sep: str, kv: str = ": ") -> pa.Array:
     first, last = f.client_first_last()
     n = pc.cast(pa.array(f.n_events), pa.string())
-    return _join(_join("transactions", n, sep=kv), _join("from", first, sep=kv), _join("to", last, sep=kv), sep=sep)
+    return join_strings(
+        join_strings("transactions", n, sep=kv),
+        join_strings("from", first, sep=kv),
+        join_strings("to", last, sep=kv),
+        sep=sep,
+    )
 
 
 def _values(f: Fields, amount: pa.Array | None = None) -> list[pa.Array]:
@@ -331,10 +75,10 @@ def _values(f: Fields, amount: pa.Array | None = None) -> list[pa.Array]:
 
 
 def flat_head(f: Fields) -> pa.Array:
-    return _join(_summary(f, " | "), "fields: " + ", ".join(_field_names(f.ctx)) + "\n", sep=" | ")
+    return join_strings(_summary(f, " | "), "fields: " + ", ".join(_field_names(f.ctx)) + "\n", sep=" | ")
 
 
-register(Format("flat", flat_head, lambda f: _join(*_values(f), sep=", ")))
+register(Format("flat", flat_head, lambda f: join_strings(*_values(f), sep=", ")))
 
 
 def compact_head(f: Fields) -> pa.Array:
@@ -344,7 +88,7 @@ def compact_head(f: Fields) -> pa.Array:
     if f.ctx.categorical:
         legend += f" [{' '.join(f.ctx.categorical)} unless {usual}]"
     n = pc.cast(pa.array(f.n_events), pa.string())
-    return _join(n, " transactions to ", last, f"\n{legend}\n")
+    return join_strings(n, " transactions to ", last, f"\n{legend}\n")
 
 
 def compact_line(f: Fields) -> pa.Array:
@@ -353,11 +97,11 @@ def compact_line(f: Fields) -> pa.Array:
     if f.ctx.time_of_day:
         parts.append(mapped(f.clock, lambda s: s.replace(":", "")))
     parts += [f.mcc_code, f.amount_short]
-    line = _join(*parts, sep=" ")
+    line = join_strings(*parts, sep=" ")
     for col in f.ctx.categorical:
         value = f.categorical(col)
-        extra = pc.if_else(pc.equal(value, f.ctx.usual[col]), "", _join(" ", value))
-        line = _join(line, extra)
+        extra = pc.if_else(pc.equal(value, f.ctx.usual[col]), "", join_strings(" ", value))
+        line = join_strings(line, extra)
     return line
 
 
@@ -366,12 +110,12 @@ register(Format("compact", compact_head, compact_line))
 
 def grouped_line(f: Fields) -> pa.Array:
     """One transaction inside its MCC group: `2017-10-21 1234.50 POS`."""
-    return _join(f.datetime, f.amount, *(f.categorical(c) for c in f.ctx.categorical), sep=" ")
+    return join_strings(f.datetime, f.amount, *(f.categorical(c) for c in f.ctx.categorical), sep=" ")
 
 
 def grouped_head(f: Fields) -> pa.Array:
     names = ["date", "amount", *f.ctx.categorical]
-    return _join(_summary(f, " | "), "per merchant category: " + " ".join(names) + "\n", sep=" | ")
+    return join_strings(_summary(f, " | "), "per merchant category: " + " ".join(names) + "\n", sep=" | ")
 
 
 register(Format("grouped_mcc", grouped_head, grouped_line, grouped=True))
@@ -382,14 +126,14 @@ def _json_line(f: Fields) -> pa.Array:
     keys = ["date", "mcc", "amount", *f.ctx.categorical]
     vals = [mapped(f.datetime, json.dumps), mapped(f.mcc, json.dumps), f.amount]
     vals += [mapped(f.categorical(c), json.dumps) for c in f.ctx.categorical]
-    parts = [_join(json.dumps(k), v, sep=": ") for k, v in zip(keys, vals)]
-    return _join("{", _join(*parts, sep=", "), "}")
+    parts = [join_strings(json.dumps(k), v, sep=": ") for k, v in zip(keys, vals)]
+    return join_strings("{", join_strings(*parts, sep=", "), "}")
 
 
 def _json_head(f: Fields) -> pa.Array:
     first, last = f.client_first_last()
     n = pc.cast(pa.array(f.n_events), pa.string())
-    return _join('{"transactions": ', n, ', "from": "', first, '", "to": "', last, '", "events": [\n')
+    return join_strings('{"transactions": ', n, ', "from": "', first, '", "to": "', last, '", "events": [\n')
 
 
 register(Format("json", _json_head, _json_line, sep=",\n", tail="\n]}"))
@@ -408,14 +152,14 @@ def _yaml_line(f: Fields) -> pa.Array:
     keys = ["date", "mcc", "amount", *f.ctx.categorical]
     vals = [mapped(f.datetime, json.dumps), mapped(f.mcc, yaml_scalar), f.amount]
     vals += [mapped(f.categorical(c), yaml_scalar) for c in f.ctx.categorical]
-    rows = [_join(k, v, sep=": ") for k, v in zip(keys, vals)]
-    return _join("- ", _join(*rows, sep="\n  "))
+    rows = [join_strings(k, v, sep=": ") for k, v in zip(keys, vals)]
+    return join_strings("- ", join_strings(*rows, sep="\n  "))
 
 
 def _yaml_head(f: Fields) -> pa.Array:
     first, last = f.client_first_last()
     n = pc.cast(pa.array(f.n_events), pa.string())
-    return _join("transactions: ", n, "\nfrom: '", first, "'\nto: '", last, "'\nevents:\n")
+    return join_strings("transactions: ", n, "\nfrom: '", first, "'\nto: '", last, "'\nevents:\n")
 
 
 register(Format("yaml", _yaml_head, _yaml_line))
@@ -423,12 +167,12 @@ register(Format("yaml", _yaml_head, _yaml_line))
 
 def _html_line(f: Fields) -> pa.Array:
     cells = [mapped(v, html.escape) for v in _values(f)]
-    return _join("<tr><td>", _join(*cells, sep="</td><td>"), "</td></tr>")
+    return join_strings("<tr><td>", join_strings(*cells, sep="</td><td>"), "</td></tr>")
 
 
 def _html_head(f: Fields) -> pa.Array:
     th = "".join(f"<th>{html.escape(n)}</th>" for n in _field_names(f.ctx))
-    return _join("<p>", _summary(f, ", "), f"</p>\n<table>\n<tr>{th}</tr>\n")
+    return join_strings("<p>", _summary(f, ", "), f"</p>\n<table>\n<tr>{th}</tr>\n")
 
 
 register(Format("html", _html_head, _html_line, tail="\n</table>"))
@@ -440,7 +184,7 @@ def _md_escape(value: str) -> str:
 
 def _md_line(f: Fields) -> pa.Array:
     cells = [mapped(v, _md_escape) for v in _values(f)]
-    return _join("| ", _join(*cells, sep=" | "), " |")
+    return join_strings("| ", join_strings(*cells, sep=" | "), " |")
 
 
 def _md_head(f: Fields) -> pa.Array:
@@ -448,7 +192,7 @@ def _md_head(f: Fields) -> pa.Array:
     table = "| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n"
     first, last = f.client_first_last()
     n = pc.cast(pa.array(f.n_events), pa.string())
-    return _join("**transactions:** ", n, ", **from:** ", first, ", **to:** ", last, "\n\n" + table)
+    return join_strings("**transactions:** ", n, ", **from:** ", first, ", **to:** ", last, "\n\n" + table)
 
 
 register(Format("markdown", _md_head, _md_line))
@@ -491,8 +235,8 @@ def amount_bin(amount: np.ndarray) -> np.ndarray:
 
 
 def amount_words(amount: np.ndarray) -> pa.Array:
-    words = _take_unique(amount_bin(amount), lambda u: [f"a{int(v)}" for v in u])
-    words = pc.if_else(pa.array(amount < 0), _join("a-", pc.utf8_slice_codeunits(words, 1)), words)
+    words = take_unique(amount_bin(amount), lambda u: [f"a{int(v)}" for v in u])
+    words = pc.if_else(pa.array(amount < 0), join_strings("a-", pc.utf8_slice_codeunits(words, 1)), words)
     return pc.if_else(pa.array(amount == 0), pa.scalar("a0z"), words)
 
 
@@ -512,18 +256,15 @@ def when_words(f: Fields) -> pa.Array:
 def _calendar_words(f: Fields, word: str) -> pa.Array:
     days = f.days
     if word == "dow":  # 1970-01-01 was a Thursday
-        return _take_unique((days.astype(np.int64) + 3) % 7 + 1, lambda u: [f"w{int(v)}" for v in u])
+        return take_unique((days.astype(np.int64) + 3) % 7 + 1, lambda u: [f"w{int(v)}" for v in u])
     if word == "dom":
         dom = (days - days.astype("datetime64[M]").astype("datetime64[D]")).astype(np.int64) + 1
-        return _take_unique(dom, lambda u: [f"D{int(v)}" for v in u])
+        return take_unique(dom, lambda u: [f"D{int(v)}" for v in u])
     if word == "month":
-        return _take_unique(days.astype("datetime64[M]").astype(np.int64) % 12 + 1, lambda u: [f"M{int(v)}" for v in u])
+        return take_unique(days.astype("datetime64[M]").astype(np.int64) % 12 + 1, lambda u: [f"M{int(v)}" for v in u])
     if word == "end":
         return pa.array(["e" + w[1:] for w in _gap_words()], pa.string()).take(pa.array(day_gap_bin(f.days_to_end)))
     raise ConfigError(f"text.calendar: {word!r} unknown; choose from {sorted(CALENDAR)}")
-
-
-CALENDAR = ("dow", "dom", "month", "end")
 
 
 def _word(value: str) -> str:
@@ -565,8 +306,8 @@ def fields_head(f: Fields) -> pa.Array:
     for col in f.ctx.categorical:
         const = _constant_in_client(f, col)
         words = mapped(f.categorical(col).take(first), lambda v, c=col: f"{_word(c)}={_word(v)}")
-        parts.append(pc.if_else(pa.array(const[f.offsets[:-1][present]]), _join(words, " "), ""))
-    joined = _join(*parts)
+        parts.append(pc.if_else(pa.array(const[f.offsets[:-1][present]]), join_strings(words, " "), ""))
+    joined = join_strings(*parts)
     out = np.array([""] * len(f.client_ids), dtype=object)
     out[present] = joined.to_pylist()
     return pa.array(out.tolist(), pa.string())
@@ -576,13 +317,13 @@ def fields_line(f: Fields) -> pa.Array:
     """`d0@14 m6011 a29 trx_category=WD_ATM_ROS`: when, MCC, amount bin, varying categoricals unless usual."""
     when = when_words(f)
     if f.ctx.calendar:
-        when = _join(when, *(_calendar_words(f, w) for w in f.ctx.calendar), sep=" ")
-    line = _join(when, _join("m", f.mcc_code), amount_words(f.ev["amount"].to_numpy(np.float64)), sep=" ")
+        when = join_strings(when, *(_calendar_words(f, w) for w in f.ctx.calendar), sep=" ")
+    line = join_strings(when, join_strings("m", f.mcc_code), amount_words(f.ev["amount"].to_numpy(np.float64)), sep=" ")
     for col in f.ctx.categorical:
         value = _categorical_words(f, col)
         usual = f"{_word(col)}={_word(f.ctx.usual[col])}"
         skip = pc.or_(pc.equal(value, usual), pa.array(_constant_in_client(f, col)))
-        line = _join(line, pc.if_else(skip, "", _join(" ", value)))
+        line = join_strings(line, pc.if_else(skip, "", join_strings(" ", value)))
     return line
 
 
@@ -609,7 +350,7 @@ def group_by_mcc(fields: Fields, lines: pa.Array, keep: np.ndarray, client_of: n
     )
     first_of_group = frame["i"].to_numpy()[bounds]
     labels = fields.mcc.take(pa.array(first_of_group))
-    group_lines = _join(labels, pc.binary_join(items, GROUP_ITEM_SEP), sep=": ")
+    group_lines = join_strings(labels, pc.binary_join(items, GROUP_ITEM_SEP), sep=": ")
     group_client = frame["c"].to_numpy()[bounds]
     n_clients = len(fields.client_ids)
     group_offsets = np.r_[0, np.cumsum(np.bincount(group_client, minlength=n_clients))]
@@ -628,7 +369,7 @@ def assemble(fmt: Format, fields: Fields, head: pa.Array, lines: pa.Array, keep:
         body_lines = lines.filter(pa.array(keep))
         offsets = np.r_[0, np.cumsum(np.bincount(client_of[keep], minlength=n_clients))]
     body = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), body_lines), fmt.sep)
-    return _join(head, body, fmt.tail)
+    return join_strings(head, body, fmt.tail)
 
 
 def render(events: pd.DataFrame, fmt: str | Format, ctx: RenderContext) -> pd.Series:

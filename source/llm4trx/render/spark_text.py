@@ -30,9 +30,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm4trx.data.chunks import to_frame
+from llm4trx.data.chunks import regroup, to_frame
 from llm4trx.data.splits import SPLITS
-from llm4trx.render.texts import TEXT_COLUMNS, TextStats, render_chunk
+from llm4trx.data.text_files import text_path
+from llm4trx.render.client_texts import TEXT_COLUMNS, TextStats, render_chunk
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +83,9 @@ def _render_parts(tmp: str, fmt, ctx, counter_name: str, budget, lookup: pd.Seri
                     rows[TEXT_COLUMNS].to_json(paths[split], orient="records", lines=True, force_ascii=False, mode="a")
             stats.append(frame[["split", *STATS]])
 
-        pending, n = [], 0
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            pending.append(pa.Table.from_batches([batch]).drop_columns(["_unit", "_row"]))
-            n += batch.num_rows
-            if n < chunk_events:
-                continue
-            whole = pa.concat_tables(pending)
-            client = whole.column("client_id")
-            other = np.flatnonzero(np.asarray(client.to_numpy(zero_copy_only=False) != client[-1].as_py()))
-            if not len(other):
-                pending = [whole]
-                continue
-            cut = int(other[-1]) + 1
-            flush([whole.slice(0, cut)])
-            pending, n = [whole.slice(cut)], whole.num_rows - cut
-        if n:
-            flush(pending)
+        tables = (pa.Table.from_batches([b]).drop_columns(["_unit", "_row"]) for b in batches if b.num_rows)
+        for chunk in regroup(tables, chunk_events):  # whole clients, as the embedded engine's chunks
+            flush([chunk])
         frame = pd.concat(stats, ignore_index=True) if stats else pd.DataFrame({"split": [], **{c: [] for c in STATS}})
         frame.insert(0, "part", part)
         yield pa.RecordBatch.from_pandas(
@@ -167,7 +152,7 @@ def render(
     for split in SPLITS:
         parts = sorted((tmp / split).glob("part-*.jsonl"))
         if parts:
-            with open(out / f"{split}.jsonl", "wb") as target:
+            with open(text_path(out, split), "wb") as target:
                 for part in parts:
                     with open(part, "rb") as source:
                         shutil.copyfileobj(source, target, 1 << 24)

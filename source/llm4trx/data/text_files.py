@@ -1,21 +1,31 @@
-"""Reading the text stage's output contract: text/{train,val,test}.jsonl, one own text per client."""
+"""The text stage's output contract: text/{train,val,test}.jsonl, one own text per client, and text/stats.json."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from llm4trx.core import registry
 from llm4trx.core.errors import DataError
 from llm4trx.data.splits import SPLITS
+
+
+def text_path(text_dir: Path, split: str) -> Path:
+    return Path(text_dir) / registry.file("text", "texts", split=split)
+
+
+def write_stats(text_dir: Path, stats: dict) -> None:
+    (Path(text_dir) / registry.file("text", "stats")).write_text(json.dumps(stats, indent=2) + "\n")
 
 
 def read_texts(text_dir: Path) -> pd.DataFrame:
     """client_id and text of every client of train, val and test, in file order."""
     frames = []
     for split in SPLITS:
-        path = text_dir / f"{split}.jsonl"
+        path = text_path(text_dir, split)
         if not path.is_file():
             raise DataError(path, "missing (the text stage writes train, val and test)")
         frame = pd.read_json(path, lines=True, dtype={"client_id": str})

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from llm4trx.core.errors import ConfigError
-from llm4trx.render.formats import GROUP_ITEM_SEP, Fields, Format, RenderContext, assemble
+from llm4trx.render.columns import Fields, RenderContext
+from llm4trx.render.formats import GROUP_ITEM_SEP, Format, assemble
 from llm4trx.render.tokencount import TokenCounter, piece_tokens
 
 SPECIAL_TOKENS = 2  # bos + eos around every sample (llm4trx.shards, llm4trx.embed), inside text.max_tokens

@@ -8,6 +8,8 @@ from typing import Callable
 import pandas as pd
 from omegaconf import DictConfig
 
+from llm4trx.data.chunks import read_events
+
 Renderer = Callable[[pd.DataFrame], str]
 
 
@@ -24,11 +26,12 @@ def transaction_renderer(cfg: DictConfig, data_dir: Path) -> Renderer:
     The render context (MCC names, time resolution, usual categorical values) is computed from ALL events, as
     the text stage does, so that a client's transactions read the same here as in its text/ record.
     """
-    from llm4trx.render.formats import RenderContext, get_format, render_client
+    from llm4trx.render.columns import RenderContext
+    from llm4trx.render.formats import get_format, render_client
 
     fmt = get_format(cfg.augment.transactions_format)
     categorical = list(cfg.dataset.get("categorical") or [])
-    everything = pd.read_parquet(data_dir / "events.parquet", columns=["event_time", *categorical])
+    everything = read_events(data_dir, ["event_time", *categorical])
     ctx = RenderContext.from_events(everything, cfg.dataset, cfg.text)
 
     def render(events: pd.DataFrame) -> str:
