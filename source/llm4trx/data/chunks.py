@@ -45,8 +45,9 @@ def event_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.suffix == ".parquet" and p.is_file() and not p.name.startswith((".", "_")))
+        files = sorted(
+            p for p in path.iterdir() if p.suffix == ".parquet" and p.is_file() and not p.name.startswith((".", "_"))
+        )
         if not files:
             raise DataError(path, "a directory without parquet parts (*.parquet)")
         return files
@@ -120,8 +121,9 @@ def regroup(tables: Iterable[pa.Table], min_rows: int, keys: Sequence[str] = ("c
         yield pa.concat_tables(pending)
 
 
-def iter_client_chunks(files: Sequence[Path], columns: Sequence[str], chunk_rows: int,
-                       batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+def iter_client_chunks(
+    files: Sequence[Path], columns: Sequence[str], chunk_rows: int, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.Table]:
     """Tables of whole clients, each of at least `chunk_rows` rows (but the last) and at most chunk_rows +
     the rows of one client + a batch; a client larger than chunk_rows makes a chunk of its own."""
     if chunk_rows < 1:

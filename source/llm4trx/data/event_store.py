@@ -76,7 +76,7 @@ class Events:
             for name in self.names:
                 current[name] = np.concatenate([current[name][: self.filled], np.empty(n, current[name].dtype)])
         for name in self.names:
-            current[name][self.filled: self.filled + n] = block[name]
+            current[name][self.filled : self.filled + n] = block[name]
         self.filled += n
 
     def end_file(self) -> None:
@@ -117,7 +117,7 @@ class Events:
         strings = {name: pa.array(d.values, type=pa.string()) for name, d in self.dicts.items()}
         with pq.ParquetWriter(path, schema) as writer:
             for start in range(0, max(len(self), 1), row_group):
-                idx = self.order[start: start + row_group]
+                idx = self.order[start : start + row_group]
                 arrays = []
                 for field in schema:
                     values = self.columns[field.name][idx]
@@ -149,15 +149,15 @@ def sort_order(store: Events, step: int = 1 << 22) -> np.ndarray:
     codes = store.columns["client_id"]
     time = store.columns["event_time"].view(np.int64)
     start = int(time.min())
-    whole_seconds = all(not ((time[i: i + step] - start) % 1_000_000_000).any() for i in range(0, len(time), step))
+    whole_seconds = all(not ((time[i : i + step] - start) % 1_000_000_000).any() for i in range(0, len(time), step))
     span = (int(time.max()) - start) // 1_000_000_000 + 1
     if whole_seconds and span * (len(rank) + 1) < 2**62:
         key = np.empty(len(time), dtype=np.int64)  # client rank * span + seconds: one sort on a combined key
         for i in range(0, len(time), step):
-            part = rank[codes[i: i + step]].astype(np.int64)
+            part = rank[codes[i : i + step]].astype(np.int64)
             part *= span
-            part += (time[i: i + step] - start) // 1_000_000_000
-            key[i: i + step] = part
+            part += (time[i : i + step] - start) // 1_000_000_000
+            key[i : i + step] = part
         return np.argsort(key, kind="stable")
     by_time = np.argsort(time, kind="stable")
     return by_time[np.argsort(rank[codes[by_time]], kind="stable")]
@@ -174,7 +174,7 @@ def duplicated_rows(store: Events, step: int = 1 << 18) -> np.ndarray:
     start = 0
     while start < n:
         stop = min(start + step, n)
-        rows = store.order[start: stop + 1]  # one row more: is the cut inside a group?
+        rows = store.order[start : stop + 1]  # one row more: is the cut inside a group?
         c, t = codes[rows], time[rows]
         tie = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
         if stop < n:  # move the cut back to the start of the group that crosses it
@@ -187,7 +187,7 @@ def duplicated_rows(store: Events, step: int = 1 << 18) -> np.ndarray:
                 else:  # one group longer than step: take it whole
                     while stop < n and codes[store.order[stop]] == c[-1] and time[store.order[stop]] == t[-1]:
                         stop += 1
-                    rows = store.order[start: stop]
+                    rows = store.order[start:stop]
                     c, t = codes[rows], time[rows]
                     tie = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
             else:
@@ -198,6 +198,6 @@ def duplicated_rows(store: Events, step: int = 1 << 18) -> np.ndarray:
         candidates[1:] |= tie
         candidates[:-1] |= tie
         if candidates.any():
-            dup[start: stop][candidates] = store.frame(start + np.flatnonzero(candidates)).duplicated().to_numpy()
+            dup[start:stop][candidates] = store.frame(start + np.flatnonzero(candidates)).duplicated().to_numpy()
         start = stop
     return dup

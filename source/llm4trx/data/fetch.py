@@ -126,8 +126,19 @@ def remotes(ds: DictConfig) -> list[Remote]:
     if not spec:
         return []
     endpoint, repo, revision = endpoint_of(spec), str(spec.repo), str(spec.get("revision") or "main")
-    return [Remote(repo, revision, endpoint, str(item.path), str(item.file), item.get("size"), item.get("sha256"),
-                   item.get("member")) for item in spec.files]
+    return [
+        Remote(
+            repo,
+            revision,
+            endpoint,
+            str(item.path),
+            str(item.file),
+            item.get("size"),
+            item.get("sha256"),
+            item.get("member"),
+        )
+        for item in spec.files
+    ]
 
 
 def human(n: int | float) -> str:
@@ -146,8 +157,11 @@ def ensure(ds: DictConfig) -> dict[str, Any]:
     """Make every file of `dataset.download` present and verified in raw_dir; returns counts."""
     items = remotes(ds)
     if not items:
-        raise DownloadError(ds.name, "this dataset has no `dataset.download` section (only the public real datasets "
-                            "rosbank, age_pred and gender are downloadable); put its files into dataset.raw_dir")
+        raise DownloadError(
+            ds.name,
+            "this dataset has no `dataset.download` section (only the public real datasets "
+            "rosbank, age_pred and gender are downloadable); put its files into dataset.raw_dir",
+        )
     spec = ds.download
     raw = Path(ds.raw_dir)
     raw.mkdir(parents=True, exist_ok=True)
@@ -171,17 +185,38 @@ def ensure(ds: DictConfig) -> dict[str, Any]:
         write_manifest(raw, manifest)
         counts["downloaded"] += 1
         counts["bytes"] += record["object_size"]
-        log.info("%s: %s from %s@%s in %.1f s (sha256 %s, %s)", raw / r.file, human(record["object_size"]), r.repo,
-                 record["commit"][:12], time.time() - started, record["object_sha256"], record["checked_against"])
+        log.info(
+            "%s: %s from %s@%s in %.1f s (sha256 %s, %s)",
+            raw / r.file,
+            human(record["object_size"]),
+            r.repo,
+            record["commit"][:12],
+            time.time() - started,
+            record["object_sha256"],
+            record["checked_against"],
+        )
         if r.sha256 is None:
-            log.warning("%s has no published sha256 in the dataset config; recorded %s (size %d) in %s: put "
-                        "`sha256: %s` and `size: %d` into conf/dataset/%s.yaml to pin it", r.object_name,
-                        record["object_sha256"], record["object_size"], raw / MANIFEST, record["object_sha256"],
-                        record["object_size"], ds.name)
+            log.warning(
+                "%s has no published sha256 in the dataset config; recorded %s (size %d) in %s: put "
+                "`sha256: %s` and `size: %d` into conf/dataset/%s.yaml to pin it",
+                r.object_name,
+                record["object_sha256"],
+                record["object_size"],
+                raw / MANIFEST,
+                record["object_sha256"],
+                record["object_size"],
+                ds.name,
+            )
     if not COMMIT.match(todo[0].revision):
-        log.warning("dataset.download.revision %r is a branch, not a commit: the files came from commit %s (recorded "
-                    "in %s); put `revision: %s` into conf/dataset/%s.yaml to pin it", todo[0].revision,
-                    record["commit"], raw / MANIFEST, record["commit"], ds.name)
+        log.warning(
+            "dataset.download.revision %r is a branch, not a commit: the files came from commit %s (recorded "
+            "in %s); put `revision: %s` into conf/dataset/%s.yaml to pin it",
+            todo[0].revision,
+            record["commit"],
+            raw / MANIFEST,
+            record["commit"],
+            ds.name,
+        )
     if not spec.get("keep_archives", False):
         shutil.rmtree(raw / PART_DIR, ignore_errors=True)  # every object is unpacked: nothing left to resume
     return counts
@@ -194,7 +229,7 @@ def with_retries(call, retries: int, backoff: float):
         except _Transient as err:
             if attempt == retries:
                 raise err.error from None
-            wait = backoff * 2 ** attempt
+            wait = backoff * 2**attempt
             log.warning("%s; retry %d of %d in %.0f s", err, attempt + 1, retries, wait)
             time.sleep(wait)
 
@@ -231,16 +266,27 @@ def http_error(r: Remote, err: Exception) -> DownloadError | _Transient:
     status = getattr(resp, "status_code", None)
     reason = getattr(resp, "reason", "") or ""
     if isinstance(err, EntryNotFoundError):
-        return DownloadError(r.object_name, f"no file {r.path!r} in dataset repo {r.repo} at revision {r.revision} "
-                             f"(HTTP {status} for {r.url}); check dataset.download.files")
+        return DownloadError(
+            r.object_name,
+            f"no file {r.path!r} in dataset repo {r.repo} at revision {r.revision} "
+            f"(HTTP {status} for {r.url}); check dataset.download.files",
+        )
     if isinstance(err, RevisionNotFoundError):
-        return DownloadError(r.object_name, f"no revision {r.revision!r} in dataset repo {r.repo} (HTTP {status} for "
-                             f"{r.url}); check dataset.download.revision")
+        return DownloadError(
+            r.object_name,
+            f"no revision {r.revision!r} in dataset repo {r.repo} (HTTP {status} for "
+            f"{r.url}); check dataset.download.revision",
+        )
     if isinstance(err, RepositoryNotFoundError):
-        return DownloadError(r.object_name, f"no dataset repo {r.repo} on {r.endpoint} (HTTP {status}; a private or "
-                             "gated repo needs HF_TOKEN); check dataset.download.repo and the endpoint")
-    error = DownloadError(r.object_name, f"HTTP {status} {reason} for {r.url}; check dataset.download.endpoint "
-                          "(or HF_ENDPOINT) and the file name")
+        return DownloadError(
+            r.object_name,
+            f"no dataset repo {r.repo} on {r.endpoint} (HTTP {status}; a private or "
+            "gated repo needs HF_TOKEN); check dataset.download.repo and the endpoint",
+        )
+    error = DownloadError(
+        r.object_name,
+        f"HTTP {status} {reason} for {r.url}; check dataset.download.endpoint (or HF_ENDPOINT) and the file name",
+    )
     return _Transient(error) if status is not None and (status == 429 or status >= 500) else error
 
 
@@ -253,22 +299,36 @@ def metadata(r: Remote, timeout: float):
     try:
         meta = get_hf_file_metadata(r.url, timeout=timeout)
     except OfflineModeIsEnabled:
-        raise DownloadError(r.object_name, "HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it, or put "
-                            "the files into dataset.raw_dir by hand") from None
+        raise DownloadError(
+            r.object_name,
+            "HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it, or put "
+            "the files into dataset.raw_dir by hand",
+        ) from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
-        raise _Transient(DownloadError(r.object_name, f"cannot connect to {r.endpoint} ({short(err)}); check the "
-                                       "network (or set HF_ENDPOINT / dataset.download.endpoint to a reachable "
-                                       "mirror)")) from None
+        raise _Transient(
+            DownloadError(
+                r.object_name,
+                f"cannot connect to {r.endpoint} ({short(err)}); check the "
+                "network (or set HF_ENDPOINT / dataset.download.endpoint to a reachable "
+                "mirror)",
+            )
+        ) from None
     except HfHubHTTPError as err:
         raise http_error(r, err) from None
     if meta.commit_hash is None or meta.etag is None:
-        raise DownloadError(r.object_name, f"{r.url} does not answer as a Hugging Face hub (no X-Repo-Commit or ETag "
-                            "header: a proxy, login or error page?); check dataset.download.endpoint (or HF_ENDPOINT)")
+        raise DownloadError(
+            r.object_name,
+            f"{r.url} does not answer as a Hugging Face hub (no X-Repo-Commit or ETag "
+            "header: a proxy, login or error page?); check dataset.download.endpoint (or HF_ENDPOINT)",
+        )
     if meta.size is None:
         raise DownloadError(r.object_name, f"{r.url} did not say the file's size; check dataset.download.endpoint")
     if r.size is not None and meta.size != r.size:
-        raise DownloadError(r.object_name, f"the hub serves {meta.size} bytes at revision {r.revision}, the config "
-                            f"expects {r.size}; check dataset.download.revision (or the size in the dataset config)")
+        raise DownloadError(
+            r.object_name,
+            f"the hub serves {meta.size} bytes at revision {r.revision}, the config "
+            f"expects {r.size}; check dataset.download.revision (or the size in the dataset config)",
+        )
     return meta
 
 
@@ -283,28 +343,44 @@ def fetch(r: Remote, parts: Path, timeout: float) -> tuple[Path, Any]:
     have = sum(p.stat().st_size for p in incomplete_parts(parts))
     need, free = meta.size - have, free_bytes(parts)
     if not (parts / r.path).is_file() and need > free:
-        raise DownloadError(r.object_name, f"no room on the disk for {parts.parent / r.file}: needs {human(need)}, "
-                            f"{human(free)} free; free space or set dataset.raw_dir elsewhere")
+        raise DownloadError(
+            r.object_name,
+            f"no room on the disk for {parts.parent / r.file}: needs {human(need)}, "
+            f"{human(free)} free; free space or set dataset.raw_dir elsewhere",
+        )
     try:
-        path = Path(hf_hub_download(r.repo, r.path, repo_type="dataset", revision=r.revision, endpoint=r.endpoint,
-                                    local_dir=parts, etag_timeout=timeout))
+        path = Path(
+            hf_hub_download(
+                r.repo,
+                r.path,
+                repo_type="dataset",
+                revision=r.revision,
+                endpoint=r.endpoint,
+                local_dir=parts,
+                etag_timeout=timeout,
+            )
+        )
     except LocalEntryNotFoundError as err:  # its own metadata request failed (the network went away since ours)
-        raise _Transient(DownloadError(r.object_name, f"cannot reach {r.endpoint} ({short(err)}); check the "
-                                       "network and rerun")) from None
+        raise _Transient(
+            DownloadError(r.object_name, f"cannot reach {r.endpoint} ({short(err)}); check the network and rerun")
+        ) from None
     except HfHubHTTPError as err:
         raise http_error(r, err) from None
     except requests.exceptions.RequestException as err:  # cut or timed out mid-transfer: the .incomplete stays
         kept = incomplete_parts(parts)
         size = sum(p.stat().st_size for p in kept)
         where = f"the part ({human(size)} of {human(meta.size)}) is kept in {kept[0]}" if kept else "nothing was kept"
-        raise _Transient(DownloadError(r.object_name, f"transfer interrupted ({short(err)}); {where}: rerun to "
-                                       "resume")) from None
+        raise _Transient(
+            DownloadError(r.object_name, f"transfer interrupted ({short(err)}); {where}: rerun to resume")
+        ) from None
     except OSError as err:
         if err.errno == errno.ENOSPC:
             for p in incomplete_parts(parts):
                 p.unlink(missing_ok=True)
-            raise DownloadError(r.object_name, "no room left on the disk while downloading into "
-                                f"{parts}; the part was removed: free space and rerun") from None
+            raise DownloadError(
+                r.object_name,
+                f"no room left on the disk while downloading into {parts}; the part was removed: free space and rerun",
+            ) from None
         if "Consistency check failed" in str(err):  # the body ended short of the announced size
             raise _Transient(DownloadError(r.object_name, f"transfer ended short ({short(err)}); rerun to resume"))
         raise
@@ -354,8 +430,11 @@ def verify(r: Remote, path: Path, meta, parts: Path) -> None:
             problem = f"sha256 {got}, expected {want} ({source}; a corrupted transfer or a changed upstream file)"
     if problem is None:
         if want is None:
-            log.warning("%s: sha256 unchecked (no sha256 in the dataset config and the hub gave none); only its "
-                        "size and its gzip CRC are checked", r.object_name)
+            log.warning(
+                "%s: sha256 unchecked (no sha256 in the dataset config and the hub gave none); only its "
+                "size and its gzip CRC are checked",
+                r.object_name,
+            )
         return
     forget(r, parts)
     raise DownloadError(r.object_name, f"{problem}; the file was removed, rerun to download it again")
@@ -371,8 +450,11 @@ def unpack(r: Remote, archive: Path, raw: Path, meta) -> dict[str, Any]:
             need = int.from_bytes(f.read(4), "little")
         free = free_bytes(raw)
         if need > free:
-            raise DownloadError(r.object_name, f"no room on the disk for {target}: needs {human(need)}, {human(free)} "
-                                "free; free space and rerun (the downloaded archive is kept)")
+            raise DownloadError(
+                r.object_name,
+                f"no room on the disk for {target}: needs {human(need)}, {human(free)} "
+                "free; free space and rerun (the downloaded archive is kept)",
+            )
     h, size = hashlib.sha256(), 0
     try:
         with open_member(r, archive) as src, open(tmp, "wb") as out:
@@ -384,8 +466,11 @@ def unpack(r: Remote, archive: Path, raw: Path, meta) -> dict[str, Any]:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno == errno.ENOSPC:
-            raise DownloadError(r.object_name, f"no room left on the disk while unpacking to {target}; free space "
-                                "and rerun (the downloaded archive is kept)") from None
+            raise DownloadError(
+                r.object_name,
+                f"no room left on the disk while unpacking to {target}; free space "
+                "and rerun (the downloaded archive is kept)",
+            ) from None
         if not isinstance(err, gzip.BadGzipFile):
             raise
         forget(r, raw / PART_DIR)
@@ -395,10 +480,22 @@ def unpack(r: Remote, archive: Path, raw: Path, meta) -> dict[str, Any]:
         forget(r, raw / PART_DIR)
         raise DownloadError(r.object_name, f"corrupt archive ({short(err)}); it was removed, rerun") from None
     want, source = expected_sha256(r, meta)
-    return {"repo": r.repo, "revision": r.revision, "commit": meta.commit_hash, "path": r.path, "url": r.url,
-            "object": r.object_name, "object_size": archive.stat().st_size, "object_sha256": want or sha256_of(archive),
-            "checksum_published": r.sha256 is not None, "checked_against": source, "member": r.member, "size": size,
-            "sha256": h.hexdigest(), "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "repo": r.repo,
+        "revision": r.revision,
+        "commit": meta.commit_hash,
+        "path": r.path,
+        "url": r.url,
+        "object": r.object_name,
+        "object_size": archive.stat().st_size,
+        "object_sha256": want or sha256_of(archive),
+        "checksum_published": r.sha256 is not None,
+        "checked_against": source,
+        "member": r.member,
+        "size": size,
+        "sha256": h.hexdigest(),
+        "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def open_member(r: Remote, archive: Path):
@@ -407,8 +504,9 @@ def open_member(r: Remote, archive: Path):
     if r.kind == "plain":
         return open(archive, "rb")
     if not r.member:
-        raise DownloadError(r.object_name, f"set `member` (the path inside the {r.kind} archive) for {r.file} in "
-                            "dataset.download.files")
+        raise DownloadError(
+            r.object_name, f"set `member` (the path inside the {r.kind} archive) for {r.file} in dataset.download.files"
+        )
     if r.kind == "zip":
         zf = zipfile.ZipFile(archive)
         try:

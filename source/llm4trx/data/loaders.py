@@ -54,7 +54,6 @@ from llm4trx.core.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class EventFile:
     """One raw transactions file and how its columns map to the canonical events."""
@@ -127,8 +126,13 @@ def specs(ds: DictConfig) -> tuple[list[EventFile], TargetFile | None]:
 def load_rosbank(ds: DictConfig) -> Loaded:
     """train.csv (labeled, target_flag per row) + optional test.csv (unlabeled); TRDATETIME like 21OCT17:00:00:00."""
     cats = {name: name for name in ("channel_type", "currency", "trx_category") if name in ds.categorical}
-    common = dict(id="cl_id", time="TRDATETIME", amount="amount", mcc="MCC", time_format="%d%b%y:%H:%M:%S", categorical=cats)
-    return [EventFile("train.csv", target="target_flag", **common), EventFile("test.csv", required=False, **common)], None
+    common = dict(
+        id="cl_id", time="TRDATETIME", amount="amount", mcc="MCC", time_format="%d%b%y:%H:%M:%S", categorical=cats
+    )
+    return [
+        EventFile("train.csv", target="target_flag", **common),
+        EventFile("test.csv", required=False, **common),
+    ], None
 
 
 @register("age_pred")
@@ -137,8 +141,18 @@ def load_age_pred(ds: DictConfig) -> Loaded:
 
     trans_date is an anonymized day index: dates count from dataset.time_origin; small_group is an anonymous
     category code, stored as the canonical `mcc` (dataset.mcc_names: null)."""
-    common = dict(id="client_id", time="trans_date", amount="amount_rur", mcc="small_group", time_format="days", time_origin=ds.time_origin)
-    files = [EventFile("transactions_train.csv", **common), EventFile("transactions_test.csv", required=False, **common)]
+    common = dict(
+        id="client_id",
+        time="trans_date",
+        amount="amount_rur",
+        mcc="small_group",
+        time_format="days",
+        time_origin=ds.time_origin,
+    )
+    files = [
+        EventFile("transactions_train.csv", **common),
+        EventFile("transactions_test.csv", required=False, **common),
+    ]
     return files, TargetFile("train_target.csv", id="client_id", target="bins")
 
 
@@ -147,8 +161,16 @@ def load_gender(ds: DictConfig) -> Loaded:
     """transactions.csv (tr_datetime 'D HH:MM:SS' from dataset.time_origin), targets gender_train.csv."""
     cats = {name: name for name in ("tr_type", "term_id") if name in ds.categorical}
     files = [
-        EventFile("transactions.csv", id="customer_id", time="tr_datetime", amount="amount", mcc="mcc_code",
-                  time_format="day_time", time_origin=ds.time_origin, categorical=cats)
+        EventFile(
+            "transactions.csv",
+            id="customer_id",
+            time="tr_datetime",
+            amount="amount",
+            mcc="mcc_code",
+            time_format="day_time",
+            time_origin=ds.time_origin,
+            categorical=cats,
+        )
     ]
     return files, TargetFile("gender_train.csv", id="customer_id", target="gender")
 
@@ -158,12 +180,24 @@ def load_generic(ds: DictConfig) -> Loaded:
     """Anyone's own data: files and column names from the config (see conf/dataset/custom.yaml)."""
     col = ds.columns
     files = [
-        EventFile(name, id=ds.id_column, time=col.time, amount=col.amount, mcc=col.mcc, time_format=ds.time_format,
-                  time_origin=ds.get("time_origin"), categorical={c: c for c in ds.categorical},
-                  target=ds.targets.column if ds.targets.get("file") is None else None)
+        EventFile(
+            name,
+            id=ds.id_column,
+            time=col.time,
+            amount=col.amount,
+            mcc=col.mcc,
+            time_format=ds.time_format,
+            time_origin=ds.get("time_origin"),
+            categorical={c: c for c in ds.categorical},
+            target=ds.targets.column if ds.targets.get("file") is None else None,
+        )
         for name in ds.transactions
     ]
-    targets = None if ds.targets.get("file") is None else TargetFile(ds.targets.file, id=ds.id_column, target=ds.targets.column)
+    targets = (
+        None
+        if ds.targets.get("file") is None
+        else TargetFile(ds.targets.file, id=ds.id_column, target=ds.targets.column)
+    )
     return files, targets
 
 
@@ -202,8 +236,9 @@ def finish_targets(ds: DictConfig, targets: pd.DataFrame, known, repairs: Counte
     return targets
 
 
-def read_event_file(path: Path, spec: EventFile, repairs: Counter, store: Events,
-                block_bytes: int = rawcsv.BLOCK_BYTES) -> pd.DataFrame | None:
+def read_event_file(
+    path: Path, spec: EventFile, repairs: Counter, store: Events, block_bytes: int = rawcsv.BLOCK_BYTES
+) -> pd.DataFrame | None:
     """Append the events of one raw file to `store`, block by block; returns its per-row targets (if any)."""
     types = column_types(spec)
     first = FirstTargets() if spec.target else None
@@ -213,7 +248,9 @@ def read_event_file(path: Path, spec: EventFile, repairs: Counter, store: Events
         try:
             store.append(read_block(path, table, spec, repairs, store, first, first_row))
         except DataError as err:  # rows of the block -> lines of the file
-            raise DataError(err.path, err.message, err.column, None if err.row is None else err.row + first_row) from None
+            raise DataError(
+                err.path, err.message, err.column, None if err.row is None else err.row + first_row
+            ) from None
         del table
         pa.default_memory_pool().release_unused()  # give the block's buffers back now, not at jemalloc's leisure
     store.end_file()
@@ -253,8 +290,13 @@ class FirstTargets:
         self.clients.append(uniq)
         bad = rawcsv.first_true(values != self.value[codes])
         if bad is not None:
-            raise DataError(path, f"client {ids[bad]!r} has a different target than in its first row (line "
-                            f"{rawcsv.line_of(self.line[codes[bad]])})", column=column, row=rawcsv.line_of(bad))
+            raise DataError(
+                path,
+                f"client {ids[bad]!r} has a different target than in its first row (line "
+                f"{rawcsv.line_of(self.line[codes[bad]])})",
+                column=column,
+                row=rawcsv.line_of(bad),
+            )
 
     def frame(self, clients: Dictionary) -> pd.DataFrame:
         codes = np.concatenate(self.clients) if self.clients else np.zeros(0, dtype=np.int64)
@@ -262,8 +304,15 @@ class FirstTargets:
         return pd.DataFrame({"client_id": names[codes], "target": self.value[codes]})
 
 
-def read_block(path: Path, table: pa.Table, spec: EventFile, repairs: Counter, store: Events,
-               first: FirstTargets | None, first_row: int) -> dict[str, np.ndarray]:
+def read_block(
+    path: Path,
+    table: pa.Table,
+    spec: EventFile,
+    repairs: Counter,
+    store: Events,
+    first: FirstTargets | None,
+    first_row: int,
+) -> dict[str, np.ndarray]:
     """Compact columns of one block (rows numbered from the block's start: the caller shifts errors)."""
     ids = rawcsv.require_present(path, table, spec.id)
     mcc = rawcsv.require_present(path, table, spec.mcc).to_numpy()
@@ -320,8 +369,12 @@ def to_int_targets(path: Path, column: str, frame: pd.DataFrame) -> pd.DataFrame
     bad = value.isna() | (value != np.floor(value.fillna(0)))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(path, f"target {frame['target'].iloc[i]!r} is not an integer class", column=column,
-                        row=rawcsv.line_of(frame.index[i]))
+        raise DataError(
+            path,
+            f"target {frame['target'].iloc[i]!r} is not an integer class",
+            column=column,
+            row=rawcsv.line_of(frame.index[i]),
+        )
     return pd.DataFrame({"client_id": frame["client_id"].to_numpy(), "target": value.astype(np.int64).to_numpy()})
 
 
@@ -335,8 +388,12 @@ def read_targets(path: Path, spec: TargetFile, repairs: Counter) -> pd.DataFrame
     if conflict is not None:
         client = targets["client_id"].iloc[conflict]
         first_line = rawcsv.line_of(int(np.flatnonzero((targets["client_id"] == client).to_numpy())[0]))
-        raise DataError(path, f"client {client!r} appears with different targets (also on line {first_line})",
-                        column=spec.target, row=rawcsv.line_of(conflict))
+        raise DataError(
+            path,
+            f"client {client!r} appears with different targets (also on line {first_line})",
+            column=spec.target,
+            row=rawcsv.line_of(conflict),
+        )
     exact = targets.duplicated()
     if exact.any():
         repairs["duplicate_targets"] += int(exact.sum())

@@ -33,8 +33,16 @@ VERSION = 1
 TEXT_KEYS_NOT_COMPARED = ("chunk_events", "max_tokens", "count_tokenizer")
 SCHEMA_KEYS = ("loader", "id_column", "categorical", "mcc_names")
 # Files whose sizes and times identify a model directory that no stage of ours wrote.
-MODEL_FILES = ("config.json", "*.safetensors", "pytorch_model*.bin", "*.index.json", "tokenizer.json",
-               "tokenizer_config.json", "special_tokens_map.json", RECORD)
+MODEL_FILES = (
+    "config.json",
+    "*.safetensors",
+    "pytorch_model*.bin",
+    "*.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    RECORD,
+)
 
 
 def _plain(node) -> Any:
@@ -61,7 +69,10 @@ def make_record(cfg: DictConfig, tokenizer_dir: Path) -> dict[str, Any]:
         "run": {"experiment": str(cfg.experiment_name), "dataset": str(cfg.dataset.name), "seed": int(cfg.seed)},
         "text": _plain(cfg.text),
         "schema": schema_of(cfg),
-        "tokenizer": {"config": _plain(cfg.tokenizer), "tokenizer_json": _file_digest(Path(tokenizer_dir) / "tokenizer.json")},
+        "tokenizer": {
+            "config": _plain(cfg.tokenizer),
+            "tokenizer_json": _file_digest(Path(tokenizer_dir) / "tokenizer.json"),
+        },
         "max_seq_len": int(cfg.max_seq_len),
     }
 
@@ -95,13 +106,18 @@ def check_applicable(cfg: DictConfig, model_dir: Path) -> dict[str, Any] | None:
     the model has no record (a plain HF checkpoint). Returns the record."""
     record = read_record(model_dir)
     if record is None:
-        log.warning("embed.model=%s has no %s (not exported by llm4trx): the text format and tokenizer it was "
-                    "trained with cannot be checked against this run's (text.format=%s)", model_dir, RECORD,
-                    cfg.text.format)
+        log.warning(
+            "embed.model=%s has no %s (not exported by llm4trx): the text format and tokenizer it was "
+            "trained with cannot be checked against this run's (text.format=%s)",
+            model_dir,
+            RECORD,
+            cfg.text.format,
+        )
         return None
     model_text = {k: v for k, v in record["text"].items() if k not in TEXT_KEYS_NOT_COMPARED}
-    diffs = _differences(model_text, text_format_of(cfg), "text") + \
-        _differences(record["schema"], schema_of(cfg), "dataset")
+    diffs = _differences(model_text, text_format_of(cfg), "text") + _differences(
+        record["schema"], schema_of(cfg), "dataset"
+    )
     model_tok = record["tokenizer"]["config"]
     if model_tok.get("kind") != cfg.tokenizer.get("kind"):
         diffs.append(f"tokenizer.kind={cfg.tokenizer.get('kind')!r} (model: {model_tok.get('kind')!r})")
@@ -110,7 +126,8 @@ def check_applicable(cfg: DictConfig, model_dir: Path) -> dict[str, Any] | None:
         raise ConfigError(
             f"embed.model={model_dir} was trained on texts of experiment {run['experiment']!r} (dataset "
             f"{run['dataset']!r}) rendered otherwise than this run's: {'; '.join(diffs)}; use the model's "
-            f"settings (e.g. the same experiment= preset) or a model trained on this format")
+            f"settings (e.g. the same experiment= preset) or a model trained on this format"
+        )
     return record
 
 

@@ -21,17 +21,29 @@ SPLITS = ("val", "test")
 KEYS = ["client_id", "feature_set", "split", "fold", "target"]
 
 
-def prediction_rows(feature_set: str, classes, train_ids, train_y, folds, val_proba: np.ndarray, test_ids, test_y,
-                    test_proba: np.ndarray) -> pd.DataFrame:
+def prediction_rows(
+    feature_set: str,
+    classes,
+    train_ids,
+    train_y,
+    folds,
+    val_proba: np.ndarray,
+    test_ids,
+    test_y,
+    test_proba: np.ndarray,
+) -> pd.DataFrame:
     n_val, n_test = len(train_ids), len(test_ids)
-    frame = pd.DataFrame({
-        "client_id": pd.array(np.concatenate([np.asarray(train_ids), np.asarray(test_ids)]).astype(str),
-                              dtype="string"),
-        "feature_set": feature_set,
-        "split": ["val"] * n_val + ["test"] * n_test,
-        "fold": np.concatenate([np.asarray(folds, dtype=np.int64), np.full(n_test, -1, dtype=np.int64)]),
-        "target": np.concatenate([np.asarray(train_y), np.asarray(test_y)]),
-    })
+    frame = pd.DataFrame(
+        {
+            "client_id": pd.array(
+                np.concatenate([np.asarray(train_ids), np.asarray(test_ids)]).astype(str), dtype="string"
+            ),
+            "feature_set": feature_set,
+            "split": ["val"] * n_val + ["test"] * n_test,
+            "fold": np.concatenate([np.asarray(folds, dtype=np.int64), np.full(n_test, -1, dtype=np.int64)]),
+            "target": np.concatenate([np.asarray(train_y), np.asarray(test_y)]),
+        }
+    )
     proba = np.concatenate([val_proba, test_proba]).astype(np.float64)
     for j, c in enumerate(classes):
         frame[f"p_{c}"] = proba[:, j]
@@ -62,8 +74,9 @@ def read_predictions(path: Path) -> pd.DataFrame:
     bad = ~frame["split"].isin(SPLITS).to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(path, f"split {frame['split'].iloc[row]!r}; expected one of {SPLITS}", column="split",
-                        row=row + 2)
+        raise DataError(
+            path, f"split {frame['split'].iloc[row]!r}; expected one of {SPLITS}", column="split", row=row + 2
+        )
     values = frame[columns].to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
         row, col = np.argwhere(~np.isfinite(values))[0]
@@ -71,7 +84,11 @@ def read_predictions(path: Path) -> pd.DataFrame:
     duplicated = frame.duplicated(["feature_set", "split", "client_id"]).to_numpy()
     if duplicated.any():
         row = int(np.argmax(duplicated))
-        raise DataError(path, f"client {frame['client_id'].iloc[row]!r} appears twice for feature set "
-                        f"{frame['feature_set'].iloc[row]!r}", column="client_id", row=row + 2)
+        raise DataError(
+            path,
+            f"client {frame['client_id'].iloc[row]!r} appears twice for feature set {frame['feature_set'].iloc[row]!r}",
+            column="client_id",
+            row=row + 2,
+        )
     frame["client_id"] = frame["client_id"].astype(str)
     return frame

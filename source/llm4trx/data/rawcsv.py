@@ -51,12 +51,15 @@ def read_bytes(path: Path) -> bytes:
     view = memoryview(data)
     for start in range(0, len(data), step):
         try:
-            decoder.decode(view[start: start + step], final=start + step >= len(data))
+            decoder.decode(view[start : start + step], final=start + step >= len(data))
         except UnicodeDecodeError as err:
             offset = max(start + err.start - len(decoder.getstate()[0]), 0)
             line = data.count(b"\n", 0, offset) + 1
-            raise DataError(path, f"not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); re-encode the file "
-                            "as UTF-8", row=line) from None
+            raise DataError(
+                path,
+                f"not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); re-encode the file as UTF-8",
+                row=line,
+            ) from None
     return data
 
 
@@ -90,8 +93,11 @@ def check_text(path: Path, step: int = 1 << 26) -> tuple[list[str], int]:
             except UnicodeDecodeError as err:
                 at = max(err.start - len(decoder.getstate()[0]), 0)
                 line = lines + chunk.count(b"\n", 0, at) + 1
-                raise DataError(path, f"not valid UTF-8 (byte 0x{chunk[at]:02x} at offset {start + at}); re-encode "
-                                "the file as UTF-8", row=line) from None
+                raise DataError(
+                    path,
+                    f"not valid UTF-8 (byte 0x{chunk[at]:02x} at offset {start + at}); re-encode the file as UTF-8",
+                    row=line,
+                ) from None
             lines += chunk.count(b"\n")
             start += len(chunk)
             last = chunk
@@ -109,8 +115,13 @@ class CsvBlocks:
     located by re-reading the file as strings (the whole file: error path only).
     """
 
-    def __init__(self, path: Path, types: dict[str, pa.DataType], optional: dict[str, pa.DataType] | None = None,
-                 block_bytes: int = BLOCK_BYTES):
+    def __init__(
+        self,
+        path: Path,
+        types: dict[str, pa.DataType],
+        optional: dict[str, pa.DataType] | None = None,
+        block_bytes: int = BLOCK_BYTES,
+    ):
         self.path = Path(path)
         header, self.max_rows = check_text(self.path, step=min(int(block_bytes), 1 << 26))
         check_header(self.path, header, list(types))
@@ -122,8 +133,9 @@ class CsvBlocks:
         convert = pacsv.ConvertOptions(include_columns=list(self.types), column_types=self.types)
         first_row = 0
         try:
-            reader = pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=self.block_bytes),
-                                    convert_options=convert)
+            reader = pacsv.open_csv(
+                self.path, read_options=pacsv.ReadOptions(block_size=self.block_bytes), convert_options=convert
+            )
             for batch in reader:
                 if batch.num_rows:
                     table = pa.Table.from_batches([batch])
@@ -200,18 +212,26 @@ def locate_bad_row(path: Path, data: bytes, n_header: int) -> None:
         return "skip"
 
     try:
-        pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(use_threads=False),
-                       parse_options=pacsv.ParseOptions(invalid_row_handler=keep, ignore_empty_lines=False),
-                       convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=False,
-                                                            include_columns=[], include_missing_columns=False))
+        pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(use_threads=False),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=keep, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={}, strings_can_be_null=False, include_columns=[], include_missing_columns=False
+            ),
+        )
     except pa.ArrowInvalid:
         pass
     if bad:
         row = bad[0]
         text = (row.text or "")[:80]
-        raise DataError(path, f"{row.actual_columns} fields where the header has {row.expected_columns} "
-                        f"({text!r}): an extra or missing comma (thousands separators must not be used), or a "
-                        f"truncated line; fix or remove the line", row=row.number)
+        raise DataError(
+            path,
+            f"{row.actual_columns} fields where the header has {row.expected_columns} "
+            f"({text!r}): an extra or missing comma (thousands separators must not be used), or a "
+            f"truncated line; fix or remove the line",
+            row=row.number,
+        )
 
 
 def check_no_line_breaks(path: Path, table: pa.Table, first_row: int = 0) -> None:
@@ -221,11 +241,18 @@ def check_no_line_breaks(path: Path, table: pa.Table, first_row: int = 0) -> Non
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
             continue
         broken = pc.match_substring_regex(col, r"[\r\n]")
-        hit = first_true(broken.to_numpy(zero_copy_only=False).astype(bool, copy=False) if broken.null_count == 0
-                         else pc.fill_null(broken, False).to_numpy(zero_copy_only=False))
+        hit = first_true(
+            broken.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+            if broken.null_count == 0
+            else pc.fill_null(broken, False).to_numpy(zero_copy_only=False)
+        )
         if hit is not None:
-            raise DataError(path, "a value spans several lines (an unterminated quote \"?); fix the quoting of "
-                            "this line", column=name, row=line_of(first_row + hit))
+            raise DataError(
+                path,
+                'a value spans several lines (an unterminated quote "?); fix the quoting of this line',
+                column=name,
+                row=line_of(first_row + hit),
+            )
 
 
 def locate_bad_value(path: Path, data: bytes, types: dict[str, pa.DataType]) -> None:
@@ -233,16 +260,22 @@ def locate_bad_value(path: Path, data: bytes, types: dict[str, pa.DataType]) -> 
     numeric = [name for name, kind in types.items() if pa.types.is_integer(kind) or pa.types.is_floating(kind)]
     try:
         as_text = pacsv.read_csv(
-            io.BytesIO(data), parse_options=PARSE,
-            convert_options=pacsv.ConvertOptions(include_columns=numeric, column_types={n: pa.string() for n in numeric}),
+            io.BytesIO(data),
+            parse_options=PARSE,
+            convert_options=pacsv.ConvertOptions(
+                include_columns=numeric, column_types={n: pa.string() for n in numeric}
+            ),
         )
     except pa.ArrowInvalid:
         return  # not a conversion problem; the caller reports pyarrow's own message
     for name in numeric:
         text = as_text.column(name).to_pandas()
         value = pd.to_numeric(text, errors="coerce")
-        bad = value.isna() & text.notna() & (text.str.strip() != "") & ~text.str.strip().str.lower().isin(
-            ["nan", "na", "n/a", "null", "none", "#n/a"]
+        bad = (
+            value.isna()
+            & text.notna()
+            & (text.str.strip() != "")
+            & ~text.str.strip().str.lower().isin(["nan", "na", "n/a", "null", "none", "#n/a"])
         )
         if pa.types.is_integer(types[name]):
             bad |= value.notna() & (value != np.floor(value.fillna(0)))
@@ -296,15 +329,15 @@ def parse_fixed_width(col: pa.ChunkedArray, fmt: str) -> np.ndarray | None:
     arr = col.combine_chunks()
     if len(arr) == 0 or arr.null_count or arr.type != pa.string():
         return None
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset: arr.offset + len(arr) + 1]
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
     if not np.all(np.diff(offsets) == width):
         return None
-    mat = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].reshape(-1, width)
+    mat = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, width)
     cols = np.ascontiguousarray(mat.T)  # one row per character position: contiguous column arithmetic
     fields, pos = {}, 0
     for tok in tokens:
         w = FIXED_WIDTH.get(tok, len(tok))
-        part = cols[pos: pos + w].T
+        part = cols[pos : pos + w].T
         pos += w
         if tok == "%b":
             upper = (part & 0xDF).astype(np.int64)  # ASCII upper case
@@ -327,12 +360,21 @@ def parse_fixed_width(col: pa.ChunkedArray, fmt: str) -> np.ndarray | None:
     year = fields.get("%Y", np.where(fields.get("%y", 0) < 69, 2000, 1900) + fields.get("%y", 0))  # POSIX %y rule
     month, day = fields.get("%m", np.ones_like(year)), fields.get("%d", np.ones_like(year))
     hms = [fields.get(k, np.zeros_like(year)) for k in ("%H", "%M", "%S")]
-    if month.min() < 1 or month.max() > 12 or day.min() < 1 or hms[0].max() > 23 or hms[1].max() > 59 or hms[2].max() > 61:
+    if (
+        month.min() < 1
+        or month.max() > 12
+        or day.min() < 1
+        or hms[0].max() > 23
+        or hms[1].max() > 59
+        or hms[2].max() > 61
+    ):
         return None
     first = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
     if np.any(day > ((first + 1).astype("datetime64[D]") - first.astype("datetime64[D]")).astype(np.int64)):
         return None
-    seconds = (first.astype("datetime64[D]") + (day - 1)).astype("datetime64[s]") + (hms[0] * 3600 + hms[1] * 60 + hms[2])
+    seconds = (first.astype("datetime64[D]") + (day - 1)).astype("datetime64[s]") + (
+        hms[0] * 3600 + hms[1] * 60 + hms[2]
+    )
     return seconds.astype("datetime64[ns]")
 
 
@@ -350,15 +392,19 @@ def parse_datetime_strings(path: Path, col: pa.ChunkedArray, column: str, fmt: s
     values = parsed.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
     bad = first_true(np.isnat(values))
     if bad is not None:
-        raise DataError(path, f"cannot parse date {col[bad].as_py()!r} with format {fmt!r}", column=column, row=line_of(bad))
+        raise DataError(
+            path, f"cannot parse date {col[bad].as_py()!r} with format {fmt!r}", column=column, row=line_of(bad)
+        )
     return values
 
 
 def categories(col: pa.ChunkedArray) -> pd.Categorical:
     """A string column, whitespace-trimmed, as a pandas Categorical (cheap to convert, sort and compare)."""
     encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(col).combine_chunks())
-    return pd.Categorical.from_codes(encoded.indices.to_numpy(zero_copy_only=False),
-                                     categories=pd.Index(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object))
+    return pd.Categorical.from_codes(
+        encoded.indices.to_numpy(zero_copy_only=False),
+        categories=pd.Index(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object),
+    )
 
 
 def days_since(path: Path, days: np.ndarray, column: str, origin: str) -> np.ndarray:

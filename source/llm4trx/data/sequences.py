@@ -72,8 +72,15 @@ def numeric_time_columns(events: pd.DataFrame, features, time_origin=None) -> pd
     return out[[f for f in features]]
 
 
-def ptls_records(events: pd.DataFrame, categorical: list[str], numeric: list[str], fit_ids,
-                 time_features=(), time_origin=None, time_numeric=()) -> tuple[list[dict], dict]:
+def ptls_records(
+    events: pd.DataFrame,
+    categorical: list[str],
+    numeric: list[str],
+    fit_ids,
+    time_features=(),
+    time_origin=None,
+    time_numeric=(),
+) -> tuple[list[dict], dict]:
     """Records sorted by client id, and the dictionary size of each categorical column. Category codes are
     fitted (frequency encoding, 0 = padding) on the clients `fit_ids` only; other values share one code.
     `time_features` (TIME_FEATURES) are added as categorical columns of the same name, `time_numeric` as
@@ -83,7 +90,9 @@ def ptls_records(events: pd.DataFrame, categorical: list[str], numeric: list[str
     time_features, time_numeric = list(time_features), list(time_numeric)
     clash = [f for f in time_features if f in categorical or f in numeric or f in time_numeric]
     if clash:
-        raise ConfigError(f"coles.time_features: {clash} is also a data column of the baseline or in coles.time_numeric")
+        raise ConfigError(
+            f"coles.time_features: {clash} is also a data column of the baseline or in coles.time_numeric"
+        )
     clash = [f for f in time_numeric if f in categorical or f in numeric]
     if clash:
         raise ConfigError(f"coles.time_numeric: {clash} is also a data column of the baseline")

@@ -60,8 +60,8 @@ from llm4trx.data.spark_tasks import (
 log = logging.getLogger(__name__)
 
 
-
 # ------------------------------------------------------------------------------------------ driver checks
+
 
 def open_file(index: int, path: Path, spec: loaders.EventFile, block_bytes: int) -> RawFile:
     """The driver's checks of one raw file (missing, empty, header, columns: the embedded engine's errors)
@@ -82,8 +82,11 @@ def open_file(index: int, path: Path, spec: loaders.EventFile, block_bytes: int)
         try:
             header.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DataError(path, f"not valid UTF-8 (byte 0x{header[err.start]:02x} at offset {err.start}); "
-                            "re-encode the file as UTF-8", row=1) from None
+            raise DataError(
+                path,
+                f"not valid UTF-8 (byte 0x{header[err.start]:02x} at offset {err.start}); re-encode the file as UTF-8",
+                row=1,
+            ) from None
         rawcsv.check_header(path, rawcsv.header_of(path, header), list(loaders.column_types(spec)))
         cuts = [min(len(header), size)]
         pos = cuts[0] + block_bytes
@@ -129,15 +132,28 @@ def lines_before(path: str, offset: int) -> int:
 
 # ------------------------------------------------------------------------------------------ the stage
 
-REPAIRS_ORDER = ("categorical_filled", "duplicate_targets", "duplicate_events", "mcc_not_iso18245",
-                 "targets_without_events")  # the order the embedded engine counts them in (loaders.assemble)
+REPAIRS_ORDER = (
+    "categorical_filled",
+    "duplicate_targets",
+    "duplicate_events",
+    "mcc_not_iso18245",
+    "targets_without_events",
+)  # the order the embedded engine counts them in (loaders.assemble)
 
 
 class SparkEvents:
     """The parsed events on Spark: what prepare needs of event_store.Events (client_ids, len, write_parquet)."""
 
-    def __init__(self, frame, clients: pd.Index, n_categories: dict[str, int], partitions: int, scratch: Path,
-                 ds: DictConfig, repairs: Counter):
+    def __init__(
+        self,
+        frame,
+        clients: pd.Index,
+        n_categories: dict[str, int],
+        partitions: int,
+        scratch: Path,
+        ds: DictConfig,
+        repairs: Counter,
+    ):
         self.frame_, self.clients, self.n_events = frame, clients, None
         self.n_categories, self.partitions, self.scratch = n_categories, partitions, scratch
         self.ds, self.repairs = ds, repairs
@@ -161,8 +177,10 @@ class SparkEvents:
         ordered = ranged.sortWithinPartitions("client_id", "event_time", *ORDER).select(*names)
         clock = _Clock()
         drop = bool(self.ds.get("drop_duplicates", False))
-        written = ordered.mapInArrow(write_parts(str(path), schema, drop),
-                                     "part int, rows long, duplicates long, mcc array<long>, mcc_rows array<long>").collect()
+        written = ordered.mapInArrow(
+            write_parts(str(path), schema, drop),
+            "part int, rows long, duplicates long, mcc array<long>, mcc_rows array<long>",
+        ).collect()
         clock.lap("sorted, checked for duplicates and written")
         self.n_events = sum(r["rows"] for r in written)
         # check_events' repairs, in the embedded engine's order (they are known only now)
@@ -171,7 +189,9 @@ class SparkEvents:
         if duplicates:
             found["duplicate_events"] = duplicates
         if self.ds.get("mcc_names") == "iso18245":
-            unknown = sum(n for r in written for c, n in zip(r["mcc"], r["mcc_rows"]) if not loaders.is_iso18245(int(c)))
+            unknown = sum(
+                n for r in written for c, n in zip(r["mcc"], r["mcc_rows"]) if not loaders.is_iso18245(int(c))
+            )
             if unknown:
                 found["mcc_not_iso18245"] = unknown
         for what, count in found.items():
@@ -215,12 +235,27 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
         for batch in batches:
             for index, chunk in zip(batch.column("file").to_pylist(), batch.column("chunk").to_pylist()):
                 summary = parse_to_parquet(by_index[index], chunk, schema, str(scratch))
-                yield pa.RecordBatch.from_pylist([summary], schema=pa.schema([
-                    ("_file", pa.int32()), ("_chunk", pa.int32()), ("rows", pa.int64()), ("filled", pa.int64()),
-                    ("_kind", pa.int32()), ("_line", pa.int64()), ("_column", pa.string()), ("_error", pa.string())]))
+                yield pa.RecordBatch.from_pylist(
+                    [summary],
+                    schema=pa.schema(
+                        [
+                            ("_file", pa.int32()),
+                            ("_chunk", pa.int32()),
+                            ("rows", pa.int64()),
+                            ("filled", pa.int64()),
+                            ("_kind", pa.int32()),
+                            ("_line", pa.int64()),
+                            ("_column", pa.string()),
+                            ("_error", pa.string()),
+                        ]
+                    ),
+                )
 
-    spark_schema = ", ".join(f"`{f.name}` {_sql_type(f.type)}" for f in schema
-                             if f.name not in ("_filled", "_kind", "_line", "_column", "_error"))
+    spark_schema = ", ".join(
+        f"`{f.name}` {_sql_type(f.type)}"
+        for f in schema
+        if f.name not in ("_filled", "_kind", "_line", "_column", "_error")
+    )
     clock = _Clock()
     repairs: Counter = Counter()
     parsed, per_file = None, {}
@@ -229,8 +264,11 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
         summaries = descriptors.repartition(len(ranges)).mapInArrow(parse, SUMMARY).toPandas()
         for index, rows in summaries.sort_values(["_file", "_chunk"]).groupby("_file", sort=True):
             bad = rows[rows["_error"].notna()].sort_values(["_kind", "_chunk"])
-            per_file[int(index)] = {"rows": int(rows["rows"].sum()), "filled": int(rows["filled"].sum()),
-                                    "err": None if bad.empty else bad.iloc[0].to_dict()}
+            per_file[int(index)] = {
+                "rows": int(rows["rows"].sum()),
+                "filled": int(rows["filled"].sum()),
+                "err": None if bad.empty else bad.iloc[0].to_dict(),
+            }
         clock.lap(f"parsed {len(ranges)} byte ranges")
         if any(summary["err"] is None and summary["rows"] for summary in per_file.values()):
             parsed = spark.read.schema(spark_schema).parquet(str(scratch))
@@ -239,7 +277,11 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
         summary = per_file.get(raw.index)
         if summary is not None and summary["err"] is not None:
             err = summary["err"]
-            line = None if pd.isna(err["_line"]) else int(err["_line"]) - 1 + lines_before(raw.path, raw.cuts[int(err["_chunk"])])
+            line = (
+                None
+                if pd.isna(err["_line"])
+                else int(err["_line"]) - 1 + lines_before(raw.path, raw.cuts[int(err["_chunk"])])
+            )
             raise DataError(raw.path, err["_error"], None if pd.isna(err["_column"]) else err["_column"], line)
         if summary is None or not summary["rows"]:
             raise DataError(raw.path, "file has a header but no data rows")
@@ -259,8 +301,12 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
 
     # check_events (duplicates, ISO 18245 MCCs) runs in the sorted write tasks: SparkEvents.write_parquet
     frame = good
-    clients = good.groupBy("client_id").agg(F.min(F.struct(*ORDER)).alias("_first")).select(
-        "client_id", *[F.col("_first")[k].alias(k) for k in ORDER]).toPandas()
+    clients = (
+        good.groupBy("client_id")
+        .agg(F.min(F.struct(*ORDER)).alias("_first"))
+        .select("client_id", *[F.col("_first")[k].alias(k) for k in ORDER])
+        .toPandas()
+    )
     clients = clients.sort_values(ORDER, kind="stable")["client_id"]  # in order of first appearance
     n_categories = {"client_id": len(clients)}
     if categorical:
@@ -269,8 +315,9 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
     clock.lap("clients and categories")
     targets = loaders.finish_targets(ds, targets, pd.Index(clients), repairs)
     partitions = int(engine.get("partitions") or spark.sparkContext.defaultParallelism)
-    store = SparkEvents(frame, pd.Index(clients.to_numpy(dtype=object), dtype=object), n_categories, partitions,
-                        scratch, ds, repairs)
+    store = SparkEvents(
+        frame, pd.Index(clients.to_numpy(dtype=object), dtype=object), n_categories, partitions, scratch, ds, repairs
+    )
     return loaders.Loaded(store=store, targets=targets, repairs=repairs)
 
 
@@ -280,23 +327,42 @@ def first_targets(parsed, raw: RawFile) -> pd.DataFrame:
     from pyspark.sql import functions as F
 
     rows = parsed.filter(F.col("_file") == raw.index).select("client_id", "_target", "_chunk", "_row")
-    first = rows.groupBy("client_id").agg(F.min(F.struct("_chunk", "_row", "_target")).alias("f"),
-                                          (F.min("_target") != F.max("_target")).alias("mixed"))
-    frame = first.select("client_id", F.col("f._chunk").alias("c"), F.col("f._row").alias("r"),
-                         F.col("f._target").alias("target"), "mixed").toPandas()
+    first = rows.groupBy("client_id").agg(
+        F.min(F.struct("_chunk", "_row", "_target")).alias("f"), (F.min("_target") != F.max("_target")).alias("mixed")
+    )
+    frame = first.select(
+        "client_id",
+        F.col("f._chunk").alias("c"),
+        F.col("f._row").alias("r"),
+        F.col("f._target").alias("target"),
+        "mixed",
+    ).toPandas()
     frame = frame.sort_values(["c", "r"], kind="stable")  # clients in order of first appearance
     if frame["mixed"].any():  # error path: find the first row whose target differs from its client's first
-        conflict = (rows.join(first, "client_id").filter(F.col("_target") != F.col("f._target"))
-                    .agg(F.min(F.struct("_chunk", "_row", "client_id", F.col("f._chunk").alias("fc"),
-                                        F.col("f._row").alias("fr"))).alias("c"))
-                    .collect()[0]["c"])
+        conflict = (
+            rows.join(first, "client_id")
+            .filter(F.col("_target") != F.col("f._target"))
+            .agg(
+                F.min(
+                    F.struct("_chunk", "_row", "client_id", F.col("f._chunk").alias("fc"), F.col("f._row").alias("fr"))
+                ).alias("c")
+            )
+            .collect()[0]["c"]
+        )
 
         def line(chunk, row):  # data row `row` of range `chunk` -> line of the file
             return int(row) + 1 + lines_before(raw.path, raw.cuts[chunk])
-        raise DataError(raw.path, f"client {conflict['client_id']!r} has a different target than in its first row (line "
-                        f"{line(conflict['fc'], conflict['fr'])})", column=raw.spec.target,
-                        row=line(conflict["_chunk"], conflict["_row"]))
-    return pd.DataFrame({"client_id": frame["client_id"].to_numpy(dtype=object), "target": frame["target"].astype(np.int64)})
+
+        raise DataError(
+            raw.path,
+            f"client {conflict['client_id']!r} has a different target than in its first row (line "
+            f"{line(conflict['fc'], conflict['fr'])})",
+            column=raw.spec.target,
+            row=line(conflict["_chunk"], conflict["_row"]),
+        )
+    return pd.DataFrame(
+        {"client_id": frame["client_id"].to_numpy(dtype=object), "target": frame["target"].astype(np.int64)}
+    )
 
 
 class _Clock:

@@ -37,9 +37,17 @@ class RawFile:
 def output_schema(categorical: list[str]) -> pa.Schema:
     fields = [("client_id", pa.string()), ("event_time", pa.int64()), ("amount", pa.float64()), ("mcc", pa.int32())]
     fields += [(name, pa.string()) for name in categorical]
-    fields += [("_target", pa.int64()), ("_filled", pa.int64()), ("_file", pa.int32()), ("_chunk", pa.int32()),
-               ("_row", pa.int64()), ("_kind", pa.int32()), ("_line", pa.int64()), ("_column", pa.string()),
-               ("_error", pa.string())]
+    fields += [
+        ("_target", pa.int64()),
+        ("_filled", pa.int64()),
+        ("_file", pa.int32()),
+        ("_chunk", pa.int32()),
+        ("_row", pa.int64()),
+        ("_kind", pa.int32()),
+        ("_line", pa.int64()),
+        ("_column", pa.string()),
+        ("_error", pa.string()),
+    ]
     return pa.schema(fields)
 
 
@@ -56,8 +64,14 @@ def parse_range(raw: RawFile, chunk: int, schema: pa.Schema):
         data = f.read(end - start)
 
     def error(kind: int, message: str, column: str | None, line: int | None) -> pa.RecordBatch:
-        values = {"_file": [raw.index], "_chunk": [chunk], "_kind": [kind], "_line": [line], "_column": [column],
-                  "_error": [message]}
+        values = {
+            "_file": [raw.index],
+            "_chunk": [chunk],
+            "_kind": [kind],
+            "_line": [line],
+            "_column": [column],
+            "_error": [message],
+        }
         return pa.RecordBatch.from_arrays([pa.array(values.get(f.name, [None]), f.type) for f in schema], schema=schema)
 
     try:
@@ -65,15 +79,22 @@ def parse_range(raw: RawFile, chunk: int, schema: pa.Schema):
     except UnicodeDecodeError as err:
         at = err.start
         line = data.count(b"\n", 0, at) + 2  # local numbering: the header is line 1
-        yield error(UTF8, f"not valid UTF-8 (byte 0x{data[at]:02x} at offset {start + at}); re-encode the file "
-                    "as UTF-8", None, line)
+        yield error(
+            UTF8,
+            f"not valid UTF-8 (byte 0x{data[at]:02x} at offset {start + at}); re-encode the file as UTF-8",
+            None,
+            line,
+        )
         return
     types = loaders.column_types(spec)
     text = raw.header + data
     try:
         try:
-            table = pacsv.read_csv(io.BytesIO(text), read_options=pacsv.ReadOptions(use_threads=False),
-                                   convert_options=pacsv.ConvertOptions(include_columns=list(types), column_types=types))
+            table = pacsv.read_csv(
+                io.BytesIO(text),
+                read_options=pacsv.ReadOptions(use_threads=False),
+                convert_options=pacsv.ConvertOptions(include_columns=list(types), column_types=types),
+            )
         except pa.ArrowInvalid as err:
             rawcsv.locate_bad_row(path, text, len(rawcsv.header_of(path, raw.header)))
             rawcsv.locate_bad_value(path, text, types)
@@ -116,8 +137,16 @@ def parse_to_parquet(raw: RawFile, chunk: int, schema: pa.Schema, scratch: str) 
     vectorized reader: no row-by-row conversion from Python); returns the range's summary (or its error)."""
     import pyarrow.parquet as pq
 
-    summary = {"_file": raw.index, "_chunk": chunk, "rows": 0, "filled": 0, "_kind": None, "_line": None,
-               "_column": None, "_error": None}
+    summary = {
+        "_file": raw.index,
+        "_chunk": chunk,
+        "rows": 0,
+        "filled": 0,
+        "_kind": None,
+        "_line": None,
+        "_column": None,
+        "_error": None,
+    }
     keep = [f for f in schema if f.name not in ("_filled", "_kind", "_line", "_column", "_error")]
     final = os.path.join(scratch, f"r{raw.index:03d}-{chunk:06d}.parquet")
     tmp = os.path.join(scratch, f".r{raw.index:03d}-{chunk:06d}.tmp-{os.getpid()}")
@@ -156,8 +185,9 @@ def duplicates_of(table: pa.Table) -> np.ndarray:
     if n < 2:
         return dup
     c, t = table.column("client_id"), table.column("event_time")
-    tie = (pc.equal(c.slice(1), c.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-           & pc.equal(t.slice(1), t.slice(0, n - 1)).to_numpy(zero_copy_only=False))
+    tie = pc.equal(c.slice(1), c.slice(0, n - 1)).to_numpy(zero_copy_only=False) & pc.equal(
+        t.slice(1), t.slice(0, n - 1)
+    ).to_numpy(zero_copy_only=False)
     candidates = np.zeros(n, dtype=bool)
     candidates[1:] |= tie
     candidates[:-1] |= tie
@@ -228,8 +258,14 @@ def write_parts(folder: str, schema: pa.Schema, drop_duplicates: bool):
                 os.remove(tmp)
             raise
         yield pa.RecordBatch.from_arrays(
-            [pa.array([part], pa.int32()), pa.array([rows], pa.int64()), pa.array([duplicates], pa.int64()),
-             pa.array([list(mcc)], pa.list_(pa.int64())), pa.array([list(mcc.values())], pa.list_(pa.int64()))],
-            names=["part", "rows", "duplicates", "mcc", "mcc_rows"])
+            [
+                pa.array([part], pa.int32()),
+                pa.array([rows], pa.int64()),
+                pa.array([duplicates], pa.int64()),
+                pa.array([list(mcc)], pa.list_(pa.int64())),
+                pa.array([list(mcc.values())], pa.list_(pa.int64())),
+            ],
+            names=["part", "rows", "duplicates", "mcc", "mcc_rows"],
+        )
 
     return write

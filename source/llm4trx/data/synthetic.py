@@ -89,10 +89,30 @@ FACTORS = "_FACTORS.csv"
 VERSION = 1
 
 # (MCC, typical amount) of the regular purchases; group A ("leisure") vs group B ("daily").
-LEISURE = [(5812, 1500), (5814, 400), (5813, 900), (7832, 600), (4722, 15000), (4511, 12000), (7011, 6000),
-           (5651, 3500), (5977, 1200), (5942, 800)]
-DAILY = [(5411, 700), (5912, 500), (5541, 1800), (4900, 2500), (4814, 400), (5200, 2000), (4111, 60),
-         (4121, 350), (5310, 450), (5533, 1600)]
+LEISURE = [
+    (5812, 1500),
+    (5814, 400),
+    (5813, 900),
+    (7832, 600),
+    (4722, 15000),
+    (4511, 12000),
+    (7011, 6000),
+    (5651, 3500),
+    (5977, 1200),
+    (5942, 800),
+]
+DAILY = [
+    (5411, 700),
+    (5912, 500),
+    (5541, 1800),
+    (4900, 2500),
+    (4814, 400),
+    (5200, 2000),
+    (4111, 60),
+    (4121, 350),
+    (5310, 450),
+    (5533, 1600),
+]
 CASH, TRANSFER = 6011, 4829
 CATALOG = np.array([m for m, _ in LEISURE + DAILY] + [CASH, TRANSFER], dtype=np.int64)
 TYPICAL = np.array([a for _, a in LEISURE + DAILY] + [5000, 5000], dtype=np.float64)
@@ -158,8 +178,9 @@ def generate(p: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     # Regular purchases: group share sigmoid(z_mix), Dirichlet preferences inside each group.
     k_a, k_b = len(LEISURE), len(DAILY)
     share_a = sigmoid(z_mix)
-    prefs = np.hstack([rng.dirichlet(np.ones(k_a), n) * share_a[:, None],
-                       rng.dirichlet(np.ones(k_b), n) * (1 - share_a)[:, None]])
+    prefs = np.hstack(
+        [rng.dirichlet(np.ones(k_a), n) * share_a[:, None], rng.dirichlet(np.ones(k_b), n) * (1 - share_a)[:, None]]
+    )
     reg_client = np.repeat(np.arange(n), n_regular)
     # Inverse-CDF sampling for all clients at once: client c's cumulative probabilities shifted by c are
     # globally increasing, so one searchsorted finds every event's category.
@@ -190,20 +211,32 @@ def generate(p: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     mcc = np.concatenate([reg_mcc, np.full(len(pair_client), k_a + k_b), np.full(len(pair_client), k_a + k_b + 1)])
     seconds = np.concatenate([reg_time, cash_time, transfer_time])
     log_amount = np.log(TYPICAL[mcc]) + 0.5 * z_amount[client] + 0.8 * rng.standard_normal(len(client))
-    log_amount[len(reg_client):] = np.log(5000) + 0.8 * rng.standard_normal(2 * len(pair_client))
+    log_amount[len(reg_client) :] = np.log(5000) + 0.8 * rng.standard_normal(2 * len(pair_client))
     amount = np.round(np.exp(log_amount), 2)
     if extra:
         base = {"n": n, "prefs": prefs, "z_amount": z_amount}
-        parts = [PLANTERS[k](np.random.default_rng([p["seed"], 3, EXTRA_SIGNALS.index(k)]),
-                             z_extra[:, EXTRA_SIGNALS.index(k)], base) for k in extra]
-        client, seconds, mcc, amount = (np.concatenate([a, *(part[j] for part in parts)])
-                                        for j, a in enumerate((client, seconds, mcc, amount)))
+        parts = [
+            PLANTERS[k](
+                np.random.default_rng([p["seed"], 3, EXTRA_SIGNALS.index(k)]), z_extra[:, EXTRA_SIGNALS.index(k)], base
+            )
+            for k in extra
+        ]
+        client, seconds, mcc, amount = (
+            np.concatenate([a, *(part[j] for part in parts)]) for j, a in enumerate((client, seconds, mcc, amount))
+        )
     order = np.lexsort((seconds, client))
-    events = pd.DataFrame({"client": client[order], "seconds": seconds[order], "mcc": mcc[order], "amount": amount[order]})
-    clients = pd.DataFrame({"id": rng.permutation(n) + (10_000 if p["schema"] == "gender" else 0),
-                            "label": label, "labeled": labeled,
-                            **{f"z_{k}": z[:, j] for j, k in enumerate(SIGNALS)},  # for FACTORS only
-                            **{f"z_{k}": z_extra[:, EXTRA_SIGNALS.index(k)] for k in extra}})
+    events = pd.DataFrame(
+        {"client": client[order], "seconds": seconds[order], "mcc": mcc[order], "amount": amount[order]}
+    )
+    clients = pd.DataFrame(
+        {
+            "id": rng.permutation(n) + (10_000 if p["schema"] == "gender" else 0),
+            "label": label,
+            "labeled": labeled,
+            **{f"z_{k}": z[:, j] for j, k in enumerate(SIGNALS)},  # for FACTORS only
+            **{f"z_{k}": z_extra[:, EXTRA_SIGNALS.index(k)] for k in extra},
+        }
+    )
     return events, clients
 
 
@@ -235,8 +268,12 @@ def plant_periodic(rng, z, base):
     start = rng.integers(0, 30, n)[clients]  # the schedule's first day: every payment's day uniform over the year
     hour = rng.integers(0, DAY_LENGTH // 3600, n)[clients]
     regular = rng.random(len(clients)) < sigmoid(2 * z[clients])
-    scheduled = ((start + np.tile(np.arange(k) * YEAR_DAYS / k, n)).astype(np.int64) * 86400 + DAY_START
-                 + hour * 3600 + rng.integers(0, 600, len(clients)))
+    scheduled = (
+        (start + np.tile(np.arange(k) * YEAR_DAYS / k, n)).astype(np.int64) * 86400
+        + DAY_START
+        + hour * 3600
+        + rng.integers(0, 600, len(clients))
+    )
     seconds = np.where(regular, scheduled, _random_times(rng, len(clients)))
     amount = np.round(np.exp(np.log(800) + 0.6 * rng.standard_normal(n)), 2)[clients]
     return clients, seconds, np.full(len(clients), CATALOG.tolist().index(SUBSCRIPTION)), amount
@@ -261,10 +298,16 @@ def plant_burst(rng, z, base):
     n, k, recent, width = base["n"], 8, 14, 3
     clients = np.repeat(np.arange(n), k)
     late = rng.random(n) < sigmoid(2 * z)
-    first = np.where(late, rng.integers(YEAR_DAYS - recent, YEAR_DAYS - width + 1, n),
-                     rng.integers(0, YEAR_DAYS - recent - width + 1, n))
-    seconds = ((first[clients] + rng.integers(0, width, len(clients))) * 86400 + DAY_START
-               + rng.integers(0, DAY_LENGTH, len(clients)))
+    first = np.where(
+        late,
+        rng.integers(YEAR_DAYS - recent, YEAR_DAYS - width + 1, n),
+        rng.integers(0, YEAR_DAYS - recent - width + 1, n),
+    )
+    seconds = (
+        (first[clients] + rng.integers(0, width, len(clients))) * 86400
+        + DAY_START
+        + rng.integers(0, DAY_LENGTH, len(clients))
+    )
     mcc, amount = _regular_purchases(rng, clients, base)
     return clients, seconds, mcc, amount
 
@@ -275,8 +318,9 @@ def plant_gaps(rng, z, base):
     clients = session // sessions
     together = (rng.random(n * sessions) < sigmoid(2 * z[np.arange(n * sessions) // sessions]))[session]
     # a session starts by 20:00 so its hour ends by 21:00, as the base events
-    start = (rng.integers(0, YEAR_DAYS, n * sessions) * 86400 + DAY_START
-             + rng.integers(0, DAY_LENGTH - 3600, n * sessions))[session]
+    start = (
+        rng.integers(0, YEAR_DAYS, n * sessions) * 86400 + DAY_START + rng.integers(0, DAY_LENGTH - 3600, n * sessions)
+    )[session]
     steps = rng.integers(120, 1200, len(clients))
     steps[np.arange(0, len(clients), k)] = 0
     within = np.cumsum(steps.reshape(-1, k), axis=1).ravel()
@@ -298,7 +342,9 @@ def text_column(*parts) -> pa.Array:
             columns.append(np.broadcast_to(np.frombuffer(part.encode(), dtype=np.uint8), (n, len(part))))
         elif isinstance(part, tuple):
             values, width = part
-            columns.append(np.stack([(values // 10 ** k % 10 + 48).astype(np.uint8) for k in range(width - 1, -1, -1)], axis=1))
+            columns.append(
+                np.stack([(values // 10**k % 10 + 48).astype(np.uint8) for k in range(width - 1, -1, -1)], axis=1)
+            )
         else:
             columns.append(part)
     mat = np.ascontiguousarray(np.hstack(columns))
@@ -329,22 +375,32 @@ def write_rosbank(events, clients, rng, out: Path) -> None:
     client, seconds = events["client"].to_numpy(), events["seconds"].to_numpy()
     stamp = np.datetime64(END["rosbank"], "s") - np.timedelta64(YEAR_DAYS, "D") + seconds.astype("timedelta64[s]")
     day, month = stamp.astype("datetime64[D]"), stamp.astype("datetime64[M]")
-    trdatetime = text_column(((day - month.astype("datetime64[D]")).astype(np.int64) + 1, 2),
-                             MONTH_CHARS[month.astype(np.int64) % 12],
-                             ((stamp.astype("datetime64[Y]").astype(np.int64) + 1970) % 100, 2),
-                             ":", *clock_parts(seconds))
+    trdatetime = text_column(
+        ((day - month.astype("datetime64[D]")).astype(np.int64) + 1, 2),
+        MONTH_CHARS[month.astype(np.int64) % 12],
+        ((stamp.astype("datetime64[Y]").astype(np.int64) + 1970) % 100, 2),
+        ":",
+        *clock_parts(seconds),
+    )
     mcc = CATALOG[events["mcc"].to_numpy()]
     channel = rng.choice(6, len(clients), p=[0.5, 0.15, 0.1, 0.05, 0.05, 0.15])[client]
     currency = np.where(rng.random(len(events)) < 0.96, 810, rng.choice([978, 840], len(events)))
     category = np.where(mcc == CASH, 0, np.where(mcc == TRANSFER, 1, 2))
     label = clients["label"].to_numpy()[client]
     amount = events["amount"].to_numpy()
-    table = pa.table({
-        "cl_id": clients["id"].to_numpy()[client], "TRDATETIME": trdatetime, "amount": amount, "MCC": mcc,
-        "channel_type": pick(["type1", "type2", "type3", "type4", "type5", ""], channel), "currency": currency,
-        "trx_category": pick(["WD_ATM_ROS", "C2C_OUT", "POS"], category),
-        "target_flag": label, "target_sum": np.round(label * amount * 3, 2),
-    })
+    table = pa.table(
+        {
+            "cl_id": clients["id"].to_numpy()[client],
+            "TRDATETIME": trdatetime,
+            "amount": amount,
+            "MCC": mcc,
+            "channel_type": pick(["type1", "type2", "type3", "type4", "type5", ""], channel),
+            "currency": currency,
+            "trx_category": pick(["WD_ATM_ROS", "C2C_OUT", "POS"], category),
+            "target_flag": label,
+            "target_sum": np.round(label * amount * 3, 2),
+        }
+    )
     labeled = clients["labeled"].to_numpy()[client]
     write_csv(table, out / "train.csv", labeled)
     if not labeled.all():
@@ -353,8 +409,12 @@ def write_rosbank(events, clients, rng, out: Path) -> None:
 
 def write_age_pred(events, clients, rng, out: Path) -> None:
     client = events["client"].to_numpy()
-    table = {"client_id": clients["id"].to_numpy()[client], "trans_date": events["seconds"].to_numpy() // 86400,
-             "small_group": events["mcc"].to_numpy(), "amount_rur": events["amount"].to_numpy()}
+    table = {
+        "client_id": clients["id"].to_numpy()[client],
+        "trans_date": events["seconds"].to_numpy() // 86400,
+        "small_group": events["mcc"].to_numpy(),
+        "amount_rur": events["amount"].to_numpy(),
+    }
     labeled = clients["labeled"].to_numpy()[client]
     write_csv(table, out / "transactions_train.csv", labeled)
     if not labeled.all():
@@ -365,16 +425,28 @@ def write_age_pred(events, clients, rng, out: Path) -> None:
 
 def write_gender(events, clients, rng, out: Path) -> None:
     client, seconds = events["client"].to_numpy(), events["seconds"].to_numpy()
-    when = pc.binary_join_element_wise(pc.cast(pa.array(seconds // 86400), pa.string()),
-                                       text_column(*clock_parts(seconds)), " ")
+    when = pc.binary_join_element_wise(
+        pc.cast(pa.array(seconds // 86400), pa.string()), text_column(*clock_parts(seconds)), " "
+    )
     mcc = CATALOG[events["mcc"].to_numpy()]
     tr_type = np.where(mcc == CASH, 2010, np.where(mcc == TRANSFER, 7070, 1010))
     has_term = rng.random(len(events)) < 0.3
     term = pc.if_else(pa.array(has_term), pc.cast(pa.array(rng.integers(100000, 999999, len(events))), pa.string()), "")
-    write_csv({"customer_id": clients["id"].to_numpy()[client], "tr_datetime": when, "mcc_code": mcc,
-               "tr_type": tr_type, "amount": -events["amount"].to_numpy(), "term_id": term}, out / "transactions.csv")
+    write_csv(
+        {
+            "customer_id": clients["id"].to_numpy()[client],
+            "tr_datetime": when,
+            "mcc_code": mcc,
+            "tr_type": tr_type,
+            "amount": -events["amount"].to_numpy(),
+            "term_id": term,
+        },
+        out / "transactions.csv",
+    )
     targets = clients[clients["labeled"]].sort_values("id")
-    write_csv({"customer_id": targets["id"].to_numpy(), "gender": targets["label"].to_numpy()}, out / "gender_train.csv")
+    write_csv(
+        {"customer_id": targets["id"].to_numpy(), "gender": targets["label"].to_numpy()}, out / "gender_train.csv"
+    )
 
 
 WRITERS = {"rosbank": write_rosbank, "age_pred": write_age_pred, "gender": write_gender}
@@ -407,7 +479,9 @@ def ensure_raw(ds: DictConfig) -> Path:
             tmp.replace(raw_dir / FACTORS)  # atomic: a reader sees no file or the whole file
         return raw_dir
     if raw_dir.exists() and any(raw_dir.iterdir()) and not marker.is_file():
-        raise ConfigError(f"{raw_dir} holds files the synthetic generator did not write; choose another dataset.raw_dir")
+        raise ConfigError(
+            f"{raw_dir} holds files the synthetic generator did not write; choose another dataset.raw_dir"
+        )
     with atomic_dir(raw_dir) as tmp:
         write_raw(p, tmp)
         (tmp / MARKER).write_text(json.dumps(p, indent=2) + "\n")

@@ -43,6 +43,9 @@ def read_texts(text_dir: Path) -> pd.DataFrame:
     dup = texts["client_id"].duplicated(keep=False)
     if dup.any():
         first = texts[dup].iloc[0]
-        raise DataError(text_dir, f"client {first.client_id!r} appears more than once across "
-                        f"{sorted(set(texts[dup].split))}.jsonl", column="client_id")
+        raise DataError(
+            text_dir,
+            f"client {first.client_id!r} appears more than once across {sorted(set(texts[dup].split))}.jsonl",
+            column="client_id",
+        )
     return texts

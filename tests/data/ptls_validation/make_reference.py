@@ -24,7 +24,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 TASKS = ("binary", "multiclass")
 N_CLASSES = {"binary": 2, "multiclass": 4}
-FEATURES = ("emb", "agg")            # float32 matrices, as our pipeline writes every feature set
+FEATURES = ("emb", "agg")  # float32 matrices, as our pipeline writes every feature set
 SETS = {"emb": ["emb"], "agg": ["agg"], "emb+agg": ["emb", "agg"]}
 METRICS = {"binary": ["auroc", "accuracy"], "multiclass": ["accuracy", "auroc"]}
 SPLITS = {"test_fraction": 0.15, "n_folds": 5, "random_state": 42, "val_fraction": 0.05}
@@ -76,8 +76,10 @@ def fixture() -> None:
 
 
 SCORERS = {  # embeddings_validation metrics; `response_method` replaces the `needs_proba` scikit-learn 1.6 removed
-    "auroc": {"binary": {"response_method": "predict_proba"},
-              "multiclass": {"response_method": "predict_proba", "multi_class": "ovr"}},
+    "auroc": {
+        "binary": {"response_method": "predict_proba"},
+        "multiclass": {"response_method": "predict_proba", "multi_class": "ovr"},
+    },
     "accuracy": {"binary": {}, "multiclass": {}},  # make_scorer's default response_method is "predict"
 }
 
@@ -90,24 +92,47 @@ def reference_config(task: str, work: Path, lightgbm: dict, n_jobs: int = 1) -> 
         "environment": {"work_dir": str(work / "work")},
         "report_file": str(work / "report.txt"),
         # The target file: targets.parquet (natural id order); int ids, as ptls-experiments' configs read them.
-        "target": {"file_name": str(data / "targets.parquet"), "cols_id": ["client_id"], "cols_id_type": ["int"],
-                   "col_target": "target"},
-        "split": {"fit_ids": True,  # as the published configs: train ids = the target file less the test ids
-                  "train_id": {"file_name": str(data / "targets.parquet"), "drop_cols": ["target"]},
-                  "test_id": {"file_name": str(work / "test_ids.csv")},
-                  "cv_split_count": meta["splits"]["n_folds"], "is_stratify": True,
-                  "random_state": meta["splits"]["random_state"]},
-        "features": {name: {"enabled": True, "target_options": {},
-                            "read_params": [feature_file[p] for p in parts]}
-                     for name, parts in meta["feature_sets"].items()},
+        "target": {
+            "file_name": str(data / "targets.parquet"),
+            "cols_id": ["client_id"],
+            "cols_id_type": ["int"],
+            "col_target": "target",
+        },
+        "split": {
+            "fit_ids": True,  # as the published configs: train ids = the target file less the test ids
+            "train_id": {"file_name": str(data / "targets.parquet"), "drop_cols": ["target"]},
+            "test_id": {"file_name": str(work / "test_ids.csv")},
+            "cv_split_count": meta["splits"]["n_folds"],
+            "is_stratify": True,
+            "random_state": meta["splits"]["random_state"],
+        },
+        "features": {
+            name: {"enabled": True, "target_options": {}, "read_params": [feature_file[p] for p in parts]}
+            for name, parts in meta["feature_sets"].items()
+        },
         "external_scores": {},
-        "models": {"lgbm": {"enabled": True, "cpu_count": n_jobs,
-                            "model": {"_target_": "lightgbm.LGBMClassifier", **lightgbm, "n_jobs": n_jobs},
-                            "preprocessing": [{"_target_": "sklearn.preprocessing.MaxAbsScaler"}]}},
-        "metrics": {m: {"enabled": True, "score_func": f"sklearn.metrics.{'roc_auc_score' if m == 'auroc' else 'accuracy_score'}",
-                        "scorer_params": SCORERS[m][task]} for m in meta["metrics"][task]},
-        "report": {"is_check_train": False, "error_handling": "fail", "print_all_metrics": False,
-                   "metrics": {m: {"float_format": "{:.4f}", "split_columns": True} for m in meta["metrics"][task]}},
+        "models": {
+            "lgbm": {
+                "enabled": True,
+                "cpu_count": n_jobs,
+                "model": {"_target_": "lightgbm.LGBMClassifier", **lightgbm, "n_jobs": n_jobs},
+                "preprocessing": [{"_target_": "sklearn.preprocessing.MaxAbsScaler"}],
+            }
+        },
+        "metrics": {
+            m: {
+                "enabled": True,
+                "score_func": f"sklearn.metrics.{'roc_auc_score' if m == 'auroc' else 'accuracy_score'}",
+                "scorer_params": SCORERS[m][task],
+            }
+            for m in meta["metrics"][task]
+        },
+        "report": {
+            "is_check_train": False,
+            "error_handling": "fail",
+            "print_all_metrics": False,
+            "metrics": {m: {"float_format": "{:.4f}", "split_columns": True} for m in meta["metrics"][task]},
+        },
     }
 
 
@@ -122,10 +147,20 @@ def reference() -> None:
         with tempfile.TemporaryDirectory(prefix=f"ptlsval-{task}-") as tmp:
             work = Path(tmp)
             splits = pd.read_parquet(HERE / task / "splits.parquet")
-            splits.loc[splits["split"].eq("test") & splits["labeled"], ["client_id"]].to_csv(work / "test_ids.csv", index=False)
+            splits.loc[splits["split"].eq("test") & splits["labeled"], ["client_id"]].to_csv(
+                work / "test_ids.csv", index=False
+            )
             (work / "conf.yaml").write_text(yaml.safe_dump(reference_config(task, work, meta["lightgbm"][task])))
-            cmd = [sys.executable, "-m", "embeddings_validation", f"--config-path={work}", "--config-name=conf",
-                   "+workers=1", "+total_cpu_count=1", f"hydra.run.dir={work / 'hydra'}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "embeddings_validation",
+                f"--config-path={work}",
+                "--config-name=conf",
+                "+workers=1",
+                "+total_cpu_count=1",
+                f"hydra.run.dir={work / 'hydra'}",
+            ]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=work)
             scores[task] = {}
@@ -133,10 +168,20 @@ def reference() -> None:
                 rows = []
                 for fold in range(meta["splits"]["n_folds"]):
                     [result] = json.loads((work / "work" / f"m_lgbm__f_{name}__i_{fold}" / "results.json").read_text())
-                    rows.append({"fold": fold, **{m: {"val": result["scores_valid"][m], "test": result["scores_test"][m],
-                                                      "n_val": result["scores_valid"]["cnt_samples"],
-                                                      "n_test": result["scores_test"]["cnt_samples"]}
-                                                  for m in meta["metrics"][task]}})
+                    rows.append(
+                        {
+                            "fold": fold,
+                            **{
+                                m: {
+                                    "val": result["scores_valid"][m],
+                                    "test": result["scores_test"][m],
+                                    "n_val": result["scores_valid"]["cnt_samples"],
+                                    "n_test": result["scores_test"]["cnt_samples"],
+                                }
+                                for m in meta["metrics"][task]
+                            },
+                        }
+                    )
                 scores[task][name] = rows
             folds[task] = {}
             for fold in range(meta["splits"]["n_folds"]):
@@ -147,8 +192,10 @@ def reference() -> None:
             (HERE / task / "reference_report.txt").write_text((work / "report.txt").read_text())
     import importlib.metadata as md
 
-    versions = {p: md.version(p) for p in ("scikit-learn", "lightgbm", "numpy", "pandas", "scipy", "luigi",
-                                             "hydra-core", "omegaconf", "pyarrow")}
+    versions = {
+        p: md.version(p)
+        for p in ("scikit-learn", "lightgbm", "numpy", "pandas", "scipy", "luigi", "hydra-core", "omegaconf", "pyarrow")
+    }
     versions["python"] = sys.version.split()[0]
     (HERE / "reference_scores.json").write_text(json.dumps({"versions": versions, "scores": scores}, indent=2) + "\n")
     (HERE / "reference_folds.json").write_text(json.dumps(folds) + "\n")
