@@ -224,3 +224,29 @@ def test_the_stage_import_check_sees_an_import(tmp_path):
         cwd=tmp_path,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"a": ["b"], "b": []}
+
+
+def core_imports_outside(core: Path) -> list[str]:
+    """`file:line module` of every llm4trx import in `core` (also inside functions) that is not llm4trx.core."""
+    import ast
+
+    found = []
+    for path in sorted(core.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                if name.startswith("llm4trx.") and not name.startswith("llm4trx.core"):
+                    found.append(f"{path.name}:{node.lineno} {name}")
+    return found
+
+
+def test_core_imports_nothing_outside_core(tmp_path):
+    """core/ is the contract every stage and library builds on: it imports no llm4trx module outside it."""
+    core = Path(registry.__file__).parent
+    assert core_imports_outside(core) == []
+    (tmp_path / "bad.py").write_text("def f():\n    from llm4trx.data.splits import load_labels\n")
+    assert core_imports_outside(tmp_path) == ["bad.py:2 llm4trx.data.splits"]  # the check sees a lazy import

@@ -22,27 +22,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.errors import ConfigError, DataError
-from llm4trx.core.stage import SUCCESS_FILE
+from llm4trx.core.registry import MODEL_FILES, MODEL_RECORD as RECORD, model_fingerprint as fingerprint  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-RECORD = "llm4trx.json"
 VERSION = 1
 # Text keys that do not change how one transaction is rendered: memory (chunk_events) and the budget
 # (max_tokens, count_tokenizer only truncate older transactions; embed truncates to the model's length anyway).
 TEXT_KEYS_NOT_COMPARED = ("chunk_events", "max_tokens", "count_tokenizer")
 SCHEMA_KEYS = ("loader", "id_column", "categorical", "mcc_names")
-# Files whose sizes and times identify a model directory that no stage of ours wrote.
-MODEL_FILES = (
-    "config.json",
-    "*.safetensors",
-    "pytorch_model*.bin",
-    "*.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    RECORD,
-)
 
 
 def _plain(node) -> Any:
@@ -129,25 +117,6 @@ def check_applicable(cfg: DictConfig, model_dir: Path) -> dict[str, Any] | None:
             f"settings (e.g. the same experiment= preset) or a model trained on this format"
         )
     return record
-
-
-def fingerprint(model_dir: Path) -> str:
-    """Identity of a model directory: its export's config hash where a stage of ours wrote it, else a digest of
-    the names, sizes and modification times of its model and tokenizer files (never their bytes: a 1B model's
-    weights would take seconds to hash on every config check)."""
-    model_dir = Path(model_dir)
-    success = model_dir / SUCCESS_FILE
-    if success.is_file():
-        try:
-            return "export:" + str(json.loads(success.read_text())["config_hash"])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    entries = []
-    for pattern in MODEL_FILES:
-        for path in sorted(model_dir.glob(pattern)):
-            stat = path.stat()
-            entries.append([path.name, stat.st_size, stat.st_mtime_ns])
-    return "files:" + hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def applied_model(cfg: DictConfig) -> Path | None:
