@@ -107,6 +107,12 @@ def applied_model_identity(cfg: DictConfig) -> dict:
     return {"model": fingerprint(model) if model.is_dir() else "missing"}
 
 
+def contrastive_on(cfg: DictConfig) -> bool:
+    """Pretraining adds the contrastive term (trainer.contrastive.weight > 0)."""
+    weight = OmegaConf.select(cfg, "trainer.contrastive.weight", default=0)
+    return isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+
+
 def domain_tokenizer(cfg: DictConfig) -> bool:
     return cfg.tokenizer.kind in ("domain_bpe", "fields")
 
@@ -239,6 +245,8 @@ STAGES: dict[str, Stage] = {
                 "trainer.logger_settings",
                 "trainer.save_num_checkpoints_to_keep",
             ),
+            # The contrastive term pools its views as embed pools: those keys then change the trained model.
+            extra_sections=lambda cfg: ["embed.pooling", "embed.layer_slice"] if contrastive_on(cfg) else [],
             when=own_model,
             summary="next-token pretraining (llm-foundry + Composer)",
         ),
