@@ -110,6 +110,7 @@ class HFCausalLMWithFlops(ComposerHFCausalLM):
     next-token loss): in training, `forward` also runs `views` random contiguous token crops of every row through
     the same backbone, pools them as `embed` pools, and `loss` returns {"total": ntp + weight * infonce, "ntp",
     "contrastive"}. Negatives are the other rows of the same microbatch on the same rank. Evaluation is NTP only.
+    `flops_per_batch` counts the next-token pass only (the crops' extra pass is not in FLOP/s or MFU).
     """
 
     def __init__(self, *args: Any, contrastive: Optional[Mapping[str, Any]] = None, **kwargs: Any):
