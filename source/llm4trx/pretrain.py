@@ -152,7 +152,7 @@ def check_model(cfg: DictConfig, tok: dict[str, Any]) -> None:
 
 def check_inputs(cfg: DictConfig) -> dict[str, Any]:
     """Everything that can be wrong with inputs or config, raised before any output is written."""
-    from llm4trx.lm.foundry_config import is_hf_model, tokenizer_info
+    from llm4trx.lm.foundry_config import contrastive_section, is_hf_model, tokenizer_info
 
     tokenizer_dir, mds_dir = require(cfg, "tokenizer"), require(cfg, "shards")
     check_runtime(cfg)
@@ -166,6 +166,12 @@ def check_inputs(cfg: DictConfig) -> dict[str, Any]:
     check_model(cfg, tok)
     if cfg.trainer.backend == "hf" and not is_hf_model(cfg):
         raise ConfigError(f"trainer.backend=hf needs a Hugging Face model (model={cfg.model.name} is native MPT)")
+    contrastive = contrastive_section(cfg)  # checks trainer.contrastive (one line per bad key)
+    if contrastive is not None and (cfg.trainer.backend != "foundry" or not is_hf_model(cfg)):
+        raise ConfigError(
+            f"trainer.contrastive.weight={contrastive['weight']}: the contrastive term runs on the foundry backend "
+            f"with a Hugging Face model (here trainer.backend={cfg.trainer.backend}, model={cfg.model.name})"
+        )
     return {"tokenizer_dir": tokenizer_dir, "mds_dir": mds_dir, "tok": tok, "samples": counts}
 
 

@@ -160,6 +160,12 @@ def model_fingerprint(model_dir: Path) -> str:
     return "files:" + hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
+def contrastive_on(cfg: DictConfig) -> bool:
+    """Pretraining adds the contrastive term (trainer.contrastive.weight > 0)."""
+    weight = OmegaConf.select(cfg, "trainer.contrastive.weight", default=0)
+    return isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+
+
 def domain_tokenizer(cfg: DictConfig) -> bool:
     return cfg.tokenizer.kind in ("domain_bpe", "fields")
 
@@ -309,6 +315,8 @@ STAGES: dict[str, Stage] = {
                 "trainer.logger_settings",
                 "trainer.save_num_checkpoints_to_keep",
             ),
+            # The contrastive term pools its views as embed pools: those keys then change the trained model.
+            extra_sections=lambda cfg: ["embed.pooling", "embed.layer_slice"] if contrastive_on(cfg) else [],
             when=own_model,
             summary="next-token pretraining (llm-foundry + Composer)",
             writes=(

@@ -81,8 +81,28 @@ def model_source(cfg: DictConfig, checkpoints: Path) -> Path:
     return checkpoints / INIT_CONFIG_DIR
 
 
+def contrastive_section(cfg: DictConfig) -> dict[str, Any] | None:
+    """`trainer.contrastive` plus embed's pooling (the views are pooled as embed pools); None when off (weight 0),
+    so that the default run's train config, and so its training, stay what they were without the term."""
+    from llm4trx.lm.contrastive import settings_from
+
+    values = plain(cfg.trainer.get("contrastive"))
+    if not values:
+        return None
+    values = {**values, "pooling": cfg.embed.pooling, "layer_slice": list(cfg.embed.layer_slice)}
+    if settings_from(values) is None:
+        return None
+    return values
+
+
 def model_section(cfg: DictConfig, tok: dict[str, Any], checkpoints: Path) -> dict[str, Any]:
     extra = plain(cfg.model.foundry) or {}
+    contrastive = contrastive_section(cfg)
+    if contrastive is not None and not is_hf_model(cfg):
+        raise ConfigError(
+            f"trainer.contrastive.weight={contrastive['weight']}: the contrastive term needs a Hugging Face model "
+            f"(model={cfg.model.name} is native MPT)"
+        )
     if is_hf_model(cfg):
         return {
             "name": HF_MODEL,
@@ -92,6 +112,7 @@ def model_section(cfg: DictConfig, tok: dict[str, Any], checkpoints: Path) -> di
             # Llama and Qwen2 are native in transformers: never execute code shipped inside a checkpoint.
             "trust_remote_code": False,
             "init_device": init_device(cfg),
+            **({"contrastive": contrastive} if contrastive is not None else {}),
             **extra,
         }
     if "name" not in extra:

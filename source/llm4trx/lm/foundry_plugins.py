@@ -3,7 +3,9 @@
 - `llm4trx_metrics_jsonl` (loggers): checkpoints/metrics.jsonl, one line per logged loss
   {"step", "split": "train"|"eval", "loss"}; the report draws loss curves from it.
 - `llm4trx_hf_causal_lm` (models): llm-foundry's `hf_causal_lm` plus `flops_per_batch`, which llm-foundry's
-  HF wrapper lacks, so that Composer's SpeedMonitor reports FLOP/s and, on GPU, MFU for Llama/Qwen too.
+  HF wrapper lacks, so that Composer's SpeedMonitor reports FLOP/s and, on GPU, MFU for Llama/Qwen too; and an
+  optional contrastive term (`contrastive`, trainer.contrastive: loss = NTP + weight * InfoNCE over views of
+  the same client, lm/contrastive.py), logged as loss/train/ntp and loss/train/contrastive.
 - `llm4trx_text` (dataloaders): llm-foundry's `text` loader (StreamingTextDataset over our MDS shards, its text
   collator), built under a machine-wide file lock (see `build_text_dataloader_locked`), optionally in
   length-bucketed batches (`bucket_window`, lm/length_buckets.py), counting real tokens: Composer's token
@@ -30,6 +32,8 @@ from llmfoundry.models.hf import ComposerHFCausalLM
 
 TRAIN_LOSS_KEY = "loss/train/total"
 EVAL_LOSS_KEY = "metrics/eval/LanguageCrossEntropy"
+# The parts of a loss dict (HFCausalLMWithFlops.loss with the contrastive term), as Composer names them.
+LOSS_PART_KEYS = {"ntp": "loss/train/ntp", "contrastive": "loss/train/contrastive"}
 IGNORE_INDEX = -100
 
 
@@ -43,16 +47,18 @@ def keep_steps_up_to(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def append_loss(path: Path, step: int, split: str, loss: float) -> None:
+def append_loss(path: Path, step: int, split: str, loss: float, **parts: float) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps({"step": int(step), "split": split, "loss": float(loss)}) + "\n")
+        row = {"step": int(step), "split": split, "loss": float(loss), **{k: float(v) for k, v in parts.items()}}
+        f.write(json.dumps(row) + "\n")
 
 
 class MetricsJsonlLogger(LoggerDestination):
     """Train loss of every optimizer step and eval loss of every evaluation, appended to a JSONL file.
 
     `step` counts optimizer steps done: the loss of the first batch is step 1 (Composer logs it at batch 0,
-    before the step is counted); an evaluation after k batches is step k.
+    before the step is counted); an evaluation after k batches is step k. With the contrastive term, a train
+    line's `loss` is the total trained on and `ntp` / `contrastive` are its two parts.
     """
 
     def __init__(self, path: str):
@@ -67,7 +73,8 @@ class MetricsJsonlLogger(LoggerDestination):
         if dist.get_global_rank() != 0 or step is None:
             return
         if TRAIN_LOSS_KEY in metrics:
-            append_loss(self.path, step + 1, "train", metrics[TRAIN_LOSS_KEY])
+            parts = {name: metrics[key] for name, key in LOSS_PART_KEYS.items() if key in metrics}
+            append_loss(self.path, step + 1, "train", metrics[TRAIN_LOSS_KEY], **parts)
         if EVAL_LOSS_KEY in metrics:
             append_loss(self.path, step, "eval", metrics[EVAL_LOSS_KEY])
 
@@ -97,13 +104,40 @@ def row_lengths(batch: Mapping) -> torch.Tensor:
 
 
 class HFCausalLMWithFlops(ComposerHFCausalLM):
-    """llm-foundry's `hf_causal_lm` that also reports its training FLOPs per batch (for MFU)."""
+    """llm-foundry's `hf_causal_lm` that also reports its training FLOPs per batch (for MFU).
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    `contrastive` (a dict of lm/contrastive.ContrastiveSettings' fields; None or weight 0: off, the plain
+    next-token loss): in training, `forward` also runs `views` random contiguous token crops of every row through
+    the same backbone, pools them as `embed` pools, and `loss` returns {"total": ntp + weight * infonce, "ntp",
+    "contrastive"}. Negatives are the other rows of the same microbatch on the same rank. Evaluation is NTP only.
+    `flops_per_batch` counts the next-token pass only (the crops' extra pass is not in FLOP/s or MFU).
+    """
+
+    def __init__(self, *args: Any, contrastive: Optional[Mapping[str, Any]] = None, **kwargs: Any):
+        from llm4trx.lm.contrastive import settings_from
+
         super().__init__(*args, **kwargs)
         # Counted once before FSDP shards the parameters (afterwards numel() is per shard).
         config = self.model.config
         self._flop_shape = (matmul_params(self.model), config.num_hidden_layers, config.hidden_size)
+        self.contrastive = settings_from(contrastive)
+
+    def forward(self, batch):
+        outputs = super().forward(batch)
+        if self.contrastive is None or not self.training:
+            return outputs
+        from llm4trx.lm.contrastive import view_loss
+
+        # Inside forward, so the extra pass runs within the DDP/FSDP-wrapped module like the main one.
+        outputs["contrastive_loss"] = view_loss(self.model, batch["input_ids"], row_lengths(batch), self.contrastive)
+        return outputs
+
+    def loss(self, outputs, batch):
+        ntp = super().loss(outputs, batch)
+        if self.contrastive is None or "contrastive_loss" not in outputs:
+            return ntp
+        part = outputs["contrastive_loss"]
+        return {"total": ntp + self.contrastive.weight * part, "ntp": ntp, "contrastive": part}
 
     def flops_per_batch(self, batch: Mapping) -> int:
         n_params, n_layers, d_model = self._flop_shape
