@@ -127,6 +127,16 @@ class Validate(Group):
     )
 
 
+class Contrastive(Group):
+    """trainer.contrastive (lm/contrastive.py); min_fraction <= max_fraction is checked there."""
+
+    weight: Annotated[float, Field(ge=0)] = Field(None, description="0: off")
+    views: Annotated[int, Field(ge=2)] = Field(None, description="a positive pair needs two")
+    min_fraction: Annotated[float, Field(gt=0, le=1)] = None
+    max_fraction: Annotated[float, Field(gt=0, le=1)] = None
+    temperature: Annotated[float, Field(gt=0)] = None
+
+
 class Trainer(Group):
     backend: Literal["foundry", "hf"] = None
     device: Literal["cpu", "gpu"] = None
@@ -134,6 +144,7 @@ class Trainer(Group):
     bucket_window: Annotated[int, Field(strict=True, ge=1)] = Field(
         None, description="batches sorted by length together"
     )
+    contrastive: Contrastive = None
 
 
 class Sampling(Group):
