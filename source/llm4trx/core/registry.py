@@ -14,8 +14,6 @@ gets its path with `file(stage, name)` and everyone else calls the owner (tests/
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -122,42 +120,10 @@ def applied_model_identity(cfg: DictConfig) -> dict:
     place under the same path rebuilds embed."""
     if not applies_model(cfg):
         return {}
+    from llm4trx.core.model_identity import model_fingerprint  # here: that module reads SUCCESS from this one
+
     model = Path(str(cfg.embed.model))
     return {"model": model_fingerprint(model) if model.is_dir() else "missing"}
-
-
-# The record export writes beside an HF model: what it was trained on (read and written by data/model_record.py).
-MODEL_RECORD = "llm4trx.json"
-# Files whose sizes and times identify a model directory that no stage of ours wrote.
-MODEL_FILES = (
-    "config.json",
-    "*.safetensors",
-    "pytorch_model*.bin",
-    "*.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    MODEL_RECORD,
-)
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """Identity of a model directory (in the hash of a stage that applies it): its export's config hash where a
-    stage of ours wrote it, else a digest of the names, sizes and modification times of its model and tokenizer
-    files (never their bytes: a 1B model's weights would take seconds to hash on every config check)."""
-    model_dir = Path(model_dir)
-    success = model_dir / SUCCESS.path
-    if success.is_file():
-        try:
-            return "export:" + str(json.loads(success.read_text())["config_hash"])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    entries = []
-    for pattern in MODEL_FILES:
-        for path in sorted(model_dir.glob(pattern)):
-            stat = path.stat()
-            entries.append([path.name, stat.st_size, stat.st_mtime_ns])
-    return "files:" + hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def contrastive_on(cfg: DictConfig) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.errors import ConfigError, DataError
-from llm4trx.core.registry import MODEL_FILES, MODEL_RECORD as RECORD, model_fingerprint as fingerprint  # noqa: F401
+from llm4trx.core.model_identity import MODEL_FILES, MODEL_RECORD as RECORD, model_fingerprint as fingerprint  # noqa: F401
 
 log = logging.getLogger(__name__)
 
