@@ -30,6 +30,7 @@ def main():
         help="task-neutral prefix (words a domain tokenizer does not know become unk)",
     )
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--segments", type=int, nargs="*", default=[2, 4, 8], help="segment-mean variants to add")
     args, overrides = ap.parse_known_args()
     from llm4trx.core.config import compose
     from llm4trx.core.stage import require
@@ -46,8 +47,12 @@ def main():
     n_layers = model.config.num_hidden_layers
     slices = {f"layer {i}" if i else "embedding output": [i, i + 1] for i in range(n_layers + 1)}
     slices[f"all {n_layers + 1} (mean)"] = [0, None]
-    variants = [(f"{p} pooling, {s}", p, sl, "") for s, sl in slices.items() for p in ("mean", "last")]
-    variants += [(f"mean pooling, layer {n_layers}, prefix", "mean", [n_layers, n_layers + 1], args.prefix)]
+    variants = [(f"{p} pooling, {s}", p, sl, "", 1) for s, sl in slices.items() for p in ("mean", "last")]
+    variants += [(f"mean pooling, layer {n_layers}, prefix", "mean", [n_layers, n_layers + 1], args.prefix, 1)]
+    # Means over contiguous parts of the history, concatenated: keeps where in the history a pattern sits.
+    variants += [
+        (f"mean over {k} segments, layer {n_layers}", "mean", [n_layers, n_layers + 1], "", k) for k in args.segments
+    ]
     started = time.time()
     pooled = {}
     for prefix in sorted({v[3] for v in variants}):
@@ -55,7 +60,8 @@ def main():
             tokenizer, texts["text"].tolist(), model.config.max_position_embeddings + len(prefix.split()), prefix
         )
         batches = length_sorted_batches([len(s) for s in seqs], 32)
-        out = {v[0]: np.zeros((len(seqs), model.config.hidden_size), np.float32) for v in variants if v[3] == prefix}
+        width = model.config.hidden_size
+        out = {v[0]: np.zeros((len(seqs), width * v[4]), np.float32) for v in variants if v[3] == prefix}
         with torch.no_grad():
             for batch in batches:
                 longest = max(len(seqs[i]) for i in batch)
@@ -64,9 +70,9 @@ def main():
                 for r, i in enumerate(batch):
                     ids[r, : len(seqs[i])], mask[r, : len(seqs[i])] = torch.tensor(seqs[i]), 1
                 hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
-                for name, p, sl, pre in variants:
+                for name, p, sl, pre, k in variants:
                     if pre == prefix:
-                        out[name][batch] = pool(hs, mask, p, sl).numpy()
+                        out[name][batch] = pool(hs, mask, p, sl, segments=k).numpy()
         pooled.update(out)
     forward_s = time.time() - started
     labels = load_labels(require(cfg, "prepare"), int(cfg.splits.n_folds))

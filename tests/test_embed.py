@@ -65,6 +65,38 @@ def test_pooling_ignores_nan_in_padding():
     assert torch.equal(pool([hidden], mask, "last", [-1, None]), torch.tensor([[3.0, 4.0]]))
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_segment_pooling_is_the_means_of_contiguous_parts_in_order(padding_side):
+    """Each row's real tokens split into equal contiguous parts (the last parts take the remainder), whichever
+    side the padding is on; NaN in padding is ignored; one segment is plain mean pooling."""
+    torch.manual_seed(0)
+    lengths = [8, 5, 3, 2]
+    hidden = torch.randn(4, 8, 3)
+    mask = torch.zeros(4, 8, dtype=torch.long)
+    real = []
+    for row, n in enumerate(lengths):
+        where = slice(0, n) if padding_side == "right" else slice(8 - n, 8)
+        mask[row, where] = 1
+        hidden[row, mask[row] == 0] = float("nan")
+        real.append(hidden[row, where])
+    got = pool([hidden], mask, "mean", [-1, None], segments=2)
+    assert got.shape == (4, 6)
+    bounds = {8: [(0, 4), (4, 8)], 5: [(0, 3), (3, 5)], 3: [(0, 2), (2, 3)], 2: [(0, 1), (1, 2)]}
+    for row, n in enumerate(lengths):
+        want = torch.cat([real[row][a:b].mean(0) for a, b in bounds[n]])
+        torch.testing.assert_close(got[row], want)
+    # Order matters: the same tokens reversed give another vector (one mean could not tell them apart).
+    flipped = pool([hidden.flip(1)], mask.flip(1), "mean", [-1, None], segments=2)
+    assert not torch.allclose(flipped[0], got[0])
+    torch.testing.assert_close(
+        pool([hidden], mask, "mean", [-1, None], segments=1), pool([hidden], mask, "mean", [-1, None])
+    )
+    # Fewer real tokens than segments: the empty parts are zero, not NaN.
+    assert torch.isfinite(pool([hidden], mask, "mean", [-1, None], segments=4)).all()
+    with pytest.raises(ValueError, match="needs mean pooling"):
+        pool([hidden], mask, "last", [-1, None], segments=2)
+
+
 def test_length_sorted_batches_cover_every_index_once():
     lengths = [5, 50, 1, 30, 30, 7, 2]
     batches = embed.length_sorted_batches(lengths, 3)
@@ -104,6 +136,27 @@ def test_embed_single_process_writes_every_client(small_run):
     assert (frame.dtypes.iloc[1:] == np.float32).all() and np.isfinite(frame.iloc[:, 1:].to_numpy()).all()
     counts = read_success(folder)["counts"]
     assert counts["world_size"] == 1 and counts["rows_per_rank"] == [len(text_ids)]
+
+
+def test_segments_widen_the_vectors_and_their_first_part_is_the_history_start(small_run):
+    """embed.segments=2: vectors twice as wide, none reused from the one-mean embed of the same texts; one
+    segment gives the plain mean again."""
+    overrides, _ = small_run
+    plain = pd.read_parquet(embed.run(compose(overrides)) / "embeddings.parquet")
+    cfg = compose([*overrides, "embed.segments=2"])
+    folder = embed.run(cfg)
+    halves = pd.read_parquet(folder / "embeddings.parquet")
+    assert halves.shape == (len(plain), 1 + 2 * 64)
+    assert read_success(folder)["counts"].get("reused", 0) == 0
+    assert halves[cfg.dataset.id_column].tolist() == plain[cfg.dataset.id_column].tolist()
+    first, second = halves.iloc[:, 1:65].to_numpy(), halves.iloc[:, 65:].to_numpy()
+    assert not np.allclose(first, second)
+    # The whole-history mean lies between the two parts' means (a weighted average of them, per dimension).
+    whole = plain.iloc[:, 1:].to_numpy()
+    lo, hi = np.minimum(first, second), np.maximum(first, second)
+    assert ((whole >= lo - 1e-4) & (whole <= hi + 1e-4)).all()
+    with pytest.raises(ConfigError, match="embed.segments=2 needs embed.pooling=mean"):
+        embed.run(compose([*overrides, "embed.segments=2", "embed.pooling=last"]))
 
 
 def test_embed_two_processes_match_single_process(small_run):

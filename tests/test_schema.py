@@ -43,6 +43,7 @@ BAD = [
     (["embed.dtype=fp8"], "embed.dtype", "should be 'float32', 'bfloat16' or 'float16'"),
     (["embed.layer_slice=[-1]"], "embed.layer_slice", "should be a list with at least 2 items, not 1 ([start, stop]"),
     (["embed.batch_size=0"], "embed.batch_size", "should be greater than or equal to 1"),
+    (["embed.segments=0"], "embed.segments", "should be greater than or equal to 1"),
     (["coles.encoder_type=transformer"], "coles.encoder_type", "should be 'gru' or 'lstm'"),
     (["coles.time_features=[month]"], "coles.time_features[0]", "should be 'day_gap', 'hour', 'weekday' or 'day_"),
     (["coles.time_numeric=[hour,month]"], "coles.time_numeric[1]", "should be 'day_gap', 'hour', 'weekday' or 'day_"),

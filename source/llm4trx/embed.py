@@ -53,7 +53,9 @@ NOT_IN_VECTOR_KEY = ("name", "incremental", "batch_size", "model")
 
 
 def check_config(cfg: DictConfig) -> None:
-    # embed.pooling, padding_side, dtype, layer_slice, batch_size: declared in core/schema.py
+    # embed.pooling, padding_side, dtype, layer_slice, batch_size, segments: declared in core/schema.py
+    if int(cfg.embed.get("segments", 1)) > 1 and cfg.embed.pooling != "mean":
+        raise ConfigError(f"embed.segments={cfg.embed.segments} needs embed.pooling=mean, not {cfg.embed.pooling!r}")
     model = applied_model(cfg)
     if model is not None and not (model / "config.json").is_file():
         raise ConfigError(
@@ -134,10 +136,11 @@ def embed_sequences(
     device,
     progress: bool,
     pad_to: int | None = None,
+    segments: int = 1,
 ) -> np.ndarray:
     """Pooled float32 vectors of `sequences`, in the order of `sequences`. Each batch is padded to its
     longest sequence (`pad_to` pads every batch to that length instead: the benchmark's baseline)."""
-    out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
+    out = np.zeros((len(sequences), model.config.hidden_size * segments), dtype=np.float32)
     for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
         longest = pad_to or max(len(sequences[i]) for i in batch)
         ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
@@ -154,7 +157,7 @@ def embed_sequences(
             output_hidden_states=True,
             use_cache=False,
         )
-        out[batch] = pool(result.hidden_states, mask, pooling, layer_slice).cpu().numpy()
+        out[batch] = pool(result.hidden_states, mask, pooling, layer_slice, segments).cpu().numpy()
     return out
 
 
@@ -169,10 +172,12 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
     digests = text_digests(texts["text"])
     key = vector_key(cfg, hf_dir)
     previous = previous_vectors(cfg, key)
+    segments = int(cfg.embed.get("segments", 1))
+    width = model.config.hidden_size * segments
     reused = [
         i
         for i, (cid, digest) in enumerate(zip(ids, digests))
-        if cid in previous and previous[cid][0] == digest and len(previous[cid][1]) == model.config.hidden_size
+        if cid in previous and previous[cid][0] == digest and len(previous[cid][1]) == width
     ]
     todo = sorted(set(range(len(texts))) - set(reused))
 
@@ -195,6 +200,7 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
         cfg.embed.padding_side,
         state.device,
         progress=bool(cfg.progress) and state.is_main_process,
+        segments=segments,
     )
     n_tokens = sum(len(s) for s in sequences)  # real tokens; positions: what the padded batches computed
     positions = sum(len(b) * max(len(sequences[i]) for i in b) for b in batches)
@@ -208,7 +214,7 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
             f"gathered {len(indices)} rows for {len(todo)} clients ({lost} lost, "
             f"{len(indices) - len(np.unique(indices))} duplicated)"
         )
-    matrix = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    matrix = np.empty((len(texts), width), dtype=np.float32)
     if len(indices):
         matrix[indices] = np.concatenate([p[2] for p in parts])
     for i in reused:

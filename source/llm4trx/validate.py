@@ -114,7 +114,7 @@ def build_feature_sets(
     if "coles" in needed:
         path = embeddings_path(require(cfg, "coles"), "coles")
         sets["coles"], sources["coles"] = read_embeddings(path, id_column, "coles"), path
-    splits = read_splits(data, ("client_id", "split"))
+    splits = read_splits(data, ("client_id", "split")) if needed & {"aggregates", "random"} else None
     if "aggregates" in needed:
         sets["aggregates"] = aggregates(cfg, read_events(data, aggregate_columns(cfg)), splits)
         sources["aggregates"] = events_path(data)

@@ -112,6 +112,7 @@ class Embed(Group):
         None, description="[start, stop], null for an open end"
     )
     batch_size: Positive = None
+    segments: Positive = None
 
 
 class Coles(Group):

@@ -89,7 +89,12 @@ def contrastive_section(cfg: DictConfig) -> dict[str, Any] | None:
     values = plain(cfg.trainer.get("contrastive"))
     if not values:
         return None
-    values = {**values, "pooling": cfg.embed.pooling, "layer_slice": list(cfg.embed.layer_slice)}
+    values = {
+        **values,
+        "pooling": cfg.embed.pooling,
+        "layer_slice": list(cfg.embed.layer_slice),
+        "segments": int(cfg.embed.get("segments", 1)),
+    }
     if settings_from(values) is None:
         return None
     return values

@@ -31,6 +31,23 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return summed / mask.sum(1).clamp(min=1)
 
 
+def segment_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, segments: int) -> torch.Tensor:
+    """Means over `segments` contiguous, equal parts of each sequence's real tokens, concatenated in order
+    (segments * hidden wide). Unlike one mean, the vector keeps where in the history something happened: the
+    order of two blocks, or a burst near the end. A sequence shorter than `segments` leaves parts zero."""
+    mask = attention_mask.bool()
+    rank = mask.long().cumsum(1) - 1  # position among the real tokens, whichever side the padding is on
+    length = mask.sum(1, keepdim=True).clamp(min=1)
+    part = torch.where(mask, rank * segments // length, segments)  # padding goes to an extra, dropped part
+    batch, _, width = hidden.shape
+    sums = hidden.new_zeros(batch, segments + 1, width).scatter_add_(
+        1, part.unsqueeze(-1).expand(-1, -1, width), hidden.masked_fill(~mask.unsqueeze(-1), 0.0)
+    )
+    counts = torch.zeros(batch, segments + 1, device=hidden.device).scatter_add_(1, part, mask.float())
+    means = sums[:, :segments] / counts[:, :segments].clamp(min=1).unsqueeze(-1)
+    return means.reshape(batch, segments * width)
+
+
 def last_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     # Position of the last real token, whichever side the padding is on.
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
@@ -43,8 +60,14 @@ def pool(
     attention_mask: torch.Tensor,
     method: str,
     layer_slice: Sequence[int | None],
+    segments: int = 1,
 ) -> torch.Tensor:
+    """One vector per sequence; `segments` > 1 (mean only): the means of that many contiguous parts, concatenated."""
     hidden = average_layers(hidden_states, layer_slice)
+    if segments > 1:
+        if method != "mean":
+            raise ValueError(f"segments={segments} needs mean pooling, not {method!r}")
+        return segment_mean_pool(hidden, attention_mask, segments)
     if method == "mean":
         return mean_pool(hidden, attention_mask)
     if method == "last":
