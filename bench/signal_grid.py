@@ -21,6 +21,9 @@ Everything after `--` is handed to every stage as Hydra overrides (sizes, levers
 `<out>/<mode>/<schema>_<kind>/` (its own paths.output_root), so a rerun skips the stages already finished;
 the table is also written to `<out>/<mode>/grid-<label>.json`. Variants of the same cell (a lever, `--label`)
 share its folder and reuse the stages they do not change (prepare, coles); run them one after the other.
+Each variant's per-client predictions are kept as `<cell>/predictions-<label>.parquet`; `--against LABEL`
+prints, under each cell's line, this variant's llm and llm+aggregates minus that earlier variant's on val,
+with the paired bootstrap 95 % interval over clients and its verdict (the report's gaps).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -111,7 +115,29 @@ def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: lis
         return {**row, "error": f"no validation/results.json under {root}"}
     res = json.loads(results[-1].read_text())
     metric = res["metrics"][0]  # the dataset's headline metric
+    # Variants of a cell overwrite its validation/: keep this one's per-client predictions for --against.
+    kept = root / f"predictions-{label}.parquet"
+    shutil.copyfile(results[-1].parent / "predictions.parquet", kept)
     return {**row, "metric": metric, **{c: val_of(res["feature_sets"].get(c), metric) for c in COLUMNS}}
+
+
+def gaps_against(root: Path, label: str, reference: str, metric: str) -> str:
+    """This variant's llm and llm+aggregates minus the reference variant's, on val (out-of-fold), with the
+    paired bootstrap 95 % interval over clients (evaluation.bootstrap, as the report's gaps)."""
+    import pandas as pd
+
+    from llm4trx.evaluation.bootstrap import aligned, paired_gap, resample_counts
+
+    frames = {v: pd.read_parquet(root / f"predictions-{v}.parquet") for v in (label, reference)}
+    parts = []
+    for name in ("llm", "llm+aggregates"):
+        ids, y, mine = aligned({0: frames[label]}, name, "val", None)
+        _, _, theirs = aligned({0: frames[reference]}, name, "val", ids)
+        if not mine or not theirs:
+            continue
+        gap = paired_gap(metric, y, [mine[0]], [theirs[0]], resample_counts(len(ids), 2000, 0))
+        parts.append(f"{name} {gap.gap:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}] {gap.verdict}")
+    return f"  vs {reference} (val, paired bootstrap 95 %): " + "; ".join(parts)
 
 
 def fmt(v) -> str:
@@ -139,6 +165,7 @@ def main():
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--out", type=Path, default=Path("/tmp/signal-grid"))
     ap.add_argument("--label", default="preset", help="names this variant's table: <out>/<mode>/grid-<label>.json")
+    ap.add_argument("--against", help="a label run before on the same cells: print each cell's paired val gap to it")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every stage (after --)")
     args = ap.parse_args()
     cells = parse_cells(args.cells)
@@ -158,6 +185,8 @@ def main():
         row = run_cell(schema, kind, args.mode, args.seed, args.out, args.overrides, args.label)
         rows.append(row)
         print(line(row), flush=True)
+        if args.against and "error" not in row:
+            print(gaps_against(args.out / args.mode / f"{schema}_{kind}", args.label, args.against, row["metric"]))
         (args.out / args.mode).mkdir(parents=True, exist_ok=True)
         (args.out / args.mode / f"grid-{args.label}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("llm place: (llm - random) / (oracle - random), both references measured in the same cell")

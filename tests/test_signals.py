@@ -4,6 +4,7 @@ on they are planted in every schema, seen by a hand-made feature of their kind a
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pandas as pd
@@ -169,3 +170,34 @@ def test_the_grid_cells_plant_their_signal_alone_or_on_top_of_the_defaults(tmp_p
     assert grid.parse_cells("gender:*,rosbank:regime") == [("gender", k) for k in grid.KINDS] + [("rosbank", "regime")]
     with pytest.raises(SystemExit, match="--cells 'rosbank:trend'"):
         grid.parse_cells("rosbank:trend")
+
+
+def test_grid_gap_against_an_earlier_variant_is_paired_over_the_same_clients(tmp_path):
+    """bench/signal_grid.py --against: a variant that ranks every val client right is `better` than one that
+    guesses, and the same predictions against themselves give a gap of exactly 0."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    from llm4trx.data.predictions import prediction_rows, write_predictions
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "signal_grid.py"
+    spec = importlib.util.spec_from_file_location("signal_grid", path)
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    ids = [f"c{i}" for i in range(300)]
+    folds = np.arange(300) % 5
+
+    def frame(p1):
+        proba = np.c_[1 - p1, p1]
+        return prediction_rows("llm", ["0", "1"], ids, y, folds, proba, ids[:2], y[:2], proba[:2])
+
+    write_predictions([frame(0.1 + 0.8 * y)], tmp_path / "predictions-good.parquet")
+    write_predictions([frame(rng.random(300))], tmp_path / "predictions-guess.parquet")
+    line = grid.gaps_against(tmp_path, "good", "guess", "auroc")
+    assert re.search(r"llm \+0\.\d+ \[\+0\.\d+, \+0\.\d+\] better", line), line
+    same = grid.gaps_against(tmp_path, "good", "good", "auroc")
+    assert "llm +0.000 [+0.000, +0.000] not distinguishable" in same, same
