@@ -160,13 +160,7 @@ def test_train_config_carries_the_term_only_when_on(tmp_path):
     tok = {"vocab_size": 100, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
     assert "contrastive" not in model_section(smoke_cfg(tmp_path), tok, tmp_path)
     section = model_section(smoke_cfg(tmp_path, "trainer.contrastive.weight=2", "embed.pooling=last"), tok, tmp_path)
-    assert section["contrastive"] == {
-        **SETTINGS,
-        "weight": 2,
-        "pooling": "last",
-        "layer_slice": [-1, None],
-        "segments": 1,
-    }
+    assert section["contrastive"] == {**SETTINGS, "weight": 2, "pooling": "last", "layer_slice": [-1, None]}
     with pytest.raises(ConfigError, match="trainer.contrastive.views"):
         model_section(smoke_cfg(tmp_path, "trainer.contrastive.weight=1", "trainer.contrastive.views=1"), tok, tmp_path)
 

@@ -66,9 +66,10 @@ def test_pooling_ignores_nan_in_padding():
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_segment_pooling_is_the_means_of_contiguous_parts_in_order(padding_side):
-    """Each row's real tokens split into equal contiguous parts (the last parts take the remainder), whichever
-    side the padding is on; NaN in padding is ignored; one segment is plain mean pooling."""
+def test_segment_pooling_pools_contiguous_parts_in_order(padding_side):
+    """Each row's real tokens split into equal contiguous parts (the later parts take the remainder), whichever
+    side the padding is on, each part pooled (mean, or its last token); NaN in padding is ignored; one segment
+    is plain pooling."""
     torch.manual_seed(0)
     lengths = [8, 5, 3, 2]
     hidden = torch.randn(4, 8, 3)
@@ -93,8 +94,11 @@ def test_segment_pooling_is_the_means_of_contiguous_parts_in_order(padding_side)
     )
     # Fewer real tokens than segments: the empty parts are zero, not NaN.
     assert torch.isfinite(pool([hidden], mask, "mean", [-1, None], segments=4)).all()
-    with pytest.raises(ValueError, match="needs mean pooling"):
-        pool([hidden], mask, "last", [-1, None], segments=2)
+    # last pooling per part: the last real token of each part.
+    lasts = pool([hidden], mask, "last", [-1, None], segments=2)
+    for row, n in enumerate(lengths):
+        torch.testing.assert_close(lasts[row], torch.cat([real[row][b - 1] for _, b in bounds[n]]))
+    assert torch.isfinite(pool([hidden], mask, "last", [-1, None], segments=4)).all()
 
 
 def test_length_sorted_batches_cover_every_index_once():
@@ -130,7 +134,7 @@ def test_embed_single_process_writes_every_client(small_run):
         ]
     )["client_id"]
     assert list(frame.columns[:3]) == [cfg.dataset.id_column, "emb_0000", "emb_0001"]
-    assert frame.shape == (len(text_ids), 1 + 64)
+    assert frame.shape == (len(text_ids), 1 + cfg.embed.segments * 64)  # one 64-wide mean per segment
     assert pd.api.types.is_string_dtype(frame[cfg.dataset.id_column])
     assert sorted(frame[cfg.dataset.id_column]) == sorted(text_ids)
     assert (frame.dtypes.iloc[1:] == np.float32).all() and np.isfinite(frame.iloc[:, 1:].to_numpy()).all()
@@ -139,10 +143,10 @@ def test_embed_single_process_writes_every_client(small_run):
 
 
 def test_segments_widen_the_vectors_and_their_first_part_is_the_history_start(small_run):
-    """embed.segments=2: vectors twice as wide, none reused from the one-mean embed of the same texts; one
-    segment gives the plain mean again."""
+    """embed.segments=2: vectors twice as wide, none reused from the one-mean embed (embed.segments=1) of the
+    same texts, and the one mean is a weighted average of the two parts' means."""
     overrides, _ = small_run
-    plain = pd.read_parquet(embed.run(compose(overrides)) / "embeddings.parquet")
+    plain = pd.read_parquet(embed.run(compose([*overrides, "embed.segments=1"])) / "embeddings.parquet")
     cfg = compose([*overrides, "embed.segments=2"])
     folder = embed.run(cfg)
     halves = pd.read_parquet(folder / "embeddings.parquet")
@@ -155,8 +159,6 @@ def test_segments_widen_the_vectors_and_their_first_part_is_the_history_start(sm
     whole = plain.iloc[:, 1:].to_numpy()
     lo, hi = np.minimum(first, second), np.maximum(first, second)
     assert ((whole >= lo - 1e-4) & (whole <= hi + 1e-4)).all()
-    with pytest.raises(ConfigError, match="embed.segments=2 needs embed.pooling=mean"):
-        embed.run(compose([*overrides, "embed.segments=2", "embed.pooling=last"]))
 
 
 def test_embed_two_processes_match_single_process(small_run):

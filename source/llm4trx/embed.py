@@ -54,8 +54,6 @@ NOT_IN_VECTOR_KEY = ("name", "incremental", "batch_size", "model")
 
 def check_config(cfg: DictConfig) -> None:
     # embed.pooling, padding_side, dtype, layer_slice, batch_size, segments: declared in core/schema.py
-    if int(cfg.embed.get("segments", 1)) > 1 and cfg.embed.pooling != "mean":
-        raise ConfigError(f"embed.segments={cfg.embed.segments} needs embed.pooling=mean, not {cfg.embed.pooling!r}")
     model = applied_model(cfg)
     if model is not None and not (model / "config.json").is_file():
         raise ConfigError(

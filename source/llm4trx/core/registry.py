@@ -282,9 +282,7 @@ STAGES: dict[str, Stage] = {
                 "trainer.save_num_checkpoints_to_keep",
             ),
             # The contrastive term pools its views as embed pools: those keys then change the trained model.
-            extra_sections=lambda cfg: (
-                ["embed.pooling", "embed.layer_slice", "embed.segments"] if contrastive_on(cfg) else []
-            ),
+            extra_sections=lambda cfg: ["embed.pooling", "embed.layer_slice"] if contrastive_on(cfg) else [],
             when=own_model,
             summary="next-token pretraining (llm-foundry + Composer)",
             writes=(

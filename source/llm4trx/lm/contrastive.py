@@ -5,10 +5,11 @@ llm-foundry's text collator) gives `views` random contiguous crops of its real t
 uniformly between `min_fraction` and `max_fraction` of the row's real length and placed uniformly inside it.
 Crops are cut at token level (a crop may begin or end inside a transaction; the field format's ~3 tokens per
 transaction make that a small edge). Each crop runs through the model's backbone as a sequence of its own
-(positions from 0, right padded, attention-masked), is pooled exactly as `embed` pools (lm/pooling.py:
-`embed.pooling` over the `embed.layer_slice` layers, in `embed.segments` parts), L2-normalised, and ptls's
-`SoftmaxLoss` (InfoNCE: each pair of views of a client against the views of every other client in the
-microbatch, divided by `temperature`) is the loss. Negatives are in-batch per rank and per microbatch; nothing is gathered across ranks.
+(positions from 0, right padded, attention-masked), is pooled as `embed` pools (lm/pooling.py:
+`embed.pooling` over the `embed.layer_slice` layers; one vector per view, not `embed.segments` parts, as crops
+start at random offsets and their parts would not align), L2-normalised, and ptls's `SoftmaxLoss` (InfoNCE:
+each pair of views of a client against the views of every other client in the microbatch, divided by
+`temperature`) is the loss. Negatives are in-batch per rank and per microbatch; nothing is gathered across ranks.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class ContrastiveSettings:
     temperature: float
     pooling: str
     layer_slice: tuple
-    segments: int = 1
 
 
 def _number(values: Mapping[str, Any], name: str, kind=float):
@@ -71,10 +71,7 @@ def settings_from(values: Optional[Mapping[str, Any]]) -> Optional[ContrastiveSe
     layer_slice = tuple(values.get("layer_slice", (-1, None)))
     if len(layer_slice) != 2:
         raise ConfigError(f"embed.layer_slice={list(layer_slice)} (pooled by {KEY}); want [start, stop]")
-    segments = int(values.get("segments", 1))
-    if segments > 1 and pooling != "mean":
-        raise ConfigError(f"embed.segments={segments} (pooled by {KEY}) needs embed.pooling=mean, not {pooling!r}")
-    return ContrastiveSettings(weight, views, lo, hi, temperature, pooling, layer_slice, segments)
+    return ContrastiveSettings(weight, views, lo, hi, temperature, pooling, layer_slice)
 
 
 def crop_views(
@@ -115,4 +112,4 @@ def view_loss(model, input_ids: torch.Tensor, lengths: torch.Tensor, s: Contrast
     ids, mask, owner = crop_views(input_ids, lengths, s)
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model
     out = backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-    return info_nce(pool(out.hidden_states, mask, s.pooling, s.layer_slice, s.segments), owner, s.temperature)
+    return info_nce(pool(out.hidden_states, mask, s.pooling, s.layer_slice), owner, s.temperature)

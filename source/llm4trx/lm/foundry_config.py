@@ -89,12 +89,8 @@ def contrastive_section(cfg: DictConfig) -> dict[str, Any] | None:
     values = plain(cfg.trainer.get("contrastive"))
     if not values:
         return None
-    values = {
-        **values,
-        "pooling": cfg.embed.pooling,
-        "layer_slice": list(cfg.embed.layer_slice),
-        "segments": int(cfg.embed.get("segments", 1)),
-    }
+    # One vector per view, not embed.segments parts: crops start at random offsets, so their parts do not align.
+    values = {**values, "pooling": cfg.embed.pooling, "layer_slice": list(cfg.embed.layer_slice)}
     if settings_from(values) is None:
         return None
     return values

@@ -31,14 +31,21 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return summed / mask.sum(1).clamp(min=1)
 
 
+def segment_parts(attention_mask: torch.Tensor, segments: int) -> torch.Tensor:
+    """Each position's part: 0..segments-1 for the real tokens in order (equal contiguous parts, the later
+    parts taking the remainder), `segments` for padding, whichever side the padding is on."""
+    mask = attention_mask.bool()
+    rank = mask.long().cumsum(1) - 1  # position among the real tokens
+    length = mask.sum(1, keepdim=True).clamp(min=1)
+    return torch.where(mask, rank * segments // length, segments)
+
+
 def segment_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, segments: int) -> torch.Tensor:
     """Means over `segments` contiguous, equal parts of each sequence's real tokens, concatenated in order
     (segments * hidden wide). Unlike one mean, the vector keeps where in the history something happened: the
     order of two blocks, or a burst near the end. A sequence shorter than `segments` leaves parts zero."""
     mask = attention_mask.bool()
-    rank = mask.long().cumsum(1) - 1  # position among the real tokens, whichever side the padding is on
-    length = mask.sum(1, keepdim=True).clamp(min=1)
-    part = torch.where(mask, rank * segments // length, segments)  # padding goes to an extra, dropped part
+    part = segment_parts(attention_mask, segments)  # padding goes to an extra, dropped part
     batch, _, width = hidden.shape
     sums = hidden.new_zeros(batch, segments + 1, width).scatter_add_(
         1, part.unsqueeze(-1).expand(-1, -1, width), hidden.masked_fill(~mask.unsqueeze(-1), 0.0)
@@ -46,6 +53,17 @@ def segment_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, segmen
     counts = torch.zeros(batch, segments + 1, device=hidden.device).scatter_add_(1, part, mask.float())
     means = sums[:, :segments] / counts[:, :segments].clamp(min=1).unsqueeze(-1)
     return means.reshape(batch, segments * width)
+
+
+def segment_last_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, segments: int) -> torch.Tensor:
+    """The last real token of each of `segments` contiguous parts, concatenated in order; empty parts zero."""
+    part = segment_parts(attention_mask, segments)
+    batch, length, width = hidden.shape
+    positions = torch.arange(length, device=hidden.device).expand(batch, -1)
+    last = torch.full((batch, segments + 1), -1, dtype=torch.long, device=hidden.device)
+    last = last.scatter_reduce(1, part, positions, reduce="amax")[:, :segments]
+    picked = hidden.gather(1, last.clamp(min=0).unsqueeze(-1).expand(-1, -1, width))
+    return picked.masked_fill((last < 0).unsqueeze(-1), 0.0).reshape(batch, segments * width)
 
 
 def last_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -62,12 +80,13 @@ def pool(
     layer_slice: Sequence[int | None],
     segments: int = 1,
 ) -> torch.Tensor:
-    """One vector per sequence; `segments` > 1 (mean only): the means of that many contiguous parts, concatenated."""
+    """One vector per sequence; `segments` > 1: each of that many contiguous parts of the real tokens pooled by
+    `method`, concatenated in order (segments * hidden wide)."""
     hidden = average_layers(hidden_states, layer_slice)
-    if segments > 1:
-        if method != "mean":
-            raise ValueError(f"segments={segments} needs mean pooling, not {method!r}")
+    if segments > 1 and method == "mean":
         return segment_mean_pool(hidden, attention_mask, segments)
+    if segments > 1 and method == "last":
+        return segment_last_pool(hidden, attention_mask, segments)
     if method == "mean":
         return mean_pool(hidden, attention_mask)
     if method == "last":
