@@ -21,6 +21,8 @@ Everything after `--` is handed to every stage as Hydra overrides (sizes, levers
 `<out>/<mode>/<schema>_<kind>/` (its own paths.output_root), so a rerun skips the stages already finished;
 the table is also written to `<out>/<mode>/grid-<label>.json`. Variants of the same cell (a lever, `--label`)
 share its folder and reuse the stages they do not change (prepare, coles); run them one after the other.
+Under each cell's line: llm − coles, llm − aggregates and llm+aggregates − aggregates on val with the paired
+bootstrap 95 % interval over clients and its verdict (also in the json, `gaps`).
 Each variant's per-client predictions are kept as `<cell>/predictions-<label>.parquet`; `--against LABEL`
 prints, under each cell's line, this variant's llm and llm+aggregates minus that earlier variant's on val,
 with the paired bootstrap 95 % interval over clients and its verdict (the report's gaps).
@@ -140,6 +142,31 @@ def gaps_against(root: Path, label: str, reference: str, metric: str) -> str:
     return f"  vs {reference} (val, paired bootstrap 95 %): " + "; ".join(parts)
 
 
+# The issue's gaps within one variant: llm against each baseline, and what the llm adds to the aggregates.
+WITHIN = (("llm", "coles"), ("llm", "aggregates"), ("llm+aggregates", "aggregates"))
+
+
+def gaps_within(root: Path, label: str, metric: str) -> tuple[str, dict]:
+    """This variant's llm − coles, llm − aggregates and llm+aggregates − aggregates on val (out-of-fold), with
+    the paired bootstrap 95 % interval over clients (the same resamples for both sets, as the report's gaps)."""
+    import pandas as pd
+
+    from llm4trx.evaluation.bootstrap import aligned, paired_gap, resample_counts
+
+    frame = {0: pd.read_parquet(root / f"predictions-{label}.parquet")}
+    parts, found = [], {}
+    for mine, theirs in WITHIN:
+        ids, y, a = aligned(frame, mine, "val", None)
+        _, _, b = aligned(frame, theirs, "val", ids)
+        if not a or not b:
+            continue
+        gap = paired_gap(metric, y, [a[0]], [b[0]], resample_counts(len(ids), 2000, 0))
+        key = f"{mine} - {theirs}"
+        found[key] = {"gap": gap.gap, "low": gap.low, "high": gap.high, "verdict": gap.verdict}
+        parts.append(f"{key} {gap.gap:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}] {gap.verdict}")
+    return "  gaps (val, paired bootstrap 95 %): " + "; ".join(parts), found
+
+
 def fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else "  -  "
 
@@ -185,6 +212,9 @@ def main():
         row = run_cell(schema, kind, args.mode, args.seed, args.out, args.overrides, args.label)
         rows.append(row)
         print(line(row), flush=True)
+        if "error" not in row:
+            text, row["gaps"] = gaps_within(args.out / args.mode / f"{schema}_{kind}", args.label, row["metric"])
+            print(text, flush=True)
         if args.against and "error" not in row:
             print(gaps_against(args.out / args.mode / f"{schema}_{kind}", args.label, args.against, row["metric"]))
         (args.out / args.mode).mkdir(parents=True, exist_ok=True)

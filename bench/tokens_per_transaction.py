@@ -29,7 +29,7 @@ def main():
     from llm4trx.render.columns import RenderContext
     from llm4trx.render.formats import FORMATS, render
     from llm4trx.render.tokencount import get_counter
-    from llm4trx.tokenizer import train_domain_bpe, train_fields
+    from llm4trx.tokenizer import train_domain_tokenizer
 
     out = tempfile.mkdtemp(prefix="llm4trx-tpt-")
     cfg = compose(
@@ -45,9 +45,9 @@ def main():
     events["client_id"] = events["client_id"].astype(str)
     ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
     texts = {name: render(events, name, ctx).tolist() for name in FORMATS}
-    special = dict(bos="<|bos|>", eos="<|endoftext|>", pad="<|pad|>")
-    bpe = train_domain_bpe(iter(texts["flat"]), 4096, 2, special["bos"], special["eos"], special["pad"])
-    words = train_fields(iter(texts["fields"]), 4096, 2, special["bos"], special["eos"], special["pad"], "<|unk|>")
+    special = dict(bos_token="<|bos|>", eos_token="<|endoftext|>", pad_token="<|pad|>", unk_token="<|unk|>")
+    bpe = train_domain_tokenizer("domain_bpe", iter(texts["flat"]), 4096, 2, special)
+    words = train_domain_tokenizer("fields", iter(texts["fields"]), 4096, 2, special)
     qwen = get_counter("qwen")
     n = len(events)
 

@@ -244,10 +244,16 @@ def test_label_words_that_collide_or_are_empty(inputs, tmp_path):
 def test_label_words_unknown_to_the_field_tokenizer_are_scored_by_spare_vocabulary_tokens():
     """tokenizer=fields (smoke's) has one id per transaction word and no "no"/"yes": each unknown label word gets
     a distinct token of the vocabulary, the last ids (its rarest words), never unk or another special token."""
-    from llm4trx.tokenizer import train_fields
+    from llm4trx.tokenizer import train_domain_tokenizer
 
     texts = ["d0@14 m5411 a12 d1@09 m6011 a20", "d0@14 m5411 a13 d2@20 m5812 a12", "d0@09 m5411 a12"]
-    tok = train_fields(iter(texts), 100, 1, "<|bos|>", "<|endoftext|>", "<|pad|>", "<|unk|>")
+    tok = train_domain_tokenizer(
+        "fields",
+        iter(texts),
+        100,
+        1,
+        {"bos_token": "<|bos|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"},
+    )
     assert tok("yes", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
     ids = clf.label_token_ids(tok, ["no", "yes"], " ")
     last = sorted(tok.get_vocab().values(), reverse=True)

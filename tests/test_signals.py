@@ -201,3 +201,35 @@ def test_grid_gap_against_an_earlier_variant_is_paired_over_the_same_clients(tmp
     assert re.search(r"llm \+0\.\d+ \[\+0\.\d+, \+0\.\d+\] better", line), line
     same = grid.gaps_against(tmp_path, "good", "good", "auroc")
     assert "llm +0.000 [+0.000, +0.000] not distinguishable" in same, same
+
+
+def test_grid_gaps_within_a_variant_compare_the_llm_with_each_baseline(tmp_path):
+    """bench/signal_grid.py's per-cell gaps: an llm that ranks every val client right is `better` than a coles
+    that guesses; llm against aggregates equal to it gives exactly 0; a missing set is left out."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    from llm4trx.data.predictions import prediction_rows, write_predictions
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "signal_grid.py"
+    spec = importlib.util.spec_from_file_location("signal_grid", path)
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    ids = [f"c{i}" for i in range(300)]
+    folds = np.arange(300) % 5
+
+    def frame(name, p1):
+        proba = np.c_[1 - p1, p1]
+        return prediction_rows(name, ["0", "1"], ids, y, folds, proba, ids[:2], y[:2], proba[:2])
+
+    good = 0.1 + 0.8 * y
+    sets = [frame("llm", good), frame("coles", rng.random(300)), frame("aggregates", good)]
+    write_predictions(sets, tmp_path / "predictions-preset.parquet")
+    text, gaps = grid.gaps_within(tmp_path, "preset", "auroc")
+    assert gaps["llm - coles"]["verdict"] == "better" and gaps["llm - coles"]["low"] > 0, text
+    assert gaps["llm - aggregates"] == {"gap": 0.0, "low": 0.0, "high": 0.0, "verdict": "not distinguishable"}
+    assert "llm+aggregates - aggregates" not in gaps and "llm - coles +0." in text

@@ -35,63 +35,47 @@ def iter_texts(path: Path) -> Iterator[str]:
                 yield json.loads(line)["text"]
 
 
-def train_domain_bpe(
+def train_domain_tokenizer(
+    kind: str,
     texts: Iterator[str],
     vocab_size: int,
     min_frequency: int,
-    bos: str,
-    eos: str,
-    pad: str,
+    special: dict[str, str],
     progress: bool = False,
     length: int | None = None,
 ):
+    """A fast tokenizer trained on `texts`: `domain_bpe` (byte-level BPE) or `fields` (one id per
+    whitespace-separated word, `unk_token` for the rest). `special`: bos_token, eos_token, pad_token (and
+    unk_token for fields); the special tokens take the first ids, pad first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=[pad, bos, eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=progress,
-    )
+    ids_first = [special["pad_token"], special["bos_token"], special["eos_token"]]
+    if kind == "fields":
+        tok = Tokenizer(models.WordLevel(unk_token=special["unk_token"]))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[*ids_first, special["unk_token"]],
+            show_progress=progress,
+        )
+    elif kind == "domain_bpe":
+        special = {k: v for k, v in special.items() if k != "unk_token"}
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=ids_first,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=progress,
+        )
+    else:
+        raise ConfigError(f"tokenizer.kind={kind!r} is not trained here (domain_bpe or fields)")
     tok.train_from_iterator(texts, trainer=trainer, length=length)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, clean_up_tokenization_spaces=False
-    )
-
-
-def train_fields(
-    texts: Iterator[str],
-    vocab_size: int,
-    min_frequency: int,
-    bos: str,
-    eos: str,
-    pad: str,
-    unk: str,
-    progress: bool = False,
-    length: int | None = None,
-):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[pad, bos, eos, unk], show_progress=progress
-    )
-    tok.train_from_iterator(texts, trainer=trainer, length=length)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=pad,
-        unk_token=unk,
-        clean_up_tokenization_spaces=False,
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **special)
 
 
 def load_pretrained(path: str):
@@ -135,29 +119,16 @@ def run(cfg: DictConfig) -> Path:
             n = sum(1 for _ in open(train_path, encoding="utf-8"))
             if n == 0:
                 raise ConfigError(f"{train_path} is empty: nothing to train the domain tokenizer on")
-            if tc.kind == "fields":
-                tok = train_fields(
-                    iter_texts(train_path),
-                    int(tc.vocab_size),
-                    int(tc.min_frequency),
-                    tc.bos_token,
-                    tc.eos_token,
-                    tc.pad_token,
-                    tc.unk_token,
-                    bool(cfg.get("progress")),
-                    n,
-                )
-            else:
-                tok = train_domain_bpe(
-                    iter_texts(train_path),
-                    int(tc.vocab_size),
-                    int(tc.min_frequency),
-                    tc.bos_token,
-                    tc.eos_token,
-                    tc.pad_token,
-                    bool(cfg.get("progress")),
-                    n,
-                )
+            special = {k: tc[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if k in tc}
+            tok = train_domain_tokenizer(
+                tc.kind,
+                iter_texts(train_path),
+                int(tc.vocab_size),
+                int(tc.min_frequency),
+                special,
+                bool(cfg.get("progress")),
+                n,
+            )
             repairs, trained_on = [], n
         else:
             tok, repairs = load_pretrained(str(tc.path))
