@@ -31,11 +31,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 from llm4trx import prepare, shards, text, tokenizer
 from llm4trx.core.config import compose
+from llm4trx.data.chunks import to_frame
 from llm4trx.render.columns import RenderContext, mcc_label_map
 from llm4trx.render.formats import FORMATS, render
 from llm4trx.core.stage import stage_dir
@@ -215,10 +217,13 @@ def main() -> None:
         return
 
     # rendering against the per-row reference (same text)
-    events = pd.read_parquet(stage_dir(cfg, "prepare") / "events.parquet")
+    # The vectorised render gets the frame the text stage renders (data.chunks.to_frame: Arrow strings), the
+    # per-row reference plain pandas objects (its fastest input; itertuples over Arrow columns is slower).
+    events_path = stage_dir(cfg, "prepare") / "events.parquet"
+    events = pd.read_parquet(events_path)
     events["client_id"] = events["client_id"].astype(str)
     ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
-    vec, t_vec, c_vec = timed(render, events, "flat", ctx)
+    vec, t_vec, c_vec = timed(render, to_frame(pq.read_table(events_path)), "flat", ctx)
     cut = events["client_id"].iloc[min(args.reference_events, len(events)) - 1]
     subset = events[events["client_id"] < cut]
     ref, t_ref, c_ref = timed(per_row_flat, subset, ctx)
