@@ -1,6 +1,7 @@
 """Padding in CPU pretraining through the real path (llm-foundry + Composer, `python -m llm4trx.pretrain`):
 batches of random clients (trainer.length_bucketing=false, the path before bucketing) against length-bucketed
-batches (true, windows of trainer.bucket_window batches), measured in one run on the same shards.
+batches (true, windows of trainer.bucket_window batches) and packed batches (trainer.packing=true: the same
+batches, clients laid end to end in rows, lm/packing.py), measured in one run on the same shards.
 
 Builds the smoke preset's shared stages (prepare, text, tokenizer, shards) for `--clients` synthetic clients
 (the default generator: 20..200 transactions per client, text=fields), then trains the smoke model for
@@ -22,6 +23,7 @@ from pathlib import Path
 from llm4trx import prepare, pretrain, shards, text, tokenizer
 from llm4trx.core.config import compose
 from llm4trx.core.stage import read_success
+from llm4trx.data.curves import last_losses
 
 
 def main() -> None:
@@ -55,21 +57,29 @@ def main() -> None:
         f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    variants = {"reference: random batches": ["trainer.length_bucketing=false"]}
+    variants = {"reference: random batches": ["trainer.length_bucketing=false", "trainer.packing=false"]}
+    variants["packed (same batches)"] = ["trainer.length_bucketing=false", "trainer.packing=true"]
     for w in args.windows.split(","):
-        variants[f"bucketed, window {w} batches"] = ["trainer.length_bucketing=true", f"trainer.bucket_window={w}"]
+        variants[f"bucketed, window {w} batches"] = [
+            "trainer.length_bucketing=true",
+            f"trainer.bucket_window={w}",
+            "trainer.packing=false",
+        ]
     best: dict[str, dict] = {}
     for _ in range(args.repeats):
         for name, extra in variants.items():
-            done = read_success(pretrain.run(compose([*base, *extra, "force=true"])))["counts"]
+            folder = pretrain.run(compose([*base, *extra, "force=true"]))
+            done = {**read_success(folder)["counts"], "train_loss": last_losses(folder).get("train")}
             if name not in best or done["real_tokens_per_s"] > best[name]["real_tokens_per_s"]:
                 best[name] = done
     ref = best["reference: random batches"]["real_tokens_per_s"]
-    print(f"\n{'variant':34s} {'real tokens/s':>14s} {'padded share':>13s} {'real tokens':>12s} {'ratio':>7s}")
+    print(
+        f"\n{'variant':34s} {'real tokens/s':>14s} {'padded share':>13s} {'real tokens':>12s} {'last train loss':>16s} {'ratio':>7s}"
+    )
     for name, done in best.items():
         print(
             f"{name:34s} {done['real_tokens_per_s']:14,.0f} {done['padded_share']:13.1%} "
-            f"{done['tokens_seen']:12,d} {done['real_tokens_per_s'] / ref:6.2f}x"
+            f"{done['tokens_seen']:12,d} {done['train_loss']:16.4f} {done['real_tokens_per_s'] / ref:6.2f}x"
         )
     print(f"(best of {args.repeats}; ratio: real tokens/s against the reference, same run; goal: padded share <= 10 %)")
 

@@ -152,7 +152,7 @@ def check_model(cfg: DictConfig, tok: dict[str, Any]) -> None:
 
 def check_inputs(cfg: DictConfig) -> dict[str, Any]:
     """Everything that can be wrong with inputs or config, raised before any output is written."""
-    from llm4trx.lm.foundry_config import contrastive_section, is_hf_model, tokenizer_info
+    from llm4trx.lm.foundry_config import contrastive_section, is_hf_model, packing, tokenizer_info
 
     tokenizer_dir, mds_dir = require(cfg, "tokenizer"), require(cfg, "shards")
     check_runtime(cfg)
@@ -172,6 +172,7 @@ def check_inputs(cfg: DictConfig) -> dict[str, Any]:
             f"trainer.contrastive.weight={contrastive['weight']}: the contrastive term runs on the foundry backend "
             f"with a Hugging Face model (here trainer.backend={cfg.trainer.backend}, model={cfg.model.name})"
         )
+    packing(cfg)  # checks the model and its attention for packed rows (one line)
     return {"tokenizer_dir": tokenizer_dir, "mds_dir": mds_dir, "tok": tok, "samples": counts}
 
 
@@ -278,6 +279,7 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
         "train_seconds": round(timestamp.total_wct.total_seconds(), 3),
         "real_tokens_per_s": round(int(timestamp.token) / max(timestamp.total_wct.total_seconds(), 1e-9), 1),
         "length_bucketing": foundry_config.bucket_window(cfg) > 0,
+        "packing": foundry_config.packing(cfg) is not None,
         "resumed_from_step": resumed_from,
     }
     trainer.close()

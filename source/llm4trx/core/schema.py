@@ -145,6 +145,8 @@ class Trainer(Group):
     bucket_window: Annotated[int, Field(strict=True, ge=1)] = Field(
         None, description="batches sorted by length together"
     )
+    packing: bool = Field(None, description="a batch's clients packed into rows (lm/packing.py)")
+    length_bucketing: bool = None
     contrastive: Contrastive = None
 
 

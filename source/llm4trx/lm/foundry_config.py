@@ -132,9 +132,10 @@ def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, A
     No `eos_token_id`/packing here, so llm-foundry's text collator (transformers
     DataCollatorForLanguageModeling, mlm=False) pads each batch only to its longest client sequence and masks
     the pads out of the loss (labels -100); right padding cannot leak into a causal model's real positions.
-    We do not pack several clients into one row: `sequence_id` masking exists only for llm-foundry's MPT, and a
-    Llama/Qwen row would attend across clients. With `trainer.length_bucketing`, batches hold clients of
-    similar length (sorted within windows of `trainer.bucket_window` batches), so little is padded.
+    llm-foundry's own packing (`sequence_id` masking) exists only for its MPT, where a Llama/Qwen row would attend
+    across clients; `trainer.packing` packs a batch's clients with a block-diagonal 4D mask instead
+    (lm/packing.py: the same clients per step, the same targets). With `trainer.length_bucketing`, batches hold
+    clients of similar length (sorted within windows of `trainer.bucket_window` batches), so little is padded.
     """
     workers = int(cfg.trainer.num_workers)
     # Optional `+trainer.data_remote=s3://bucket/prefix` (or gs://, oci://, hf://...): the shards are streamed
@@ -152,12 +153,41 @@ def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, A
         },
         "drop_last": train,
         "bucket_window": bucket_window(cfg),
+        **({"packing": packing(cfg)} if packing(cfg) else {}),
         "num_workers": workers,
         # torch refuses a prefetch_factor without worker processes.
         "prefetch_factor": 2 if workers > 0 else None,
         "persistent_workers": workers > 0,
         "pin_memory": cfg.trainer.device == "gpu",
     }
+
+
+def packing(cfg: DictConfig) -> dict[str, Any] | None:
+    """trainer.packing: the loader's {"width", "mask"} (lm/packing.py), or None (one client per row). Packed rows
+    need a Hugging Face model on the foundry backend whose attention reads a 4D mask (sdpa or eager)."""
+    from llm4trx.lm.packing import MASK_KINDS
+
+    if not cfg.trainer.get("packing"):
+        return None
+    if cfg.trainer.get("backend", "foundry") != "foundry":
+        raise ConfigError(
+            f"trainer.packing=true packs the foundry backend's batches (here trainer.backend={cfg.trainer.backend}); "
+            "set trainer.packing=false"
+        )
+    if not is_hf_model(cfg):
+        raise ConfigError(f"trainer.packing=true needs a Hugging Face model (model={cfg.model.name} is native MPT)")
+    attn = cfg.model.get("attn_implementation") or "sdpa"  # transformers' default where torch has sdpa
+    if attn not in MASK_KINDS:
+        raise ConfigError(
+            f"trainer.packing=true: model.attn_implementation={attn} reads no 4D attention mask; "
+            f"use one of {sorted(MASK_KINDS)} or trainer.packing=false"
+        )
+    if contrastive_section(cfg) is not None:
+        raise ConfigError(
+            "trainer.packing=true with trainer.contrastive.weight > 0: the contrastive term crops one client per row; "
+            "set trainer.packing=false"
+        )
+    return {"width": int(cfg.max_seq_len), "mask": MASK_KINDS[attn]}
 
 
 def bucket_window(cfg: DictConfig) -> int:

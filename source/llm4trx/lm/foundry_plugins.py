@@ -9,7 +9,8 @@
 - `llm4trx_text` (dataloaders): llm-foundry's `text` loader (StreamingTextDataset over our MDS shards, its text
   collator), built under a machine-wide file lock (see `build_text_dataloader_locked`), optionally in
   length-bucketed batches (`bucket_window`, lm/length_buckets.py), counting real tokens: Composer's token
-  count (timestamp, tokens/s) is the clients' tokens, padding apart.
+  count (timestamp, tokens/s) is the clients' tokens, padding apart; optionally packed (`packing`,
+  lm/packing.py: several clients per row, each attending only to itself).
 - `llm4trx_placeholder` (dataloaders): one sample, for export's Trainer that never trains.
 - `llm4trx_padding` (callbacks): the padded share of the positions of the batches this process trained.
 """
@@ -141,7 +142,10 @@ class HFCausalLMWithFlops(ComposerHFCausalLM):
 
     def flops_per_batch(self, batch: Mapping) -> int:
         n_params, n_layers, d_model = self._flop_shape
-        lengths = row_lengths(batch).tolist()
+        # Packed rows (lm/packing.py): each client attends within itself, so count per client.
+        lengths = (
+            [n for row in batch["doc_lengths"] for n in row] if "doc_lengths" in batch else row_lengths(batch).tolist()
+        )
         return int(sum(n * flops_per_token(n_params, n_layers, d_model, n) for n in lengths))
 
 
@@ -177,9 +181,11 @@ def build_text_dataloader(
     persistent_workers: bool = True,
     timeout: int = 0,
     bucket_window: int = 0,
+    packing: Optional[Mapping[str, Any]] = None,
 ):
     """llm-foundry's `text` loader (its dataset, collator and data spec) with our dataset class and counts:
-    `bucket_window` > 0 yields length-bucketed batches sorted within windows of that many batches."""
+    `bucket_window` > 0 yields length-bucketed batches sorted within windows of that many batches; `packing`
+    ({"width", "mask"}) packs each batch's clients into rows of at most `width` tokens (lm/packing.py)."""
     import transformers
     from llmfoundry.data.text_data import StreamingTextDataset
     from llmfoundry.data.utils import get_data_spec
@@ -187,6 +193,7 @@ def build_text_dataloader(
     from torch.utils.data import DataLoader
 
     from llm4trx.lm.length_buckets import BucketedLoader, BucketedTextDataset
+    from llm4trx.lm.packing import PackedCollator, packed_data_spec
 
     dataset = dict(dataset)
     dataset["replication"], batch_size = construct_from_registry(
@@ -202,6 +209,8 @@ def build_text_dataloader(
     else:
         text_dataset = StreamingTextDataset(tokenizer=tokenizer, batch_size=batch_size, **dataset)
     collate = RealTokensCollator(transformers.DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False))
+    if packing:
+        collate = PackedCollator(collate, packing["width"], tokenizer.pad_token_id, packing["mask"])
     loader = (BucketedLoader if bucket_window else DataLoader)(
         text_dataset,
         collate_fn=collate,
@@ -213,7 +222,7 @@ def build_text_dataloader(
         persistent_workers=persistent_workers,
         timeout=timeout,
     )
-    return get_data_spec(loader, dataset)
+    return packed_data_spec(loader) if packing else get_data_spec(loader, dataset)
 
 
 def build_text_dataloader_locked(**kwargs: Any):
