@@ -123,22 +123,37 @@ def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: lis
     return {**row, "metric": metric, **{c: val_of(res["feature_sets"].get(c), metric) for c in COLUMNS}}
 
 
-def gaps_against(root: Path, label: str, reference: str, metric: str) -> str:
-    """This variant's llm and llm+aggregates minus the reference variant's, on val (out-of-fold), with the
-    paired bootstrap 95 % interval over clients (evaluation.bootstrap, as the report's gaps)."""
-    import pandas as pd
-
+def paired_val_gap(mine, theirs, metric: str):
+    """(name, predictions frame) minus (name, predictions frame) on val (out-of-fold), with the paired bootstrap
+    95 % interval over clients (evaluation.bootstrap, the same resamples for both, as the report's gaps); None when
+    either set is missing."""
     from llm4trx.evaluation.bootstrap import aligned, paired_gap, resample_counts
 
-    frames = {v: pd.read_parquet(root / f"predictions-{v}.parquet") for v in (label, reference)}
+    ids, y, a = aligned({0: mine[1]}, mine[0], "val", None)
+    _, _, b = aligned({0: theirs[1]}, theirs[0], "val", ids)
+    if not a or not b:
+        return None
+    return paired_gap(metric, y, [a[0]], [b[0]], resample_counts(len(ids), 2000, 0))
+
+
+def described(key: str, gap) -> str:
+    return f"{key} {gap.gap:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}] {gap.verdict}"
+
+
+def predictions(root: Path, label: str):
+    import pandas as pd
+
+    return pd.read_parquet(root / f"predictions-{label}.parquet")
+
+
+def gaps_against(root: Path, label: str, reference: str, metric: str) -> str:
+    """This variant's llm and llm+aggregates minus the reference variant's, on val (out-of-fold)."""
+    frames = {v: predictions(root, v) for v in (label, reference)}
     parts = []
     for name in ("llm", "llm+aggregates"):
-        ids, y, mine = aligned({0: frames[label]}, name, "val", None)
-        _, _, theirs = aligned({0: frames[reference]}, name, "val", ids)
-        if not mine or not theirs:
-            continue
-        gap = paired_gap(metric, y, [mine[0]], [theirs[0]], resample_counts(len(ids), 2000, 0))
-        parts.append(f"{name} {gap.gap:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}] {gap.verdict}")
+        gap = paired_val_gap((name, frames[label]), (name, frames[reference]), metric)
+        if gap is not None:
+            parts.append(described(name, gap))
     return f"  vs {reference} (val, paired bootstrap 95 %): " + "; ".join(parts)
 
 
@@ -147,23 +162,16 @@ WITHIN = (("llm", "coles"), ("llm", "aggregates"), ("llm+aggregates", "aggregate
 
 
 def gaps_within(root: Path, label: str, metric: str) -> tuple[str, dict]:
-    """This variant's llm − coles, llm − aggregates and llm+aggregates − aggregates on val (out-of-fold), with
-    the paired bootstrap 95 % interval over clients (the same resamples for both sets, as the report's gaps)."""
-    import pandas as pd
-
-    from llm4trx.evaluation.bootstrap import aligned, paired_gap, resample_counts
-
-    frame = {0: pd.read_parquet(root / f"predictions-{label}.parquet")}
+    """This variant's llm − coles, llm − aggregates and llm+aggregates − aggregates on val (out-of-fold)."""
+    frame = predictions(root, label)
     parts, found = [], {}
     for mine, theirs in WITHIN:
-        ids, y, a = aligned(frame, mine, "val", None)
-        _, _, b = aligned(frame, theirs, "val", ids)
-        if not a or not b:
+        gap = paired_val_gap((mine, frame), (theirs, frame), metric)
+        if gap is None:
             continue
-        gap = paired_gap(metric, y, [a[0]], [b[0]], resample_counts(len(ids), 2000, 0))
         key = f"{mine} - {theirs}"
         found[key] = {"gap": gap.gap, "low": gap.low, "high": gap.high, "verdict": gap.verdict}
-        parts.append(f"{key} {gap.gap:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}] {gap.verdict}")
+        parts.append(described(key, gap))
     return "  gaps (val, paired bootstrap 95 %): " + "; ".join(parts), found
 
 
@@ -213,10 +221,11 @@ def main():
         rows.append(row)
         print(line(row), flush=True)
         if "error" not in row:
-            text, row["gaps"] = gaps_within(args.out / args.mode / f"{schema}_{kind}", args.label, row["metric"])
+            cell = args.out / args.mode / f"{schema}_{kind}"
+            text, row["gaps"] = gaps_within(cell, args.label, row["metric"])
             print(text, flush=True)
-        if args.against and "error" not in row:
-            print(gaps_against(args.out / args.mode / f"{schema}_{kind}", args.label, args.against, row["metric"]))
+            if args.against:
+                print(gaps_against(cell, args.label, args.against, row["metric"]), flush=True)
         (args.out / args.mode).mkdir(parents=True, exist_ok=True)
         (args.out / args.mode / f"grid-{args.label}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("llm place: (llm - random) / (oracle - random), both references measured in the same cell")

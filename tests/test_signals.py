@@ -154,7 +154,8 @@ def test_each_signal_is_planted_in_every_schema_and_invisible_to_aggregates(tmp_
     assert f"oracle_{kind}" in oracle.columns and roc_auc_score(y, oracle[f"oracle_{kind}"]) > 0.95
 
 
-def test_the_grid_cells_plant_their_signal_alone_or_on_top_of_the_defaults(tmp_path):
+def signal_grid():
+    """bench/signal_grid.py as a module (bench/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -162,6 +163,20 @@ def test_the_grid_cells_plant_their_signal_alone_or_on_top_of_the_defaults(tmp_p
     spec = importlib.util.spec_from_file_location("signal_grid", path)
     grid = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(grid)
+    return grid
+
+
+def val_predictions(name: str, y: np.ndarray, p1: np.ndarray) -> pd.DataFrame:
+    """A binary feature set's prediction rows (llm4trx.data.predictions) for 300 val clients, 5 folds."""
+    from llm4trx.data.predictions import prediction_rows
+
+    ids = [f"c{i}" for i in range(len(y))]
+    proba = np.c_[1 - p1, p1]
+    return prediction_rows(name, ["0", "1"], ids, y, np.arange(len(y)) % 5, proba, ids[:2], y[:2], proba[:2])
+
+
+def test_the_grid_cells_plant_their_signal_alone_or_on_top_of_the_defaults(tmp_path):
+    grid = signal_grid()
     only = synthetic.params_of(dataset_cfg(tmp_path, *grid.signal_overrides("burst", "only")))["signals"]
     assert only == {"mcc_mix": 0.0, "amount": 0.0, "trend": 0.0, "order": 0.0, "burst": 1.0}
     plus = synthetic.params_of(dataset_cfg(tmp_path, *grid.signal_overrides("gaps", "plus")))["signals"]
@@ -175,28 +190,13 @@ def test_the_grid_cells_plant_their_signal_alone_or_on_top_of_the_defaults(tmp_p
 def test_grid_gap_against_an_earlier_variant_is_paired_over_the_same_clients(tmp_path):
     """bench/signal_grid.py --against: a variant that ranks every val client right is `better` than one that
     guesses, and the same predictions against themselves give a gap of exactly 0."""
-    import importlib.util
-    from pathlib import Path
+    from llm4trx.data.predictions import write_predictions
 
-    import numpy as np
-
-    from llm4trx.data.predictions import prediction_rows, write_predictions
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "signal_grid.py"
-    spec = importlib.util.spec_from_file_location("signal_grid", path)
-    grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grid)
+    grid = signal_grid()
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
-    ids = [f"c{i}" for i in range(300)]
-    folds = np.arange(300) % 5
-
-    def frame(p1):
-        proba = np.c_[1 - p1, p1]
-        return prediction_rows("llm", ["0", "1"], ids, y, folds, proba, ids[:2], y[:2], proba[:2])
-
-    write_predictions([frame(0.1 + 0.8 * y)], tmp_path / "predictions-good.parquet")
-    write_predictions([frame(rng.random(300))], tmp_path / "predictions-guess.parquet")
+    write_predictions([val_predictions("llm", y, 0.1 + 0.8 * y)], tmp_path / "predictions-good.parquet")
+    write_predictions([val_predictions("llm", y, rng.random(300))], tmp_path / "predictions-guess.parquet")
     line = grid.gaps_against(tmp_path, "good", "guess", "auroc")
     assert re.search(r"llm \+0\.\d+ \[\+0\.\d+, \+0\.\d+\] better", line), line
     same = grid.gaps_against(tmp_path, "good", "good", "auroc")
@@ -206,28 +206,14 @@ def test_grid_gap_against_an_earlier_variant_is_paired_over_the_same_clients(tmp
 def test_grid_gaps_within_a_variant_compare_the_llm_with_each_baseline(tmp_path):
     """bench/signal_grid.py's per-cell gaps: an llm that ranks every val client right is `better` than a coles
     that guesses; llm against aggregates equal to it gives exactly 0; a missing set is left out."""
-    import importlib.util
-    from pathlib import Path
+    from llm4trx.data.predictions import write_predictions
 
-    import numpy as np
-
-    from llm4trx.data.predictions import prediction_rows, write_predictions
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "signal_grid.py"
-    spec = importlib.util.spec_from_file_location("signal_grid", path)
-    grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grid)
+    grid = signal_grid()
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 300)
-    ids = [f"c{i}" for i in range(300)]
-    folds = np.arange(300) % 5
-
-    def frame(name, p1):
-        proba = np.c_[1 - p1, p1]
-        return prediction_rows(name, ["0", "1"], ids, y, folds, proba, ids[:2], y[:2], proba[:2])
-
     good = 0.1 + 0.8 * y
-    sets = [frame("llm", good), frame("coles", rng.random(300)), frame("aggregates", good)]
+    sets = [val_predictions("llm", y, good), val_predictions("coles", y, rng.random(300))]
+    sets.append(val_predictions("aggregates", y, good))
     write_predictions(sets, tmp_path / "predictions-preset.parquet")
     text, gaps = grid.gaps_within(tmp_path, "preset", "auroc")
     assert gaps["llm - coles"]["verdict"] == "better" and gaps["llm - coles"]["low"] > 0, text

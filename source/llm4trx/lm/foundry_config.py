@@ -138,6 +138,7 @@ def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, A
     clients of similar length (sorted within windows of `trainer.bucket_window` batches), so little is padded.
     """
     workers = int(cfg.trainer.num_workers)
+    packed = packing(cfg)
     # Optional `+trainer.data_remote=s3://bucket/prefix` (or gs://, oci://, hf://...): the shards are streamed
     # from <remote>/<split> by mosaicml-streaming and cached in the local split folder (README, "Spark engine").
     remote = cfg.trainer.get("data_remote")
@@ -153,7 +154,7 @@ def loader_section(cfg: DictConfig, split_dir: Path, train: bool) -> dict[str, A
         },
         "drop_last": train,
         "bucket_window": bucket_window(cfg),
-        **({"packing": packing(cfg)} if packing(cfg) else {}),
+        **({"packing": packed} if packed else {}),
         "num_workers": workers,
         # torch refuses a prefetch_factor without worker processes.
         "prefetch_factor": 2 if workers > 0 else None,
