@@ -23,40 +23,7 @@ py=.venv/bin/python
 settings=$($py -m llm4trx.core.check --shell "$@")
 eval "$settings"
 
-run_stage() {  # run_stage STAGE OVERRIDES...: one stage, with NPROC processes where the stage can use them
-  local stage=$1
-  shift
-  if (( NPROC > 1 )) && [[ $stage == pretrain ]]; then
-    .venv/bin/composer -n "$NPROC" -m llm4trx.pretrain "$@"
-  elif (( NPROC > 1 )) && [[ $stage == embed ]]; then
-    # --multi_gpu also on a GPU-less machine: `--cpu --num_processes N` silently runs one process.
-    .venv/bin/accelerate launch --multi_gpu --num_processes "$NPROC" --num_machines 1 --mixed_precision no \
-      --dynamo_backend no -m llm4trx.embed "$@"
-  else
-    $py -m "llm4trx.$stage" "$@"
-  fi
-}
-
-read -ra stages <<<"$STAGES"
-started=$SECONDS
-timings=()
-echo "run.sh [seed $SEED]: ${#stages[@]} stages into $RUN_DIR (each stage prints its log file; progress=false hides bars)"
-for i in "${!stages[@]}"; do
-  stage=${stages[i]}
-  label="run.sh [seed $SEED] $((i + 1))/${#stages[@]} $stage"
-  if [[ " $UP_TO_DATE " == *" $stage "* ]]; then
-    echo "$label: up to date, skipped"
-    timings+=("$stage skipped")
-    continue
-  fi
-  t0=$SECONDS
-  # The stage prints its own start line (with its log file) and end line (time and its main figure).
-  LLM4TRX_STAGE_LABEL=$label run_stage "$stage" "$@" || {
-    rc=$?
-    echo "run.sh: stage $stage failed (exit $rc); fix the cause and rerun the same command to continue from it" >&2
-    exit "$rc"
-  }
-  timings+=("$stage $((SECONDS - t0))s")
-done
-echo "run.sh [seed $SEED]: finished in $((SECONDS - started)) s ($(IFS=,; echo "${timings[*]}" | sed 's/,/, /g'))"
-if [[ " $STAGES " == *" validate "* ]]; then echo "run.sh [seed $SEED]: results in $RUN_DIR/validation/results.md"; fi
+# The stages in order, each its own process: forked on Linux from one that keeps the libraries imported by
+# the stages before (llm4trx/core/stage_runner.py says why), or started afresh (NPROC > 1 launchers, LLM4TRX_FORK=0).
+exec $py -m llm4trx.core.stage_runner --seed "$SEED" --run-dir "$RUN_DIR" --stages "$STAGES" \
+  --up-to-date "$UP_TO_DATE" --nproc "$NPROC" -- "$@"

@@ -33,6 +33,9 @@ from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
 
+# What core/stage_runner.py imports before forking this stage, so that later stages inherit it.
+PRELOAD = ("pytorch_lightning",)
+
 # A contrastive loss needs other clients as negatives: at least two clients must qualify.
 MIN_TRAIN_CLIENTS = 2
 

@@ -48,6 +48,9 @@ from llm4trx.core.stage import is_complete, read_success, require, run_stage, st
 
 log = logging.getLogger(__name__)
 
+# What core/stage_runner.py imports before forking this stage, so that later stages inherit it.
+PRELOAD = ("transformers.models.auto.modeling_auto",)
+
 # embed keys that do not change a client's vector (the row's name, the reuse switch, batch composition).
 NOT_IN_VECTOR_KEY = ("name", "incremental", "batch_size", "model")
 

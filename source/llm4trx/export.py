@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "export"
 
+# What core/stage_runner.py imports before forking this stage, so that later stages inherit it.
+PRELOAD = ("llmfoundry.command_utils", "llm4trx.lm.foundry_config", "llm4trx.lm.foundry_plugins")
+
 
 class ExportMismatch(Llm4trxError):
     """The exported model does not reproduce the trained model's logits."""

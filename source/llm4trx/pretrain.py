@@ -40,6 +40,9 @@ from llm4trx.core.stage import SUCCESS_FILE, is_complete, require, stage_dir, st
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
+
+# What core/stage_runner.py imports before forking this stage, so the stages after it (export) inherit it.
+PRELOAD = ("llmfoundry.command_utils", "llm4trx.lm.foundry_config", "llm4trx.lm.foundry_plugins")
 RUN_FILE = registry.file("pretrain", "run")  # config hash of the run that owns the checkpoints in this folder
 
 

@@ -36,6 +36,9 @@ from llm4trx.core.stage import require, run_stage
 
 log = logging.getLogger(__name__)
 
+# What core/stage_runner.py imports before forking this stage, so that later stages inherit it.
+PRELOAD = ("streaming",)
+
 COLUMNS = {"tokens": "ndarray:int32", "client_id": "str"}
 BATCH = 512
 

@@ -27,6 +27,9 @@ from llm4trx.data.text_files import text_path
 
 log = logging.getLogger(__name__)
 
+# What core/stage_runner.py imports before forking this stage, so that later stages inherit it.
+PRELOAD = ("tokenizers", "transformers.tokenization_utils_fast")
+
 
 def iter_texts(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8") as f:

@@ -1,0 +1,161 @@
+"""One seed's stages in order, for scripts/run.sh: `python -m llm4trx.core.stage_runner --seed S ... -- overrides`.
+
+Each stage is its own process, as `python -m llm4trx.<stage> <overrides>` would be (its own Hydra run, log
+file, signal handlers and exit status), but on Linux it is forked from this process instead of started
+afresh: before forking a stage, this process imports the stage's module and the libraries it declares in
+`PRELOAD`, so every later stage of the seed inherits them. A stage process otherwise pays its imports before
+doing any work (llm-foundry ~8 CPU-s for pretrain and again for export, ptls/Lightning ~6 for coles,
+transformers for embed): on the tiny test pipeline that start was about half of a seed's wall time.
+
+Why fork and not one process running the stages in turn: a stage owns its process (Hydra's global state, file
+descriptors 1 and 2 pointed at its log file, signal handlers, threads, torch's settings) and ends with an exit
+status; a child keeps that, and a crash in one stage cannot leave state behind for the next. The parent never
+runs torch, never initialises CUDA or an OpenMP pool and starts no thread, so forking it is safe. Elsewhere
+(macOS: forking after Objective-C libraries are loaded aborts) and with `LLM4TRX_FORK=0`, and for the stages
+that start several processes (NPROC > 1: Composer's launcher for pretrain, accelerate's for embed), stages are
+started as fresh processes, as before.
+
+Signals follow the shell's rules that scripts/run.sh had: SIGINT and SIGTERM meant for the running stage reach
+it directly (a terminal's Ctrl-C and requeue.sh's `kill -- -PGID` signal the whole process group); this
+process then stops after the stage instead of starting the next one, so a stage never receives a signal twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import ModuleType
+from typing import Sequence
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m llm4trx.core.stage_runner", description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", required=True)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--stages", required=True, help="the stages to run, in order, separated by spaces")
+    parser.add_argument("--up-to-date", default="", help="stages skipped without starting them")
+    parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, after --")
+    return parser.parse_args(argv)
+
+
+def can_fork() -> bool:
+    return sys.platform.startswith("linux") and os.environ.get("LLM4TRX_FORK", "1") != "0"
+
+
+def preload(stage: str) -> ModuleType | None:
+    """Import the stage's module and its PRELOAD libraries here, to be inherited by this stage and the later
+    ones; None when that fails (the stage then starts afresh and reports the failure itself, as it would)."""
+    try:
+        module = importlib.import_module(f"llm4trx.{stage}")
+        for name in getattr(module, "PRELOAD", ()):
+            importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - the fresh process reports it with the stage's own error handling
+        return None
+    return module if callable(getattr(module, "main", None)) else None
+
+
+def fresh_command(stage: str, nproc: int, overrides: list[str]) -> list[str]:
+    """A stage as a new process: Composer's or accelerate's launcher for NPROC > 1, else `python -m`."""
+    bin_dir = os.path.dirname(sys.executable)
+    if nproc > 1 and stage == "pretrain":
+        return [os.path.join(bin_dir, "composer"), "-n", str(nproc), "-m", "llm4trx.pretrain", *overrides]
+    if nproc > 1 and stage == "embed":
+        # --multi_gpu also on a GPU-less machine: `--cpu --num_processes N` silently runs one process.
+        launcher = [os.path.join(bin_dir, "accelerate"), "launch", "--multi_gpu", "--num_processes", str(nproc)]
+        flags = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        return [*launcher, *flags, "-m", "llm4trx.embed", *overrides]
+    return [sys.executable, "-m", f"llm4trx.{stage}", *overrides]
+
+
+class Signals:
+    """SIGINT/SIGTERM received while a stage runs: remembered, acted on once the stage has ended."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._remember)
+
+    def _remember(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.received = signum
+
+
+def run_forked(module: ModuleType, overrides: list[str]) -> int:
+    """The stage's entry point in a child process; its exit status (128 + N when killed by signal N)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        # The child is the stage's process from here on: Python's default handlers (the stage installs its
+        # own), the argv of `python -m llm4trx.<stage>`, and a normal interpreter exit (atexit, threads) when
+        # the entry point returns or raises SystemExit. Nothing below catches that exit.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.argv = [module.__file__, *overrides]
+        module.main()
+        sys.exit(0)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:  # reaped elsewhere: cannot happen here, but never spin
+            return 1
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def run_fresh(command: list[str]) -> int:
+    code = subprocess.call(command)
+    return 128 - code if code < 0 else code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    stages, up_to_date = args.stages.split(), set(args.up_to_date.split())
+    signals = Signals()
+    fork = can_fork()
+    started, timings = time.monotonic(), []
+    print(
+        f"run.sh [seed {args.seed}]: {len(stages)} stages into {args.run_dir} (each stage prints its log file; "
+        f"progress=false hides bars)",
+        flush=True,
+    )
+    for i, stage in enumerate(stages, start=1):
+        label = f"run.sh [seed {args.seed}] {i}/{len(stages)} {stage}"
+        if stage in up_to_date:
+            print(f"{label}: up to date, skipped", flush=True)
+            timings.append(f"{stage} skipped")
+            continue
+        t0 = time.monotonic()
+        # The stage prints its own start line (with its log file) and end line (time and its main figure).
+        os.environ["LLM4TRX_STAGE_LABEL"] = label
+        launched = args.nproc > 1 and stage in ("pretrain", "embed")
+        module = preload(stage) if fork and not launched else None
+        if module is not None:
+            code = run_forked(module, list(args.overrides))
+        else:
+            code = run_fresh(fresh_command(stage, args.nproc, list(args.overrides)))
+        if code != 0:
+            print(
+                f"run.sh: stage {stage} failed (exit {code}); fix the cause and rerun the same command to continue "
+                f"from it",
+                file=sys.stderr,
+                flush=True,
+            )
+            return code
+        if signals.received is not None:  # the stage finished anyway: stop before the next one
+            return 128 + signals.received
+        timings.append(f"{stage} {time.monotonic() - t0:.0f}s")
+    print(f"run.sh [seed {args.seed}]: finished in {time.monotonic() - started:.0f} s ({', '.join(timings)})")
+    if "validate" in stages:
+        print(f"run.sh [seed {args.seed}]: results in {args.run_dir}/validation/results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

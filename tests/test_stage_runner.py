@@ -1,0 +1,101 @@
+"""scripts/run.sh's stage runner (llm4trx/core/stage_runner.py): stages forked from a process that keeps their
+imports write what fresh processes write, and a signal to the runner stops it after the running stage."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llm4trx.core import registry
+from llm4trx.core.config import compose
+from llm4trx.core.registry import pipeline
+from llm4trx.core.stage_runner import fresh_command, preload
+from pipeline_helpers import ROOT, TINY, child_env, run_script
+
+SHARED = [s for s in pipeline(compose(TINY)) if registry.get(s).scope == "shared"]
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """Every file a stage wrote, by path, without the logs and the timings of _SUCCESS.json."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "logs" not in p.parts and ".locks" not in p.parts and p.name != "_SUCCESS.json"
+    }
+
+
+@pytest.mark.slow
+def test_forked_stages_write_what_fresh_processes_write(tmp_path):
+    outputs = {}
+    for fork in ("1", "0"):
+        root = tmp_path / f"fork{fork}"
+        proc = run_script(
+            "scripts/run.sh",
+            *TINY,
+            f"paths.output_root={root}",
+            "seed=1",
+            env={"STAGES": f"..{SHARED[-1]}", "LLM4TRX_FORK": fork},
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        done = [s for s in SHARED if f"{s}: done in" in proc.stdout]
+        assert done == SHARED, proc.stdout[-3000:]
+        outputs[fork] = files(root)
+    assert len(outputs["1"]) > len(SHARED)  # events, texts, tokenizer files, shards, baselines...
+    assert outputs["1"].keys() == outputs["0"].keys()
+    differ = [name for name in outputs["1"] if outputs["1"][name] != outputs["0"][name]]
+    assert differ == []
+
+
+@pytest.mark.slow
+def test_a_signal_to_the_runner_alone_stops_it_after_the_running_stage(tmp_path):
+    """As the shell loop did: a SIGTERM that reaches only run.sh (the runner it execs into) lets the running
+    stage finish, then stops with 128 + 15 instead of starting the next stage (signals meant for the stage reach
+    it through the process group)."""
+    root = tmp_path / "outputs"
+    proc = subprocess.Popen(
+        ["bash", "scripts/run.sh", *TINY, f"paths.output_root={root}", "seed=1"],
+        cwd=ROOT,
+        env=child_env(STAGES="prepare text"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "1/2 prepare: started" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=300)[0]
+    out = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "1/2 prepare: done in" in out and "2/2 text" not in out, out[-3000:]
+    shared = root / "smoke" / "synthetic" / "shared"
+    assert (shared / "data" / "_SUCCESS.json").is_file() and not (shared / "text").exists()
+
+
+def test_a_stage_that_cannot_be_imported_here_starts_as_its_own_process():
+    assert preload("no_such_stage") is None
+    assert fresh_command("no_such_stage", 1, ["seed=1"])[1:] == ["-m", "llm4trx.no_such_stage", "seed=1"]
+
+
+def test_several_processes_go_through_the_launchers():
+    pretrain = fresh_command("pretrain", 2, ["seed=1"])
+    assert Path(pretrain[0]).name == "composer" and pretrain[1:] == ["-n", "2", "-m", "llm4trx.pretrain", "seed=1"]
+    embed = fresh_command("embed", 2, [])
+    assert Path(embed[0]).name == "accelerate" and embed[embed.index("--num_processes") + 1] == "2"
+    assert embed[-2:] == ["-m", "llm4trx.embed"]
+
+
+def test_every_declared_preload_imports():
+    """A PRELOAD entry that stopped existing would silently turn its stage back into a fresh process."""
+    import importlib
+
+    for stage in registry.STAGES:
+        module = importlib.import_module(f"llm4trx.{stage}")
+        assert callable(module.main), stage
+        for name in getattr(module, "PRELOAD", ()):
+            importlib.import_module(name)
