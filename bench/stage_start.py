@@ -12,6 +12,13 @@ interpreter, `python -c pass`).
     (ROOT: a paths.output_root where `bash scripts/run.sh experiment=smoke paths.output_root=ROOT seed=12`
     has finished; `--build` makes one first, a small one: --clients clients, 4 pretraining steps)
     PYTHONPATH=source .venv/bin/python bench/stage_start.py --importtime export   # top imports of one stage
+    PYTHONPATH=source .venv/bin/python bench/stage_start.py --pipeline            # what the stage runner saves
+
+--pipeline: the whole tiny pipeline of one seed through scripts/run.sh (--clients clients, 10 pretraining
+steps, a fresh output root each time), with its stages forked from the stage runner that keeps their imports
+(core/stage_runner.py) against each stage started as a fresh process (LLM4TRX_FORK=0), alternating, best of
+--repeats: each stage's wall seconds as run.sh counts them (start included), the total wall and CPU seconds,
+and the ratio fresh / forked.
 """
 
 from __future__ import annotations
@@ -75,6 +82,48 @@ def build(root: Path, clients: int, seed: int) -> list[str]:
     return overrides
 
 
+def pipeline_run(fork: bool, clients: int) -> tuple[float, float, dict[str, int]]:
+    """One tiny seed through scripts/run.sh: (wall s, CPU s of it and its children, {stage: wall s})."""
+    import re
+    import resource
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="stage-start-") as root:
+        argv = ["bash", "scripts/run.sh", "experiment=smoke", f"paths.output_root={root}", "seed=1", "progress=false"]
+        argv += [f"dataset.n_clients={clients}", "trainer.max_duration=10ba", "trainer.eval_interval=5ba"]
+        argv += ["trainer.save_interval=10ba", "coles.max_epochs=1"]
+        env = {**ENV, "LLM4TRX_FORK": "1" if fork else "0"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.run(argv, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"run.sh failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    finished = re.search(r"finished in \d+ s \((.*)\)", proc.stdout).group(1)
+    stages = {name: int(s[:-1]) for name, s in (item.split() for item in finished.split(", ")) if s[:-1].isdigit()}
+    return elapsed, cpu, stages
+
+
+def compare_pipeline(clients: int, repeats: int) -> None:
+    best: dict[bool, tuple[float, float, dict[str, int]]] = {}
+    for _ in range(repeats):
+        for fork in (True, False):  # alternating, so that a change of load falls on both
+            run = pipeline_run(fork, clients)
+            if fork not in best or run[0] < best[fork][0]:
+                best[fork] = run
+    forked, fresh = best[True], best[False]
+    print(
+        f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.2f}; one tiny seed ({clients} clients), best of {repeats}"
+    )
+    print(f"{'stage':10s} {'forked s':>9s} {'fresh s':>8s}")
+    for stage in forked[2]:
+        print(f"{stage:10s} {forked[2][stage]:9d} {fresh[2].get(stage, 0):8d}")
+    print(f"{'wall':10s} {forked[0]:9.1f} {fresh[0]:8.1f}   fresh / forked {fresh[0] / forked[0]:.2f}x")
+    print(f"{'CPU':10s} {forked[1]:9.1f} {fresh[1]:8.1f}   fresh / forked {fresh[1] / forked[1]:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=None, help="paths.output_root of a finished smoke run (skip path)")
@@ -91,7 +140,11 @@ def main() -> None:
         help="the llm4trx source folder to measure (default: this "
         "checkout's; e.g. `git archive <commit> source | tar -x -C /tmp/before` for a before/after)",
     )
+    ap.add_argument("--pipeline", action="store_true", help="one tiny seed through run.sh: forked vs fresh stages")
     args = ap.parse_args()
+    if args.pipeline:
+        compare_pipeline(args.clients, args.repeats)
+        return
     if args.source:
         ENV["PYTHONPATH"] = str(Path(args.source).resolve())
     if args.importtime:

@@ -32,6 +32,8 @@ import time
 from types import ModuleType
 from typing import Sequence
 
+from llm4trx.core import registry
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m llm4trx.core.stage_runner", description=__doc__.splitlines()[0])
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timings.append(f"{stage} {time.monotonic() - t0:.0f}s")
     print(f"run.sh [seed {args.seed}]: finished in {time.monotonic() - started:.0f} s ({', '.join(timings)})")
     if "validate" in stages:
-        print(f"run.sh [seed {args.seed}]: results in {args.run_dir}/validation/results.md")
+        print(f"run.sh [seed {args.seed}]: results in {args.run_dir}/{registry.get('validate').folder}/")
     return 0
 
 
