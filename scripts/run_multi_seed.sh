@@ -57,6 +57,10 @@ else
     bash scripts/run.sh "$@" "seed=${seeds[i]}"
   done
 fi
+if [[ " $STAGES " != *" validate "* ]]; then  # STAGES stopped before validation: nothing to report
+  echo "run_multi_seed.sh: ${#seeds[@]} seeds in $((SECONDS - started)) s (stages: $STAGES; no report without validate)"
+  exit 0
+fi
 $py -m llm4trx.report "$@"
 echo "run_multi_seed.sh: ${#seeds[@]} seeds in $((SECONDS - started)) s"
 echo "report: $REPORT_DIR/report.md (tables; plots: $REPORT_DIR/*.png; numbers: $REPORT_DIR/report.json)"
