@@ -3,6 +3,7 @@ imports write what fresh processes write, and a signal to the runner stops it af
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -99,3 +100,24 @@ def test_every_declared_preload_imports():
         assert callable(module.main), stage
         for name in getattr(module, "PRELOAD", ()):
             importlib.import_module(name)
+
+
+def test_a_signal_while_the_runner_imports_starts_no_stage(monkeypatch):
+    """Ctrl-C during the runner's own imports (seconds for llm-foundry) must not go on to run the stage."""
+    from llm4trx.core import stage_runner
+
+    started = []
+
+    def preload_then_interrupted(stage):
+        os.kill(os.getpid(), signal.SIGINT)  # the runner's handler only remembers it
+        return None
+
+    monkeypatch.setattr(stage_runner, "preload", preload_then_interrupted)
+    monkeypatch.setattr(stage_runner, "run_fresh", lambda command: started.append(command) or 0)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = stage_runner.main(["--seed", "1", "--run-dir", "/nowhere", "--stages", "prepare text", "--", "seed=1"])
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert code == 128 + signal.SIGINT and started == []

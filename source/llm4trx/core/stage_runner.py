@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["LLM4TRX_STAGE_LABEL"] = label
         launched = args.nproc > 1 and stage in ("pretrain", "embed")
         module = preload(stage) if fork and not launched else None
+        if signals.received is not None:  # Ctrl-C or SIGTERM while importing here: start nothing more
+            return 128 + signals.received
         if module is not None:
             code = run_forked(module, list(args.overrides))
         else:
