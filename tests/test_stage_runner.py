@@ -112,8 +112,9 @@ def test_a_signal_while_the_runner_imports_starts_no_stage(monkeypatch):
         os.kill(os.getpid(), signal.SIGINT)  # the runner's handler only remembers it
         return None
 
+    monkeypatch.delenv(stage_runner.LABEL, raising=False)
     monkeypatch.setattr(stage_runner, "preload", preload_then_interrupted)
-    monkeypatch.setattr(stage_runner, "run_fresh", lambda command: started.append(command) or 0)
+    monkeypatch.setattr(stage_runner, "run_fresh", lambda command, label: started.append(command) or 0)
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = stage_runner.main(["--seed", "1", "--run-dir", "/nowhere", "--stages", "prepare text", "--", "seed=1"])
@@ -121,3 +122,4 @@ def test_a_signal_while_the_runner_imports_starts_no_stage(monkeypatch):
         for signum, handler in saved.items():
             signal.signal(signum, handler)
     assert code == 128 + signal.SIGINT and started == []
+    assert stage_runner.LABEL not in os.environ  # the label goes to the stage's process only

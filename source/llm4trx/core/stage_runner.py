@@ -34,6 +34,9 @@ from typing import Sequence
 
 from llm4trx.core import registry
 
+# The label a stage prints its start and end lines with (read by core/cli.py).
+LABEL = "LLM4TRX_STAGE_LABEL"
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m llm4trx.core.stage_runner", description=__doc__.splitlines()[0])
@@ -87,7 +90,7 @@ class Signals:
         self.received = signum
 
 
-def run_forked(module: ModuleType, overrides: list[str]) -> int:
+def run_forked(module: ModuleType, overrides: list[str], label: str) -> int:
     """The stage's entry point in a child process; its exit status (128 + N when killed by signal N)."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -99,6 +102,7 @@ def run_forked(module: ModuleType, overrides: list[str]) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sys.argv = [module.__file__, *overrides]
+        os.environ[LABEL] = label
         module.main()
         sys.exit(0)
     while True:
@@ -111,8 +115,8 @@ def run_forked(module: ModuleType, overrides: list[str]) -> int:
     return 128 - code if code < 0 else code
 
 
-def run_fresh(command: list[str]) -> int:
-    code = subprocess.call(command)
+def run_fresh(command: list[str], label: str) -> int:
+    code = subprocess.call(command, env={**os.environ, LABEL: label})
     return 128 - code if code < 0 else code
 
 
@@ -134,16 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             timings.append(f"{stage} skipped")
             continue
         t0 = time.monotonic()
-        # The stage prints its own start line (with its log file) and end line (time and its main figure).
-        os.environ["LLM4TRX_STAGE_LABEL"] = label
         launched = args.nproc > 1 and stage in ("pretrain", "embed")
         module = preload(stage) if fork and not launched else None
         if signals.received is not None:  # Ctrl-C or SIGTERM while importing here: start nothing more
             return 128 + signals.received
+        # The stage prints its own start line (with its log file) and end line (time and its main figure).
         if module is not None:
-            code = run_forked(module, list(args.overrides))
+            code = run_forked(module, list(args.overrides), label)
         else:
-            code = run_fresh(fresh_command(stage, args.nproc, list(args.overrides)))
+            code = run_fresh(fresh_command(stage, args.nproc, list(args.overrides)), label)
         if code != 0:
             print(
                 f"run.sh: stage {stage} failed (exit {code}); fix the cause and rerun the same command to continue "
