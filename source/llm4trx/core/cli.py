@@ -36,6 +36,9 @@ from llm4trx.core.schema import validate
 
 log = logging.getLogger("llm4trx")
 
+# The environment variable that gives a stage the label of its start and end lines (core/stage_runner.py sets it).
+LABEL = "LLM4TRX_STAGE_LABEL"
+
 # OSErrors a user fixes by changing a path, permissions or disk space; the hint says how.
 USER_OS_ERRORS = {
     errno.ENOSPC: "no space left on the device; free space or set paths.output_root to another disk",
@@ -257,7 +260,7 @@ def stage_main(run: Callable[[DictConfig], Any], summary_line: SummaryLine | Non
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         log_file = _log_file()
-        label = os.environ.get("LLM4TRX_STAGE_LABEL", stage)
+        label = os.environ.get(LABEL, stage)
         quiet = _rank() != 0  # other ranks of a distributed job: their log file only
         console = Console(log_file, bool(cfg.get("progress", True)) and not quiet)
         install_signal_handlers()

@@ -33,9 +33,10 @@ from types import ModuleType
 from typing import Sequence
 
 from llm4trx.core import registry
+from llm4trx.core.cli import LABEL
 
-# The label a stage prints its start and end lines with (read by core/cli.py).
-LABEL = "LLM4TRX_STAGE_LABEL"
+# Stages that start several processes through a launcher when NPROC > 1 (never forked from here).
+LAUNCHED = ("pretrain", "embed")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -105,12 +106,7 @@ def run_forked(module: ModuleType, overrides: list[str], label: str) -> int:
         os.environ[LABEL] = label
         module.main()
         sys.exit(0)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:  # reaped elsewhere: cannot happen here, but never spin
-            return 1
+    _, status = os.waitpid(pid, 0)  # retried by Python when a signal interrupts it (PEP 475)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
 
@@ -138,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timings.append(f"{stage} skipped")
             continue
         t0 = time.monotonic()
-        launched = args.nproc > 1 and stage in ("pretrain", "embed")
+        launched = args.nproc > 1 and stage in LAUNCHED
         module = preload(stage) if fork and not launched else None
         if signals.received is not None:  # Ctrl-C or SIGTERM while importing here: start nothing more
             return 128 + signals.received
