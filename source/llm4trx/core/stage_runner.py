@@ -23,11 +23,13 @@ process then stops after the stage instead of starting the next one, so a stage 
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import ModuleType
 from typing import Sequence
@@ -98,17 +100,48 @@ def run_forked(module: ModuleType, overrides: list[str], label: str) -> int:
     pid = os.fork()
     if pid == 0:
         # The child is the stage's process from here on: Python's default handlers (the stage installs its
-        # own), the argv of `python -m llm4trx.<stage>`, and a normal interpreter exit (atexit, threads) when
-        # the entry point returns or raises SystemExit. Nothing below catches that exit.
+        # own), the argv of `python -m llm4trx.<stage>`, and an interpreter exit (threads joined, atexit run)
+        # with the stage's status when the entry point returns or raises SystemExit; anything else propagates
+        # as in `python -m`.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sys.argv = [module.__file__, *overrides]
         os.environ[LABEL] = label
-        module.main()
-        sys.exit(0)
+        try:
+            module.main()
+            code = 0
+        except SystemExit as stop:
+            code = exit_code(stop)
+        exit_without_teardown(code)
     _, status = os.waitpid(pid, 0)  # retried by Python when a signal interrupts it (PEP 475)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def exit_code(stop: SystemExit) -> int:
+    """The exit status Python gives `raise SystemExit(stop.code)` (a message is printed and counts as 1)."""
+    if stop.code is None or isinstance(stop.code, int):
+        return stop.code or 0
+    print(stop.code, file=sys.stderr)
+    return 1
+
+
+def exit_without_teardown(code: int) -> None:
+    """End this process as a normal interpreter exit would, minus the teardown of its modules: stop and join
+    its non-daemon threads, run the atexit handlers (logging's flush and close among them), flush stdout and
+    stderr, then os._exit. With torch, llm-foundry, Lightning and scikit-learn imported, Python's teardown of
+    them takes ~2 s of CPU (measured: 2.0 s vs 0.08 s for the same imports), paid by every stage forked from
+    here and by this process at its end; the files a stage writes are closed by the stage, not by teardown."""
+    # What Py_FinalizeEx does before the teardown, in its order: threading's exit hooks (they tell the pools'
+    # workers, e.g. concurrent.futures', to stop) and the join of non-daemon threads, then the atexit handlers.
+    threading._shutdown()  # noqa: SLF001
+    atexit._run_exitfuncs()  # noqa: SLF001
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: as Python's exit, nothing more to do
+            pass
+    os._exit(code)
 
 
 def run_fresh(command: list[str], label: str) -> int:
@@ -161,4 +194,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())
