@@ -123,3 +123,39 @@ def test_a_signal_while_the_runner_imports_starts_no_stage(monkeypatch):
             signal.signal(signum, handler)
     assert code == 128 + signal.SIGINT and started == []
     assert stage_runner.LABEL not in os.environ  # the label goes to the stage's process only
+
+
+def test_a_forked_stage_ends_as_a_normal_exit_would_without_the_teardown(tmp_path):
+    """The child skips Python's module teardown (seconds with torch and llm-foundry imported) but still stops its
+    thread pools, joins its threads, runs its atexit handlers and flushes stdout, and exits with the stage's
+    status; run in a subprocess because the child is forked from the process that calls run_forked."""
+    script = tmp_path / "stage.py"
+    script.write_text(
+        f"""
+import atexit, concurrent.futures, sys, threading, time, types
+from llm4trx.core.stage_runner import run_forked
+
+def main():
+    atexit.register(lambda: open({str(tmp_path / "atexit")!r}, "w").write("ran"))
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    pool.submit(time.sleep, 0.1)  # a pool never shut down: the exit must stop its workers, not hang
+    threading.Thread(target=lambda: (time.sleep(0.3), open({str(tmp_path / "thread")!r}, "w").write("done"))).start()
+    sys.stdout.write("buffered, never flushed by the stage")
+    sys.exit(int(sys.argv[1]))
+
+module = types.SimpleNamespace(main=main, __file__="stage.py")
+code = run_forked(module, [sys.argv[1]], "label")
+print(f"\\nexit {{code}}")
+"""
+    )
+    for status in (0, 3):
+        proc = subprocess.run(
+            [str(ROOT / ".venv/bin/python"), str(script), str(status)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(PYTHONPATH=str(ROOT / "source")),
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == f"buffered, never flushed by the stage\nexit {status}\n"
+        assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
