@@ -159,3 +159,17 @@ print(f"\\nexit {{code}}")
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == f"buffered, never flushed by the stage\nexit {status}\n"
         assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path):
+    """The runner checks the overrides once for the stages it forks; when that check fails, the stage's own
+    check reports it as it would started alone: one line, exit 2, nothing run."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_script(
+        "scripts/run.sh", *TINY, f"paths.output_root={blocker}/outputs", "seed=1", env={"STAGES": "prepare"}
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot create the output folder" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -33,6 +33,10 @@ from llm4trx.core.stage import run_stage
 
 log = logging.getLogger(__name__)
 
+# What core/stage_runner.py imports before forking this stage, so that later stages inherit it (the splits'
+# folds import scikit-learn lazily; baselines, validate and coles use it too).
+PRELOAD = ("sklearn.model_selection",)
+
 
 def events_schema(categorical) -> pa.Schema:
     fields = [

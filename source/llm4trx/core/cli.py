@@ -234,6 +234,11 @@ def _stage_name(run: Callable) -> str:
     return module.rsplit(".", 1)[-1]
 
 
+# Overrides already checked by check_arguments in this process's parent (core/stage_runner.py, which forks the
+# stages of one seed): a forked stage given exactly these does not compose and check them again.
+CHECKED_ARGUMENTS: tuple[str, ...] | None = None
+
+
 def check_arguments(args: list[str]) -> None:
     """Validate the overrides as scripts/run.sh does and check that the log folder can be written; raise
     ConfigError (or a user OSError) with the same one line. Arguments with flags go to Hydra unchanged."""
@@ -310,7 +315,8 @@ def stage_main(run: Callable[[DictConfig], Any], summary_line: SummaryLine | Non
     def _entry() -> None:
         args = sys.argv[1:]
         try:
-            check_arguments(args)
+            if tuple(args) != CHECKED_ARGUMENTS:
+                check_arguments(args)
         except Exception as err:
             message = user_message(err)
             if message is None:

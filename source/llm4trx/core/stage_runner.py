@@ -34,7 +34,7 @@ import time
 from types import ModuleType
 from typing import Sequence
 
-from llm4trx.core import registry
+from llm4trx.core import cli, registry
 from llm4trx.core.cli import LABEL
 
 # Stages that start several processes through a launcher when NPROC > 1 (never forked from here).
@@ -93,7 +93,18 @@ class Signals:
         self.received = signum
 
 
-def run_forked(module: ModuleType, overrides: list[str], label: str) -> int:
+def arguments_check_here(overrides: list[str]) -> bool:
+    """Run the stages' own check of the overrides (compose, validate, the log folder) once here, so that the
+    stages forked from this process need not (a compose each); False when it fails: the stage then checks
+    them itself and reports the error its usual way."""
+    try:
+        cli.check_arguments(overrides)
+    except Exception:  # noqa: BLE001 - reported by the stage's own check
+        return False
+    return True
+
+
+def run_forked(module: ModuleType, overrides: list[str], label: str, checked: bool = False) -> int:
     """The stage's entry point in a child process; its exit status (128 + N when killed by signal N)."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -107,6 +118,8 @@ def run_forked(module: ModuleType, overrides: list[str], label: str) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sys.argv = [module.__file__, *overrides]
         os.environ[LABEL] = label
+        if checked:
+            cli.CHECKED_ARGUMENTS = tuple(overrides)
         try:
             module.main()
             code = 0
@@ -154,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages, up_to_date = args.stages.split(), set(args.up_to_date.split())
     signals = Signals()
     fork = can_fork()
+    checked = fork and arguments_check_here(list(args.overrides))
     started, timings = time.monotonic(), []
     print(
         f"run.sh [seed {args.seed}]: {len(stages)} stages into {args.run_dir} (each stage prints its log file; "
@@ -173,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + signals.received
         # The stage prints its own start line (with its log file) and end line (time and its main figure).
         if module is not None:
-            code = run_forked(module, list(args.overrides), label)
+            code = run_forked(module, list(args.overrides), label, checked)
         else:
             code = run_fresh(fresh_command(stage, args.nproc, list(args.overrides)), label)
         if code != 0:
