@@ -39,6 +39,9 @@ host=$(hostname -s)
 node=$(slurmd -C | head -1)
 # cred_expire also sets how long a requeued job waits before it may start again (default 120 s); one machine
 # with one clock needs little margin, so a requeue (tests/test_slurm.py) restarts in seconds, not minutes.
+# A requeued job becomes eligible then (EligibleTime) but is started only by the main scheduler's next periodic
+# pass (measured: 46 s after it with the default sched_interval of 60 s, 1 s with 2 s); one node and a handful
+# of jobs make frequent passes cheap.
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=llm4trx-local
 SlurmctldHost=$host(127.0.0.1)
@@ -65,6 +68,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=1
 MinJobAge=300
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
