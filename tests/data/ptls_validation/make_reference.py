@@ -35,10 +35,10 @@ def fixture() -> None:
     """Client ids of 1 to 5 digits (their string order is not their numeric order), 40 unlabeled clients,
     targets that depend on the features, splits by llm4trx's protocol, the LightGBM parameters of our
     default config (validate.lightgbm_seed=fixed)."""
-    from omegaconf import OmegaConf
 
     from llm4trx.core.config import compose
     from llm4trx.data.embeddings import embeddings_frame
+    from llm4trx.core.sections import SplitsSpec
     from llm4trx.data.splits import make_splits, natural_sorted
     from llm4trx.validate import lightgbm_params
 
@@ -59,7 +59,7 @@ def fixture() -> None:
         else:
             y = np.digitize(latent, np.quantile(latent, [0.25, 0.5, 0.75])).astype(np.int64)
         targets = pd.DataFrame({"client_id": [ids[i] for i in sorted(labeled)], "target": y[sorted(labeled)]})
-        splits = make_splits(ids, targets, OmegaConf.create(SPLITS))
+        splits = make_splits(ids, targets, SplitsSpec(**SPLITS))
         # As prepare writes them: targets of the labeled clients in the splits' (natural) order.
         targets = targets.set_index("client_id").loc[splits.loc[splits["labeled"], "client_id"]].reset_index()
         targets.to_parquet(out / "targets.parquet", index=False)

@@ -1,0 +1,90 @@
+"""Typed views of config sections, built once by a stage from its composed config and handed to the libraries.
+
+Library modules (data/, evaluation/, generation/, lm/, render/) take plain values or these small frozen
+objects, never a raw `DictConfig`: a stage calls `DatasetSpec.from_config(cfg.dataset)` once at its entry.
+Fields are named as the config keys and carry no defaults of their own beyond "absent" (None): the defaults
+stay in conf/*.yaml, the declared choices and ranges in core/schema.py. Nested sections (`dataset.columns`,
+`dataset.download`, ...) become plain dicts and lists, resolved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+def _plain(value: Any) -> Any:
+    """A resolved config value as plain Python (dicts and lists); a missing `???` nested value stays '???'."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True, throw_on_missing=False)
+    return value
+
+
+class Section:
+    """`from_config(node)`: the dataclass's fields read from a config section (absent or `???` keys: default)."""
+
+    @classmethod
+    def values_of(cls, node: DictConfig) -> dict[str, Any]:
+        return {
+            f.name: _plain(node[f.name])
+            for f in dataclasses.fields(cls)
+            if f.init and f.name in node and not OmegaConf.is_missing(node, f.name)
+        }
+
+    @classmethod
+    def from_config(cls, node: DictConfig):
+        return cls(**cls.values_of(node))
+
+
+@dataclass(frozen=True)
+class DatasetSpec(Section):
+    """The `dataset` section (conf/dataset/*.yaml): raw files, their loader and the canonical contract."""
+
+    name: str | None = None
+    loader: str | None = None
+    raw_dir: str | None = None
+    generator: str | None = None  # synthetic: prepare generates the raw files first
+    # the synthetic generator's parameters
+    schema: str | None = None
+    n_clients: int | None = None
+    seed: int | None = None
+    min_events: int | None = None
+    max_events: int | None = None
+    label_noise: float | None = None
+    unlabeled_fraction: float | None = None
+    signals: dict[str, float] | None = None
+    # the canonical contract
+    id_column: str | None = None
+    categorical: list[str] = field(default_factory=list)
+    mcc_names: str | None = None
+    task: str | None = None
+    n_classes: int | None = None
+    metrics: list[str] = field(default_factory=list)
+    time_origin: str | None = None
+    drop_duplicates: bool = False
+    block_bytes: int | None = None
+    download: dict[str, Any] | None = None  # the download stage's source (data/fetch.py)
+    # the generic loader's column mapping (conf/dataset/custom.yaml)
+    transactions: list[str] = field(default_factory=list)
+    columns: dict[str, Any] | None = None
+    time_format: str | None = None
+    targets: dict[str, Any] | None = None
+    # keys left `???` (OmegaConf.missing_keys): data.loaders.specs names them before reading anything
+    missing: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, node: DictConfig) -> DatasetSpec:
+        return cls(**cls.values_of(node), missing=tuple(sorted(OmegaConf.missing_keys(node))))
+
+
+@dataclass(frozen=True)
+class SplitsSpec(Section):
+    """The `splits` section (conf/config.yaml): the pytorch-lifestream split protocol (data/splits.py)."""
+
+    test_fraction: float
+    n_folds: int
+    random_state: int
+    val_fraction: float
