@@ -88,3 +88,37 @@ class SplitsSpec(Section):
     n_folds: int
     random_state: int
     val_fraction: float
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """What the validation protocol reads (evaluation/validation.py, for the validate and baselines stages): the
+    `validate` section's LightGBM parameters, threads and aggregates, the dataset's task, classes, metrics and
+    categorical columns, the run's seed and progress switch."""
+
+    task: str
+    n_classes: int
+    metrics: list[str]
+    categorical: list[str]
+    lightgbm: dict[str, Any]  # validate.lightgbm: {binary, multiclass, common}
+    lightgbm_seed: str  # validate.lightgbm_seed (fixed | run)
+    n_jobs: int | None  # validate.n_jobs (null: the threads this process was given)
+    aggregates: dict[str, Any]  # validate.aggregates: numeric, categorical, sizes
+    seed: int
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ValidationSpec:
+        v, ds = cfg.validate, cfg.dataset
+        return cls(
+            task=ds.task,
+            n_classes=ds.n_classes,
+            metrics=_plain(ds.metrics),
+            categorical=_plain(ds.categorical),
+            lightgbm=_plain(v.lightgbm),
+            lightgbm_seed=v.get("lightgbm_seed", "fixed"),
+            n_jobs=v.get("n_jobs"),
+            aggregates=_plain(v.get("aggregates")),
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )

@@ -40,7 +40,8 @@ def fixture() -> None:
     from llm4trx.data.embeddings import embeddings_frame
     from llm4trx.core.sections import SplitsSpec
     from llm4trx.data.splits import make_splits, natural_sorted
-    from llm4trx.validate import lightgbm_params
+    from llm4trx.core.sections import ValidationSpec
+    from llm4trx.evaluation.validation import lightgbm_params
 
     rng = np.random.default_rng(2024)
     ids = natural_sorted(str(i) for i in rng.choice(np.arange(1, 100_000), N_CLIENTS, replace=False))
@@ -66,7 +67,7 @@ def fixture() -> None:
         splits.to_parquet(out / "splits.parquet", index=False)
         cfg = compose(["dataset=synthetic", f"dataset.schema={'rosbank' if task == 'binary' else 'age_pred'}"])
         assert cfg.dataset.task == task, cfg.dataset.task
-        params[task] = lightgbm_params(cfg)
+        params[task] = lightgbm_params(ValidationSpec.from_config(cfg))
     # embeddings_frame writes the ids as strings sorted as strings: the file order is not the protocol's.
     embeddings_frame("client_id", ids, emb).to_parquet(HERE / "features_emb.parquet", index=False)
     embeddings_frame("client_id", ids, agg).to_parquet(HERE / "features_agg.parquet", index=False)
