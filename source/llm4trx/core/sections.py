@@ -122,3 +122,27 @@ class ValidationSpec:
             seed=cfg.seed,
             progress=cfg.progress,
         )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run trains its model on (data/model_record.py: recorded by export, compared by embed when it
+    applies another run's model): the run's name and seed, its text and tokenizer sections, its dataset."""
+
+    experiment_name: str
+    seed: int
+    max_seq_len: int
+    dataset: DatasetSpec
+    text: dict[str, Any]
+    tokenizer: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> RunSpec:
+        return cls(
+            experiment_name=cfg.experiment_name,
+            seed=cfg.seed,
+            max_seq_len=cfg.max_seq_len,
+            dataset=DatasetSpec.from_config(cfg.dataset),
+            text=_plain(cfg.text),
+            tokenizer=_plain(cfg.tokenizer),
+        )
