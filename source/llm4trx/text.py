@@ -31,6 +31,7 @@ from tqdm import tqdm
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.registry import mixing
+from llm4trx.core.sections import MixSpec
 from llm4trx.core.spark import engine_of, session
 from llm4trx.core.stage import read_success, require, run_stage
 from llm4trx.data.splits import read_splits, splits_path
@@ -231,7 +232,8 @@ def run(cfg: DictConfig) -> Path:
             folder = require(cfg, "augment")
             augmented = (folder, read_success(folder).get("outputs", {}))
         train_ids = set(splits.loc[splits["split"] == "train", "client_id"])
-        rows, stats["augmented"] = mix_into_train(cfg, train, train_ids, augmented, counter.count)
+        mix = MixSpec.from_config(cfg.augment.mix) if mixing(cfg) else None
+        rows, stats["augmented"] = mix_into_train(mix, train, train_ids, augmented, counter.count)
         if held is not None and len(rows):  # augmented texts of train clients, by augment.mix (never val/test)
             write_rows(rows, text_path(out, "train"))
         for split in SPLITS:

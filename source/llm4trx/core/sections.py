@@ -10,6 +10,7 @@ stay in conf/*.yaml, the declared choices and ranges in core/schema.py. Nested s
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,16 +24,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _is_section(t) -> bool:
+    return isinstance(t, type) and issubclass(t, Section)
+
+
 class Section:
-    """`from_config(node)`: the dataclass's fields read from a config section (absent or `???` keys: default)."""
+    """`from_config(node)`: the dataclass's fields read from a config section (absent or `???` keys: default); a
+    field typed as another Section (or None) is read from the subsection the same way."""
 
     @classmethod
     def values_of(cls, node: DictConfig) -> dict[str, Any]:
-        return {
-            f.name: _plain(node[f.name])
-            for f in dataclasses.fields(cls)
-            if f.init and f.name in node and not OmegaConf.is_missing(node, f.name)
-        }
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name not in node or OmegaConf.is_missing(node, f.name):
+                continue
+            value = node[f.name]
+            inner = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if _is_section(t)]
+            values[f.name] = inner[0].from_config(value) if inner and isinstance(value, DictConfig) else _plain(value)
+        return values
 
     @classmethod
     def from_config(cls, node: DictConfig):
@@ -146,3 +156,61 @@ class RunSpec:
             text=_plain(cfg.text),
             tokenizer=_plain(cfg.tokenizer),
         )
+
+
+@dataclass(frozen=True)
+class SamplingSpec(Section):
+    """augment.sampling: per request, n samples of at most max_tokens tokens."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    n: int | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class VllmSpec(Section):
+    """augment.vllm (conf/augment/vllm.yaml): the vLLM engine's settings."""
+
+    tensor_parallel_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    enforce_eager: bool | None = None
+
+
+@dataclass(frozen=True)
+class MixSpec(Section):
+    """augment.mix: which augmented texts the text stage adds to the train split (generation/mix.py)."""
+
+    sources: list[str] | None = None
+    prompts: list[str] | None = None
+    fraction: float | None = None
+    with_base: bool | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class AugmentSpec(Section):
+    """The `augment` section (conf/augment/*.yaml): generator, sampling, prompts (generation/)."""
+
+    name: str | None = None
+    backend: str | None = None
+    generator: str | None = None
+    dtype: str | None = None
+    cpu_threads: int | None = None
+    clients: dict[str, Any] | None = None
+    sampling: SamplingSpec | None = None
+    batch_size: int | None = None
+    drop_empty: bool | None = None
+    drop_truncated: bool | None = None
+    system: str | None = None
+    transactions_format: str | None = None
+    use_chat_template: Any = None
+    user_template: str | None = None
+    formats: dict[str, str] | None = None
+    analysis: dict[str, str] | None = None
+    prompts: dict[str, Any] | None = None
+    use: list[str] | None = None
+    mix: MixSpec | None = None
+    vllm: VllmSpec | None = None
