@@ -39,9 +39,16 @@ class Section:
         for f in dataclasses.fields(cls):
             if not f.init or f.name not in node or OmegaConf.is_missing(node, f.name):
                 continue
-            value = node[f.name]
-            inner = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if _is_section(t)]
-            values[f.name] = inner[0].from_config(value) if inner and isinstance(value, DictConfig) else _plain(value)
+            value, hint = node[f.name], hints[f.name]
+            inner = [t for t in (hint, *typing.get_args(hint)) if _is_section(t)]
+            mapping = [t for t in (hint, *typing.get_args(hint)) if typing.get_origin(t) is dict]
+            of = typing.get_args(mapping[0])[1] if mapping else None
+            if inner and isinstance(value, DictConfig):
+                values[f.name] = inner[0].from_config(value)
+            elif _is_section(of) and isinstance(value, DictConfig):  # {name: subsection}
+                values[f.name] = {str(k): of.from_config(v) for k, v in value.items()}
+            else:
+                values[f.name] = _plain(value)
         return values
 
     @classmethod
@@ -214,3 +221,89 @@ class AugmentSpec(Section):
     use: list[str] | None = None
     mix: MixSpec | None = None
     vllm: VllmSpec | None = None
+
+
+@dataclass(frozen=True)
+class MethodSpec(Section):
+    """finetune.methods.<run>: a head on pooled hidden states or a verbalizer, with LoRA adapters or not."""
+
+    kind: str | None = None
+    lora: bool | None = None
+
+
+@dataclass(frozen=True)
+class LoraSpec(Section):
+    r: int | None = None
+    alpha: int | None = None
+    dropout: float | None = None
+    target_modules: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class VerbalizerSpec(Section):
+    instruction: str | None = None
+    question: str | None = None
+    label_words: list[str] | None = None
+    word_prefix: str | None = None
+    unknown_words: str | None = "vocabulary"  # the code's default where the key is absent (as before)
+
+
+@dataclass(frozen=True)
+class TrainingSpec(Section):
+    """finetune.training: steps, batch sizes, learning rates, early stopping, device and precision."""
+
+    max_steps: int | None = None
+    batch_size: int | None = None
+    micro_batch_size: int | None = None
+    eval_batch_size: int | None = None
+    lr: float | None = None
+    head_lr: float | None = None
+    weight_decay: float | None = None
+    warmup_steps: int | None = None
+    eval_interval: int | None = None
+    patience: int | None = None
+    precision: str | None = None
+    device: str | None = None
+    gradient_checkpointing: bool | None = None
+    cpu_threads: int | None = None
+    num_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneSpec(Section):
+    """The `finetune` section (conf/finetune/*.yaml): runs, methods, LoRA, verbalizer, training."""
+
+    enabled: bool | None = None
+    model: str | None = None
+    runs: list[str] | None = None
+    methods: dict[str, MethodSpec] | None = None
+    pooling: str | None = None
+    layer_slice: list[int | None] | None = None
+    max_tokens: int | None = None
+    lora: LoraSpec | None = None
+    verbalizer: VerbalizerSpec | None = None
+    training: TrainingSpec | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneRunSpec:
+    """What fine-tuning reads (lm/supervised.py, lm/classifiers.py, lm/classifier_trainer.py): the `finetune`
+    section, the dataset, the split protocol, the run's context length, seed and progress switch."""
+
+    finetune: FinetuneSpec
+    dataset: DatasetSpec
+    splits: SplitsSpec
+    max_seq_len: int
+    seed: int
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> FinetuneRunSpec:
+        return cls(
+            finetune=FinetuneSpec.from_config(cfg.finetune),
+            dataset=DatasetSpec.from_config(cfg.dataset),
+            splits=SplitsSpec.from_config(cfg.splits),
+            max_seq_len=cfg.max_seq_len,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
