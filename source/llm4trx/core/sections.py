@@ -307,3 +307,39 @@ class FinetuneRunSpec:
             seed=cfg.seed,
             progress=cfg.progress,
         )
+
+
+@dataclass(frozen=True)
+class ColesSpec(Section):
+    """The `coles` section (conf/coles/*.yaml): the CoLES baseline's inputs, encoder, loss and training
+    (evaluation/coles_model.py)."""
+
+    numeric: Any = None  # {column: transform} or a list of columns (log each)
+    categorical: list[str] | None = None
+    time_features: list[str] | None = None
+    time_numeric: list[str] | None = None
+    embeddings: dict[str, dict[str, int]] | None = None
+    category_embedding_dim: int | None = None
+    embeddings_noise: float | None = None
+    norm_embeddings: bool | None = None
+    use_batch_norm_with_lens: bool | None = None
+    encoder_type: str | None = None
+    hidden_size: int | None = None
+    bidir: bool | None = None
+    trainable_starter: str | None = None
+    use_norm_encoder: bool | None = None
+    loss: dict[str, Any] | None = None  # margin, neg_count
+    max_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    lr_step_size: int | None = None
+    lr_step_gamma: float | None = None
+    trx_dropout: float | None = None
+    split_count: int | None = None
+    cnt_min: int | None = None
+    cnt_max: int | None = None
+    min_seq_len: int | None = None
+    inference_max_len: int | None = None
+    num_workers: int | None = None
+    inference_batch_size: int | None = None
