@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from llm4trx.generation.backends import Sample, check_environment, context_length, generator_dir, load_backend
@@ -38,7 +38,7 @@ from llm4trx.generation.prompts import ClientPrompter, build_prompts
 from llm4trx.generation.transactions import check_format, transaction_renderer
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
-from llm4trx.core.sections import AugmentSpec
+from llm4trx.core.sections import AugmentSpec, DatasetSpec, TextSpec
 from llm4trx.core import registry
 from llm4trx.core.stage import SUCCESS_FILE, read_success, require, stage_dir, stage_hash
 from llm4trx.data.chunks import read_events
@@ -200,10 +200,7 @@ def run(cfg: DictConfig) -> Path:
         )
 
     prompter.render = transaction_renderer(
-        acfg.transactions_format,
-        OmegaConf.to_container(cfg.dataset, resolve=True),
-        OmegaConf.to_container(cfg.text, resolve=True),
-        data,
+        acfg.transactions_format, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text), data
     )
     clients = select_clients(cfg, splits_path(data))
     if not clients:

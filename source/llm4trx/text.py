@@ -31,7 +31,7 @@ from tqdm import tqdm
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.registry import mixing
-from llm4trx.core.sections import MixSpec
+from llm4trx.core.sections import DatasetSpec, MixSpec, TextSpec
 from llm4trx.core.spark import engine_of, session
 from llm4trx.core.stage import read_success, require, run_stage
 from llm4trx.data.splits import read_splits, splits_path
@@ -99,16 +99,21 @@ def client_splits(data_dir: Path) -> pd.DataFrame:
 
 
 def scan_events(
-    events_path: Path, splits_path: Path, splits: pd.DataFrame, dataset_cfg, text_cfg, batch_rows: int = BATCH_ROWS
+    events_path: Path,
+    splits_path: Path,
+    splits: pd.DataFrame,
+    ds: DatasetSpec,
+    text: TextSpec,
+    batch_rows: int = BATCH_ROWS,
 ) -> tuple[list[Path], RenderContext]:
     """Pass 1 over events.parquet in batches: the contract checks of the whole-table reader (same errors, in
     the same order) and the dataset's RenderContext. Returns (parquet files in order, context)."""
-    categorical = list(dataset_cfg.get("categorical") or [])
+    categorical = list(ds.categorical or [])
     files = event_files(events_path)
     if check_event_columns(files, [*EVENT_COLUMNS, *categorical]) == 0:
         raise DataError(events_path, "no events")
     known = pa.array(splits["client_id"].to_numpy(object), pa.string())
-    acc = ContextAccumulator(dataset_cfg, text_cfg)
+    acc = ContextAccumulator(ds, text)
     unknown = None
     prev_client, prev_time = None, None
     for table in iter_batches(files, ["client_id", "event_time", *categorical], batch_rows):
@@ -160,7 +165,13 @@ def run(cfg: DictConfig) -> Path:
     def build(out: Path) -> dict:
         categorical = list(cfg.dataset.get("categorical") or [])
         splits = client_splits(data_dir)
-        files, ctx = scan_events(events_path(data_dir), splits_path(data_dir), splits, cfg.dataset, cfg.text)
+        files, ctx = scan_events(
+            events_path(data_dir),
+            splits_path(data_dir),
+            splits,
+            DatasetSpec.from_config(cfg.dataset),
+            TextSpec.from_config(cfg.text),
+        )
         counter = get_counter(str(cfg.text.count_tokenizer))
         # max_tokens is the whole sample's budget: bos + text + eos, as the shards and the model see it
         body = None if max_tokens is None else int(max_tokens) - SPECIAL_TOKENS

@@ -343,3 +343,15 @@ class ColesSpec(Section):
     inference_max_len: int | None = None
     num_workers: int | None = None
     inference_batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class TextSpec(Section):
+    """The `text` section (conf/text/*.yaml): the format clients are rendered in and its budget (render/)."""
+
+    format: str | None = None
+    max_tokens: int | None = None
+    chunk_events: int | None = None
+    count_tokenizer: str | None = None
+    mcc_descriptions: bool | None = True  # the code's default where the key is absent (as before)
+    calendar: list[str] | None = None
