@@ -1,10 +1,14 @@
 """Typed views of config sections, built once by a stage from its composed config and handed to the libraries.
 
 Library modules (data/, evaluation/, generation/, lm/, render/) take plain values or these small frozen
-objects, never a raw `DictConfig`: a stage calls `DatasetSpec.from_config(cfg.dataset)` once at its entry.
-Fields are named as the config keys and carry no defaults of their own beyond "absent" (None): the defaults
-stay in conf/*.yaml, the declared choices and ranges in core/schema.py. Nested sections (`dataset.columns`,
-`dataset.download`, ...) become plain dicts and lists, resolved.
+objects, never a raw `DictConfig`: a stage builds them from its config (`DatasetSpec.from_config(cfg.dataset)`)
+and hands them on. The exceptions are the config translators lm/foundry_config.py and lm/hf_backend.py, whose job
+is to map the composed config key by key onto llm-foundry's and transformers' own configs.
+
+Fields are named as the config keys. Their defaults only say what the code assumed of an absent key (None, or
+the `.get(key, default)` it used before); the defaults of the config stay in conf/*.yaml, the declared choices
+and ranges in core/schema.py. A field typed as another section is built the same way from its subsection; other
+nested values (`dataset.columns`, `dataset.download`, ...) become plain dicts and lists, resolved.
 """
 
 from __future__ import annotations
