@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from omegaconf import OmegaConf
-
+from llm4trx.core.sections import AugmentSpec, SamplingSpec
 from llm4trx.generation.backends import HFBackend, generator_dir
 
 
@@ -36,13 +35,11 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    acfg = OmegaConf.create(
-        {
-            "backend": "hf",
-            "generator": args.generator,
-            "dtype": "auto",
-            "sampling": {"temperature": 0.7, "top_p": 0.95, "n": 1, "max_tokens": args.max_tokens},
-        }
+    acfg = AugmentSpec(
+        backend="hf",
+        generator=args.generator,
+        dtype="auto",
+        sampling=SamplingSpec(temperature=0.7, top_p=0.95, n=1, max_tokens=args.max_tokens),
     )
     path = generator_dir(acfg)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -31,10 +31,11 @@ def main() -> None:
     from ptls.frames.coles.sampling_strategies import HardNegativePairSelector
 
     from llm4trx.core.config import compose
+    from llm4trx.core.sections import ColesSpec
     from llm4trx.evaluation.coles_model import FastHardNegativePairSelector, build_module, build_seq_encoder
 
     torch.manual_seed(0)
-    c = compose(["experiment=smoke", f"coles.hidden_size={args.hidden}"]).coles
+    c = ColesSpec.from_config(compose(["experiment=smoke", f"coles.hidden_size={args.hidden}"]).coles)
     sizes = {"mcc": 60, "channel_type": 7, "currency": 4, "trx_category": 4}
     module = build_module(c, build_seq_encoder(c, sizes))
     n = args.clients * 5

@@ -63,6 +63,7 @@ def child(args) -> None:
     import torch
 
     from llm4trx.core.config import compose
+    from llm4trx.core.sections import FinetuneRunSpec
     from llm4trx.lm import classifier_trainer as trn
     from llm4trx.lm import classifiers as clf
 
@@ -88,7 +89,8 @@ def child(args) -> None:
     samples = trn.Samples(range(args.clients), sequences, labels)
     held = trn.Samples(range(8), sequences[:8], labels[:8])
     tokenizer = clf.classifier_tokenizer(Path(args.model))
-    model = clf.build_model(cfg, args.variant, Path(args.model), None)
+    spec = FinetuneRunSpec.from_config(cfg)
+    model = clf.build_model(spec, args.variant, Path(args.model), None)
     counts = clf.parameter_counts(model)
     cuda = args.device == "cuda"
     if cuda:
@@ -96,7 +98,7 @@ def child(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     before = rss_mb()
     with tempfile.TemporaryDirectory() as work:
-        trainer = trn.make_trainer(cfg, model, tokenizer, samples, held, Path(work), [], lambda p: {"auroc": 0.5})
+        trainer = trn.make_trainer(spec, model, tokenizer, samples, held, Path(work), [], lambda p: {"auroc": 0.5})
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started

@@ -37,7 +37,8 @@ def main():
     from llm4trx.embed import length_sorted_batches, load_model, read_texts, tokenize
     from llm4trx.evaluation.protocol import cross_validate, load_labels
     from llm4trx.lm.pooling import pool
-    from llm4trx.validate import lightgbm_params, validation_jobs
+    from llm4trx.core.sections import ValidationSpec
+    from llm4trx.evaluation.validation import lightgbm_params, validation_jobs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,12 +77,20 @@ def main():
         pooled.update(out)
     forward_s = time.time() - started
     labels = load_labels(require(cfg, "prepare"), int(cfg.splits.n_folds))
-    params = lightgbm_params(cfg)
+    params = lightgbm_params(ValidationSpec.from_config(cfg))
     ids = texts["client_id"].to_numpy()
     rows = []
     for name, *_ in variants:
         frame = pd.DataFrame(pooled[name], index=pd.Index(ids, name="client_id"))
-        r = cross_validate(name, frame, labels, list(cfg.dataset.metrics), params, validation_jobs(cfg), "ablation")
+        r = cross_validate(
+            name,
+            frame,
+            labels,
+            list(cfg.dataset.metrics),
+            params,
+            validation_jobs(ValidationSpec.from_config(cfg)),
+            "ablation",
+        )
         head = r[cfg.dataset.metrics[0]]
         rows.append((name, head["val_mean"], head["val_std"], head["test_mean"]))
         print(

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from llm4trx import prepare, shards, text, tokenizer
 from llm4trx.core.config import compose
+from llm4trx.core.sections import DatasetSpec, TextSpec
 from llm4trx.data.chunks import to_frame
 from llm4trx.render.columns import RenderContext, mcc_label_map
 from llm4trx.render.formats import FORMATS, render
@@ -222,7 +223,7 @@ def main() -> None:
     events_path = stage_dir(cfg, "prepare") / "events.parquet"
     events = pd.read_parquet(events_path)
     events["client_id"] = events["client_id"].astype(str)
-    ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
+    ctx = RenderContext.from_events(events, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text))
     vec, t_vec, c_vec = timed(render, to_frame(pq.read_table(events_path)), "flat", ctx)
     cut = events["client_id"].iloc[min(args.reference_events, len(events)) - 1]
     subset = events[events["client_id"] < cut]

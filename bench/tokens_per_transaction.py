@@ -25,6 +25,7 @@ def main():
     args = ap.parse_args()
     from llm4trx import prepare
     from llm4trx.core.config import compose
+    from llm4trx.core.sections import DatasetSpec, TextSpec
     from llm4trx.core.stage import stage_dir
     from llm4trx.render.columns import RenderContext
     from llm4trx.render.formats import FORMATS, render
@@ -43,7 +44,7 @@ def main():
     prepare.run(cfg)
     events = pd.read_parquet(stage_dir(cfg, "prepare") / "events.parquet")
     events["client_id"] = events["client_id"].astype(str)
-    ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
+    ctx = RenderContext.from_events(events, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text))
     texts = {name: render(events, name, ctx).tolist() for name in FORMATS}
     special = dict(bos_token="<|bos|>", eos_token="<|endoftext|>", pad_token="<|pad|>", unk_token="<|unk|>")
     bpe = train_domain_tokenizer("domain_bpe", iter(texts["flat"]), 4096, 2, special)

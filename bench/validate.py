@@ -17,7 +17,8 @@ import pandas as pd
 
 from llm4trx.core.config import compose
 from llm4trx.evaluation.protocol import Labels, cross_validate, fold_threads, make_model
-from llm4trx.validate import lightgbm_params
+from llm4trx.core.sections import ValidationSpec
+from llm4trx.evaluation.validation import lightgbm_params
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     n_test = args.clients // 10
     folds = np.arange(args.clients - n_test) % 5
     labels = Labels(ids[n_test:], y[n_test:], folds, ids[:n_test], y[:n_test])
-    params = lightgbm_params(compose(["dataset.task=binary"]))
+    params = lightgbm_params(ValidationSpec.from_config(compose(["dataset.task=binary"])))
 
     started = time.perf_counter()
     make_model(params, fold_threads(args.n_jobs, 5)[1]).fit(x[n_test:][folds != 0], y[n_test:][folds != 0])

@@ -23,6 +23,7 @@ from llm4trx import embed, validate
 from llm4trx.core import registry
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import RunSpec
 from llm4trx.core.stage import read_success, stage_dir, stage_hash, write_success
 from llm4trx.data.model_record import RECORD, make_record, write_record
 from pipeline_helpers import ROOT, child_env
@@ -38,7 +39,7 @@ def model_run(tmp_path_factory):
     write_all(cfg)
     hf = stage_dir(cfg, "export")
     tok_dir = hf  # the fixture's tokenizer files sit in hf/ (export copies the run's tokenizer there too)
-    write_record(hf, make_record(cfg, tok_dir))
+    write_record(hf, make_record(RunSpec.from_config(cfg), tok_dir))
     return cfg, hf
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
 from llm4trx.core import registry
 
@@ -107,14 +106,13 @@ def test_the_registry_answers_paths_and_names_unknown_artifacts():
 def test_validate_and_finetune_read_the_same_labeled_clients(tmp_path):
     """One reader (data.splits.load_labels): finetune sees the same clients, targets and folds as validate (its
     rows in string order, validate's in natural order), and never the test labels."""
+    from llm4trx.core.sections import SplitsSpec
     from llm4trx.data.splits import load_labels, make_splits, write_splits, write_targets
     from llm4trx.lm.supervised import load_protocol
 
     ids = [str(i) for i in range(1, 61)]  # "10" < "2" as strings: the two orders differ
     targets = pd.DataFrame({"client_id": ids[:50], "target": np.arange(50) % 2})
-    splits = make_splits(
-        ids, targets, OmegaConf.create({"test_fraction": 0.2, "val_fraction": 0.1, "n_folds": 3, "random_state": 7})
-    )
+    splits = make_splits(ids, targets, SplitsSpec(test_fraction=0.2, val_fraction=0.1, n_folds=3, random_state=7))
     write_splits(tmp_path, splits)
     write_targets(tmp_path, targets)
     labels = load_labels(tmp_path, 3)

@@ -14,6 +14,8 @@ from llm4trx.generation.backends import HFBackend, check_environment
 from llm4trx.generation.mix import mix_into_train
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.registry import mixing
+from llm4trx.core.sections import AugmentSpec, MixSpec
 from llm4trx.core.stage import read_success, run_stage, stage_dir, stage_hash
 
 TRAIN = [f"c{i:02d}" for i in range(8)]
@@ -134,6 +136,11 @@ def write_data(cfg) -> Path:
         return {"clients": len(clients)}
 
     return run_stage(cfg, "prepare", build)
+
+
+def mix_of(cfg):
+    """What the text stage hands mix_into_train: augment.mix, or None while not mixing."""
+    return MixSpec.from_config(cfg.augment.mix) if mixing(cfg) else None
 
 
 def cfg_for(out_root, generator, *overrides):
@@ -329,7 +336,7 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     train_ids = set(splits.loc[splits["split"] == "train", "client_id"])
     outputs = (folder, read_success(folder)["outputs"])  # what the text stage passes
     rows, stats = mix_into_train(
-        cfg_for(out_root, generator, "augment.clients.n=4", *mix),
+        mix_of(cfg_for(out_root, generator, "augment.clients.n=4", *mix)),
         train,
         train_ids,
         outputs,
@@ -344,7 +351,7 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     assert (added["n_tokens"] == added["text"].str.len()).all() and (added["n_events"] == 3).all()
 
     rows, stats = mix_into_train(
-        cfg_for(out_root, generator, "augment.mix.sources=[hf]", "augment.mix.with_base=false"),
+        mix_of(cfg_for(out_root, generator, "augment.mix.sources=[hf]", "augment.mix.with_base=false")),
         train,
         train_ids,
         outputs,
@@ -355,7 +362,7 @@ def test_mixing_adds_augmented_texts_to_train_clients_only(out_root, generator):
     assert stats["texts_added"] == 2 * len(augmented) == (rows["source"] != "base").sum()
     assert pd.read_parquet(data / "splits.parquet").set_index("client_id").loc[TEST, "split"].eq("test").all()
     for off in (cfg_for(out_root, generator), compose([f"paths.output_root={out_root}"])):  # no sources; no augment
-        untouched, stats = mix_into_train(off, train, train_ids, None)
+        untouched, stats = mix_into_train(mix_of(off), train, train_ids, None)
         assert untouched is train and stats == {"enabled": False}
 
 
@@ -426,7 +433,7 @@ def test_vllm_config_composes_and_needs_a_gpu(out_root, generator):
     assert 0 < v.vllm.gpu_memory_utilization <= 1 and {"temperature", "top_p", "max_tokens", "n", "seed"} <= set(
         v.sampling
     )
-    assert [p.prompt_id for p in augment.build_prompts(v)] == list(v.use)
+    assert [p.prompt_id for p in augment.build_prompts(AugmentSpec.from_config(v))] == list(v.use)
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the no-GPU error cannot be shown")
     write_data(cfg)
@@ -440,7 +447,10 @@ def test_smoke_augment_preset_uses_the_smoke_export_and_mixes(out_root):
     smoke = compose(["experiment=smoke", f"paths.output_root={out_root}"])
     assert Path(cfg.augment.generator) == stage_dir(smoke, "export") and cfg.augment.backend == "hf"
     assert cfg.experiment_name != smoke.experiment_name and list(cfg.augment.mix.sources) == [cfg.augment.name]
-    assert [p.prompt_id for p in augment.build_prompts(cfg.augment)] == ["html_little", "json_large"]
+    assert [p.prompt_id for p in augment.build_prompts(AugmentSpec.from_config(cfg.augment))] == [
+        "html_little",
+        "json_large",
+    ]
 
 
 @pytest.mark.gpu
@@ -459,7 +469,7 @@ def test_vllm_generates_on_gpu(out_root, generator):
         "augment.dtype=float32",
     )
     write_data(cfg)
-    check_environment(cfg.augment)
+    check_environment(AugmentSpec.from_config(cfg.augment))
     folder = augment.run(cfg)
     lines = read_lines(folder / "vllm.jsonl")
     assert len(lines) == 6 and {line["client_id"] for line in lines} <= set(TRAIN)

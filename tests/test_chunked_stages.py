@@ -23,6 +23,7 @@ from llm4trx import tokenizer as tokenizer_stage
 from llm4trx.core.errors import DataError
 from llm4trx.core.stage import stage_dir
 from llm4trx.data.chunks import event_files, iter_client_chunks
+from llm4trx.core.sections import DatasetSpec, TextSpec
 from llm4trx.render.columns import ContextAccumulator, RenderContext
 from llm4trx.render.formats import get_format
 from llm4trx.render.client_texts import SPECIAL_TOKENS, TEXT_COLUMNS, build_texts, token_stats
@@ -45,7 +46,7 @@ def whole_table(cfg, out: Path) -> None:
     splits = pd.read_parquet(data / "splits.parquet", columns=["client_id", "split"])
     splits["client_id"] = splits["client_id"].astype(str)
     fmt = get_format(cfg.text.format)
-    ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
+    ctx = RenderContext.from_events(events, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text))
     counter = get_counter(str(cfg.text.count_tokenizer))
     frame = build_texts(events, fmt, ctx, counter, int(cfg.text.max_tokens) - SPECIAL_TOKENS)
     frame = frame.merge(splits, on="client_id", how="left")
@@ -128,8 +129,8 @@ def test_context_accumulated_over_batches_equals_the_whole_table():
         ["a", "b", None, "b", "a", None] * (len(events) // 6) + ["a"] * (len(events) % 6), dtype="string"
     )  # ties between a, b and NA
     events["currency"] = pd.Series(["x"] * len(events), dtype="string")
-    dataset = OmegaConf.create({"categorical": ["channel_type", "currency", "trx_category"], "mcc_names": "iso18245"})
-    text_cfg = OmegaConf.create({})
+    dataset = DatasetSpec(categorical=["channel_type", "currency", "trx_category"], mcc_names="iso18245")
+    text_cfg = TextSpec()
     for size in (1, 7, len(events)):
         acc = ContextAccumulator(dataset, text_cfg)
         for i in range(0, len(events), size):
@@ -298,13 +299,11 @@ def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema, monkeypat
 
     events = canonical_events(schema, 30, seed=5, min_events=1, max_events=120)
     events["client_id"] = events["client_id"].astype(str)
-    dataset = OmegaConf.create(
-        {
-            "categorical": [c for c in ("channel_type", "currency", "trx_category", "tr_type") if c in events.columns],
-            "mcc_names": "iso18245",
-        }
+    dataset = DatasetSpec(
+        categorical=[c for c in ("channel_type", "currency", "trx_category", "tr_type") if c in events.columns],
+        mcc_names="iso18245",
     )
-    ctx = RenderContext.from_events(events, dataset, OmegaConf.create({}))
+    ctx = RenderContext.from_events(events, dataset, TextSpec())
     for name, fmt in FORMATS.items():
         counter = get_counter("fields" if name == "fields" else "qwen")
         budget = 120 if name == "fields" else 300

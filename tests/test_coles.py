@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import ColesSpec
 
 PUBLISHED = json.loads((Path(__file__).parent / "data" / "ptls_published_configs.json").read_text())
 
@@ -47,7 +48,7 @@ def test_published_rosbank_model_is_built_as_configured():
 
     from llm4trx.evaluation.coles_model import FastHardNegativePairSelector, build_module, build_seq_encoder
 
-    c = compose(["coles=ptls_rosbank", "dataset=rosbank"]).coles
+    c = ColesSpec.from_config(compose(["coles=ptls_rosbank", "dataset=rosbank"]).coles)
     sizes = {"mcc": 300, "channel_type": 7, "currency": 5, "trx_category": 12}  # fitted sizes: `in` wins
     encoder = build_seq_encoder(c, sizes)
     trx = encoder.trx_encoder
@@ -83,7 +84,7 @@ def test_datamodule_applies_dropout_and_slices():
     records = [
         {"client_id": str(i), "event_time": torch.arange(100), "mcc": torch.arange(100) % 7 + 1} for i in range(4)
     ]
-    c = compose(["coles=ptls_gender", "dataset=gender", "coles.trx_dropout=0.5"]).coles
+    c = ColesSpec.from_config(compose(["coles=ptls_gender", "dataset=gender", "coles.trx_dropout=0.5"]).coles)
     data = build_datamodule(c, records)
     dataset = data.train_dataloader().dataset
     assert isinstance(dataset.data, AugmentationDataset)
@@ -143,16 +144,14 @@ def test_time_features_reach_the_records_as_categories():
     assert set(records[0]) >= {"hour", "day_index", "mcc", "amount", "event_time"}
     # frequency codes: hour 10 (3 times) is code 1; day 0 (3 times) is code 1
     assert records[0]["hour"].tolist() == [1, 1, 2] and records[0]["day_index"].tolist() == [1, 2, 3]
-    c = OmegaConf.create({"embeddings": {"hour": {"in": 30, "out": 4}}, "category_embedding_dim": 16})
+    c = ColesSpec(embeddings={"hour": {"in": 30, "out": 4}}, category_embedding_dim=16)
     assert embedding_specs(c, sizes)["hour"] == {"in": 30, "out": 4}
     assert embedding_specs(c, sizes)["mcc"] == {"in": sizes["mcc"], "out": sizes["mcc"]}
     with pytest.raises(ConfigError, match=r"coles.embeddings: \['weekday'\] not among the CoLES columns"):
-        embedding_specs(
-            OmegaConf.create({"embeddings": {"weekday": {"in": 8, "out": 4}}, "category_embedding_dim": 16}), sizes
-        )
+        embedding_specs(ColesSpec(embeddings={"weekday": {"in": 8, "out": 4}}, category_embedding_dim=16), sizes)
     records, _ = ptls_records(events, ["mcc"], ["amount"], ["a", "b"], time_numeric=["day_index"])
     assert records[0]["day_index"].tolist() == pytest.approx([10 / 24, 1 + 10 / 24, 2 + 11 / 24])
-    c = OmegaConf.create({"numeric": {"amount": "log"}, "time_numeric": ["day_gap", "day_index"]})
+    c = ColesSpec(numeric={"amount": "log"}, time_numeric=["day_gap", "day_index"])
     assert numeric_inputs(c) == {"amount": "log", "day_gap": "log", "day_index": "identity"}
     with pytest.raises(ConfigError, match="coles.time_features: \\['mcc'\\] is also a data column"):
         ptls_records(events.assign(hour=1), ["mcc"], ["amount"], ["a"], time_features=["mcc"])

@@ -29,6 +29,7 @@ from huggingface_hub.utils import reset_sessions
 from omegaconf import OmegaConf
 
 from llm4trx.core.config import compose
+from llm4trx.core.sections import DatasetSpec
 from llm4trx.core.stage import stage_dir
 from llm4trx.data import fetch, synthetic
 from llm4trx.data.fetch import DownloadError
@@ -178,7 +179,7 @@ def rosbank_raw(tmp_path_factory) -> Path:
     """Small rosbank-schema raw files (the synthetic generator's train.csv and test.csv)."""
     out = tmp_path_factory.mktemp("src")
     ds = compose([f"paths.output_root={out}", "dataset.n_clients=60", "dataset.max_events=30"]).dataset
-    return synthetic.ensure_raw(ds)
+    return synthetic.ensure_raw(DatasetSpec.from_config(ds))
 
 
 def rosbank_cfg(hub: Hub, raw_src: Path, raw_dir: Path, *extra: str):
@@ -213,7 +214,7 @@ def test_downloaded_files_are_exactly_what_prepare_reads(hub, rosbank_raw, tmp_p
 
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
-    counts = fetch.ensure(cfg.dataset)
+    counts = fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert counts["downloaded"] == 2
     for name in ("train.csv", "test.csv"):
         assert (raw / name).read_bytes() == (rosbank_raw / name).read_bytes()
@@ -232,7 +233,7 @@ def test_downloaded_files_are_exactly_what_prepare_reads(hub, rosbank_raw, tmp_p
     assert downloaded.equals(direct)
 
     seen = len(hub.requests)
-    assert fetch.ensure(cfg.dataset)["present"] == 2  # rerun: skipped, nothing requested
+    assert fetch.ensure(DatasetSpec.from_config(cfg.dataset))["present"] == 2  # rerun: skipped, nothing requested
     assert len(hub.requests) == seen
 
 
@@ -245,13 +246,13 @@ def test_an_interrupted_transfer_resumes_with_a_range_request(hub, rosbank_raw, 
         match=r"^download train.csv.gz: transfer (interrupted|ended short).*rerun to "
         "resume",
     ) as err:
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert "\n" not in str(err.value)
     assert not (raw / "train.csv").exists()  # never a half file under the loader's name
     parts = fetch.incomplete_parts(raw / fetch.PART_DIR)
     assert len(parts) == 1 and 0 < parts[0].stat().st_size < len(hub.files["train.csv.gz"])
     kept = parts[0].stat().st_size
-    fetch.ensure(cfg.dataset)
+    fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert hub.gets("train.csv.gz")[-1] == f"bytes={kept}-"  # resumed, not restarted
     assert (raw / "train.csv").read_bytes() == (rosbank_raw / "train.csv").read_bytes()
     assert listing(raw) == ["_DOWNLOAD.json", "test.csv", "train.csv"]
@@ -262,7 +263,7 @@ def test_transient_errors_are_retried_and_each_retry_resumes(hub, rosbank_raw, t
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw, "dataset.download.retries=2")
     hub.faults["train.csv.gz"] = ["503", "cut"]  # the metadata answer fails once, then the transfer is cut
-    fetch.ensure(cfg.dataset)
+    fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     gets = hub.gets("train.csv.gz")
     assert gets[0] is None and gets[-1].startswith("bytes=") and len(gets) == 2
     assert (raw / "train.csv").read_bytes() == (rosbank_raw / "train.csv").read_bytes()
@@ -273,8 +274,8 @@ def test_the_network_going_away_between_the_two_metadata_requests(hub, rosbank_r
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     hub.faults["train.csv.gz"] = ["ok", "drop"]  # ours answers, hf_hub_download's own finds no server
     with pytest.raises(DownloadError, match=r"^download train.csv.gz: cannot reach http://127\.0\.0\.1:\d+ .*rerun$"):
-        fetch.ensure(cfg.dataset)
-    fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
+    fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert (raw / "train.csv").read_bytes() == (rosbank_raw / "train.csv").read_bytes()
 
 
@@ -287,10 +288,10 @@ def test_a_checksum_mismatch_removes_the_file(hub, rosbank_raw, tmp_path):
         match=r"^download train.csv.gz: sha256 [0-9a-f]{64}, expected 0{64} \(dataset "
         r"config.*removed",
     ):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert not (raw / "train.csv").exists() and not (raw / fetch.PART_DIR / "train.csv.gz").exists()
     cfg.dataset.download.files[0].sha256 = hashlib.sha256(hub.files["train.csv.gz"]).hexdigest()
-    fetch.ensure(cfg.dataset)  # the next run fetches it again
+    fetch.ensure(DatasetSpec.from_config(cfg.dataset))  # the next run fetches it again
     assert hub.gets("train.csv.gz") == [None, None]
     assert (raw / "train.csv").read_bytes() == (rosbank_raw / "train.csv").read_bytes()
 
@@ -304,10 +305,10 @@ def test_without_a_published_checksum_the_hubs_lfs_sha256_is_checked(hub, rosban
     real = hashlib.sha256(good).hexdigest()
     hub.corrupt["train.csv.gz"] = good[:100] + bytes([good[100] ^ 1]) + good[101:]  # one bit flipped in storage
     with pytest.raises(DownloadError, match=rf"sha256 [0-9a-f]{{64}}, expected {real} \(the hub's LFS sha256"):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert not (raw / "train.csv").exists()
     del hub.corrupt["train.csv.gz"]
-    fetch.ensure(cfg.dataset)
+    fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     record = fetch.read_manifest(raw)["train.csv"]
     assert record["object_sha256"] == real
     assert record["checksum_published"] is False and record["checked_against"] == "the hub's LFS sha256"
@@ -330,7 +331,7 @@ def test_a_branch_revision_records_the_commit_and_a_plain_file_is_unchecked(hub,
             },
         }
     )
-    fetch.ensure(ds)
+    fetch.ensure(DatasetSpec.from_config(ds))
     assert (tmp_path / "raw/t.csv").read_bytes() == data
     record = fetch.read_manifest(tmp_path / "raw")["t.csv"]
     assert (record["revision"], record["commit"], record["checked_against"]) == ("main", COMMIT, "unchecked")
@@ -355,7 +356,7 @@ def test_server_errors_are_one_clear_line(hub, rosbank_raw, tmp_path, fault, mes
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     hub.faults["train.csv.gz"] = [fault]
     with pytest.raises(DownloadError, match=message) as err:
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert "\n" not in str(err.value)
     assert not (raw / "train.csv").exists() and not list((raw / fetch.PART_DIR).glob("train*"))
 
@@ -379,7 +380,7 @@ def test_a_repo_or_revision_the_hub_does_not_have(hub, rosbank_raw, tmp_path, ov
     raw = tmp_path / "raw"
     cfg = rosbank_cfg(hub, rosbank_raw, raw, override)
     with pytest.raises(DownloadError, match=message):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert listing(raw) == []
 
 
@@ -392,7 +393,7 @@ def test_a_file_the_repo_does_not_have(hub, rosbank_raw, tmp_path):
         match=r"no file 'data/train\.csv\.gz' in dataset repo dllllb/rosbank-churn at "
         rf"revision {COMMIT} \(HTTP 404 .*check dataset\.download\.files",
     ):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
 
 
 def test_a_size_other_than_the_configs_is_refused_before_the_transfer(hub, rosbank_raw, tmp_path):
@@ -400,7 +401,7 @@ def test_a_size_other_than_the_configs_is_refused_before_the_transfer(hub, rosba
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     cfg.dataset.download.files[0].size += 1
     with pytest.raises(DownloadError, match=r"the hub serves \d+ bytes at revision 0123.*, the config expects \d+"):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert hub.gets("train.csv.gz") == []
 
 
@@ -411,7 +412,7 @@ def test_an_html_page_without_a_content_type_is_caught_by_its_bytes(hub, rosbank
     cfg.dataset.download.files[0].size = None
     cfg.dataset.download.files[0].sha256 = None
     with pytest.raises(DownloadError, match=r"not a gzip file \(it is an HTML page\)"):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert not (raw / "train.csv").exists() and not (raw / fetch.PART_DIR / "train.csv.gz").exists()
 
 
@@ -420,7 +421,7 @@ def test_no_room_on_the_disk(hub, rosbank_raw, tmp_path, monkeypatch):
     cfg = rosbank_cfg(hub, rosbank_raw, raw)
     monkeypatch.setattr(fetch, "free_bytes", lambda path: 1000)
     with pytest.raises(DownloadError, match=r"no room on the disk for .*train\.csv: needs [\d.]+ [kM]B, 1\.0 kB free"):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert not (raw / "train.csv").exists() and hub.gets("train.csv.gz") == []
 
 
@@ -439,7 +440,7 @@ def test_the_disk_filling_up_during_the_transfer(hub, rosbank_raw, tmp_path, mon
         match=r"^download train.csv.gz: no room left on the disk while downloading into "
         r".*the part was removed: free space and rerun$",
     ):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert fetch.incomplete_parts(raw / fetch.PART_DIR) == [] and not (raw / "train.csv").exists()
 
 
@@ -468,12 +469,12 @@ def test_zip_and_tar_members(hub, tmp_path):
             },
         }
     )
-    fetch.ensure(ds)
+    fetch.ensure(DatasetSpec.from_config(ds))
     assert (tmp_path / "raw/one.csv").read_bytes() == data == (tmp_path / "raw/two.csv").read_bytes()
     ds.download.files[0].member = "nope.csv"
     ds.download.files[0].file = "three.csv"
     with pytest.raises(DownloadError, match=r"no member 'nope.csv' in the archive"):
-        fetch.ensure(ds)
+        fetch.ensure(DatasetSpec.from_config(ds))
     assert not (tmp_path / "raw/three.csv").exists()
 
 
@@ -520,12 +521,12 @@ def test_offline_mode_says_so(hub, rosbank_raw, tmp_path, monkeypatch):
         match=r"^download train.csv.gz: HF_HUB_OFFLINE is set, so nothing can be "
         "downloaded; unset it",
     ):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert hub.requests == []
 
 
 def test_a_dataset_without_a_public_source_says_so(tmp_path):
     cfg = compose([f"paths.output_root={tmp_path}"])
     with pytest.raises(DownloadError, match="no `dataset.download` section"):
-        fetch.ensure(cfg.dataset)
+        fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     assert stage_dir(compose(["dataset=rosbank", f"dataset.raw_dir={tmp_path}"]), "download") == tmp_path

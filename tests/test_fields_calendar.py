@@ -9,6 +9,7 @@ from canonical_data import SCHEMAS, canonical_events
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import DatasetSpec, TextSpec
 from llm4trx.render.columns import RenderContext
 from llm4trx.render.formats import render, render_client
 
@@ -16,7 +17,9 @@ from llm4trx.render.formats import render, render_client
 def context(schema, *overrides):
     cfg = compose(["paths.output_root=/nonexistent", *SCHEMAS[schema], "text=fields", *overrides])
     events = canonical_events(schema, n_clients=6, seed=3, max_events=25)
-    return events, RenderContext.from_events(events, cfg.dataset, cfg.text)
+    return events, RenderContext.from_events(
+        events, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text)
+    )
 
 
 @pytest.mark.parametrize("schema", sorted(SCHEMAS))
@@ -50,4 +53,8 @@ def test_an_unknown_calendar_word_or_another_format_is_one_clear_error():
         context("rosbank", "text.calendar=[weekday]")
     cfg = compose(["paths.output_root=/nonexistent", "text=flat", "+text.calendar=[dow]"])
     with pytest.raises(ConfigError, match="text.calendar is a fields-format option"):
-        RenderContext.from_events(canonical_events("rosbank", n_clients=2, max_events=6), cfg.dataset, cfg.text)
+        RenderContext.from_events(
+            canonical_events("rosbank", n_clients=2, max_events=6),
+            DatasetSpec.from_config(cfg.dataset),
+            TextSpec.from_config(cfg.text),
+        )

@@ -14,6 +14,7 @@ from embed_fixtures import write_all
 from fixtures_lm import PUBLISHED_CONFIGS, write_model_config
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import FinetuneRunSpec
 from llm4trx.core.stage import stage_dir
 from llm4trx.lm import classifier_trainer as trn
 from llm4trx.lm import classifiers as clf
@@ -61,9 +62,9 @@ def finetuned(inputs):
     recorded = []
     original = ft.make_trainer  # the name supervised.py calls
 
-    def recording(cfg, model, tokenizer, train, held, out_dir, callbacks, compute_metrics):
+    def recording(spec, model, tokenizer, train, held, out_dir, callbacks, compute_metrics):
         recorded.append((list(train.ids), list(held.ids)))
-        return original(cfg, model, tokenizer, train, held, out_dir, callbacks, compute_metrics)
+        return original(spec, model, tokenizer, train, held, out_dir, callbacks, compute_metrics)
 
     ft.make_trainer = recording
     try:
@@ -181,15 +182,16 @@ def test_chat_template_wraps_the_prompt(inputs):
 
 def test_lora_leaves_base_weights_unchanged(inputs, tmp_path):
     cfg = inputs
-    prep = ft.prepare(cfg, stage_dir(cfg, "export"), stage_dir(cfg, "prepare"), stage_dir(cfg, "text"))
+    spec = FinetuneRunSpec.from_config(cfg)
+    prep = ft.prepare(spec, stage_dir(cfg, "export"), stage_dir(cfg, "prepare"), stage_dir(cfg, "text"))
     ids = prep.protocol.train_ids[:24]
     samples = trn.Samples(ids, [prep.sequences["head"][c] for c in ids], prep.protocol.train_y[:24])
     for run, lora in (("head", True), ("head_full", False)):
         torch.manual_seed(0)
-        model = clf.build_model(cfg, run, prep.model_dir, None)
+        model = clf.build_model(spec, run, prep.model_dir, None)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         trainer = trn.make_trainer(
-            cfg, model, prep.tokenizer, samples, samples, tmp_path / run, [], lambda pred: {"auroc": 0.5}
+            spec, model, prep.tokenizer, samples, samples, tmp_path / run, [], lambda pred: {"auroc": 0.5}
         )
         trainer.train()
         changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
@@ -313,9 +315,9 @@ def test_gpu_configs_validate_against_the_published_architecture(tmp_path, monke
     assert cfg.finetune.training.precision == "bf16" and all(cfg.finetune.methods[r].lora for r in cfg.finetune.runs)
     if not torch.cuda.is_available():  # on a machine without a GPU: refused before anything loads
         with pytest.raises(ConfigError, match="CUDA"):
-            ft.check_config(cfg)
+            ft.check_config(FinetuneRunSpec.from_config(cfg))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    ft.check_config(cfg)
+    ft.check_config(FinetuneRunSpec.from_config(cfg))
     clf.check_lora_targets(model_dir, list(cfg.finetune.lora.target_modules))
     with pytest.raises(DataError, match="without weights"):
         ft.check_model_dir(model_dir)

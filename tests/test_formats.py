@@ -14,6 +14,7 @@ from canonical_data import SCHEMAS, canonical_events
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import DatasetSpec, TextSpec
 from llm4trx.render.columns import RenderContext, amount_2dp, amount_short
 from llm4trx.render.formats import FORMATS, amount_bin, amount_words, get_format, render, render_client
 
@@ -24,7 +25,9 @@ ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdo
 def context(schema, *overrides):
     cfg = compose(["paths.output_root=/nonexistent", *SCHEMAS[schema], *overrides])
     events = canonical_events(schema, n_clients=6, seed=3, max_events=25)
-    return events, RenderContext.from_events(events, cfg.dataset, cfg.text)
+    return events, RenderContext.from_events(
+        events, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text)
+    )
 
 
 class TableRows(html.parser.HTMLParser):

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from llm4trx import prepare
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import DatasetSpec
 from llm4trx.core.stage import read_success, stage_dir
 from llm4trx.data import synthetic
 
@@ -68,7 +69,7 @@ def valid_raw(tmp_path_factory):
                 "progress=false",
             ]
         )
-        raw = synthetic.ensure_raw(cfg.dataset)
+        raw = synthetic.ensure_raw(DatasetSpec.from_config(cfg.dataset))
         # Resolved once: per example only paths change (re-resolving interpolations was most of the time).
         out[schema] = (OmegaConf.to_container(cfg, resolve=True), raw)
     return out

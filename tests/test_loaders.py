@@ -9,13 +9,14 @@ import pytest
 from llm4trx.data import loaders, synthetic
 from llm4trx.core.config import REPO_ROOT, compose
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import DatasetSpec
 
 CANONICAL = ["client_id", "event_time", "amount", "mcc"]
 
 
 def load(out_root, *overrides):
-    ds = compose([f"paths.output_root={out_root}", *overrides]).dataset
-    if ds.get("generator"):
+    ds = DatasetSpec.from_config(compose([f"paths.output_root={out_root}", *overrides]).dataset)
+    if ds.generator:
         synthetic.ensure_raw(ds)
     return ds, loaders.load(ds)
 

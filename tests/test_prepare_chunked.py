@@ -20,6 +20,7 @@ import pytest
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import DataError
+from llm4trx.core.sections import DatasetSpec
 from llm4trx.core.stage import read_success
 from llm4trx.data import event_store, loaders, rawcsv
 from llm4trx.prepare import run
@@ -84,7 +85,9 @@ def test_an_error_in_a_later_block_names_the_same_file_column_and_line(tmp_path,
     raw = write_rosbank(tmp_path / "raw", rows)
     errors = []
     for block_bytes in (rawcsv.BLOCK_BYTES, 2048):
-        ds = compose(["dataset=rosbank", f"dataset.raw_dir={raw}", f"+dataset.block_bytes={block_bytes}"]).dataset
+        ds = DatasetSpec.from_config(
+            compose(["dataset=rosbank", f"dataset.raw_dir={raw}", f"+dataset.block_bytes={block_bytes}"]).dataset
+        )
         with pytest.raises(DataError) as err:
             loaders.load(ds)
         errors.append(str(err.value))
@@ -139,7 +142,7 @@ def test_duplicates_found_in_slices_equal_the_whole_comparison(tmp_path):
                 f"{base},1.0,5812,POS,810,POS,0,0",
             ][: 1 + (client + hour) % 4]
     raw = write_rosbank(tmp_path / "raw", rows)
-    ds = compose(["dataset=rosbank", f"dataset.raw_dir={raw}"]).dataset
+    ds = DatasetSpec.from_config(compose(["dataset=rosbank", f"dataset.raw_dir={raw}"]).dataset)
     loaded = loaders.load(ds)
     store = loaded.store
     whole = loaded.events.duplicated().to_numpy()  # pandas on the full sorted frame: the definition
@@ -150,7 +153,7 @@ def test_duplicates_found_in_slices_equal_the_whole_comparison(tmp_path):
 
 def test_sorting_in_slices_equals_pandas_stable_sort(tmp_path):
     raw = write_rosbank(tmp_path / "raw", good_rows(3000))
-    store = loaders.load(compose(["dataset=rosbank", f"dataset.raw_dir={raw}"]).dataset).store
+    store = loaders.load(DatasetSpec.from_config(compose(["dataset=rosbank", f"dataset.raw_dir={raw}"]).dataset)).store
     ids = np.array(store.dicts["client_id"].values, dtype=object)[store.columns["client_id"]]
     file_order = pd.DataFrame({"k": ids.astype(str), "t": store.columns["event_time"]})
     expected = file_order.sort_values(["k", "t"], kind="stable").index.to_numpy()
@@ -174,8 +177,8 @@ def peak_rss_of_prepare(out_root: Path, n_clients: int) -> tuple[int, float]:
     gen = [
         sys.executable,
         "-c",
-        "import sys; from llm4trx.core.config import compose; from llm4trx.data import "
-        "synthetic; synthetic.ensure_raw(compose(sys.argv[1:]).dataset)",
+        "import sys; from llm4trx.core.config import compose; from llm4trx.core.sections import DatasetSpec; "
+        "from llm4trx.data import synthetic; synthetic.ensure_raw(DatasetSpec.from_config(compose(sys.argv[1:]).dataset))",
         *overrides,
     ]
     subprocess.run(gen, check=True, env=env, cwd=ROOT, capture_output=True)  # generated outside the measurement

@@ -20,7 +20,8 @@ from llm4trx.evaluation.features import concatenate
 from llm4trx.evaluation.protocol import Labels, cross_validate, load_labels
 from llm4trx.evaluation.tables import results_table
 from llm4trx.report import lightgbm_seeds
-from llm4trx.validate import lightgbm_params
+from llm4trx.core.sections import ValidationSpec
+from llm4trx.evaluation.validation import lightgbm_params
 
 HERE = Path(__file__).resolve().parent / "data" / "ptls_validation"
 META = json.loads((HERE / "params.json").read_text())
@@ -93,7 +94,7 @@ def test_string_id_order_would_not_reproduce_the_reference():
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
 def test_stored_reference_used_our_default_lightgbm_parameters(task):
     cfg = compose(["dataset=synthetic", f"dataset.schema={SCHEMA[task]}"])
-    assert lightgbm_params(cfg) == META["lightgbm"][task], (
+    assert lightgbm_params(ValidationSpec.from_config(cfg)) == META["lightgbm"][task], (
         "the default LightGBM parameters changed: rerun tests/data/ptls_validation/make_reference.py "
         "(see the README there) so that the stored reference uses them"
     )
@@ -101,10 +102,18 @@ def test_stored_reference_used_our_default_lightgbm_parameters(task):
 
 def test_lightgbm_seed_fixed_by_default_and_run_on_request():
     fixed = compose(["dataset=synthetic", "seed=7"])
-    assert fixed.validate.lightgbm_seed == "fixed" and lightgbm_params(fixed)["random_state"] == 42
-    assert lightgbm_params(compose(["dataset=synthetic", "seed=7", "validate.lightgbm_seed=run"]))["random_state"] == 7
+    assert (
+        fixed.validate.lightgbm_seed == "fixed"
+        and lightgbm_params(ValidationSpec.from_config(fixed))["random_state"] == 42
+    )
+    assert (
+        lightgbm_params(
+            ValidationSpec.from_config(compose(["dataset=synthetic", "seed=7", "validate.lightgbm_seed=run"]))
+        )["random_state"]
+        == 7
+    )
     with pytest.raises(ConfigError, match=r"validate.lightgbm_seed='seed': should be 'fixed' or 'run'"):
-        lightgbm_params(compose(["dataset=synthetic", "validate.lightgbm_seed=seed"]))
+        lightgbm_params(ValidationSpec.from_config(compose(["dataset=synthetic", "validate.lightgbm_seed=seed"])))
 
 
 def test_results_and_report_say_which_lightgbm_seed_was_used():

@@ -250,3 +250,35 @@ def test_core_imports_nothing_outside_core(tmp_path):
     assert core_imports_outside(core) == []
     (tmp_path / "bad.py").write_text("def f():\n    from llm4trx.data.splits import load_labels\n")
     assert core_imports_outside(tmp_path) == ["bad.py:2 llm4trx.data.splits"]  # the check sees a lazy import
+
+
+LIBRARIES = ("data", "evaluation", "generation", "lm", "render")
+CONFIG_TRANSLATORS = ("lm/foundry_config.py", "lm/hf_backend.py")  # map the composed config onto another's
+
+
+def omegaconf_users(package: Path) -> list[str]:
+    """`folder/file.py:line` of every omegaconf import (also inside functions) in the library folders."""
+    import ast
+
+    found = []
+    for folder in LIBRARIES:
+        for path in sorted((package / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                if any(n == "omegaconf" or n.startswith("omegaconf.") for n in names):
+                    found.append(f"{folder}/{path.name}:{node.lineno}")
+    return found
+
+
+def test_libraries_take_typed_values_not_the_config(tmp_path):
+    """Library modules never see a DictConfig: stages hand them plain values or core.sections' typed views. Only
+    the config translators (llm-foundry's config, transformers' TrainingArguments) read the composed config."""
+    package = Path(registry.__file__).parents[1]
+    assert {u.split(":")[0] for u in omegaconf_users(package)} <= set(CONFIG_TRANSLATORS), omegaconf_users(package)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bad.py").write_text("def f(cfg):\n    from omegaconf import DictConfig\n")
+    assert omegaconf_users(tmp_path) == ["data/bad.py:2"]  # the check sees a lazy import

@@ -15,6 +15,7 @@ from sklearn.model_selection import cross_val_predict
 
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import DatasetSpec
 from llm4trx.data import loaders, synthetic
 from llm4trx.evaluation.features import oracle_features
 
@@ -44,7 +45,7 @@ REFERENCE_SHA256 = {
 
 
 def dataset_cfg(out_root, *overrides):
-    return compose([f"paths.output_root={out_root}", *overrides]).dataset
+    return DatasetSpec.from_config(compose([f"paths.output_root={out_root}", *overrides]).dataset)
 
 
 def sha256s(folder) -> dict[str, str]:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import SplitsSpec
 from llm4trx.data.splits import make_splits, natural_sorted
 
-CFG = OmegaConf.create({"test_fraction": 0.1, "n_folds": 5, "random_state": 42, "val_fraction": 0.05})
+CFG = SplitsSpec(test_fraction=0.1, n_folds=5, random_state=42, val_fraction=0.05)
 
 
 def dataset(n_labeled=503, n_unlabeled=97, n_classes=2, seed=0):
@@ -64,7 +65,7 @@ def test_splits_are_deterministic_and_independent_of_input_order():
     a = make_splits(ids, targets, CFG)
     b = make_splits(list(reversed(ids)), targets.sample(frac=1, random_state=3), CFG)
     pd.testing.assert_frame_equal(a, b)
-    other = make_splits(ids, targets, OmegaConf.merge(CFG, {"random_state": 7}))
+    other = make_splits(ids, targets, replace(CFG, random_state=7))
     assert set(other.loc[other["split"] == "test", "client_id"]) != set(a.loc[a["split"] == "test", "client_id"])
 
 
@@ -82,5 +83,5 @@ def test_too_few_labeled_clients_for_the_folds_is_a_config_error():
 def test_no_test_clients_when_the_fraction_rounds_to_zero():
     ids, targets = dataset(n_labeled=20, n_unlabeled=0)
     targets["target"] = np.arange(20) % 2
-    splits = make_splits(ids, targets, OmegaConf.merge(CFG, {"test_fraction": 0.04}))
+    splits = make_splits(ids, targets, replace(CFG, test_fraction=0.04))
     assert (splits["split"] != "test").all() and (splits["fold"] >= 0).all()

@@ -12,12 +12,13 @@ from sklearn.model_selection import cross_val_predict
 from llm4trx.data import loaders, synthetic
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import DatasetSpec
 
 
 def dataset_cfg(out_root, *overrides):
-    return compose(
-        [f"paths.output_root={out_root}", "dataset.n_clients=300", "dataset.max_events=60", *overrides]
-    ).dataset
+    return DatasetSpec.from_config(
+        compose([f"paths.output_root={out_root}", "dataset.n_clients=300", "dataset.max_events=60", *overrides]).dataset
+    )
 
 
 @pytest.mark.parametrize("schema", ["rosbank", "age_pred", "gender"])

@@ -11,6 +11,7 @@ from canonical_data import canonical_events, canonical_run
 from llm4trx import text as text_stage
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
+from llm4trx.core.sections import DatasetSpec, TextSpec
 from llm4trx.render.columns import RenderContext
 from llm4trx.render.formats import render
 from llm4trx.core.stage import read_success, stage_dir
@@ -45,7 +46,7 @@ def test_truncation_keeps_the_most_recent_events_within_budget(flat_run):
     cfg, out = flat_run
     counter = get_counter("qwen")
     events = pd.read_parquet(stage_dir(cfg, "prepare") / "events.parquet")
-    ctx = RenderContext.from_events(events, cfg.dataset, cfg.text)
+    ctx = RenderContext.from_events(events, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text))
     full = render(events, "flat", ctx)
     frame = pd.concat([read_split(out, s) for s in ("train", "val", "test")])
     assert (frame["n_tokens"] <= 400 - text_stage.SPECIAL_TOKENS).all()

@@ -12,9 +12,11 @@ from embed_fixtures import mark_done, write_data, write_hf
 from llm4trx import baselines, coles, embed, prepare, text, validate
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import ValidationSpec
 from llm4trx.data.embeddings import read_embeddings
 from llm4trx.data.predictions import read_predictions
 from llm4trx.evaluation.protocol import feature_matrix, load_labels
+from llm4trx.evaluation.validation import validation_jobs
 from llm4trx.core.stage import stage_dir
 
 # Small but real: fewer trees and a small CoLES so the module stays within its time budget.
@@ -289,7 +291,7 @@ def test_feature_matrix_keeps_the_requested_order():
 
 def test_validation_threads_follow_the_share_of_cores_a_parallel_seed_gets(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # run_multi_seed.sh parallel_seeds=3 on 2 cores
-    assert validate.validation_jobs(compose([])) == 1
-    assert validate.validation_jobs(compose(["validate.n_jobs=4"])) == 4  # set explicitly: as given
+    assert validation_jobs(ValidationSpec.from_config(compose([]))) == 1
+    assert validation_jobs(ValidationSpec.from_config(compose(["validate.n_jobs=4"]))) == 4  # explicit: as given
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert validate.validation_jobs(compose([])) == 2
+    assert validation_jobs(ValidationSpec.from_config(compose([]))) == 2

@@ -38,6 +38,7 @@ from llm4trx.generation.prompts import ClientPrompter, build_prompts
 from llm4trx.generation.transactions import check_format, transaction_renderer
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import AugmentSpec, DatasetSpec, TextSpec
 from llm4trx.core import registry
 from llm4trx.core.stage import SUCCESS_FILE, read_success, require, stage_dir, stage_hash
 from llm4trx.data.chunks import read_events
@@ -69,7 +70,7 @@ def validate(cfg: DictConfig):
 
     if not cfg.get("augment"):
         raise ConfigError("no augment config chosen: add augment=hf (transformers, CPU or GPU) or augment=vllm (GPU)")
-    acfg = cfg.augment
+    acfg = AugmentSpec.from_config(cfg.augment)
     check_environment(acfg)
     path = generator_dir(acfg)
     prompts = build_prompts(acfg)
@@ -83,7 +84,7 @@ def validate(cfg: DictConfig):
             f"generator's context of {context} tokens ({path})"
         )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    check_format(cfg)
+    check_format(acfg.transactions_format)
     prompter = ClientPrompter(tokenizer, acfg, context)
     empty = pd.DataFrame({"event_time": pd.to_datetime([])})
     for prompt in prompts:  # a prompt that does not fit even without transactions fails here
@@ -166,7 +167,7 @@ COUNT_KEYS = (
 )
 
 
-def _keep(sample: Sample, acfg: DictConfig) -> tuple[bool, bool, bool]:
+def _keep(sample: Sample, acfg: AugmentSpec) -> tuple[bool, bool, bool]:
     empty = not sample.text.strip()
     truncated = sample.finish_reason == "length"
     drop = (empty and acfg.drop_empty) or (truncated and acfg.drop_truncated)
@@ -175,7 +176,7 @@ def _keep(sample: Sample, acfg: DictConfig) -> tuple[bool, bool, bool]:
 
 def run(cfg: DictConfig) -> Path:
     path, tokenizer, prompts, prompter = validate(cfg)
-    acfg = cfg.augment
+    acfg = AugmentSpec.from_config(cfg.augment)
     data = require(cfg, "prepare")
     want = output_hash(cfg)
     folder = stage_dir(cfg, "augment")
@@ -198,7 +199,9 @@ def run(cfg: DictConfig) -> Path:
             "choose another augment.name, or force=true to regenerate it"
         )
 
-    prompter.render = transaction_renderer(cfg, data)
+    prompter.render = transaction_renderer(
+        acfg.transactions_format, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text), data
+    )
     clients = select_clients(cfg, splits_path(data))
     if not clients:
         raise DataError(splits_path(data), "no client of the train split to augment", column="split")
@@ -273,7 +276,7 @@ def run(cfg: DictConfig) -> Path:
     return folder
 
 
-def _lines_and_counts(batch, ids, results, acfg: DictConfig, generator: str) -> tuple[list[str], dict[str, Any]]:
+def _lines_and_counts(batch, ids, results, acfg: AugmentSpec, generator: str) -> tuple[list[str], dict[str, Any]]:
     """Output lines of one batch (empty/truncated samples left out as configured) and its counts."""
     counts = dict.fromkeys(COUNT_KEYS, 0)
     lines = []

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
 from llm4trx.core.registry import shared_baselines
+from llm4trx.core.sections import DatasetSpec, ValidationSpec
 from llm4trx.core.stage import require, run_stage
 from llm4trx.data.embeddings import embeddings_frame, features_path, write_embeddings
 from llm4trx.data.chunks import events_path, read_events
@@ -33,7 +34,6 @@ from llm4trx.evaluation.validation import (
     aggregate_columns,
     aggregates,
     lightgbm_params,
-    lightgbm_seed_mode,
     oracle,
     seed_independent_sets,
     validate_sets,
@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> Path:
-    if lightgbm_seed_mode(cfg) != "fixed":
+    v, ds = ValidationSpec.from_config(cfg), DatasetSpec.from_config(cfg.dataset)
+    if v.lightgbm_seed != "fixed":
         raise ConfigError(
             "the baselines stage needs validate.lightgbm_seed=fixed; with lightgbm_seed=run the "
             "aggregates and oracle depend on the seed and validate builds them per seed"
@@ -54,20 +55,20 @@ def run(cfg: DictConfig) -> Path:
     def build(tmp: Path) -> dict:
         data = require(cfg, "prepare")
         labels = load_labels(data, int(cfg.splits.n_folds))
-        names = seed_independent_sets(cfg)
+        names = seed_independent_sets(ds)
         sets, sources = {}, {}
         if "aggregates" in names:
             splits = read_splits(data, ("client_id", "split"))
-            sets["aggregates"] = aggregates(cfg, read_events(data, aggregate_columns(cfg)), splits)
+            sets["aggregates"] = aggregates(v, read_events(data, aggregate_columns(v)), splits)
             sources["aggregates"] = events_path(data)
         if "oracle" in names:
-            sets["oracle"] = oracle(cfg)
+            sets["oracle"] = oracle(ds)
             sources["oracle"] = f"{cfg.dataset.raw_dir} (hidden factors)"
-        entries, frames = validate_sets(cfg, sets, sources, labels, desc="baselines")
+        entries, frames = validate_sets(v, sets, sources, labels, desc="baselines")
         for name, features in sets.items():
             frame = embeddings_frame(cfg.dataset.id_column, features.index.to_numpy(), features.to_numpy())
             write_embeddings(features_path(tmp, name), frame)
-        params = lightgbm_params(cfg)
+        params = lightgbm_params(v)
         results = {
             "dataset": cfg.dataset.name,
             "task": cfg.dataset.task,

@@ -23,6 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from llm4trx.core.cli import stage_main
+from llm4trx.core.sections import ColesSpec
 from llm4trx.data.chunks import read_events
 from llm4trx.data.curves import write_coles_losses
 from llm4trx.data.embeddings import embeddings_frame, embeddings_path, write_embeddings
@@ -70,31 +71,31 @@ def qualifying(records: list[dict], min_seq_len: int) -> tuple[list[dict], int]:
 def read_records(cfg: DictConfig) -> tuple[list[dict], dict, list[dict], int]:
     """(every client's ptls record, category sizes, the pretraining clients' records long enough to train on,
     how many pretraining clients were too short), from data/ as the stage reads it."""
+    c = ColesSpec.from_config(cfg.coles)
     data = require(cfg, "prepare")
     splits = read_splits(data, ("client_id", "split"))
     pretrain_ids = set(splits.loc[splits["split"].isin(["train", "val"]), "client_id"])
-    categorical = categorical_columns(cfg.coles.categorical, cfg.dataset.categorical)
-    numeric = list(numeric_transforms(cfg.coles.numeric))
+    categorical = categorical_columns(c.categorical, cfg.dataset.categorical)
+    numeric = list(numeric_transforms(c.numeric))
     events = read_events(data, ["client_id", "event_time", *categorical, *numeric])  # only what ptls reads
     records, sizes = ptls_records(
         events,
         categorical,
         numeric,
         pretrain_ids,
-        time_features=cfg.coles.time_features,
+        time_features=c.time_features,
         time_origin=cfg.dataset.get("time_origin"),
-        time_numeric=cfg.coles.time_numeric,
+        time_numeric=c.time_numeric,
     )
-    train_records, too_short = qualifying(
-        [r for r in records if r["client_id"] in pretrain_ids], int(cfg.coles.min_seq_len)
-    )
+    train_records, too_short = qualifying([r for r in records if r["client_id"] in pretrain_ids], int(c.min_seq_len))
     return records, sizes, train_records, too_short
 
 
 def run(cfg: DictConfig) -> Path:
     def build(tmp: Path) -> dict:
         records, sizes, train_records, too_short = read_records(cfg)
-        min_len = int(cfg.coles.min_seq_len)
+        c = ColesSpec.from_config(cfg.coles)
+        min_len = int(c.min_seq_len)
         if too_short and len(train_records) >= MIN_TRAIN_CLIENTS:
             log.warning(
                 "coles: %d of %d pretraining clients have fewer than coles.min_seq_len=%d transactions; "
@@ -118,8 +119,8 @@ def run(cfg: DictConfig) -> Path:
                 "too_short": too_short,
             }
         losses = epoch_loss_recorder()
-        encoder = train_encoder(train_records, sizes, cfg.coles, int(cfg.seed), bool(cfg.progress), callbacks=[losses])
-        matrix = infer(encoder, records, int(cfg.coles.inference_batch_size), cfg.coles.inference_max_len)
+        encoder = train_encoder(train_records, sizes, c, int(cfg.seed), bool(cfg.progress), callbacks=[losses])
+        matrix = infer(encoder, records, int(c.inference_batch_size), c.inference_max_len)
         frame = embeddings_frame(cfg.dataset.id_column, [r["client_id"] for r in records], matrix)
         write_embeddings(embeddings_path(tmp, "coles"), frame)
         write_coles_losses(tmp, losses.epochs)

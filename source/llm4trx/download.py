@@ -21,13 +21,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from llm4trx.core.cli import stage_main
+from llm4trx.core.sections import DatasetSpec
 from llm4trx.data import fetch
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> Path:
-    counts = fetch.ensure(cfg.dataset)
+    counts = fetch.ensure(DatasetSpec.from_config(cfg.dataset))
     raw = Path(cfg.dataset.raw_dir)
     log.info(
         "download %s: %d downloaded (%s), %d already present, in %s",

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from llm4trx.core.cli import figure, stage_main
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import RunSpec
 from llm4trx.data.embeddings import (
     embeddings_frame,
     embeddings_path,
@@ -57,7 +58,7 @@ NOT_IN_VECTOR_KEY = ("name", "incremental", "batch_size", "model")
 
 def check_config(cfg: DictConfig) -> None:
     # embed.pooling, padding_side, dtype, layer_slice, batch_size, segments: declared in core/schema.py
-    model = applied_model(cfg)
+    model = applied_model(cfg.embed.get("model"))
     if model is not None and not (model / "config.json").is_file():
         raise ConfigError(
             f"embed.model={str(model)!r} is not a Hugging Face model directory (no config.json); give "
@@ -67,7 +68,7 @@ def check_config(cfg: DictConfig) -> None:
 
 def model_dir_of(cfg: DictConfig) -> Path:
     """The model to embed with: embed.model, else this run's export."""
-    return applied_model(cfg) or require(cfg, "export")
+    return applied_model(cfg.embed.get("model")) or require(cfg, "export")
 
 
 def vector_key(cfg: DictConfig, model_dir: Path) -> str:
@@ -250,9 +251,9 @@ def run(cfg: DictConfig) -> Path:
     if not cfg.get("force", False) and is_complete(final, stage_hash(cfg, "embed")):
         log.info("embed: up to date (%s), skipped", final)
         return final
-    model = applied_model(cfg)
+    model = applied_model(cfg.embed.get("model"))
     # Before any work: an applied model whose texts were rendered otherwise is one line (every process alike).
-    record = check_applicable(cfg, model) if model is not None else None
+    record = check_applicable(RunSpec.from_config(cfg), model) if model is not None else None
     started = time.time()
     result = compute(cfg, state)
     if state.is_main_process:
@@ -274,7 +275,7 @@ def run(cfg: DictConfig) -> Path:
             )
             return {
                 **counts,
-                "row_name": row_name(cfg, record),
+                "row_name": row_name(model, cfg.embed.get("name"), record),
                 "embed_seconds": round(seconds, 3),
                 "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9), 1),
             }

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import DataError, Llm4trxError
+from llm4trx.core.sections import RunSpec
 from llm4trx.data.model_record import make_record, write_record
 from llm4trx.lm.tokenizers import load_tokenizer
 from llm4trx.core.stage import read_success, require, run_stage
@@ -215,7 +216,7 @@ def build(cfg: DictConfig, out: Path) -> dict[str, Any]:
         )
     log.info("export: logits match the trained model (max |diff| %.2e <= %.0e)", diff, atol)
     # What the model was trained on, for runs that apply it to other data (embed.model=<this hf/>).
-    write_record(out, make_record(cfg, require(cfg, "tokenizer")))
+    write_record(out, make_record(RunSpec.from_config(cfg), require(cfg, "tokenizer")))
     return {
         **counts,
         "backend": backend,

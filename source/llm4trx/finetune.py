@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError
 from llm4trx.core.registry import finetune_configured
+from llm4trx.core.sections import FinetuneRunSpec
 from llm4trx.core.stage import require, run_stage
 from llm4trx.lm.supervised import check_config, fine_tune, prepare
 
@@ -29,15 +30,16 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> Path:
     if not finetune_configured(cfg):
         raise ConfigError("no finetune config: choose one, e.g. `finetune=default` or experiment=smoke_finetune")
-    check_config(cfg)
+    spec = FinetuneRunSpec.from_config(cfg)
+    check_config(spec)
     model_dir = Path(cfg.finetune.model) if cfg.finetune.model else require(cfg, "export")
     # Every input check (model dir, LoRA targets, label words, targets, folds, texts) before anything is built.
-    prep = prepare(cfg, model_dir, require(cfg, "prepare"), require(cfg, "text"))
+    prep = prepare(spec, model_dir, require(cfg, "prepare"), require(cfg, "text"))
 
     def build(tmp: Path) -> dict:
         total = len(cfg.finetune.runs) * len(set(prep.protocol.folds.tolist()))
         with tqdm(total=total, desc="finetune", unit="fold", disable=not cfg.progress) as bar:
-            return fine_tune(cfg, prep, tmp, progress=bar.update)
+            return fine_tune(spec, prep, tmp, progress=bar.update)
 
     return run_stage(cfg, "finetune", build)
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from llm4trx.data import loaders, synthetic
 from llm4trx.core.cli import stage_main
+from llm4trx.core.sections import DatasetSpec, SplitsSpec
 from llm4trx.data.chunks import events_path
 from llm4trx.data.splits import make_splits, write_splits, write_targets
 from llm4trx.core.spark import engine_of, session
@@ -50,18 +51,21 @@ def events_schema(categorical) -> pa.Schema:
 
 def build(cfg: DictConfig, out: Path) -> dict:
     started = time.perf_counter()
-    ds = cfg.dataset
-    if ds.get("generator") == "synthetic":
+    ds = DatasetSpec.from_config(cfg.dataset)
+    if ds.generator == "synthetic":
         synthetic.ensure_raw(ds)
     if engine_of(cfg) == "spark":  # the same specs, checks and outputs on Spark (events.parquet: a directory)
         from llm4trx.data import spark_prepare
 
-        loaded = spark_prepare.load(session(cfg), ds, cfg.engine.spark, out / "spark-scratch")
+        spark = cfg.engine.spark
+        loaded = spark_prepare.load(
+            session(cfg), ds, out / "spark-scratch", spark.get("block_bytes"), spark.get("partitions")
+        )
     else:
         loaded = loaders.load(ds)
     seconds_load = time.perf_counter() - started
     events, targets = loaded.store, loaded.targets
-    splits = make_splits(events.client_ids(), targets, cfg.splits)
+    splits = make_splits(events.client_ids(), targets, SplitsSpec.from_config(cfg.splits))
     targets = targets.set_index("client_id").loc[splits.loc[splits["labeled"], "client_id"]].reset_index()
 
     # Written one row group at a time from compact columns: memory does not hold a sorted copy of the table.

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.registry import mixing
+from llm4trx.core.sections import DatasetSpec, MixSpec, TextSpec
 from llm4trx.core.spark import engine_of, session
 from llm4trx.core.stage import read_success, require, run_stage
 from llm4trx.data.splits import read_splits, splits_path
@@ -98,16 +99,21 @@ def client_splits(data_dir: Path) -> pd.DataFrame:
 
 
 def scan_events(
-    events_path: Path, splits_path: Path, splits: pd.DataFrame, dataset_cfg, text_cfg, batch_rows: int = BATCH_ROWS
+    events_path: Path,
+    splits_path: Path,
+    splits: pd.DataFrame,
+    ds: DatasetSpec,
+    text: TextSpec,
+    batch_rows: int = BATCH_ROWS,
 ) -> tuple[list[Path], RenderContext]:
     """Pass 1 over events.parquet in batches: the contract checks of the whole-table reader (same errors, in
     the same order) and the dataset's RenderContext. Returns (parquet files in order, context)."""
-    categorical = list(dataset_cfg.get("categorical") or [])
+    categorical = list(ds.categorical or [])
     files = event_files(events_path)
     if check_event_columns(files, [*EVENT_COLUMNS, *categorical]) == 0:
         raise DataError(events_path, "no events")
     known = pa.array(splits["client_id"].to_numpy(object), pa.string())
-    acc = ContextAccumulator(dataset_cfg, text_cfg)
+    acc = ContextAccumulator(ds, text)
     unknown = None
     prev_client, prev_time = None, None
     for table in iter_batches(files, ["client_id", "event_time", *categorical], batch_rows):
@@ -159,7 +165,13 @@ def run(cfg: DictConfig) -> Path:
     def build(out: Path) -> dict:
         categorical = list(cfg.dataset.get("categorical") or [])
         splits = client_splits(data_dir)
-        files, ctx = scan_events(events_path(data_dir), splits_path(data_dir), splits, cfg.dataset, cfg.text)
+        files, ctx = scan_events(
+            events_path(data_dir),
+            splits_path(data_dir),
+            splits,
+            DatasetSpec.from_config(cfg.dataset),
+            TextSpec.from_config(cfg.text),
+        )
         counter = get_counter(str(cfg.text.count_tokenizer))
         # max_tokens is the whole sample's budget: bos + text + eos, as the shards and the model see it
         body = None if max_tokens is None else int(max_tokens) - SPECIAL_TOKENS
@@ -231,7 +243,8 @@ def run(cfg: DictConfig) -> Path:
             folder = require(cfg, "augment")
             augmented = (folder, read_success(folder).get("outputs", {}))
         train_ids = set(splits.loc[splits["split"] == "train", "client_id"])
-        rows, stats["augmented"] = mix_into_train(cfg, train, train_ids, augmented, counter.count)
+        mix = MixSpec.from_config(cfg.augment.mix) if mixing(cfg) else None
+        rows, stats["augmented"] = mix_into_train(mix, train, train_ids, augmented, counter.count)
         if held is not None and len(rows):  # augmented texts of train clients, by augment.mix (never val/test)
             write_rows(rows, text_path(out, "train"))
         for split in SPLITS:

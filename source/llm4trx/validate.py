@@ -25,6 +25,7 @@ from llm4trx.core import registry
 from llm4trx.core.cli import stage_main
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.registry import finetune_configured
+from llm4trx.core.sections import DatasetSpec, ValidationSpec
 from llm4trx.core.stage import read_success, require, run_stage
 from llm4trx.data.chunks import events_path, read_events
 from llm4trx.data.embeddings import embeddings_path, features_path, read_embeddings
@@ -44,14 +45,12 @@ from llm4trx.evaluation.validation import (
     aggregate_columns,
     aggregates,
     has_oracle,
-    lightgbm_params,  # noqa: F401
-    lightgbm_seed_mode,
+    lightgbm_params,
     log_entry,
     oracle,
     predictions_frame,
     seed_independent_sets,
     validate_sets,
-    validation_jobs,  # noqa: F401 (re-exported)
 )
 
 log = logging.getLogger(__name__)
@@ -61,14 +60,14 @@ BASE_SETS = ("llm", "aggregates", "coles", "random", "oracle")
 
 def check_config(cfg: DictConfig) -> set[str]:
     v = cfg.validate
-    needed = parts_of(v)
+    needed = parts_of(v.feature_sets, v.concatenations)
     unknown = sorted(needed - set(BASE_SETS))
     if unknown:
         raise ConfigError(f"validate.concatenations use unknown feature sets {unknown}; choose from {BASE_SETS}")
     if "random" in needed and v.random_dim is None and "llm" not in needed:
         raise ConfigError("validate.random_dim is null (llm width) but llm is not validated; set a width")
-    lightgbm_params(cfg)
-    if "oracle" in needed and not has_oracle(cfg):
+    lightgbm_params(ValidationSpec.from_config(cfg))
+    if "oracle" in needed and not has_oracle(DatasetSpec.from_config(cfg.dataset)):
         if any("oracle" in name.split("+") for name in v.concatenations or []):
             raise ConfigError("validate.concatenations use oracle, which exists for dataset=synthetic only")
         log.warning(
@@ -116,14 +115,15 @@ def build_feature_sets(
         sets["coles"], sources["coles"] = read_embeddings(path, id_column, "coles"), path
     splits = read_splits(data, ("client_id", "split")) if needed & {"aggregates", "random"} else None
     if "aggregates" in needed:
-        sets["aggregates"] = aggregates(cfg, read_events(data, aggregate_columns(cfg)), splits)
+        v = ValidationSpec.from_config(cfg)
+        sets["aggregates"] = aggregates(v, read_events(data, aggregate_columns(v)), splits)
         sources["aggregates"] = events_path(data)
     if "random" in needed:
         dim = cfg.validate.random_dim or sets["llm"].shape[1]
         sets["random"] = random_features(splits["client_id"], int(dim), int(cfg.seed))
         sources["random"] = "random features"
     if "oracle" in needed:
-        sets["oracle"] = oracle(cfg)
+        sets["oracle"] = oracle(DatasetSpec.from_config(cfg.dataset))
         sources["oracle"] = f"{cfg.dataset.raw_dir} (hidden factors)"
     for name in cfg.validate.concatenations or []:
         if name in skipped:
@@ -140,7 +140,7 @@ def read_baselines(cfg: DictConfig, needed: set[str]) -> tuple[dict, dict, pd.Da
     seed-independent sets this run needs."""
     folder = require(cfg, "baselines")
     results = read_results(folder, "baselines")
-    names = [n for n in seed_independent_sets(cfg) if n in needed]
+    names = [n for n in seed_independent_sets(DatasetSpec.from_config(cfg.dataset)) if n in needed]
     features, entries = {}, {}
     for name in names:
         if name not in results["feature_sets"]:
@@ -166,15 +166,16 @@ def run(cfg: DictConfig) -> Path:
         if registry.shared_baselines(cfg):
             prebuilt, reused, reused_rows = read_baselines(cfg, needed)
         sets, sources = build_feature_sets(cfg, needed, data, skipped, prebuilt)
+        v = ValidationSpec.from_config(cfg)
         metrics = list(cfg.dataset.metrics)
-        params = lightgbm_params(cfg)
+        params = lightgbm_params(v)
         n_folds = len(set(labels.folds))
         results = {
             "dataset": cfg.dataset.name,
             "task": cfg.dataset.task,
             "metrics": metrics,
             "seed": int(cfg.seed),
-            "lightgbm_seed": {"mode": lightgbm_seed_mode(cfg), "random_state": params.get("random_state")},
+            "lightgbm_seed": {"mode": v.lightgbm_seed, "random_state": params.get("random_state")},
             "n_folds": n_folds,
             "n_train": len(labels.train_ids),
             "n_test": len(labels.test_ids),
@@ -182,7 +183,7 @@ def run(cfg: DictConfig) -> Path:
             "skipped": skipped,
             "from_baselines": [n for n in sets if n in reused],
         }
-        entries, frames = validate_sets(cfg, {n: f for n, f in sets.items() if n not in reused}, sources, labels)
+        entries, frames = validate_sets(v, {n: f for n, f in sets.items() if n not in reused}, sources, labels)
         for name in reused:
             if name in sets:
                 log_entry(f"{name} (from baselines/)", reused[name], metrics[0])

@@ -49,10 +49,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from llm4trx.core import registry
 from llm4trx.core.errors import Llm4trxError
+from llm4trx.core.sections import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,28 +112,28 @@ class Remote:
         return "plain"
 
 
-def endpoint_of(spec: DictConfig) -> str:
+def endpoint_of(spec: dict[str, Any]) -> str:
     # Read at call time (huggingface_hub reads HF_ENDPOINT once, at import).
     return str(spec.get("endpoint") or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
-def remotes(ds: DictConfig) -> list[Remote]:
-    spec = ds.get("download")
+def remotes(ds: DatasetSpec) -> list[Remote]:
+    spec = ds.download
     if not spec:
         return []
-    endpoint, repo, revision = endpoint_of(spec), str(spec.repo), str(spec.get("revision") or "main")
+    endpoint, repo, revision = endpoint_of(spec), str(spec["repo"]), str(spec.get("revision") or "main")
     return [
         Remote(
             repo,
             revision,
             endpoint,
-            str(item.path),
-            str(item.file),
+            str(item["path"]),
+            str(item["file"]),
             item.get("size"),
             item.get("sha256"),
             item.get("member"),
         )
-        for item in spec.files
+        for item in spec["files"]
     ]
 
 
@@ -150,7 +149,7 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def ensure(ds: DictConfig) -> dict[str, Any]:
+def ensure(ds: DatasetSpec) -> dict[str, Any]:
     """Make every file of `dataset.download` present and verified in raw_dir; returns counts."""
     from llm4trx.data.archives import unpack  # here: that module uses this one's helpers
 

@@ -45,11 +45,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.data import rawcsv
 from llm4trx.data.event_store import Dictionary, Events, duplicated_rows, sort_order
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,11 @@ class Loaded:
         return self.store.frame()
 
 
-# loader name (dataset.loader) -> function(dataset config) -> (event file specs, target file spec or None).
+# loader name (dataset.loader) -> function(dataset section) -> (event file specs, target file spec or None).
 # A plain dict: the loaders are this module's own functions and llm-foundry's catalogue registries would add an
 # import of the whole stack. `assemble` reads the specs in this process; llm4trx.data.spark_prepare reads the
 # same specs on Spark (engine=spark) with the same per-block code (`read_block`).
-LOADERS: dict[str, Callable[[DictConfig], tuple[list["EventFile"], "TargetFile | None"]]] = {}
+LOADERS: dict[str, Callable[[DatasetSpec], tuple[list["EventFile"], "TargetFile | None"]]] = {}
 
 
 def register(name: str):
@@ -104,26 +104,26 @@ def register(name: str):
     return add
 
 
-def load(ds: DictConfig) -> Loaded:
+def load(ds: DatasetSpec) -> Loaded:
     """Canonical events and targets of the dataset described by the `dataset` config section."""
     return assemble(ds, *specs(ds))
 
 
-def specs(ds: DictConfig) -> tuple[list[EventFile], TargetFile | None]:
+def specs(ds: DatasetSpec) -> tuple[list[EventFile], TargetFile | None]:
     """The raw files of the dataset (checked: mandatory keys set, a known loader, raw_dir a folder)."""
-    missing = sorted(OmegaConf.missing_keys(ds))
+    missing = list(ds.missing)
     if missing:
         names = [k if k.startswith("dataset.") else f"dataset.{k}" for k in missing]  # relative to the root or not
         raise ConfigError("set the mandatory dataset keys: " + ", ".join(names))
     raw_dir = Path(ds.raw_dir)
     if not raw_dir.is_dir():
-        fetch = f", or fetch it: python -m llm4trx.download dataset={ds.name}" if ds.get("download") else ""
+        fetch = f", or fetch it: python -m llm4trx.download dataset={ds.name}" if ds.download else ""
         raise DataError(raw_dir, f"dataset.raw_dir is not a folder (set dataset.raw_dir or LLM4TRX_DATA_DIR{fetch})")
     return LOADERS[ds.loader](ds)
 
 
 @register("rosbank")
-def load_rosbank(ds: DictConfig) -> Loaded:
+def load_rosbank(ds: DatasetSpec) -> Loaded:
     """train.csv (labeled, target_flag per row) + optional test.csv (unlabeled); TRDATETIME like 21OCT17:00:00:00."""
     cats = {name: name for name in ("channel_type", "currency", "trx_category") if name in ds.categorical}
     common = dict(
@@ -136,72 +136,55 @@ def load_rosbank(ds: DictConfig) -> Loaded:
 
 
 @register("age_pred")
-def load_age_pred(ds: DictConfig) -> Loaded:
+def load_age_pred(ds: DatasetSpec) -> Loaded:
     """transactions_train.csv (+ optional transactions_test.csv), targets train_target.csv (bins, 4 classes).
 
     trans_date is an anonymized day index: dates count from dataset.time_origin; small_group is an anonymous
     category code, stored as the canonical `mcc` (dataset.mcc_names: null)."""
-    common = dict(
-        id="client_id",
-        time="trans_date",
-        amount="amount_rur",
-        mcc="small_group",
-        time_format="days",
-        time_origin=ds.time_origin,
-    )
+    common = dict(id="client_id", time="trans_date", amount="amount_rur", mcc="small_group", time_format="days")
     files = [
-        EventFile("transactions_train.csv", **common),
-        EventFile("transactions_test.csv", required=False, **common),
+        EventFile("transactions_train.csv", time_origin=ds.time_origin, **common),
+        EventFile("transactions_test.csv", required=False, time_origin=ds.time_origin, **common),
     ]
     return files, TargetFile("train_target.csv", id="client_id", target="bins")
 
 
 @register("gender")
-def load_gender(ds: DictConfig) -> Loaded:
+def load_gender(ds: DatasetSpec) -> Loaded:
     """transactions.csv (tr_datetime 'D HH:MM:SS' from dataset.time_origin), targets gender_train.csv."""
     cats = {name: name for name in ("tr_type", "term_id") if name in ds.categorical}
-    files = [
-        EventFile(
-            "transactions.csv",
-            id="customer_id",
-            time="tr_datetime",
-            amount="amount",
-            mcc="mcc_code",
-            time_format="day_time",
-            time_origin=ds.time_origin,
-            categorical=cats,
-        )
-    ]
+    columns = dict(id="customer_id", time="tr_datetime", amount="amount", mcc="mcc_code", time_format="day_time")
+    files = [EventFile("transactions.csv", time_origin=ds.time_origin, categorical=cats, **columns)]
     return files, TargetFile("gender_train.csv", id="customer_id", target="gender")
 
 
 @register("generic")
-def load_generic(ds: DictConfig) -> Loaded:
+def load_generic(ds: DatasetSpec) -> Loaded:
     """Anyone's own data: files and column names from the config (see conf/dataset/custom.yaml)."""
     col = ds.columns
     files = [
         EventFile(
             name,
             id=ds.id_column,
-            time=col.time,
-            amount=col.amount,
-            mcc=col.mcc,
+            time=col["time"],
+            amount=col["amount"],
+            mcc=col["mcc"],
             time_format=ds.time_format,
-            time_origin=ds.get("time_origin"),
+            time_origin=ds.time_origin,
             categorical={c: c for c in ds.categorical},
-            target=ds.targets.column if ds.targets.get("file") is None else None,
+            target=ds.targets["column"] if ds.targets.get("file") is None else None,
         )
         for name in ds.transactions
     ]
     targets = (
         None
         if ds.targets.get("file") is None
-        else TargetFile(ds.targets.file, id=ds.id_column, target=ds.targets.column)
+        else TargetFile(ds.targets["file"], id=ds.id_column, target=ds.targets["column"])
     )
     return files, targets
 
 
-def assemble(ds: DictConfig, files: list[EventFile], target_file: TargetFile | None) -> Loaded:
+def assemble(ds: DatasetSpec, files: list[EventFile], target_file: TargetFile | None) -> Loaded:
     raw_dir = Path(ds.raw_dir)
     repairs: Counter = Counter()
     store = Events(list(files[0].categorical))
@@ -210,7 +193,7 @@ def assemble(ds: DictConfig, files: list[EventFile], target_file: TargetFile | N
         path = raw_dir / spec.name
         if not spec.required and not path.exists():
             continue
-        targets = read_event_file(path, spec, repairs, store, int(ds.get("block_bytes") or rawcsv.BLOCK_BYTES))
+        targets = read_event_file(path, spec, repairs, store, int(ds.block_bytes or rawcsv.BLOCK_BYTES))
         if targets is not None:
             row_targets.append(targets)
     store.seal()
@@ -224,7 +207,7 @@ def assemble(ds: DictConfig, files: list[EventFile], target_file: TargetFile | N
     return Loaded(store=store, targets=targets, repairs=repairs)
 
 
-def finish_targets(ds: DictConfig, targets: pd.DataFrame, known, repairs: Counter) -> pd.DataFrame:
+def finish_targets(ds: DatasetSpec, targets: pd.DataFrame, known, repairs: Counter) -> pd.DataFrame:
     """Drop the targets of clients without events (counted), log every repair; the targets that remain."""
     without = ~targets["client_id"].isin(known)
     if without.any():
@@ -401,7 +384,7 @@ def read_targets(path: Path, spec: TargetFile, repairs: Counter) -> pd.DataFrame
     return targets
 
 
-def check_target_values(ds: DictConfig, targets: pd.DataFrame, path: Path) -> None:
+def check_target_values(ds: DatasetSpec, targets: pd.DataFrame, path: Path) -> None:
     n_classes = int(ds.n_classes)
     bad = (targets["target"] < 0) | (targets["target"] >= n_classes)
     if bad.any():
@@ -409,15 +392,15 @@ def check_target_values(ds: DictConfig, targets: pd.DataFrame, path: Path) -> No
         raise DataError(path, f"target {value} of client {client!r} is outside [0, {n_classes}) (dataset.n_classes)")
 
 
-def check_events(ds: DictConfig, store: Events, repairs: Counter) -> None:
+def check_events(ds: DatasetSpec, store: Events, repairs: Counter) -> None:
     """Sort by client, time (stable: file order breaks ties), then count duplicates and non-ISO MCCs."""
     store.order = sort_order(store)
     dup = duplicated_rows(store)
     if dup.any():
         repairs["duplicate_events"] += int(dup.sum())
-        if ds.get("drop_duplicates", False):
+        if ds.drop_duplicates:
             store.order = store.order[~dup]
-    if ds.get("mcc_names") == "iso18245":
+    if ds.mcc_names == "iso18245":
         mcc = store.columns["mcc"]
         codes, counts = np.unique(mcc if len(store.order) == len(mcc) else mcc[store.order], return_counts=True)
         unknown = int(counts[[not is_iso18245(int(c)) for c in codes]].sum())

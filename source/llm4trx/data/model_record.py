@@ -19,9 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import DatasetSpec, RunSpec
 from llm4trx.core.model_identity import MODEL_FILES, MODEL_RECORD as RECORD, model_fingerprint as fingerprint  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -33,35 +32,30 @@ TEXT_KEYS_NOT_COMPARED = ("chunk_events", "max_tokens", "count_tokenizer")
 SCHEMA_KEYS = ("loader", "id_column", "categorical", "mcc_names")
 
 
-def _plain(node) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 def _file_digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
-def schema_of(cfg: DictConfig) -> dict[str, Any]:
-    return {key: _plain(cfg.dataset.get(key)) for key in SCHEMA_KEYS}
+def schema_of(ds: DatasetSpec) -> dict[str, Any]:
+    return {key: getattr(ds, key) for key in SCHEMA_KEYS}
 
 
-def text_format_of(cfg: DictConfig) -> dict[str, Any]:
-    text = _plain(cfg.text)
+def text_format_of(text: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in text.items() if k not in TEXT_KEYS_NOT_COMPARED}
 
 
-def make_record(cfg: DictConfig, tokenizer_dir: Path) -> dict[str, Any]:
+def make_record(run: RunSpec, tokenizer_dir: Path) -> dict[str, Any]:
     """The record of the model this run exports (written by the export stage)."""
     return {
         "llm4trx_record": VERSION,
-        "run": {"experiment": str(cfg.experiment_name), "dataset": str(cfg.dataset.name), "seed": int(cfg.seed)},
-        "text": _plain(cfg.text),
-        "schema": schema_of(cfg),
+        "run": {"experiment": str(run.experiment_name), "dataset": str(run.dataset.name), "seed": int(run.seed)},
+        "text": run.text,
+        "schema": schema_of(run.dataset),
         "tokenizer": {
-            "config": _plain(cfg.tokenizer),
+            "config": run.tokenizer,
             "tokenizer_json": _file_digest(Path(tokenizer_dir) / "tokenizer.json"),
         },
-        "max_seq_len": int(cfg.max_seq_len),
+        "max_seq_len": int(run.max_seq_len),
     }
 
 
@@ -89,7 +83,7 @@ def _differences(want: dict, have: dict, prefix: str) -> list[str]:
     return [f"{prefix}.{k}={have.get(k)!r} (model: {want.get(k)!r})" for k in keys if want.get(k) != have.get(k)]
 
 
-def check_applicable(cfg: DictConfig, model_dir: Path) -> dict[str, Any] | None:
+def check_applicable(this_run: RunSpec, model_dir: Path) -> dict[str, Any] | None:
     """Raise ConfigError when this run's texts are not what the model in `model_dir` was trained on; warn when
     the model has no record (a plain HF checkpoint). Returns the record."""
     record = read_record(model_dir)
@@ -99,16 +93,16 @@ def check_applicable(cfg: DictConfig, model_dir: Path) -> dict[str, Any] | None:
             "trained with cannot be checked against this run's (text.format=%s)",
             model_dir,
             RECORD,
-            cfg.text.format,
+            this_run.text["format"],
         )
         return None
     model_text = {k: v for k, v in record["text"].items() if k not in TEXT_KEYS_NOT_COMPARED}
-    diffs = _differences(model_text, text_format_of(cfg), "text") + _differences(
-        record["schema"], schema_of(cfg), "dataset"
+    diffs = _differences(model_text, text_format_of(this_run.text), "text") + _differences(
+        record["schema"], schema_of(this_run.dataset), "dataset"
     )
     model_tok = record["tokenizer"]["config"]
-    if model_tok.get("kind") != cfg.tokenizer.get("kind"):
-        diffs.append(f"tokenizer.kind={cfg.tokenizer.get('kind')!r} (model: {model_tok.get('kind')!r})")
+    if model_tok.get("kind") != this_run.tokenizer.get("kind"):
+        diffs.append(f"tokenizer.kind={this_run.tokenizer.get('kind')!r} (model: {model_tok.get('kind')!r})")
     if diffs:
         run = record["run"]
         raise ConfigError(
@@ -119,20 +113,18 @@ def check_applicable(cfg: DictConfig, model_dir: Path) -> dict[str, Any] | None:
     return record
 
 
-def applied_model(cfg: DictConfig) -> Path | None:
+def applied_model(model: str | None) -> Path | None:
     """`embed.model` as a path, or None when embed uses this run's own export."""
-    model = cfg.embed.get("model")
     return Path(str(model)) if model else None
 
 
-def row_name(cfg: DictConfig, record: dict[str, Any] | None) -> str:
-    """`llm` for this run's own model; `llm:<name>` for an applied one: embed.name, else the model's run
-    (<experiment>-<dataset>-seed_<seed>) from its record, else the directory's name."""
-    model = applied_model(cfg)
+def row_name(model: Path | None, name: str | None, record: dict[str, Any] | None) -> str:
+    """`llm` for this run's own model (`model` None); `llm:<name>` for an applied one: `name` (embed.name), else
+    the model's run (<experiment>-<dataset>-seed_<seed>) from its record, else the directory's name."""
     if model is None:
         return "llm"
-    if cfg.embed.get("name"):
-        return f"llm:{cfg.embed.name}"
+    if name:
+        return f"llm:{name}"
     if record is not None:
         run = record["run"]
         return f"llm:{run['experiment']}-{run['dataset']}-seed_{run['seed']}"

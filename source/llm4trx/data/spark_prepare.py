@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from omegaconf import DictConfig
 
 from llm4trx.core.errors import DataError
+from llm4trx.core.sections import DatasetSpec
 from llm4trx.data import event_store, loaders, rawcsv
 from llm4trx.data.spark_tasks import (
     ORDER,
@@ -151,7 +151,7 @@ class SparkEvents:
         n_categories: dict[str, int],
         partitions: int,
         scratch: Path,
-        ds: DictConfig,
+        ds: DatasetSpec,
         repairs: Counter,
     ):
         self.frame_, self.clients, self.n_events = frame, clients, None
@@ -176,7 +176,7 @@ class SparkEvents:
         ranged = self.frame_.repartitionByRange(self.partitions, F.col("client_id"))
         ordered = ranged.sortWithinPartitions("client_id", "event_time", *ORDER).select(*names)
         clock = _Clock()
-        drop = bool(self.ds.get("drop_duplicates", False))
+        drop = bool(self.ds.drop_duplicates)
         written = ordered.mapInArrow(
             write_parts(str(path), schema, drop),
             "part int, rows long, duplicates long, mcc array<long>, mcc_rows array<long>",
@@ -188,7 +188,7 @@ class SparkEvents:
         duplicates = sum(r["duplicates"] for r in written)
         if duplicates:
             found["duplicate_events"] = duplicates
-        if self.ds.get("mcc_names") == "iso18245":
+        if self.ds.mcc_names == "iso18245":
             unknown = sum(
                 n for r in written for c, n in zip(r["mcc"], r["mcc_rows"]) if not loaders.is_iso18245(int(c))
             )
@@ -204,14 +204,17 @@ class SparkEvents:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Loaded:
+def load(
+    spark, ds: DatasetSpec, scratch: Path, block_bytes: int | None = None, partitions: int | None = None
+) -> loaders.Loaded:
     """loaders.load on Spark: the same checks, repairs (same counts, same order) and targets. The parsed rows
-    go to `scratch` (a folder inside the stage's temporary build folder; removed once events are written)."""
+    go to `scratch` (a folder inside the stage's temporary build folder; removed once events are written).
+    `block_bytes` and `partitions`: engine.spark's (null: the dataset's block_bytes, Spark's parallelism)."""
     from pyspark.sql import functions as F
 
     files, target_file = loaders.specs(ds)
     raw_dir = Path(ds.raw_dir)
-    block_bytes = int(engine.get("block_bytes") or ds.get("block_bytes") or rawcsv.BLOCK_BYTES)
+    block_bytes = int(block_bytes or ds.block_bytes or rawcsv.BLOCK_BYTES)
     categorical = list(files[0].categorical)
     raws: list[RawFile] = []
     pending: DataError | None = None  # a file's own error, raised after the errors of the files before it
@@ -314,7 +317,7 @@ def load(spark, ds: DictConfig, engine: DictConfig, scratch: Path) -> loaders.Lo
         n_categories.update({name: int(distinct[name]) for name in categorical})
     clock.lap("clients and categories")
     targets = loaders.finish_targets(ds, targets, pd.Index(clients), repairs)
-    partitions = int(engine.get("partitions") or spark.sparkContext.defaultParallelism)
+    partitions = int(partitions or spark.sparkContext.defaultParallelism)
     store = SparkEvents(
         frame, pd.Index(clients.to_numpy(dtype=object), dtype=object), n_categories, partitions, scratch, ds, repairs
     )

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from omegaconf import DictConfig
 
 from llm4trx.core import registry
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import SplitsSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +51,7 @@ def ptls_test_ids(labeled_ids, test_fraction: float, random_state: int) -> list[
     return clients[-n_test:] if n_test > 0 else []
 
 
-def make_splits(client_ids, targets: "pd.DataFrame", cfg: DictConfig) -> "pd.DataFrame":
+def make_splits(client_ids, targets: "pd.DataFrame", spec: SplitsSpec) -> "pd.DataFrame":
     """client_id, split, fold (int8), labeled (bool) for every client in `client_ids` (natural order).
 
     `targets` holds client_id, target of the labeled clients (all of them must be in `client_ids`).
@@ -63,27 +63,27 @@ def make_splits(client_ids, targets: "pd.DataFrame", cfg: DictConfig) -> "pd.Dat
     # test_fraction and val_fraction in [0, 1), n_folds >= 2: core/schema.py
     clients = natural_sorted(client_ids)
     target_of = dict(zip(targets["client_id"].astype(str), targets["target"]))
-    test = set(ptls_test_ids(target_of, cfg.test_fraction, cfg.random_state))
+    test = set(ptls_test_ids(target_of, spec.test_fraction, spec.random_state))
 
     fold_of: dict[str, int] = {}
     cv_ids = [c for c in natural_sorted(target_of) if c not in test]
     if cv_ids:
         y = np.array([target_of[c] for c in cv_ids])
         smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
-        if smallest < cfg.n_folds:
+        if smallest < spec.n_folds:
             raise ConfigError(
-                f"splits.n_folds={cfg.n_folds} needs at least that many labeled non-test clients per class "
+                f"splits.n_folds={spec.n_folds} needs at least that many labeled non-test clients per class "
                 f"(smallest class has {smallest}); use fewer folds or more clients"
             )
-        folds = StratifiedKFold(int(cfg.n_folds), shuffle=True, random_state=int(cfg.random_state))
+        folds = StratifiedKFold(int(spec.n_folds), shuffle=True, random_state=int(spec.random_state))
         for fold, (_, held_out) in enumerate(folds.split(np.zeros(len(y)), y)):
             fold_of.update((cv_ids[i], fold) for i in held_out)
 
     pretrain = [c for c in clients if c not in test]
-    n_val = int(round(len(pretrain) * cfg.val_fraction))
-    if cfg.val_fraction > 0 and len(pretrain) > 1:
+    n_val = int(round(len(pretrain) * spec.val_fraction))
+    if spec.val_fraction > 0 and len(pretrain) > 1:
         n_val = min(max(n_val, 1), len(pretrain) - 1)
-    perm = np.random.default_rng(int(cfg.random_state)).permutation(len(pretrain))
+    perm = np.random.default_rng(int(spec.random_state)).permutation(len(pretrain))
     val = {pretrain[i] for i in perm[:n_val]}
 
     split = ["test" if c in test else "val" if c in val else "train" for c in clients]

@@ -72,9 +72,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import DatasetSpec
 from llm4trx.core.stage import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def params_of(ds: DictConfig) -> dict:
-    weights = OmegaConf.to_container(ds.get("signals") or {}, resolve=True)  # known names only: core/schema.py
+def params_of(ds: DatasetSpec) -> dict:
+    weights = dict(ds.signals or {})  # known names only: core/schema.py
     # The opt-in kinds enter the parameters only when on, so _GENERATED.json stays VERSION 1's when off.
     extra = {k: float(weights[k]) for k in EXTRA_SIGNALS if float(weights.get(k) or 0.0) != 0.0}
     return {
@@ -337,7 +337,7 @@ def write_raw(p: dict, out: Path) -> None:
     write_factors(clients, p["schema"], out / FACTORS)
 
 
-def ensure_raw(ds: DictConfig) -> Path:
+def ensure_raw(ds: DatasetSpec) -> Path:
     """Generate the raw files into ds.raw_dir unless they are there already with the same parameters."""
     raw_dir = Path(ds.raw_dir)
     p = params_of(ds)

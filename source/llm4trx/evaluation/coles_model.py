@@ -17,6 +17,7 @@ import torch
 from ptls.frames.coles.sampling_strategies import HardNegativePairSelector
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import ColesSpec
 
 # torch.pairwise_distance's default eps: it computes ||a - b + eps||, which the fast selector reproduces.
 PAIRWISE_EPS = 1e-6
@@ -69,16 +70,16 @@ def numeric_transforms(numeric) -> dict[str, str]:
 TIME_NUMERIC_TRANSFORMS = {"day_gap": "log", "hour": "identity", "weekday": "identity", "day_index": "identity"}
 
 
-def numeric_inputs(c) -> dict[str, str]:
+def numeric_inputs(c: ColesSpec) -> dict[str, str]:
     """Every numeric input of the TrxEncoder: coles.numeric, then coles.time_numeric."""
-    return {**numeric_transforms(c.numeric), **{f: TIME_NUMERIC_TRANSFORMS[f] for f in (c.get("time_numeric") or [])}}
+    return {**numeric_transforms(c.numeric), **{f: TIME_NUMERIC_TRANSFORMS[f] for f in (c.time_numeric or [])}}
 
 
-def embedding_specs(c, sizes: dict[str, int]) -> dict[str, dict]:
+def embedding_specs(c: ColesSpec, sizes: dict[str, int]) -> dict[str, dict]:
     """{column: {"in", "out"}} for TrxEncoder: coles.embeddings.<column> where given (published fixed sizes:
     codes beyond `in` are clipped to the last, ptls's out_of_index="clip"), else the fitted dictionary size and
     min(coles.category_embedding_dim, size)."""
-    given = dict(c.get("embeddings") or {})
+    given = dict(c.embeddings or {})
     unknown = sorted(set(given) - set(sizes))
     if unknown:
         raise ConfigError(
@@ -95,7 +96,7 @@ def embedding_specs(c, sizes: dict[str, int]) -> dict[str, dict]:
     return specs
 
 
-def build_seq_encoder(c, sizes: dict[str, int]):
+def build_seq_encoder(c: ColesSpec, sizes: dict[str, int]):
     from ptls.nn import RnnSeqEncoder, TrxEncoder
 
     encoder_type = str(c.encoder_type)  # gru | lstm: core/schema.py
@@ -115,7 +116,7 @@ def build_seq_encoder(c, sizes: dict[str, int]):
     )
 
 
-def build_module(c, seq_encoder):
+def build_module(c: ColesSpec, seq_encoder):
     from ptls.frames.coles import CoLESModule
     from ptls.frames.coles.losses import ContrastiveLoss
     from ptls.nn import Head
@@ -124,7 +125,8 @@ def build_module(c, seq_encoder):
         seq_encoder=seq_encoder,
         head=Head(use_norm_encoder=bool(c.use_norm_encoder)),
         loss=ContrastiveLoss(
-            margin=float(c.loss.margin), sampling_strategy=FastHardNegativePairSelector(neg_count=int(c.loss.neg_count))
+            margin=float(c.loss["margin"]),
+            sampling_strategy=FastHardNegativePairSelector(neg_count=int(c.loss["neg_count"])),
         ),
         optimizer_partial=partial(torch.optim.Adam, lr=float(c.lr), weight_decay=float(c.weight_decay)),
         lr_scheduler_partial=partial(
@@ -133,7 +135,7 @@ def build_module(c, seq_encoder):
     )
 
 
-def build_datamodule(c, records: list[dict]):
+def build_datamodule(c: ColesSpec, records: list[dict]):
     from ptls.data_load.augmentations import DropoutTrx
     from ptls.data_load.datasets import AugmentationDataset, MemoryMapDataset
     from ptls.frames import PtlsDataModule
@@ -153,7 +155,9 @@ def build_datamodule(c, records: list[dict]):
     )
 
 
-def train_encoder(records: list[dict], sizes: dict, c, seed: int, progress: bool, callbacks: list | None = None):
+def train_encoder(
+    records: list[dict], sizes: dict, c: ColesSpec, seed: int, progress: bool, callbacks: list | None = None
+):
     """The sequence encoder trained contrastively on `records` (already filtered by length)."""
     import pytorch_lightning as pl
 

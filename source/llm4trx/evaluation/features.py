@@ -94,9 +94,9 @@ def concatenate(name: str, available: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([available[p] for p in parts], axis=1, join="inner")
 
 
-def parts_of(cfg_validate) -> set[str]:
-    """Every base feature set the config needs, concatenations included."""
-    needed = set(cfg_validate.feature_sets)
-    for name in cfg_validate.concatenations or []:
+def parts_of(feature_sets, concatenations) -> set[str]:
+    """Every base feature set the config needs (validate.feature_sets, validate.concatenations)."""
+    needed = set(feature_sets)
+    for name in concatenations or []:
         needed.update(name.split("+"))
     return needed

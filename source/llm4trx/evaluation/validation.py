@@ -1,6 +1,7 @@
-"""What the `validate` and `baselines` stages share: the protocol's settings read from the config (LightGBM
-parameters, threads), the seed-independent feature sets (aggregates, oracle) and one loop that runs the protocol
-over several feature sets, collecting each one's summary and per-client predictions."""
+"""What the `validate` and `baselines` stages share: the protocol's settings (LightGBM parameters, threads; read
+from the config once by the stage into a `core.sections.ValidationSpec`), the seed-independent feature sets
+(aggregates, oracle) and one loop that runs the protocol over several feature sets, collecting each one's summary
+and per-client predictions."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import logging
 import os
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import DatasetSpec, ValidationSpec
 from llm4trx.data.predictions import prediction_rows
 from llm4trx.data.sequences import categorical_columns
 from llm4trx.evaluation.features import aggregate_features, oracle_features
@@ -20,68 +21,60 @@ from llm4trx.evaluation.protocol import Labels, Predictions, cross_validate_pred
 log = logging.getLogger(__name__)
 
 
-def lightgbm_seed_mode(cfg: DictConfig) -> str:
-    return cfg.validate.get("lightgbm_seed", "fixed")  # one of SEED_MODES: core/schema.py
-
-
-def lightgbm_params(cfg: DictConfig) -> dict:
-    v = cfg.validate
-    task = cfg.dataset.task
+def lightgbm_params(v: ValidationSpec) -> dict:
+    task = v.task
     if task not in v.lightgbm:
         raise ConfigError(f"validate.lightgbm has no parameters for dataset.task={task!r}")
-    params = {
-        **OmegaConf.to_container(v.lightgbm[task], resolve=True),
-        **OmegaConf.to_container(v.lightgbm.get("common", {}), resolve=True),
-    }
-    if lightgbm_seed_mode(cfg) == "run":
-        params["random_state"] = int(cfg.seed)
+    params = {**v.lightgbm[task], **v.lightgbm.get("common", {})}
+    if v.lightgbm_seed == "run":  # one of SEED_MODES: core/schema.py
+        params["random_state"] = int(v.seed)
     if task == "multiclass":
-        params["num_class"] = int(cfg.dataset.n_classes)
+        params["num_class"] = int(v.n_classes)
     return params
 
 
-def has_oracle(cfg: DictConfig) -> bool:
+def has_oracle(ds: DatasetSpec) -> bool:
     """The `oracle` feature set exists for generated data only (the generator's hidden factors)."""
-    return cfg.dataset.get("generator") == "synthetic"
+    return ds.generator == "synthetic"
 
 
-def validation_jobs(cfg: DictConfig) -> int:
+def validation_jobs(v: ValidationSpec) -> int:
     """validate.n_jobs, or (null) the threads this process was given: OMP_NUM_THREADS, else 2. Seeds run side
     by side each get a share of the cores; more LightGBM threads than that oversubscribe them (5x slower seen)."""
-    if cfg.validate.get("n_jobs") is not None:
-        return int(cfg.validate.n_jobs)
+    if v.n_jobs is not None:
+        return int(v.n_jobs)
     threads = os.environ.get("OMP_NUM_THREADS", "")
     return int(threads) if threads.isdigit() and int(threads) > 0 else 2
 
 
-def seed_independent_sets(cfg: DictConfig) -> list[str]:
+def seed_independent_sets(ds: DatasetSpec) -> list[str]:
     """The feature sets the `baselines` stage builds once per dataset: aggregates, and oracle on generated data."""
-    return ["aggregates"] + (["oracle"] if has_oracle(cfg) else [])
+    return ["aggregates"] + (["oracle"] if has_oracle(ds) else [])
 
 
-def aggregate_columns(cfg: DictConfig) -> list[str]:
+def aggregate_columns(v: ValidationSpec) -> list[str]:
     """The events' columns the aggregates feature set reads (the others are not loaded)."""
-    agg = cfg.validate.aggregates
-    return ["client_id", "event_time", *categorical_columns(agg.categorical, cfg.dataset.categorical), *agg.numeric]
+    agg = v.aggregates
+    return ["client_id", "event_time", *categorical_columns(agg["categorical"], v.categorical), *agg["numeric"]]
 
 
-def aggregates(cfg: DictConfig, events: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+def aggregates(v: ValidationSpec, events: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     """The aggregates feature set; category vocabularies fitted on the pretraining clients (train + val)."""
     pretrain_ids = splits.loc[splits["split"].isin(["train", "val"]), "client_id"]
     return aggregate_features(
         events,
-        categorical_columns(cfg.validate.aggregates.categorical, cfg.dataset.categorical),
-        list(cfg.validate.aggregates.numeric),
+        categorical_columns(v.aggregates["categorical"], v.categorical),
+        list(v.aggregates["numeric"]),
         pretrain_ids,
-        sizes=cfg.validate.aggregates.get("sizes"),
+        sizes=v.aggregates.get("sizes"),
     )
 
 
-def oracle(cfg: DictConfig) -> pd.DataFrame:
+def oracle(ds: DatasetSpec) -> pd.DataFrame:
     from llm4trx.data.synthetic import ensure_raw
 
-    ensure_raw(cfg.dataset)  # adds the factors file to raw files generated before it existed
-    return oracle_features(cfg.dataset.raw_dir, cfg.dataset.id_column)
+    ensure_raw(ds)  # adds the factors file to raw files generated before it existed
+    return oracle_features(ds.raw_dir, ds.id_column)
 
 
 def predictions_frame(name: str, labels: Labels, predictions: Predictions) -> pd.DataFrame:
@@ -113,13 +106,13 @@ def log_entry(name: str, entry: dict, metric: str) -> None:
 
 
 def validate_sets(
-    cfg: DictConfig, sets: dict[str, pd.DataFrame], sources: dict, labels: Labels, desc: str = "validate"
+    v: ValidationSpec, sets: dict[str, pd.DataFrame], sources: dict, labels: Labels, desc: str = "validate"
 ) -> tuple[dict, dict]:
     """The protocol on every set: ({name: {n_features, metric summaries}}, {name: prediction frame})."""
-    metrics, params, n_jobs = list(cfg.dataset.metrics), lightgbm_params(cfg), validation_jobs(cfg)
+    metrics, params, n_jobs = list(v.metrics), lightgbm_params(v), validation_jobs(v)
     n_folds = len(set(labels.folds))
     entries, frames = {}, {}
-    with tqdm(total=len(sets) * n_folds, desc=desc, unit="fold", disable=not cfg.progress) as bar:
+    with tqdm(total=len(sets) * n_folds, desc=desc, unit="fold", disable=not v.progress) as bar:
         for name, features in sets.items():
             bar.set_postfix_str(name)
             entry, predictions = cross_validate_predict(

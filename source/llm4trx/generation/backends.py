@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from omegaconf import DictConfig
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import AugmentSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Backend(Protocol):
         """`n` samples for each prompt, in order. `seed` makes a batch reproducible."""
 
 
-def generator_dir(acfg: DictConfig) -> Path:
+def generator_dir(acfg: AugmentSpec) -> Path:
     if not acfg.generator:
         raise ConfigError(
             "augment.generator is not set: give a local HF causal-LM directory "
@@ -47,7 +47,7 @@ def generator_dir(acfg: DictConfig) -> Path:
     return path
 
 
-def context_length(acfg: DictConfig, path: Path) -> int:
+def context_length(acfg: AugmentSpec, path: Path) -> int:
     """Tokens a request may span (prompt + generation): the model's context, or vllm.max_model_len when set."""
     from transformers import AutoConfig
 
@@ -62,7 +62,7 @@ def context_length(acfg: DictConfig, path: Path) -> int:
     )
     if model_ctx is None:
         raise ConfigError(f"augment.generator: {path}/config.json names no context length (max_position_embeddings)")
-    limit = acfg.get("vllm", {}).get("max_model_len") if acfg.backend == "vllm" else None
+    limit = (acfg.vllm.max_model_len if acfg.vllm else None) if acfg.backend == "vllm" else None
     if limit:
         if limit > model_ctx:
             raise ConfigError(f"augment.vllm.max_model_len={limit} exceeds the generator's context {model_ctx}")
@@ -70,7 +70,7 @@ def context_length(acfg: DictConfig, path: Path) -> int:
     return int(model_ctx)
 
 
-def check_environment(acfg: DictConfig) -> None:
+def check_environment(acfg: AugmentSpec) -> None:
     """Fail before any model is loaded when the chosen backend cannot run here."""
     if acfg.backend == "vllm":
         import torch
@@ -100,13 +100,13 @@ def _torch_dtype(name: str, on_gpu: bool):
 class HFBackend:
     """transformers `generate`, batched with left padding; a single GPU when visible, else CPU."""
 
-    def __init__(self, acfg: DictConfig, path: Path, tokenizer):
+    def __init__(self, acfg: AugmentSpec, path: Path, tokenizer):
         import torch
         from transformers import AutoModelForCausalLM
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device == "cpu" and acfg.get("cpu_threads"):
+        if self.device == "cpu" and acfg.cpu_threads:
             torch.set_num_threads(int(acfg.cpu_threads))
         dtype = _torch_dtype(acfg.dtype, self.device == "cuda")
         self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(self.device).eval()
@@ -163,7 +163,7 @@ class HFBackend:
 class VLLMBackend:
     """vLLM offline `LLM.generate` on token-id prompts; imported only when this backend is chosen."""
 
-    def __init__(self, acfg: DictConfig, path: Path, tokenizer):
+    def __init__(self, acfg: AugmentSpec, path: Path, tokenizer):
         from vllm import LLM, SamplingParams
 
         v = acfg.vllm
@@ -194,6 +194,6 @@ class VLLMBackend:
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
 
 
-def load_backend(acfg: DictConfig, path: Path, tokenizer) -> Backend:
+def load_backend(acfg: AugmentSpec, path: Path, tokenizer) -> Backend:
     check_environment(acfg)
     return BACKENDS[acfg.backend](acfg, path, tokenizer)

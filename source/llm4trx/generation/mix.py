@@ -2,10 +2,11 @@
 
 The text stage calls, inside its build:
 
-    train, stats["augmented"] = mix_into_train(cfg, train, train_ids, augmented, counter.count)  # text/stats.json
+    train, stats["augmented"] = mix_into_train(mix, train, train_ids, augmented, counter.count)  # text/stats.json
 
-with `train_ids` the clients of the train split and `augmented` the augment stage's folder and the outputs its
-_SUCCESS.json records (the stage reads them; this module reads only the files named there).
+with `mix` the augment.mix section (core.sections.MixSpec; None while not mixing), `train_ids` the clients of the
+train split and `augmented` the augment stage's folder and the outputs its _SUCCESS.json records (the stage reads
+them; this module reads only the files named there).
 
 The stage registry (llm4trx.core.registry) adds `augment.mix` to the text stage's hash and augment/ to its
 inputs while mixing is on, so that changing the mix or regenerating an augment output rebuilds text/. Only clients of the train split get augmented texts (val and
@@ -25,14 +26,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 
-from llm4trx.core.registry import mixing
+from llm4trx.core.sections import MixSpec
 from llm4trx.core.errors import DataError, StageInputMissing
 
 
 def mix_into_train(
-    cfg: DictConfig,
+    mix: MixSpec | None,
     train: pd.DataFrame,
     train_ids: set[str],
     augmented: tuple[Path, dict[str, Any]] | None,
@@ -45,9 +45,9 @@ def mix_into_train(
     needed only while mixing; `count_tokens`: the text stage's token counter (a batch of texts -> counts) for the
     added rows' n_tokens.
     """
-    if not mixing(cfg):
+    if mix is None:
         return train, {"enabled": False}
-    m = cfg.augment.mix  # fraction in [0, 1]: core/schema.py
+    m = mix  # fraction in [0, 1]: core/schema.py
     folder, outputs = augmented
     train_ids = {str(c) for c in train_ids}
     base = train.assign(client_id=train["client_id"].astype(str))

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import AugmentSpec
 
 # Fields a user template may use; {format} and {analysis} come from the prompt, the rest from the client.
 CLIENT_FIELDS = ("transactions", "n_events", "n_events_kept", "start_date", "end_date")
@@ -49,11 +49,11 @@ def _check_fields(where: str, template: str, known: tuple[str, ...]) -> None:
         )
 
 
-def build_prompts(acfg: DictConfig) -> list[Prompt]:
+def build_prompts(acfg: AugmentSpec) -> list[Prompt]:
     """The prompts listed in `augment.use`, validated: every name, format, analysis and template field exists."""
-    library = OmegaConf.to_container(acfg.prompts, resolve=True) or {}
-    formats = OmegaConf.to_container(acfg.formats, resolve=True) or {}
-    analyses = OmegaConf.to_container(acfg.analysis, resolve=True) or {}
+    library = acfg.prompts or {}
+    formats = acfg.formats or {}
+    analyses = acfg.analysis or {}
     use = list(acfg.use) if acfg.use else list(library)
     if not use:
         raise ConfigError("augment.use lists no prompts and augment.prompts is empty: nothing to generate")
@@ -86,7 +86,7 @@ def build_prompts(acfg: DictConfig) -> list[Prompt]:
     return prompts
 
 
-def has_chat_template(tokenizer, acfg: DictConfig) -> bool:
+def has_chat_template(tokenizer, acfg: AugmentSpec) -> bool:
     mode = acfg.use_chat_template
     if mode in (False, "false"):
         return False
@@ -116,7 +116,7 @@ class ClientPrompter:
     the most recent ones are kept), as the text stage does for its own budget.
     """
 
-    def __init__(self, tokenizer, acfg: DictConfig, context: int):
+    def __init__(self, tokenizer, acfg: AugmentSpec, context: int):
         self.tokenizer = tokenizer
         # fit() tokenizes whole histories on purpose before cutting them: silence "longer than the maximum".
         tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from llm4trx.core.sections import FinetuneRunSpec
 
-def use_cuda(cfg: DictConfig) -> bool:
-    device = cfg.finetune.training.device
+
+def use_cuda(spec: FinetuneRunSpec) -> bool:
+    device = spec.finetune.training.device
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
@@ -93,7 +94,7 @@ def trainer_callback(curves: Curves, max_steps: int):
 
 
 def make_trainer(
-    cfg: DictConfig,
+    spec: FinetuneRunSpec,
     model: nn.Module,
     tokenizer,
     train: Samples,
@@ -104,7 +105,7 @@ def make_trainer(
 ):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    t = cfg.finetune.training
+    t = spec.finetune.training
 
     class FinetuneTrainer(Trainer):
         def _get_eval_sampler(self, eval_dataset):
@@ -124,11 +125,11 @@ def make_trainer(
                 )
             return self.optimizer
 
-    cuda = use_cuda(cfg)
+    cuda = use_cuda(spec)
     args = TrainingArguments(
         output_dir=str(out_dir),
-        seed=int(cfg.seed),
-        data_seed=int(cfg.seed),
+        seed=int(spec.seed),
+        data_seed=int(spec.seed),
         max_steps=int(t.max_steps),
         per_device_train_batch_size=int(t.micro_batch_size),
         gradient_accumulation_steps=int(t.batch_size) // int(t.micro_batch_size),
@@ -148,7 +149,7 @@ def make_trainer(
         dataloader_num_workers=int(t.num_workers),
         remove_unused_columns=False,
         report_to="none",
-        disable_tqdm=not cfg.progress,
+        disable_tqdm=not spec.progress,
         label_names=["labels"],
     )
     trainer = FinetuneTrainer(
@@ -160,7 +161,7 @@ def make_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
-    if not cfg.progress:  # without progress bars the Trainer prints every log line instead; keep the console quiet
+    if not spec.progress:  # without progress bars the Trainer prints every log line instead; keep the console quiet
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)

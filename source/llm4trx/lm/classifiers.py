@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import FinetuneRunSpec
 from llm4trx.lm.pooling import pool, position_ids_for
 from llm4trx.lm.tokenizers import load_tokenizer
 
@@ -200,10 +200,10 @@ def check_lora_targets(model_dir: Path, targets: list[str]) -> None:
         )
 
 
-def lora_config(cfg: DictConfig, task_type: str | None):
+def lora_config(spec: FinetuneRunSpec, task_type: str | None):
     from peft import LoraConfig
 
-    lora = cfg.finetune.lora
+    lora = spec.finetune.lora
     return LoraConfig(
         r=int(lora.r),
         lora_alpha=int(lora.alpha),
@@ -214,13 +214,13 @@ def lora_config(cfg: DictConfig, task_type: str | None):
     )
 
 
-def build_model(cfg: DictConfig, run: str, model_dir: Path, label_ids: list[int] | None) -> nn.Module:
+def build_model(spec: FinetuneRunSpec, run: str, model_dir: Path, label_ids: list[int] | None) -> nn.Module:
     import inspect
 
     from peft import get_peft_model
     from transformers import AutoModel, AutoModelForCausalLM
 
-    f = cfg.finetune
+    f = spec.finetune
     method = f.methods[run]
     dtype = torch.bfloat16 if f.training.precision == "bf16" and method.lora else torch.float32
     loader = AutoModel if method.kind == "head" else AutoModelForCausalLM
@@ -229,9 +229,9 @@ def build_model(cfg: DictConfig, run: str, model_dir: Path, label_ids: list[int]
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     keep = "logits_to_keep" in inspect.signature(base.forward).parameters
     if method.lora:
-        base = get_peft_model(base, lora_config(cfg, None if method.kind == "head" else "CAUSAL_LM"))
+        base = get_peft_model(base, lora_config(spec, None if method.kind == "head" else "CAUSAL_LM"))
     if method.kind == "head":
-        return HeadClassifier(base, int(base.config.hidden_size), int(cfg.dataset.n_classes), f.pooling, f.layer_slice)
+        return HeadClassifier(base, int(base.config.hidden_size), int(spec.dataset.n_classes), f.pooling, f.layer_slice)
     return VerbalizerClassifier(base, label_ids, keep)
 
 

@@ -2,6 +2,10 @@
 
 Pure functions of the composed config and the input folders: tests validate the result for every
 model/ x trainer/ pair without a GPU and without weights (`validate_train_config`).
+
+Unlike the other library modules (which take plain values or the typed sections of `core.sections`), this one
+takes the composed `DictConfig` itself: it is a config translator, whose job is to read the model/, trainer/ and
+root sections and write them out as llm-foundry's config, key by key.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ samples come from the same MDS split through llm-foundry's StreamingTextDataset,
 same DataCollatorForLanguageModeling (padded to the longest client in the batch), and the optimizer,
 schedule, clipping, batch sizes, eval/save intervals map one to one from trainer/. Output: HF checkpoints
 (checkpoint-N/, final/) and the same checkpoints/metrics.jsonl.
+
+Like lm/foundry_config.py (whose model source and init config it shares), this module takes the composed
+`DictConfig`: it is the other backend's config translator, mapping trainer/ and model/ key by key onto
+transformers' TrainingArguments and model loading.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.sections import FinetuneRunSpec
 from llm4trx.data.curves import write_curves
 from llm4trx.data.results import write_finetune_predictions
 from llm4trx.data.splits import load_labels
@@ -63,8 +63,8 @@ WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.
 # ------------------------------------------------------------------------------------------ config
 
 
-def check_config(cfg: DictConfig) -> None:
-    f = cfg.finetune
+def check_config(spec: FinetuneRunSpec) -> None:
+    f = spec.finetune
     runs = list(f.runs or [])
     if not runs:
         raise ConfigError("finetune.runs is empty; list at least one key of finetune.methods, e.g. [head]")
@@ -84,8 +84,8 @@ def check_config(cfg: DictConfig) -> None:
     if t.device not in DEVICES:
         raise ConfigError(f"finetune.training.device={t.device!r}; choose one of {DEVICES}")
     for key in ("max_steps", "batch_size", "micro_batch_size", "eval_batch_size", "eval_interval", "patience"):
-        if int(t[key]) < 1:
-            raise ConfigError(f"finetune.training.{key}={t[key]}; want >= 1")
+        if int(getattr(t, key)) < 1:
+            raise ConfigError(f"finetune.training.{key}={getattr(t, key)}; want >= 1")
     if int(t.batch_size) % int(t.micro_batch_size):
         raise ConfigError(
             f"finetune.training.batch_size={t.batch_size} is not a multiple of micro_batch_size="
@@ -96,20 +96,20 @@ def check_config(cfg: DictConfig) -> None:
         if words is None:
             raise ConfigError(
                 f"finetune.verbalizer.label_words is not set for dataset loader "
-                f"{cfg.dataset.loader!r}; set one word per class, e.g. finetune.verbalizer.label_words=[no,yes]"
+                f"{spec.dataset.loader!r}; set one word per class, e.g. finetune.verbalizer.label_words=[no,yes]"
             )
-        if f.verbalizer.get("unknown_words", "vocabulary") not in UNKNOWN_WORDS:
+        if f.verbalizer.unknown_words not in UNKNOWN_WORDS:
             raise ConfigError(
                 f"finetune.verbalizer.unknown_words={f.verbalizer.unknown_words!r}; choose one of {UNKNOWN_WORDS}"
             )
-        if len(words) != int(cfg.dataset.n_classes):
+        if len(words) != int(spec.dataset.n_classes):
             raise ConfigError(
                 f"finetune.verbalizer.label_words has {len(words)} words for dataset.n_classes="
-                f"{cfg.dataset.n_classes}; give one word per class, class 0 first"
+                f"{spec.dataset.n_classes}; give one word per class, class 0 first"
             )
     if t.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("finetune.training.device=cuda but no CUDA device is visible; use device=auto or cpu")
-    if t.precision == "bf16" and not use_cuda(cfg):
+    if t.precision == "bf16" and not use_cuda(spec):
         raise ConfigError("finetune.training.precision=bf16 needs a CUDA device; use precision=fp32 on CPU")
 
 
@@ -195,10 +195,10 @@ class Prepared:
     max_tokens: int
 
 
-def prepare(cfg: DictConfig, model_dir: Path, data_dir: Path, text_dir: Path) -> Prepared:
+def prepare(spec: FinetuneRunSpec, model_dir: Path, data_dir: Path, text_dir: Path) -> Prepared:
     """Every check of the stage's inputs, in order, before a model is trained."""
-    check_config(cfg)
-    f = cfg.finetune
+    check_config(spec)
+    f = spec.finetune
     model_dir = check_model_dir(model_dir)
     runs = list(f.runs)
     if any(f.methods[r].lora for r in runs):
@@ -210,15 +210,15 @@ def prepare(cfg: DictConfig, model_dir: Path, data_dir: Path, text_dir: Path) ->
             tokenizer,
             list(f.verbalizer.label_words),
             str(f.verbalizer.word_prefix),
-            str(f.verbalizer.get("unknown_words", "vocabulary")),
+            str(f.verbalizer.unknown_words),
         )
         if "verbalizer" in kinds
         else None
     )
-    protocol = load_protocol(data_dir, int(cfg.splits.n_folds), int(cfg.dataset.n_classes))
+    protocol = load_protocol(data_dir, int(spec.splits.n_folds), int(spec.dataset.n_classes))
     ids = np.concatenate([protocol.train_ids, protocol.test_ids])
     texts = texts_of(text_dir, ids)
-    max_tokens = int(f.max_tokens or cfg.max_seq_len)
+    max_tokens = int(f.max_tokens or spec.max_seq_len)
     ordered = [texts[cid] for cid in ids]
     sequences = {}
     if "head" in kinds:
@@ -230,16 +230,16 @@ def prepare(cfg: DictConfig, model_dir: Path, data_dir: Path, text_dir: Path) ->
     return Prepared(model_dir, tokenizer, protocol, texts, sequences, label_ids, max_tokens)
 
 
-def train_fold(cfg: DictConfig, prep: Prepared, run: str, fold: int, work_dir: Path) -> dict[str, Any]:
+def train_fold(spec: FinetuneRunSpec, prep: Prepared, run: str, fold: int, work_dir: Path) -> dict[str, Any]:
     """Train `run` on the other folds, early-stop on `fold`; predictions of the held-out fold and the test
     clients from the best evaluation's weights, with the fold's learning curves."""
     from transformers import set_seed
 
     from llm4trx.evaluation.protocol import METRICS
 
-    f, p = cfg.finetune, prep.protocol
+    f, p = spec.finetune, prep.protocol
     kind = f.methods[run].kind
-    metric = str(cfg.dataset.metrics[0])
+    metric = str(spec.dataset.metrics[0])
     classes = np.arange(p.n_classes)
     fit, held = p.fold_parts(fold)
     seqs = prep.sequences[kind]
@@ -251,17 +251,17 @@ def train_fold(cfg: DictConfig, prep: Prepared, run: str, fold: int, work_dir: P
     held_out = Samples(held_ids, [seqs[c] for c in held_ids], held_y)
     test = Samples(p.test_ids, [seqs[c] for c in p.test_ids], None)
 
-    set_seed(int(cfg.seed))
-    model = build_model(cfg, run, prep.model_dir, prep.label_ids)
+    set_seed(int(spec.seed))
+    model = build_model(spec, run, prep.model_dir, prep.label_ids)
     counts = parameter_counts(model)
     curves = Curves(metric=metric, patience=int(f.training.patience))
 
     def compute_metrics(pred) -> dict[str, float]:
         proba = probabilities(pred.predictions)
-        return {m: float(METRICS[m](pred.label_ids, proba, classes)) for m in cfg.dataset.metrics}
+        return {m: float(METRICS[m](pred.label_ids, proba, classes)) for m in spec.dataset.metrics}
 
     trainer = make_trainer(
-        cfg,
+        spec,
         model,
         prep.tokenizer,
         train,
@@ -315,17 +315,17 @@ def train_fold(cfg: DictConfig, prep: Prepared, run: str, fold: int, work_dir: P
     }
 
 
-def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict[str, Any]:
+def fine_tune(spec: FinetuneRunSpec, prep: Prepared, out: Path, progress=None) -> dict[str, Any]:
     """Every run of finetune.runs on every fold; writes predictions.parquet and curves.json into `out`."""
-    f = cfg.finetune
-    if not use_cuda(cfg) and f.training.cpu_threads:
+    f = spec.finetune
+    if not use_cuda(spec) and f.training.cpu_threads:
         torch.set_num_threads(int(f.training.cpu_threads))
     folds = sorted(int(k) for k in np.unique(prep.protocol.folds))
     predictions, curves = [], {}
     for run in f.runs:
         curves[run] = {"kind": str(f.methods[run].kind), "lora": bool(f.methods[run].lora), "folds": {}}
         for fold in folds:
-            result = train_fold(cfg, prep, run, fold, out / ".work")
+            result = train_fold(spec, prep, run, fold, out / ".work")
             predictions.append(result["predictions"])
             curves[run]["folds"][str(fold)] = result["curve"]
             if progress is not None:
@@ -333,7 +333,7 @@ def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict
     frame = pd.concat(predictions, ignore_index=True)
     write_finetune_predictions(out, frame)
     meta = {
-        "metric": str(cfg.dataset.metrics[0]),
+        "metric": str(spec.dataset.metrics[0]),
         "n_classes": prep.protocol.n_classes,
         "model": str(prep.model_dir),
         "max_tokens": prep.max_tokens,
@@ -355,7 +355,3 @@ def fine_tune(cfg: DictConfig, prep: Prepared, out: Path, progress=None) -> dict
             run: next(iter(c["folds"].values()))["parameters"]["trainable"] for run, c in curves.items()
         },
     }
-
-
-def plain(node) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llm4trx.core.errors import ConfigError
+from llm4trx.core.sections import DatasetSpec, TextSpec
 
 
 CALENDAR = ("dow", "dom", "month", "end")  # the calendar words of the fields format (text.calendar)
@@ -49,9 +50,9 @@ class RenderContext:
     calendar: tuple[str, ...] = ()  # text.calendar: the calendar words of the fields format (CALENDAR)
 
     @classmethod
-    def from_events(cls, events: pd.DataFrame, dataset_cfg, text_cfg) -> "RenderContext":
-        categorical = list(dataset_cfg.get("categorical") or [])
-        mcc_names = dataset_cfg.get("mcc_names") == "iso18245" and bool(text_cfg.get("mcc_descriptions", True))
+    def from_events(cls, events: pd.DataFrame, ds: DatasetSpec, text: TextSpec) -> "RenderContext":
+        categorical = list(ds.categorical or [])
+        mcc_names = ds.mcc_names == "iso18245" and bool(text.mcc_descriptions)
         ns = events["event_time"].to_numpy("datetime64[ns]").astype(np.int64)
         secs = (ns // 10**9) % 86400
         time_of_day = "%H:%M:%S" if (secs % 60).any() else "%H:%M" if secs.any() else ""
@@ -59,19 +60,17 @@ class RenderContext:
         for col in categorical:
             counts = events[col].fillna(MISSING).value_counts()
             usual[col] = str(counts.index[0]) if len(counts) else MISSING
-        return cls(categorical, mcc_names, time_of_day, usual, calendar_of(text_cfg))
+        return cls(categorical, mcc_names, time_of_day, usual, calendar_of(text))
 
 
 MISSING = "NA"
 
 
-def calendar_of(text_cfg) -> tuple[str, ...]:
+def calendar_of(text: TextSpec) -> tuple[str, ...]:
     """text.calendar (fields format only): which calendar words follow each transaction's `when` word."""
-    words = tuple(text_cfg.get("calendar") or ())  # each one of CALENDAR: core/schema.py
-    if words and text_cfg.get("format") != "fields":
-        raise ConfigError(
-            f"text.calendar is a fields-format option (text=fields); text.format is {text_cfg.get('format')!r}"
-        )
+    words = tuple(text.calendar or ())  # each one of CALENDAR: core/schema.py
+    if words and text.format != "fields":
+        raise ConfigError(f"text.calendar is a fields-format option (text=fields); text.format is {text.format!r}")
     return words
 
 
@@ -83,10 +82,10 @@ class ContextAccumulator:
     value_counts ordering: counts descending, ties in order of first appearance).
     """
 
-    def __init__(self, dataset_cfg, text_cfg):
-        self.categorical = list(dataset_cfg.get("categorical") or [])
-        self.mcc_names = dataset_cfg.get("mcc_names") == "iso18245" and bool(text_cfg.get("mcc_descriptions", True))
-        self.calendar = calendar_of(text_cfg)
+    def __init__(self, ds: DatasetSpec, text: TextSpec):
+        self.categorical = list(ds.categorical or [])
+        self.mcc_names = ds.mcc_names == "iso18245" and bool(text.mcc_descriptions)
+        self.calendar = calendar_of(text)
         self.any_seconds = self.any_time = False
         self.counts: dict[str, dict] = {col: {} for col in self.categorical}
 

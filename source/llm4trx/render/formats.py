@@ -6,7 +6,7 @@ values through their few unique values, amounts through integer arithmetic) and 
 kernels, so rendering 1M events takes about a second instead of a per-row Python loop.
 Truncation (llm4trx.text) drops the oldest lines; `grouped_mcc` regroups the kept lines by MCC.
 
-Reuse (augment): `RenderContext.from_events(events, dataset_cfg, text_cfg)` once for the dataset, then
+Reuse (augment): `RenderContext.from_events(events, dataset, text)` (core.sections' DatasetSpec, TextSpec) once for the dataset, then
 `render_client(events_of_one_client, "compact", ctx)` or `render(events, fmt, ctx)` for many clients.
 """
 

@@ -35,12 +35,13 @@ def fixture() -> None:
     """Client ids of 1 to 5 digits (their string order is not their numeric order), 40 unlabeled clients,
     targets that depend on the features, splits by llm4trx's protocol, the LightGBM parameters of our
     default config (validate.lightgbm_seed=fixed)."""
-    from omegaconf import OmegaConf
 
     from llm4trx.core.config import compose
     from llm4trx.data.embeddings import embeddings_frame
+    from llm4trx.core.sections import SplitsSpec
     from llm4trx.data.splits import make_splits, natural_sorted
-    from llm4trx.validate import lightgbm_params
+    from llm4trx.core.sections import ValidationSpec
+    from llm4trx.evaluation.validation import lightgbm_params
 
     rng = np.random.default_rng(2024)
     ids = natural_sorted(str(i) for i in rng.choice(np.arange(1, 100_000), N_CLIENTS, replace=False))
@@ -59,14 +60,14 @@ def fixture() -> None:
         else:
             y = np.digitize(latent, np.quantile(latent, [0.25, 0.5, 0.75])).astype(np.int64)
         targets = pd.DataFrame({"client_id": [ids[i] for i in sorted(labeled)], "target": y[sorted(labeled)]})
-        splits = make_splits(ids, targets, OmegaConf.create(SPLITS))
+        splits = make_splits(ids, targets, SplitsSpec(**SPLITS))
         # As prepare writes them: targets of the labeled clients in the splits' (natural) order.
         targets = targets.set_index("client_id").loc[splits.loc[splits["labeled"], "client_id"]].reset_index()
         targets.to_parquet(out / "targets.parquet", index=False)
         splits.to_parquet(out / "splits.parquet", index=False)
         cfg = compose(["dataset=synthetic", f"dataset.schema={'rosbank' if task == 'binary' else 'age_pred'}"])
         assert cfg.dataset.task == task, cfg.dataset.task
-        params[task] = lightgbm_params(cfg)
+        params[task] = lightgbm_params(ValidationSpec.from_config(cfg))
     # embeddings_frame writes the ids as strings sorted as strings: the file order is not the protocol's.
     embeddings_frame("client_id", ids, emb).to_parquet(HERE / "features_emb.parquet", index=False)
     embeddings_frame("client_id", ids, agg).to_parquet(HERE / "features_agg.parquet", index=False)
