@@ -4,7 +4,7 @@
 # xdist_group run on one worker (tests/conftest.py); the 15 slowest are listed at the end.
 # Three workers on two cores: much of the suite waits rather than computes (SLURM's scheduler, JVMs and launchers
 # starting, polling loops); even with 3 workers it used 1.5 of the 2 cores on average. Measured on the 2-core
-# machine, the same clone: 668 s with 2 workers, 609 s with 3.
+# machine, the same clone: 668 s with 2 workers, 609 s with 3 (another clone: 627 s with 3, 668 s with 4).
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k text -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
