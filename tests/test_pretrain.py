@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,6 +106,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     killed_at = int(os.readlink(folder / "latest-rank0.pt").split("-ba")[1].split("-")[0])
     assert 10 <= killed_at < 60
     before = losses(read_metrics(folder), "train")
+    # A later checkpoint written but never linked as latest, as a kill between Composer's save and its link
+    # leaves (seen when a killed launcher's ranks stop mid-save): Composer alone refuses to start beside it.
+    orphan = folder / os.readlink(folder / "latest-rank0.pt").replace(f"-ba{killed_at}-", f"-ba{killed_at + 10}-")
+    shutil.copyfile(folder / "latest-rank0.pt", orphan)
 
     # Rerun the same command (in-process) and count the optimizer steps it actually trains.
     from llm4trx.lm import foundry_plugins
@@ -120,6 +125,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     done = read_success(folder)["counts"]
     assert done["steps"] == 60
     assert done["resumed_from_step"] == killed_at
+    assert os.readlink(folder / "latest-rank0.pt").endswith("-ba60-rank0.pt")
     trained = [step for step, split in appended if split == "train"]
     assert trained == list(range(killed_at + 1, 61))  # continued, not restarted from step 0
     after = losses(read_metrics(folder), "train")

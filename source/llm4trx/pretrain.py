@@ -211,6 +211,25 @@ def latest_composer_step(folder: Path) -> int:
     return int(match.group(1)) if match and latest.exists() else 0
 
 
+def remove_unlinked_checkpoints(folder: Path, resumed_from: int, rank: int) -> list[str]:
+    """Remove this rank's checkpoints past the one autoresume loads, and return their names.
+
+    A run killed between writing a checkpoint and linking it as latest-rank0.pt (the parent-death SIGTERM of a
+    killed launcher, kill -9 during a save) leaves that file behind, and Composer then refuses to start beside
+    it ("may conflict with a future checkpoint"): the rerun that should resume fails. The folder is claimed by
+    this run's config hash, so the file is this run's own; the resumed run writes that step again. Each rank
+    removes only its own files (Composer's check is per rank too), before the ranks' first barrier.
+    """
+    removed = []
+    pattern = re.compile(rf"^ep\d+-ba(\d+)-rank{rank}\.pt$")
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = pattern.match(path.name)
+        if match and int(match.group(1)) > resumed_from and not path.is_symlink():
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def several_nodes() -> bool:
     """A job of more than one node (the launcher's WORLD_SIZE beyond this node's LOCAL_WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -250,6 +269,8 @@ def train_foundry(cfg: DictConfig, inputs: dict[str, Any], folder: Path) -> dict
     resumed_from = latest_composer_step(folder)
     if resumed_from:
         log.info("pretrain: resuming from step %d (%s)", resumed_from, folder / "latest-rank0.pt")
+    for name in remove_unlinked_checkpoints(folder, resumed_from, global_rank()):
+        log.warning("pretrain: removed %s, a checkpoint a killed run wrote but never linked as latest", name)
     # Rank 0 writes the from-scratch config.json before entering llm-foundry's train; the other ranks read it
     # only after train's first distributed barrier, which rank 0 reaches after writing.
     if not cfg.model.pretrained and cfg.model.hf_config is not None and global_rank() == 0:
