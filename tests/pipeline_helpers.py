@@ -24,6 +24,16 @@ TINY = [
 ]
 
 
+# JVM flags for the tests' Spark jobs, which last seconds: the client compiler only and one garbage-collector
+# thread. On 2 cores the JIT's and GC's own threads cost more than they save there (tests/test_spark_cluster.py:
+# 142 -> 115 CPU-s). For the daemons (SPARK_DAEMON_JAVA_OPTS) and, through the config, drivers and executors.
+SPARK_TEST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+SPARK_TEST_CONF = [
+    f"+engine.spark.conf.spark.driver.extraJavaOptions='{SPARK_TEST_JVM}'",
+    f"+engine.spark.conf.spark.executor.extraJavaOptions='{SPARK_TEST_JVM}'",
+]
+
+
 # The shared smoke run (conftest's `smoke_run` fixture): these seeds, side by side, into smoke_root().
 SMOKE_SEEDS = (1, 2)
 SMOKE_RUN = [*TINY, "parallel_seeds=2"]

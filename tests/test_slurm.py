@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import SMOKE_SEEDS, TINY, child_env
+from pipeline_helpers import SMOKE_SEEDS, SPARK_TEST_CONF, SPARK_TEST_JVM, TINY, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # One cluster for the module's light tests (daemons on this machine; the pipeline job reads the shared smoke
@@ -265,6 +265,7 @@ def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(
         "SPARK_MASTER_PORT": str(port),
         "SPARK_WORKER_MEMORY": "1g",
         "SPARK_DAEMON_MEMORY": "256m",
+        "SPARK_DAEMON_JAVA_OPTS": SPARK_TEST_JVM,
         "SPARK_WORKER_DIR": str(tmp_path / "spark"),
     }
     proc = submit(
@@ -278,6 +279,7 @@ def test_spark_stages_job_starts_a_standalone_cluster_and_runs_prepare_and_text(
         "engine=spark",
         "engine.spark.partitions=2",
         "+engine.spark.conf.spark.executor.memory=512m",
+        *SPARK_TEST_CONF,
         timeout=400,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

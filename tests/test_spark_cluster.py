@@ -24,7 +24,7 @@ from llm4trx.core.spark import java_available
 from llm4trx.core.stage import read_success, stage_dir
 from llm4trx.prepare import run as prepare
 from llm4trx.text import run as text
-from pipeline_helpers import child_env
+from pipeline_helpers import SPARK_TEST_CONF, SPARK_TEST_JVM, child_env
 
 if not java_available():  # CI installs a JRE (scripts/setup.sh): there the tests must run, not skip
     if os.environ.get("CI"):
@@ -52,6 +52,7 @@ ON_CLUSTER = [
     "+engine.spark.conf.spark.executor.cores=1",
     "+engine.spark.conf.spark.cores.max=2",
     "+engine.spark.conf.spark.sql.shuffle.partitions=4",
+    *SPARK_TEST_CONF,
 ]
 
 
@@ -73,6 +74,7 @@ class Cluster:
             SPARK_HOME=str(SPARK_HOME),
             SPARK_LOCAL_IP="127.0.0.1",
             SPARK_DAEMON_MEMORY="256m",
+            SPARK_DAEMON_JAVA_OPTS=SPARK_TEST_JVM,
             SPARK_LOG_DIR=str(state / "logs"),
             PYSPARK_PYTHON=sys.executable,
         )
