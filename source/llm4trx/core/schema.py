@@ -18,13 +18,12 @@ backends, ...) are spelt here too; tests/test_schema.py checks that both lists a
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, get_args, get_origin
+from typing import Annotated, Literal, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from omegaconf import DictConfig
+from pydantic import Field
 
-from llm4trx.core.errors import ConfigError
+from llm4trx.core.typed import Closed, Group, check_config
 
 # Choice sets that only the config uses (the code branches on them, no table of its own).
 ENGINES = ("embedded", "spark")
@@ -49,18 +48,6 @@ AUGMENT_BACKENDS = ("hf", "vllm")  # generation.backends.BACKENDS
 
 Positive = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
-
-
-class Group(BaseModel):
-    """A config group: every field optional (absent keys are not checked), unknown keys ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
-class Closed(Group):
-    """A group whose keys are all known: an unknown key is an error (it would be silently ignored)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class Shards(Group):
@@ -224,92 +211,6 @@ class Config(Group):
     engine: Engine = None
 
 
-_SKIP = object()
-
-
-def _group_of(annotation) -> type[Group] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, Group) else None
-
-
-def _value(node: DictConfig, key: str) -> Any:
-    """The resolved value of node[key] as plain Python, or _SKIP where it is absent, missing or unresolvable."""
-    if key not in node or OmegaConf.is_missing(node, key):
-        return _SKIP
-    try:
-        value = node[key]
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
-        return value
-    except OmegaConfBaseException:
-        return _SKIP
-
-
-def _plain(node: DictConfig, model: type[Group]) -> dict:
-    """The keys of `node` that `model` declares, as plain values (nested groups walked key by key, so one
-    unresolvable key elsewhere in a group does not hide the others)."""
-    out: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        key = field.alias or name
-        if key not in node or OmegaConf.is_missing(node, key):
-            continue
-        try:
-            child = node[key]
-        except OmegaConfBaseException:
-            continue
-        group = _group_of(field.annotation)
-        if group is not None and isinstance(child, DictConfig):
-            out[key] = _plain(child, group)
-            if group.model_config.get("extra") == "forbid":  # closed: the unknown keys too
-                out[key].update({k: None for k in child if k not in group.model_fields})
-            continue
-        if get_origin(field.annotation) is dict and isinstance(child, DictConfig):
-            inner = _group_of(get_args(field.annotation)[1])
-            if inner is not None:
-                out[key] = {str(k): _plain(v, inner) for k, v in child.items() if isinstance(v, DictConfig)}
-                continue
-        value = _value(node, key)
-        if value is not _SKIP and not (group is not None and value is None):  # an optional group left out
-            out[key] = value
-    return out
-
-
-def _key(loc: tuple) -> str:
-    key = ""
-    for part in loc:
-        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-    return key
-
-
-def _message(error: dict, model: type[Group]) -> str:
-    loc = tuple(error["loc"])
-    key = _key(loc)
-    if error["type"] == "extra_forbidden":
-        parent = model
-        for part in loc[:-1]:
-            fields = {f.alias or n: f for n, f in parent.model_fields.items()}
-            parent = _group_of(fields[part].annotation) or parent
-        known = ", ".join(f.alias or n for n, f in parent.model_fields.items())
-        return f"{key}: unknown key; known: {known}"
-    says = error["msg"].replace("Input should be", "should be").replace(" after validation", "")
-    if says.startswith("List "):
-        says = "should be a list" + says[len("List should") :].replace(" have", " with", 1)
-    # The field's description, where it has one, says what the value means.
-    parent, description = model, None
-    for part in loc:
-        if isinstance(part, int) or parent is None:
-            break
-        fields = {f.alias or n: f for n, f in parent.model_fields.items()}
-        if part not in fields:
-            break
-        description = fields[part].description
-        parent = _group_of(fields[part].annotation) or _group_of((get_args(fields[part].annotation) or [None])[-1])
-    hint = f" ({description})" if description else ""
-    return f"{key}={error['input']!r}: {says}{hint}"
-
-
 def validate(cfg: DictConfig) -> Config:
     """Check the declared keys of a composed config; the first bad value is a ConfigError naming its key."""
-    try:
-        return Config.model_validate(_plain(cfg, Config))
-    except ValidationError as err:
-        raise ConfigError(_message(err.errors()[0], Config)) from None
+    return check_config(Config, cfg)

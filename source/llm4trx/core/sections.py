@@ -13,54 +13,14 @@ nested values (`dataset.columns`, `dataset.download`, ...) become plain dicts an
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from llm4trx.core.typed import Section, plain
 
 
-def _plain(value: Any) -> Any:
-    """A resolved config value as plain Python (dicts and lists); a missing `???` nested value stays '???'."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True, throw_on_missing=False)
-    return value
-
-
-def _is_section(t) -> bool:
-    return isinstance(t, type) and issubclass(t, Section)
-
-
-class Section:
-    """`from_config(node)`: the dataclass's fields read from a config section (absent or `???` keys: default); a
-    field typed as another Section (or None) is read from the subsection the same way."""
-
-    @classmethod
-    def values_of(cls, node: DictConfig) -> dict[str, Any]:
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for f in dataclasses.fields(cls):
-            if not f.init or f.name not in node or OmegaConf.is_missing(node, f.name):
-                continue
-            value, hint = node[f.name], hints[f.name]
-            inner = [t for t in (hint, *typing.get_args(hint)) if _is_section(t)]
-            mapping = [t for t in (hint, *typing.get_args(hint)) if typing.get_origin(t) is dict]
-            of = typing.get_args(mapping[0])[1] if mapping else None
-            if inner and isinstance(value, DictConfig):
-                values[f.name] = inner[0].from_config(value)
-            elif _is_section(of) and isinstance(value, DictConfig):  # {name: subsection}
-                values[f.name] = {str(k): of.from_config(v) for k, v in value.items()}
-            else:
-                values[f.name] = _plain(value)
-        return values
-
-    @classmethod
-    def from_config(cls, node: DictConfig):
-        return cls(**cls.values_of(node))
-
-
-@dataclass(frozen=True)
 class DatasetSpec(Section):
     """The `dataset` section (conf/dataset/*.yaml): raw files, their loader and the canonical contract."""
 
@@ -101,7 +61,6 @@ class DatasetSpec(Section):
         return cls(**cls.values_of(node), missing=tuple(sorted(OmegaConf.missing_keys(node))))
 
 
-@dataclass(frozen=True)
 class SplitsSpec(Section):
     """The `splits` section (conf/config.yaml): the pytorch-lifestream split protocol (data/splits.py)."""
 
@@ -111,8 +70,7 @@ class SplitsSpec(Section):
     val_fraction: float
 
 
-@dataclass(frozen=True)
-class ValidationSpec:
+class ValidationSpec(Section):
     """What the validation protocol reads (evaluation/validation.py, for the validate and baselines stages): the
     `validate` section's LightGBM parameters, threads and aggregates, the dataset's task, classes, metrics and
     categorical columns, the run's seed and progress switch."""
@@ -134,19 +92,18 @@ class ValidationSpec:
         return cls(
             task=ds.task,
             n_classes=ds.n_classes,
-            metrics=_plain(ds.metrics),
-            categorical=_plain(ds.categorical),
-            lightgbm=_plain(v.lightgbm),
+            metrics=plain(ds.metrics),
+            categorical=plain(ds.categorical),
+            lightgbm=plain(v.lightgbm),
             lightgbm_seed=v.get("lightgbm_seed", "fixed"),
             n_jobs=v.get("n_jobs"),
-            aggregates=_plain(v.get("aggregates")),
+            aggregates=plain(v.get("aggregates")),
             seed=cfg.seed,
             progress=cfg.progress,
         )
 
 
-@dataclass(frozen=True)
-class RunSpec:
+class RunSpec(Section):
     """What a run trains its model on (data/model_record.py: recorded by export, compared by embed when it
     applies another run's model): the run's name and seed, its text and tokenizer sections, its dataset."""
 
@@ -164,12 +121,11 @@ class RunSpec:
             seed=cfg.seed,
             max_seq_len=cfg.max_seq_len,
             dataset=DatasetSpec.from_config(cfg.dataset),
-            text=_plain(cfg.text),
-            tokenizer=_plain(cfg.tokenizer),
+            text=plain(cfg.text),
+            tokenizer=plain(cfg.tokenizer),
         )
 
 
-@dataclass(frozen=True)
 class SamplingSpec(Section):
     """augment.sampling: per request, n samples of at most max_tokens tokens."""
 
@@ -180,7 +136,6 @@ class SamplingSpec(Section):
     seed: int | None = None
 
 
-@dataclass(frozen=True)
 class VllmSpec(Section):
     """augment.vllm (conf/augment/vllm.yaml): the vLLM engine's settings."""
 
@@ -190,7 +145,6 @@ class VllmSpec(Section):
     enforce_eager: bool | None = None
 
 
-@dataclass(frozen=True)
 class MixSpec(Section):
     """augment.mix: which augmented texts the text stage adds to the train split (generation/mix.py)."""
 
@@ -201,7 +155,6 @@ class MixSpec(Section):
     seed: int | None = None
 
 
-@dataclass(frozen=True)
 class AugmentSpec(Section):
     """The `augment` section (conf/augment/*.yaml): generator, sampling, prompts (generation/)."""
 
@@ -227,7 +180,6 @@ class AugmentSpec(Section):
     vllm: VllmSpec | None = None
 
 
-@dataclass(frozen=True)
 class MethodSpec(Section):
     """finetune.methods.<run>: a head on pooled hidden states or a verbalizer, with LoRA adapters or not."""
 
@@ -235,7 +187,6 @@ class MethodSpec(Section):
     lora: bool | None = None
 
 
-@dataclass(frozen=True)
 class LoraSpec(Section):
     r: int | None = None
     alpha: int | None = None
@@ -243,7 +194,6 @@ class LoraSpec(Section):
     target_modules: list[str] | None = None
 
 
-@dataclass(frozen=True)
 class VerbalizerSpec(Section):
     instruction: str | None = None
     question: str | None = None
@@ -252,7 +202,6 @@ class VerbalizerSpec(Section):
     unknown_words: str | None = "vocabulary"  # the code's default where the key is absent (as before)
 
 
-@dataclass(frozen=True)
 class TrainingSpec(Section):
     """finetune.training: steps, batch sizes, learning rates, early stopping, device and precision."""
 
@@ -273,7 +222,6 @@ class TrainingSpec(Section):
     num_workers: int | None = None
 
 
-@dataclass(frozen=True)
 class FinetuneSpec(Section):
     """The `finetune` section (conf/finetune/*.yaml): runs, methods, LoRA, verbalizer, training."""
 
@@ -289,8 +237,7 @@ class FinetuneSpec(Section):
     training: TrainingSpec | None = None
 
 
-@dataclass(frozen=True)
-class FinetuneRunSpec:
+class FinetuneRunSpec(Section):
     """What fine-tuning reads (lm/supervised.py, lm/classifiers.py, lm/classifier_trainer.py): the `finetune`
     section, the dataset, the split protocol, the run's context length, seed and progress switch."""
 
@@ -313,7 +260,6 @@ class FinetuneRunSpec:
         )
 
 
-@dataclass(frozen=True)
 class ColesSpec(Section):
     """The `coles` section (conf/coles/*.yaml): the CoLES baseline's inputs, encoder, loss and training
     (evaluation/coles_model.py)."""
@@ -349,7 +295,6 @@ class ColesSpec(Section):
     inference_batch_size: int | None = None
 
 
-@dataclass(frozen=True)
 class TextSpec(Section):
     """The `text` section (conf/text/*.yaml): the format clients are rendered in and its budget (render/)."""
 
