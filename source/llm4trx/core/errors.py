@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 
 class Llm4trxError(Exception):
     """Base class: a problem with the user's input, config or environment (not a bug in llm4trx)."""
@@ -27,3 +31,11 @@ class DataError(Llm4trxError):
             # Rows are reported 1-based as a spreadsheet or `sed -n Np` would show them (header is line 1).
             where += f", row {row}"
         super().__init__(f"{where}: {message}")
+
+
+def load_json(path) -> Any:
+    """The JSON document in the file `path`; a DataError naming the file and the line where it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None

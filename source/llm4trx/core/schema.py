@@ -1,15 +1,21 @@
-"""The choice and range checks of the config, declared once per config group and checked when it is composed.
+"""The config's sections, typed once: one model per config group with the fields the code reads and the choice and
+range checks made when the config is composed (the machinery: core/typed.py).
 
+A section the code reads is a `Section` (a frozen dataclass): a stage builds it from its composed config
+(`DatasetSpec.from_config(cfg.dataset)`) and hands it to the libraries, which never see a raw `DictConfig`
+(core/sections.py adds the views that combine sections). A `Group` (pydantic) holds keys that are only checked.
 `validate(cfg)` runs in `core.config.compose` (tests, notebooks, `core.check`, scripts/run.sh) and in every
 stage's Hydra entry point, so a misspelt value stops before any stage starts, with one line naming the key:
 
     embed.pooling='max': should be 'mean' or 'last'
     augment.clients.fraction=0: should be greater than 0
 
-The defaults stay in conf/*.yaml; a field here only says what a value may be. A key absent from the composed
-config, or one that is missing (`???`) or does not resolve, is not checked here (`core.check.compose_checked`
-reports those). Unknown keys are accepted as before (a new key needs no edit here), except in groups that were
-closed already (`dataset.signals`). Checks that relate several keys, or the config to data, files or the
+The defaults stay in conf/*.yaml: a field's annotation says what a value may be, its default only what the code
+gets where the key is absent (None, or what it assumed before). Only a Section's `check()` fields, and every field
+of a Group (read from the config by the stages and config translators, or as a plain dict), are checked. A
+key absent from the composed config, or one that is missing (`???`) or does not resolve, is not checked here
+(`core.check.compose_checked` reports those). Unknown keys are accepted (a new key needs no edit here), except in
+a `Closed` group (`dataset.signals`). Checks that relate several keys, or the config to data, files or the
 machine, stay in the code that needs them.
 
 Choices that the code implements in a table of its own (text formats, loaders, metrics, dtypes, poolings,
@@ -18,13 +24,13 @@ backends, ...) are spelt here too; tests/test_schema.py checks that both lists a
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, get_args, get_origin
+from dataclasses import field
+from typing import Annotated, Any, Literal, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from omegaconf import DictConfig, OmegaConf
+from pydantic import Field
 
-from llm4trx.core.errors import ConfigError
+from llm4trx.core.typed import Closed, Group, Section, check, check_config, checks_of
 
 # Choice sets that only the config uses (the code branches on them, no table of its own).
 ENGINES = ("embedded", "spark")
@@ -51,26 +57,12 @@ Positive = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
 
 
-class Group(BaseModel):
-    """A config group: every field optional (absent keys are not checked), unknown keys ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
-class Closed(Group):
-    """A group whose keys are all known: an unknown key is an error (it would be silently ignored)."""
-
-    model_config = ConfigDict(extra="forbid")
+# Keys only checked: the stages and the config translators read them from the config (or, AugmentClients and
+# Signals, the code gets them as plain dicts).
 
 
 class Shards(Group):
     samples_per_part: Positive = None
-
-
-class Splits(Group):
-    test_fraction: Fraction = None
-    val_fraction: Fraction = None
-    n_folds: Annotated[int, Field(ge=2)] = None
 
 
 class Signals(Closed):  # data.synthetic.SIGNALS + EXTRA_SIGNALS: weights of the target's signals
@@ -82,22 +74,6 @@ class Signals(Closed):  # data.synthetic.SIGNALS + EXTRA_SIGNALS: weights of the
     regime: float = None
     burst: float = None
     gaps: float = None
-
-
-class Dataset(Group):
-    schema_: Literal[SCHEMAS] = Field(None, alias="schema")  # synthetic: the raw schema it writes
-    loader: Literal[LOADERS] = None
-    n_clients: Annotated[int, Field(ge=10)] = None  # synthetic
-    min_events: Annotated[int, Field(ge=2)] = None  # synthetic (<= max_events: checked by the generator)
-    signals: Signals = None
-    metrics: list[Literal[METRICS]] = None
-
-
-class Text(Group):
-    format: Literal[FORMATS] = None
-    max_tokens: Optional[Annotated[int, Field(gt=2)]] = Field(None, description="bos + eos + text, or null")
-    chunk_events: Optional[Positive] = None
-    calendar: list[Literal[CALENDAR]] = None
 
 
 class Tokenizer(Group):
@@ -113,19 +89,6 @@ class Embed(Group):
     )
     batch_size: Positive = None
     segments: Positive = None
-
-
-class Coles(Group):
-    encoder_type: Literal["gru", "lstm"] = None
-    time_features: list[Literal[TIME_FEATURES]] = None
-    time_numeric: list[Literal[TIME_FEATURES]] = None
-
-
-class Validate(Group):
-    feature_sets: list[Literal[FEATURE_SETS]] = None
-    lightgbm_seed: Literal[SEED_MODES] = Field(
-        None, description="fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed"
-    )
 
 
 class Contrastive(Group):
@@ -150,166 +113,258 @@ class Trainer(Group):
     contrastive: Contrastive = None
 
 
-class Sampling(Group):
-    n: Positive = None
-    max_tokens: Positive = None
-
-
-class AugmentClients(Group):
+class AugmentClients(Group):  # read by the augment stage as a plain dict
     fraction: Annotated[float, Field(gt=0, le=1)] = None
-
-
-class Mix(Group):
-    fraction: Annotated[float, Field(ge=0, le=1)] = None
-
-
-class Augment(Group):
-    backend: Literal[AUGMENT_BACKENDS] = None
-    dtype: Literal[("auto", *DTYPES)] = None
-    use_chat_template: Literal["auto", True, False, "true", "false"] = None
-    transactions_format: Literal[FORMATS] = None
-    batch_size: Positive = None
-    clients: AugmentClients = None
-    sampling: Sampling = None
-    mix: Mix = None
-
-
-class FinetuneMethod(Group):
-    kind: Literal[FINETUNE_KINDS] = None
-
-
-class FinetuneTraining(Group):
-    precision: Literal[FINETUNE_PRECISIONS] = None
-    device: Literal[FINETUNE_DEVICES] = None
-    max_steps: Positive = None
-    batch_size: Positive = None
-    micro_batch_size: Positive = None
-    eval_batch_size: Positive = None
-    eval_interval: Positive = None
-    patience: Positive = None
-
-
-class Verbalizer(Group):
-    unknown_words: Literal[UNKNOWN_WORDS] = None
-
-
-class Finetune(Group):
-    runs: Annotated[list[str], Field(min_length=1)] = Field(None, description="keys of finetune.methods")
-    methods: dict[str, FinetuneMethod] = None
-    pooling: Literal[POOLINGS] = None
-    training: FinetuneTraining = None
-    verbalizer: Verbalizer = None
 
 
 class Engine(Group):
     name: Literal[ENGINES] = None
 
 
-class Config(Group):
-    """The root config (conf/config.yaml) and its groups."""
-
-    parallel_seeds: Annotated[int, Field(strict=True, ge=1)] = Field(None, description="seeds run at once")
-    max_seq_len: Annotated[int, Field(ge=3)] = Field(None, description="bos + a token + eos")
-    shards: Shards = None
-    splits: Splits = None
-    dataset: Dataset = None
-    text: Text = None
-    tokenizer: Tokenizer = None
-    embed: Embed = None
-    coles: Coles = None
-    validate_: Validate = Field(None, alias="validate")
-    trainer: Trainer = None
-    augment: Augment = None
-    finetune: Finetune = None
-    engine: Engine = None
+# The sections the code reads: a stage builds them from its config (XSpec.from_config(cfg.<section>)).
 
 
-_SKIP = object()
+class SplitsSpec(Section):
+    """The `splits` section (conf/config.yaml): the pytorch-lifestream split protocol (data/splits.py)."""
+
+    test_fraction: Fraction = check(...)
+    val_fraction: Fraction = check(...)
+    n_folds: int = check(..., ge=2)
+    random_state: int
 
 
-def _group_of(annotation) -> type[Group] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, Group) else None
+class DatasetSpec(Section):
+    """The `dataset` section (conf/dataset/*.yaml): raw files, their loader and the canonical contract."""
+
+    name: str | None = None
+    raw_dir: str | None = None
+    generator: str | None = None  # synthetic: prepare generates the raw files first
+    # the synthetic generator's parameters (min_events <= max_events: checked by the generator)
+    schema: Literal[SCHEMAS] = check()  # the raw schema it writes
+    loader: Literal[LOADERS] = check()
+    n_clients: int = check(ge=10)
+    seed: int | None = None
+    min_events: int = check(ge=2)
+    max_events: int | None = None
+    label_noise: float | None = None
+    unlabeled_fraction: float | None = None
+    signals: dict[str, float] | None = check(group=Signals)
+    # the canonical contract
+    id_column: str | None = None
+    categorical: list[str] = field(default_factory=list)
+    mcc_names: str | None = None
+    task: str | None = None
+    n_classes: int | None = None
+    metrics: list[Literal[METRICS]] = check(default_factory=list)
+    time_origin: str | None = None
+    drop_duplicates: bool = False
+    block_bytes: int | None = None
+    download: dict[str, Any] | None = None  # the download stage's source (data/fetch.py)
+    # the generic loader's column mapping (conf/dataset/custom.yaml)
+    transactions: list[str] = field(default_factory=list)
+    columns: dict[str, Any] | None = None
+    time_format: str | None = None
+    targets: dict[str, Any] | None = None
+    # keys left `???` (OmegaConf.missing_keys): data.loaders.specs names them before reading anything
+    missing: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, node: DictConfig) -> DatasetSpec:
+        return cls(**cls.values_of(node), missing=tuple(sorted(OmegaConf.missing_keys(node))))
 
 
-def _value(node: DictConfig, key: str) -> Any:
-    """The resolved value of node[key] as plain Python, or _SKIP where it is absent, missing or unresolvable."""
-    if key not in node or OmegaConf.is_missing(node, key):
-        return _SKIP
-    try:
-        value = node[key]
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
-        return value
-    except OmegaConfBaseException:
-        return _SKIP
+class TextSpec(Section):
+    """The `text` section (conf/text/*.yaml): the format clients are rendered in and its budget (render/)."""
+
+    format: Literal[FORMATS] = check()
+    max_tokens: Optional[Annotated[int, Field(gt=2)]] = check(description="bos + eos + text, or null")
+    chunk_events: Optional[Positive] = check()
+    count_tokenizer: str | None = None
+    mcc_descriptions: bool | None = True  # the code's default where the key is absent (as before)
+    calendar: list[Literal[CALENDAR]] = check()
 
 
-def _plain(node: DictConfig, model: type[Group]) -> dict:
-    """The keys of `node` that `model` declares, as plain values (nested groups walked key by key, so one
-    unresolvable key elsewhere in a group does not hide the others)."""
-    out: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        key = field.alias or name
-        if key not in node or OmegaConf.is_missing(node, key):
-            continue
-        try:
-            child = node[key]
-        except OmegaConfBaseException:
-            continue
-        group = _group_of(field.annotation)
-        if group is not None and isinstance(child, DictConfig):
-            out[key] = _plain(child, group)
-            if group.model_config.get("extra") == "forbid":  # closed: the unknown keys too
-                out[key].update({k: None for k in child if k not in group.model_fields})
-            continue
-        if get_origin(field.annotation) is dict and isinstance(child, DictConfig):
-            inner = _group_of(get_args(field.annotation)[1])
-            if inner is not None:
-                out[key] = {str(k): _plain(v, inner) for k, v in child.items() if isinstance(v, DictConfig)}
-                continue
-        value = _value(node, key)
-        if value is not _SKIP and not (group is not None and value is None):  # an optional group left out
-            out[key] = value
-    return out
+class ColesSpec(Section):
+    """The `coles` section (conf/coles/*.yaml): the CoLES baseline's inputs, encoder, loss and training
+    (evaluation/coles_model.py)."""
+
+    encoder_type: Literal["gru", "lstm"] = check()
+    hidden_size: int | None = None
+    bidir: bool | None = None
+    trainable_starter: str | None = None
+    use_norm_encoder: bool | None = None
+    numeric: Any = None  # {column: transform} or a list of columns (log each)
+    categorical: list[str] | None = None
+    time_features: list[Literal[TIME_FEATURES]] = check()
+    time_numeric: list[Literal[TIME_FEATURES]] = check()
+    embeddings: dict[str, dict[str, int]] | None = None
+    category_embedding_dim: int | None = None
+    embeddings_noise: float | None = None
+    norm_embeddings: bool | None = None
+    use_batch_norm_with_lens: bool | None = None
+    loss: dict[str, Any] | None = None  # margin, neg_count
+    max_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    lr_step_size: int | None = None
+    lr_step_gamma: float | None = None
+    trx_dropout: float | None = None
+    split_count: int | None = None
+    cnt_min: int | None = None
+    cnt_max: int | None = None
+    min_seq_len: int | None = None
+    inference_max_len: int | None = None
+    num_workers: int | None = None
+    inference_batch_size: int | None = None
 
 
-def _key(loc: tuple) -> str:
-    key = ""
-    for part in loc:
-        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-    return key
+class Validate(Section):
+    """The `validate` section (conf/validate/*.yaml); the validation protocol reads it as part of
+    core.sections.ValidationSpec."""
+
+    lightgbm: dict[str, Any]  # {binary, multiclass, common}
+    feature_sets: list[Literal[FEATURE_SETS]] = check()
+    lightgbm_seed: Literal[SEED_MODES] = check(
+        "fixed", description="fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed"
+    )
+    n_jobs: int | None = None  # null: the threads this process was given
+    aggregates: dict[str, Any] | None = None  # numeric, categorical, sizes
 
 
-def _message(error: dict, model: type[Group]) -> str:
-    loc = tuple(error["loc"])
-    key = _key(loc)
-    if error["type"] == "extra_forbidden":
-        parent = model
-        for part in loc[:-1]:
-            fields = {f.alias or n: f for n, f in parent.model_fields.items()}
-            parent = _group_of(fields[part].annotation) or parent
-        known = ", ".join(f.alias or n for n, f in parent.model_fields.items())
-        return f"{key}: unknown key; known: {known}"
-    says = error["msg"].replace("Input should be", "should be").replace(" after validation", "")
-    if says.startswith("List "):
-        says = "should be a list" + says[len("List should") :].replace(" have", " with", 1)
-    # The field's description, where it has one, says what the value means.
-    parent, description = model, None
-    for part in loc:
-        if isinstance(part, int) or parent is None:
-            break
-        fields = {f.alias or n: f for n, f in parent.model_fields.items()}
-        if part not in fields:
-            break
-        description = fields[part].description
-        parent = _group_of(fields[part].annotation) or _group_of((get_args(fields[part].annotation) or [None])[-1])
-    hint = f" ({description})" if description else ""
-    return f"{key}={error['input']!r}: {says}{hint}"
+class SamplingSpec(Section):
+    """augment.sampling: per request, n samples of at most max_tokens tokens."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    n: Positive = check()
+    max_tokens: Positive = check()
+    seed: int | None = None
+
+
+class VllmSpec(Section):
+    """augment.vllm (conf/augment/vllm.yaml): the vLLM engine's settings."""
+
+    tensor_parallel_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    enforce_eager: bool | None = None
+
+
+class MixSpec(Section):
+    """augment.mix: which augmented texts the text stage adds to the train split (generation/mix.py)."""
+
+    sources: list[str] | None = None
+    prompts: list[str] | None = None
+    fraction: Annotated[float, Field(ge=0, le=1)] = check()
+    with_base: bool | None = None
+    seed: int | None = None
+
+
+class AugmentSpec(Section):
+    """The `augment` section (conf/augment/*.yaml): generator, sampling, prompts (generation/)."""
+
+    name: str | None = None
+    backend: Literal[AUGMENT_BACKENDS] = check()
+    generator: str | None = None
+    dtype: Literal[("auto", *DTYPES)] = check()
+    use_chat_template: Literal["auto", True, False, "true", "false"] = check()
+    transactions_format: Literal[FORMATS] = check()
+    batch_size: Positive = check()
+    cpu_threads: int | None = None
+    clients: dict[str, Any] | None = check(group=AugmentClients)
+    sampling: SamplingSpec | None = None
+    drop_empty: bool | None = None
+    drop_truncated: bool | None = None
+    system: str | None = None
+    user_template: str | None = None
+    formats: dict[str, str] | None = None
+    analysis: dict[str, str] | None = None
+    prompts: dict[str, Any] | None = None
+    use: list[str] | None = None
+    mix: MixSpec | None = None
+    vllm: VllmSpec | None = None
+
+
+class MethodSpec(Section):
+    """finetune.methods.<run>: a head on pooled hidden states or a verbalizer, with LoRA adapters or not."""
+
+    kind: Literal[FINETUNE_KINDS] = check()
+    lora: bool | None = None
+
+
+class LoraSpec(Section):
+    r: int | None = None
+    alpha: int | None = None
+    dropout: float | None = None
+    target_modules: list[str] | None = None
+
+
+class VerbalizerSpec(Section):
+    instruction: str | None = None
+    question: str | None = None
+    label_words: list[str] | None = None
+    word_prefix: str | None = None
+    unknown_words: Literal[UNKNOWN_WORDS] = check("vocabulary")  # the code's default where the key is absent
+
+
+class TrainingSpec(Section):
+    """finetune.training: steps, batch sizes, learning rates, early stopping, device and precision."""
+
+    precision: Literal[FINETUNE_PRECISIONS] = check()
+    device: Literal[FINETUNE_DEVICES] = check()
+    max_steps: Positive = check()
+    batch_size: Positive = check()
+    micro_batch_size: Positive = check()
+    eval_batch_size: Positive = check()
+    lr: float | None = None
+    head_lr: float | None = None
+    weight_decay: float | None = None
+    warmup_steps: int | None = None
+    eval_interval: Positive = check()
+    patience: Positive = check()
+    gradient_checkpointing: bool | None = None
+    cpu_threads: int | None = None
+    num_workers: int | None = None
+
+
+class FinetuneSpec(Section):
+    """The `finetune` section (conf/finetune/*.yaml): runs, methods, LoRA, verbalizer, training."""
+
+    enabled: bool | None = None
+    model: str | None = None
+    runs: Annotated[list[str], Field(min_length=1)] = check(description="keys of finetune.methods")
+    methods: dict[str, MethodSpec] | None = None
+    pooling: Literal[POOLINGS] = check()
+    layer_slice: list[int | None] | None = None
+    max_tokens: int | None = None
+    lora: LoraSpec | None = None
+    training: TrainingSpec | None = None
+    verbalizer: VerbalizerSpec | None = None
+
+
+class Root(Section):
+    """The root config (conf/config.yaml): its checked keys and its sections."""
+
+    parallel_seeds: Annotated[int, Field(strict=True, ge=1)] = check(description="seeds run at once")
+    max_seq_len: Annotated[int, Field(ge=3)] = check(description="bos + a token + eos")
+    shards: Shards | None = None
+    splits: SplitsSpec | None = None
+    dataset: DatasetSpec | None = None
+    text: TextSpec | None = None
+    tokenizer: Tokenizer | None = None
+    embed: Embed | None = None
+    coles: ColesSpec | None = None
+    validate: Validate | None = None
+    trainer: Trainer | None = None
+    augment: AugmentSpec | None = None
+    finetune: FinetuneSpec | None = None
+    engine: Engine | None = None
+
+
+Config = checks_of(Root)  # what is checked at compose time: the check() fields of the root and its sections
 
 
 def validate(cfg: DictConfig) -> Config:
     """Check the declared keys of a composed config; the first bad value is a ConfigError naming its key."""
-    try:
-        return Config.model_validate(_plain(cfg, Config))
-    except ValidationError as err:
-        raise ConfigError(_message(err.errors()[0], Config)) from None
+    return check_config(Config, cfg)

@@ -1,152 +1,76 @@
-"""Typed views of config sections, built once by a stage from its composed config and handed to the libraries.
+"""Typed views of the config handed to the libraries, built once by a stage from its composed config.
 
 Library modules (data/, evaluation/, generation/, lm/, render/) take plain values or these small frozen
 objects, never a raw `DictConfig`: a stage builds them from its config (`DatasetSpec.from_config(cfg.dataset)`)
 and hands them on. The exceptions are the config translators lm/foundry_config.py and lm/hf_backend.py, whose job
 is to map the composed config key by key onto llm-foundry's and transformers' own configs.
 
-Fields are named as the config keys. Their defaults only say what the code assumed of an absent key (None, or
-the `.get(key, default)` it used before); the defaults of the config stay in conf/*.yaml, the declared choices
-and ranges in core/schema.py. A field typed as another section is built the same way from its subsection; other
-nested values (`dataset.columns`, `dataset.download`, ...) become plain dicts and lists, resolved.
+One section's model (its fields and their compose-time checks) is declared once, in core/schema.py; the names
+below are those the libraries import. What is declared here combines sections: the validation protocol's, a
+run's and fine-tuning's views.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
+
+from llm4trx.core.schema import (
+    AugmentSpec,
+    ColesSpec,
+    DatasetSpec,
+    FinetuneSpec,
+    MixSpec,
+    SamplingSpec,
+    SplitsSpec,
+    TextSpec,
+    Validate,
+)
+from llm4trx.core.typed import Section, plain
+
+# The section models the libraries import from here (declared in core/schema.py), and the views below.
+__all__ = [
+    "AugmentSpec",
+    "ColesSpec",
+    "DatasetSpec",
+    "FinetuneRunSpec",
+    "MixSpec",
+    "RunSpec",
+    "SamplingSpec",
+    "SplitsSpec",
+    "TextSpec",
+    "ValidationSpec",
+]
 
 
-def _plain(value: Any) -> Any:
-    """A resolved config value as plain Python (dicts and lists); a missing `???` nested value stays '???'."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True, throw_on_missing=False)
-    return value
-
-
-def _is_section(t) -> bool:
-    return isinstance(t, type) and issubclass(t, Section)
-
-
-class Section:
-    """`from_config(node)`: the dataclass's fields read from a config section (absent or `???` keys: default); a
-    field typed as another Section (or None) is read from the subsection the same way."""
-
-    @classmethod
-    def values_of(cls, node: DictConfig) -> dict[str, Any]:
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for f in dataclasses.fields(cls):
-            if not f.init or f.name not in node or OmegaConf.is_missing(node, f.name):
-                continue
-            value, hint = node[f.name], hints[f.name]
-            inner = [t for t in (hint, *typing.get_args(hint)) if _is_section(t)]
-            mapping = [t for t in (hint, *typing.get_args(hint)) if typing.get_origin(t) is dict]
-            of = typing.get_args(mapping[0])[1] if mapping else None
-            if inner and isinstance(value, DictConfig):
-                values[f.name] = inner[0].from_config(value)
-            elif _is_section(of) and isinstance(value, DictConfig):  # {name: subsection}
-                values[f.name] = {str(k): of.from_config(v) for k, v in value.items()}
-            else:
-                values[f.name] = _plain(value)
-        return values
-
-    @classmethod
-    def from_config(cls, node: DictConfig):
-        return cls(**cls.values_of(node))
-
-
-@dataclass(frozen=True)
-class DatasetSpec(Section):
-    """The `dataset` section (conf/dataset/*.yaml): raw files, their loader and the canonical contract."""
-
-    name: str | None = None
-    loader: str | None = None
-    raw_dir: str | None = None
-    generator: str | None = None  # synthetic: prepare generates the raw files first
-    # the synthetic generator's parameters
-    schema: str | None = None
-    n_clients: int | None = None
-    seed: int | None = None
-    min_events: int | None = None
-    max_events: int | None = None
-    label_noise: float | None = None
-    unlabeled_fraction: float | None = None
-    signals: dict[str, float] | None = None
-    # the canonical contract
-    id_column: str | None = None
-    categorical: list[str] = field(default_factory=list)
-    mcc_names: str | None = None
-    task: str | None = None
-    n_classes: int | None = None
-    metrics: list[str] = field(default_factory=list)
-    time_origin: str | None = None
-    drop_duplicates: bool = False
-    block_bytes: int | None = None
-    download: dict[str, Any] | None = None  # the download stage's source (data/fetch.py)
-    # the generic loader's column mapping (conf/dataset/custom.yaml)
-    transactions: list[str] = field(default_factory=list)
-    columns: dict[str, Any] | None = None
-    time_format: str | None = None
-    targets: dict[str, Any] | None = None
-    # keys left `???` (OmegaConf.missing_keys): data.loaders.specs names them before reading anything
-    missing: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, node: DictConfig) -> DatasetSpec:
-        return cls(**cls.values_of(node), missing=tuple(sorted(OmegaConf.missing_keys(node))))
-
-
-@dataclass(frozen=True)
-class SplitsSpec(Section):
-    """The `splits` section (conf/config.yaml): the pytorch-lifestream split protocol (data/splits.py)."""
-
-    test_fraction: float
-    n_folds: int
-    random_state: int
-    val_fraction: float
-
-
-@dataclass(frozen=True)
-class ValidationSpec:
+class ValidationSpec(Validate, kw_only=True):
     """What the validation protocol reads (evaluation/validation.py, for the validate and baselines stages): the
-    `validate` section's LightGBM parameters, threads and aggregates, the dataset's task, classes, metrics and
-    categorical columns, the run's seed and progress switch."""
+    `validate` section (LightGBM parameters and seed mode, threads, aggregates), the dataset's task, classes,
+    metrics and categorical columns, the run's seed and progress switch."""
 
     task: str
     n_classes: int
     metrics: list[str]
     categorical: list[str]
-    lightgbm: dict[str, Any]  # validate.lightgbm: {binary, multiclass, common}
-    lightgbm_seed: str  # validate.lightgbm_seed (fixed | run)
-    n_jobs: int | None  # validate.n_jobs (null: the threads this process was given)
-    aggregates: dict[str, Any]  # validate.aggregates: numeric, categorical, sizes
     seed: int
     progress: bool
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> ValidationSpec:
-        v, ds = cfg.validate, cfg.dataset
+        ds = cfg.dataset
         return cls(
+            **Validate.values_of(cfg.validate),
             task=ds.task,
             n_classes=ds.n_classes,
-            metrics=_plain(ds.metrics),
-            categorical=_plain(ds.categorical),
-            lightgbm=_plain(v.lightgbm),
-            lightgbm_seed=v.get("lightgbm_seed", "fixed"),
-            n_jobs=v.get("n_jobs"),
-            aggregates=_plain(v.get("aggregates")),
+            metrics=plain(ds.metrics),
+            categorical=plain(ds.categorical),
             seed=cfg.seed,
             progress=cfg.progress,
         )
 
 
-@dataclass(frozen=True)
-class RunSpec:
+class RunSpec(Section):
     """What a run trains its model on (data/model_record.py: recorded by export, compared by embed when it
     applies another run's model): the run's name and seed, its text and tokenizer sections, its dataset."""
 
@@ -164,133 +88,12 @@ class RunSpec:
             seed=cfg.seed,
             max_seq_len=cfg.max_seq_len,
             dataset=DatasetSpec.from_config(cfg.dataset),
-            text=_plain(cfg.text),
-            tokenizer=_plain(cfg.tokenizer),
+            text=plain(cfg.text),
+            tokenizer=plain(cfg.tokenizer),
         )
 
 
-@dataclass(frozen=True)
-class SamplingSpec(Section):
-    """augment.sampling: per request, n samples of at most max_tokens tokens."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    n: int | None = None
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class VllmSpec(Section):
-    """augment.vllm (conf/augment/vllm.yaml): the vLLM engine's settings."""
-
-    tensor_parallel_size: int | None = None
-    gpu_memory_utilization: float | None = None
-    max_model_len: int | None = None
-    enforce_eager: bool | None = None
-
-
-@dataclass(frozen=True)
-class MixSpec(Section):
-    """augment.mix: which augmented texts the text stage adds to the train split (generation/mix.py)."""
-
-    sources: list[str] | None = None
-    prompts: list[str] | None = None
-    fraction: float | None = None
-    with_base: bool | None = None
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class AugmentSpec(Section):
-    """The `augment` section (conf/augment/*.yaml): generator, sampling, prompts (generation/)."""
-
-    name: str | None = None
-    backend: str | None = None
-    generator: str | None = None
-    dtype: str | None = None
-    cpu_threads: int | None = None
-    clients: dict[str, Any] | None = None
-    sampling: SamplingSpec | None = None
-    batch_size: int | None = None
-    drop_empty: bool | None = None
-    drop_truncated: bool | None = None
-    system: str | None = None
-    transactions_format: str | None = None
-    use_chat_template: Any = None
-    user_template: str | None = None
-    formats: dict[str, str] | None = None
-    analysis: dict[str, str] | None = None
-    prompts: dict[str, Any] | None = None
-    use: list[str] | None = None
-    mix: MixSpec | None = None
-    vllm: VllmSpec | None = None
-
-
-@dataclass(frozen=True)
-class MethodSpec(Section):
-    """finetune.methods.<run>: a head on pooled hidden states or a verbalizer, with LoRA adapters or not."""
-
-    kind: str | None = None
-    lora: bool | None = None
-
-
-@dataclass(frozen=True)
-class LoraSpec(Section):
-    r: int | None = None
-    alpha: int | None = None
-    dropout: float | None = None
-    target_modules: list[str] | None = None
-
-
-@dataclass(frozen=True)
-class VerbalizerSpec(Section):
-    instruction: str | None = None
-    question: str | None = None
-    label_words: list[str] | None = None
-    word_prefix: str | None = None
-    unknown_words: str | None = "vocabulary"  # the code's default where the key is absent (as before)
-
-
-@dataclass(frozen=True)
-class TrainingSpec(Section):
-    """finetune.training: steps, batch sizes, learning rates, early stopping, device and precision."""
-
-    max_steps: int | None = None
-    batch_size: int | None = None
-    micro_batch_size: int | None = None
-    eval_batch_size: int | None = None
-    lr: float | None = None
-    head_lr: float | None = None
-    weight_decay: float | None = None
-    warmup_steps: int | None = None
-    eval_interval: int | None = None
-    patience: int | None = None
-    precision: str | None = None
-    device: str | None = None
-    gradient_checkpointing: bool | None = None
-    cpu_threads: int | None = None
-    num_workers: int | None = None
-
-
-@dataclass(frozen=True)
-class FinetuneSpec(Section):
-    """The `finetune` section (conf/finetune/*.yaml): runs, methods, LoRA, verbalizer, training."""
-
-    enabled: bool | None = None
-    model: str | None = None
-    runs: list[str] | None = None
-    methods: dict[str, MethodSpec] | None = None
-    pooling: str | None = None
-    layer_slice: list[int | None] | None = None
-    max_tokens: int | None = None
-    lora: LoraSpec | None = None
-    verbalizer: VerbalizerSpec | None = None
-    training: TrainingSpec | None = None
-
-
-@dataclass(frozen=True)
-class FinetuneRunSpec:
+class FinetuneRunSpec(Section):
     """What fine-tuning reads (lm/supervised.py, lm/classifiers.py, lm/classifier_trainer.py): the `finetune`
     section, the dataset, the split protocol, the run's context length, seed and progress switch."""
 
@@ -311,51 +114,3 @@ class FinetuneRunSpec:
             seed=cfg.seed,
             progress=cfg.progress,
         )
-
-
-@dataclass(frozen=True)
-class ColesSpec(Section):
-    """The `coles` section (conf/coles/*.yaml): the CoLES baseline's inputs, encoder, loss and training
-    (evaluation/coles_model.py)."""
-
-    numeric: Any = None  # {column: transform} or a list of columns (log each)
-    categorical: list[str] | None = None
-    time_features: list[str] | None = None
-    time_numeric: list[str] | None = None
-    embeddings: dict[str, dict[str, int]] | None = None
-    category_embedding_dim: int | None = None
-    embeddings_noise: float | None = None
-    norm_embeddings: bool | None = None
-    use_batch_norm_with_lens: bool | None = None
-    encoder_type: str | None = None
-    hidden_size: int | None = None
-    bidir: bool | None = None
-    trainable_starter: str | None = None
-    use_norm_encoder: bool | None = None
-    loss: dict[str, Any] | None = None  # margin, neg_count
-    max_epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    lr_step_size: int | None = None
-    lr_step_gamma: float | None = None
-    trx_dropout: float | None = None
-    split_count: int | None = None
-    cnt_min: int | None = None
-    cnt_max: int | None = None
-    min_seq_len: int | None = None
-    inference_max_len: int | None = None
-    num_workers: int | None = None
-    inference_batch_size: int | None = None
-
-
-@dataclass(frozen=True)
-class TextSpec(Section):
-    """The `text` section (conf/text/*.yaml): the format clients are rendered in and its budget (render/)."""
-
-    format: str | None = None
-    max_tokens: int | None = None
-    chunk_events: int | None = None
-    count_tokenizer: str | None = None
-    mcc_descriptions: bool | None = True  # the code's default where the key is absent (as before)
-    calendar: list[str] | None = None

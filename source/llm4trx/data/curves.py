@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llm4trx.core import registry
-from llm4trx.core.errors import DataError
+from llm4trx.core.errors import DataError, load_json
 
 METRICS_FILE = registry.file("pretrain", "metrics")  # the name the Composer logger is configured with
 
@@ -86,10 +86,7 @@ def read_curves(folder: Path) -> dict[str, Any] | None:
     path = curves_path(folder)
     if not path.is_file():
         return None
-    try:
-        curves = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None
+    curves = load_json(path)
     if "runs" not in curves or "metric" not in curves:
         raise DataError(path, "missing key 'runs' or 'metric' (written by python -m llm4trx.finetune)")
     return curves

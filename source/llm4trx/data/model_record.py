@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llm4trx.core.errors import ConfigError, DataError
+from llm4trx.core.errors import ConfigError, DataError, load_json
 from llm4trx.core.sections import DatasetSpec, RunSpec
 from llm4trx.core.model_identity import MODEL_FILES, MODEL_RECORD as RECORD, model_fingerprint as fingerprint  # noqa: F401
 
@@ -68,10 +68,7 @@ def read_record(model_dir: Path) -> dict[str, Any] | None:
     path = Path(model_dir) / RECORD
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None
+    record = load_json(path)
     for key in ("run", "text", "schema", "tokenizer"):
         if key not in record:
             raise DataError(path, f"missing key {key!r} (written by python -m llm4trx.export)")

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from llm4trx.core import registry
-from llm4trx.core.errors import DataError
+from llm4trx.core.errors import DataError, load_json
 from llm4trx.data.predictions import read_predictions, write_predictions
 
 
@@ -43,10 +43,7 @@ def write_finetune_predictions(folder: Path, frame: pd.DataFrame) -> None:
 def read_results(folder: Path, stage: str = "validate") -> dict[str, Any]:
     """results.json, checked: the keys the report and the console read, a test_mean for every metric."""
     path = results_path(folder, stage)
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err.msg})", row=err.lineno) from None
+    results = load_json(path)
     for key in ("dataset", "metrics", "feature_sets"):
         if key not in results:
             raise DataError(path, f"missing key {key!r} (written by python -m llm4trx.{stage})")
