@@ -50,7 +50,7 @@ from llm4trx.core.sections import DatasetSpec
 from llm4trx.data import event_store, loaders, rawcsv
 from llm4trx.data.spark_tasks import (
     ORDER,
-    SUMMARY,
+    SUMMARY_SCHEMA,
     RawFile,
     output_schema,
     parse_to_parquet,
@@ -238,33 +238,17 @@ def load(
         for batch in batches:
             for index, chunk in zip(batch.column("file").to_pylist(), batch.column("chunk").to_pylist()):
                 summary = parse_to_parquet(by_index[index], chunk, schema, str(scratch))
-                yield pa.RecordBatch.from_pylist(
-                    [summary],
-                    schema=pa.schema(
-                        [
-                            ("_file", pa.int32()),
-                            ("_chunk", pa.int32()),
-                            ("rows", pa.int64()),
-                            ("filled", pa.int64()),
-                            ("_kind", pa.int32()),
-                            ("_line", pa.int64()),
-                            ("_column", pa.string()),
-                            ("_error", pa.string()),
-                        ]
-                    ),
-                )
+                yield pa.RecordBatch.from_pylist([summary], schema=SUMMARY_SCHEMA)
 
-    spark_schema = ", ".join(
-        f"`{f.name}` {_sql_type(f.type)}"
-        for f in schema
-        if f.name not in ("_filled", "_kind", "_line", "_column", "_error")
+    spark_schema = _ddl(
+        pa.schema([f for f in schema if f.name not in ("_filled", "_kind", "_line", "_column", "_error")])
     )
     clock = _Clock()
     repairs: Counter = Counter()
     parsed, per_file = None, {}
     if ranges:
         descriptors = spark.createDataFrame(pd.DataFrame(ranges, columns=["file", "chunk"]))
-        summaries = descriptors.repartition(len(ranges)).mapInArrow(parse, SUMMARY).toPandas()
+        summaries = descriptors.repartition(len(ranges)).mapInArrow(parse, _ddl(SUMMARY_SCHEMA)).toPandas()
         for index, rows in summaries.sort_values(["_file", "_chunk"]).groupby("_file", sort=True):
             bad = rows[rows["_error"].notna()].sort_values(["_kind", "_chunk"])
             per_file[int(index)] = {
@@ -378,6 +362,11 @@ class _Clock:
         now = self.time()
         log.info("spark prepare: %s in %.1f s", what, now - self.last)
         self.last = now
+
+
+def _ddl(schema: pa.Schema) -> str:
+    """Spark's DDL string of an Arrow schema (`name` type, ...)."""
+    return ", ".join(f"`{f.name}` {_sql_type(f.type)}" for f in schema)
 
 
 def _sql_type(t: pa.DataType) -> str:

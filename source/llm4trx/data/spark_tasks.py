@@ -34,6 +34,14 @@ class RawFile:
     cuts: list[int]  # byte offsets: range i is [cuts[i], cuts[i + 1])
 
 
+# Where a row's parse failed (kind of error, raw line, column, message): columns of every parsed part and of
+# the per-chunk summary a parsing task returns.
+ERROR_FIELDS = [("_kind", pa.int32()), ("_line", pa.int64()), ("_column", pa.string()), ("_error", pa.string())]
+SUMMARY_SCHEMA = pa.schema(
+    [("_file", pa.int32()), ("_chunk", pa.int32()), ("rows", pa.int64()), ("filled", pa.int64()), *ERROR_FIELDS]
+)
+
+
 def output_schema(categorical: list[str]) -> pa.Schema:
     fields = [("client_id", pa.string()), ("event_time", pa.int64()), ("amount", pa.float64()), ("mcc", pa.int32())]
     fields += [(name, pa.string()) for name in categorical]
@@ -43,10 +51,7 @@ def output_schema(categorical: list[str]) -> pa.Schema:
         ("_file", pa.int32()),
         ("_chunk", pa.int32()),
         ("_row", pa.int64()),
-        ("_kind", pa.int32()),
-        ("_line", pa.int64()),
-        ("_column", pa.string()),
-        ("_error", pa.string()),
+        *ERROR_FIELDS,
     ]
     return pa.schema(fields)
 
@@ -127,9 +132,6 @@ def parse_range(raw: RawFile, chunk: int, schema: pa.Schema):
         columns[name] = pa.array(dictionary.values, pa.string()).take(pa.array(block[name]))
     arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema]
     yield from pa.Table.from_arrays(arrays, schema=schema).to_batches(max_chunksize=BATCH_ROWS)
-
-
-SUMMARY = "_file int, _chunk int, rows bigint, filled bigint, _kind int, _line bigint, _column string, _error string"
 
 
 def parse_to_parquet(raw: RawFile, chunk: int, schema: pa.Schema, scratch: str) -> dict:
