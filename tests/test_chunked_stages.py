@@ -26,6 +26,7 @@ from llm4trx.data.chunks import event_files, iter_client_chunks
 from llm4trx.core.sections import DatasetSpec, TextSpec
 from llm4trx.render.columns import ContextAccumulator, RenderContext
 from llm4trx.render.formats import get_format
+from llm4trx.lm.foundry_plugins import streaming_registration
 from llm4trx.render.client_texts import SPECIAL_TOKENS, TEXT_COLUMNS, build_texts, token_stats
 from llm4trx.render.tokencount import get_counter
 
@@ -240,7 +241,8 @@ def read_back(folder: Path):
     from fixtures_lm import clean_stale_streaming_memory
 
     clean_stale_streaming_memory()
-    data = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
+    with streaming_registration():  # other xdist workers' stages may be registering theirs
+        data = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
     return [(data[i]["client_id"], data[i]["tokens"].tolist()) for i in range(len(data))]
 
 
@@ -264,14 +266,15 @@ def test_parallel_parts_merged_read_back_as_one_writer(texts_and_tokenizer, tmp_
         assert split == "val" or (par["parts"] > 4 and single["truncated"] > 0)
         index = json.loads((tmp_path / "par" / split / "index.json").read_text())
         assert index["shards"][0]["raw_data"]["basename"].startswith("part-00000/")
-        foundry = StreamingTextDataset(
-            tokenizer=tok,
-            max_seq_len=64,
-            token_encoding_type="int32",
-            local=str(tmp_path / "par" / split),
-            shuffle=False,
-            batch_size=1,
-        )
+        with streaming_registration():
+            foundry = StreamingTextDataset(
+                tokenizer=tok,
+                max_seq_len=64,
+                token_encoding_type="int32",
+                local=str(tmp_path / "par" / split),
+                shuffle=False,
+                batch_size=1,
+            )
         assert [foundry[i].tolist() for i in range(len(foundry))] == [t for _, t in expected]
 
 

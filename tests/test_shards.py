@@ -16,6 +16,7 @@ from llm4trx import tokenizer as tokenizer_stage
 from llm4trx.core.config import compose
 from llm4trx.core.errors import DataError, StageInputMissing
 from llm4trx.core.stage import read_success, stage_dir
+from llm4trx.lm.foundry_plugins import streaming_registration
 
 MAX_SEQ_LEN = 96
 
@@ -58,17 +59,18 @@ def test_llmfoundry_reads_back_the_tokens_written(shard_run):
     clean_stale_streaming_memory()
     for split in ("train", "val"):
         ids, samples, tok = expected_samples(cfg, split)
-        dataset = StreamingTextDataset(
-            tokenizer=tok,
-            max_seq_len=MAX_SEQ_LEN,
-            token_encoding_type="int32",
-            local=str(out / split),
-            shuffle=False,
-            batch_size=1,
-        )
+        with streaming_registration():  # other xdist workers' stages may be registering theirs
+            dataset = StreamingTextDataset(
+                tokenizer=tok,
+                max_seq_len=MAX_SEQ_LEN,
+                token_encoding_type="int32",
+                local=str(out / split),
+                shuffle=False,
+                batch_size=1,
+            )
+            raw = StreamingDataset(local=str(out / split), shuffle=False, batch_size=1)
         assert len(dataset) == len(samples) > 0
         assert [dataset[i].tolist() for i in range(len(dataset))] == samples
-        raw = StreamingDataset(local=str(out / split), shuffle=False, batch_size=1)
         assert [raw[i]["client_id"] for i in range(len(raw))] == ids
         assert raw[0]["tokens"].dtype == np.int32
 
@@ -91,7 +93,8 @@ def test_truncation_counted_and_test_clients_absent(shard_run):
     from streaming import StreamingDataset
 
     for split in ("train", "val"):
-        raw = StreamingDataset(local=str(out / split), shuffle=False, batch_size=1)
+        with streaming_registration():
+            raw = StreamingDataset(local=str(out / split), shuffle=False, batch_size=1)
         assert not {raw[i]["client_id"] for i in range(len(raw))} & test_ids
 
 
@@ -149,14 +152,15 @@ def test_real_prepare_to_shards(tmp_path, dataset, fmt):
     texts = pd.read_json(stage_dir(cfg, "text") / "train.jsonl", lines=True, dtype={"client_id": str})
     assert (texts["n_tokens"] <= 300).all() and (texts["n_events_kept"] <= texts["n_events"]).all()
     tok = AutoTokenizer.from_pretrained(str(stage_dir(cfg, "tokenizer")))
-    dataset_ = StreamingTextDataset(
-        tokenizer=tok,
-        max_seq_len=128,
-        token_encoding_type="int32",
-        local=str(stage_dir(cfg, "shards") / "train"),
-        shuffle=False,
-        batch_size=1,
-    )
+    with streaming_registration():
+        dataset_ = StreamingTextDataset(
+            tokenizer=tok,
+            max_seq_len=128,
+            token_encoding_type="int32",
+            local=str(stage_dir(cfg, "shards") / "train"),
+            shuffle=False,
+            batch_size=1,
+        )
     first = tok(texts["text"].iloc[0], add_special_tokens=False)["input_ids"][-126:]
     assert dataset_[0].tolist() == [tok.bos_token_id, *first, tok.eos_token_id]
     assert len(dataset_) == len(texts)

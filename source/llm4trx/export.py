@@ -78,7 +78,10 @@ def val_batch(cfg: DictConfig, pad_id: int, n: int) -> dict[str, torch.Tensor]:
     import torch
     from streaming import StreamingDataset
 
-    dataset = StreamingDataset(local=str(require(cfg, "shards") / "val"), shuffle=False, batch_size=1)
+    from llm4trx.lm.foundry_plugins import streaming_registration
+
+    with streaming_registration():  # another job may be registering its datasets' shared memory
+        dataset = StreamingDataset(local=str(require(cfg, "shards") / "val"), shuffle=False, batch_size=1)
     rows = [
         np.asarray(dataset[i]["tokens"][: int(cfg.max_seq_len)], dtype=np.int64)
         for i in range(min(n, dataset.num_samples))

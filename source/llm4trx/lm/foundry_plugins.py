@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -225,8 +226,10 @@ def build_text_dataloader(
     return packed_data_spec(loader) if packing else get_data_spec(loader, dataset)
 
 
-def build_text_dataloader_locked(**kwargs: Any):
-    """`build_text_dataloader`, built while holding STREAMING_SHM_LOCK, so jobs register one at a time.
+@contextlib.contextmanager
+def streaming_registration():
+    """Hold STREAMING_SHM_LOCK while streaming datasets are built (their constructor registers the shared
+    memory), so jobs on one machine register one at a time: wrap every StreamingDataset construction in it.
 
     Only the local leader (LOCAL_RANK 0) takes the lock: it alone creates the shared memory, and the other
     ranks of its job meet it at streaming's barrier inside the construction (a lock per rank would deadlock).
@@ -234,8 +237,15 @@ def build_text_dataloader_locked(**kwargs: Any):
     from filelock import FileLock
 
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
-        return build_text_dataloader(**kwargs)
+        yield
+        return
     with FileLock(str(STREAMING_SHM_LOCK)):
+        yield
+
+
+def build_text_dataloader_locked(**kwargs: Any):
+    """`build_text_dataloader`, built within `streaming_registration()`."""
+    with streaming_registration():
         return build_text_dataloader(**kwargs)
 
 

@@ -141,6 +141,8 @@ def metrics_callback(path: Path):
 
 def build_trainer(cfg: DictConfig, inputs: dict[str, Any], folder: Path, callbacks=()):
     from llmfoundry.data.text_data import StreamingTextDataset
+
+    from llm4trx.lm.foundry_plugins import streaming_registration
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 
     # Set by torchrun / accelerate launch for every rank.
@@ -154,15 +156,16 @@ def build_trainer(cfg: DictConfig, inputs: dict[str, Any], folder: Path, callbac
         # accelerate shards an IterableDataset across ranks itself (IterableDatasetShard); StreamingDataset
         # would shard it by rank too, and each rank would see only 1/world_size of its share. With
         # replication=world_size streaming gives every rank the same stream and accelerate splits it once.
-        return StreamingTextDataset(
-            tokenizer=tokenizer,
-            max_seq_len=int(cfg.max_seq_len),
-            local=str(mds / name),
-            shuffle=train,
-            shuffle_seed=int(cfg.seed),
-            batch_size=batch_size,
-            replication=world_size if world_size > 1 else None,
-        )
+        with streaming_registration():  # another job may be registering its datasets' shared memory
+            return StreamingTextDataset(
+                tokenizer=tokenizer,
+                max_seq_len=int(cfg.max_seq_len),
+                local=str(mds / name),
+                shuffle=train,
+                shuffle_seed=int(cfg.seed),
+                batch_size=batch_size,
+                replication=world_size if world_size > 1 else None,
+            )
 
     return Trainer(
         model=build_model(cfg, inputs["tok"], folder),
