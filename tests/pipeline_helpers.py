@@ -26,7 +26,7 @@ TINY = [
 
 # JVM flags for the tests' Spark jobs, which last seconds: the client compiler only and one garbage-collector
 # thread. On 2 cores the JIT's and GC's own threads cost more than they save there (tests/test_spark_cluster.py:
-# 142 -> 115 CPU-s). For the daemons (SPARK_DAEMON_JAVA_OPTS) and, through the config, drivers and executors.
+# 151 -> 125 CPU-s). For the daemons (SPARK_DAEMON_JAVA_OPTS) and, through the config, drivers and executors.
 SPARK_TEST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 SPARK_TEST_CONF = [
     f"+engine.spark.conf.spark.driver.extraJavaOptions='{SPARK_TEST_JVM}'",
