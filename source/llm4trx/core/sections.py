@@ -72,7 +72,9 @@ class ValidationSpec(Validate, kw_only=True):
 
 class RunSpec(Section):
     """What a run trains its model on (data/model_record.py: recorded by export, compared by embed when it
-    applies another run's model): the run's name and seed, its text and tokenizer sections, its dataset."""
+    applies another run's model): the run's name and seed, its text and tokenizer sections, its dataset.
+    `RunSpec.from_config(cfg)` on the whole config (Section.from_config: the dataset from its subsection, text and
+    tokenizer as plain dicts)."""
 
     experiment_name: str
     seed: int
@@ -81,21 +83,11 @@ class RunSpec(Section):
     text: dict[str, Any]
     tokenizer: dict[str, Any]
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> RunSpec:
-        return cls(
-            experiment_name=cfg.experiment_name,
-            seed=cfg.seed,
-            max_seq_len=cfg.max_seq_len,
-            dataset=DatasetSpec.from_config(cfg.dataset),
-            text=plain(cfg.text),
-            tokenizer=plain(cfg.tokenizer),
-        )
-
 
 class FinetuneRunSpec(Section):
     """What fine-tuning reads (lm/supervised.py, lm/classifiers.py, lm/classifier_trainer.py): the `finetune`
-    section, the dataset, the split protocol, the run's context length, seed and progress switch."""
+    section, the dataset, the split protocol, the run's context length, seed and progress switch
+    (`FinetuneRunSpec.from_config(cfg)` on the whole config)."""
 
     finetune: FinetuneSpec
     dataset: DatasetSpec
@@ -103,14 +95,3 @@ class FinetuneRunSpec(Section):
     max_seq_len: int
     seed: int
     progress: bool
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> FinetuneRunSpec:
-        return cls(
-            finetune=FinetuneSpec.from_config(cfg.finetune),
-            dataset=DatasetSpec.from_config(cfg.dataset),
-            splits=SplitsSpec.from_config(cfg.splits),
-            max_seq_len=cfg.max_seq_len,
-            seed=cfg.seed,
-            progress=cfg.progress,
-        )

@@ -141,9 +141,9 @@ def metrics_callback(path: Path):
 
 def build_trainer(cfg: DictConfig, inputs: dict[str, Any], folder: Path, callbacks=()):
     from llmfoundry.data.text_data import StreamingTextDataset
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 
     from llm4trx.lm.foundry_plugins import streaming_registration
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 
     # Set by torchrun / accelerate launch for every rank.
     args = training_arguments(cfg, folder, int(os.environ.get("WORLD_SIZE", "1")))
