@@ -169,6 +169,22 @@ def assert_nothing_written(cfg):
     assert not stage_dir(cfg, "pretrain").exists()
 
 
+def test_composer_records_the_cpu_name_without_starting_py_cpuinfo(monkeypatch):
+    """Every Trainer asks Composer for the host CPU's name; after register() it is read from /proc/cpuinfo, not
+    probed by py-cpuinfo (a Python interpreter, lscpu and dmesg: ~1.2 CPU-s per Trainer)."""
+    import cpuinfo
+    from composer.utils import get_composer_env_dict
+
+    from llm4trx.lm import foundry_plugins
+
+    foundry_plugins.register()
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: pytest.fail("py-cpuinfo probed the CPU"))
+    name = get_composer_env_dict()["cpu_model"]
+    assert name and name == foundry_plugins.host_cpu_model()
+    if Path("/proc/cpuinfo").is_file():
+        assert f": {name}\n" in Path("/proc/cpuinfo").read_text()
+
+
 def test_missing_shards_name_the_stage_to_run(tmp_path):
     cfg = smoke_cfg(tmp_path)
     with pytest.raises(StageInputMissing, match="shards|tokenizer"):
