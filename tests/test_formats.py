@@ -15,7 +15,7 @@ from canonical_data import SCHEMAS, canonical_events
 from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
 from llm4trx.core.sections import DatasetSpec, TextSpec
-from llm4trx.render.columns import RenderContext, amount_2dp, amount_short
+from llm4trx.render.columns import RenderContext, amount_2dp, amount_short, Fields
 from llm4trx.render.formats import FORMATS, amount_bin, amount_words, get_format, render, render_client
 
 ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdown", "fields"]
@@ -130,6 +130,24 @@ def test_mcc_descriptions_or_codes():
 def test_time_of_day_only_where_the_data_has_it():
     assert context("rosbank")[1].time_of_day == ""
     assert context("gender")[1].time_of_day == "%H:%M:%S"
+
+
+@pytest.mark.parametrize("time_of_day", ["%H:%M:%S", "%H:%M"])
+def test_dates_and_clock_times_are_what_strftime_writes(time_of_day):
+    """The fixed-width path (date and clock gathered from tables) against pandas' strftime, over pre-1970 times,
+    leap days, midnight and the last second of a day; NaT takes the general path."""
+    rng = np.random.default_rng(0)
+    times = pd.to_datetime(rng.integers(-2 * 10**9, 2 * 10**9, 5000), unit="s")
+    edges = ["2020-02-29 00:00:00", "2019-12-31 23:59:59", "1969-12-31 23:59:59.5", "2000-01-01 12:00:00"]
+    times = pd.Series([*times, *pd.to_datetime(edges, format="ISO8601")])
+    events = pd.DataFrame({"client_id": "c", "event_time": times})
+    ctx = RenderContext((), False, time_of_day, {}, ())
+    fields = Fields(events, ctx)
+    assert fields.datetime.to_pylist() == times.dt.strftime("%Y-%m-%d " + time_of_day).tolist()
+    assert fields.clock.to_pylist() == times.dt.strftime(time_of_day).tolist()
+    with_nat = pd.Series(pd.to_datetime(["2020-01-01 10:30:00", None]))
+    general = Fields(pd.DataFrame({"client_id": "c", "event_time": with_nat}), ctx).datetime.to_pylist()
+    assert general[0] == "2020-01-01 10:30" + ":00" * time_of_day.endswith("%S") and general[1].startswith("NaT ")
 
 
 def test_amounts_keep_sensible_precision():

@@ -6,6 +6,7 @@ arithmetic), as pyarrow string arrays the formats (render/formats.py) join."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import functools
 from functools import cached_property
 from typing import Callable
 
@@ -113,6 +114,13 @@ class ContextAccumulator:
 
 def take_unique(values: np.ndarray, fmt: Callable[[np.ndarray], list[str]]) -> pa.Array:
     """Format the unique values of a low-cardinality column once, then gather."""
+    uniq, inverse = unique_inverse(values)
+    return pa.array(fmt(uniq), pa.string()).take(pa.array(inverse.astype(np.int64)))
+
+
+def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(values, return_inverse=True), by a lookup table where the values are integers (or datetimes) of a
+    small range (no sort)."""
     ints = values.view(np.int64) if values.dtype.kind in "iM" and values.dtype.itemsize == 8 else values
     if len(ints) and ints.dtype.kind == "i" and int(ints.max()) - int(ints.min()) < 1 << 20:
         low = ints.min()  # small integer range: a lookup table instead of sorting
@@ -123,7 +131,37 @@ def take_unique(values: np.ndarray, fmt: Callable[[np.ndarray], list[str]]) -> p
         uniq, inverse = (present + low).astype(ints.dtype).view(values.dtype), lookup[code]
     else:
         uniq, inverse = np.unique(values, return_inverse=True)
-    return pa.array(fmt(uniq), pa.string()).take(pa.array(inverse.astype(np.int64)))
+    return uniq, inverse
+
+
+def ascii_rows(rows: np.ndarray) -> pa.Array:
+    """A numpy array of fixed-width byte strings (dtype S<w>, or a structured dtype of them) as an Arrow string
+    array, straight from its buffer: fixed-width fields (clock times, dates) without a per-part join."""
+    n, width = len(rows), rows.dtype.itemsize
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(width)  # string arrays hold < 2 GiB anyway
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(rows)))
+
+
+@functools.cache
+def clock_table(seconds: bool) -> np.ndarray:
+    """Every time of day, 'HH:MM:SS' (or 'HH:MM'), indexed by the second of the day: 86,400 entries, once."""
+    fmt = "{:02d}:{:02d}:{:02d}" if seconds else "{:02d}:{:02d}"
+    return np.array([fmt.format(s // 3600, s // 60 % 60, s % 60) for s in range(86400)], f"S{8 if seconds else 5}")
+
+
+def clock_bytes(ns: np.ndarray, seconds: bool) -> np.ndarray:
+    """The clock times of datetime64[ns] values as fixed-width byte strings."""
+    return clock_table(seconds)[(ns.astype(np.int64) // 10**9) % 86400]
+
+
+def date_bytes(days: np.ndarray) -> np.ndarray | None:
+    """datetime64[D] values as np.datetime_as_string writes them (YYYY-MM-DD), 10-byte strings formatted once per
+    unique day; None unless every one has 10 characters (NaT, a year of other than 4 digits)."""
+    uniq, inverse = unique_inverse(days)
+    table = np.datetime_as_string(uniq, unit="D")
+    if len(table) and not (np.char.str_len(table) == 10).all():
+        return None
+    return table.astype("S10")[inverse]
 
 
 def join_strings(*parts, sep: str = "") -> pa.Array:
@@ -209,16 +247,20 @@ class Fields:
 
     @cached_property
     def clock(self) -> pa.Array:
-        secs = (self.ns.astype(np.int64) // 10**9) % 86400
-        two_digits = pa.array([f"{i:02d}" for i in range(60)])
-        parts = [two_digits.take(pa.array(secs // 3600)), two_digits.take(pa.array(secs // 60 % 60))]
-        if self.ctx.time_of_day.endswith("%S"):
-            parts.append(two_digits.take(pa.array(secs % 60)))
-        return join_strings(*parts, sep=":")
+        return ascii_rows(clock_bytes(self.ns, self.ctx.time_of_day.endswith("%S")))
 
     @cached_property
     def datetime(self) -> pa.Array:
-        return join_strings(self.date, self.clock, sep=" ") if self.ctx.time_of_day else self.date
+        """'date clock', one fixed-width string per event: a third of the time of joining the two columns."""
+        if not self.ctx.time_of_day:
+            return self.date
+        date = date_bytes(self.days)
+        if date is None:  # rows of unequal width
+            return join_strings(self.date, self.clock, sep=" ")
+        clock = clock_bytes(self.ns, self.ctx.time_of_day.endswith("%S"))
+        rows = np.empty(len(date), np.dtype([("date", "S10"), ("space", "S1"), ("clock", clock.dtype)]))
+        rows["date"], rows["space"], rows["clock"] = date, b" ", clock
+        return ascii_rows(rows)
 
     @cached_property
     def amount(self) -> pa.Array:
