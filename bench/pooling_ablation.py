@@ -8,6 +8,7 @@ and, for information only, the test score. The reference in the same run is the 
 (mean over the last layer, no prefix).
 
     PYTHONPATH=source .venv/bin/python bench/pooling_ablation.py experiment=smoke seed=12 [--prefix "..."]
+        [--segments 2 4 8] [--segment-layers 0 1 2]
 """
 
 from __future__ import annotations
@@ -22,6 +23,25 @@ import pandas as pd
 import torch
 
 
+def max_pool(hidden_states, attention_mask, layer: int, segments: int) -> torch.Tensor:
+    """The elementwise maximum over each of `segments` contiguous parts of the real tokens of one layer,
+    concatenated in order (a variant of this bench only, not an `embed.pooling` option): a rare token's
+    activation survives a max where a mean over hundreds of tokens dilutes it. Empty parts are zero."""
+    from llm4trx.lm.pooling import segment_parts
+
+    hidden = hidden_states[layer].float()
+    mask = attention_mask.bool()
+    part = segment_parts(attention_mask, segments)
+    batch, _, width = hidden.shape
+    out = hidden.new_full((batch, segments + 1, width), float("-inf")).scatter_reduce(
+        1,
+        part.unsqueeze(-1).expand(-1, -1, width),
+        hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")),
+        reduce="amax",
+    )
+    return out[:, :segments].nan_to_num(neginf=0.0).reshape(batch, segments * width)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -31,6 +51,15 @@ def main():
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--segments", type=int, nargs="*", default=[2, 4, 8], help="segment-mean variants to add")
+    ap.add_argument(
+        "--segment-layers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="layers pooled by segments (0: the embedding output; default: the last layer only)",
+    )
+    ap.add_argument("--max", action="store_true", help="add max-pooling variants (last layer; one part and --segments)")
+    ap.add_argument("--only-new", action="store_true", help="skip the layer/last/prefix variants (mean reference kept)")
     args, overrides = ap.parse_known_args()
     from llm4trx.core.config import compose
     from llm4trx.core.stage import require
@@ -51,9 +80,25 @@ def main():
     variants = [(f"{p} pooling, {s}", p, sl, "", 1) for s, sl in slices.items() for p in ("mean", "last")]
     variants += [(f"mean pooling, layer {n_layers}, prefix", "mean", [n_layers, n_layers + 1], args.prefix, 1)]
     # Means over contiguous parts of the history, concatenated: keeps where in the history a pattern sits.
+    segment_layers = [n_layers] if args.segment_layers is None else args.segment_layers
+    if any(not 0 <= layer <= n_layers for layer in segment_layers):
+        raise SystemExit(f"--segment-layers: the model has layers 0 (embedding output) to {n_layers}")
     variants += [
-        (f"mean over {k} segments, layer {n_layers}", "mean", [n_layers, n_layers + 1], "", k) for k in args.segments
+        (
+            f"mean over {k} segments, {'embedding output' if layer == 0 else f'layer {layer}'}",
+            "mean",
+            [layer, layer + 1],
+            "",
+            k,
+        )
+        for layer in segment_layers
+        for k in args.segments
     ]
+    if args.only_new:
+        keep = {f"mean pooling, layer {n_layers}"}
+        variants = [v for v in variants if v[0] in keep or "segments" in v[0]]
+    if args.max:
+        variants += [(f"max over {k} segments, layer {n_layers}", "max", n_layers, "", k) for k in [1, *args.segments]]
     started = time.time()
     pooled = {}
     for prefix in sorted({v[3] for v in variants}):
@@ -73,7 +118,8 @@ def main():
                 hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
                 for name, p, sl, pre, k in variants:
                     if pre == prefix:
-                        out[name][batch] = pool(hs, mask, p, sl, segments=k).numpy()
+                        vectors = max_pool(hs, mask, sl, k) if p == "max" else pool(hs, mask, p, sl, segments=k)
+                        out[name][batch] = vectors.numpy()
         pooled.update(out)
     forward_s = time.time() - started
     labels = load_labels(require(cfg, "prepare"), int(cfg.splits.n_folds))
