@@ -23,25 +23,6 @@ import pandas as pd
 import torch
 
 
-def max_pool(hidden_states, attention_mask, layer: int, segments: int) -> torch.Tensor:
-    """The elementwise maximum over each of `segments` contiguous parts of the real tokens of one layer,
-    concatenated in order (a variant of this bench only, not an `embed.pooling` option): a rare token's
-    activation survives a max where a mean over hundreds of tokens dilutes it. Empty parts are zero."""
-    from llm4trx.lm.pooling import segment_parts
-
-    hidden = hidden_states[layer].float()
-    mask = attention_mask.bool()
-    part = segment_parts(attention_mask, segments)
-    batch, _, width = hidden.shape
-    out = hidden.new_full((batch, segments + 1, width), float("-inf")).scatter_reduce(
-        1,
-        part.unsqueeze(-1).expand(-1, -1, width),
-        hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")),
-        reduce="amax",
-    )
-    return out[:, :segments].nan_to_num(neginf=0.0).reshape(batch, segments * width)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -58,7 +39,11 @@ def main():
         default=None,
         help="layers pooled by segments (0: the embedding output; default: the last layer only)",
     )
-    ap.add_argument("--max", action="store_true", help="add max-pooling variants (last layer; one part and --segments)")
+    ap.add_argument(
+        "--max",
+        action="store_true",
+        help="add max-pooling variants (embed.pooling=max; last layer; one part and --segments)",
+    )
     ap.add_argument("--only-new", action="store_true", help="skip the layer/last/prefix variants (mean reference kept)")
     args, overrides = ap.parse_known_args()
     from llm4trx.core.config import compose
@@ -98,7 +83,8 @@ def main():
         keep = {f"mean pooling, layer {n_layers}"}
         variants = [v for v in variants if v[0] in keep or "segments" in v[0]]
     if args.max:
-        variants += [(f"max over {k} segments, layer {n_layers}", "max", n_layers, "", k) for k in [1, *args.segments]]
+        last = [n_layers, n_layers + 1]
+        variants += [(f"max over {k} segments, layer {n_layers}", "max", last, "", k) for k in [1, *args.segments]]
     started = time.time()
     pooled = {}
     for prefix in sorted({v[3] for v in variants}):
@@ -118,8 +104,7 @@ def main():
                 hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
                 for name, p, sl, pre, k in variants:
                     if pre == prefix:
-                        vectors = max_pool(hs, mask, sl, k) if p == "max" else pool(hs, mask, p, sl, segments=k)
-                        out[name][batch] = vectors.numpy()
+                        out[name][batch] = pool(hs, mask, p, sl, segments=k).numpy()
         pooled.update(out)
     forward_s = time.time() - started
     labels = load_labels(require(cfg, "prepare"), int(cfg.splits.n_folds))

@@ -31,7 +31,9 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-@pytest.mark.parametrize("pooling,layer_slice", [("mean", [-1, None]), ("last", [-1, None]), ("mean", [1, 3])])
+@pytest.mark.parametrize(
+    "pooling,layer_slice", [("mean", [-1, None]), ("last", [-1, None]), ("max", [-1, None]), ("mean", [1, 3])]
+)
 def test_batched_pooling_equals_unpadded_per_sequence(tiny, padding_side, pooling, layer_slice):
     tokenizer, model = tiny
     rng = np.random.default_rng(0)
@@ -52,7 +54,7 @@ def test_batched_pooling_equals_unpadded_per_sequence(tiny, padding_side, poolin
             ids = torch.tensor([seq])
             out = model(input_ids=ids, output_hidden_states=True)
             hidden = torch.stack(out.hidden_states[slice(*layer_slice)]).mean(0)[0]
-            want = hidden.mean(0) if pooling == "mean" else hidden[-1]
+            want = {"mean": hidden.mean(0), "last": hidden[-1], "max": hidden.amax(0)}[pooling]
             np.testing.assert_allclose(batched[i], want.numpy(), atol=1e-5, rtol=1e-4)
     # The padded rows really differ in length, so a pooling that ignored the mask would have failed above.
     assert len({len(s) for s in sequences}) == len(sequences)
@@ -63,12 +65,13 @@ def test_pooling_ignores_nan_in_padding():
     mask = torch.tensor([[1, 1, 0]])
     assert torch.equal(pool([hidden], mask, "mean", [-1, None]), torch.tensor([[2.0, 3.0]]))
     assert torch.equal(pool([hidden], mask, "last", [-1, None]), torch.tensor([[3.0, 4.0]]))
+    assert torch.equal(pool([hidden], mask, "max", [-1, None]), torch.tensor([[3.0, 4.0]]))
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_segment_pooling_pools_contiguous_parts_in_order(padding_side):
     """Each row's real tokens split into equal contiguous parts (the later parts take the remainder), whichever
-    side the padding is on, each part pooled (mean, or its last token); NaN in padding is ignored; one segment
+    side the padding is on, each part pooled (mean, its last token, or its maximum); NaN in padding is ignored; one segment
     is plain pooling."""
     torch.manual_seed(0)
     lengths = [8, 5, 3, 2]
@@ -99,6 +102,12 @@ def test_segment_pooling_pools_contiguous_parts_in_order(padding_side):
     for row, n in enumerate(lengths):
         torch.testing.assert_close(lasts[row], torch.cat([real[row][b - 1] for _, b in bounds[n]]))
     assert torch.isfinite(pool([hidden], mask, "last", [-1, None], segments=4)).all()
+    # max pooling per part: the elementwise maximum of each part; empty parts zero.
+    maxes = pool([hidden], mask, "max", [-1, None], segments=2)
+    for row, n in enumerate(lengths):
+        torch.testing.assert_close(maxes[row], torch.cat([real[row][a:b].amax(0) for a, b in bounds[n]]))
+    short = pool([hidden], mask, "max", [-1, None], segments=4)[3].reshape(4, 3)  # 2 real tokens, 4 parts
+    assert torch.isfinite(short).all() and (short == 0).all(dim=1).sum() == 2
 
 
 def test_length_sorted_batches_cover_every_index_once():
@@ -205,5 +214,5 @@ def test_duplicate_client_across_splits_is_rejected(small_run, tmp_path):
 
 def test_bad_embed_config_is_rejected_before_work(out_root):
     with pytest.raises(ConfigError, match="embed.pooling"):
-        embed.run(compose([f"paths.output_root={out_root}", "embed.pooling=max"]))
+        embed.run(compose([f"paths.output_root={out_root}", "embed.pooling=median"]))
     assert not out_root.exists()

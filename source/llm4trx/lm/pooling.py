@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-POOLINGS = ("mean", "last")
+POOLINGS = ("mean", "last", "max")
 
 
 def average_layers(hidden_states: Sequence[torch.Tensor], layer_slice: Sequence[int | None]) -> torch.Tensor:
@@ -66,6 +66,23 @@ def segment_last_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, segmen
     return picked.masked_fill((last < 0).unsqueeze(-1), 0.0).reshape(batch, segments * width)
 
 
+def segment_max_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, segments: int) -> torch.Tensor:
+    """The elementwise maximum over each of `segments` contiguous parts of the real tokens, concatenated in order
+    (segments = 1: over the whole sequence). Where a mean over hundreds of tokens dilutes a few rare events, their
+    activations survive a maximum. Padding (even NaN there) never counts; an empty part is zero."""
+    mask = attention_mask.bool()
+    part = segment_parts(attention_mask, segments)
+    batch, _, width = hidden.shape
+    lowest = hidden.new_full((batch, segments + 1, width), float("-inf"))
+    parts = lowest.scatter_reduce(
+        1,
+        part.unsqueeze(-1).expand(-1, -1, width),
+        hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")),
+        reduce="amax",
+    )[:, :segments]
+    return parts.masked_fill(parts == float("-inf"), 0.0).reshape(batch, segments * width)
+
+
 def last_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     # Position of the last real token, whichever side the padding is on.
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
@@ -83,6 +100,8 @@ def pool(
     """One vector per sequence; `segments` > 1: each of that many contiguous parts of the real tokens pooled by
     `method`, concatenated in order (segments * hidden wide)."""
     hidden = average_layers(hidden_states, layer_slice)
+    if method == "max":
+        return segment_max_pool(hidden, attention_mask, segments)
     if segments > 1 and method == "mean":
         return segment_mean_pool(hidden, attention_mask, segments)
     if segments > 1 and method == "last":
