@@ -32,7 +32,8 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize(
-    "pooling,layer_slice", [("mean", [-1, None]), ("last", [-1, None]), ("max", [-1, None]), ("mean", [1, 3])]
+    "pooling,layer_slice",
+    [("mean", [-1, None]), ("last", [-1, None]), ("max", [-1, None]), ("mean_max", [-1, None]), ("mean", [1, 3])],
 )
 def test_batched_pooling_equals_unpadded_per_sequence(tiny, padding_side, pooling, layer_slice):
     tokenizer, model = tiny
@@ -54,7 +55,8 @@ def test_batched_pooling_equals_unpadded_per_sequence(tiny, padding_side, poolin
             ids = torch.tensor([seq])
             out = model(input_ids=ids, output_hidden_states=True)
             hidden = torch.stack(out.hidden_states[slice(*layer_slice)]).mean(0)[0]
-            want = {"mean": hidden.mean(0), "last": hidden[-1], "max": hidden.amax(0)}[pooling]
+            means_maxes = torch.cat([hidden.mean(0), hidden.amax(0)])
+            want = {"mean": hidden.mean(0), "last": hidden[-1], "max": hidden.amax(0), "mean_max": means_maxes}[pooling]
             np.testing.assert_allclose(batched[i], want.numpy(), atol=1e-5, rtol=1e-4)
     # The padded rows really differ in length, so a pooling that ignored the mask would have failed above.
     assert len({len(s) for s in sequences}) == len(sequences)
@@ -106,6 +108,8 @@ def test_segment_pooling_pools_contiguous_parts_in_order(padding_side):
     maxes = pool([hidden], mask, "max", [-1, None], segments=2)
     for row, n in enumerate(lengths):
         torch.testing.assert_close(maxes[row], torch.cat([real[row][a:b].amax(0) for a, b in bounds[n]]))
+    both = pool([hidden], mask, "mean_max", [-1, None], segments=2)  # the means, then the maxima
+    torch.testing.assert_close(both, torch.cat([got, maxes], dim=1))
     short = pool([hidden], mask, "max", [-1, None], segments=4)[3].reshape(4, 3)  # 2 real tokens, 4 parts
     assert torch.isfinite(short).all() and (short == 0).all(dim=1).sum() == 2
 

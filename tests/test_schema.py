@@ -38,7 +38,7 @@ BAD = [
     (["text.chunk_events=0"], "text.chunk_events", "should be greater than or equal to 1"),
     (["text=fields", "text.calendar=[dow,weekday]"], "text.calendar[1]", "should be 'dow', 'dom', 'month' or 'end'"),
     (["tokenizer.kind=sentencepiece"], "tokenizer.kind", "should be 'domain_bpe', 'fields' or 'pretrained'"),
-    (["embed.pooling=median"], "embed.pooling", "should be 'mean', 'last' or 'max'"),
+    (["embed.pooling=median"], "embed.pooling", "should be 'mean', 'last', 'max' or 'mean_max'"),
     (["embed.padding_side=middle"], "embed.padding_side", "should be 'left' or 'right'"),
     (["embed.dtype=fp8"], "embed.dtype", "should be 'float32', 'bfloat16' or 'float16'"),
     (["embed.layer_slice=[-1]"], "embed.layer_slice", "should be a list with at least 2 items, not 1 ([start, stop]"),
@@ -71,7 +71,7 @@ BAD = [
     ([*AUGMENT, "augment.mix.fraction=1.5"], "augment.mix.fraction", "should be less than or equal to 1"),
     ([*FINETUNE, "finetune.runs=[]"], "finetune.runs", "should be a list with at least 1 item, not 0 (keys of fine"),
     ([*FINETUNE, "finetune.methods.head.kind=probe"], "finetune.methods.head.kind", "should be 'head' or 'verbal"),
-    ([*FINETUNE, "finetune.pooling=median"], "finetune.pooling", "should be 'mean', 'last' or 'max'"),
+    ([*FINETUNE, "finetune.pooling=median"], "finetune.pooling", "should be 'mean', 'last', 'max' or 'mean_max'"),
     ([*FINETUNE, "finetune.training.precision=fp16"], "finetune.training.precision", "should be 'fp32' or 'bf16'"),
     ([*FINETUNE, "finetune.training.device=tpu"], "finetune.training.device", "should be 'auto', 'cpu' or 'cuda'"),
     *[
@@ -122,7 +122,7 @@ def test_a_bad_value_fails_at_compose_time_naming_the_key(tmp_path, overrides, k
 
 def test_the_front_door_prints_the_same_one_line(capsys, tmp_path):
     assert check.main([f"paths.output_root={tmp_path}", "embed.pooling=median"]) == 2
-    assert capsys.readouterr().err == "error: embed.pooling='median': should be 'mean', 'last' or 'max'\n"
+    assert capsys.readouterr().err == "error: embed.pooling='median': should be 'mean', 'last', 'max' or 'mean_max'\n"
 
 
 def test_a_stage_composed_by_hydra_itself_checks_too(tmp_path):

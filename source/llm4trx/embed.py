@@ -44,7 +44,7 @@ from llm4trx.data.embeddings import (
 from llm4trx.data.model_record import applied_model, check_applicable, fingerprint, row_name
 from llm4trx.data.text_files import read_texts
 from llm4trx.lm.dtypes import DTYPES
-from llm4trx.lm.pooling import pool, position_ids_for
+from llm4trx.lm.pooling import pool, pooled_width, position_ids_for
 from llm4trx.core.stage import is_complete, read_success, require, run_stage, stage_dir, stage_hash
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def embed_sequences(
 ) -> np.ndarray:
     """Pooled float32 vectors of `sequences`, in the order of `sequences`. Each batch is padded to its
     longest sequence (`pad_to` pads every batch to that length instead: the benchmark's baseline)."""
-    out = np.zeros((len(sequences), model.config.hidden_size * segments), dtype=np.float32)
+    out = np.zeros((len(sequences), pooled_width(pooling, model.config.hidden_size, segments)), dtype=np.float32)
     for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
         longest = pad_to or max(len(sequences[i]) for i in batch)
         ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
@@ -175,7 +175,7 @@ def compute(cfg: DictConfig, state: PartialState) -> dict:
     key = vector_key(cfg, hf_dir)
     previous = previous_vectors(cfg, key)
     segments = int(cfg.embed.get("segments", 1))
-    width = model.config.hidden_size * segments
+    width = pooled_width(cfg.embed.pooling, model.config.hidden_size, segments)
     reused = [
         i
         for i, (cid, digest) in enumerate(zip(ids, digests))

@@ -7,7 +7,7 @@ A section the code reads is a `Section` (a frozen dataclass): a stage builds it 
 `validate(cfg)` runs in `core.config.compose` (tests, notebooks, `core.check`, scripts/run.sh) and in every
 stage's Hydra entry point, so a misspelt value stops before any stage starts, with one line naming the key:
 
-    embed.pooling='median': should be 'mean', 'last' or 'max'
+    embed.pooling='median': should be 'mean', 'last', 'max' or 'mean_max'
     augment.clients.fraction=0: should be greater than 0
 
 The defaults stay in conf/*.yaml: a field's annotation says what a value may be, its default only what the code
@@ -48,7 +48,7 @@ LOADERS = ("age_pred", "gender", "generic", "rosbank")  # data.loaders.LOADERS
 SCHEMAS = ("rosbank", "age_pred", "gender")  # data.synthetic.SCHEMAS
 METRICS = ("accuracy", "auroc")  # evaluation.protocol.METRICS
 TIME_FEATURES = ("day_gap", "hour", "weekday", "day_index")  # data.sequences.TIME_FEATURES
-POOLINGS = ("mean", "last", "max")  # lm.pooling.POOLINGS
+POOLINGS = ("mean", "last", "max", "mean_max")  # lm.pooling.POOLINGS
 DTYPES = ("float32", "bfloat16", "float16")  # lm.dtypes.DTYPES
 FEATURE_SETS = ("llm", "aggregates", "coles", "random", "oracle")  # validate.BASE_SETS
 AUGMENT_BACKENDS = ("hf", "vllm")  # generation.backends.BACKENDS

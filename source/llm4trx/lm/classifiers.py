@@ -18,7 +18,7 @@ from torch import nn
 
 from llm4trx.core.errors import ConfigError, DataError
 from llm4trx.core.sections import FinetuneRunSpec
-from llm4trx.lm.pooling import pool, position_ids_for
+from llm4trx.lm.pooling import pool, pooled_width, position_ids_for
 from llm4trx.lm.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,12 @@ def verbalizer_sequences(tokenizer, texts: list[str], instruction: str, max_toke
 
 
 class HeadClassifier(nn.Module):
-    """Decoder + linear head on pooled hidden states (mean or last real token, averaged layers)."""
+    """Decoder + linear head on pooled hidden states (embed.pooling's choices, averaged layers)."""
 
     def __init__(self, backbone: nn.Module, hidden_size: int, n_classes: int, pooling: str, layer_slice):
         super().__init__()
         self.backbone, self.pooling, self.layer_slice = backbone, pooling, list(layer_slice)
-        self.head = nn.Linear(hidden_size, n_classes)
+        self.head = nn.Linear(pooled_width(pooling, hidden_size), n_classes)
 
     def forward(self, input_ids, attention_mask, labels=None):
         out = self.backbone(

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-POOLINGS = ("mean", "last", "max")
+POOLINGS = ("mean", "last", "max", "mean_max")
 
 
 def average_layers(hidden_states: Sequence[torch.Tensor], layer_slice: Sequence[int | None]) -> torch.Tensor:
@@ -90,6 +90,11 @@ def last_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def pooled_width(method: str, hidden_size: int, segments: int = 1) -> int:
+    """The width of `pool`'s vectors: hidden_size per part, twice for mean_max."""
+    return hidden_size * segments * (2 if method == "mean_max" else 1)
+
+
 def pool(
     hidden_states: Sequence[torch.Tensor],
     attention_mask: torch.Tensor,
@@ -98,8 +103,11 @@ def pool(
     segments: int = 1,
 ) -> torch.Tensor:
     """One vector per sequence; `segments` > 1: each of that many contiguous parts of the real tokens pooled by
-    `method`, concatenated in order (segments * hidden wide)."""
+    `method`, concatenated in order (segments * hidden wide). mean_max: the mean vector, then the max vector
+    (`pooled_width`: twice as wide)."""
     hidden = average_layers(hidden_states, layer_slice)
+    if method == "mean_max":
+        return torch.cat([pool([hidden], attention_mask, m, [0, 1], segments) for m in ("mean", "max")], dim=1)
     if method == "max":
         return segment_max_pool(hidden, attention_mask, segments)
     if segments > 1 and method == "mean":
