@@ -61,8 +61,8 @@ def test_one_table_with_every_feature_set_and_random_worst(validated):
     assert results["from_baselines"] == ["aggregates", "oracle"] and "val OOF" in table
     assert sets["oracle"]["n_features"] == 4  # the generator's hidden factors
     assert results["metrics"] == ["auroc", "accuracy"] and results["n_folds"] == 5
-    # the 64-wide LM, one mean per embed.segments part; the random floor as wide
-    assert sets["random"]["n_features"] == sets["llm"]["n_features"] == 64 * 4
+    # the 64-wide LM, a mean and a max per embed.segments part (the smoke preset's mean_max); the random floor as wide
+    assert sets["random"]["n_features"] == sets["llm"]["n_features"] == 64 * 4 * 2
     assert sets["llm+aggregates"]["n_features"] == sets["llm"]["n_features"] + sets["aggregates"]["n_features"]
     for name, entry in sets.items():
         assert f"| {name} |" in table
