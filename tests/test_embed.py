@@ -147,7 +147,8 @@ def test_embed_single_process_writes_every_client(small_run):
         ]
     )["client_id"]
     assert list(frame.columns[:3]) == [cfg.dataset.id_column, "emb_0000", "emb_0001"]
-    assert frame.shape == (len(text_ids), 1 + cfg.embed.segments * 64)  # one 64-wide mean per segment
+    assert cfg.embed.pooling == "mean_max"  # the smoke preset's: a 64-wide mean and max per segment
+    assert frame.shape == (len(text_ids), 1 + cfg.embed.segments * 64 * 2)
     assert pd.api.types.is_string_dtype(frame[cfg.dataset.id_column])
     assert sorted(frame[cfg.dataset.id_column]) == sorted(text_ids)
     assert (frame.dtypes.iloc[1:] == np.float32).all() and np.isfinite(frame.iloc[:, 1:].to_numpy()).all()
@@ -156,11 +157,12 @@ def test_embed_single_process_writes_every_client(small_run):
 
 
 def test_segments_widen_the_vectors_and_their_first_part_is_the_history_start(small_run):
-    """embed.segments=2: vectors twice as wide, none reused from the one-mean embed (embed.segments=1) of the
-    same texts, and the one mean is a weighted average of the two parts' means."""
+    """embed.segments=2 (mean pooling): vectors twice as wide, none reused from the one-mean embed
+    (embed.segments=1) of the same texts, and the one mean is a weighted average of the two parts' means."""
     overrides, _ = small_run
-    plain = pd.read_parquet(embed.run(compose([*overrides, "embed.segments=1"])) / "embeddings.parquet")
-    cfg = compose([*overrides, "embed.segments=2"])
+    mean = [*overrides, "embed.pooling=mean"]
+    plain = pd.read_parquet(embed.run(compose([*mean, "embed.segments=1"])) / "embeddings.parquet")
+    cfg = compose([*mean, "embed.segments=2"])
     folder = embed.run(cfg)
     halves = pd.read_parquet(folder / "embeddings.parquet")
     assert halves.shape == (len(plain), 1 + 2 * 64)
