@@ -105,9 +105,13 @@ def pool(
     """One vector per sequence; `segments` > 1: each of that many contiguous parts of the real tokens pooled by
     `method`, concatenated in order (segments * hidden wide). mean_max: the mean vector, then the max vector
     (`pooled_width`: twice as wide)."""
-    hidden = average_layers(hidden_states, layer_slice)
+    return pool_layer(average_layers(hidden_states, layer_slice), attention_mask, method, segments)
+
+
+def pool_layer(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str, segments: int = 1) -> torch.Tensor:
+    """`pool` on one (batch, tokens, width) tensor of hidden states."""
     if method == "mean_max":
-        return torch.cat([pool([hidden], attention_mask, m, [0, 1], segments) for m in ("mean", "max")], dim=1)
+        return torch.cat([pool_layer(hidden, attention_mask, m, segments) for m in ("mean", "max")], dim=1)
     if method == "max":
         return segment_max_pool(hidden, attention_mask, segments)
     if segments > 1 and method == "mean":

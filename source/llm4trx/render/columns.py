@@ -246,8 +246,12 @@ class Fields:
         return take_unique(self.days, lambda u: list(np.datetime_as_string(u, unit="D")))
 
     @cached_property
+    def clock_bytes(self) -> np.ndarray:
+        return clock_bytes(self.ns, self.ctx.time_of_day.endswith("%S"))
+
+    @cached_property
     def clock(self) -> pa.Array:
-        return ascii_rows(clock_bytes(self.ns, self.ctx.time_of_day.endswith("%S")))
+        return ascii_rows(self.clock_bytes)
 
     @cached_property
     def datetime(self) -> pa.Array:
@@ -257,9 +261,8 @@ class Fields:
         date = date_bytes(self.days)
         if date is None:  # rows of unequal width
             return join_strings(self.date, self.clock, sep=" ")
-        clock = clock_bytes(self.ns, self.ctx.time_of_day.endswith("%S"))
-        rows = np.empty(len(date), np.dtype([("date", "S10"), ("space", "S1"), ("clock", clock.dtype)]))
-        rows["date"], rows["space"], rows["clock"] = date, b" ", clock
+        rows = np.empty(len(date), np.dtype([("date", "S10"), ("space", "S1"), ("clock", self.clock_bytes.dtype)]))
+        rows["date"], rows["space"], rows["clock"] = date, b" ", self.clock_bytes
         return ascii_rows(rows)
 
     @cached_property

@@ -360,16 +360,16 @@ def group_by_mcc(fields: Fields, lines: pa.Array, keep: np.ndarray, client_of: n
 def assemble(fmt: Format, fields: Fields, head: pa.Array, lines: pa.Array, keep: np.ndarray | None = None) -> pa.Array:
     """Per-client texts from the head and the kept lines (keep: boolean mask over events; None keeps all)."""
     n_clients = len(fields.client_ids)
-    client_of = np.repeat(np.arange(n_clients), fields.n_events)
     if keep is None and not fmt.grouped:  # every line, in order: no filtered copy (~9 % of a render)
         body_lines, offsets = lines, fields.offsets
-    elif fmt.grouped:
-        body_lines, offsets = group_by_mcc(
-            fields, lines, np.ones(len(lines), bool) if keep is None else keep, client_of
-        )
     else:
-        body_lines = lines.filter(pa.array(keep))
-        offsets = np.r_[0, np.cumsum(np.bincount(client_of[keep], minlength=n_clients))]
+        keep = np.ones(len(lines), bool) if keep is None else keep
+        client_of = np.repeat(np.arange(n_clients), fields.n_events)
+        if fmt.grouped:
+            body_lines, offsets = group_by_mcc(fields, lines, keep, client_of)
+        else:
+            body_lines = lines.filter(pa.array(keep))
+            offsets = np.r_[0, np.cumsum(np.bincount(client_of[keep], minlength=n_clients))]
     body = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), body_lines), fmt.sep)
     return join_strings(head, body, fmt.tail)
 
