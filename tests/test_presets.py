@@ -39,6 +39,11 @@ FINETUNE_SIZE = [
 
 # The quality preset's 4-layer, 128-wide model on 512-token clients in batches of 16: 4 batches of 4 at this
 # size (the test alone: 52 s -> 32 s); its architecture, text and learning rate stay the preset's.
+# The LM-side presets (augment, finetune) and the applied model change nothing on the baselines' side, which
+# smoke and quality_cpu run in full: their tests validate the llm row (and finetune's) alone, so neither
+# coles nor baselines is in their pipeline.
+LLM_ROWS = ["validate.feature_sets=[llm]", "validate.concatenations=[]"]
+
 QUALITY_SIZE = [
     "trainer.max_duration=4ba",
     "trainer.eval_interval=4ba",
@@ -77,7 +82,9 @@ def test_smoke(root, smoke):
 
 
 def test_smoke_augment(root, smoke):
-    proc = run_script("scripts/run.sh", "experiment=smoke_augment", *SIZE, f"paths.output_root={root}", "seed=1")
+    proc = run_script(
+        "scripts/run.sh", "experiment=smoke_augment", *SIZE, *LLM_ROWS, f"paths.output_root={root}", "seed=1"
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert ran(proc.stdout)[:3] == ["prepare", "augment", "text"]
     assert "llm" in results(root, "smoke_augment")["feature_sets"]
@@ -86,7 +93,13 @@ def test_smoke_augment(root, smoke):
 def test_smoke_finetune(tmp_path):
     """The preset's field tokenizer knows no "no"/"yes": the verbalizer scores spare vocabulary tokens."""
     proc = run_script(
-        "scripts/run.sh", "experiment=smoke_finetune", *SIZE, *FINETUNE_SIZE, f"paths.output_root={tmp_path}", "seed=1"
+        "scripts/run.sh",
+        "experiment=smoke_finetune",
+        *SIZE,
+        *FINETUNE_SIZE,
+        *LLM_ROWS,
+        f"paths.output_root={tmp_path}",
+        "seed=1",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "finetune" in ran(proc.stdout)
@@ -131,6 +144,7 @@ def test_a_model_trained_in_one_run_embeds_new_data_in_another(root, smoke):
     proc = run_script(
         "scripts/run.sh",
         *TINY,
+        *LLM_ROWS,
         f"paths.output_root={root}",
         "seed=1",
         "experiment_name=smoke_next",
@@ -138,5 +152,5 @@ def test_a_model_trained_in_one_run_embeds_new_data_in_another(root, smoke):
         f"embed.model={hf}",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert ran(proc.stdout) == ["prepare", "text", "baselines", "embed", "coles", "validate"]
+    assert ran(proc.stdout) == ["prepare", "text", "embed", "validate"]  # no tokenizer, shards nor pretraining
     assert "llm:smoke-synthetic-seed_1" in results(root, "smoke_next")["feature_sets"]
