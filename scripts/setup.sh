@@ -23,14 +23,17 @@ fi
 echo "setup.sh: installing pinned requirements into $VENV (first time: a few minutes, ~7 GB)" >&2
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -r requirements.txt
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e .
-# Byte-compile the environment once: where PYTHONDONTWRITEBYTECODE is set (as on our CI machines) every
-# process would otherwise recompile torch/transformers/llm-foundry from source (import ~2x slower). Skipped: the
-# optional cloud-store, logger and ONNX clients that composer/llm-foundry pull in and no stage imports by default
-# (oci alone is 17,926 of the 36,289 files; no test read one of their .pyc files): 47 s -> 26 s on 2 cores. A
-# run that does import one (e.g. loggers=wandb) compiles it on import, as without this step.
-"$VENV/bin/python" -m compileall -q -j 0 \
-  -x '/tests?/|/site-packages/(oci|azure|libcloud|wandb|onnx|onnxruntime|sentry_sdk|slack_sdk|sqlalchemy|pyasn1_modules)/' \
-  "$VENV/lib" >/dev/null 2>&1 || true
+# Byte-compile the environment once where PYTHONDONTWRITEBYTECODE is set: every process would otherwise
+# recompile torch/transformers/llm-foundry from source (import ~2x slower). Without it Python caches each module's
+# bytecode the first time it is imported, which costs less than compiling everything here (.ci/run unsets it).
+# Skipped: the optional cloud-store, logger and ONNX clients that composer/llm-foundry pull in and no stage
+# imports by default (oci alone is 17,926 of the 36,289 files; no test read one of their .pyc files): 47 s -> 26 s
+# on 2 cores. A run that does import one (e.g. loggers=wandb) compiles it on import, as without this step.
+if [[ -n "${PYTHONDONTWRITEBYTECODE:-}" ]]; then
+  "$VENV/bin/python" -m compileall -q -j 0 \
+    -x '/tests?/|/site-packages/(oci|azure|libcloud|wandb|onnx|onnxruntime|sentry_sdk|slack_sdk|sqlalchemy|pyasn1_modules)/' \
+    "$VENV/lib" >/dev/null 2>&1 || true
+fi
 # engine=spark (conf/engine/spark.yaml) runs on a JVM: install a headless JRE where `java` is missing and apt
 # can be used (root); otherwise say how. Nothing else needs Java.
 if ! command -v java >/dev/null && [[ -z "${JAVA_HOME:-}" ]]; then
