@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import os
@@ -307,7 +309,9 @@ def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema, monkeypat
         mcc_names="iso18245",
     )
     ctx = RenderContext.from_events(events, dataset, TextSpec())
-    for name, fmt in FORMATS.items():
+    # the fields format also with calendar words only where they change: a line then depends on the line before
+    marks = dataclasses.replace(ctx, calendar=("end", "month"), calendar_on_change=True)
+    for name, fmt, ctx in [*((n, f, ctx) for n, f in FORMATS.items()), ("fields", FORMATS["fields"], marks)]:
         counter = get_counter("fields" if name == "fields" else "qwen")
         budget = 120 if name == "fields" else 300
         monkeypatch.setattr(texts_mod, "TIGHT_WINDOW", 1.0)

@@ -48,6 +48,27 @@ def test_calendar_words_follow_the_when_word_with_the_right_values(schema):
             assert words[: when + 1] + words[when + 5 :] == plain_words  # nothing else changes
 
 
+@pytest.mark.parametrize("schema", sorted(SCHEMAS))
+def test_calendar_on_change_keeps_a_word_only_where_its_value_changes(schema):
+    events, every = context(schema, "text.calendar=[end,month]")
+    _, marks = context(schema, "text.calendar=[end,month]", "text.calendar_on_change=true")
+    assert marks.calendar_on_change and not every.calendar_on_change
+    texts, every_texts = render(events, "fields", marks), render(events, "fields", every)
+    dropped = 0
+    for client, ev in events.groupby("client_id", sort=True):
+        assert texts[client] == render_client(ev, "fields", marks)  # bulk and single-client rendering agree
+        previous = (None, None)
+        for line, full in zip(texts[client].split("\n"), every_texts[client].split("\n"), strict=True):
+            full_words = full.split(" ")
+            when = next(j for j, w in enumerate(full_words) if re.match(r"d\d", w))
+            end, month = full_words[when + 1 : when + 3]
+            kept = [w for w, before in ((end, previous[0]), (month, previous[1])) if w != before]
+            assert line.split(" ") == full_words[: when + 1] + kept + full_words[when + 3 :]
+            dropped += 2 - len(kept)
+            previous = (end, month)
+    assert dropped > len(events) // 2  # most transactions carry neither word
+
+
 def test_an_unknown_calendar_word_or_another_format_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"text.calendar\[0\]='weekday': should be 'dow', 'dom', 'month' or 'end'"):
         context("rosbank", "text.calendar=[weekday]")

@@ -182,6 +182,7 @@ class TextSpec(Section):
     count_tokenizer: str | None = None
     mcc_descriptions: bool | None = True  # the code's default where the key is absent (as before)
     calendar: list[Literal[CALENDAR]] = check()
+    calendar_on_change: bool | None = False  # the code's default where the key is absent (other formats)
 
 
 class ColesSpec(Section):

@@ -49,6 +49,7 @@ class RenderContext:
     time_of_day: str  # "" (dates only), "%H:%M" or "%H:%M:%S": the finest resolution present in the data
     usual: dict[str, str] = field(default_factory=dict)  # compact omits a categorical value equal to its mode
     calendar: tuple[str, ...] = ()  # text.calendar: the calendar words of the fields format (CALENDAR)
+    calendar_on_change: bool = False  # text.calendar_on_change: a word only where its value changes
 
     @classmethod
     def from_events(cls, events: pd.DataFrame, ds: DatasetSpec, text: TextSpec) -> "RenderContext":
@@ -61,7 +62,7 @@ class RenderContext:
         for col in categorical:
             counts = events[col].fillna(MISSING).value_counts()
             usual[col] = str(counts.index[0]) if len(counts) else MISSING
-        return cls(categorical, mcc_names, time_of_day, usual, calendar_of(text))
+        return cls(categorical, mcc_names, time_of_day, usual, calendar_of(text), bool(text.calendar_on_change))
 
 
 MISSING = "NA"
@@ -87,6 +88,7 @@ class ContextAccumulator:
         self.categorical = list(ds.categorical or [])
         self.mcc_names = ds.mcc_names == "iso18245" and bool(text.mcc_descriptions)
         self.calendar = calendar_of(text)
+        self.calendar_on_change = bool(text.calendar_on_change)
         self.any_seconds = self.any_time = False
         self.counts: dict[str, dict] = {col: {} for col in self.categorical}
 
@@ -109,7 +111,9 @@ class ContextAccumulator:
             counts = pd.Series(np.array(list(seen.values()), np.int64), index=pd.Index(list(seen), dtype=object))
             counts = counts.sort_values(ascending=False)
             usual[col] = str(counts.index[0]) if len(counts) else MISSING
-        return RenderContext(self.categorical, self.mcc_names, time_of_day, usual, self.calendar)
+        return RenderContext(
+            self.categorical, self.mcc_names, time_of_day, usual, self.calendar, self.calendar_on_change
+        )
 
 
 def take_unique(values: np.ndarray, fmt: Callable[[np.ndarray], list[str]]) -> pa.Array:

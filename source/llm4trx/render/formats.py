@@ -253,18 +253,43 @@ def when_words(f: Fields) -> pa.Array:
 # calendar tokens: what the day gaps only give summed over the history.
 #   dow    day of week `w1`..`w7` (Monday 1);   dom    day of month `D1`..`D31`;   month  `M1`..`M12`;
 #   end    days before the client's last transaction, in the day-gap bins: `e0`, `e1`, ..., `e181+` (recency).
-def _calendar_words(f: Fields, word: str) -> pa.Array:
+# text.calendar_on_change: a word only on the transactions where its value differs from the client's previous
+# transaction (its first always has it): `end` then marks ~14 bin boundaries of a history, `month` 12, instead
+# of one word per transaction. Previous in the history, not in the text: a truncated text's first line may lack it.
+def _calendar_codes(f: Fields, word: str) -> tuple[np.ndarray, Callable[[np.ndarray], list[str]]]:
+    """Per event: the word's value as an integer, and how values are written."""
     days = f.days
     if word == "dow":  # 1970-01-01 was a Thursday
-        return take_unique((days.astype(np.int64) + 3) % 7 + 1, lambda u: [f"w{int(v)}" for v in u])
+        return (days.astype(np.int64) + 3) % 7 + 1, lambda u: [f"w{int(v)}" for v in u]
     if word == "dom":
         dom = (days - days.astype("datetime64[M]").astype("datetime64[D]")).astype(np.int64) + 1
-        return take_unique(dom, lambda u: [f"D{int(v)}" for v in u])
+        return dom, lambda u: [f"D{int(v)}" for v in u]
     if word == "month":
-        return take_unique(days.astype("datetime64[M]").astype(np.int64) % 12 + 1, lambda u: [f"M{int(v)}" for v in u])
+        return days.astype("datetime64[M]").astype(np.int64) % 12 + 1, lambda u: [f"M{int(v)}" for v in u]
     if word == "end":
-        return pa.array(["e" + w[1:] for w in _gap_words()], pa.string()).take(pa.array(day_gap_bin(f.days_to_end)))
+        names = ["e" + w[1:] for w in _gap_words()]
+        return day_gap_bin(f.days_to_end), lambda u: [names[int(v)] for v in u]
     raise ConfigError(f"text.calendar: {word!r} unknown; choose from {sorted(CALENDAR)}")
+
+
+def _calendar_changed(f: Fields, word: str) -> np.ndarray:
+    """Per event: the word's value differs from the client's previous event's (True on a client's first)."""
+    if f._parent is not None:  # a subset of a client's newest lines: previous in the whole history
+        parent, rows = f._parent
+        return _calendar_changed(parent, word)[rows]
+    codes = _calendar_codes(f, word)[0]
+    changed = np.ones(len(codes), bool)
+    changed[1:] = codes[1:] != codes[:-1]
+    changed[f.offsets[:-1][f.n_events > 0]] = True
+    return changed
+
+
+def _calendar_words(f: Fields, word: str) -> pa.Array:
+    codes, fmt = _calendar_codes(f, word)
+    words = take_unique(codes, fmt)
+    if f.ctx.calendar_on_change:
+        words = pc.if_else(pa.array(_calendar_changed(f, word)), words, pa.scalar(None, pa.string()))
+    return words
 
 
 def _word(value: str) -> str:
@@ -317,7 +342,8 @@ def fields_line(f: Fields) -> pa.Array:
     """`d0@14 m6011 a29 trx_category=WD_ATM_ROS`: when, MCC, amount bin, varying categoricals unless usual."""
     when = when_words(f)
     if f.ctx.calendar:
-        when = join_strings(when, *(_calendar_words(f, w) for w in f.ctx.calendar), sep=" ")
+        words = (_calendar_words(f, w) for w in f.ctx.calendar)  # null where calendar_on_change leaves a word out
+        when = pc.binary_join_element_wise(when, *words, " ", null_handling="skip")
     line = join_strings(when, join_strings("m", f.mcc_code), amount_words(f.ev["amount"].to_numpy(np.float64)), sep=" ")
     for col in f.ctx.categorical:
         value = _categorical_words(f, col)
