@@ -1,6 +1,6 @@
 """The default preset on a grid of sequence signals: one line per (schema, signal kind) cell, val only.
 
-Each cell is a full run of `experiment=smoke` (scripts/run.sh: prepare → ... → coles → validate), one seed,
+Each cell is a full run of `experiment=smoke` (scripts/run.sh: prepare → ... → coles → validate) per seed,
 on the synthetic generator in one schema with one signal kind planted (llm4trx.data.synthetic):
 
 - `--mode only` (default): that signal alone carries the label (every other weight 0; the other factors still
@@ -14,7 +14,7 @@ mean) for llm, coles, aggregates, llm+aggregates, oracle and random, and the llm
 references measured in the same run: (llm - random) / (oracle - random).
 
     PYTHONPATH=source .venv/bin/python bench/signal_grid.py [--cells rosbank:periodic,gender:burst]
-        [--mode only|plus] [--seed 12] [--out /tmp/signal-grid] [-- dataset.n_clients=1500
+        [--mode only|plus] [--seeds 12 21] [--out /tmp/signal-grid] [-- dataset.n_clients=1500
         trainer.max_duration=150ba coles.max_epochs=5 ...]
 
 Everything after `--` is handed to every stage as Hydra overrides (sizes, levers). Each cell writes under
@@ -23,9 +23,15 @@ the table is also written to `<out>/<mode>/grid-<label>.json`. Variants of the s
 share its folder and reuse the stages they do not change (prepare, coles); run them one after the other.
 Under each cell's line: llm − coles, llm − aggregates and llm+aggregates − aggregates on val with the paired
 bootstrap 95 % interval over clients and its verdict (also in the json, `gaps`).
-Each variant's per-client predictions are kept as `<cell>/predictions-<label>.parquet`; `--against LABEL`
-prints, under each cell's line, this variant's llm and llm+aggregates minus that earlier variant's on val,
-with the paired bootstrap 95 % interval over clients and its verdict (the report's gaps).
+Each variant's per-client predictions are kept as `<cell>/predictions-<label>-s<seed>.parquet`; `--against
+LABEL` prints, under each cell's line, this variant's llm and llm+aggregates minus that earlier variant's on val,
+with the paired bootstrap 95 % interval and its verdict (the report's gaps).
+
+Seeds: a line's values are means over `--seeds`; the gaps pool the seeds both sides have, and with two or more
+each resample draws the seeds too (evaluation.bootstrap.resample_seeds), so the interval covers training noise.
+One seed is not enough to judge a variant that retrains the LM: the preset itself, trained at seed 21 instead of
+12, moved llm by -0.076 [-0.109, -0.041] on gender:regime and +0.069 [+0.040, +0.096] on rosbank:regime (val,
+over clients alone). A variant that only re-pools the same LMs (embed and validate) is paired seed by seed.
 """
 
 from __future__ import annotations
@@ -112,43 +118,67 @@ def run_cell(schema: str, kind: str, mode: str, seed: int, out: Path, extra: lis
     if proc.returncode:
         tail = (root / "run.log").read_text().strip().splitlines()[-1:] or [""]
         return {**row, "error": f"run.sh exit {proc.returncode}: {tail[0]} (log {root / 'run.log'})"}
-    results = sorted(root.glob(f"*/*/seed_{seed}/validation/results.json"))
+    results = sorted(root.glob(f"*/*/seed_{seed}/validation/results.json"))  # this seed's, under the preset's dirs
     if not results:
         return {**row, "error": f"no validation/results.json under {root}"}
     res = json.loads(results[-1].read_text())
     metric = res["metrics"][0]  # the dataset's headline metric
     # Variants of a cell overwrite its validation/: keep this one's per-client predictions for --against.
-    kept = root / f"predictions-{label}.parquet"
+    kept = root / f"predictions-{label}-s{seed}.parquet"
     shutil.copyfile(results[-1].parent / "predictions.parquet", kept)
     return {**row, "metric": metric, **{c: val_of(res["feature_sets"].get(c), metric) for c in COLUMNS}}
 
 
-def paired_val_gap(mine, theirs, metric: str):
-    """(name, predictions frame) minus (name, predictions frame) on val (out-of-fold), with the paired bootstrap
-    95 % interval over clients (evaluation.bootstrap, the same resamples for both, as the report's gaps); None when
-    either set is missing."""
-    from llm4trx.evaluation.bootstrap import aligned, paired_gap, resample_counts
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """One cell's row: each column's mean over the seeds' runs (each run kept under `runs`); the first error."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    row = {k: v for k, v in runs[0].items() if k not in COLUMNS and k != "seed"}
+    row["seeds"] = [r["seed"] for r in runs]
+    row["wall_s"] = sum(r["wall_s"] for r in runs)
+    for c in COLUMNS:
+        values = [r[c] for r in runs if r.get(c) is not None]
+        row[c] = sum(values) / len(values) if values else None
+    row["runs"] = runs
+    return row
 
-    ids, y, a = aligned({0: mine[1]}, mine[0], "val", None)
-    _, _, b = aligned({0: theirs[1]}, theirs[0], "val", ids)
-    if not a or not b:
+
+def paired_val_gap(mine, theirs, metric: str):
+    """(name, {seed: predictions frame}) minus (name, {seed: frame}) on val (out-of-fold), over the seeds both
+    have, with the paired bootstrap 95 % interval over clients, and over seeds where there are two or more
+    (evaluation.bootstrap, the report's method); None when either set is missing."""
+    from llm4trx.evaluation.bootstrap import aligned, paired_gap, resample_counts, resample_seeds
+
+    seeds = sorted(set(mine[1]) & set(theirs[1]))
+    ids, y, a = aligned({s: mine[1][s] for s in seeds}, mine[0], "val", None)
+    _, _, b = aligned({s: theirs[1][s] for s in seeds}, theirs[0], "val", ids)
+    seeds = [s for s in seeds if s in a and s in b]
+    if not seeds:
         return None
-    return paired_gap(metric, y, [a[0]], [b[0]], resample_counts(len(ids), 2000, 0))
+    n = 2000
+    draws = resample_seeds(len(seeds), n, 0) if len(seeds) > 1 else None
+    return paired_gap(
+        metric, y, [a[s] for s in seeds], [b[s] for s in seeds], resample_counts(len(ids), n, 0), 0.95, draws
+    )
 
 
 def described(key: str, gap) -> str:
-    return f"{key} {gap.gap:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}] {gap.verdict}"
+    seeds = f" ({gap.n_seeds} seeds)" if gap.n_seeds > 1 else ""
+    return f"{key} {gap.gap:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}] {gap.verdict}{seeds}"
 
 
-def predictions(root: Path, label: str):
+def predictions(root: Path, label: str, seeds: list[int] | None = None) -> dict:
+    """{seed: predictions frame} of a variant (every seed kept, or only `seeds`)."""
     import pandas as pd
 
-    return pd.read_parquet(root / f"predictions-{label}.parquet")
+    found = {int(p.stem.rsplit("-s", 1)[1]): p for p in root.glob(f"predictions-{label}-s*.parquet")}
+    return {s: pd.read_parquet(p) for s, p in sorted(found.items()) if seeds is None or s in seeds}
 
 
-def gaps_against(root: Path, label: str, reference: str, metric: str) -> str:
+def gaps_against(root: Path, label: str, reference: str, metric: str, seeds: list[int]) -> str:
     """This variant's llm and llm+aggregates minus the reference variant's, on val (out-of-fold)."""
-    frames = {v: predictions(root, v) for v in (label, reference)}
+    frames = {label: predictions(root, label, seeds), reference: predictions(root, reference, seeds)}
     parts = []
     for name in ("llm", "llm+aggregates"):
         gap = paired_val_gap((name, frames[label]), (name, frames[reference]), metric)
@@ -161,16 +191,16 @@ def gaps_against(root: Path, label: str, reference: str, metric: str) -> str:
 WITHIN = (("llm", "coles"), ("llm", "aggregates"), ("llm+aggregates", "aggregates"))
 
 
-def gaps_within(root: Path, label: str, metric: str) -> tuple[str, dict]:
+def gaps_within(root: Path, label: str, metric: str, seeds: list[int]) -> tuple[str, dict]:
     """This variant's llm − coles, llm − aggregates and llm+aggregates − aggregates on val (out-of-fold)."""
-    frame = predictions(root, label)
+    frames = predictions(root, label, seeds)
     parts, found = [], {}
     for mine, theirs in WITHIN:
-        gap = paired_val_gap((mine, frame), (theirs, frame), metric)
+        gap = paired_val_gap((mine, frames), (theirs, frames), metric)
         if gap is None:
             continue
         key = f"{mine} - {theirs}"
-        found[key] = {"gap": gap.gap, "low": gap.low, "high": gap.high, "verdict": gap.verdict}
+        found[key] = gap.as_dict()
         parts.append(described(key, gap))
     return "  gaps (val, paired bootstrap 95 %): " + "; ".join(parts), found
 
@@ -197,7 +227,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", help="schema:kind,... (`*` for all); default: the whole grid")
     ap.add_argument("--mode", choices=("only", "plus"), default="only")
-    ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[12], help="each cell runs once per seed")
     ap.add_argument("--out", type=Path, default=Path("/tmp/signal-grid"))
     ap.add_argument("--label", default="preset", help="names this variant's table: <out>/<mode>/grid-<label>.json")
     ap.add_argument("--against", help="a label run before on the same cells: print each cell's paired val gap to it")
@@ -205,8 +235,8 @@ def main():
     args = ap.parse_args()
     cells = parse_cells(args.cells)
     print(
-        f"signal grid: {len(cells)} cells, mode {args.mode}, seed {args.seed}, overrides {args.overrides or 'none'}; "
-        "val: results.json val_oof, else the fold mean",
+        f"signal grid: {len(cells)} cells, mode {args.mode}, seeds {args.seeds}, overrides {args.overrides or 'none'}; "
+        "val: results.json val_oof, else the fold mean (the mean over seeds)",
         flush=True,
     )
     print(
@@ -217,15 +247,16 @@ def main():
     )
     rows = []  # a variant (--label, overrides) reuses a cell's finished stages it does not change (prepare, coles)
     for schema, kind in cells:
-        row = run_cell(schema, kind, args.mode, args.seed, args.out, args.overrides, args.label)
+        runs = [run_cell(schema, kind, args.mode, seed, args.out, args.overrides, args.label) for seed in args.seeds]
+        row = mean_over_seeds(runs)
         rows.append(row)
         print(line(row), flush=True)
         if "error" not in row:
             cell = args.out / args.mode / f"{schema}_{kind}"
-            text, row["gaps"] = gaps_within(cell, args.label, row["metric"])
+            text, row["gaps"] = gaps_within(cell, args.label, row["metric"], args.seeds)
             print(text, flush=True)
             if args.against:
-                print(gaps_against(cell, args.label, args.against, row["metric"]), flush=True)
+                print(gaps_against(cell, args.label, args.against, row["metric"], args.seeds), flush=True)
         (args.out / args.mode).mkdir(parents=True, exist_ok=True)
         (args.out / args.mode / f"grid-{args.label}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("llm place: (llm - random) / (oracle - random), both references measured in the same cell")

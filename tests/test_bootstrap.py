@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from llm4trx.evaluation.bootstrap import paired_gap, resample_counts, weighted_metric
+from llm4trx.evaluation.bootstrap import paired_gap, resample_counts, resample_seeds, weighted_metric
 
 
 def binary_proba(score):
@@ -47,6 +47,31 @@ def test_a_known_difference_is_better_and_the_reverse_worse():
     assert gap.verdict == "better" and 0 < gap.low < gap.gap < gap.high, gap
     assert paired_gap("auroc", y, weak, strong, counts).verdict == "worse"
     assert gap.n_seeds == 3 and gap.n_clients == 300
+
+
+def test_resampling_the_seeds_widens_the_interval_where_seeds_disagree():
+    """Two seeds whose gaps have opposite signs (training noise larger than the clients' noise): over clients
+    alone the seed-averaged gap is 'better'; drawing the seeds too, 0 is inside the interval. Where every seed
+    gives the same predictions, drawing the seeds changes nothing."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    y = rng.integers(0, 2, n)
+
+    def model(strength):
+        return binary_proba(1 / (1 + np.exp(-(strength * (y - 0.5) + rng.standard_normal(n)))))
+
+    mid = model(1.0)
+    a, b = [model(2.0), model(0.8)], [mid, mid]  # seed 1: a far ahead; seed 2: a a little behind
+    counts = resample_counts(n, 1000, seed=0)
+    draws = resample_seeds(2, 1000, seed=0)
+    assert draws.shape == (1000, 2) and set(np.unique(draws)) == {0, 1}
+    fixed = paired_gap("auroc", y, a, b, counts)
+    drawn = paired_gap("auroc", y, a, b, counts, seed_draws=draws)
+    assert fixed.verdict == "better" and drawn.verdict == "not distinguishable", (fixed, drawn)
+    assert drawn.gap == fixed.gap and drawn.high - drawn.low > 3 * (fixed.high - fixed.low)
+    same_a, same_b = [a[0], a[0]], [b[0], b[0]]
+    one = paired_gap("auroc", y, same_a, same_b, counts)
+    assert paired_gap("auroc", y, same_a, same_b, counts, seed_draws=draws) == one
 
 
 def test_identical_predictions_give_an_interval_around_zero():

@@ -84,6 +84,9 @@ BAD = [
         "should be 'vocabulary' or 'error'",
     ),
     (["engine.name=dask"], "engine.name", "should be 'embedded' or 'spark'"),
+    (["report.bootstrap.n=0"], "report.bootstrap.n", "should be greater than or equal to 1"),
+    (["report.bootstrap.level=1.5"], "report.bootstrap.level", "should be less than 1"),
+    (["report.bootstrap.seeds=pooled"], "report.bootstrap.seeds", "should be 'resample' or 'fixed'"),
 ]
 
 

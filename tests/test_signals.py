@@ -196,12 +196,33 @@ def test_grid_gap_against_an_earlier_variant_is_paired_over_the_same_clients(tmp
     grid = signal_grid()
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
-    write_predictions([val_predictions("llm", y, 0.1 + 0.8 * y)], tmp_path / "predictions-good.parquet")
-    write_predictions([val_predictions("llm", y, rng.random(300))], tmp_path / "predictions-guess.parquet")
-    line = grid.gaps_against(tmp_path, "good", "guess", "auroc")
-    assert re.search(r"llm \+0\.\d+ \[\+0\.\d+, \+0\.\d+\] better", line), line
-    same = grid.gaps_against(tmp_path, "good", "good", "auroc")
+    write_predictions([val_predictions("llm", y, 0.1 + 0.8 * y)], tmp_path / "predictions-good-s12.parquet")
+    write_predictions([val_predictions("llm", y, rng.random(300))], tmp_path / "predictions-guess-s12.parquet")
+    line = grid.gaps_against(tmp_path, "good", "guess", "auroc", [12])
+    assert re.search(r"llm \+0\.\d+ \[\+0\.\d+, \+0\.\d+\] better$", line), line
+    same = grid.gaps_against(tmp_path, "good", "good", "auroc", [12])
     assert "llm +0.000 [+0.000, +0.000] not distinguishable" in same, same
+    # a second seed where the variants swap places: over both seeds, drawn with replacement, no verdict; the
+    # seed-12-only comparison still reads the seed-12 files alone
+    write_predictions([val_predictions("llm", y, rng.random(300))], tmp_path / "predictions-good-s21.parquet")
+    write_predictions([val_predictions("llm", y, 0.1 + 0.8 * y)], tmp_path / "predictions-guess-s21.parquet")
+    both = grid.gaps_against(tmp_path, "good", "guess", "auroc", [12, 21])
+    assert re.search(r"llm [+-]0\.\d+ \[-0\.\d+, \+0\.\d+\] not distinguishable \(2 seeds\)$", both), both
+    assert grid.gaps_against(tmp_path, "good", "guess", "auroc", [12]) == line
+
+
+def test_a_cell_row_is_the_mean_over_its_seeds_runs():
+    grid = signal_grid()
+    runs = [
+        {"schema": "gender", "kind": "burst", "seed": 12, "wall_s": 50, "metric": "auroc", "llm": 0.6, "coles": 0.7},
+        {"schema": "gender", "kind": "burst", "seed": 21, "wall_s": 40, "metric": "auroc", "llm": 0.5, "coles": None},
+    ]
+    for r in runs:
+        r.update({c: r.get(c) for c in grid.COLUMNS})
+    row = grid.mean_over_seeds(runs)
+    assert row["llm"] == pytest.approx(0.55) and row["coles"] == 0.7 and row["random"] is None
+    assert row["seeds"] == [12, 21] and row["wall_s"] == 90 and row["runs"] == runs
+    assert grid.mean_over_seeds([runs[0], {**runs[1], "error": "run.sh exit 1"}])["error"] == "run.sh exit 1"
 
 
 def test_grid_gaps_within_a_variant_compare_the_llm_with_each_baseline(tmp_path):
@@ -215,8 +236,13 @@ def test_grid_gaps_within_a_variant_compare_the_llm_with_each_baseline(tmp_path)
     good = 0.1 + 0.8 * y
     sets = [val_predictions("llm", y, good), val_predictions("coles", y, rng.random(300))]
     sets.append(val_predictions("aggregates", y, good))
-    write_predictions(sets, tmp_path / "predictions-preset.parquet")
-    text, gaps = grid.gaps_within(tmp_path, "preset", "auroc")
+    write_predictions(sets, tmp_path / "predictions-preset-s12.parquet")
+    text, gaps = grid.gaps_within(tmp_path, "preset", "auroc", [12])
     assert gaps["llm - coles"]["verdict"] == "better" and gaps["llm - coles"]["low"] > 0, text
-    assert gaps["llm - aggregates"] == {"gap": 0.0, "low": 0.0, "high": 0.0, "verdict": "not distinguishable"}
+    assert {k: gaps["llm - aggregates"][k] for k in ("gap", "low", "high", "verdict")} == {
+        "gap": 0.0,
+        "low": 0.0,
+        "high": 0.0,
+        "verdict": "not distinguishable",
+    }
     assert "llm+aggregates - aggregates" not in gaps and "llm - coles +0." in text

@@ -112,7 +112,10 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 def gaps_of(cfg: DictConfig, predictions: dict[int, Any], metrics: list[str], where: Path) -> list[dict[str, Any]]:
     boot = cfg.report.bootstrap
     try:
-        return report_gaps(predictions, metrics, int(boot.n), int(boot.seed), float(boot.level))
+        resampled = boot.get("seeds", "resample") == "resample"  # a choice checked at compose (core/schema.py)
+        return report_gaps(
+            predictions, metrics, int(boot.n), int(boot.seed), float(boot.level), seeds_resampled=resampled
+        )
     except ValueError as err:  # the seeds' predictions do not cover the same clients
         raise DataError(where, f"{PREDICTIONS} of the seeds: {err}") from None
 
@@ -148,7 +151,10 @@ def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str
         gaps=gaps_of(cfg, predictions, summary["metrics"], experiment_dir) if predictions else [],
         gap_seeds=sorted(predictions),
         seeds_without_predictions=no_predictions,
-        bootstrap={k: cfg.report.bootstrap[k] for k in ("n", "seed", "level")},
+        bootstrap={
+            **{k: cfg.report.bootstrap[k] for k in ("n", "seed", "level")},
+            "seeds": cfg.report.bootstrap.get("seeds", "resample"),
+        },
         experiment_dir=str(experiment_dir),
         seeds=sorted(results),
         missing_seeds=missing,
@@ -185,9 +191,11 @@ HOW_TO_READ = """\
 - Gap table: `a − b` is the headline metric of `a` minus that of `b`, averaged over the seeds, on the fixed test
   clients (the mean of the fold models' probabilities) and on val (out-of-fold). The interval is a paired
   bootstrap over clients (report.bootstrap.n resamples): each resample draws the clients with replacement, the
-  same draw for both sets and every seed, and takes the seed-averaged gap; 2.5 / 97.5 percentiles. *better* /
-  *worse*: the whole interval is above / below 0; *not distinguishable*: 0 is inside. The interval covers the
-  sampling of clients and the seeds run, not the sampling of new seeds. A gap read off the table's means may
+  same draw for both sets and every seed, and (report.bootstrap.seeds=resample, the default) the seeds with
+  replacement, and takes the gap averaged over the drawn seeds; 2.5 / 97.5 percentiles. *better* / *worse*: the
+  whole interval is above / below 0; *not distinguishable*: 0 is inside. The interval covers the sampling of
+  clients and of training seeds (with 3 seeds a coarse estimate of the latter; `seeds=fixed`: the seeds run only,
+  as averaged). A gap read off the table's means may
   differ slightly: those average the fold models' scores, the gap table scores their averaged probabilities.
 - Loss plots: training loss (left) and eval loss on the held-out pretraining clients (right), one line per
   seed. Eval loss should fall and flatten; seeds should agree. The CoLES plot: its mean contrastive training
@@ -202,7 +210,8 @@ HOW_TO_READ = """\
 def gap_section(summary: dict[str, Any]) -> list[str]:
     boot = summary["bootstrap"]
     lines = [
-        f"### Gaps ({100 * boot['level']:.0f} % paired bootstrap over clients, {boot['n']} resamples, seeds "
+        f"### Gaps ({100 * boot['level']:.0f} % paired bootstrap over clients"
+        f"{' and seeds' if boot.get('seeds', 'resample') == 'resample' else ''}, {boot['n']} resamples, seeds "
         f"pooled: {', '.join(map(str, summary['gap_seeds'])) or 'none'})",
         "",
     ]

@@ -65,6 +65,16 @@ class Shards(Group):
     samples_per_part: Positive = None
 
 
+class Bootstrap(Group):  # report.bootstrap (evaluation/bootstrap.py)
+    n: Positive = None
+    level: Annotated[float, Field(gt=0, lt=1)] = None
+    seeds: Literal["resample", "fixed"] = None
+
+
+class Report(Group):
+    bootstrap: Bootstrap = None
+
+
 class Signals(Closed):  # data.synthetic.SIGNALS + EXTRA_SIGNALS: weights of the target's signals
     mcc_mix: float = None
     amount: float = None
@@ -361,6 +371,7 @@ class Root(Section):
     augment: AugmentSpec | None = None
     finetune: FinetuneSpec | None = None
     engine: Engine | None = None
+    report: Report = None
 
 
 Config = checks_of(Root)  # what is checked at compose time: the check() fields of the root and its sections
