@@ -75,6 +75,7 @@ def test_every_group_of_the_design_is_there():
         "html",
         "markdown",
         "fields",
+        "fields_recency",  # fields + the smoke preset's recency marks
     }
     assert {o for g, o in OPTIONS if g == "dataset"} >= {
         "synthetic",

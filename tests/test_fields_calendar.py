@@ -24,8 +24,8 @@ def context(schema, *overrides):
 
 @pytest.mark.parametrize("schema", sorted(SCHEMAS))
 def test_calendar_words_follow_the_when_word_with_the_right_values(schema):
-    events, plain = context(schema)
-    _, ctx = context(schema, "text.calendar=[dow,dom,month,end]")
+    events, plain = context(schema, "text.calendar=[]")  # the smoke preset's recency marks off
+    _, ctx = context(schema, "text.calendar=[dow,dom,month,end]", "text.calendar_on_change=false")
     assert ctx.calendar == ("dow", "dom", "month", "end") and plain.calendar == ()
     texts, plain_texts = render(events, "fields", ctx), render(events, "fields", plain)
     for client, ev in events.groupby("client_id", sort=True):
@@ -50,7 +50,7 @@ def test_calendar_words_follow_the_when_word_with_the_right_values(schema):
 
 @pytest.mark.parametrize("schema", sorted(SCHEMAS))
 def test_calendar_on_change_keeps_a_word_only_where_its_value_changes(schema):
-    events, every = context(schema, "text.calendar=[end,month]")
+    events, every = context(schema, "text.calendar=[end,month]", "text.calendar_on_change=false")
     _, marks = context(schema, "text.calendar=[end,month]", "text.calendar_on_change=true")
     assert marks.calendar_on_change and not every.calendar_on_change
     texts, every_texts = render(events, "fields", marks), render(events, "fields", every)

@@ -23,7 +23,8 @@ ALL_FORMATS = ["flat", "compact", "grouped_mcc", "json", "yaml", "html", "markdo
 
 @functools.lru_cache(maxsize=None)
 def context(schema, *overrides):
-    cfg = compose(["paths.output_root=/nonexistent", *SCHEMAS[schema], *overrides])
+    # text=fields: plain field words (the default preset's text adds recency marks, tests/test_fields_calendar.py)
+    cfg = compose(["paths.output_root=/nonexistent", *SCHEMAS[schema], "text=fields", *overrides])
     events = canonical_events(schema, n_clients=6, seed=3, max_events=25)
     return events, RenderContext.from_events(
         events, DatasetSpec.from_config(cfg.dataset), TextSpec.from_config(cfg.text)
