@@ -1,8 +1,8 @@
 """How fast this host is right now: a fixed single-thread workload, so that times measured on different runs
 (the test suite's above all) can be compared as ratios to it rather than as raw seconds.
 
-The same 2-core machine ran the same suite on the same commit in 504 s one day and 602 s another (821 vs 985
-CPU-s): the host's speed, not the code, moved. `.ci/run` prints this figure before the tests, so every suite
+The same 2-core machine ran near-identical code's suite in 504 s one day and 602 s another (821 vs ~985 CPU-s):
+the host's speed, not the code, moved. `.ci/run` prints this figure before and after the tests, so every suite
 time in the docs comes with the reference measured in the same run.
 
 The workload: a pure-Python loop (interpreter speed: what pytest, Hydra and the stages' glue spend) and a
@@ -44,17 +44,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    # One BLAS thread whatever the caller exported: the figure must not depend on OMP_NUM_THREADS.
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings threadpoolctl; without it the caller's thread count stands
-        threadpool_limits = None
+    from threadpoolctl import threadpool_limits  # pinned (scikit-learn's)
+
     py = statistics.median(python_loop() for _ in range(args.repeats))
-    if threadpool_limits is None:
+    with threadpool_limits(1):  # one BLAS thread whatever the caller exported (OMP_NUM_THREADS)
         mm = statistics.median(matmul() for _ in range(args.repeats))
-    else:
-        with threadpool_limits(1):
-            mm = statistics.median(matmul() for _ in range(args.repeats))
     load = os.getloadavg()[0]
     print(f"host reference {py + mm:.2f} s (python loop {py:.2f} s, 1-thread matmul {mm:.2f} s; load {load:.1f})")
 

@@ -112,9 +112,13 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 def gaps_of(cfg: DictConfig, predictions: dict[int, Any], metrics: list[str], where: Path) -> list[dict[str, Any]]:
     boot = cfg.report.bootstrap
     try:
-        resampled = boot.get("seeds", "resample") == "resample"  # a choice checked at compose (core/schema.py)
         return report_gaps(
-            predictions, metrics, int(boot.n), int(boot.seed), float(boot.level), seeds_resampled=resampled
+            predictions,
+            metrics,
+            int(boot.n),
+            int(boot.seed),
+            float(boot.level),
+            seeds_resampled=boot.seeds == "resample",
         )
     except ValueError as err:  # the seeds' predictions do not cover the same clients
         raise DataError(where, f"{PREDICTIONS} of the seeds: {err}") from None
@@ -151,10 +155,7 @@ def collect(cfg: DictConfig, experiment_dir: Path, seeds: list[int]) -> dict[str
         gaps=gaps_of(cfg, predictions, summary["metrics"], experiment_dir) if predictions else [],
         gap_seeds=sorted(predictions),
         seeds_without_predictions=no_predictions,
-        bootstrap={
-            **{k: cfg.report.bootstrap[k] for k in ("n", "seed", "level")},
-            "seeds": cfg.report.bootstrap.get("seeds", "resample"),
-        },
+        bootstrap={k: cfg.report.bootstrap[k] for k in ("n", "seed", "level", "seeds")},
         experiment_dir=str(experiment_dir),
         seeds=sorted(results),
         missing_seeds=missing,

@@ -272,12 +272,12 @@ def _calendar_codes(f: Fields, word: str) -> tuple[np.ndarray, Callable[[np.ndar
     raise ConfigError(f"text.calendar: {word!r} unknown; choose from {sorted(CALENDAR)}")
 
 
-def _calendar_changed(f: Fields, word: str) -> np.ndarray:
-    """Per event: the word's value differs from the client's previous event's (True on a client's first)."""
+def _calendar_changed(f: Fields, word: str, codes: np.ndarray) -> np.ndarray:
+    """Per event: the word's value (`codes`, f's) differs from the client's previous event's (True on a client's
+    first)."""
     if f._parent is not None:  # a subset of a client's newest lines: previous in the whole history
         parent, rows = f._parent
-        return _calendar_changed(parent, word)[rows]
-    codes = _calendar_codes(f, word)[0]
+        return _calendar_changed(parent, word, _calendar_codes(parent, word)[0])[rows]
     changed = np.ones(len(codes), bool)
     changed[1:] = codes[1:] != codes[:-1]
     changed[f.offsets[:-1][f.n_events > 0]] = True
@@ -288,7 +288,7 @@ def _calendar_words(f: Fields, word: str) -> pa.Array:
     codes, fmt = _calendar_codes(f, word)
     words = take_unique(codes, fmt)
     if f.ctx.calendar_on_change:
-        words = pc.if_else(pa.array(_calendar_changed(f, word)), words, pa.scalar(None, pa.string()))
+        words = pc.if_else(pa.array(_calendar_changed(f, word, codes)), words, pa.scalar(None, pa.string()))
     return words
 
 
