@@ -257,6 +257,25 @@ def check_arguments(args: list[str]) -> None:
         ) from None
 
 
+def end_launched_rank() -> None:
+    """End a finished rank of a multi-rank job (WORLD_SIZE > 1) without the interpreter's teardown.
+
+    Composer never destroys its process group, so each rank's gloo/c10d objects are torn down by Python's exit,
+    racing the other ranks' exits (rank 0 hosts the store): seen once in the fresh clones of a day as "terminate called
+    without an active exception" (exit -6) after the rank had finished and logged. Destroying the group
+    explicitly made it worse (2 of 2 failed beside other tests). Instead every rank meets the others at a last
+    barrier, so none exits while another still talks to it, then exits as the stage runner's forked stages do
+    (atexit handlers and streams flushed, no module or C++ teardown). Only a successful stage gets here."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    from llm4trx.core.stage_runner import exit_without_teardown
+
+    exit_without_teardown(0)
+
+
 def stage_main(run: Callable[[DictConfig], Any], summary_line: SummaryLine | None = None) -> Callable[[], None]:
     """Wrap `run(cfg)` as a Hydra app with the console described in this module's docstring; `summary_line`:
     the stage's end-of-stage figure (see `summary`)."""
@@ -328,5 +347,6 @@ def stage_main(run: Callable[[DictConfig], Any], summary_line: SummaryLine | Non
         if not any(arg.startswith("hydra.job.name=") for arg in args):
             sys.argv.append(f"hydra.job.name={stage}")
         _main()
+        end_launched_rank()
 
     return _entry

@@ -46,6 +46,12 @@ class Artifact:
     owner: str  # the module holding its reader and writer (the only caller of `file()` for it)
 
 
+def owned_by(owner: str, **paths: str) -> tuple[Artifact, ...]:
+    """The artifacts `name=path` whose reader and writer live in module `owner`; each one's format is its
+    path's extension."""
+    return tuple(Artifact(name, path, path.rsplit(".", 1)[-1], owner) for name, path in paths.items())
+
+
 # Written by every stage with a run-directory folder (llm4trx.core.stage.write_success).
 SUCCESS = Artifact("success", "_SUCCESS.json", "json", "llm4trx.core.stage")
 
@@ -159,6 +165,21 @@ def validates(name: str) -> Callable[[DictConfig], bool]:
 
 # ------------------------------------------------------------------------------------------ the stages
 
+# What the downstream protocol's results depend on besides the features: the folds, the task and its metrics, and
+# the columns that name clients and categories (baselines and validate run the same protocol).
+PROTOCOL_SECTIONS = (
+    "splits.n_folds",
+    "dataset.task",
+    "dataset.n_classes",
+    "dataset.metrics",
+    "dataset.id_column",
+    "dataset.categorical",
+)
+# The protocol's outputs, written by baselines and validate alike (llm4trx.data.results reads and writes them).
+VALIDATION_RESULTS = owned_by(
+    "llm4trx.data.results", results="results.json", table="results.md", predictions="predictions.parquet"
+)
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -171,7 +192,7 @@ STAGES: dict[str, Stage] = {
             when=downloadable,
             done=raw_files_present,
             summary="a real dataset's public files -> dataset.raw_dir (only when missing)",
-            writes=(Artifact("manifest", "_DOWNLOAD.json", "json", "llm4trx.data.fetch"),),
+            writes=owned_by("llm4trx.data.fetch", manifest="_DOWNLOAD.json"),
         ),
         # The `engine` section (embedded | spark, conf/engine/) is in no hash: both engines write the same
         # prepare and text outputs (tests/test_spark.py), so switching engines reuses finished stages. Only the
@@ -183,9 +204,8 @@ STAGES: dict[str, Stage] = {
             sections=("dataset", "splits"),
             summary="raw files -> canonical events, targets, splits",
             writes=(
-                Artifact("events", "events.parquet", "parquet", "llm4trx.data.chunks"),
-                Artifact("targets", "targets.parquet", "parquet", "llm4trx.data.splits"),
-                Artifact("splits", "splits.parquet", "parquet", "llm4trx.data.splits"),
+                *owned_by("llm4trx.data.chunks", events="events.parquet"),
+                *owned_by("llm4trx.data.splits", targets="targets.parquet", splits="splits.parquet"),
             ),
         ),
         # augment.mix is read by the text stage, not by augment: changing the mix must not regenerate.
@@ -210,10 +230,7 @@ STAGES: dict[str, Stage] = {
             operational=("text.chunk_events",),
             extra_sections=lambda cfg: ["augment.mix"] if mixing(cfg) else [],
             summary="events -> one text per client",
-            writes=(
-                Artifact("texts", "{split}.jsonl", "jsonl", "llm4trx.data.text_files"),
-                Artifact("stats", "stats.json", "json", "llm4trx.data.text_files"),
-            ),
+            writes=owned_by("llm4trx.data.text_files", texts="{split}.jsonl", stats="stats.json"),
         ),
         # tokenizer .. export run only for a run that uses its own LM (embed.model unset, or fine-tuning from hf/).
         Stage(
@@ -235,7 +252,7 @@ STAGES: dict[str, Stage] = {
             operational=("shards.workers",),
             when=own_model,
             summary="texts -> pre-tokenized MDS shards",
-            writes=(Artifact("stats", "stats.json", "json", "llm4trx.shards"),),
+            writes=owned_by("llm4trx.shards", stats="stats.json"),
         ),
         # aggregates and oracle under the protocol, once for every seed (with validate.lightgbm_seed=run they depend
         # on the seed and validate builds them itself). Its folder holds their features, results and predictions.
@@ -248,21 +265,11 @@ STAGES: dict[str, Stage] = {
                 "validate.aggregates",
                 "validate.lightgbm",
                 "validate.lightgbm_seed",
-                "splits.n_folds",
-                "dataset.task",
-                "dataset.n_classes",
-                "dataset.metrics",
-                "dataset.id_column",
-                "dataset.categorical",
+                *PROTOCOL_SECTIONS,
             ),
             when=shared_baselines,
             summary="the seed-independent feature sets (aggregates, oracle), validated once",
-            writes=(
-                Artifact("results", "results.json", "json", "llm4trx.data.results"),
-                Artifact("table", "results.md", "md", "llm4trx.data.results"),
-                Artifact("predictions", "predictions.parquet", "parquet", "llm4trx.data.results"),
-                Artifact("features", "{name}.parquet", "parquet", "llm4trx.data.embeddings"),
-            ),
+            writes=(*VALIDATION_RESULTS, *owned_by("llm4trx.data.embeddings", features="{name}.parquet")),
         ),
         Stage(
             "pretrain",
@@ -286,8 +293,8 @@ STAGES: dict[str, Stage] = {
             when=own_model,
             summary="next-token pretraining (llm-foundry + Composer)",
             writes=(
-                Artifact("metrics", "metrics.jsonl", "jsonl", "llm4trx.data.curves"),
-                Artifact("run", "_RUN.json", "json", "llm4trx.pretrain"),
+                *owned_by("llm4trx.data.curves", metrics="metrics.jsonl"),
+                *owned_by("llm4trx.pretrain", run="_RUN.json"),
             ),
         ),
         Stage(
@@ -311,9 +318,8 @@ STAGES: dict[str, Stage] = {
             operational=("embed.incremental",),
             external=applied_model_identity,
             summary="one pooled vector per client",
-            writes=(
-                Artifact("embeddings", "embeddings.parquet", "parquet", "llm4trx.data.embeddings"),
-                Artifact("text_hashes", "text_hashes.parquet", "parquet", "llm4trx.data.embeddings"),
+            writes=owned_by(
+                "llm4trx.data.embeddings", embeddings="embeddings.parquet", text_hashes="text_hashes.parquet"
             ),
         ),
         Stage(
@@ -331,8 +337,8 @@ STAGES: dict[str, Stage] = {
             when=finetune_configured,
             summary="supervised fine-tuning on the target, per fold (optional)",
             writes=(
-                Artifact("predictions", "predictions.parquet", "parquet", "llm4trx.data.results"),
-                Artifact("curves", "curves.json", "json", "llm4trx.data.curves"),
+                *owned_by("llm4trx.data.results", predictions="predictions.parquet"),
+                *owned_by("llm4trx.data.curves", curves="curves.json"),
             ),
         ),
         Stage(
@@ -345,8 +351,8 @@ STAGES: dict[str, Stage] = {
             when=validates("coles"),
             summary="the CoLES baseline (ptls)",
             writes=(
-                Artifact("embeddings", "embeddings.parquet", "parquet", "llm4trx.data.embeddings"),
-                Artifact("losses", "losses.jsonl", "jsonl", "llm4trx.data.curves"),
+                *owned_by("llm4trx.data.embeddings", embeddings="embeddings.parquet"),
+                *owned_by("llm4trx.data.curves", losses="losses.jsonl"),
             ),
         ),
         Stage(
@@ -363,20 +369,11 @@ STAGES: dict[str, Stage] = {
             sections=(
                 "validate",
                 "seed",
-                "splits.n_folds",
-                "dataset.task",
-                "dataset.n_classes",
-                "dataset.metrics",
-                "dataset.id_column",
-                "dataset.categorical",
+                *PROTOCOL_SECTIONS,
             ),
             operational=("validate.n_jobs",),
             summary="feature sets under the ptls protocol",
-            writes=(
-                Artifact("results", "results.json", "json", "llm4trx.data.results"),
-                Artifact("table", "results.md", "md", "llm4trx.data.results"),
-                Artifact("predictions", "predictions.parquet", "parquet", "llm4trx.data.results"),
-            ),
+            writes=VALIDATION_RESULTS,
         ),
         Stage(
             "report",
@@ -384,10 +381,7 @@ STAGES: dict[str, Stage] = {
             EXPERIMENT,
             in_pipeline=False,
             summary="tables and plots over seeds",
-            writes=(
-                Artifact("report", "report.md", "md", "llm4trx.report"),
-                Artifact("tables", "report.json", "json", "llm4trx.report"),
-            ),
+            writes=owned_by("llm4trx.report", report="report.md", tables="report.json"),
         ),
     )
 }
