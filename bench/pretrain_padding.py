@@ -26,6 +26,32 @@ from llm4trx.core.stage import read_success
 from llm4trx.data.curves import last_losses
 
 
+def packed_padding_by_batch(mds_train: Path, width: int, batch_sizes: str, draws: int = 300) -> None:
+    """The padded share of packed batches (lm/packing.pack_rows, rows padded to the batch's longest row, as
+    PackedCollator does) against unpacked ones (padded to the longest client), for random batches of each size
+    drawn from the train shards' token lengths: packing's padding depends on how many clients share a batch."""
+    import numpy as np
+    from streaming import LocalDataset
+
+    from llm4trx.lm.packing import pack_rows
+
+    shards = LocalDataset(str(mds_train))
+    lengths = np.array([len(shards[i]["tokens"]) for i in range(len(shards))])
+    rng = np.random.default_rng(0)
+    print(
+        f"\n{'clients per batch':>18s} {'padded, unpacked':>17s} {'padded, packed':>15s}  ({draws} random batches each)"
+    )
+    for size in (int(b) for b in batch_sizes.split(",")):
+        real = unpacked = packed = 0
+        for _ in range(draws):
+            batch = lengths[rng.choice(len(lengths), min(size, len(lengths)), replace=False)]
+            rows = pack_rows(batch.tolist(), width)
+            real += batch.sum()
+            unpacked += len(batch) * batch.max()
+            packed += len(rows) * max(batch[r].sum() for r in rows)
+        print(f"{size:18d} {1 - real / unpacked:17.1%} {1 - real / packed:15.1%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=1500)
@@ -34,6 +60,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--batch-sizes",
+        default="8,16,32,64,128",
+        help="clients per batch for the packed-layout table (padding from the shards' lengths, no training)",
+    )
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="llm4trx-padding-"))
     base = [
@@ -82,6 +113,8 @@ def main() -> None:
             f"{done['tokens_seen']:12,d} {done['train_loss']:16.4f} {done['real_tokens_per_s'] / ref:6.2f}x"
         )
     print(f"(best of {args.repeats}; ratio: real tokens/s against the reference, same run; goal: padded share <= 10 %)")
+    # after training: the shards are read as the pretraining read them (decompressed in place by streaming)
+    packed_padding_by_batch(Path(cfg.paths.shared_dir) / "mds" / "train", cfg.max_seq_len, args.batch_sizes)
 
 
 if __name__ == "__main__":

@@ -176,3 +176,54 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot create the output folder" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_finished_rank_waits_for_the_others_then_exits_without_the_teardown(tmp_path):
+    """core/cli.end_launched_rank, which every rank of a multi-rank stage calls after the stage: two gloo ranks;
+    rank 1 reaches the end a second later, and rank 0 must not exit before it (rank 0 hosts the store). Each
+    runs its atexit handlers and exits 0, and nothing after the call runs (no interpreter teardown)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "rank.py"
+    script.write_text(
+        f"""
+import atexit, os, time
+import torch.distributed as dist
+from llm4trx.core.cli import end_launched_rank
+
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo")
+atexit.register(lambda: open({str(tmp_path)!r} + f"/exit{{rank}}", "w").write(repr(time.time())))
+if rank == 1:
+    time.sleep(1.0)
+    open({str(tmp_path)!r} + "/end1", "w").write(repr(time.time()))
+end_launched_rank()
+print("after the end")
+"""
+    )
+    ranks = [
+        subprocess.Popen(
+            [str(ROOT / ".venv/bin/python"), str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(
+                PYTHONPATH=str(ROOT / "source"),
+                RANK=str(rank),
+                WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            ),
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    for rank, (out, err) in zip(ranks, outputs):
+        assert rank.returncode == 0, err
+        assert "after the end" not in out
+    end1 = float((tmp_path / "end1").read_text())
+    assert float((tmp_path / "exit0").read_text()) >= end1  # rank 0 waited for rank 1 at the last barrier
+    assert float((tmp_path / "exit1").read_text()) >= end1
