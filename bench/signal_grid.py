@@ -19,7 +19,7 @@ references measured in the same run: (llm - random) / (oracle - random).
 
 Everything after `--` is handed to every stage as Hydra overrides (sizes, levers). Each cell writes under
 `<out>/<mode>/<schema>_<kind>/` (its own paths.output_root), so a rerun skips the stages already finished;
-the table is also written to `<out>/<mode>/grid-<label>.json`. Variants of the same cell (a lever, `--label`)
+the table is also written to `<out>/<mode>/grid-<label>.json`, and its gaps plotted in `grid-<label>.png`. Variants of the same cell (a lever, `--label`)
 share its folder and reuse the stages they do not change (prepare, coles); run them one after the other.
 Under each cell's line: llm − coles, llm − aggregates and llm+aggregates − aggregates on val with the paired
 bootstrap 95 % interval over clients and its verdict (also in the json, `gaps`).
@@ -205,6 +205,47 @@ def gaps_within(root: Path, label: str, metric: str, seeds: list[int]) -> tuple[
     return "  gaps (val, paired bootstrap 95 %): " + "; ".join(parts), found
 
 
+def plot_grid(cells: list[tuple[str, dict]], path: Path, title: str) -> None:
+    """A forest plot of the grid: one row per cell, each of WITHIN's gaps (val) as a dot with its paired bootstrap
+    95 % interval; filled where the interval excludes 0. `cells`: (cell name, {gap key: GapResult.as_dict()})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [f"{a} - {b}" for a, b in WITHIN]
+    colours = ("tab:red", "tab:blue", "tab:green")
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(cells) + 1.6))
+    for k, (key, colour) in enumerate(zip(keys, colours)):
+        offset = (k - 1) * 0.22
+        for i, (_, gaps) in enumerate(cells):
+            g = gaps.get(key)
+            if g is None:
+                continue
+            decided = g["low"] > 0 or g["high"] < 0
+            ax.errorbar(
+                g["gap"],
+                i + offset,
+                xerr=[[g["gap"] - g["low"]], [g["high"] - g["gap"]]],
+                fmt="o",
+                color=colour,
+                mfc=colour if decided else "white",
+                capsize=3,
+                label=key.replace(" - ", " − ") if i == 0 else None,
+            )
+    ax.axvline(0, color="black", linestyle="--", linewidth=0.8)
+    ax.set_yticks(range(len(cells)))
+    ax.set_yticklabels([name for name, _ in cells])
+    ax.invert_yaxis()
+    ax.set_xlabel("val gap (AUROC; accuracy on age_pred), paired bootstrap 95 %; filled: interval excludes 0")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else "  -  "
 
@@ -260,6 +301,11 @@ def main():
         (args.out / args.mode).mkdir(parents=True, exist_ok=True)
         (args.out / args.mode / f"grid-{args.label}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("llm place: (llm - random) / (oracle - random), both references measured in the same cell")
+    plotted = [(f"{r['schema']}:{r['kind']}", r["gaps"]) for r in rows if r.get("gaps")]
+    if plotted:
+        figure = args.out / args.mode / f"grid-{args.label}.png"
+        plot_grid(plotted, figure, f"signal grid, {args.label}, seeds {' + '.join(map(str, args.seeds))} (val)")
+        print(f"plot: {figure}")
     return 1 if any("error" in r for r in rows) else 0
 
 

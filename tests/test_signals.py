@@ -246,3 +246,9 @@ def test_grid_gaps_within_a_variant_compare_the_llm_with_each_baseline(tmp_path)
         "verdict": "not distinguishable",
     }
     assert "llm+aggregates - aggregates" not in gaps and "llm - coles +0." in text
+    # ... and the plot of those gaps (bench writes one per grid): a row per cell, the missing gap left out
+    grid.plot_grid([("rosbank:default", gaps), ("gender:burst", gaps)], tmp_path / "grid.png", "test grid")
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.size[0] > 400 and image.size[1] > 150
