@@ -179,7 +179,7 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path):
 
 
 def test_a_finished_rank_waits_for_the_others_then_exits_without_the_teardown(tmp_path):
-    """core/cli.end_launched_rank, which every rank of a multi-rank stage calls after the stage: two gloo ranks;
+    """core/cli.end_stage_process(0), which every rank of a multi-rank stage calls after the stage: two gloo ranks;
     rank 1 reaches the end a second later, and rank 0 must not exit before it (rank 0 hosts the store). Each
     runs its atexit handlers and exits 0, and nothing after the call runs (no interpreter teardown)."""
     import socket
@@ -192,7 +192,7 @@ def test_a_finished_rank_waits_for_the_others_then_exits_without_the_teardown(tm
         f"""
 import atexit, os, time
 import torch.distributed as dist
-from llm4trx.core.cli import end_launched_rank
+from llm4trx.core.cli import end_stage_process
 
 rank = int(os.environ["RANK"])
 dist.init_process_group("gloo")
@@ -200,7 +200,7 @@ atexit.register(lambda: open({str(tmp_path)!r} + f"/exit{{rank}}", "w").write(re
 if rank == 1:
     time.sleep(1.0)
     open({str(tmp_path)!r} + "/end1", "w").write(repr(time.time()))
-end_launched_rank()
+end_stage_process(0)
 print("after the end")
 """
     )
@@ -227,3 +227,47 @@ print("after the end")
     end1 = float((tmp_path / "end1").read_text())
     assert float((tmp_path / "exit0").read_text()) >= end1  # rank 0 waited for rank 1 at the last barrier
     assert float((tmp_path / "exit1").read_text()) >= end1
+
+
+def test_a_stage_started_as_its_own_process_ends_with_its_status_and_without_the_teardown(tmp_path):
+    """`python -m llm4trx.<stage>` (no runner, LLM4TRX_FORK=0, spark-submit) ends through cli.end_stage_process as
+    a forked stage does: atexit handlers run, the stage's status is the exit status (0, or 2 for a user error),
+    and the interpreter's teardown (where pyarrow's pools can abort a finished process) never runs: an object
+    whose finaliser would run in it leaves no trace."""
+    script = tmp_path / "stage.py"
+    script.write_text(
+        f"""
+import atexit, sys
+from llm4trx.core.cli import stage_main
+from llm4trx.core.errors import ConfigError
+
+class TornDown:
+    def __del__(self, open=open):  # builtins may be gone by then: keep `open`
+        open({str(tmp_path / "teardown")!r}, "w").write("ran")
+
+KEPT = TornDown()  # finalised when Python tears the module down at exit
+
+def run(cfg):
+    atexit.register(lambda: open({str(tmp_path / "atexit")!r}, "w").write("ran"))
+    if cfg.seed == 3:
+        raise ConfigError("seed 3 is refused")
+    return {str(tmp_path)!r}
+
+main = stage_main(run)
+main()
+"""
+    )
+    for seed, status in ((1, 0), (3, 2)):
+        for marker in ("atexit", "teardown"):
+            (tmp_path / marker).unlink(missing_ok=True)
+        proc = subprocess.run(
+            [str(ROOT / ".venv/bin/python"), str(script), f"paths.output_root={tmp_path}", f"seed={seed}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=child_env(PYTHONPATH=str(ROOT / "source")),
+        )
+        assert proc.returncode == status, proc.stderr
+        assert (tmp_path / "atexit").read_text() == "ran"
+        assert not (tmp_path / "teardown").exists()
+        assert (status == 2) == ("seed 3 is refused" in proc.stderr)

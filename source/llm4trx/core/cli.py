@@ -8,6 +8,8 @@ What a stage prints on the console (everything else goes to the stage's log file
   or unwritable path, no space left), 1 for anything else, with the traceback in the log file;
 - an interruption (SIGINT, SIGTERM) as one line, exit status 128 + signal number, after the stage's temporary
   folder is removed (`atomic_dir`'s cleanup runs: the signal is raised as an exception).
+- its end: with the stage's exit status, after its threads and atexit handlers, without Python's teardown of the
+  imported modules (`end_stage_process`: slow, and able to abort a finished stage).
 
 The overrides are validated before Hydra starts (`llm4trx.core.check.compose_checked`), so a single stage and
 scripts/run.sh report a bad argument with the same line. Arguments starting with `-` (`-m`, `--cfg job`,
@@ -17,12 +19,14 @@ writes to stdout/stderr) is sent to the log file by pointing file descriptors 1 
 
 from __future__ import annotations
 
+import atexit
 import errno
 import io
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -257,23 +261,47 @@ def check_arguments(args: list[str]) -> None:
         ) from None
 
 
-def end_launched_rank() -> None:
-    """End a finished rank of a multi-rank job (WORLD_SIZE > 1) without the interpreter's teardown.
+def exit_code(stop: SystemExit) -> int:
+    """The exit status Python gives `raise SystemExit(stop.code)` (a message is printed and counts as 1)."""
+    if stop.code is None or isinstance(stop.code, int):
+        return stop.code or 0
+    print(stop.code, file=sys.stderr)
+    return 1
 
-    Composer never destroys its process group, so each rank's gloo/c10d objects are torn down by Python's exit,
-    racing the other ranks' exits (rank 0 hosts the store): seen once in the fresh clones of a day as "terminate called
-    without an active exception" (exit -6) after the rank had finished and logged. Destroying the group
-    explicitly made it worse (2 of 2 failed beside other tests). Instead every rank meets the others at a last
-    barrier, so none exits while another still talks to it, then exits as the stage runner's forked stages do
-    (atexit handlers and streams flushed, no module or C++ teardown). Only a successful stage gets here."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    from llm4trx.core.stage_runner import exit_without_teardown
 
-    exit_without_teardown(0)
+def exit_without_teardown(code: int) -> None:
+    """End this process as a normal interpreter exit would, minus the teardown of its modules: stop and join
+    its non-daemon threads, run the atexit handlers (logging's flush and close among them), flush stdout and
+    stderr, then os._exit. With torch, llm-foundry, Lightning and scikit-learn imported, Python's teardown of
+    them takes ~2 s of CPU (measured: 2.0 s vs 0.08 s for the same imports), paid by every stage forked from
+    here and by this process at its end; the files a stage writes are closed by the stage, not by teardown."""
+    # What Py_FinalizeEx does before the teardown, in its order: threading's exit hooks (they tell the pools'
+    # workers, e.g. concurrent.futures', to stop) and the join of non-daemon threads, then the atexit handlers.
+    threading._shutdown()  # noqa: SLF001
+    atexit._run_exitfuncs()  # noqa: SLF001
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: as Python's exit, nothing more to do
+            pass
+    os._exit(code)
+
+
+def end_stage_process(code: int) -> None:
+    """End a stage's process with `code` and without the interpreter's teardown, however it was started
+    (`python -m llm4trx.<stage>`, a launcher's rank, or forked by core/stage_runner.py).
+
+    The teardown is not only slow (~2 s of CPU with torch, llm-foundry, Lightning and scikit-learn imported) but
+    can abort a process whose work is done: pyarrow's thread pools at exit end it with "terminate called without
+    an active exception" (exit 134; apache/arrow#34314, open), seen here in 1 of 15 runs of a script that only
+    read parquet files, and once in a rank of the two-node resume test. A rank of a multi-rank job that finished
+    (code 0) first meets the others at a last barrier, so that none exits while another still talks to it (rank 0
+    hosts the store); after a failure it exits at once and its launcher stops the others."""
+    if code == 0 and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    exit_without_teardown(code)
 
 
 def stage_main(run: Callable[[DictConfig], Any], summary_line: SummaryLine | None = None) -> Callable[[], None]:
@@ -346,7 +374,10 @@ def stage_main(run: Callable[[DictConfig], Any], summary_line: SummaryLine | Non
         # function, which is this one for every stage; name it after the stage instead.
         if not any(arg.startswith("hydra.job.name=") for arg in args):
             sys.argv.append(f"hydra.job.name={stage}")
-        _main()
-        end_launched_rank()
+        try:
+            _main()
+        except SystemExit as stop:
+            end_stage_process(exit_code(stop))
+        end_stage_process(0)
 
     return _entry

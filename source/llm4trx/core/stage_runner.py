@@ -6,8 +6,9 @@ afresh: before forking a stage, this process imports the stage's module and the 
 `PRELOAD`, so every later stage of the seed inherits them. A stage process otherwise pays its imports before
 doing any work (llm-foundry ~8 CPU-s for pretrain and again for export, ptls/Lightning ~6 for coles,
 transformers for embed): on the tiny test pipeline that start was about half of a seed's wall time. For the
-same reason a forked stage, and this process, end without Python's teardown of those modules (~2 s of CPU each,
-`exit_without_teardown`), and the overrides are checked once here rather than composed again by every stage.
+same reason this process ends without Python's teardown of those modules (~2 s of CPU each,
+`core/cli.exit_without_teardown`; every stage process ends so too, `core/cli.end_stage_process`), and the
+overrides are checked once here rather than composed again by every stage.
 
 Why fork and not one process running the stages in turn: a stage owns its process (Hydra's global state, file
 descriptors 1 and 2 pointed at its log file, signal handlers, threads, torch's settings) and ends with an exit
@@ -25,19 +26,17 @@ process then stops after the stage instead of starting the next one, so a stage 
 from __future__ import annotations
 
 import argparse
-import atexit
 import importlib
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from types import ModuleType
 from typing import Sequence
 
 from llm4trx.core import cli, registry
-from llm4trx.core.cli import LABEL
+from llm4trx.core.cli import LABEL, exit_code, exit_without_teardown
 
 # Stages that start several processes through a launcher when NPROC > 1 (never forked from here).
 LAUNCHED = ("pretrain", "embed")
@@ -131,32 +130,6 @@ def run_forked(module: ModuleType, overrides: list[str], label: str, checked: bo
     _, status = os.waitpid(pid, 0)  # retried by Python when a signal interrupts it (PEP 475)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
-
-
-def exit_code(stop: SystemExit) -> int:
-    """The exit status Python gives `raise SystemExit(stop.code)` (a message is printed and counts as 1)."""
-    if stop.code is None or isinstance(stop.code, int):
-        return stop.code or 0
-    print(stop.code, file=sys.stderr)
-    return 1
-
-
-def exit_without_teardown(code: int) -> None:
-    """End this process as a normal interpreter exit would, minus the teardown of its modules: stop and join
-    its non-daemon threads, run the atexit handlers (logging's flush and close among them), flush stdout and
-    stderr, then os._exit. With torch, llm-foundry, Lightning and scikit-learn imported, Python's teardown of
-    them takes ~2 s of CPU (measured: 2.0 s vs 0.08 s for the same imports), paid by every stage forked from
-    here and by this process at its end; the files a stage writes are closed by the stage, not by teardown."""
-    # What Py_FinalizeEx does before the teardown, in its order: threading's exit hooks (they tell the pools'
-    # workers, e.g. concurrent.futures', to stop) and the join of non-daemon threads, then the atexit handlers.
-    threading._shutdown()  # noqa: SLF001
-    atexit._run_exitfuncs()  # noqa: SLF001
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or broken: as Python's exit, nothing more to do
-            pass
-    os._exit(code)
 
 
 def run_fresh(command: list[str], label: str) -> int:
