@@ -1,7 +1,8 @@
 """Padding in CPU pretraining through the real path (llm-foundry + Composer, `python -m llm4trx.pretrain`):
 batches of random clients (trainer.length_bucketing=false, the path before bucketing) against length-bucketed
 batches (true, windows of trainer.bucket_window batches) and packed batches (trainer.packing=true: the same
-batches, clients laid end to end in rows, lm/packing.py), measured in one run on the same shards.
+batches, clients laid end to end in rows, lm/packing.py; in one microbatch, or one row per microbatch, each cut
+to its row: no padding), measured in one run on the same shards.
 
 Builds the smoke preset's shared stages (prepare, text, tokenizer, shards) for `--clients` synthetic clients
 (the default generator: 20..200 transactions per client, text=fields), then trains the smoke model for
@@ -90,6 +91,11 @@ def main() -> None:
     )
     variants = {"reference: random batches": ["trainer.length_bucketing=false", "trainer.packing=false"]}
     variants["packed (same batches)"] = ["trainer.length_bucketing=false", "trainer.packing=true"]
+    variants["packed, 1 row per microbatch"] = [
+        "trainer.length_bucketing=false",
+        "trainer.packing=true",
+        "trainer.device_train_microbatch_size=1",
+    ]
     for w in args.windows.split(","):
         variants[f"bucketed, window {w} batches"] = [
             "trainer.length_bucketing=true",

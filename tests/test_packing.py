@@ -138,31 +138,34 @@ def test_packing_refuses_models_it_cannot_mask_in_one_line(overrides, message):
 
 @pytest.mark.slow
 def test_pretraining_packed_follows_the_unpacked_losses_with_less_padding(tmp_path):
-    """The pretrain stage in-process on the same inputs, 6 batches in microbatches of 2 rows: the same losses
-    step by step (float summation order apart), fewer padded positions, the same clients and tokens seen."""
+    """The pretrain stage in-process on the same inputs, 6 batches in microbatches of 2 rows, and packed in
+    microbatches of 1 row: the same losses step by step (float summation order apart), fewer padded positions
+    (none with 1 row per microbatch: each is cut to its own row), the same clients and tokens seen."""
     from llm4trx.core.stage import read_success
     from llm4trx.data.curves import read_losses
     from llm4trx.pretrain import run
 
     schedule = [s for s in SMOKE_TEST_SCHEDULE if "microbatch" not in s and "max_duration" not in s]
     runs = {}
-    for packed in (False, True):
+    for packed, rows in ((False, 2), (True, 2), (True, 1)):
         cfg = smoke_cfg(
-            tmp_path / f"packed_{packed}",
+            tmp_path / f"packed_{packed}_{rows}",
             *schedule,
             "trainer.max_duration=6ba",
             "trainer.eval_interval=3ba",
-            "trainer.device_train_microbatch_size=2",
+            f"trainer.device_train_microbatch_size={rows}",
             "max_seq_len=128",
             f"trainer.packing={packed}",
         )
         build_lm_inputs(cfg)
         folder = run(cfg)
-        runs[packed] = (read_success(folder)["counts"], read_losses(folder))
-    (plain, plain_lines), (packed, packed_lines) = runs[False], runs[True]
+        runs[packed, rows] = (read_success(folder)["counts"], read_losses(folder))
+    (plain, plain_lines), (packed, _), (single, _) = runs[False, 2], runs[True, 2], runs[True, 1]
     assert packed["packing"] is True and plain["packing"] is False
-    assert packed["samples_seen"] == plain["samples_seen"] == 48 and packed["tokens_seen"] == plain["tokens_seen"]
-    assert packed["padded_share"] < plain["padded_share"]
-    assert [(x["step"], x["split"]) for x in packed_lines] == [(x["step"], x["split"]) for x in plain_lines]
-    for a, b in zip(plain_lines, packed_lines):
-        assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)  # seen: within 5e-7
+    assert packed["samples_seen"] == plain["samples_seen"] == single["samples_seen"] == 48
+    assert packed["tokens_seen"] == plain["tokens_seen"] == single["tokens_seen"]
+    assert single["padded_share"] == 0 < packed["padded_share"] < plain["padded_share"]
+    for _, lines in (runs[True, 2], runs[True, 1]):
+        assert [(x["step"], x["split"]) for x in lines] == [(x["step"], x["split"]) for x in plain_lines]
+        for a, b in zip(plain_lines, lines):
+            assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)  # seen: within 5e-7

@@ -262,14 +262,15 @@ def build_placeholder_dataloader(tokenizer, device_batch_size, **_: Any):
 
 
 class PaddingMonitor(Callback):
-    """Real tokens and positions (rows x padded width) of the train batches of this process, over all ranks;
-    `padded_share` is set at fit end (None before). A resumed run counts the batches it trained itself."""
+    """Real tokens and positions (rows x padded width) of the train microbatches this process ran forward, over
+    all ranks; `padded_share` is set at fit end (None before). A resumed run counts the batches it trained itself.
+    Counted per microbatch, as computed: packed microbatches are cut to their own longest row (lm/packing.py)."""
 
     def __init__(self):
         self.real, self.positions = 0, 0
         self.padded_share: Optional[float] = None
 
-    def after_dataloader(self, state: State, logger: Logger) -> None:
+    def before_forward(self, state: State, logger: Logger) -> None:
         batch = state.batch
         self.positions += int(batch["input_ids"].numel())
         self.real += int(sum(batch["total_tokens"]))

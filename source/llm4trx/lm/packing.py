@@ -107,13 +107,26 @@ def clients_in_batch(batch: Mapping) -> int:
 
 
 def split_rows(batch: Mapping, microbatch_size: int) -> list:
-    """Composer's split into microbatches of `microbatch_size` rows; a batch of no more rows is one microbatch
-    (Composer's own split warns on every such batch, and packed batches always have fewer rows)."""
+    """Composer's split into microbatches of `microbatch_size` rows, each cut to its own longest row; a batch of
+    no more rows is one microbatch (Composer's own split warns on every such batch, and packed batches always have
+    fewer rows). A row's tokens start at position 0, so the cut drops only trailing padding that no row's target
+    attends to: the same loss and gradients, fewer positions computed (microbatches of 1 row: none padded)."""
     from composer.core.data_spec import _default_split_batch
 
     if len(batch["input_ids"]) <= microbatch_size:
         return [batch]
-    return _default_split_batch(batch, microbatch_size)
+    return [to_longest_row(part) for part in _default_split_batch(batch, microbatch_size)]
+
+
+def to_longest_row(rows: Mapping) -> dict:
+    """Packed rows without the trailing columns that are padding in every row."""
+    width = max(int(n) for n in rows["total_tokens"])
+    out = dict(rows)
+    if width < rows["input_ids"].shape[1]:
+        for key in ("input_ids", "labels", "position_ids"):
+            out[key] = rows[key][:, :width].contiguous()  # contiguous: Composer's metrics view() them
+        out["attention_mask"] = rows["attention_mask"][..., :width, :width].contiguous()
+    return out
 
 
 def packed_data_spec(loader):
