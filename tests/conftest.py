@@ -169,13 +169,13 @@ def out_root(tmp_path):
 def smoke_pretrained(tmp_path_factory):
     """`python -m llm4trx.pretrain experiment=smoke` (in-process) on the fixture inputs: (cfg, checkpoints).
     Defined here, once for the session (a fixture imported into two modules is two fixtures, built twice)."""
-    from fixtures_lm import SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg
+    from fixtures_lm import BUCKETED, SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg
 
     from llm4trx.pretrain import run
 
     # Test-sized schedule (the smoke preset itself trains 300 batches of 8): 60 batches of 8, eval every 20.
     # Length-bucketed batches (an opt-in lever): the in-process pretraining tests cover that loader path.
-    cfg = smoke_cfg(tmp_path_factory.mktemp("smoke") / "outputs", *SMOKE_TEST_SCHEDULE, "trainer.length_bucketing=true")
+    cfg = smoke_cfg(tmp_path_factory.mktemp("smoke") / "outputs", *SMOKE_TEST_SCHEDULE, *BUCKETED)
     build_lm_inputs(cfg)
     return cfg, run(cfg)
 

@@ -187,6 +187,8 @@ def write_model_config(folder: Path, values: dict) -> Path:
 # Overrides of every CPU test run: one torch thread (the test machine's cores are shared; more threads than
 # free cores made training 5x slower) and no progress bars.
 CPU_TEST = ["progress=false", "trainer.cpu_threads=1"]
+# Length-bucketed batches, one client per row (the smoke preset packs its batches instead).
+BUCKETED = ["trainer.length_bucketing=true", "trainer.packing=false"]
 SMOKE_TEST_SCHEDULE = [
     "trainer.max_duration=60ba",
     "trainer.eval_interval=20ba",

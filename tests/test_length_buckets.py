@@ -48,6 +48,7 @@ def loader(data, name: str, window: int, shuffle: bool = True, seed: int = 7, wo
             f"trainer.length_bucketing={window > 0}",
             f"trainer.bucket_window={max(window, 1)}",
             f"trainer.num_workers={workers}",
+            "trainer.packing=false",  # one client per row: the rows' first tokens name the batch's samples
         ]
     )
     section = foundry_config.loader_section(cfg, data["root"] / name, train=shuffle)

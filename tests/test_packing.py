@@ -129,11 +129,8 @@ def test_packing_refuses_models_it_cannot_mask_in_one_line(overrides, message):
     cfg = compose(["experiment=smoke", "trainer.packing=true", *overrides])
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         foundry_config.packing(cfg)
-    assert foundry_config.packing(compose(["experiment=smoke"])) is None
-    assert foundry_config.packing(compose(["experiment=smoke", "trainer.packing=true"])) == {
-        "width": 640,
-        "mask": "bool",
-    }
+    assert foundry_config.packing(compose(["experiment=smoke", "trainer.packing=false"])) is None
+    assert foundry_config.packing(compose(["experiment=smoke"])) == {"width": 640, "mask": "bool"}  # the preset packs
 
 
 @pytest.mark.slow

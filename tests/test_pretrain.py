@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_lm import PUBLISHED_CONFIGS, SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg, write_model_config
+from fixtures_lm import BUCKETED, PUBLISHED_CONFIGS, SMOKE_TEST_SCHEDULE, build_lm_inputs, smoke_cfg, write_model_config
 
 from llm4trx.core.errors import ConfigError, DataError, StageInputMissing
 from llm4trx.pretrain import run
@@ -65,7 +65,7 @@ def test_rerun_of_a_finished_run_is_skipped(smoke_pretrained):
     relaunched = smoke_cfg(
         Path(cfg.paths.output_root),
         *SMOKE_TEST_SCHEDULE,
-        "trainer.length_bucketing=true",  # as the fixture trained it
+        *BUCKETED,  # as the fixture trained it
         "trainer.cpu_threads=2",
         "trainer.console_log_interval=1ba",
     )
@@ -140,6 +140,7 @@ def test_hf_backend_trains_on_the_same_data_and_writes_the_same_metrics(tmp_path
     cfg = smoke_cfg(
         tmp_path / "outputs",
         "trainer.backend=hf",
+        "trainer.packing=false",  # the hf backend does not pack (the smoke preset does)
         "trainer.max_duration=30ba",
         "trainer.eval_interval=15ba",
         "trainer.save_interval=15ba",
