@@ -87,17 +87,20 @@ def timed(fn, *args):
 
 # Runs a stage module as __main__ and writes the process's own peak RSS (VmHWM of /proc/self/status: the
 # memory of this program only; the rusage of a child also counts the parent's pages at fork) to argv[1].
+# Written by an atexit handler: a stage process ends with os._exit after its atexit handlers
+# (core/cli.end_stage_process), so nothing after the stage's main runs.
 PEAK_WRAPPER = """
-import runpy, sys
+import atexit, resource, runpy, sys
 out, module = sys.argv[1], sys.argv[2]
 sys.argv = [module, *sys.argv[3:]]
-try:
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-finally:
-    import resource
+
+def write_peak():
     hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kB: the largest worker process's peak
     open(out, "w").write(f"{hwm} {workers}")
+
+atexit.register(write_peak)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 

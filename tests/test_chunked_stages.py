@@ -150,14 +150,14 @@ def test_context_accumulated_over_batches_equals_the_whole_table():
     )
 
 
+# The peak is written by an atexit handler: a stage process ends with os._exit after its atexit handlers
+# (core/cli.end_stage_process), so code after the stage's main would never run.
 PEAK = """
-import runpy, sys
+import atexit, runpy, sys
 out = sys.argv[1]
 sys.argv = ["llm4trx.text", *sys.argv[2:]]
-try:
-    runpy.run_module("llm4trx.text", run_name="__main__", alter_sys=True)
-finally:
-    open(out, "w").write([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
+atexit.register(lambda: open(out, "w").write([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]))
+runpy.run_module("llm4trx.text", run_name="__main__", alter_sys=True)
 """
 
 

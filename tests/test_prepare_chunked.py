@@ -183,10 +183,12 @@ def peak_rss_of_prepare(out_root: Path, n_clients: int) -> tuple[int, float]:
     ]
     subprocess.run(gen, check=True, env=env, cwd=ROOT, capture_output=True)  # generated outside the measurement
     hwm = out_root / "peak.kb"
+    # Written at exit by an atexit handler: the stage ends with os._exit after them (core/cli.end_stage_process).
     wrapper = (
-        "import runpy, sys\nout = sys.argv.pop(1)\nsys.argv[0] = 'llm4trx.prepare'\ntry:\n"
-        "    runpy.run_module('llm4trx.prepare', run_name='__main__', alter_sys=True)\nfinally:\n"
-        "    open(out, 'w').write([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])\n"
+        "import atexit, runpy, sys\nout = sys.argv.pop(1)\nsys.argv[0] = 'llm4trx.prepare'\n"
+        "atexit.register(lambda: open(out, 'w').write("
+        "[l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]))\n"
+        "runpy.run_module('llm4trx.prepare', run_name='__main__', alter_sys=True)\n"
     )
     subprocess.run(
         [sys.executable, "-c", wrapper, str(hwm), *overrides], check=True, env=env, cwd=ROOT, capture_output=True
