@@ -19,8 +19,9 @@ references measured in the same run: (llm - random) / (oracle - random).
 
 Everything after `--` is handed to every stage as Hydra overrides (sizes, levers). Each cell writes under
 `<out>/<mode>/<schema>_<kind>/` (its own paths.output_root), so a rerun skips the stages already finished;
-the table is also written to `<out>/<mode>/grid-<label>.json`, and its gaps plotted in `grid-<label>.png`. Variants of the same cell (a lever, `--label`)
-share its folder and reuse the stages they do not change (prepare, coles); run them one after the other.
+the table is also written to `<out>/<mode>/grid-<label>.json`, and its gaps plotted in `grid-<label>.png`.
+Variants of the same cell (a lever, `--label`) share its folder and reuse the stages they do not change (prepare,
+coles); run them one after the other.
 Under each cell's line: llm − coles, llm − aggregates and llm+aggregates − aggregates on val with the paired
 bootstrap 95 % interval over clients and its verdict (also in the json, `gaps`).
 Each variant's per-client predictions are kept as `<cell>/predictions-<label>-s<seed>.parquet`; `--against
