@@ -178,3 +178,115 @@ def test_fast_selector_gives_ptls_pairs_and_loss(n_clients, dim):
     loss = ContrastiveLoss(margin=0.5, sampling_strategy=fast)(embeddings, labels)
     assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-6)
     assert loss.item() > 0  # a real batch, not a degenerate one
+
+
+def _slices_batch(sizes: dict, lengths: list[int], time_numeric) -> object:
+    """A padded batch of transaction rows of the given lengths on the rosbank schema."""
+    from ptls.data_load.utils import collate_feature_dict
+
+    g = torch.Generator().manual_seed(1)
+    return collate_feature_dict(
+        [
+            {
+                **{k: torch.randint(1, s, (n,), generator=g) for k, s in sizes.items()},
+                "amount": torch.rand(n, generator=g) * 1000,
+                "event_time": torch.arange(n),
+                **{f: torch.rand(n, generator=g) * 30 for f in time_numeric},
+            }
+            for n in lengths
+        ]
+    )
+
+
+@pytest.mark.parametrize("encoder_type,starter", [("gru", "static"), ("gru", "none"), ("lstm", "static")])
+def test_length_grouped_rnn_gives_ptls_embeddings_loss_and_gradients(encoder_type, starter):
+    from ptls.frames.coles.losses import ContrastiveLoss
+    from ptls.nn import RnnSeqEncoder
+
+    from llm4trx.evaluation.coles_model import FastHardNegativePairSelector, build_seq_encoder, build_trx_encoder
+
+    c = ColesSpec.from_config(
+        compose(["experiment=smoke", f"coles.encoder_type={encoder_type}", f"coles.trainable_starter={starter}"]).coles
+    )
+    sizes = {"mcc": 60, "channel_type": 7, "currency": 4, "trx_category": 4}
+    encoders = {}
+    for groups in (1, 3):
+        torch.manual_seed(0)
+        encoders[groups] = build_seq_encoder(c, sizes, groups=groups)
+    torch.manual_seed(0)
+    reference = RnnSeqEncoder(  # ptls's own class, built as build_seq_encoder builds its parts
+        trx_encoder=build_trx_encoder(c, sizes),
+        hidden_size=c.hidden_size,
+        type=encoder_type,
+        bidir=False,
+        trainable_starter=starter,
+    )
+    state = reference.state_dict()
+    for encoder in encoders.values():  # the same modules in the same order: a seed gives the same weights
+        assert state.keys() == encoder.state_dict().keys()
+        assert all(torch.equal(state[k], v) for k, v in encoder.state_dict().items())
+
+    lengths = [15, 60, 33, 17, 60, 41, 28, 59, 15, 22, 48, 36]  # 6 clients x 2 slices, in no order
+    labels = torch.arange(6).repeat_interleave(2)
+    loss = ContrastiveLoss(margin=0.5, sampling_strategy=FastHardNegativePairSelector(neg_count=3))
+    results = {}
+    for name, encoder in [("ptls", reference), *encoders.items()]:
+        encoder.train()
+        torch.manual_seed(7)  # the TrxEncoder's embedding noise
+        emb = encoder(_slices_batch(sizes, lengths, c.time_numeric))
+        out = loss(torch.nn.functional.normalize(emb), labels)
+        encoder.zero_grad()
+        out.backward()
+        grads = {k: p.grad.clone() for k, p in encoder.named_parameters() if p.grad is not None}
+        results[name] = (emb.detach(), out.detach(), grads)
+    emb0, loss0, grads0 = results["ptls"]
+    assert loss0 > 0
+    for name in (1, 3):
+        emb, out, grads = results[name]
+        torch.testing.assert_close(emb, emb0, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out, loss0, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == grads0.keys() and "seq_encoder.rnn.weight_hh_l0" in grads
+        for k in grads0:
+            torch.testing.assert_close(grads[k], grads0[k], rtol=1e-4, atol=1e-6)
+
+
+def test_length_grouped_rnn_runs_each_group_only_to_its_longest_row(monkeypatch):
+    from llm4trx.evaluation.coles_model import build_seq_encoder
+
+    c = ColesSpec.from_config(compose(["experiment=smoke"]).coles)
+    sizes = {"mcc": 60, "channel_type": 7, "currency": 4, "trx_category": 4}
+    encoder = build_seq_encoder(c, sizes, groups=2)
+    steps = []
+    rnn_forward = encoder.seq_encoder.rnn.forward
+    monkeypatch.setattr(
+        encoder.seq_encoder.rnn, "forward", lambda x, h=None: steps.append(x.shape) or rnn_forward(x, h)
+    )
+    encoder.eval()
+    encoder(_slices_batch(sizes, [50, 10, 12, 48, 11, 49], c.time_numeric))
+    assert [tuple(s[:2]) for s in steps] == [(3, 12), (3, 50)]
+    steps.clear()
+    encoder.seq_encoder.is_reduce_sequence = False  # sequence outputs: ptls's own path, one padded run
+    encoder(_slices_batch(sizes, [50, 10, 12], c.time_numeric))
+    assert [tuple(s[:2]) for s in steps] == [(3, 50)]
+
+
+def test_inference_returns_rows_in_record_order():
+    from ptls.data_load.utils import collate_feature_dict
+
+    from llm4trx.evaluation.coles_model import build_seq_encoder, infer
+
+    c = ColesSpec.from_config(compose(["experiment=smoke"]).coles)
+    sizes = {"mcc": 60, "channel_type": 7, "currency": 4, "trx_category": 4}
+    encoder = build_seq_encoder(c, sizes)
+    batch = _slices_batch(sizes, [40, 5, 77, 12, 5, 63, 30], c.time_numeric)
+    records = [{k: v[i, : batch.seq_lens[i]] for k, v in batch.payload.items()} for i in range(len(batch.seq_lens))]
+    matrix = infer(encoder, records, batch_size=3)
+    encoder.eval()
+    with torch.no_grad():
+        one_by_one = torch.cat([encoder(collate_feature_dict([r])) for r in records]).numpy()
+    assert matrix.shape == (7, c.hidden_size)
+    assert abs(matrix - one_by_one).max() < 1e-5
+    tail = infer(encoder, records, batch_size=4, max_len=20)  # the last 20 transactions of each
+    with torch.no_grad():
+        expected = encoder(collate_feature_dict([{k: v[-20:] for k, v in records[2].items()}])).numpy()
+    assert abs(tail[2] - expected[0]).max() < 1e-5

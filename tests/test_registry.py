@@ -81,8 +81,10 @@ def test_baselines_are_shared_only_when_seed_independent_and_used():
     assert "baselines" not in registry.pipeline(per_seed) and "baselines" not in registry.inputs_of(
         per_seed, "validate"
     )
-    only_llm = compose(["validate.feature_sets=[llm,random]", "validate.concatenations=[]"])
-    assert "baselines" not in registry.pipeline(only_llm)
+    only_llm = compose(["validate.feature_sets=[llm,random]", "validate.concatenations=[]", "validate.random_dim=null"])
+    assert "baselines" not in registry.pipeline(only_llm)  # random at the llm's width: known per run only
+    fixed_random = compose(["validate.feature_sets=[llm,random]", "validate.concatenations=[]", "validate.random_dim=16"])
+    assert "baselines" in registry.pipeline(fixed_random)
     in_a_concatenation = compose(["validate.feature_sets=[llm]", "validate.concatenations=[llm+aggregates]"])
     assert "baselines" in registry.pipeline(in_a_concatenation)
     oracle_elsewhere = compose(["dataset=rosbank", "validate.feature_sets=[llm,oracle]", "validate.concatenations=[]"])

@@ -49,6 +49,7 @@ BAD = [
     (["coles.time_numeric=[hour,month]"], "coles.time_numeric[1]", "should be 'day_gap', 'hour', 'weekday' or 'day_"),
     (["validate.feature_sets=[llm,bert]"], "validate.feature_sets[1]", "should be 'llm', 'aggregates', 'coles', "),
     (["validate.lightgbm_seed=seed"], "validate.lightgbm_seed", "should be 'fixed' or 'run' (fixed: lightgbm.common"),
+    (["validate.random_dim=0"], "validate.random_dim", "should be greater than or equal to 1 (the random floor's"),
     (["trainer.backend=deepspeed"], "trainer.backend", "should be 'foundry' or 'hf'"),
     (["trainer.device=cuda"], "trainer.device", "should be 'cpu' or 'gpu'"),
     (["trainer.loggers=[wandb,comet]"], "trainer.loggers[1]", "should be 'wandb', 'mlflow' or 'tensorboard'"),

@@ -58,7 +58,8 @@ def test_one_table_with_every_feature_set_and_random_worst(validated):
     _, cfg, results, table = validated
     sets = results["feature_sets"]
     assert list(sets) == ["llm", "aggregates", "coles", "random", "oracle", "llm+aggregates", "llm+coles"]
-    assert results["from_baselines"] == ["aggregates", "oracle"] and "val OOF" in table
+    # the random floor at the preset's fixed width is drawn once per dataset, like the other seed-independent sets
+    assert results["from_baselines"] == ["aggregates", "random", "oracle"] and "val OOF" in table
     assert sets["oracle"]["n_features"] == 4  # the generator's hidden factors
     assert results["metrics"] == ["auroc", "accuracy"] and results["n_folds"] == 5
     # the 64-wide LM, a mean and a max per embed.segments part (the smoke preset's mean_max); the random floor as wide
@@ -101,7 +102,8 @@ def test_predictions_are_out_of_fold_on_val_and_the_fold_mean_on_test(validated)
 
 def test_baselines_once_give_what_each_seed_would_compute_itself(validated, tmp_path):
     """aggregates and oracle from the baselines stage equal validate's own per-seed computation with the same
-    LightGBM random_state (lightgbm_seed=run with seed 42 = the fixed 42): reusing them changes no number."""
+    LightGBM random_state (lightgbm_seed=run with seed 42 = the fixed 42): reusing them changes no number. The
+    random floor is drawn once too (SHARED_RANDOM_SEED): a per-seed one at the same width is another draw."""
     root, cfg, results, _ = validated
     own = compose(
         [
@@ -123,6 +125,8 @@ def test_baselines_once_give_what_each_seed_would_compute_itself(validated, tmp_
     for name in ("aggregates", "oracle"):
         assert mine["feature_sets"][name] == results["feature_sets"][name], name
     shared = read_predictions(stage_dir(cfg, "baselines") / "predictions.parquet")
+    assert sorted(shared["feature_set"].unique()) == ["aggregates", "oracle", "random"]
+    shared = shared[shared["feature_set"] != "random"]
     pd.testing.assert_frame_equal(
         read_predictions(folder / "predictions.parquet").reset_index(drop=True), shared.reset_index(drop=True)
     )

@@ -1,11 +1,13 @@
 """Stage `baselines`: the seed-independent feature sets, built and validated once per dataset.
 
-`aggregates` (ptls's aggregate statistics of each client's events) and, on generated data, `oracle` (the
-generator's hidden factors) do not depend on the run seed, and with validate.lightgbm_seed=fixed (the default,
+`aggregates` (ptls's aggregate statistics of each client's events), on generated data `oracle` (the
+generator's hidden factors), and `random` when validate.random_dim gives its width (noise drawn once, with
+evaluation.features.SHARED_RANDOM_SEED) do not depend on the run seed, and with validate.lightgbm_seed=fixed (the default,
 as ptls-experiments) neither do their LightGBM models: every seed's validate would recompute the same rows. This
 stage computes them once (shared by every seed of the experiment, hashed and skipped like any stage) and writes
 to baselines/:
-  aggregates.parquet, oracle.parquet   the features (the embeddings contract: id column, then emb_* columns),
+  aggregates.parquet, oracle.parquet,  the features
+  random.parquet                       (the embeddings contract: id column, then emb_* columns),
                                        for validate's concatenations (llm+aggregates)
   results.json, results.md             their protocol results, in validation/results.json's shape
   predictions.parquet                  their per-client predictions (llm4trx.data.predictions)
@@ -29,6 +31,7 @@ from llm4trx.data.embeddings import embeddings_frame, features_path, write_embed
 from llm4trx.data.chunks import events_path, read_events
 from llm4trx.data.results import results_line, write_results
 from llm4trx.data.splits import load_labels, read_splits
+from llm4trx.evaluation.features import SHARED_RANDOM_SEED, random_features
 from llm4trx.evaluation.tables import results_table
 from llm4trx.evaluation.validation import (
     aggregate_columns,
@@ -55,12 +58,15 @@ def run(cfg: DictConfig) -> Path:
     def build(tmp: Path) -> dict:
         data = require(cfg, "prepare")
         labels = load_labels(data, int(cfg.splits.n_folds))
-        names = seed_independent_sets(ds)
+        names = seed_independent_sets(ds, v.random_dim)
         sets, sources = {}, {}
+        splits = read_splits(data, ("client_id", "split"))
         if "aggregates" in names:
-            splits = read_splits(data, ("client_id", "split"))
             sets["aggregates"] = aggregates(v, read_events(data, aggregate_columns(v)), splits)
             sources["aggregates"] = events_path(data)
+        if "random" in names:
+            sets["random"] = random_features(splits["client_id"], int(v.random_dim), SHARED_RANDOM_SEED)
+            sources["random"] = f"random features ({v.random_dim} wide)"
         if "oracle" in names:
             sets["oracle"] = oracle(ds)
             sources["oracle"] = f"{cfg.dataset.raw_dir} (hidden factors)"

@@ -5,8 +5,8 @@ run `python -m llm4trx.coles` first; scripts/run.sh does) and finetune/ (when a 
 predictions become rows `finetune:<run>`, scored with the same metrics). Writes validation/results.json,
 validation/results.md and validation/predictions.parquet (every feature set's out-of-fold val and fold-mean test
 probabilities per client; the report's bootstrap intervals are computed from it).
-With validate.lightgbm_seed=fixed (the default) the seed-independent sets (aggregates, oracle) come from the
-`baselines` stage, built and validated once per dataset: their rows, predictions and (for concatenations) features
+With validate.lightgbm_seed=fixed (the default) the seed-independent sets (aggregates, oracle, and random when
+validate.random_dim is set) come from the `baselines` stage, built and validated once per dataset: their rows, predictions and (for concatenations) features
 are copied from baselines/; with lightgbm_seed=run they depend on the seed and are validated here.
 A feature set whose stage finished without features (CoLES when too few clients are long enough, see
 llm4trx.coles) is left out, with the concatenations using it; `skipped` in results.json and a line under the
@@ -140,7 +140,8 @@ def read_baselines(cfg: DictConfig, needed: set[str]) -> tuple[dict, dict, pd.Da
     seed-independent sets this run needs."""
     folder = require(cfg, "baselines")
     results = read_results(folder, "baselines")
-    names = [n for n in seed_independent_sets(DatasetSpec.from_config(cfg.dataset)) if n in needed]
+    sets = seed_independent_sets(DatasetSpec.from_config(cfg.dataset), cfg.validate.get("random_dim"))
+    names = [n for n in sets if n in needed]
     features, entries = {}, {}
     for name in names:
         if name not in results["feature_sets"]:

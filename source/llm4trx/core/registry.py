@@ -152,11 +152,13 @@ def feature_sets_used(cfg: DictConfig) -> set[str]:
 
 
 def shared_baselines(cfg: DictConfig) -> bool:
-    """The seed-independent feature sets (aggregates; oracle on generated data) are built and validated once per
-    dataset by the `baselines` stage: LightGBM's seed is fixed (validate.lightgbm_seed=fixed) and one is used."""
+    """The seed-independent feature sets (aggregates; oracle on generated data; random at a given width) are
+    built and validated once per dataset by the `baselines` stage: LightGBM's seed is fixed
+    (validate.lightgbm_seed=fixed) and one is used."""
     used = feature_sets_used(cfg)
     oracle = "oracle" in used and cfg.dataset.get("generator") == "synthetic"
-    return cfg.validate.get("lightgbm_seed", "fixed") == "fixed" and ("aggregates" in used or oracle)
+    random = "random" in used and cfg.validate.get("random_dim") is not None
+    return cfg.validate.get("lightgbm_seed", "fixed") == "fixed" and ("aggregates" in used or oracle or random)
 
 
 def validates(name: str) -> Callable[[DictConfig], bool]:
@@ -265,10 +267,11 @@ STAGES: dict[str, Stage] = {
                 "validate.aggregates",
                 "validate.lightgbm",
                 "validate.lightgbm_seed",
+                "validate.random_dim",
                 *PROTOCOL_SECTIONS,
             ),
             when=shared_baselines,
-            summary="the seed-independent feature sets (aggregates, oracle), validated once",
+            summary="the seed-independent feature sets (aggregates, oracle, random), validated once",
             writes=(*VALIDATION_RESULTS, *owned_by("llm4trx.data.embeddings", features="{name}.parquet")),
         ),
         Stage(

@@ -240,6 +240,7 @@ class Validate(Section):
         "fixed", description="fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed"
     )
     n_jobs: int | None = None  # null: the threads this process was given
+    random_dim: Optional[Positive] = check(None, description="the random floor's width; null: the llm's width")
     aggregates: dict[str, Any] | None = None  # numeric, categorical, sizes
 
 

@@ -4,8 +4,12 @@ negatives), trained on ColesDataset(SampleSlices) over AugmentationDataset(Dropo
 Every value of ptls-experiments' mles_params.yaml that has a counterpart here is a key of `coles`
 (conf/coles/ptls_*.yaml reproduce them; tests/data/ptls_published_configs.json names the source).
 
-FastHardNegativePairSelector: ptls's HardNegativePairSelector with the distance matrix from one matrix
-product instead of `outer_pairwise_distance` (an n*n*d expanded tensor; ~28 % of a training step in py-spy).
+Two changes of speed, not of what is computed (tests/test_coles.py checks each against ptls's own class):
+- FastHardNegativePairSelector: ptls's HardNegativePairSelector with the distance matrix from one matrix
+  product instead of `outer_pairwise_distance` (an n*n*d expanded tensor; ~28 % of a training step in py-spy).
+- LengthGroupedRnnEncoder: ptls's RnnEncoder reduced to each sequence's last step, with the batch's rows run
+  through the RNN in groups of similar length, each group only as far as its own longest row
+  (bench/coles_length_groups.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from functools import partial
 import numpy as np
 import torch
 from ptls.frames.coles.sampling_strategies import HardNegativePairSelector
+from ptls.nn.seq_encoder.containers import SeqEncoderContainer
+from ptls.nn.seq_encoder.rnn_encoder import RnnEncoder
+from ptls.nn.seq_step import LastStepEncoder
 
 from llm4trx.core.errors import ConfigError
 from llm4trx.core.sections import ColesSpec
@@ -51,6 +58,73 @@ class FastHardNegativePairSelector(HardNegativePairSelector):
             ]
         ).t()
         return positive_pairs, negative_pairs
+
+
+# Rows of a batch are run through the RNN in this many groups of similar length. A batch of SampleSlices has
+# lengths spread evenly over [cnt_min, cnt_max], so padded to its longest row about a third of the RNN's steps
+# x rows are padding; two groups skip about half of those. More groups skip more but run more, smaller
+# steps: 2 was the fastest on the smoke preset's batches (bench/coles_length_groups.py).
+LENGTH_GROUPS = 2
+
+
+class LengthGroupedRnnEncoder(RnnEncoder):
+    """ptls's RnnEncoder with its last-step reducer, computing only the steps each row needs: the rows sorted
+    by length and split into `groups`, each group's RNN run to its own longest row. An RNN is causal and its
+    rows independent, so every row's last hidden state is the one ptls computes (the gradients equal up to the
+    order of float sums). Anything else ptls's RnnEncoder supports (sequence outputs, other reducers, a given
+    h_0, bidirectional RNNs, empty rows) takes ptls's own path."""
+
+    def __init__(self, *args, groups: int = LENGTH_GROUPS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.groups = int(groups)
+
+    def forward(self, x, h_0=None):
+        lengths = torch.as_tensor(x.seq_lens, device=x.payload.device)
+        if (
+            h_0 is not None
+            or self.groups < 2
+            or self.bidirectional
+            or not self.is_reduce_sequence
+            or not isinstance(self.reducer, LastStepEncoder)
+            or lengths.numel() < 2
+            or int(lengths.min()) < 1
+        ):
+            return super().forward(x, h_0)
+        starter = None
+        if self.trainable_starter == "static":  # as ptls: one learned state, tanh-squashed, for every row
+            starter = torch.tanh(self.starter_h.expand(self.num_layers, lengths.numel(), -1).contiguous())
+        order = torch.argsort(lengths, stable=True)
+        last_states = []
+        for rows in torch.tensor_split(order, self.groups):
+            if rows.numel() == 0:
+                continue
+            steps = int(lengths[rows].max())
+            inputs = x.payload[rows, :steps]
+            if self.rnn_type == "gru":
+                out, _ = self.rnn(inputs, None if starter is None else starter[:, rows])
+            else:  # ptls starts an LSTM from zeros
+                out, _ = self.rnn(inputs)
+            last_states.append(out[torch.arange(rows.numel(), device=out.device), lengths[rows] - 1])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(last_states)[inverse]
+
+
+class LengthGroupedRnnSeqEncoder(SeqEncoderContainer):
+    """ptls's RnnSeqEncoder (TrxEncoder -> RnnEncoder, one vector per sequence) with LengthGroupedRnnEncoder:
+    the same modules built in the same order, so a seed gives the same initial weights."""
+
+    def __init__(self, trx_encoder, groups: int = LENGTH_GROUPS, **rnn_params):
+        super().__init__(
+            trx_encoder=trx_encoder,
+            seq_encoder_cls=partial(LengthGroupedRnnEncoder, groups=groups),
+            input_size=None,
+            seq_encoder_params=rnn_params,
+            is_reduce_sequence=True,
+        )
+
+    def forward(self, x, h_0=None):
+        return self.seq_encoder(self.trx_encoder(x), h_0)
 
 
 def numeric_transforms(numeric) -> dict[str, str]:
@@ -96,21 +170,26 @@ def embedding_specs(c: ColesSpec, sizes: dict[str, int]) -> dict[str, dict]:
     return specs
 
 
-def build_seq_encoder(c: ColesSpec, sizes: dict[str, int]):
-    from ptls.nn import RnnSeqEncoder, TrxEncoder
+def build_trx_encoder(c: ColesSpec, sizes: dict[str, int]):
+    """ptls's TrxEncoder of the CoLES inputs: categorical embeddings and numeric transforms."""
+    from ptls.nn import TrxEncoder
 
-    encoder_type = str(c.encoder_type)  # gru | lstm: core/schema.py
-    trx_encoder = TrxEncoder(
+    return TrxEncoder(
         embeddings=embedding_specs(c, sizes),
         numeric_values=numeric_inputs(c),
         embeddings_noise=float(c.embeddings_noise),
         norm_embeddings=bool(c.norm_embeddings),
         use_batch_norm_with_lens=bool(c.use_batch_norm_with_lens),
     )
-    return RnnSeqEncoder(
-        trx_encoder=trx_encoder,
+
+
+def build_seq_encoder(c: ColesSpec, sizes: dict[str, int], groups: int = LENGTH_GROUPS):
+    """TrxEncoder -> RNN as ptls's RnnSeqEncoder; groups=1 is ptls's RnnEncoder's own forward pass."""
+    return LengthGroupedRnnSeqEncoder(
+        trx_encoder=build_trx_encoder(c, sizes),
+        groups=groups,
         hidden_size=int(c.hidden_size),
-        type=encoder_type,
+        type=str(c.encoder_type),  # gru | lstm: core/schema.py
         bidir=bool(c.bidir),
         trainable_starter=str(c.trainable_starter),
     )
@@ -192,9 +271,16 @@ def infer(seq_encoder, records: list[dict], batch_size: int, max_len: int | None
     seq_encoder.eval()
     device = next(seq_encoder.parameters()).device
     # A plain loop rather than ptls's InferenceModule + Trainer.predict: same encoder call, without a
-    # DataFrame per row, and the rows stay aligned with `records`.
+    # DataFrame per row. Batches of similar lengths (each row's state does not depend on the others), put
+    # back in the order of `records`.
+    order = np.argsort([len(r["event_time"]) for r in records], kind="stable")
     chunks = [
-        seq_encoder(collate_feature_dict(records[i : i + batch_size]).to(device)).float().cpu().numpy()
+        seq_encoder(collate_feature_dict([records[j] for j in order[i : i + batch_size]]).to(device))
+        .float()
+        .cpu()
+        .numpy()
         for i in range(0, len(records), batch_size)
     ]
-    return np.concatenate(chunks).astype(np.float32)
+    matrix = np.empty((len(records), chunks[0].shape[1]), dtype=np.float32)
+    matrix[order] = np.concatenate(chunks)
+    return matrix

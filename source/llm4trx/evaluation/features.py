@@ -55,6 +55,11 @@ def aggregate_features(
     )
 
 
+# The random floor's seed when it is built once per dataset (validate.random_dim set, lightgbm_seed=fixed: the
+# baselines stage): noise does not depend on the run seed, so neither does this draw.
+SHARED_RANDOM_SEED = 0
+
+
 def random_features(client_ids, dim: int, seed: int) -> pd.DataFrame:
     ids = sorted(client_ids)
     matrix = np.random.default_rng(seed).standard_normal((len(ids), dim)).astype(np.float32)

@@ -47,9 +47,10 @@ def validation_jobs(v: ValidationSpec) -> int:
     return int(threads) if threads.isdigit() and int(threads) > 0 else 2
 
 
-def seed_independent_sets(ds: DatasetSpec) -> list[str]:
-    """The feature sets the `baselines` stage builds once per dataset: aggregates, and oracle on generated data."""
-    return ["aggregates"] + (["oracle"] if has_oracle(ds) else [])
+def seed_independent_sets(ds: DatasetSpec, random_dim: int | None) -> list[str]:
+    """The feature sets the `baselines` stage builds once per dataset: aggregates, oracle on generated data, and
+    the random floor when its width is given (validate.random_dim; null: the llm's width, known per run only)."""
+    return ["aggregates"] + (["oracle"] if has_oracle(ds) else []) + (["random"] if random_dim is not None else [])
 
 
 def aggregate_columns(v: ValidationSpec) -> list[str]:
