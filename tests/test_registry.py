@@ -39,11 +39,11 @@ def test_pipeline_order_and_optional_stages():
         "text",
         "tokenizer",
         "shards",
-        "baselines",
         "pretrain",
         "export",
         "embed",
         "coles",
+        "baselines",  # read only by validate: run_multi_seed.sh builds it beside the seeds
         "validate",
     ]
     assert "augment" in registry.pipeline(compose(CONFIGS["augment"]))
@@ -57,12 +57,12 @@ def test_pipeline_order_and_optional_stages():
         "text",
         "tokenizer",
         "shards",
-        "baselines",
         "pretrain",
         "export",
         "embed",
         "finetune",
         "coles",
+        "baselines",
         "validate",
     ]
     assert registry.inputs_of(finetune, "validate")[-1] == "finetune"
@@ -83,7 +83,9 @@ def test_baselines_are_shared_only_when_seed_independent_and_used():
     )
     only_llm = compose(["validate.feature_sets=[llm,random]", "validate.concatenations=[]", "validate.random_dim=null"])
     assert "baselines" not in registry.pipeline(only_llm)  # random at the llm's width: known per run only
-    fixed_random = compose(["validate.feature_sets=[llm,random]", "validate.concatenations=[]", "validate.random_dim=16"])
+    fixed_random = compose(
+        ["validate.feature_sets=[llm,random]", "validate.concatenations=[]", "validate.random_dim=16"]
+    )
     assert "baselines" in registry.pipeline(fixed_random)
     in_a_concatenation = compose(["validate.feature_sets=[llm]", "validate.concatenations=[llm+aggregates]"])
     assert "baselines" in registry.pipeline(in_a_concatenation)

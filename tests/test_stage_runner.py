@@ -39,7 +39,7 @@ def test_forked_stages_write_what_fresh_processes_write(smoke_run, tmp_path):
         *SMOKE_RUN,
         f"paths.output_root={root}",
         f"seed={SMOKE_SEEDS[0]}",
-        env={"STAGES": f"..{SHARED[-1]}", "LLM4TRX_FORK": "0"},
+        env={"STAGES": " ".join(SHARED), "LLM4TRX_FORK": "0"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     done = [s for s in SHARED if f"{s}: done in" in proc.stdout]

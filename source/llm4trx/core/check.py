@@ -11,6 +11,7 @@ _SUCCESS.json matches this config, so scripts skip them without starting a proce
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import shutil
@@ -145,7 +146,15 @@ def requested_stages(cfg: DictConfig, names: str | None) -> list[str]:
     if not wanted:
         raise ConfigError(f"STAGES={names!r} names no stage; the pipeline is: {' '.join(order)}")
     first = min(order.index(name) for name in wanted)
-    for before in order[:first]:
+    # What the wanted stages read, directly or through the stages they read (e.g. baselines: prepare only), must
+    # have finished; the stages between that they do not read need not have.
+    needed, pending = set(), [i for name in wanted for i in registry.inputs_of(cfg, name)]
+    while pending:
+        stage = pending.pop()
+        if stage not in needed and stage not in wanted:
+            needed.add(stage)
+            pending.extend(registry.inputs_of(cfg, stage))
+    for before in (stage for stage in order if stage in needed):
         if not is_finished(cfg, before):
             missing = (
                 f"files missing in {stage_dir(cfg, before)}"
@@ -181,6 +190,8 @@ def parallel_seeds(cfg: DictConfig) -> int:
 def shell_assignments(cfg: DictConfig) -> dict[str, str]:
     stages = requested_stages(cfg, os.environ.get("STAGES"))
     seeds = cfg.get("seeds") or [cfg.seed]
+    shared = [s for s in stages if registry.get(s).scope in (registry.SHARED, registry.RAW)]
+    leading = list(itertools.takewhile(lambda s: s in shared, stages))
     return {
         "EXPERIMENT_DIR": str(cfg.paths.experiment_dir),
         "RUN_DIR": str(cfg.paths.run_dir),
@@ -189,10 +200,20 @@ def shell_assignments(cfg: DictConfig) -> dict[str, str]:
         "SEEDS": " ".join(str(seed) for seed in seeds),
         "NPROC": str(process_count()),
         "STAGES": " ".join(stages),
-        "SHARED_STAGES": " ".join(s for s in stages if registry.get(s).scope in (registry.SHARED, registry.RAW)),
+        "SHARED_STAGES": " ".join(shared),
+        # run_multi_seed.sh builds the shared stages before the first per-seed one, then starts the seeds and builds
+        # the later shared ones that are not up to date (baselines: read only by validate) beside them, so no core
+        # waits for those.
+        "SHARED_BEFORE": " ".join(shared[: len(leading)]),
+        "SHARED_BESIDE": " ".join(s for s in shared[len(leading) :] if must_build(cfg, s)),
         "PARALLEL_SEEDS": str(parallel_seeds(cfg)),
         "UP_TO_DATE": " ".join(leading_up_to_date(cfg, stages)),
     }
+
+
+def must_build(cfg: DictConfig, stage: str) -> bool:
+    """Whether `stage` will be (re)built: it is not up to date, or a stage it reads (directly or not) will be."""
+    return not is_up_to_date(cfg, stage) or any(must_build(cfg, i) for i in registry.inputs_of(cfg, stage))
 
 
 def leading_up_to_date(cfg: DictConfig, stages: list[str]) -> list[str]:

@@ -350,10 +350,10 @@ def stage_main(run: Callable[[DictConfig], Any], summary_line: SummaryLine | Non
             sys.exit(1)
         if not quiet:
             try:
-                from llm4trx.core.stage import SUCCESS_FILE
+                from llm4trx.core.stage import FOUND_UP_TO_DATE, SUCCESS_FILE
 
                 line = summary(Path(folder), summary_line)
-                built_now = (Path(folder) / SUCCESS_FILE).stat().st_mtime >= started
+                built_now = stage not in FOUND_UP_TO_DATE and (Path(folder) / SUCCESS_FILE).stat().st_mtime >= started
             except Exception:  # a summary must never fail a finished stage
                 line, built_now = str(folder), True
             state = f"done in {time.time() - started:.1f} s" if built_now else "up to date, skipped"

@@ -256,24 +256,6 @@ STAGES: dict[str, Stage] = {
             summary="texts -> pre-tokenized MDS shards",
             writes=owned_by("llm4trx.shards", stats="stats.json"),
         ),
-        # aggregates and oracle under the protocol, once for every seed (with validate.lightgbm_seed=run they depend
-        # on the seed and validate builds them itself). Its folder holds their features, results and predictions.
-        Stage(
-            "baselines",
-            "baselines",
-            SHARED,
-            inputs=(Input("prepare"),),
-            sections=(
-                "validate.aggregates",
-                "validate.lightgbm",
-                "validate.lightgbm_seed",
-                "validate.random_dim",
-                *PROTOCOL_SECTIONS,
-            ),
-            when=shared_baselines,
-            summary="the seed-independent feature sets (aggregates, oracle, random), validated once",
-            writes=(*VALIDATION_RESULTS, *owned_by("llm4trx.data.embeddings", features="{name}.parquet")),
-        ),
         Stage(
             "pretrain",
             "checkpoints",
@@ -357,6 +339,26 @@ STAGES: dict[str, Stage] = {
                 *owned_by("llm4trx.data.embeddings", embeddings="embeddings.parquet"),
                 *owned_by("llm4trx.data.curves", losses="losses.jsonl"),
             ),
+        ),
+        # aggregates, oracle (and random at a given width) under the protocol, once for every seed (with
+        # validate.lightgbm_seed=run they depend on the seed and validate builds them itself). Its folder holds their
+        # features, results and predictions. Only validate reads it, so it comes last of the shared stages:
+        # run_multi_seed.sh builds it beside the seeds' training (core.check: SHARED_BESIDE).
+        Stage(
+            "baselines",
+            "baselines",
+            SHARED,
+            inputs=(Input("prepare"),),
+            sections=(
+                "validate.aggregates",
+                "validate.lightgbm",
+                "validate.lightgbm_seed",
+                "validate.random_dim",
+                *PROTOCOL_SECTIONS,
+            ),
+            when=shared_baselines,
+            summary="the seed-independent feature sets (aggregates, oracle, random), validated once",
+            writes=(*VALIDATION_RESULTS, *owned_by("llm4trx.data.embeddings", features="{name}.parquet")),
         ),
         Stage(
             "validate",

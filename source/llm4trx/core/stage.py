@@ -239,6 +239,11 @@ def build_lock(cfg: DictConfig, stage: str) -> Iterator[None]:
         lock.release()
 
 
+# The stages this process found up to date (a shared one possibly after waiting for another process to build
+# it): their console end line says "up to date, skipped", even though their _SUCCESS.json is newer than the start.
+FOUND_UP_TO_DATE: set[str] = set()
+
+
 def run_stage(cfg: DictConfig, stage: str, build: Callable[[Path], dict[str, Any] | None]) -> Path:
     """Build `stage` atomically unless it is already complete for this config.
 
@@ -250,6 +255,7 @@ def run_stage(cfg: DictConfig, stage: str, build: Callable[[Path], dict[str, Any
     with build_lock(cfg, stage):
         want = stage_hash(cfg, stage)  # after the lock: inputs may have been rebuilt meanwhile
         if not force and is_complete(final, want):
+            FOUND_UP_TO_DATE.add(stage)
             log.info("%s: up to date (%s), skipped", stage, final)
             return final
         started = time.time()

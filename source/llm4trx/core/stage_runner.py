@@ -69,6 +69,21 @@ def preload(stage: str) -> ModuleType | None:
     return module if callable(getattr(module, "main", None)) else None
 
 
+def finished_meanwhile(stage: str, overrides: list[str]) -> bool:
+    """Whether a shared stage not up to date when this run started has been finished since by another process
+    (run_multi_seed.sh builds baselines beside the seeds): then it is skipped without starting its process.
+    Judged as the stage judges itself (its config hash); on any doubt the stage starts and judges."""
+    if registry.get(stage).scope != registry.SHARED:
+        return False
+    try:
+        from llm4trx.core.config import compose
+        from llm4trx.core.stage import is_up_to_date
+
+        return is_up_to_date(compose(overrides), stage)
+    except Exception:  # noqa: BLE001 - the stage's own process reports any problem
+        return False
+
+
 def fresh_command(stage: str, nproc: int, overrides: list[str]) -> list[str]:
     """A stage as a new process: Composer's or accelerate's launcher for NPROC > 1, else `python -m`."""
     bin_dir = os.path.dirname(sys.executable)
@@ -151,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for i, stage in enumerate(stages, start=1):
         label = f"run.sh [seed {args.seed}] {i}/{len(stages)} {stage}"
-        if stage in up_to_date:
+        if stage in up_to_date or finished_meanwhile(stage, list(args.overrides)):
             print(f"{label}: up to date, skipped", flush=True)
             timings.append(f"{stage} skipped")
             continue
