@@ -192,6 +192,7 @@ BUCKETED = ["trainer.length_bucketing=true", "trainer.packing=false"]
 SMOKE_TEST_SCHEDULE = [
     "trainer.max_duration=60ba",
     "trainer.eval_interval=20ba",
+    "trainer.eval_first=true",  # the loss at step 0 (~ln(vocab)): the tests compare the trained loss with it
     "trainer.save_interval=20ba",
     "trainer.global_train_batch_size=8",
     "trainer.device_train_microbatch_size=8",

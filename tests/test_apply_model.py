@@ -63,7 +63,7 @@ def applying(tmp_path, hf, *overrides):
 def test_applied_model_skips_the_lm_stages_and_validates_as_its_own_row(model_run, tmp_path):
     cfg_a, hf = model_run
     cfg = applying(tmp_path, hf)
-    assert registry.pipeline(cfg) == ["prepare", "text", "baselines", "embed", "coles", "validate"]
+    assert registry.pipeline(cfg) == ["prepare", "text", "embed", "coles", "baselines", "validate"]
     assert registry.inputs_of(cfg, "embed") == ["text"]
     # Fine-tuning from this run's own export still needs the LM stages.
     with_finetune = compose([f"embed.model={hf}", "finetune=default"])
@@ -72,9 +72,9 @@ def test_applied_model_skips_the_lm_stages_and_validates_as_its_own_row(model_ru
         "text",
         "tokenizer",
         "shards",
-        "baselines",
         "pretrain",
         "export",
+        "embed",
     ]
     folder = embed.run(cfg)
     counts = read_success(folder)["counts"]
@@ -84,7 +84,9 @@ def test_applied_model_skips_the_lm_stages_and_validates_as_its_own_row(model_ru
     assert sorted(frame[cfg.dataset.id_column]) == sorted(new["client_id"])
     old = embed.read_texts(stage_dir(cfg_a, "text"))
     assert set(new["text"]).isdisjoint(old["text"])  # new clients' histories
-    vcfg = OmegaConf.merge(cfg, {"validate": {"feature_sets": ["llm", "random"], "concatenations": ["llm+random"]}})
+    # random_dim null: the floor as wide as the applied model's vectors, drawn by validate (no baselines stage)
+    sets = {"feature_sets": ["llm", "random"], "concatenations": ["llm+random"], "random_dim": None}
+    vcfg = OmegaConf.merge(cfg, {"validate": sets})
     results = json.loads((validate.run(vcfg) / "results.json").read_text())
     assert list(results["feature_sets"]) == [
         "llm:smoke-synthetic-seed_42",

@@ -20,6 +20,7 @@ def test_smoke_pipeline_from_raw_files_to_an_exported_model(tmp_path):
         "tokenizer.vocab_size=500",
         "trainer.max_duration=30ba",
         "trainer.eval_interval=15ba",
+        "trainer.eval_first=true",
         "trainer.save_interval=15ba",
     )
     for stage in (prepare, text, tokenizer, shards):

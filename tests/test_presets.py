@@ -132,7 +132,7 @@ def test_gpu_preset_is_composed_and_checked(tmp_path, capsys, preset):
     out = capsys.readouterr()
     assert rc == 0, out.err
     stages = re.search(r"^STAGES='?([^'\n]*)'?$", out.out, re.M).group(1).split()
-    assert stages[-5:] == ["pretrain", "export", "embed", "coles", "validate"]
+    assert stages[-6:] == ["pretrain", "export", "embed", "coles", "baselines", "validate"]
     assert f"/{compose([f'experiment={preset}']).experiment_name}/" in out.out
 
 

@@ -143,6 +143,7 @@ def test_hf_backend_trains_on_the_same_data_and_writes_the_same_metrics(tmp_path
         "trainer.packing=false",  # the hf backend does not pack (the smoke preset does)
         "trainer.max_duration=30ba",
         "trainer.eval_interval=15ba",
+        "trainer.eval_first=true",
         "trainer.save_interval=15ba",
     )
     build_lm_inputs(cfg)
