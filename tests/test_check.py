@@ -82,6 +82,34 @@ def test_shell_assignments_list_the_pipeline_and_what_is_up_to_date(capsys, monk
     assert values["RUN_DIR"] == str(out_root / "smoke" / "synthetic" / "seed_5")  # the default experiment
 
 
+def test_a_stage_needs_only_what_it_reads(out_root):
+    """STAGES=baselines runs once prepare (its only input) has finished, though pretrain..coles come before it in
+    the pipeline; validate still needs everything it reads."""
+    overrides = [f"paths.output_root={out_root}"]
+    cfg = compose(overrides)
+    with pytest.raises(check.StageInputMissing, match="stage 'baselines' needs 'prepare'"):
+        check.requested_stages(cfg, "baselines")
+    run_stage(cfg, "prepare", lambda tmp: None)
+    assert check.requested_stages(cfg, "baselines") == ["baselines"]
+    with pytest.raises(check.StageInputMissing, match="stage 'validate' needs 'text'"):  # via embed, export, ...
+        check.requested_stages(cfg, "validate")
+
+
+def test_the_runner_skips_a_shared_stage_another_process_finished(out_root):
+    """run_multi_seed.sh builds baselines beside the seeds: a seed reaching it after it was built skips it
+    without starting its process; one reaching it before (or any per-seed stage) starts it."""
+    from llm4trx.core.stage_runner import finished_meanwhile
+
+    overrides = [f"paths.output_root={out_root}", "seed=5"]
+    cfg = compose(overrides)
+    assert not finished_meanwhile("prepare", overrides)
+    run_stage(cfg, "prepare", lambda tmp: None)
+    assert finished_meanwhile("prepare", overrides)
+    assert not finished_meanwhile("prepare", [*overrides, "dataset.seed=9"])  # another config: rebuilt
+    run_stage(cfg, "coles", lambda tmp: None)
+    assert is_up_to_date(cfg, "coles") and not finished_meanwhile("coles", overrides)  # per seed: its own run
+
+
 @pytest.mark.parametrize("value", ["0", "two", "1.5"])
 def test_parallel_seeds_must_be_a_positive_integer(capsys, out_root, value):
     err = one_error_line(capsys, ["--shell", f"paths.output_root={out_root}", f"parallel_seeds={value}"])
