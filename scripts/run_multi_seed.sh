@@ -9,11 +9,11 @@
 # by `seeds=[...]` or by the SEEDS environment variable (space-separated). Other arguments are Hydra overrides
 # given to every stage of every seed (see scripts/run.sh; NPROC and STAGES apply too). The seed-independent
 # stages (prepare, text, tokenizer, shards, baselines) are built by the first seed and reused by the others.
-# `parallel_seeds=N` (config; the smoke preset sets 3) runs N seeds at once after building the shared stages
-# they start from once, each with cores/N CPU threads (OMP_NUM_THREADS unless already set) and no progress
-# bars; the shared stages that come later (baselines, read only by validate) are built beside them, by one
-# more job with as many threads (a seed that reaches one before it is done waits for it). A failed seed or
-# job fails the command after the others finish (rerun it to continue from where each stopped).
+# `parallel_seeds=N` (config; the smoke preset sets 3) runs N seeds at once after building those stages once
+# (with every core), each seed with cores/N CPU threads (OMP_NUM_THREADS unless already set) and no progress
+# bars; a failed seed fails the command after the others finish (rerun it to continue from where each stopped).
+# (Building baselines beside the seeds instead, as one more job, was slower on 2 cores: 448 s against 425 s for
+# the default run, docs/results.md#the-default-run.)
 # Ends by printing where the report is: <paths.experiment_dir>/report/report.md (+ report.json, *.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,21 +31,13 @@ eval "$settings"
 started=$SECONDS
 read -ra seeds <<<"$SEEDS"
 if (( PARALLEL_SEEDS > 1 && ${#seeds[@]} > 1 )); then
-  echo "=== run_multi_seed.sh: seed-independent stages ($SHARED_BEFORE), then ${#seeds[@]} seeds, $PARALLEL_SEEDS at once${SHARED_BESIDE:+ (and $SHARED_BESIDE beside them)}"
-  pending=()
-  for stage in $SHARED_BEFORE; do [[ " $UP_TO_DATE " == *" $stage "* ]] || pending+=("$stage"); done
-  if (( ${#pending[@]} )); then STAGES="$SHARED_BEFORE" bash scripts/run.sh "$@" "seed=${seeds[0]}"; fi
+  echo "=== run_multi_seed.sh: seed-independent stages ($SHARED_STAGES), then ${#seeds[@]} seeds, $PARALLEL_SEEDS at once"
+  if [[ -n $SHARED_PENDING ]]; then STAGES="$SHARED_STAGES" bash scripts/run.sh "$@" "seed=${seeds[0]}"; fi
   cores=$(nproc)
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores > PARALLEL_SEEDS ? cores / PARALLEL_SEEDS : 1 ))}
   failed=()
-  read -ra beside <<<"$SHARED_BESIDE"  # the later shared stages that are not up to date
   for ((i = 0; i < ${#seeds[@]}; i += PARALLEL_SEEDS)); do
     pids=()
-    if (( i == 0 && ${#beside[@]} )); then
-      echo "=== run_multi_seed.sh: ${beside[*]} beside the seeds ($OMP_NUM_THREADS CPU threads)"
-      STAGES="${beside[*]}" bash scripts/run.sh "$@" "seed=${seeds[0]}" progress=false &
-      pids+=("$!:${beside[*]// /,}")
-    fi
     for seed in "${seeds[@]:i:PARALLEL_SEEDS}"; do
       echo "=== run_multi_seed.sh: seed $seed ($OMP_NUM_THREADS CPU threads)"
       bash scripts/run.sh "$@" "seed=$seed" progress=false &
@@ -56,7 +48,7 @@ if (( PARALLEL_SEEDS > 1 && ${#seeds[@]} > 1 )); then
     done
   done
   if (( ${#failed[@]} )); then
-    echo "run_multi_seed.sh: ${failed[*]} failed (seeds, or shared stages built beside them; see their stage lines above); rerun the same command to continue" >&2
+    echo "run_multi_seed.sh: seeds ${failed[*]} failed (see their stage lines above); rerun the same command to continue" >&2
     exit 1
   fi
 else

@@ -74,10 +74,10 @@ def test_shell_assignments_list_the_pipeline_and_what_is_up_to_date(capsys, monk
     assert values["STAGES"].strip("'").split()[:2] == ["prepare", "text"]
     assert values["UP_TO_DATE"] == "prepare"
     assert values["NPROC"] == "3" and values["SEED"] == "5" and values["SEEDS"] == "'5 6'"
-    # run_multi_seed.sh builds the first ones once before starting seeds side by side (parallel_seeds), and the
-    # later ones (baselines: read only by validate) beside the seeds
+    # run_multi_seed.sh builds these once before starting seeds side by side (parallel_seeds), when one must be
+    # built: here everything after prepare
     assert values["SHARED_STAGES"] == "'prepare text tokenizer shards baselines'"
-    assert values["SHARED_BEFORE"] == "'prepare text tokenizer shards'" and values["SHARED_BESIDE"] == "baselines"
+    assert values["SHARED_PENDING"] == "'text tokenizer shards baselines'"
     assert values["PARALLEL_SEEDS"] == str(cfg.parallel_seeds)
     assert values["RUN_DIR"] == str(out_root / "smoke" / "synthetic" / "seed_5")  # the default experiment
 

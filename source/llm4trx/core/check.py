@@ -11,7 +11,6 @@ _SUCCESS.json matches this config, so scripts skip them without starting a proce
 
 from __future__ import annotations
 
-import itertools
 import os
 import shlex
 import shutil
@@ -191,7 +190,6 @@ def shell_assignments(cfg: DictConfig) -> dict[str, str]:
     stages = requested_stages(cfg, os.environ.get("STAGES"))
     seeds = cfg.get("seeds") or [cfg.seed]
     shared = [s for s in stages if registry.get(s).scope in (registry.SHARED, registry.RAW)]
-    leading = list(itertools.takewhile(lambda s: s in shared, stages))
     return {
         "EXPERIMENT_DIR": str(cfg.paths.experiment_dir),
         "RUN_DIR": str(cfg.paths.run_dir),
@@ -201,11 +199,8 @@ def shell_assignments(cfg: DictConfig) -> dict[str, str]:
         "NPROC": str(process_count()),
         "STAGES": " ".join(stages),
         "SHARED_STAGES": " ".join(shared),
-        # run_multi_seed.sh builds the shared stages before the first per-seed one, then starts the seeds and builds
-        # the later shared ones that are not up to date (baselines: read only by validate) beside them, so no core
-        # waits for those.
-        "SHARED_BEFORE": " ".join(shared[: len(leading)]),
-        "SHARED_BESIDE": " ".join(s for s in shared[len(leading) :] if must_build(cfg, s)),
+        # run_multi_seed.sh builds the shared stages once before starting seeds side by side, when one must be built.
+        "SHARED_PENDING": " ".join(s for s in shared if must_build(cfg, s)),
         "PARALLEL_SEEDS": str(parallel_seeds(cfg)),
         "UP_TO_DATE": " ".join(leading_up_to_date(cfg, stages)),
     }

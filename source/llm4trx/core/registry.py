@@ -342,8 +342,8 @@ STAGES: dict[str, Stage] = {
         ),
         # aggregates, oracle (and random at a given width) under the protocol, once for every seed (with
         # validate.lightgbm_seed=run they depend on the seed and validate builds them itself). Its folder holds their
-        # features, results and predictions. Only validate reads it, so it comes last of the shared stages:
-        # run_multi_seed.sh builds it beside the seeds' training (core.check: SHARED_BESIDE).
+        # features, results and predictions. Only validate reads it, so it comes right before validate;
+        # run_multi_seed.sh still builds it with the other shared stages before starting the seeds.
         Stage(
             "baselines",
             "baselines",
