@@ -12,8 +12,8 @@
 # `parallel_seeds=N` (config; the smoke preset sets 3) runs N seeds at once after building those stages once
 # (with every core), each seed with cores/N CPU threads (OMP_NUM_THREADS unless already set) and no progress
 # bars; a failed seed fails the command after the others finish (rerun it to continue from where each stopped).
-# (Building baselines beside the seeds instead, as one more job, was slower on 2 cores: 448 s against 425 s for
-# the default run, docs/results.md#the-default-run.)
+# (Building baselines beside the seeds instead, as one more job, was not faster on 2 cores: 435 and 448 s against
+# 425 and 445 s for the default run, docs/results.md#the-default-run.)
 # Ends by printing where the report is: <paths.experiment_dir>/report/report.md (+ report.json, *.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
