@@ -299,3 +299,11 @@ def test_validation_threads_follow_the_share_of_cores_a_parallel_seed_gets(monke
     assert validation_jobs(ValidationSpec.from_config(compose(["validate.n_jobs=4"]))) == 4  # explicit: as given
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert validation_jobs(ValidationSpec.from_config(compose([]))) == 2
+
+
+def test_a_random_floor_of_another_width_than_the_llm_is_named():
+    from llm4trx.evaluation.features import random_width_mismatch
+
+    assert random_width_mismatch(512, 512) is None
+    said = random_width_mismatch(256, 512)
+    assert "512 wide and the llm vectors 256" in said and "validate.random_dim=256" in said

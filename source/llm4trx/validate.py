@@ -38,7 +38,7 @@ from llm4trx.data.results import (
     results_path,
     write_results,
 )
-from llm4trx.evaluation.features import concatenate, parts_of, random_features
+from llm4trx.evaluation.features import concatenate, parts_of, random_features, random_width_mismatch
 from llm4trx.evaluation.finetuned import score_predictions
 from llm4trx.evaluation.tables import results_table
 from llm4trx.evaluation.validation import (
@@ -167,6 +167,10 @@ def run(cfg: DictConfig) -> Path:
         if registry.shared_baselines(cfg):
             prebuilt, reused, reused_rows = read_baselines(cfg, needed)
         sets, sources = build_feature_sets(cfg, needed, data, skipped, prebuilt)
+        if "llm" in sets and "random" in sets:
+            mismatch = random_width_mismatch(sets["llm"].shape[1], sets["random"].shape[1])
+            if mismatch:
+                log.warning("validate: %s", mismatch)
         v = ValidationSpec.from_config(cfg)
         metrics = list(cfg.dataset.metrics)
         params = lightgbm_params(v)

@@ -60,6 +60,17 @@ def aggregate_features(
 SHARED_RANDOM_SEED = 0
 
 
+def random_width_mismatch(llm_width: int, random_width: int) -> str | None:
+    """A warning when the random floor and the llm vectors differ in width (validate.random_dim fixed while the
+    model or pooling changed the llm's): LightGBM overfits noise more with more columns, so the floor moves."""
+    if llm_width == random_width:
+        return None
+    return (
+        f"the random floor is {random_width} wide and the llm vectors {llm_width} (validate.random_dim="
+        f"{random_width}); set validate.random_dim={llm_width}, or null for a floor as wide as the llm's drawn per seed"
+    )
+
+
 def random_features(client_ids, dim: int, seed: int) -> pd.DataFrame:
     ids = sorted(client_ids)
     matrix = np.random.default_rng(seed).standard_normal((len(ids), dim)).astype(np.float32)
