@@ -96,8 +96,8 @@ def test_a_stage_needs_only_what_it_reads(out_root):
 
 
 def test_the_runner_skips_a_shared_stage_another_process_finished(out_root):
-    """run_multi_seed.sh builds baselines beside the seeds: a seed reaching it after it was built skips it
-    without starting its process; one reaching it before (or any per-seed stage) starts it."""
+    """A seed's run reaches baselines (after coles) once run_multi_seed.sh's shared pass or another seed has
+    built it: it skips it without starting its process; one reaching it before (or any per-seed stage) starts it."""
     from llm4trx.core.stage_runner import finished_meanwhile
 
     overrides = [f"paths.output_root={out_root}", "seed=5"]

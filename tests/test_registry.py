@@ -43,7 +43,7 @@ def test_pipeline_order_and_optional_stages():
         "export",
         "embed",
         "coles",
-        "baselines",  # read only by validate: run_multi_seed.sh builds it beside the seeds
+        "baselines",  # read only by validate, so right before it
         "validate",
     ]
     assert "augment" in registry.pipeline(compose(CONFIGS["augment"]))

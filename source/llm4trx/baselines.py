@@ -2,9 +2,9 @@
 
 `aggregates` (ptls's aggregate statistics of each client's events), on generated data `oracle` (the
 generator's hidden factors), and `random` when validate.random_dim gives its width (noise drawn once, with
-evaluation.features.SHARED_RANDOM_SEED) do not depend on the run seed, and with validate.lightgbm_seed=fixed (the default,
-as ptls-experiments) neither do their LightGBM models: every seed's validate would recompute the same rows. This
-stage computes them once (shared by every seed of the experiment, hashed and skipped like any stage) and writes
+evaluation.features.SHARED_RANDOM_SEED) do not depend on the run seed, and with validate.lightgbm_seed=fixed
+(the default, as ptls-experiments) neither do their LightGBM models: every seed's validate would recompute the
+same rows. This stage computes them once (shared by every seed of the experiment, hashed and skipped like any stage) and writes
 to baselines/:
   aggregates.parquet, oracle.parquet,  the features
   random.parquet                       (the embeddings contract: id column, then emb_* columns),

@@ -177,8 +177,8 @@ HOW_TO_READ = """\
 
 - One table per dataset. Rows are feature sets, best first by the headline metric (the first metric column):
   `llm` the LM embeddings, `aggregates` and `coles` the field's baselines, `random` Gaussian noise (the floor;
-  as wide as `llm` and drawn per seed, or `validate.random_dim` wide and drawn once), `oracle` the synthetic generator's hidden factors (the ceiling; synthetic data only),
-  `a+b` concatenations. *random → oracle*: where the set's headline test score lands between the two
+  as wide as `llm` and drawn per seed, or `validate.random_dim` wide and drawn once), `oracle` the synthetic
+  generator's hidden factors (the ceiling; synthetic data only), `a+b` concatenations. *random → oracle*: where the set's headline test score lands between the two
   (0 %: no better than random, 100 %: as good as knowing the hidden factors).
 - *test (mean ± std over seeds)*: every seed trains its own LM (and CoLES), the fold models of each seed are
   scored on the fixed test clients, and the seed's score is their mean; the table shows the mean and the

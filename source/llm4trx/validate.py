@@ -6,8 +6,8 @@ predictions become rows `finetune:<run>`, scored with the same metrics). Writes 
 validation/results.md and validation/predictions.parquet (every feature set's out-of-fold val and fold-mean test
 probabilities per client; the report's bootstrap intervals are computed from it).
 With validate.lightgbm_seed=fixed (the default) the seed-independent sets (aggregates, oracle, and random when
-validate.random_dim is set) come from the `baselines` stage, built and validated once per dataset: their rows, predictions and (for concatenations) features
-are copied from baselines/; with lightgbm_seed=run they depend on the seed and are validated here.
+validate.random_dim is set) come from the `baselines` stage, built and validated once per dataset: their rows,
+predictions and (for concatenations) features are copied from baselines/; with lightgbm_seed=run they depend on the seed and are validated here.
 A feature set whose stage finished without features (CoLES when too few clients are long enough, see
 llm4trx.coles) is left out, with the concatenations using it; `skipped` in results.json and a line under the
 table in results.md give the reason.

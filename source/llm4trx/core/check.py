@@ -190,6 +190,7 @@ def shell_assignments(cfg: DictConfig) -> dict[str, str]:
     stages = requested_stages(cfg, os.environ.get("STAGES"))
     seeds = cfg.get("seeds") or [cfg.seed]
     shared = [s for s in stages if registry.get(s).scope in (registry.SHARED, registry.RAW)]
+    memo: dict[str, bool] = {}
     return {
         "EXPERIMENT_DIR": str(cfg.paths.experiment_dir),
         "RUN_DIR": str(cfg.paths.run_dir),
@@ -200,15 +201,20 @@ def shell_assignments(cfg: DictConfig) -> dict[str, str]:
         "STAGES": " ".join(stages),
         "SHARED_STAGES": " ".join(shared),
         # run_multi_seed.sh builds the shared stages once before starting seeds side by side, when one must be built.
-        "SHARED_PENDING": " ".join(s for s in shared if must_build(cfg, s)),
+        "SHARED_PENDING": " ".join(s for s in shared if must_build(cfg, s, memo)),
         "PARALLEL_SEEDS": str(parallel_seeds(cfg)),
         "UP_TO_DATE": " ".join(leading_up_to_date(cfg, stages)),
     }
 
 
-def must_build(cfg: DictConfig, stage: str) -> bool:
-    """Whether `stage` will be (re)built: it is not up to date, or a stage it reads (directly or not) will be."""
-    return not is_up_to_date(cfg, stage) or any(must_build(cfg, i) for i in registry.inputs_of(cfg, stage))
+def must_build(cfg: DictConfig, stage: str, memo: dict[str, bool] | None = None) -> bool:
+    """Whether `stage` will be (re)built: it is not up to date, or a stage it reads (directly or not) will be.
+    `memo`: answers already found for `cfg` (shared stages read the same inputs: each is judged once)."""
+    memo = {} if memo is None else memo
+    if stage not in memo:
+        inputs = registry.inputs_of(cfg, stage)
+        memo[stage] = not is_up_to_date(cfg, stage) or any(must_build(cfg, i, memo) for i in inputs)
+    return memo[stage]
 
 
 def leading_up_to_date(cfg: DictConfig, stages: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ process then stops after the stage instead of starting the next one, so a stage 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import signal
@@ -69,17 +70,26 @@ def preload(stage: str) -> ModuleType | None:
     return module if callable(getattr(module, "main", None)) else None
 
 
+@functools.cache
+def composed(overrides: tuple[str, ...]):
+    """The run's config, composed once per runner (only to judge shared stages; a failure is not cached)."""
+    from llm4trx.core.config import compose
+
+    return compose(list(overrides))
+
+
 def finished_meanwhile(stage: str, overrides: list[str]) -> bool:
-    """Whether a shared stage not up to date when this run started has been finished since by another process
-    (run_multi_seed.sh builds baselines beside the seeds): then it is skipped without starting its process.
-    Judged as the stage judges itself (its config hash); on any doubt the stage starts and judges."""
+    """Whether a shared stage that was not among the leading up-to-date stages when this run started is up to date
+    now: built by another process (another seed, run_multi_seed.sh's shared pass), or after a per-seed stage in
+    the pipeline (baselines, after coles, is never "leading" while the seed's own stages are pending). Then it is
+    skipped without starting its process. Judged as the stage judges itself (its config hash); on any doubt the
+    stage starts and judges."""
     if registry.get(stage).scope != registry.SHARED:
         return False
     try:
-        from llm4trx.core.config import compose
         from llm4trx.core.stage import is_up_to_date
 
-        return is_up_to_date(compose(overrides), stage)
+        return is_up_to_date(composed(tuple(overrides)), stage)
     except Exception:  # noqa: BLE001 - the stage's own process reports any problem
         return False
 

@@ -67,7 +67,8 @@ def random_width_mismatch(llm_width: int, random_width: int) -> str | None:
         return None
     return (
         f"the random floor is {random_width} wide and the llm vectors {llm_width} (validate.random_dim="
-        f"{random_width}); set validate.random_dim={llm_width}, or null for a floor as wide as the llm's drawn per seed"
+        f"{random_width}); set validate.random_dim={llm_width}, or null for a floor as wide as the llm's, drawn "
+        "per seed"
     )
 
 
