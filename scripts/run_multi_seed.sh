@@ -32,25 +32,13 @@ started=$SECONDS
 read -ra seeds <<<"$SEEDS"
 if (( PARALLEL_SEEDS > 1 && ${#seeds[@]} > 1 )); then
   echo "=== run_multi_seed.sh: seed-independent stages ($SHARED_STAGES), then ${#seeds[@]} seeds, $PARALLEL_SEEDS at once"
-  if [[ -n $SHARED_PENDING ]]; then STAGES="$SHARED_STAGES" bash scripts/run.sh "$@" "seed=${seeds[0]}"; fi
+  # The shared stages once (only when one must be built) with the caller's threads, then the seeds, PARALLEL_SEEDS
+  # at a time with cores/PARALLEL_SEEDS threads each, every seed as `run.sh <overrides> seed=S progress=false`:
+  # forked from one process that imports the stages' libraries once (llm4trx/core/seeds_runner.py says why).
   cores=$(nproc)
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores > PARALLEL_SEEDS ? cores / PARALLEL_SEEDS : 1 ))}
-  failed=()
-  for ((i = 0; i < ${#seeds[@]}; i += PARALLEL_SEEDS)); do
-    pids=()
-    for seed in "${seeds[@]:i:PARALLEL_SEEDS}"; do
-      echo "=== run_multi_seed.sh: seed $seed ($OMP_NUM_THREADS CPU threads)"
-      bash scripts/run.sh "$@" "seed=$seed" progress=false &
-      pids+=("$!:$seed")
-    done
-    for entry in "${pids[@]}"; do
-      wait "${entry%%:*}" || failed+=("${entry##*:}")
-    done
-  done
-  if (( ${#failed[@]} )); then
-    echo "run_multi_seed.sh: seeds ${failed[*]} failed (see their stage lines above); rerun the same command to continue" >&2
-    exit 1
-  fi
+  seed_threads=${OMP_NUM_THREADS:-$(( cores > PARALLEL_SEEDS ? cores / PARALLEL_SEEDS : 1 ))}
+  OMP_NUM_THREADS=$seed_threads $py -m llm4trx.core.seeds_runner --seeds "$SEEDS" --parallel "$PARALLEL_SEEDS" \
+    --shared "${SHARED_PENDING:+$SHARED_STAGES}" --shared-threads "${OMP_NUM_THREADS:-}" -- "$@"
 else
   for i in "${!seeds[@]}"; do
     echo "=== run_multi_seed.sh: seed ${seeds[i]} ($((i + 1))/${#seeds[@]})"
