@@ -39,9 +39,9 @@ FINETUNE_SIZE = [
 
 # The quality preset's 4-layer, 128-wide model on 512-token clients in batches of 16: 4 batches of 4 at this
 # size (the test alone: 52 s -> 32 s); its architecture, text and learning rate stay the preset's.
-# The LM-side presets (augment, finetune) and the applied model change nothing on the baselines' side, which
-# smoke and quality_cpu run in full: their tests validate the llm row (and finetune's) alone, so neither
-# coles nor baselines is in their pipeline.
+# The LM-side presets (finetune) and the applied model change nothing on the baselines' side, which smoke and
+# quality_cpu run in full: their tests validate the llm row (and finetune's) alone, so neither coles nor
+# baselines is in their pipeline.
 LLM_ROWS = ["validate.feature_sets=[llm]", "validate.concatenations=[]"]
 
 QUALITY_SIZE = [
@@ -81,13 +81,27 @@ def test_smoke(root, smoke):
     assert {"llm", "aggregates", "coles", "random", "oracle"} <= set(results(root, "smoke")["feature_sets"])
 
 
+def train_samples(output: str) -> int:
+    return int(re.search(r"shards: done in [\d.]+ s: train ([\d,]+) samples", output).group(1).replace(",", ""))
+
+
 def test_smoke_augment(root, smoke):
+    """The preset's own part, to the shards that pretraining reads: smoke's exported model rewrites clients and
+    the text stage mixes them into the train split. Pretraining on a mixed corpus and what follows is smoke's
+    code (tests/test_augment_e2e.py pretrains on one)."""
     proc = run_script(
-        "scripts/run.sh", "experiment=smoke_augment", *SIZE, *LLM_ROWS, f"paths.output_root={root}", "seed=1"
+        "scripts/run.sh",
+        "experiment=smoke_augment",
+        *SIZE,
+        f"paths.output_root={root}",
+        "seed=1",
+        env={"STAGES": "..shards"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert ran(proc.stdout)[:3] == ["prepare", "augment", "text"]
-    assert "llm" in results(root, "smoke_augment")["feature_sets"]
+    assert ran(proc.stdout) == ["prepare", "augment", "text", "tokenizer", "shards"]
+    written = int(re.search(r"augment: done in [\d.]+ s: requests \d+, samples (\d+)", proc.stdout).group(1))
+    added = train_samples(proc.stdout) - train_samples(smoke.stdout)
+    assert 0 < added <= written  # mix.fraction of the augmented clients' texts joined smoke's train split
 
 
 def test_smoke_finetune(tmp_path):

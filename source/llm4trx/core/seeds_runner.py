@@ -91,11 +91,6 @@ def start_script(overrides: list[str]) -> subprocess.Popen:
     return subprocess.Popen(["bash", str(ROOT / "scripts" / "run.sh"), *overrides])
 
 
-def exit_status(status: int) -> int:
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
-
-
 def start_shared_pass(overrides: list[str], stages: str, threads: str) -> subprocess.Popen:
     """The seed-independent stages, once, as `STAGES=<them> bash scripts/run.sh <overrides> seed=<first>`, with
     the caller's CPU threads (every core unless OMP_NUM_THREADS was set), not the seeds' share."""
@@ -155,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"=== run_multi_seed.sh: seed {seed} ({os.environ.get('OMP_NUM_THREADS', 'all')} CPU threads)")
             children[seed] = fork_seed(settings[seed]) if fork else start_script(seed_overrides(args.overrides, seed))
         for seed, child in children.items():
-            code = exit_status(os.waitpid(child, 0)[1]) if fork else child.wait()
+            code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) if fork else child.wait()
+            code = stage_runner.shell_status(code)
             if code != 0:
                 failed.append(seed)
         if signals.received is not None:

@@ -130,6 +130,11 @@ def arguments_check_here(overrides: list[str]) -> bool:
     return True
 
 
+def shell_status(code: int) -> int:
+    """A child's exit code as the shell reports it: 128 + N when signal N ended it (Python gives -N)."""
+    return 128 - code if code < 0 else code
+
+
 def run_forked(module: ModuleType, overrides: list[str], label: str, checked: bool = False) -> int:
     """The stage's entry point in a child process; its exit status (128 + N when killed by signal N)."""
     sys.stdout.flush()
@@ -153,13 +158,11 @@ def run_forked(module: ModuleType, overrides: list[str], label: str, checked: bo
             code = exit_code(stop)
         exit_without_teardown(code)
     _, status = os.waitpid(pid, 0)  # retried by Python when a signal interrupts it (PEP 475)
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    return shell_status(os.waitstatus_to_exitcode(status))
 
 
 def run_fresh(command: list[str], label: str) -> int:
-    code = subprocess.call(command, env={**os.environ, LABEL: label})
-    return 128 - code if code < 0 else code
+    return shell_status(subprocess.call(command, env={**os.environ, LABEL: label}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
