@@ -13,12 +13,19 @@ interpreter, `python -c pass`).
     has finished; `--build` makes one first, a small one: --clients clients, 4 pretraining steps)
     PYTHONPATH=source .venv/bin/python bench/stage_start.py --importtime export   # top imports of one stage
     PYTHONPATH=source .venv/bin/python bench/stage_start.py --pipeline            # what the stage runner saves
+    PYTHONPATH=source .venv/bin/python bench/stage_start.py --seeds 3             # what the seeds runner saves
 
 --pipeline: the whole tiny pipeline of one seed through scripts/run.sh (--clients clients, 10 pretraining
 steps, a fresh output root each time), with its stages forked from the stage runner that keeps their imports
 (core/stage_runner.py) against each stage started as a fresh process (LLM4TRX_FORK=0), alternating, best of
 --repeats: each stage's wall seconds as run.sh counts them (start included), the total wall and CPU seconds,
 and the ratio fresh / forked.
+
+--seeds N: N tiny seeds side by side through scripts/run_multi_seed.sh (parallel_seeds=N, the shared stages
+included, a fresh output root each time), the seeds forked from the seeds runner that imports their stages'
+libraries once while the shared stages are built (core/seeds_runner.py) against each seed its own run.sh
+(LLM4TRX_FORK_SEEDS=0, what run_multi_seed.sh did before), alternating, best of --repeats: wall and CPU seconds
+and the ratio run.sh / forked.
 """
 
 from __future__ import annotations
@@ -106,6 +113,44 @@ def pipeline_run(fork: bool, clients: int) -> tuple[float, float, dict[str, int]
     return elapsed, cpu, stages
 
 
+def seeds_run(fork: bool, clients: int, seeds: int) -> tuple[float, float]:
+    """N tiny seeds through scripts/run_multi_seed.sh: (wall s, CPU s of it and its children)."""
+    import resource
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="seeds-start-") as root:
+        argv = ["bash", "scripts/run_multi_seed.sh", "experiment=smoke", f"paths.output_root={root}"]
+        argv += [f"seeds=[{','.join(str(s) for s in range(1, seeds + 1))}]", f"parallel_seeds={seeds}"]
+        argv += [f"dataset.n_clients={clients}", "trainer.max_duration=10ba", "trainer.eval_interval=5ba"]
+        argv += ["trainer.save_interval=10ba", "coles.max_epochs=1", "progress=false"]
+        env = {**ENV, "LLM4TRX_FORK_SEEDS": "1" if fork else "0"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.run(argv, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"run_multi_seed.sh failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def compare_seeds(clients: int, seeds: int, repeats: int) -> None:
+    best: dict[bool, tuple[float, float]] = {}
+    for _ in range(repeats):
+        for fork in (True, False):  # alternating, so that a change of load falls on both
+            run = seeds_run(fork, clients, seeds)
+            if fork not in best or run[0] < best[fork][0]:
+                best[fork] = run
+    (forked_wall, forked_cpu), (script_wall, script_cpu) = best[True], best[False]
+    print(
+        f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.2f}; {seeds} tiny seeds side by side "
+        f"({clients} clients), best of {repeats}"
+    )
+    print(f"{'':5s} {'forked':>8s} {'run.sh':>8s}")
+    print(f"{'wall':5s} {forked_wall:8.1f} {script_wall:8.1f}   run.sh / forked {script_wall / forked_wall:.2f}x")
+    print(f"{'CPU':5s} {forked_cpu:8.1f} {script_cpu:8.1f}   run.sh / forked {script_cpu / forked_cpu:.2f}x")
+
+
 def compare_pipeline(clients: int, repeats: int) -> None:
     best: dict[bool, tuple[float, float, dict[str, int]]] = {}
     for _ in range(repeats):
@@ -141,7 +186,11 @@ def main() -> None:
         "checkout's; e.g. `git archive <commit> source | tar -x -C /tmp/before` for a before/after)",
     )
     ap.add_argument("--pipeline", action="store_true", help="one tiny seed through run.sh: forked vs fresh stages")
+    ap.add_argument("--seeds", type=int, default=0, help="N tiny seeds side by side: forked seeds vs run.sh each")
     args = ap.parse_args()
+    if args.seeds:
+        compare_seeds(args.clients, args.seeds, args.repeats)
+        return
     if args.pipeline:
         compare_pipeline(args.clients, args.repeats)
         return

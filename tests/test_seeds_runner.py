@@ -56,9 +56,9 @@ def test_the_shared_pass_runs_with_the_callers_threads(monkeypatch, threads):
     assert started["env"].get("OMP_NUM_THREADS") == (threads or None)
 
 
-@pytest.mark.parametrize("fork", ["1", "0"])
-def test_failed_seeds_fail_the_command_and_are_named(tmp_path, fork):
-    """Forked (Linux) or as scripts/run.sh (LLM4TRX_FORK=0): a seed that cannot start (here: validate asked for
+@pytest.mark.parametrize("switch", [{}, {"LLM4TRX_FORK_SEEDS": "0"}, {"LLM4TRX_FORK": "0"}])
+def test_failed_seeds_fail_the_command_and_are_named(tmp_path, switch):
+    """Forked (Linux), or as scripts/run.sh (LLM4TRX_FORK_SEEDS=0, LLM4TRX_FORK=0): a seed that cannot start (here: validate asked for
     on an empty output root) prints run.sh's one-line error; the command exits 1 and names every failed seed."""
     proc = subprocess.run(
         [sys.executable, "-m", "llm4trx.core.seeds_runner", "--seeds", "5 6 7", "--parallel", "2", "--"]
@@ -67,7 +67,7 @@ def test_failed_seeds_fail_the_command_and_are_named(tmp_path, fork):
         capture_output=True,
         text=True,
         timeout=300,
-        env=child_env(STAGES="validate", LLM4TRX_FORK=fork, OMP_NUM_THREADS="1"),
+        env=child_env(STAGES="validate", OMP_NUM_THREADS="1", **switch),
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.count("error: stage 'validate' needs") == 3, proc.stderr

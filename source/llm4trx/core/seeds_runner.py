@@ -9,7 +9,8 @@ largest start cost of a seed (llm-foundry ~10 CPU-s, Lightning and ptls ~4 more,
 `python -X importtime`), paid once per seed on the same 2 cores that run the seeds. As in stage_runner, this
 process never runs torch, starts no thread and no OpenMP pool, so forking it is safe; the CPU threads of the
 seeds (OMP_NUM_THREADS) are set by the caller before this process starts, since the OpenMP runtime reads them
-when torch is imported. Where stages are not forked (stage_runner.can_fork), each seed is scripts/run.sh.
+when torch is imported. Where stages are not forked (stage_runner.can_fork), and with LLM4TRX_FORK_SEEDS=0
+(bench/stage_start.py --seeds compares), each seed is `bash scripts/run.sh`, as before.
 
 SIGINT and SIGTERM reach the seeds' stages directly (the process group, as from the shell); this process waits
 for the seeds it started, starts no further group of seeds, and exits with 128 + the signal.
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     seeds, parallel = args.seeds.split(), max(1, args.parallel)
     signals = stage_runner.Signals()
-    fork = stage_runner.can_fork()
+    fork = stage_runner.can_fork() and os.environ.get("LLM4TRX_FORK_SEEDS", "1") != "0"
     if args.shared:
         # The shared pass runs while this process imports the seeds' libraries: its stages are mostly
         # single-threaded, so the imports take the other core instead of waiting after it.
