@@ -136,7 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # single-threaded, so the imports take the other core instead of waiting after it.
         shared = start_shared_pass([*args.overrides, f"seed={seeds[0]}"], args.shared, args.shared_threads)
         if fork:
-            preload_for(seed_settings(args.overrides, seeds[:parallel]), shared_pass=True)
+            try:
+                preload_for(seed_settings(args.overrides, seeds[:parallel]), shared_pass=True)
+            except Exception:  # noqa: BLE001 - only a head start: the seeds' settings are judged again below
+                pass
         code = shared.wait()
         if code != 0 or signals.received is not None:
             return 128 + signals.received if signals.received is not None else code
