@@ -23,7 +23,8 @@ the table is also written to `<out>/<mode>/grid-<label>.json`, and its gaps plot
 Variants of the same cell (a lever, `--label`) share its folder and reuse the stages they do not change (prepare,
 coles); run them one after the other.
 Under each cell's line: llm − coles, llm − aggregates and llm+aggregates − aggregates on val with the paired
-bootstrap 95 % interval over clients and its verdict (also in the json, `gaps`).
+bootstrap 95 % interval over clients and its verdict (also in the json, `gaps`), then the same on test, for
+information only (`gaps_test`; the cells' test splits are small, and nothing is decided on them).
 Each variant's per-client predictions are kept as `<cell>/predictions-<label>-s<seed>.parquet`; `--against
 LABEL` prints, under each cell's line, this variant's llm and llm+aggregates minus that earlier variant's on val,
 with the paired bootstrap 95 % interval and its verdict (the report's gaps).
@@ -145,15 +146,16 @@ def mean_over_seeds(runs: list[dict]) -> dict:
     return row
 
 
-def paired_val_gap(mine, theirs, metric: str):
-    """(name, {seed: predictions frame}) minus (name, {seed: frame}) on val (out-of-fold), over the seeds both
-    have, with the paired bootstrap 95 % interval over clients, and over seeds where there are two or more
-    (evaluation.bootstrap, the report's method); None when either set is missing."""
+def paired_val_gap(mine, theirs, metric: str, split: str = "val"):
+    """(name, {seed: predictions frame}) minus (name, {seed: frame}) on val (out-of-fold; or `split="test"`, for
+    information only: levers are decided on val), over the seeds both have, with the paired bootstrap 95 %
+    interval over clients, and over seeds where there are two or more (evaluation.bootstrap, the report's
+    method); None when either set is missing."""
     from llm4trx.evaluation.bootstrap import aligned, paired_gap, resample_counts, resample_seeds
 
     seeds = sorted(set(mine[1]) & set(theirs[1]))
-    ids, y, a = aligned({s: mine[1][s] for s in seeds}, mine[0], "val", None)
-    _, _, b = aligned({s: theirs[1][s] for s in seeds}, theirs[0], "val", ids)
+    ids, y, a = aligned({s: mine[1][s] for s in seeds}, mine[0], split, None)
+    _, _, b = aligned({s: theirs[1][s] for s in seeds}, theirs[0], split, ids)
     seeds = [s for s in seeds if s in a and s in b]
     if not seeds:
         return None
@@ -192,18 +194,20 @@ def gaps_against(root: Path, label: str, reference: str, metric: str, seeds: lis
 WITHIN = (("llm", "coles"), ("llm", "aggregates"), ("llm+aggregates", "aggregates"))
 
 
-def gaps_within(root: Path, label: str, metric: str, seeds: list[int]) -> tuple[str, dict]:
-    """This variant's llm − coles, llm − aggregates and llm+aggregates − aggregates on val (out-of-fold)."""
+def gaps_within(root: Path, label: str, metric: str, seeds: list[int], split: str = "val") -> tuple[str, dict]:
+    """This variant's llm − coles, llm − aggregates and llm+aggregates − aggregates on val (out-of-fold), or on
+    test (`split="test"`: for information, never to decide)."""
     frames = predictions(root, label, seeds)
     parts, found = [], {}
     for mine, theirs in WITHIN:
-        gap = paired_val_gap((mine, frames), (theirs, frames), metric)
+        gap = paired_val_gap((mine, frames), (theirs, frames), metric, split)
         if gap is None:
             continue
         key = f"{mine} - {theirs}"
         found[key] = gap.as_dict()
         parts.append(described(key, gap))
-    return "  gaps (val, paired bootstrap 95 %): " + "; ".join(parts), found
+    where = "val" if split == "val" else f"{split}, for information"
+    return f"  gaps ({where}, paired bootstrap 95 %): " + "; ".join(parts), found
 
 
 def plot_grid(cells: list[tuple[str, dict]], path: Path, title: str) -> None:
@@ -296,6 +300,8 @@ def main():
         if "error" not in row:
             cell = args.out / args.mode / f"{schema}_{kind}"
             text, row["gaps"] = gaps_within(cell, args.label, row["metric"], args.seeds)
+            print(text, flush=True)
+            text, row["gaps_test"] = gaps_within(cell, args.label, row["metric"], args.seeds, "test")
             print(text, flush=True)
             if args.against:
                 print(gaps_against(cell, args.label, args.against, row["metric"], args.seeds), flush=True)

@@ -246,6 +246,20 @@ def test_grid_gaps_within_a_variant_compare_the_llm_with_each_baseline(tmp_path)
         "verdict": "not distinguishable",
     }
     assert "llm+aggregates - aggregates" not in gaps and "llm - coles +0." in text
+    # on test (for information): the gaps over the test clients, where llm ranks them all right and coles all
+    # wrong (AUROC 1 against 0), while on val both are the same predictions (gap 0); labelled so
+    from llm4trx.data.predictions import prediction_rows
+
+    ids, folds, right = [f"c{i}" for i in range(300)], np.arange(300) % 5, np.c_[1 - good, good]
+    test_sets = [
+        prediction_rows(name, ["0", "1"], ids, y, folds, right, ids, y, on_test)
+        for name, on_test in (("llm", right), ("coles", right[:, ::-1]))
+    ]
+    write_predictions(test_sets, tmp_path / "predictions-test-s12.parquet")
+    text, on_test = grid.gaps_within(tmp_path, "test", "auroc", [12], "test")
+    assert on_test["llm - coles"]["gap"] == pytest.approx(1.0) and on_test["llm - coles"]["verdict"] == "better"
+    assert text.startswith("  gaps (test, for information, paired bootstrap 95 %)"), text
+    assert grid.gaps_within(tmp_path, "test", "auroc", [12])[1]["llm - coles"]["gap"] == 0.0
     # ... and the plot of those gaps (bench writes one per grid): a row per cell, the missing gap left out
     grid.plot_grid([("rosbank:default", gaps), ("gender:burst", gaps)], tmp_path / "grid.png", "test grid")
     from PIL import Image
