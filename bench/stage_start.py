@@ -89,58 +89,66 @@ def build(root: Path, clients: int, seed: int) -> list[str]:
     return overrides
 
 
-def pipeline_run(fork: bool, clients: int) -> tuple[float, float, dict[str, int]]:
-    """One tiny seed through scripts/run.sh: (wall s, CPU s of it and its children, {stage: wall s})."""
-    import re
+def tiny(clients: int) -> list[str]:
+    """A tiny seed's overrides: `clients` clients, 10 pretraining steps, one CoLES epoch, no progress bars."""
+    steps = ["trainer.max_duration=10ba", "trainer.eval_interval=5ba", "trainer.save_interval=10ba"]
+    return [f"dataset.n_clients={clients}", *steps, "coles.max_epochs=1", "progress=false"]
+
+
+def timed_script(script: str, overrides: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """`bash <script> experiment=smoke <overrides>` into a fresh output root: (wall s, CPU s of it and its
+    children, its stdout); exits with its output when it fails."""
     import resource
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="stage-start-") as root:
-        argv = ["bash", "scripts/run.sh", "experiment=smoke", f"paths.output_root={root}", "seed=1", "progress=false"]
-        argv += [f"dataset.n_clients={clients}", "trainer.max_duration=10ba", "trainer.eval_interval=5ba"]
-        argv += ["trainer.save_interval=10ba", "coles.max_epochs=1"]
-        env = {**ENV, "LLM4TRX_FORK": "1" if fork else "0"}
+        argv = ["bash", script, "experiment=smoke", f"paths.output_root={root}", *overrides]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        proc = subprocess.run(argv, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+        proc = subprocess.run(
+            argv, env={**ENV, **env}, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+        )
         elapsed = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
-        raise SystemExit(f"run.sh failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    finished = re.search(r"finished in \d+ s \((.*)\)", proc.stdout).group(1)
+        raise SystemExit(f"{script} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc.stdout
+
+
+def best_of(run, repeats: int) -> dict:
+    """{True: the fastest run(True), False: the fastest run(False)} by wall time, alternating the two so that a
+    change of load falls on both."""
+    best: dict = {}
+    for _ in range(repeats):
+        for fork in (True, False):
+            result = run(fork)
+            if fork not in best or result[0] < best[fork][0]:
+                best[fork] = result
+    return best
+
+
+def pipeline_run(fork: bool, clients: int) -> tuple[float, float, dict[str, int]]:
+    """One tiny seed through scripts/run.sh: (wall s, CPU s of it and its children, {stage: wall s})."""
+    import re
+
+    elapsed, cpu, stdout = timed_script(
+        "scripts/run.sh", ["seed=1", *tiny(clients)], {"LLM4TRX_FORK": "1" if fork else "0"}
+    )
+    finished = re.search(r"finished in \d+ s \((.*)\)", stdout).group(1)
     stages = {name: int(s[:-1]) for name, s in (item.split() for item in finished.split(", ")) if s[:-1].isdigit()}
     return elapsed, cpu, stages
 
 
 def seeds_run(fork: bool, clients: int, seeds: int) -> tuple[float, float]:
     """N tiny seeds through scripts/run_multi_seed.sh: (wall s, CPU s of it and its children)."""
-    import resource
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="seeds-start-") as root:
-        argv = ["bash", "scripts/run_multi_seed.sh", "experiment=smoke", f"paths.output_root={root}"]
-        argv += [f"seeds=[{','.join(str(s) for s in range(1, seeds + 1))}]", f"parallel_seeds={seeds}"]
-        argv += [f"dataset.n_clients={clients}", "trainer.max_duration=10ba", "trainer.eval_interval=5ba"]
-        argv += ["trainer.save_interval=10ba", "coles.max_epochs=1", "progress=false"]
-        env = {**ENV, "LLM4TRX_FORK_SEEDS": "1" if fork else "0"}
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        proc = subprocess.run(argv, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode:
-        raise SystemExit(f"run_multi_seed.sh failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    numbers = ",".join(str(s) for s in range(1, seeds + 1))
+    overrides = [f"seeds=[{numbers}]", f"parallel_seeds={seeds}", *tiny(clients)]
+    elapsed, cpu, _ = timed_script("scripts/run_multi_seed.sh", overrides, {"LLM4TRX_FORK_SEEDS": "1" if fork else "0"})
+    return elapsed, cpu
 
 
 def compare_seeds(clients: int, seeds: int, repeats: int) -> None:
-    best: dict[bool, tuple[float, float]] = {}
-    for _ in range(repeats):
-        for fork in (True, False):  # alternating, so that a change of load falls on both
-            run = seeds_run(fork, clients, seeds)
-            if fork not in best or run[0] < best[fork][0]:
-                best[fork] = run
+    best = best_of(lambda fork: seeds_run(fork, clients, seeds), repeats)
     (forked_wall, forked_cpu), (script_wall, script_cpu) = best[True], best[False]
     print(
         f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.2f}; {seeds} tiny seeds side by side "
@@ -152,12 +160,7 @@ def compare_seeds(clients: int, seeds: int, repeats: int) -> None:
 
 
 def compare_pipeline(clients: int, repeats: int) -> None:
-    best: dict[bool, tuple[float, float, dict[str, int]]] = {}
-    for _ in range(repeats):
-        for fork in (True, False):  # alternating, so that a change of load falls on both
-            run = pipeline_run(fork, clients)
-            if fork not in best or run[0] < best[fork][0]:
-                best[fork] = run
+    best = best_of(lambda fork: pipeline_run(fork, clients), repeats)
     forked, fresh = best[True], best[False]
     print(
         f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.2f}; one tiny seed ({clients} clients), best of {repeats}"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llm4trx.core import stage_runner
-from llm4trx.core.cli import exit_without_teardown
+from llm4trx.core.cli import exit_code, exit_without_teardown
 from llm4trx.core.errors import Llm4trxError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -82,14 +82,14 @@ def fork_seed(args: list[str] | str) -> int:
         try:
             code = stage_runner.main(args)
         except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
+            code = exit_code(stop)
         exit_without_teardown(code)
     return pid
 
 
-def start_script(overrides: list[str]) -> subprocess.Popen:
-    """A seed as a fresh `bash scripts/run.sh` (where stages are not forked)."""
-    return subprocess.Popen(["bash", str(ROOT / "scripts" / "run.sh"), *overrides])
+def start_run_sh(overrides: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`bash scripts/run.sh <overrides>` as a fresh process: a seed where stages are not forked, or the shared pass."""
+    return subprocess.Popen(["bash", str(ROOT / "scripts" / "run.sh"), *overrides], env=env)
 
 
 def start_shared_pass(overrides: list[str], stages: str, threads: str) -> subprocess.Popen:
@@ -100,7 +100,7 @@ def start_shared_pass(overrides: list[str], stages: str, threads: str) -> subpro
         env["OMP_NUM_THREADS"] = threads
     else:
         env.pop("OMP_NUM_THREADS", None)
-    return subprocess.Popen(["bash", str(ROOT / "scripts" / "run.sh"), *overrides], env=env)
+    return start_run_sh(overrides, env)
 
 
 def seed_settings(overrides: list[str], group: list[str]) -> dict[str, list[str] | str]:
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         children = {}
         for seed in group:
             print(f"=== run_multi_seed.sh: seed {seed} ({os.environ.get('OMP_NUM_THREADS', 'all')} CPU threads)")
-            children[seed] = fork_seed(settings[seed]) if fork else start_script(seed_overrides(args.overrides, seed))
+            children[seed] = fork_seed(settings[seed]) if fork else start_run_sh(seed_overrides(args.overrides, seed))
         for seed, child in children.items():
             code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) if fork else child.wait()
             code = stage_runner.shell_status(code)
