@@ -310,7 +310,8 @@ def test_line_cap_renders_fewer_lines_and_gives_the_same_texts(schema, monkeypat
     )
     ctx = RenderContext.from_events(events, dataset, TextSpec())
     # the fields format also with calendar words only where they change: a line then depends on the line before
-    marks = dataclasses.replace(ctx, calendar=("end", "month"), calendar_on_change=True)
+    # (and `same` on a line on the client's earlier transactions of its MCC, hidden lines included)
+    marks = dataclasses.replace(ctx, calendar=("end", "month", "same"), calendar_on_change=True)
     for name, fmt, ctx in [*((n, f, ctx) for n, f in FORMATS.items()), ("fields", FORMATS["fields"], marks)]:
         counter = get_counter("fields" if name == "fields" else "qwen")
         budget = 120 if name == "fields" else 300

@@ -1,9 +1,12 @@
-"""text.calendar: the fields format's optional calendar words (day of week, day of month, month, days to the end)."""
+"""text.calendar: the fields format's optional calendar words (day of week, day of month, month, days to the end,
+days since the same MCC)."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
+import pandas as pd
 import pytest
 from canonical_data import SCHEMAS, canonical_events
 
@@ -69,8 +72,53 @@ def test_calendar_on_change_keeps_a_word_only_where_its_value_changes(schema):
     assert dropped > len(events) // 2  # most transactions carry neither word
 
 
+@pytest.mark.parametrize("schema", sorted(SCHEMAS))
+def test_same_is_the_day_gap_bin_since_the_previous_transaction_of_the_same_mcc(schema):
+    events, plain = context(schema, "text.calendar=[]")
+    _, ctx = context(schema, "text.calendar=[same]", "text.calendar_on_change=false")
+    texts, plain_texts = render(events, "fields", ctx), render(events, "fields", plain)
+    bins = [0, 1, 2, 3, 4, 6, 8, 11, 15, 22, 31, 61, 91, 181]  # the `when` word's day-gap bins
+    repeats = 0
+    for client, ev in events.groupby("client_id", sort=True):
+        assert texts[client] == render_client(ev, "fields", ctx)
+        days = ev["event_time"].dt.normalize()
+        since = days.groupby(ev["mcc"].to_numpy()).diff().dt.days  # NaN on the first of an MCC
+        for line, plain_line, gap in zip(texts[client].split("\n"), plain_texts[client].split("\n"), since):
+            words, plain_words = line.split(" "), plain_line.split(" ")
+            when = next(j for j, w in enumerate(plain_words) if re.match(r"d\d", w))
+            if pd.isna(gap):
+                assert words[when + 1] == "snew"
+            else:
+                lo = max(b for b in bins if b <= gap)
+                assert re.fullmatch(rf"s{lo}(-\d+|\+)?", words[when + 1]), (words[when + 1], gap)
+                repeats += 1
+            assert words[: when + 1] + words[when + 2 :] == plain_words
+    assert 0 < repeats < len(events)  # the test sees both: gaps and `snew`
+
+
+def test_a_subset_of_newest_lines_writes_the_words_of_the_whole_history():
+    """build_texts(line_cap=...) renders only each client's newest lines (Fields.subset): `same` there still counts
+    the days since the same MCC's previous transaction, in the lines not rendered too."""
+    from llm4trx.render.columns import Fields
+    from llm4trx.render.formats import _calendar_words
+
+    events, ctx = context("rosbank", "text.calendar=[same,end]", "text.calendar_on_change=false")
+    events["mcc"] = np.where(np.arange(len(events)) % 5 == 0, 4899, 5411)  # 4899 every 5th line: gaps hidden
+    whole = Fields(events, ctx)
+    rows = np.concatenate(
+        [np.arange(hi - min(3, hi - lo), hi) for lo, hi in zip(whole.offsets[:-1], whole.offsets[1:])]
+    )
+    sub = whole.subset(rows)
+    for word in ("same", "end"):
+        assert _calendar_words(sub, word).to_pylist() == _calendar_words(whole, word).take(rows).to_pylist()
+    alone = Fields(events.iloc[rows], ctx)  # the same lines without their history: other `same` words
+    assert _calendar_words(alone, "same").to_pylist() != _calendar_words(sub, "same").to_pylist()
+
+
 def test_an_unknown_calendar_word_or_another_format_is_one_clear_error():
-    with pytest.raises(ConfigError, match=r"text.calendar\[0\]='weekday': should be 'dow', 'dom', 'month' or 'end'"):
+    with pytest.raises(
+        ConfigError, match=r"text.calendar\[0\]='weekday': should be 'dow', 'dom', 'month', 'end' or 'same'"
+    ):
         context("rosbank", "text.calendar=[weekday]")
     cfg = compose(["paths.output_root=/nonexistent", "text=flat", "+text.calendar=[dow]"])
     with pytest.raises(ConfigError, match="text.calendar is a fields-format option"):

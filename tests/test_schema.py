@@ -36,7 +36,11 @@ BAD = [
     (["text.format=csv"], "text.format", "should be 'compact', 'fields', 'flat', 'grouped_mcc', 'html', 'json', "),
     (["text.max_tokens=2"], "text.max_tokens", "should be greater than 2 (bos + eos + text, or null)"),
     (["text.chunk_events=0"], "text.chunk_events", "should be greater than or equal to 1"),
-    (["text=fields", "text.calendar=[dow,weekday]"], "text.calendar[1]", "should be 'dow', 'dom', 'month' or 'end'"),
+    (
+        ["text=fields", "text.calendar=[dow,weekday]"],
+        "text.calendar[1]",
+        "should be 'dow', 'dom', 'month', 'end' or 'same'",
+    ),
     (["tokenizer.kind=sentencepiece"], "tokenizer.kind", "should be 'domain_bpe', 'fields' or 'pretrained'"),
     (["embed.pooling=median"], "embed.pooling", "should be 'mean', 'last', 'max' or 'mean_max'"),
     (["embed.padding_side=middle"], "embed.padding_side", "should be 'left' or 'right'"),

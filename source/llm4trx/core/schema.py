@@ -43,7 +43,7 @@ FINETUNE_DEVICES = ("auto", "cpu", "cuda")
 UNKNOWN_WORDS = ("vocabulary", "error")  # finetune.verbalizer.unknown_words
 # Mirrors of tables in the code (tests/test_schema.py: the same names as there).
 FORMATS = ("compact", "fields", "flat", "grouped_mcc", "html", "json", "markdown", "yaml")  # render.formats
-CALENDAR = ("dow", "dom", "month", "end")  # render.formats.CALENDAR
+CALENDAR = ("dow", "dom", "month", "end", "same")  # render.formats.CALENDAR
 LOADERS = ("age_pred", "gender", "generic", "rosbank")  # data.loaders.LOADERS
 SCHEMAS = ("rosbank", "age_pred", "gender")  # data.synthetic.SCHEMAS
 METRICS = ("accuracy", "auroc")  # evaluation.protocol.METRICS

@@ -19,7 +19,7 @@ from llm4trx.core.errors import ConfigError
 from llm4trx.core.sections import DatasetSpec, TextSpec
 
 
-CALENDAR = ("dow", "dom", "month", "end")  # the calendar words of the fields format (text.calendar)
+CALENDAR = ("dow", "dom", "month", "end", "same")  # the calendar words of the fields format (text.calendar)
 
 
 def mcc_label_map(codes: np.ndarray, names: bool) -> dict[int, str]:
@@ -238,6 +238,7 @@ class Fields:
         sub.__dict__["day_gap"] = self.day_gap[rows]
         if self.ctx.calendar:
             sub.__dict__["days_to_end"] = self.days_to_end[rows]
+            sub.__dict__["same_mcc_gap"] = self.same_mcc_gap[rows]
         sub._parent = (self, rows)
         return sub
 
@@ -310,6 +311,19 @@ class Fields:
         d = self.days.astype(np.int64)
         last = np.repeat(d[self.offsets[1:][self.n_events > 0] - 1], self.n_events[self.n_events > 0])
         return last - d
+
+    @cached_property
+    def same_mcc_gap(self) -> np.ndarray:
+        """Days since the client's previous transaction of the same MCC (-1 for the first of its MCC)."""
+        d = self.days.astype(np.int64)
+        mcc = self.ev["mcc"].to_numpy(np.int64)
+        client = np.repeat(np.arange(len(self.n_events)), self.n_events)
+        order = np.lexsort((np.arange(len(d)), mcc, client))  # by client, then MCC, then time (events are in time)
+        days, mccs, clients = d[order], mcc[order], client[order]
+        follows = np.r_[False, (mccs[1:] == mccs[:-1]) & (clients[1:] == clients[:-1])]
+        gap = np.empty(len(d), np.int64)
+        gap[order] = np.where(follows, days - np.r_[days[:1], days[:-1]], -1)
+        return gap
 
     def client_first_last(self) -> tuple[pa.Array, pa.Array]:
         if not len(self.client_ids):

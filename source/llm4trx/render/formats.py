@@ -252,7 +252,9 @@ def when_words(f: Fields) -> pa.Array:
 # Calendar words (text.calendar, default none), after the `when` word, one token each, as nuFormer-style
 # calendar tokens: what the day gaps only give summed over the history.
 #   dow    day of week `w1`..`w7` (Monday 1);   dom    day of month `D1`..`D31`;   month  `M1`..`M12`;
-#   end    days before the client's last transaction, in the day-gap bins: `e0`, `e1`, ..., `e181+` (recency).
+#   end    days before the client's last transaction, in the day-gap bins: `e0`, `e1`, ..., `e181+` (recency);
+#   same   days since the client's previous transaction of the same MCC, in the day-gap bins: `s0`, ..., `s181+`,
+#          `snew` on the first of its MCC (a schedule: a monthly payment is `s22-30`/`s31-60` every time).
 # text.calendar_on_change: a word only on the transactions where its value differs from the client's previous
 # transaction (its first always has it): `end` then marks ~14 bin boundaries of a history, `month` 12, instead
 # of one word per transaction. Previous in the history, not in the text: a truncated text's first line may lack it.
@@ -269,6 +271,10 @@ def _calendar_codes(f: Fields, word: str) -> tuple[np.ndarray, Callable[[np.ndar
     if word == "end":
         names = ["e" + w[1:] for w in _gap_words()]
         return day_gap_bin(f.days_to_end), lambda u: [names[int(v)] for v in u]
+    if word == "same":
+        names = ["s" + w[1:] for w in _gap_words()] + ["snew"]
+        gap = f.same_mcc_gap
+        return np.where(gap < 0, len(names) - 1, day_gap_bin(np.maximum(gap, 0))), lambda u: [names[int(v)] for v in u]
     raise ConfigError(f"text.calendar: {word!r} unknown; choose from {sorted(CALENDAR)}")
 
 
