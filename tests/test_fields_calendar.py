@@ -85,14 +85,15 @@ def test_same_is_the_day_gap_bin_since_the_previous_transaction_of_the_same_mcc(
         since = days.groupby(ev["mcc"].to_numpy()).diff().dt.days  # NaN on the first of an MCC
         for line, plain_line, gap in zip(texts[client].split("\n"), plain_texts[client].split("\n"), since):
             words, plain_words = line.split(" "), plain_line.split(" ")
-            when = next(j for j, w in enumerate(plain_words) if re.match(r"d\d", w))
+            # right after the MCC word
+            mcc = next(j for j, w in enumerate(plain_words) if re.fullmatch(r"m\d+", w))
             if pd.isna(gap):
-                assert words[when + 1] == "snew"
+                assert words[mcc + 1] == "snew"
             else:
                 lo = max(b for b in bins if b <= gap)
-                assert re.fullmatch(rf"s{lo}(-\d+|\+)?", words[when + 1]), (words[when + 1], gap)
+                assert re.fullmatch(rf"s{lo}(-\d+|\+)?", words[mcc + 1]), (words[mcc + 1], gap)
                 repeats += 1
-            assert words[: when + 1] + words[when + 2 :] == plain_words
+            assert words[: mcc + 1] + words[mcc + 2 :] == plain_words
     assert 0 < repeats < len(events)  # the test sees both: gaps and `snew`
 
 

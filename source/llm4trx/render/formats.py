@@ -254,7 +254,8 @@ def when_words(f: Fields) -> pa.Array:
 #   dow    day of week `w1`..`w7` (Monday 1);   dom    day of month `D1`..`D31`;   month  `M1`..`M12`;
 #   end    days before the client's last transaction, in the day-gap bins: `e0`, `e1`, ..., `e181+` (recency);
 #   same   days since the client's previous transaction of the same MCC, in the day-gap bins: `s0`, ..., `s181+`,
-#          `snew` on the first of its MCC (a schedule: a monthly payment is `s22-30`/`s31-60` every time).
+#          `snew` on the first of its MCC (a schedule: a monthly payment is `s22-30`/`s31-60` every time); written
+#          after the MCC word, not after `when`, so that next-token prediction learns each MCC's own rhythm.
 # text.calendar_on_change: a word only on the transactions where its value differs from the client's previous
 # transaction (its first always has it): `end` then marks ~14 bin boundaries of a history, `month` 12, instead
 # of one word per transaction. Previous in the history, not in the text: a truncated text's first line may lack it.
@@ -346,11 +347,14 @@ def fields_head(f: Fields) -> pa.Array:
 
 def fields_line(f: Fields) -> pa.Array:
     """`d0@14 m6011 a29 trx_category=WD_ATM_ROS`: when, MCC, amount bin, varying categoricals unless usual."""
-    when = when_words(f)
-    if f.ctx.calendar:
-        words = (_calendar_words(f, w) for w in f.ctx.calendar)  # null where calendar_on_change leaves a word out
-        when = pc.binary_join_element_wise(when, *words, " ", null_handling="skip")
-    line = join_strings(when, join_strings("m", f.mcc_code), amount_words(f.ev["amount"].to_numpy(np.float64)), sep=" ")
+    when, mcc = when_words(f), join_strings("m", f.mcc_code)
+    # null where calendar_on_change leaves a word out
+    calendar = [_calendar_words(f, w) for w in f.ctx.calendar if w != "same"]
+    if calendar:
+        when = pc.binary_join_element_wise(when, *calendar, " ", null_handling="skip")
+    if "same" in f.ctx.calendar:  # after its MCC: the LM predicts an MCC's gap knowing the MCC
+        mcc = pc.binary_join_element_wise(mcc, _calendar_words(f, "same"), " ", null_handling="skip")
+    line = join_strings(when, mcc, amount_words(f.ev["amount"].to_numpy(np.float64)), sep=" ")
     for col in f.ctx.categorical:
         value = _categorical_words(f, col)
         usual = f"{_word(col)}={_word(f.ctx.usual[col])}"
