@@ -76,6 +76,8 @@ def test_calendar_on_change_keeps_a_word_only_where_its_value_changes(schema):
 def test_same_is_the_day_gap_bin_since_the_previous_transaction_of_the_same_mcc(schema):
     events, plain = context(schema, "text.calendar=[]")
     _, ctx = context(schema, "text.calendar=[same]", "text.calendar_on_change=false")
+    _, marks = context(schema, "text.calendar=[same]", "text.calendar_on_change=true")
+    assert render(events, "fields", marks).equals(render(events, "fields", ctx))  # on every transaction, marks or not
     texts, plain_texts = render(events, "fields", ctx), render(events, "fields", plain)
     bins = [0, 1, 2, 3, 4, 6, 8, 11, 15, 22, 31, 61, 91, 181]  # the `when` word's day-gap bins
     repeats = 0

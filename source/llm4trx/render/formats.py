@@ -256,8 +256,8 @@ def when_words(f: Fields) -> pa.Array:
 #   same   days since the client's previous transaction of the same MCC, in the day-gap bins: `s0`, ..., `s181+`,
 #          `snew` on the first of its MCC (a schedule: a monthly payment is `s22-30`/`s31-60` every time); written
 #          after the MCC word, not after `when`, so that next-token prediction learns each MCC's own rhythm.
-# text.calendar_on_change: a word only on the transactions where its value differs from the client's previous
-# transaction (its first always has it): `end` then marks ~14 bin boundaries of a history, `month` 12, instead
+# text.calendar_on_change: a word (but `same`) only on the transactions where its value differs from the client's
+# previous transaction (its first always has it): `end` then marks ~14 bin boundaries of a history, `month` 12, instead
 # of one word per transaction. Previous in the history, not in the text: a truncated text's first line may lack it.
 def _calendar_codes(f: Fields, word: str) -> tuple[np.ndarray, Callable[[np.ndarray], list[str]]]:
     """Per event: the word's value as an integer, and how values are written."""
@@ -294,7 +294,9 @@ def _calendar_changed(f: Fields, word: str, codes: np.ndarray) -> np.ndarray:
 def _calendar_words(f: Fields, word: str) -> pa.Array:
     codes, fmt = _calendar_codes(f, word)
     words = take_unique(codes, fmt)
-    if f.ctx.calendar_on_change:
+    # `same` is a property of its MCC's history, not of the calendar: always written (on change it would vanish
+    # wherever the transaction before had the same gap to its own MCC)
+    if f.ctx.calendar_on_change and word != "same":
         words = pc.if_else(pa.array(_calendar_changed(f, word, codes)), words, pa.scalar(None, pa.string()))
     return words
 
