@@ -249,7 +249,7 @@ def when_words(f: Fields) -> pa.Array:
     return words.take(pa.array(gap * 24 + hours))
 
 
-# Calendar words (text.calendar, default none), after the `when` word, one token each, as nuFormer-style
+# Calendar words (text.calendar, default none), after the `when` word (`same` after the MCC word), one token each, as nuFormer-style
 # calendar tokens: what the day gaps only give summed over the history.
 #   dow    day of week `w1`..`w7` (Monday 1);   dom    day of month `D1`..`D31`;   month  `M1`..`M12`;
 #   end    days before the client's last transaction, in the day-gap bins: `e0`, `e1`, ..., `e181+` (recency);
