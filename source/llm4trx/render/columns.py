@@ -236,8 +236,9 @@ class Fields:
         constant over the history) come from these fields. Heads are rendered from the whole fields."""
         sub = Fields(self.ev.iloc[rows], self.ctx)
         sub.__dict__["day_gap"] = self.day_gap[rows]
-        if self.ctx.calendar:
+        if "end" in self.ctx.calendar:  # only the words in use: each is a pass over every event of the chunk
             sub.__dict__["days_to_end"] = self.days_to_end[rows]
+        if "same" in self.ctx.calendar:
             sub.__dict__["same_mcc_gap"] = self.same_mcc_gap[rows]
         sub._parent = (self, rows)
         return sub
