@@ -52,7 +52,7 @@ def main():
     from llm4trx.evaluation.protocol import cross_validate, load_labels
     from llm4trx.lm.pooling import pool
     from llm4trx.core.sections import ValidationSpec
-    from llm4trx.evaluation.validation import lightgbm_params, validation_jobs
+    from llm4trx.evaluation.validation import downstream_head, validation_jobs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,7 +108,7 @@ def main():
         pooled.update(out)
     forward_s = time.time() - started
     labels = load_labels(require(cfg, "prepare"), int(cfg.splits.n_folds))
-    params = lightgbm_params(ValidationSpec.from_config(cfg))
+    head = downstream_head(ValidationSpec.from_config(cfg))
     ids = texts["client_id"].to_numpy()
     rows = []
     for name, *_ in variants:
@@ -118,7 +118,7 @@ def main():
             frame,
             labels,
             list(cfg.dataset.metrics),
-            params,
+            head,
             validation_jobs(ValidationSpec.from_config(cfg)),
             "ablation",
         )

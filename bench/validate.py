@@ -18,7 +18,7 @@ import pandas as pd
 from llm4trx.core.config import compose
 from llm4trx.evaluation.protocol import Labels, cross_validate, fold_threads, make_model
 from llm4trx.core.sections import ValidationSpec
-from llm4trx.evaluation.validation import lightgbm_params
+from llm4trx.evaluation.validation import downstream_head
 
 
 def main() -> None:
@@ -37,18 +37,18 @@ def main() -> None:
     n_test = args.clients // 10
     folds = np.arange(args.clients - n_test) % 5
     labels = Labels(ids[n_test:], y[n_test:], folds, ids[:n_test], y[:n_test])
-    params = lightgbm_params(ValidationSpec.from_config(compose(["dataset.task=binary"])))
+    head = downstream_head(ValidationSpec.from_config(compose(["dataset.task=binary"])))
 
     started = time.perf_counter()
-    make_model(params, fold_threads(args.n_jobs, 5)[1]).fit(x[n_test:][folds != 0], y[n_test:][folds != 0])
+    make_model(head, fold_threads(args.n_jobs, 5)[1]).fit(x[n_test:][folds != 0], y[n_test:][folds != 0])
     t_single = time.perf_counter() - started
 
     started = time.perf_counter()
-    result = cross_validate("bench", features, labels, ["auroc", "accuracy"], params, args.n_jobs, "bench")
+    result = cross_validate("bench", features, labels, ["auroc", "accuracy"], head, args.n_jobs, "bench")
     t_protocol = time.perf_counter() - started
 
     auroc = result["auroc"]
-    print(f"{args.clients} clients x {args.dim} dims, {params['n_estimators']} trees, n_jobs={args.n_jobs}")
+    print(f"{args.clients} clients x {args.dim} dims, {head.params['n_estimators']} trees, n_jobs={args.n_jobs}")
     print(
         f"auroc val {auroc['val_mean']:.4f} ± {auroc['val_std']:.4f}, test {auroc['test_mean']:.4f} ± {auroc['test_std']:.4f}"
     )

@@ -17,7 +17,7 @@ from llm4trx.core.config import compose
 from llm4trx.core.errors import ConfigError
 from llm4trx.data.embeddings import read_embeddings
 from llm4trx.evaluation.features import concatenate
-from llm4trx.evaluation.protocol import Labels, cross_validate, load_labels
+from llm4trx.evaluation.protocol import Head, Labels, cross_validate, load_labels
 from llm4trx.evaluation.tables import results_table
 from llm4trx.report import lightgbm_seeds
 from llm4trx.core.sections import ValidationSpec
@@ -39,7 +39,13 @@ def feature_set(name: str):
 
 def run_protocol(task: str, name: str, labels: Labels) -> dict:
     return cross_validate(
-        name, feature_set(name), labels, META["metrics"][task], META["lightgbm"][task], n_jobs=2, source=name
+        name,
+        feature_set(name),
+        labels,
+        META["metrics"][task],
+        Head("lightgbm", META["lightgbm"][task]),
+        n_jobs=2,
+        source=name,
     )  # n_jobs=2: the default, folds fitted side by side
 
 

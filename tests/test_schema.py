@@ -53,6 +53,10 @@ BAD = [
     (["coles.time_numeric=[hour,month]"], "coles.time_numeric[1]", "should be 'day_gap', 'hour', 'weekday' or 'day_"),
     (["validate.feature_sets=[llm,bert]"], "validate.feature_sets[1]", "should be 'llm', 'aggregates', 'coles', "),
     (["validate.lightgbm_seed=seed"], "validate.lightgbm_seed", "should be 'fixed' or 'run' (fixed: lightgbm.common"),
+    (["validate.head=svm"], "validate.head", "should be 'lightgbm' or 'logistic' (the downstream model: lightgbm"),
+    (["validate.logistic.Cs=0"], "validate.logistic.Cs", "should be greater than or equal to 1 (how many C values"),
+    (["validate.logistic.cv=1"], "validate.logistic.cv", "should be greater than or equal to 2 (inner stratified"),
+    (["validate.logistic.max_iter=0"], "validate.logistic.max_iter", "should be greater than or equal to 1"),
     (["validate.random_dim=0"], "validate.random_dim", "should be greater than or equal to 1 (the random floor's"),
     (["trainer.backend=deepspeed"], "trainer.backend", "should be 'foundry' or 'hf'"),
     (["trainer.device=cuda"], "trainer.device", "should be 'cpu' or 'gpu'"),
@@ -174,7 +178,7 @@ def same(declared, implemented, name: str) -> None:
 def test_the_schema_spells_the_names_of_the_code():
     from llm4trx.data import sequences, synthetic
     from llm4trx.data.loaders import LOADERS
-    from llm4trx.evaluation.protocol import METRICS
+    from llm4trx.evaluation.protocol import HEADS, METRICS
     from llm4trx.lm.pooling import POOLINGS
     from llm4trx.render import formats
     from llm4trx.validate import BASE_SETS
@@ -183,6 +187,7 @@ def test_the_schema_spells_the_names_of_the_code():
     same(schema.CALENDAR, formats.CALENDAR, "CALENDAR")
     same(schema.LOADERS, LOADERS, "LOADERS")
     same(schema.METRICS, METRICS, "METRICS")
+    same(schema.HEADS, HEADS, "HEADS")
     same(schema.SCHEMAS, synthetic.SCHEMAS, "SCHEMAS")
     same(schema.TIME_FEATURES, sequences.TIME_FEATURES, "TIME_FEATURES")
     same(schema.Signals.model_fields, synthetic.SIGNALS + synthetic.EXTRA_SIGNALS, "Signals")

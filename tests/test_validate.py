@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -307,3 +308,25 @@ def test_a_random_floor_of_another_width_than_the_llm_is_named():
     assert random_width_mismatch(512, 512) is None
     said = random_width_mismatch(256, 512)
     assert "512 wide and the llm vectors 256" in said and "validate.random_dim=256" in said
+
+
+def test_the_linear_probe_head_reads_a_linear_signal_and_is_recorded(data_only):
+    # validate.head=logistic on embeddings whose first column is the label plus noise, the rest noise: the probe
+    # finds it (C picked inside each fold's training clients), the same twice, and results say which head ran.
+    cfg = data_only.copy()
+    cfg.validate.head = "logistic"
+    targets = pd.read_parquet(stage_dir(cfg, "prepare") / "targets.parquet").set_index("client_id")["target"]
+    frame = good_embeddings(cfg)
+    ids = frame[cfg.dataset.id_column].astype(str)
+    label = ids.map(targets.rename(index=str)).fillna(0).to_numpy(dtype=np.float32)
+    frame["emb_0000"] = label + np.random.default_rng(1).normal(0, 0.3, len(frame)).astype(np.float32)
+    write_embeddings(cfg, frame)
+    runs = []
+    for _ in range(2):
+        folder = validate.run(cfg)
+        runs.append(json.loads((folder / "results.json").read_text()))
+        table = (folder / "results.md").read_text()
+        shutil.rmtree(folder)
+    assert runs[0]["head"] == "logistic" and "logistic regression" in table and "LightGBM random_state" not in table
+    assert runs[0]["feature_sets"]["llm"]["auroc"]["val_oof"] > 0.9
+    assert runs[0]["feature_sets"] == runs[1]["feature_sets"]

@@ -80,6 +80,7 @@ def run(cfg: DictConfig) -> Path:
             "task": cfg.dataset.task,
             "metrics": list(cfg.dataset.metrics),
             "lightgbm_seed": {"mode": "fixed", "random_state": params.get("random_state")},
+            "head": v.head,
             "n_folds": len(set(labels.folds)),
             "n_train": len(labels.train_ids),
             "n_test": len(labels.test_ids),

@@ -105,6 +105,8 @@ def summarize(results_by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "metrics": metrics,
         "headline": headline,
         "lightgbm_seed": lightgbm_seeds(results_by_seed),
+        # validate.head of each seed's validation (absent in results from before it: LightGBM)
+        "heads": sorted({r.get("head", "lightgbm") for r in results_by_seed.values()}),
         "feature_sets": {name: feature_sets[name] for name in order},
     }
 
@@ -236,7 +238,11 @@ def write_report(summaries: dict[str, dict[str, Any]], out: Path, experiment: st
     for label, summary in summaries.items():
         lines += [f"## {summary['dataset']} ({summary['task']})", ""]
         lines += [f"Seeds: {', '.join(map(str, summary['seeds']))} — from `{summary['experiment_dir']}`."]
-        lines += [f"LightGBM random_state: {summary['lightgbm_seed']}."]
+        heads = summary.get("heads", ["lightgbm"])
+        if heads == ["lightgbm"]:
+            lines += [f"LightGBM random_state: {summary['lightgbm_seed']}."]
+        else:
+            lines += [f"Downstream model (validate.head): {', '.join(heads)}, not the published LightGBM alone."]
         if summary["missing_seeds"]:
             lines += [f"Missing seeds (no {RESULTS}): {', '.join(map(str, summary['missing_seeds']))}."]
         lines += [""] + summary_table(summary) + [""]

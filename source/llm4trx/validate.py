@@ -181,6 +181,7 @@ def run(cfg: DictConfig) -> Path:
             "metrics": metrics,
             "seed": int(cfg.seed),
             "lightgbm_seed": {"mode": v.lightgbm_seed, "random_state": params.get("random_state")},
+            "head": v.head,
             "n_folds": n_folds,
             "n_train": len(labels.train_ids),
             "n_test": len(labels.test_ids),

@@ -351,8 +351,10 @@ STAGES: dict[str, Stage] = {
             inputs=(Input("prepare"),),
             sections=(
                 "validate.aggregates",
+                "validate.head",
                 "validate.lightgbm",
                 "validate.lightgbm_seed",
+                "validate.logistic",
                 "validate.random_dim",
                 *PROTOCOL_SECTIONS,
             ),

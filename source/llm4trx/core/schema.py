@@ -47,6 +47,7 @@ CALENDAR = ("dow", "dom", "month", "end", "same")  # render.formats.CALENDAR
 LOADERS = ("age_pred", "gender", "generic", "rosbank")  # data.loaders.LOADERS
 SCHEMAS = ("rosbank", "age_pred", "gender")  # data.synthetic.SCHEMAS
 METRICS = ("accuracy", "auroc")  # evaluation.protocol.METRICS
+HEADS = ("lightgbm", "logistic")  # evaluation.protocol.HEADS
 TIME_FEATURES = ("day_gap", "hour", "weekday", "day_index")  # data.sequences.TIME_FEATURES
 POOLINGS = ("mean", "last", "max", "mean_max")  # lm.pooling.POOLINGS
 DTYPES = ("float32", "bfloat16", "float16")  # lm.dtypes.DTYPES
@@ -230,6 +231,14 @@ class ColesSpec(Section):
     inference_batch_size: int | None = None
 
 
+class LogisticSpec(Section):
+    """validate.logistic: the linear probe's LogisticRegressionCV (validate.head=logistic)."""
+
+    Cs: Positive = check(description="how many C values, log-spaced over 1e-4 .. 10")
+    cv: Annotated[int, Field(ge=2)] = check(description="inner stratified folds of the fold's training clients")
+    max_iter: Positive = check()
+
+
 class Validate(Section):
     """The `validate` section (conf/validate/*.yaml); the validation protocol reads it as part of
     core.sections.ValidationSpec."""
@@ -239,6 +248,10 @@ class Validate(Section):
     lightgbm_seed: Literal[SEED_MODES] = check(
         "fixed", description="fixed: lightgbm.common.random_state, as ptls-experiments; run: the run's seed"
     )
+    head: Literal[HEADS] = check(
+        "lightgbm", description="the downstream model: lightgbm (the published protocol) or logistic (a linear probe)"
+    )
+    logistic: LogisticSpec | None = None
     n_jobs: int | None = None  # null: the threads this process was given
     random_dim: Optional[Positive] = check(None, description="the random floor's width; null: the llm's width")
     aggregates: dict[str, Any] | None = None  # numeric, categorical, sizes

@@ -1,7 +1,8 @@
 """The pytorch-lifestream validation protocol on frozen features.
 
 The fixed test clients (split == "test") and the folds of the other labeled clients come from
-the prepare stage's splits (`llm4trx.data.splits.load_labels`). For fold k a model is trained on the other folds (MaxAbsScaler, then LightGBM),
+the prepare stage's splits (`llm4trx.data.splits.load_labels`). For fold k a model is trained on the other folds (MaxAbsScaler, then
+LightGBM; or, validate.head=logistic, a linear probe: see `make_model`),
 scored on fold k (validation) and on the test clients; a feature set reports the mean and std over the
 folds of both. The field's tool, ptls-validation (embeddings_validation), does the same but is not
 packaged and its configs fail on scikit-learn >= 1.6, hence this short reimplementation on sklearn +
@@ -63,10 +64,43 @@ def feature_matrix(features: pd.DataFrame, ids: np.ndarray, source: str | Path) 
     return matrix
 
 
-def make_model(lightgbm_params: dict, n_jobs: int):
+@dataclass(frozen=True)
+class Head:
+    """The downstream model fitted per fold: `kind` (one of HEADS) and its parameters (LightGBM's, or
+    {Cs, cv, max_iter} of the linear probe)."""
+
+    kind: str
+    params: dict
+
+
+def _lightgbm(params: dict, n_jobs: int):
     import lightgbm
 
-    return make_pipeline(MaxAbsScaler(), lightgbm.LGBMClassifier(**lightgbm_params, n_jobs=n_jobs))
+    return make_pipeline(MaxAbsScaler(), lightgbm.LGBMClassifier(**params, n_jobs=n_jobs))
+
+
+def _logistic(params: dict, n_jobs: int):
+    # C picked by log-loss (a proper score for any number of classes) in an inner stratified split of the fold's
+    # own training clients; lbfgs and an unshuffled split keep it deterministic.
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    model = LogisticRegressionCV(
+        Cs=np.logspace(-4, 1, int(params["Cs"])),
+        cv=int(params["cv"]),
+        max_iter=int(params["max_iter"]),
+        scoring="neg_log_loss",
+        n_jobs=n_jobs,
+        use_legacy_attributes=False,  # only predict_proba is read; silences sklearn 1.8's FutureWarning
+    )
+    return make_pipeline(StandardScaler(), model)
+
+
+HEADS: dict[str, Callable] = {"lightgbm": _lightgbm, "logistic": _logistic}
+
+
+def make_model(head: Head, n_jobs: int):
+    return HEADS[head.kind](head.params, n_jobs)
 
 
 def fold_threads(n_jobs: int, n_folds: int) -> tuple[int, int]:
@@ -98,7 +132,7 @@ def cross_validate_predict(
     features: pd.DataFrame,
     labels: Labels,
     metrics: list[str],
-    lightgbm_params: dict,
+    head: Head,
     n_jobs: int,
     source: str | Path,
     on_fold: Callable[[], None] | None = None,
@@ -116,7 +150,7 @@ def cross_validate_predict(
     def fit_fold(fold: int):
         fit_rows, val_rows = labels.folds != fold, labels.folds == fold
         try:
-            model = make_model(lightgbm_params, threads).fit(x_train[fit_rows], labels.train_y[fit_rows])
+            model = make_model(head, threads).fit(x_train[fit_rows], labels.train_y[fit_rows])
             classes = model.classes_
             val_proba, test_proba = model.predict_proba(x_train[val_rows]), model.predict_proba(x_test)
             scores = {

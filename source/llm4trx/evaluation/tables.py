@@ -39,7 +39,9 @@ def results_table(results: dict) -> str:
             "baselines stage (seed-independent with validate.lightgbm_seed=fixed).",
         ]
     seed = results.get("lightgbm_seed")
-    if seed:
+    if results.get("head") == "logistic":
+        lines += ["", "Downstream model: logistic regression (validate.head=logistic, a linear probe), not LightGBM."]
+    elif seed:
         lines += [
             "",
             f"LightGBM random_state {seed['random_state']} (validate.lightgbm_seed={seed['mode']}: "

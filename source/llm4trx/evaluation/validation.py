@@ -5,6 +5,7 @@ and per-client predictions."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -16,7 +17,7 @@ from llm4trx.core.sections import DatasetSpec, ValidationSpec
 from llm4trx.data.predictions import prediction_rows
 from llm4trx.data.sequences import categorical_columns
 from llm4trx.evaluation.features import aggregate_features, oracle_features
-from llm4trx.evaluation.protocol import Labels, Predictions, cross_validate_predict
+from llm4trx.evaluation.protocol import Head, Labels, Predictions, cross_validate_predict
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,15 @@ def lightgbm_params(v: ValidationSpec) -> dict:
     if task == "multiclass":
         params["num_class"] = int(v.n_classes)
     return params
+
+
+def downstream_head(v: ValidationSpec) -> Head:
+    """validate.head: LightGBM with lightgbm_params, or the linear probe with validate.logistic."""
+    if v.head == "logistic":
+        if v.logistic is None:
+            raise ConfigError("validate.head=logistic needs validate.logistic: {Cs, cv, max_iter}")
+        return Head("logistic", dataclasses.asdict(v.logistic))
+    return Head("lightgbm", lightgbm_params(v))
 
 
 def has_oracle(ds: DatasetSpec) -> bool:
@@ -110,14 +120,14 @@ def validate_sets(
     v: ValidationSpec, sets: dict[str, pd.DataFrame], sources: dict, labels: Labels, desc: str = "validate"
 ) -> tuple[dict, dict]:
     """The protocol on every set: ({name: {n_features, metric summaries}}, {name: prediction frame})."""
-    metrics, params, n_jobs = list(v.metrics), lightgbm_params(v), validation_jobs(v)
+    metrics, head, n_jobs = list(v.metrics), downstream_head(v), validation_jobs(v)
     n_folds = len(set(labels.folds))
     entries, frames = {}, {}
     with tqdm(total=len(sets) * n_folds, desc=desc, unit="fold", disable=not v.progress) as bar:
         for name, features in sets.items():
             bar.set_postfix_str(name)
             entry, predictions = cross_validate_predict(
-                name, features, labels, metrics, params, n_jobs, sources[name], on_fold=bar.update
+                name, features, labels, metrics, head, n_jobs, sources[name], on_fold=bar.update
             )
             entries[name] = {"n_features": int(features.shape[1]), **entry}
             frames[name] = predictions_frame(name, labels, predictions)
