@@ -91,7 +91,7 @@ def _logistic(params: dict, n_jobs: int):
         max_iter=int(params["max_iter"]),
         scoring="neg_log_loss",
         n_jobs=n_jobs,
-        use_legacy_attributes=False,  # only predict_proba is read; silences sklearn 1.8's FutureWarning
+        use_legacy_attributes=False,  # only predict_proba is read; silences scikit-learn's FutureWarning
     )
     return make_pipeline(StandardScaler(), model)
 
