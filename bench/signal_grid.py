@@ -19,7 +19,8 @@ references measured in the same run: (llm - random) / (oracle - random).
 
 Everything after `--` is handed to every stage as Hydra overrides (sizes, levers). Each cell writes under
 `<out>/<mode>/<schema>_<kind>/` (its own paths.output_root), so a rerun skips the stages already finished;
-the table is also written to `<out>/<mode>/grid-<label>.json`, and its gaps plotted in `grid-<label>.png`.
+the table is also written to `<out>/<mode>/grid-<label>.json` (a rerun of some cells replaces their rows and keeps
+the others'), and this run's gaps plotted in `grid-<label>.png`.
 Variants of the same cell (a lever, `--label`) share its folder and reuse the stages they do not change (prepare,
 coles); run them one after the other.
 Under each cell's line: llm − coles, llm − aggregates and llm+aggregates − aggregates on val with the paired
@@ -210,6 +211,16 @@ def gaps_within(root: Path, label: str, metric: str, seeds: list[int], split: st
     return f"  gaps ({where}, paired bootstrap 95 %): " + "; ".join(parts), found
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """The label's table: these rows, replacing the same cells' rows of an earlier run of the label and keeping the
+    other cells' (a later `--cells` subset, e.g. another seed on two cells, does not drop the rest; each row names
+    its own overrides and seeds)."""
+    kept = json.loads(path.read_text()) if path.exists() else []
+    mine = {(r["schema"], r["kind"]) for r in rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r for r in kept if (r["schema"], r["kind"]) not in mine] + rows, indent=2) + "\n")
+
+
 def plot_grid(cells: list[tuple[str, dict]], path: Path, title: str) -> None:
     """A forest plot of the grid: one row per cell, each of WITHIN's gaps (val) as a dot with its paired bootstrap
     95 % interval; filled where the interval excludes 0. `cells`: (cell name, {gap key: GapResult.as_dict()})."""
@@ -305,8 +316,7 @@ def main():
             print(text, flush=True)
             if args.against:
                 print(gaps_against(cell, args.label, args.against, row["metric"], args.seeds), flush=True)
-        (args.out / args.mode).mkdir(parents=True, exist_ok=True)
-        (args.out / args.mode / f"grid-{args.label}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        write_rows(args.out / args.mode / f"grid-{args.label}.json", rows)
     print("llm place: (llm - random) / (oracle - random), both references measured in the same cell")
     plotted = [(f"{r['schema']}:{r['kind']}", r["gaps"]) for r in rows if r.get("gaps")]
     if plotted:

@@ -4,6 +4,7 @@ on they are planted in every schema, seen by a hand-made feature of their kind a
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import numpy as np
@@ -266,3 +267,12 @@ def test_grid_gaps_within_a_variant_compare_the_llm_with_each_baseline(tmp_path)
 
     with Image.open(tmp_path / "grid.png") as image:
         assert image.size[0] > 400 and image.size[1] > 150
+
+
+def test_a_rerun_of_some_cells_replaces_their_rows_and_keeps_the_others(tmp_path):
+    grid = signal_grid()
+    path = tmp_path / "only" / "grid-preset.json"
+    grid.write_rows(path, [{"schema": "rosbank", "kind": k, "seeds": [12]} for k in ("default", "regime")])
+    grid.write_rows(path, [{"schema": "rosbank", "kind": "regime", "seeds": [12, 21]}])
+    rows = {(r["schema"], r["kind"]): r["seeds"] for r in json.loads(path.read_text())}
+    assert rows == {("rosbank", "default"): [12], ("rosbank", "regime"): [12, 21]}
