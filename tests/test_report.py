@@ -261,3 +261,18 @@ def test_predictions_of_other_clients_in_another_seed_are_refused(out_root):
     with pytest.raises(DataError, match=r"seed 2: feature set 'llm' has 149 test clients, the other seeds 150"):
         run(cfg)
     assert not (experiment_dir / "report").exists()
+
+
+def test_report_names_the_downstream_model_the_seeds_were_validated_with(out_root):
+    cfg = compose([f"paths.output_root={out_root}", "seeds=[1,2]", "experiment_name=heads"])
+    experiment_dir = Path(cfg.paths.experiment_dir)
+    for seed in (1, 2):
+        write_fake_seed(experiment_dir, seed, predictions=False)
+    md = (run(cfg) / "report.md").read_text()
+    assert "LightGBM random_state:" in md and "validate.head" not in md  # results from before the key: LightGBM
+    for seed in (1, 2):
+        path = experiment_dir / f"seed_{seed}" / "validation" / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "head": "logistic"}))
+    report = run(cfg)
+    assert json.loads((report / "report.json").read_text())["datasets"]["synthetic"]["heads"] == ["logistic"]
+    assert "Downstream model (validate.head): logistic" in (report / "report.md").read_text()
