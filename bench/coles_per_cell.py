@@ -17,7 +17,8 @@ variant was chosen on the same val clients), the test gap is not: both are print
     PYTHONPATH=source .venv/bin/python bench/coles_per_cell.py --out /tmp/grid_default --llm-label default_size \\
         --variants coles_e3,coles_e5,coles_cnt150 [--cells rosbank:regime,...] [--seeds 12]
 
-Writes `<out>/<mode>/coles-per-cell-<llm-label>.json` (one row per cell) beside the grid's tables.
+Writes `<out>/<mode>/coles-per-cell-<llm-label>.json` (one row per cell) beside the grid's tables, and
+`.png`: a panel per cell, each candidate's CoLES val score against the LM's.
 """
 
 from __future__ import annotations
@@ -73,6 +74,36 @@ def tuned_coles(cell: Path, llm_label: str, variants: list[str], metric: str, se
     return row
 
 
+def plot_cells(rows: list[dict], candidates: list[str], path: Path) -> None:
+    """One panel per cell: each CoLES candidate's val score in `candidates` order (the chosen one filled) and the
+    LM's val score as a line, so where CoLES peaks and how far the LM is from that peak reads at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(rows))
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    for ax, row in zip(axes.flat, rows):
+        xs = [i for i, c in enumerate(candidates) if c in row["coles_val"]]
+        ax.plot(xs, [row["coles_val"][candidates[i]] for i in xs], "o-", color="tab:blue", mfc="white", label="coles")
+        chosen = candidates.index(row["chosen"])
+        ax.plot([chosen], [row["coles_val"][row["chosen"]]], "o", color="tab:blue", label="chosen on val")
+        ax.axhline(row["llm_val"], color="tab:red", linestyle="--", label="llm")
+        ax.set_xticks(range(len(candidates)))
+        ax.set_xticklabels(candidates, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{row['schema']}:{row['kind']} (seeds {'+'.join(map(str, row['seeds']))})", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supylabel("val, out-of-fold (AUROC; accuracy on age_pred)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def cell_metric(cell: Path) -> str:
     """The cell's headline metric, as its runs' results.json name it."""
     found = sorted(cell.glob("*/*/seed_*/validation/results.json"))
@@ -126,6 +157,7 @@ def main() -> int:
         )
     path = base / f"coles-per-cell-{args.llm_label}.json"
     path.write_text(json.dumps(rows, indent=2) + "\n")
+    plot_cells(rows, [args.llm_label, *variants], path.with_suffix(".png"))
     print(
         f"seeds: {sorted({s for r in rows for s in r['seeds']})}; val gaps favour CoLES (chosen on them); json: {path}"
     )

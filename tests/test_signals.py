@@ -310,6 +310,13 @@ def test_coles_tuned_per_cell_is_the_best_variant_on_val_and_the_llm_is_judged_a
     gap = row["llm - tuned coles, val"]
     assert gap["gap"] == pytest.approx(1.0 - row["coles_val"]["coles_better"]) and gap["verdict"] == "better"
     assert row["llm - tuned coles, test"] is not None  # the 2 test clients of val_predictions: a gap, no verdict asked
+    per_cell.plot_cells(
+        [{"schema": "gender", "kind": "regime", **row}], ["preset", "coles_worse", "coles_better"], tmp_path / "p.png"
+    )
+    from PIL import Image
+
+    with Image.open(tmp_path / "p.png") as image:
+        assert image.size[0] > 200 and image.size[1] > 150
     # a seed only the preset has is left out of the choice (the candidates are compared over the same seeds)
     write_predictions(sets, tmp_path / "predictions-preset-s21.parquet")
     assert per_cell.tuned_coles(tmp_path, "preset", ["coles_better"], "auroc", None)["seeds"] == [12]
