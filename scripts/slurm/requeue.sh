@@ -21,6 +21,9 @@ _requeue_now() {
   # The shell scripts end at once; wait for the stage processes of the group to finish cleaning up (a
   # requeue now would kill them mid-cleanup). At most five minutes: the warning comes ten before the limit.
   for _ in $(seq 300); do kill -0 -- "-$_requeue_child" 2>/dev/null || break; sleep 1; done
+  # The requeue makes SLURM signal this batch shell (SIGTERM) at once, which could kill it before it logs the
+  # requeue; ignore it here (nothing is left to stop), so the line below is written and the shell exits itself.
+  trap '' TERM
   if scontrol requeue "$SLURM_JOB_ID"; then
     echo "requeue.sh: job $SLURM_JOB_ID requeued (restart $((${SLURM_RESTART_COUNT:-0} + 1))); it continues where it stopped"
     exit 0
